@@ -1,0 +1,55 @@
+# ipsecd: `make demo` shows a tunnel, `make test` installs what it needs and runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+	libstrongswan-standard-plugins libstrongswan-extra-plugins \
+	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+PYDEPS_STAMP := $(VENV)/.pydeps
+PYTEST_ARGS ?=
+
+.PHONY: all deps sysdeps pydeps test unit lint demo bench clean
+
+all: test
+
+# System packages: strongSwan is the interop peer, iproute2/iptables build the test networks.
+$(SYSDEPS_STAMP):
+	@if [ "$$(id -u)" = 0 ]; then \
+		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+		fi; \
+	else echo "not root: skipping apt-get (namespace and interop tests will be skipped)"; fi
+	@mkdir -p $(VENV) && touch $@
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(PYDEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+sysdeps: $(SYSDEPS_STAMP)
+pydeps: $(PYDEPS_STAMP)
+deps: sysdeps pydeps
+
+test: deps
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+unit: pydeps
+	$(PY) -m pytest -q -m "not netns and not interop" $(PYTEST_ARGS)
+
+lint: pydeps
+	$(VENV)/bin/ruff check ipsecd tests
+	$(VENV)/bin/mypy
+
+demo: deps
+	$(PY) -m ipsecd.demo
+
+bench: deps
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

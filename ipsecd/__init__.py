@@ -1,0 +1,3 @@
+"""ipsecd: a userspace IKEv2 / ESP VPN daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The control socket (JSON over a Unix socket) and its client, ipsecctl."""

@@ -1,0 +1,1 @@
+"""The only code that touches TUN devices, ESP sockets and netlink."""

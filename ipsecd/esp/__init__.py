@@ -1,0 +1,1 @@
+"""ESP (RFC 4303): SAs, SAD, SPD, anti-replay and packet transforms, sans-I/O."""
