@@ -1,0 +1,158 @@
+"""IKE's UDP sockets on ports 500 and 4500, IPv4 and IPv6, for the control-plane process.
+
+Sockets are bound to the wildcard address with IP_PKTINFO so one socket serves
+every local address and replies leave from the address the request came to.
+On 4500, IKE travels behind the 4-byte non-ESP marker (RFC 3948 2.2); the data
+plane worker binds the same port with SO_REUSEPORT and a steering program so
+ESP-in-UDP reaches the worker, not this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address, ip_address
+
+from ipsecd.ike.constants import IKE_PORT, NATT_PORT, NON_ESP_MARKER
+
+log = logging.getLogger("ipsecd.net")
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+MAX_DATAGRAM = 65535
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
+
+Endpoint = tuple[str, int]
+Receiver = Callable[[bytes, Endpoint, Endpoint], None]
+
+
+def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
+    """A non-blocking wildcard UDP socket reporting each datagram's local address."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if port == NATT_PORT:
+            s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            s.bind(("::", port))
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+@dataclass
+class IkeTransport:
+    """Receives IKE datagrams into ``on_datagram(data, local, remote)`` and sends them back out."""
+
+    on_datagram: Receiver
+    ports: tuple[int, ...] = (IKE_PORT, NATT_PORT)
+    ipv6: bool = True
+    counters: dict[str, int] = field(default_factory=dict)
+    _socks: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        families = [socket.AF_INET] + ([socket.AF_INET6] if self.ipv6 and socket.has_ipv6 else [])
+        for fam in families:
+            for port in self.ports:
+                try:
+                    s = open_ike_socket(fam, port)
+                except OSError as e:
+                    if fam == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                        log.info("IPv6 unavailable, IKE listens on IPv4 only")
+                        break
+                    raise OSError(e.errno, f"cannot bind UDP port {port}: {e.strerror}") from e
+                self._socks[(fam, port)] = s
+                self._loop.add_reader(s.fileno(), self._readable, s, port)
+        log.info("listening for IKE on UDP %s", ", ".join(str(p) for p in self.ports))
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            if self._loop is not None:
+                self._loop.remove_reader(s.fileno())
+            s.close()
+        self._socks.clear()
+
+    def send(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        fam = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+        port = local[1] if local[1] in self.ports else IKE_PORT
+        s = self._socks.get((fam, port))
+        if s is None:
+            self._count("send_no_socket")
+            return
+        if port == NATT_PORT:
+            data = NON_ESP_MARKER + data
+        cmsg = []
+        if local[0] and local[0] not in ("0.0.0.0", "::"):
+            src = ip_address(local[0])
+            if isinstance(src, IPv6Address):
+                cmsg.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(src.packed, 0)))
+            else:
+                cmsg.append((socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.packed, bytes(4))))
+        try:
+            s.sendmsg([data], cmsg, 0, remote)
+        except OSError as e:
+            self._count("send_errors")
+            log.warning("cannot send IKE to %s[%d]: %s", remote[0], remote[1], e.strerror)
+
+    def _readable(self, s: socket.socket, port: int) -> None:
+        for _ in range(64):  # drain, bounded so other work keeps its turn
+            try:
+                data, anc, _flags, addr = s.recvmsg(MAX_DATAGRAM, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ICMP port unreachable reported on the socket
+                self._count("recv_errors")
+                log.debug("receive error on port %d: %s", port, e)
+                continue
+            local_ip = _local_address(anc, s.family)
+            if port == NATT_PORT:
+                if len(data) == 1 and data == b"\xff":
+                    self._count("keepalives")  # RFC 3948 2.3 NAT-keepalive
+                    continue
+                if not data.startswith(NON_ESP_MARKER):
+                    self._count("esp_on_ike_socket")
+                    continue
+                data = data[len(NON_ESP_MARKER):]
+            self.on_datagram(data, (local_ip, port), (addr[0], addr[1]))
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def _local_address(ancdata: list[tuple[int, int, bytes]], family: int) -> str:
+    for level, ctype, cdata in ancdata:
+        if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= _IN_PKTINFO.size:
+            _ifindex, _spec, addr = _IN_PKTINFO.unpack_from(cdata)
+            return socket.inet_ntop(socket.AF_INET, addr)
+        if level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO and len(cdata) >= _IN6_PKTINFO.size:
+            addr6, _ifindex = _IN6_PKTINFO.unpack_from(cdata)
+            return socket.inet_ntop(socket.AF_INET6, addr6)
+    return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
+def source_address_for(remote: str) -> str:
+    """The address the kernel would use to reach ``remote`` (a connected UDP socket sends nothing)."""
+    fam = socket.AF_INET6 if ":" in remote else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((remote, IKE_PORT))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "::" if fam == socket.AF_INET6 else "0.0.0.0"

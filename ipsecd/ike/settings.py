@@ -1,0 +1,84 @@
+"""What one IKE connection is configured to do, in the engine's own terms.
+
+The daemon turns the YAML config into these; the engine never reads the config
+file model directly, so tests can build an engine from a few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+
+from ipsecd.ike.payloads import Proposal
+
+
+@dataclass(frozen=True)
+class IkeIdentity:
+    """An IKE identity (RFC 7296 3.5). ``id_type`` None means "%any" (accept every ID)."""
+
+    id_type: int | None
+    data: bytes
+    text: str
+
+    @property
+    def is_any(self) -> bool:
+        return self.id_type is None
+
+    def matches(self, id_type: int, data: bytes) -> bool:
+        return self.is_any or (self.id_type == id_type and self.data == data)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class TsSpec:
+    """One configured traffic selector; ``network`` None means "dynamic" (our outer address)."""
+
+    network: IPv4Network | IPv6Network | None
+    proto: int = 0
+    port_lo: int = 0
+    port_hi: int = 65535
+
+
+@dataclass(frozen=True)
+class ChildSettings:
+    name: str
+    local_ts: tuple[TsSpec, ...]
+    remote_ts: tuple[TsSpec, ...]
+    esp_proposals: tuple[Proposal, ...]
+    mode: str = "tunnel"  # "tunnel" | "transport"
+    start_action: str = "none"
+    replay_window: int = 1024
+
+
+@dataclass(frozen=True)
+class RetransmitSettings:
+    """RFC 7296 2.1 back-off: timeout * base**n for try n, then give up."""
+
+    tries: int = 5
+    timeout: float = 4.0
+    base: float = 1.8
+
+
+@dataclass(frozen=True)
+class IkeSettings:
+    name: str
+    ike_proposals: tuple[Proposal, ...]
+    local_id: IkeIdentity
+    remote_id: IkeIdentity
+    children: tuple[ChildSettings, ...]
+    # (our id, peer id) -> PSK; None when no secret matches
+    psk_lookup: Callable[[IkeIdentity, IkeIdentity], bytes | None] = field(repr=False, compare=False)
+    local_addrs: tuple[str, ...] = ()
+    remote_addrs: tuple[str, ...] = ()  # empty = %any
+    remote_port: int = 500
+    retransmit: RetransmitSettings = RetransmitSettings()
+    force_encap: bool = False
+
+    def child(self, name: str) -> ChildSettings | None:
+        for c in self.children:
+            if c.name == name:
+                return c
+        return None

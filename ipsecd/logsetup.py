@@ -1,0 +1,68 @@
+"""Logging: one line per event on stderr, levels per subsystem, and a live feed for ``ipsecctl log``.
+
+Subsystems follow strongSwan's names (ike, child, esp, net, cfg) as loggers
+``ipsecd.<subsystem>``; strongSwan's numeric levels map onto Python's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import suppress
+
+SUBSYSTEMS = ("ike", "child", "esp", "net", "cfg", "dataplane")
+# strongSwan: -1 silent, 0 basic, 1 audit, 2 control, 3+ raw
+_NUMERIC = {-1: logging.CRITICAL + 10, 0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: logging.DEBUG,
+            4: logging.DEBUG}
+
+
+def _level(v: object) -> int:
+    if isinstance(v, int):
+        return _NUMERIC.get(max(-1, min(4, v)), logging.INFO)
+    name = str(v).upper()
+    lvl = logging.getLevelName(name)
+    return lvl if isinstance(lvl, int) else logging.INFO
+
+
+class LogHub(logging.Handler):
+    """Fans formatted records out to ``ipsecctl log --follow`` subscribers (bounded queues)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queues: set[asyncio.Queue[str]] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._queues:
+            return
+        line = self.format(record)
+        for q in list(self._queues):
+            with suppress(asyncio.QueueFull):
+                q.put_nowait(line)
+
+    async def subscribe(self) -> AsyncIterator[str]:
+        q: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+        self._queues.add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._queues.discard(q)
+
+
+def setup_logging(level: object = "info", per_subsystem: Mapping[str, object] | None = None) -> LogHub:
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger("ipsecd")
+    root.handlers.clear()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    hub = LogHub()
+    hub.setFormatter(fmt)
+    root.addHandler(stderr)
+    root.addHandler(hub)
+    root.setLevel(_level(level))
+    root.propagate = False
+    for sub, lvl in (per_subsystem or {}).items():
+        logging.getLogger(f"ipsecd.{sub}").setLevel(_level(lvl))
+    return hub

@@ -1,0 +1,68 @@
+"""Small pieces: identities, traffic selector narrowing, sd_notify, rate-limited logging."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from ipaddress import ip_address
+
+from ipsecd.ike.constants import IdType, TsType
+from ipsecd.ike.identity import identity_from_payload, parse_identity
+from ipsecd.ike.payloads import TrafficSelector
+from ipsecd.ike.ts import all_within, intersect, narrow, ts_to_str
+from ipsecd.ratelimit import RateLimitedLogger
+from ipsecd.sdnotify import sd_notify, watchdog_interval
+
+
+def ts(lo: str, hi: str, proto: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
+    return TrafficSelector(TsType.TS_IPV4_ADDR_RANGE, proto, ports[0], ports[1], ip_address(lo), ip_address(hi))
+
+
+def test_identity_parsing() -> None:
+    assert parse_identity("192.0.2.1").id_type == IdType.ID_IPV4_ADDR
+    assert parse_identity("2001:db8::1").data == ip_address("2001:db8::1").packed
+    assert parse_identity("gw.example.org").id_type == IdType.ID_FQDN
+    assert parse_identity("@gw.example.org").data == b"gw.example.org"
+    assert parse_identity("alice@example.org").id_type == IdType.ID_RFC822_ADDR
+    assert parse_identity("keyid:0102").data == b"\x01\x02"
+    assert parse_identity("%any").is_any
+    assert str(identity_from_payload(IdType.ID_IPV4_ADDR, bytes([192, 0, 2, 9]))) == "192.0.2.9"
+    unknown = identity_from_payload(200, b"x")
+    assert not unknown.is_any and not parse_identity("x").matches(200, b"x")
+
+
+def test_narrowing_and_subset_checks() -> None:
+    assert intersect(ts("10.0.0.0", "10.255.255.255"), ts("10.1.0.0", "10.1.0.255")) == ts("10.1.0.0", "10.1.0.255")
+    assert intersect(ts("10.1.0.0", "10.1.0.255", 6), ts("10.1.0.0", "10.1.0.255", 17)) is None
+    assert intersect(ts("10.1.0.0", "10.1.0.255", 0, (0, 100)), ts("10.1.0.0", "10.1.0.255", 6, (80, 443))) == \
+        ts("10.1.0.0", "10.1.0.255", 6, (80, 100))
+    assert narrow([ts("10.0.0.0", "10.0.255.255")], [ts("10.0.1.0", "10.0.1.255"), ts("10.0.3.0", "10.0.3.255")]) \
+        == [ts("10.0.1.0", "10.0.1.255"), ts("10.0.3.0", "10.0.3.255")]
+    assert all_within([ts("10.0.1.0", "10.0.1.255")], [ts("10.0.0.0", "10.0.255.255")])
+    assert not all_within([ts("10.0.0.0", "10.1.255.255")], [ts("10.0.0.0", "10.0.255.255")])
+    assert ts_to_str(ts("10.1.0.0", "10.1.0.255")) == "10.1.0.0/24"
+    assert ts_to_str(ts("10.1.0.1", "10.1.0.7")) == "10.1.0.1..10.1.0.7"
+    assert ts_to_str(ts("10.1.0.0", "10.1.0.255", 6, (80, 80))) == "10.1.0.0/24[6/80]"
+
+
+def test_sd_notify_writes_to_notify_socket(tmp_path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        assert sd_notify("READY=1", {"NOTIFY_SOCKET": path})
+        assert s.recv(100) == b"READY=1"
+    assert not sd_notify("READY=1", {})
+    assert watchdog_interval({"WATCHDOG_USEC": "20000000"}) == 10.0
+    assert watchdog_interval({}) is None
+
+
+def test_rate_limited_logger(caplog) -> None:
+    rl = RateLimitedLogger(logging.getLogger("ipsecd.test"), interval=10, burst=3)
+    with caplog.at_level(logging.INFO, logger="ipsecd.test"):
+        for i in range(100):
+            rl.log(logging.INFO, "bad", "bad packet %d", i, now=1.0)
+        rl.log(logging.INFO, "bad", "bad packet again", now=20.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == ["bad packet 0", "bad packet 1", "bad packet 2"]
+    assert any("97 more suppressed" in m for m in lines)
+    assert len(lines) == 5
