@@ -1,0 +1,1524 @@
+"""The YAML configuration: file -> typed, validated, frozen dataclasses.
+
+The vocabulary is strongSwan's swanctl.conf (connections, children, secrets,
+``local_ts``, ``start_action``, ...) so that gateway operators can carry their
+knowledge over; defaults match swanctl's wherever swanctl has the option.
+
+Why the loader walks the YAML node graph (``yaml.compose``) instead of using
+``yaml.safe_load``: nodes keep the line of every key and list item, and keep the
+raw scalar text. The line lets every error name ``file:line key.path``; the raw
+text avoids YAML 1.1 surprises (``unique: no`` would load as ``False``,
+``secret: 0x1234`` as the integer 4660, ``mss_clamp: off`` as ``False``).
+
+Validation collects every problem before raising one ``ConfigError`` with one
+line per problem, so an operator fixes a file in one pass, not one error per
+daemon restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import math
+import os
+import re
+import stat
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ipsecd.errors import ConfigError
+from ipsecd.ike.constants import IKE_PORT, IdType, IpProto
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+ProposalValidator = Callable[[str, str], None]
+"""``validator(kind, text)``; kind is "ike" or "esp"; raises ValueError saying what is wrong."""
+
+DEFAULT_CONTROL_SOCKET = Path("/run/ipsecd/ipsecd.sock")
+LOG_SUBSYSTEMS = ("ike", "child", "esp", "net", "cfg", "ctl")
+"""Per-subsystem verbosity knobs (strongSwan's ``charon.filelog.*`` levels -1..4)."""
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_IFNAME_RE = re.compile(r"[^\s/:]{1,15}")
+_PROPOSAL_RE = re.compile(r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*")
+_TRUE = frozenset({"yes", "true", "on", "enabled"})
+_FALSE = frozenset({"no", "false", "off", "disabled"})
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class ChildMode(StrEnum):
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
+class StartAction(StrEnum):
+    """What to do with a child once the config is loaded (swanctl ``start_action``)."""
+
+    NONE = "none"
+    TRAP = "trap"  # install policies, initiate on the first matching packet
+    START = "start"  # initiate at once
+
+
+class CloseAction(StrEnum):
+    """What to do when the peer closes the child (swanctl ``close_action``)."""
+
+    NONE = "none"
+    TRAP = "trap"
+    START = "start"
+
+
+class DpdAction(StrEnum):
+    """What to do when DPD declares the peer dead (swanctl ``dpd_action``)."""
+
+    CLEAR = "clear"
+    TRAP = "trap"
+    RESTART = "restart"
+
+
+class Unique(StrEnum):
+    """Uniqueness policy for IKE SAs with the same identities (swanctl ``unique``)."""
+
+    NO = "no"
+    NEVER = "never"
+    KEEP = "keep"
+    REPLACE = "replace"
+
+
+class Fragmentation(StrEnum):
+    """IKEv2 fragmentation (RFC 7383) policy (swanctl ``fragmentation``)."""
+
+    YES = "yes"
+    ACCEPT = "accept"
+    FORCE = "force"
+    NO = "no"
+
+
+# strongSwan's older spellings, accepted so that pasted ipsec.conf habits keep working.
+_ACTION_ALIASES = {"route": "trap", "hold": "trap", "restart": "start", "clear": "none"}
+_DPD_ALIASES = {"hold": "trap", "start": "restart", "none": "clear"}
+
+
+# --------------------------------------------------------------------------- value parsers (public)
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_VOLUME_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)")
+_VOLUME_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``"90s"``, ``"10m"``, ``"1h"``, ``"1d"`` or a bare number of seconds -> seconds.
+
+    The same syntax as swanctl.conf time values, so copied lifetimes mean the same.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f"{value!r} is not a duration (expected e.g. '90s', '10m', '1h', '1d' or seconds)")
+        seconds = float(m[1]) * _DURATION_UNITS[m[2]]
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration (must be a finite, non-negative time)")
+    return seconds
+
+
+def parse_volume(value: str | int) -> int:
+    """``"500M"``, ``"2G"``, ``"64k"`` or a bare integer -> bytes (binary multiples, as swanctl).
+
+    Also used for packet counts, where swanctl accepts the same suffixes.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a volume")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is not a volume (must not be negative)")
+        return value
+    m = _VOLUME_RE.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f"{value!r} is not a volume (expected e.g. '500M', '2G', '64k' or a number of bytes)")
+    return int(float(m[1]) * _VOLUME_UNITS[m[2].lower()])
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _hex(text: str) -> bytes:
+    try:
+        data = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raise ValueError(f"{text!r} is not hexadecimal") from None
+    if not data:
+        raise ValueError("empty key id")
+    return data
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity as written in the config (RFC 7296 3.5 ID types).
+
+    ``id_type`` is None for the ``%any`` wildcard, which is never sent on the wire
+    (the same convention as the engine's ``ipsecd.ike.settings.IkeIdentity``).
+    ``text`` is a canonical form: ``Identity.parse(identity.text) == identity``.
+    """
+
+    id_type: IdType | None
+    data: bytes
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """Classify ``text`` by swanctl's rules (see docs/configuration.md "Identities")."""
+        s = text.strip()
+        if not s:
+            raise ValueError("an identity must not be empty")
+        if s == "%any":
+            return ANY_IDENTITY
+        prefix, sep, rest = s.partition(":")
+        if sep and prefix.lower() in _TYPED_PREFIXES:
+            return _TYPED_PREFIXES[prefix.lower()](rest.strip())
+        try:
+            addr = ip_address(s)
+        except ValueError:
+            pass
+        else:
+            return cls.from_address(addr)
+        if s.startswith("@#"):
+            return _keyid(s[2:])
+        if s.startswith("@@"):
+            return _rfc822(s[2:])
+        if s.startswith("@"):
+            return _fqdn(s[1:])
+        if "@" in s:
+            return _rfc822(s)
+        if "=" in s:
+            raise ValueError(
+                f"{s!r} looks like a distinguished name; ipsecd does not parse DNs yet "
+                "(write 'asn1dn:#HEX' with the DER in hex, or '@name' to force an FQDN)"
+            )
+        return _fqdn(s)
+
+    @classmethod
+    def from_address(cls, addr: IPAddress) -> Identity:
+        kind = IdType.ID_IPV4_ADDR if isinstance(addr, IPv4Address) else IdType.ID_IPV6_ADDR
+        return cls(kind, addr.packed, str(addr))
+
+    @classmethod
+    def from_wire(cls, id_type: int, data: bytes) -> Identity:
+        """The identity a peer sent (IDi/IDr payload), with a printable text form.
+
+        Never fails on malformed data (peer input): an IP ID of the wrong length or
+        an empty name keeps its bytes and gets a hex text. Raises ValueError only
+        for an ID type outside IANA's registry as known to IdType.
+        """
+        kind = IdType(id_type)
+        if kind == IdType.ID_IPV4_ADDR and len(data) == 4:
+            return cls.from_address(IPv4Address(data))
+        if kind == IdType.ID_IPV6_ADDR and len(data) == 16:
+            return cls.from_address(IPv6Address(data))
+        if kind in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+            name = data.decode("utf-8", "replace")
+            if name and name == name.strip():
+                made = _fqdn(name) if kind == IdType.ID_FQDN else _rfc822(name)
+                return cls(kind, data, made.text)
+        elif kind == IdType.ID_KEY_ID and data:
+            return cls(kind, data, f"keyid:{data.hex()}")
+        elif kind in (IdType.ID_DER_ASN1_DN, IdType.ID_DER_ASN1_GN) and data:
+            label = "asn1dn" if kind == IdType.ID_DER_ASN1_DN else "asn1gn"
+            return cls(kind, data, f"{label}:#{data.hex()}")
+        return cls(kind, data, f"{kind.name}:#{data.hex()}")
+
+    @property
+    def is_any(self) -> bool:
+        return self.id_type is None
+
+    def matches(self, other: Identity) -> bool:
+        """True if this identity (possibly the ``%any`` pattern) accepts ``other``.
+
+        Names compare case-insensitively, as DNS names and strongSwan do.
+        """
+        if self.is_any:
+            return True
+        if other.is_any or self.id_type != other.id_type:
+            return False
+        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+            return self.data.lower() == other.data.lower()
+        return self.data == other.data
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ANY_IDENTITY = Identity(None, b"", "%any")
+
+
+def _fqdn(name: str) -> Identity:
+    name = name.strip()
+    if not name:
+        raise ValueError("an FQDN identity must not be empty")
+    # The canonical text must re-parse to the same identity: prefix names that would not.
+    try:
+        ip_address(name)
+        text = "@" + name  # strongSwan's way to say "this IP-looking string is a name"
+    except ValueError:
+        plain = not (name.startswith(("@", "#", "%")) or "@" in name or "=" in name or ":" in name)
+        text = name if plain else "fqdn:" + name
+    return Identity(IdType.ID_FQDN, name.encode(), text)
+
+
+def _rfc822(addr: str) -> Identity:
+    addr = addr.strip()
+    if not addr:
+        raise ValueError("an RFC822 (email) identity must not be empty")
+    plain = "@" in addr and not addr.startswith(("@", "%")) and ":" not in addr and "=" not in addr
+    return Identity(IdType.ID_RFC822_ADDR, addr.encode(), addr if plain else "rfc822:" + addr)
+
+
+def _keyid(hexstr: str) -> Identity:
+    data = _hex(hexstr.removeprefix("#"))
+    return Identity(IdType.ID_KEY_ID, data, f"keyid:{data.hex()}")
+
+
+def _typed_ip(version: int) -> Callable[[str], Identity]:
+    def parse(text: str) -> Identity:
+        addr = ip_address(text)
+        if addr.version != version:
+            raise ValueError(f"{text!r} is not an IPv{version} address")
+        return Identity.from_address(addr)
+
+    return parse
+
+
+def _asn1(kind: IdType) -> Callable[[str], Identity]:
+    def parse(text: str) -> Identity:
+        data = _hex(text.removeprefix("#"))
+        label = "asn1dn" if kind == IdType.ID_DER_ASN1_DN else "asn1gn"
+        return Identity(kind, data, f"{label}:#{data.hex()}")
+
+    return parse
+
+
+_TYPED_PREFIXES: dict[str, Callable[[str], Identity]] = {
+    "ipv4": _typed_ip(4),
+    "ipv6": _typed_ip(6),
+    "fqdn": _fqdn,
+    "rfc822": _rfc822,
+    "email": _rfc822,
+    "userfqdn": _rfc822,
+    "keyid": _keyid,
+    "asn1dn": _asn1(IdType.ID_DER_ASN1_DN),
+    "asn1gn": _asn1(IdType.ID_DER_ASN1_GN),
+}
+
+
+# --------------------------------------------------------------------------- traffic selectors
+
+_TS_RE = re.compile(r"([^\[\]]+?)\s*(?:\[([^\[\]]*)\])?")
+_PROTO_NAMES = {
+    "tcp": IpProto.TCP,
+    "udp": IpProto.UDP,
+    "icmp": IpProto.ICMP,
+    "ipv6-icmp": IpProto.IPV6_ICMP,
+    "icmpv6": IpProto.IPV6_ICMP,
+    "icmp6": IpProto.IPV6_ICMP,
+}
+_ANY_WORDS = ("", "%any", "any")
+
+
+@dataclass(frozen=True)
+class TsConfig:
+    """One configured traffic selector.
+
+    ``prefix`` None means ``dynamic``: the outer (tunnel endpoint) address, as in
+    swanctl. ``proto`` 0 is any protocol; ports are an inclusive range.
+    """
+
+    prefix: IPNetwork | None
+    proto: int = 0
+    port_lo: int = 0
+    port_hi: int = 65535
+
+    @property
+    def dynamic(self) -> bool:
+        return self.prefix is None
+
+    @classmethod
+    def parse(cls, text: str) -> TsConfig:
+        """``dynamic``, ``10.1.0.0/24``, ``10.1.0.1``, ``10.1.0.0/24[tcp/80]``, ``[udp/1024-65535]`` suffixes."""
+        m = _TS_RE.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(f"{text!r} is not a traffic selector (expected e.g. '10.1.0.0/24' or 'dynamic')")
+        addr, sel = m[1].strip(), m[2]
+        prefix: IPNetwork | None
+        if addr == "dynamic":
+            prefix = None
+        else:
+            try:
+                prefix = ip_network(addr, strict=True)
+            except ValueError:
+                try:
+                    loose = ip_network(addr, strict=False)
+                except ValueError:
+                    raise ValueError(f"{addr!r} is not a valid prefix") from None
+                raise ValueError(f"{addr!r} is not a valid prefix: host bits set (did you mean '{loose}'?)") from None
+        if sel is None:
+            return cls(prefix)
+        proto_text, _, port_text = sel.partition("/")
+        proto = _parse_proto(proto_text.strip())
+        lo, hi = _parse_ports(port_text.strip())
+        if proto == 0 and (lo, hi) != (0, 65535):
+            raise ValueError(f"{text!r}: a port needs a protocol, e.g. '[tcp/{port_text.strip()}]'")
+        return cls(prefix, proto, lo, hi)
+
+    def __str__(self) -> str:
+        base = "dynamic" if self.prefix is None else str(self.prefix)
+        if self.proto == 0:
+            return base
+        names = {int(v): k for k, v in reversed(_PROTO_NAMES.items())}
+        proto = names.get(self.proto, str(self.proto))
+        if (self.port_lo, self.port_hi) == (0, 65535):
+            return f"{base}[{proto}]"
+        port = str(self.port_lo) if self.port_lo == self.port_hi else f"{self.port_lo}-{self.port_hi}"
+        return f"{base}[{proto}/{port}]"
+
+
+def _parse_proto(text: str) -> int:
+    if text.lower() in _ANY_WORDS:
+        return 0
+    if text.lower() in _PROTO_NAMES:
+        return int(_PROTO_NAMES[text.lower()])
+    if text.isdigit() and 0 <= int(text) <= 255:
+        return int(text)
+    raise ValueError(f"unknown protocol {text!r} (expected tcp, udp, icmp, ipv6-icmp or a number 0-255)")
+
+
+def _parse_ports(text: str) -> tuple[int, int]:
+    if text.lower() in _ANY_WORDS:
+        return 0, 65535
+    lo_text, dash, hi_text = text.partition("-")
+    try:
+        lo = int(lo_text)
+        hi = int(hi_text) if dash else lo
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port or port range (service names are not supported)") from None
+    if not (0 <= lo <= hi <= 65535):
+        raise ValueError(f"{text!r} is not a port range within 0-65535")
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class RetransmitConfig:
+    """RFC 7296 2.1 exponential back-off, with strongSwan's charon.retransmit_* defaults.
+
+    Try n (0-based) waits ``timeout * base**n``; after ``tries`` retransmits the SA is given up.
+    """
+
+    tries: int = 5
+    timeout: float = 4.0
+    base: float = 1.8
+
+    def timeout_for(self, attempt: int) -> float:
+        return self.timeout * self.base**attempt
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """One side's authentication (swanctl ``local``/``remote`` sections).
+
+    ``id`` None only for a local side without ``id`` and without ``local_addrs``:
+    the daemon then uses the address the IKE SA actually runs on.
+    """
+
+    auth: str
+    id: Identity | None
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    name: str
+    local_ts: tuple[TsConfig, ...] = (TsConfig(None),)
+    remote_ts: tuple[TsConfig, ...] = (TsConfig(None),)
+    esp_proposals: tuple[str, ...] = ("default",)
+    mode: ChildMode = ChildMode.TUNNEL
+    start_action: StartAction = StartAction.NONE
+    close_action: CloseAction = CloseAction.NONE
+    dpd_action: DpdAction = DpdAction.CLEAR
+    rekey_time: float = 3600.0
+    life_time: float = 3960.0
+    rand_time: float = 360.0
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rand_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    rand_packets: int = 0
+    replay_window: int = 1024  # RFC 4303 3.4.3 leaves it to us; libipsec uses 128, xfrm 32
+    mss_clamp: int | Literal["auto"] | None = None  # None = off
+    interface: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """One swanctl ``connections.NAME`` section.
+
+    ``local_addrs`` empty means any local address; ``remote_any`` is True when
+    ``%any`` was given (or remote_addrs left out), and ``remote_addrs`` holds the
+    concrete addresses (possibly none) to initiate to.
+    """
+
+    name: str
+    local: AuthConfig
+    remote: AuthConfig
+    local_addrs: tuple[IPAddress, ...] = ()
+    remote_addrs: tuple[IPAddress, ...] = ()
+    remote_any: bool = True
+    local_port: int = IKE_PORT
+    remote_port: int = IKE_PORT
+    proposals: tuple[str, ...] = ("default",)
+    version: int = 2
+    encap: bool = False
+    dpd_delay: float = 0.0
+    dpd_timeout: float = 0.0
+    rekey_time: float = 14400.0
+    over_time: float = 1440.0
+    reauth_time: float = 0.0
+    rand_time: float = 1440.0
+    keyingtries: int = 1
+    unique: Unique = Unique.NO
+    mobike: bool = True
+    fragmentation: Fragmentation = Fragmentation.YES
+    send_certreq: bool = True
+    retransmit: RetransmitConfig = field(default_factory=RetransmitConfig)
+    children: dict[str, ChildConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IkeSecret:
+    """A pre-shared key and the identities it belongs to (empty ``ids`` = any).
+
+    ``secret`` is excluded from repr so a logged Config never shows key material.
+    """
+
+    ids: tuple[Identity, ...]
+    secret: bytes = field(repr=False)
+    name: str = ""  # "secrets.ike[0]" or the swanctl-style section name, for messages
+
+
+@dataclass(frozen=True)
+class DataplaneSettings:
+    tun_name: str = "ipsec0"
+    mtu: int | None = None  # None = auto (from the path MTU minus ESP overhead)
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str | None = None  # "127.0.0.1:9810", "[::1]:9810"; None = no metrics endpoint
+
+    def address(self) -> tuple[str, int] | None:
+        """``listen`` split into (host, port) for the HTTP server."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class DebugSettings:
+    allow_key_export: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    log_level: str = "info"
+    log: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOG_SUBSYSTEMS, 1))
+    dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    debug: DebugSettings = field(default_factory=DebugSettings)
+
+
+@dataclass(frozen=True)
+class Config:
+    connections: dict[str, ConnectionConfig]
+    secrets: tuple[IkeSecret, ...]
+    settings: Settings
+    source: Path
+    warnings: tuple[str, ...] = ()
+
+    def find_psk(self, local_id: str | Identity | None, remote_id: str | Identity | None) -> bytes | None:
+        """The pre-shared key for this pair of identities, or None.
+
+        strongSwan's rule: every secret whose ids match either side is a
+        candidate; an exact id counts more than ``%any`` (or no ids), and a
+        secret naming both beats one naming only the remote, which beats one
+        naming only the local id. The first of equally good secrets wins.
+        """
+        secret = _best_secret(self.secrets, _as_identity(local_id), _as_identity(remote_id))
+        return None if secret is None else secret.secret
+
+
+def _as_identity(value: str | Identity | None) -> Identity | None:
+    if value is None or isinstance(value, Identity):
+        return value
+    return Identity.parse(value)
+
+
+def _id_score(ids: tuple[Identity, ...], who: Identity | None) -> int:
+    """2 exact, 1 wildcard, 0 no match (strongSwan's ID_MATCH_PERFECT / ID_MATCH_ANY / NONE)."""
+    if who is None:
+        return 0
+    if not ids:
+        return 1
+    best = 0
+    for ident in ids:
+        if ident.is_any:
+            best = max(best, 1)
+        elif who.is_any or ident.matches(who):
+            best = 2
+    return best
+
+
+def _best_secret(secrets: Iterable[IkeSecret], local: Identity | None, remote: Identity | None) -> IkeSecret | None:
+    best: IkeSecret | None = None
+    best_rank = (0, 0)
+    for secret in secrets:
+        mine, other = _id_score(secret.ids, local), _id_score(secret.ids, remote)
+        if mine == 0 and other == 0:
+            continue
+        rank = (mine + other, other)
+        if rank > best_rank:
+            best, best_rank = secret, rank
+    return best
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem found in a configuration file."""
+
+    file: str
+    line: int
+    path: str
+    text: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where} {self.path}: {self.text}" if self.path else f"{where}: {self.text}"
+
+
+class ConfigValidationError(ConfigError):
+    """A ConfigError that also carries the issues one by one (tests, future UIs)."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: Node
+    value: Node
+    path: str
+
+
+T = TypeVar("T")
+
+_CONN_KEYS = (
+    "local_addrs",
+    "remote_addrs",
+    "local_port",
+    "remote_port",
+    "proposals",
+    "version",
+    "encap",
+    "dpd_delay",
+    "dpd_timeout",
+    "dpd_action",
+    "rekey_time",
+    "over_time",
+    "reauth_time",
+    "rand_time",
+    "keyingtries",
+    "unique",
+    "mobike",
+    "fragmentation",
+    "send_certreq",
+    "retransmit",
+    "local",
+    "remote",
+    "children",
+)
+_CHILD_KEYS = (
+    "local_ts",
+    "remote_ts",
+    "esp_proposals",
+    "mode",
+    "start_action",
+    "close_action",
+    "dpd_action",
+    "rekey_time",
+    "life_time",
+    "rand_time",
+    "rekey_bytes",
+    "life_bytes",
+    "rand_bytes",
+    "rekey_packets",
+    "life_packets",
+    "rand_packets",
+    "replay_window",
+    "mss_clamp",
+    "interface",
+)
+_AUTH_KEYS = ("auth", "id")
+_SECRET_KEYS = ("id", "secret", "secret_file")
+_RETRANSMIT_KEYS = ("tries", "timeout", "base")
+_SETTINGS_KEYS = ("control_socket", "log_level", "log", "dataplane", "metrics", "debug")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_CHILD_ONLY = set(_CHILD_KEYS) - set(_CONN_KEYS)
+_CONN_ONLY = set(_CONN_KEYS) - set(_CHILD_KEYS)
+_UNSUPPORTED = {
+    "top": "pools authorities include",
+    "conn": "vips pools aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless send_cert "
+    "mediation mediated_by mediation_peer keyingtries_limit",
+    "auth": "certs pubkeys eap_id aaa_id xauth_id groups cert_policy cacerts ca_id revocation round",
+    "child": "ah_proposals updown hostaccess policies policies_fwd_out set_mark_in set_mark_out mark_in mark_out "
+    "ipcomp inactivity reqid priority copy_df copy_ecn copy_dscp hw_offload sha256_96 label tfc_padding "
+    "if_id_in if_id_out",
+    "secrets": "eap xauth ntlm private rsa ecdsa pkcs8 pkcs12 token",
+}
+
+
+def _hint_for(section: str, key: str, path: str) -> str | None:
+    """Messages for keys that are valid somewhere, just not here (swanctl habits)."""
+    if key in _UNSUPPORTED.get(section, "").split():
+        return "swanctl option not supported by ipsecd yet"
+    parent = path.rpartition(".")[0]
+    if section == "conn" and key in _CHILD_ONLY:
+        return f"not a connection option: it belongs in a child ({parent}.children.NAME.{key})"
+    if section == "child" and key in _CONN_ONLY:
+        conn = parent.rpartition(".children")[0]
+        return f"not a child option: it belongs in the connection ({conn}.{key})"
+    if section == "conn" and key in _AUTH_KEYS:
+        return f"not a connection option: it belongs in {parent}.local or {parent}.remote"
+    return None
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL_TAG:
+        return "nothing (null)"
+    return repr(node.value)
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
+
+
+class _Loader:
+    """One pass over one file: parses what it can, records every issue it sees."""
+
+    def __init__(self, display: str, base_dir: Path, validator: ProposalValidator | None) -> None:
+        self.display = display
+        self.base_dir = base_dir
+        self.validator = validator
+        self.issues: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
+        self._merger = SafeConstructor()
+
+    # ---- reporting
+
+    def error(self, node: Node | None, path: str, text: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.issues.append(ConfigIssue(self.display, line, path, text))
+
+    def warn(self, node: Node | None, path: str, text: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.warnings.append(ConfigIssue(self.display, line, path, text))
+
+    # ---- structure
+
+    def mapping(self, node: Node | None, path: str, allowed: Iterable[str], section: str) -> dict[str, _Entry]:
+        """Keys of a mapping node, unknown and duplicate keys reported. Null is an empty mapping."""
+        if node is None or _is_null(node):
+            return {}
+        if not isinstance(node, MappingNode):
+            self.error(node, path, f"expected a mapping (key: value), got {_describe(node)}")
+            return {}
+        return self._entries(node, path, list(allowed), section)
+
+    def named_mapping(self, node: Node | None, path: str, what: str) -> dict[str, _Entry]:
+        """A mapping whose keys are user-chosen names (connections, children)."""
+        if node is None or _is_null(node):
+            return {}
+        if not isinstance(node, MappingNode):
+            self.error(node, path, f"expected a mapping of {what} names, got {_describe(node)}")
+            return {}
+        entries = self._entries(node, path, None, "")
+        good: dict[str, _Entry] = {}
+        for name, entry in entries.items():
+            if _NAME_RE.fullmatch(name) is None:
+                self.error(entry.key, entry.path, f"{what} name {name!r} must be letters, digits, '.', '_' or '-'")
+            else:
+                good[name] = entry
+        return good
+
+    def _entries(self, node: MappingNode, path: str, allowed: list[str] | None, section: str) -> dict[str, _Entry]:
+        seen: dict[str, Node] = {}
+        for key, _value in node.value:
+            if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
+                if key.value in seen:
+                    first = seen[key.value].start_mark.line + 1
+                    self.error(key, _join(path, key.value), f"duplicate key (first defined on line {first})")
+                else:
+                    seen[key.value] = key
+        try:
+            self._merger.flatten_mapping(node)  # YAML merge keys ("<<: *defaults")
+        except ConstructorError as exc:
+            self.error(node, path, f"invalid merge key: {exc.problem}")
+        out: dict[str, _Entry] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode) or _is_null(key):
+                self.error(key, path, f"keys must be plain strings, got {_describe(key)}")
+                continue
+            name = key.value
+            kpath = _join(path, name)
+            if allowed is not None and name not in allowed:
+                hint = _hint_for(section, name, kpath)
+                if hint is None:
+                    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                    if close:
+                        hint = f"unknown key (did you mean '{close[0]}'?)"
+                    else:
+                        hint = "unknown key (expected one of: " + ", ".join(allowed) + ")"
+                self.error(key, kpath, hint)
+                continue
+            out[name] = _Entry(key, value, kpath)  # later wins: explicit keys override merged ones
+        return out
+
+    def items(self, entry: _Entry, what: str) -> list[tuple[Node, str, str]]:
+        """(node, path, text) of a list of strings; a single string or swanctl's "a, b" also work."""
+        node = entry.value
+        if isinstance(node, ScalarNode) and not _is_null(node):
+            parts = [p.strip() for p in node.value.split(",")]
+            return [(node, entry.path, p) for p in parts if p]
+        if not isinstance(node, SequenceNode):
+            self.error(node, entry.path, f"expected a list of {what}, got {_describe(node)}")
+            return []
+        out: list[tuple[Node, str, str]] = []
+        for i, item in enumerate(node.value):
+            ipath = f"{entry.path}[{i}]"
+            if isinstance(item, ScalarNode) and not _is_null(item):
+                out.append((item, ipath, item.value.strip()))
+            else:
+                self.error(item, ipath, f"expected {what[:-1] if what.endswith('s') else what}, got {_describe(item)}")
+        return out
+
+    # ---- scalars: each returns None after reporting, so callers fall back to the default
+
+    def text(self, entry: _Entry | None, what: str = "a string") -> str | None:
+        if entry is None:
+            return None
+        node = entry.value
+        if isinstance(node, ScalarNode) and not _is_null(node):
+            return str(node.value)
+        self.error(node, entry.path, f"expected {what}, got {_describe(node)}")
+        return None
+
+    def convert(self, entry: _Entry | None, what: str, fn: Callable[[str], T]) -> T | None:
+        raw = self.text(entry, what)
+        if raw is None or entry is None:
+            return None
+        try:
+            return fn(raw)
+        except ValueError as exc:
+            self.error(entry.value, entry.path, str(exc))
+            return None
+
+    def boolean(self, entry: _Entry | None, default: bool) -> bool:
+        def parse(raw: str) -> bool:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(f"expected yes or no, got {raw!r}")
+
+        value = self.convert(entry, "yes or no", parse)
+        return default if value is None else value
+
+    def integer(self, entry: _Entry | None, default: int, lo: int, hi: int) -> int:
+        def parse(raw: str) -> int:
+            try:
+                value = int(raw.strip(), 0)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {raw!r}") from None
+            if not lo <= value <= hi:
+                raise ValueError(f"{value} is out of range ({lo}..{hi})")
+            return value
+
+        value = self.convert(entry, "an integer", parse)
+        return default if value is None else value
+
+    def number(self, entry: _Entry | None, default: float, lo: float) -> float:
+        def parse(raw: str) -> float:
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {raw!r}") from None
+            if not (math.isfinite(value) and value >= lo):
+                raise ValueError(f"{raw} is out of range (must be at least {lo})")
+            return value
+
+        value = self.convert(entry, "a number", parse)
+        return default if value is None else value
+
+    def duration(self, entry: _Entry | None) -> float | None:
+        return self.convert(entry, "a duration", parse_duration)
+
+    def volume(self, entry: _Entry | None) -> int | None:
+        return self.convert(entry, "a volume", parse_volume)
+
+    def choice(
+        self, entry: _Entry | None, enum: type[StrEnumT], aliases: Mapping[str, str] | None = None
+    ) -> StrEnumT | None:
+        def parse(raw: str) -> StrEnumT:
+            low = raw.strip().lower()
+            low = (aliases or {}).get(low, low)
+            try:
+                return enum(low)
+            except ValueError:
+                options = ", ".join(m.value for m in enum)
+                raise ValueError(f"{raw!r} is not one of: {options}") from None
+
+        return self.convert(entry, "one of: " + ", ".join(m.value for m in enum), parse)
+
+
+StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _opt(entries: Mapping[str, _Entry], key: str) -> _Entry | None:
+    """The entry for ``key`` unless absent or null (null means "use the default")."""
+    entry = entries.get(key)
+    if entry is None or _is_null(entry.value):
+        return None
+    return entry
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_addrs(ld: _Loader, entry: _Entry | None) -> tuple[tuple[IPAddress, ...], bool]:
+    """Addresses and whether ``%any`` was among them (or the list was absent/empty)."""
+    if entry is None:
+        return (), True
+    addrs: list[IPAddress] = []
+    any_ = False
+    for node, path, raw in ld.items(entry, "IP addresses"):
+        if raw in ("%any", "%any4", "%any6", "0.0.0.0", "::"):
+            any_ = True
+            continue
+        try:
+            addrs.append(ip_address(raw))
+        except ValueError:
+            if "/" in raw or "-" in raw:
+                ld.error(node, path, f"{raw!r} is not an IP address (subnets and ranges are not supported here yet)")
+            elif re.search(r"[A-Za-z]", raw) and "." in raw:
+                ld.error(node, path, f"{raw!r} is not an IP address (DNS names are not supported here yet)")
+            else:
+                ld.error(node, path, f"{raw!r} is not a valid IP address")
+    return tuple(addrs), any_ or not addrs
+
+
+def _parse_proposals(ld: _Loader, entry: _Entry | None, kind: str) -> tuple[str, ...]:
+    if entry is None:
+        return ("default",)
+    out: list[str] = []
+    label = "IKE" if kind == "ike" else "ESP"
+    items = ld.items(entry, "proposals")
+    for node, path, raw in items:
+        if ld.validator is not None:
+            try:
+                ld.validator(kind, raw)
+            except ValueError as exc:
+                ld.error(node, path, f"invalid {label} proposal {raw!r}: {exc}")
+                continue
+        elif _PROPOSAL_RE.fullmatch(raw) is None:
+            ld.error(node, path, f"invalid {label} proposal {raw!r}: expected algorithm names joined by '-'")
+            continue
+        out.append(raw)
+    if not items and isinstance(entry.value, SequenceNode):
+        ld.error(entry.value, entry.path, "at least one proposal is needed (or leave it out for 'default')")
+    return tuple(out) or ("default",)
+
+
+def _parse_auth(ld: _Loader, entries: Mapping[str, _Entry], side: str, conn_key: Node, conn_path: str) -> AuthConfig:
+    entry = entries.get(side)
+    path = _join(conn_path, side)
+    if entry is None:
+        ld.error(conn_key, path, f"missing section '{side}:' (needs at least 'auth: psk')")
+        return AuthConfig("psk", None if side == "local" else ANY_IDENTITY)
+    fields = ld.mapping(entry.value, path, _AUTH_KEYS, "auth")
+    auth = ld.text(_opt(fields, "auth"), "an authentication method")
+    if auth is None:
+        if _opt(fields, "auth") is None:  # absent or empty; a wrong type was reported by text()
+            ld.error(
+                entry.key,
+                _join(path, "auth"),
+                "missing (ipsecd supports 'psk' so far; swanctl's default 'pubkey' is not implemented yet)",
+            )
+        auth = "psk"
+    else:
+        auth = auth.strip().lower()
+        if auth != "psk":
+            known = auth in ("pubkey", "rsa", "ecdsa", "null", "xauth") or auth.startswith(("eap", "xauth-"))
+            msg = f"'{auth}' is not supported yet" if known else f"unknown authentication method {auth!r}"
+            ld.error(fields["auth"].value, fields["auth"].path, f"{msg} (expected psk)")
+    ident = ld.convert(_opt(fields, "id"), "an identity", Identity.parse)
+    if ident is None and side == "remote":
+        ident = ANY_IDENTITY
+    return AuthConfig(auth, ident)
+
+
+def _parse_retransmit(ld: _Loader, entry: _Entry | None) -> RetransmitConfig:
+    if entry is None:
+        return RetransmitConfig()
+    fields = ld.mapping(entry.value, entry.path, _RETRANSMIT_KEYS, "retransmit")
+    d = RetransmitConfig()
+    return RetransmitConfig(
+        tries=ld.integer(_opt(fields, "tries"), d.tries, 0, 100),
+        timeout=ld.number(_opt(fields, "timeout"), d.timeout, 0.01),
+        base=ld.number(_opt(fields, "base"), d.base, 1.0),
+    )
+
+
+def _parse_mss(raw: str) -> int | Literal["auto"] | None:
+    low = raw.strip().lower()
+    if low in _FALSE:
+        return None
+    if low == "auto":
+        return "auto"
+    try:
+        value = int(low)
+    except ValueError:
+        raise ValueError(f"expected auto, off or an MSS in bytes, got {raw!r}") from None
+    if not 536 <= value <= 65495:
+        raise ValueError(f"{value} is out of range (536..65495)")
+    return value
+
+
+def _parse_ifname(raw: str) -> str:
+    name = raw.strip()
+    if _IFNAME_RE.fullmatch(name) is None or name in (".", ".."):
+        raise ValueError(f"{raw!r} is not a valid interface name (1-15 characters, no spaces, '/' or ':')")
+    return name
+
+
+def _lifetimes(
+    ld: _Loader,
+    fields: Mapping[str, _Entry],
+    keys: tuple[str, str, str],
+    default_rekey: float,
+    conv: Callable[[_Entry | None], float | None],
+) -> tuple[float, float, float]:
+    """(rekey, life, rand) with swanctl's defaults: life = 110% of rekey, rand = life - rekey."""
+    rekey_key, life_key, rand_key = keys
+    rekey = _or(conv(_opt(fields, rekey_key)), default_rekey)
+    life = _or(conv(_opt(fields, life_key)), rekey * 1.1)
+    rand = _or(conv(_opt(fields, rand_key)), max(life - rekey, 0.0))
+    if rekey and life and life <= rekey and life_key in fields:
+        ld.error(fields[life_key].value, fields[life_key].path, f"must be greater than {rekey_key} ({_fmt(rekey)})")
+    elif rekey and rand >= rekey and rand_key in fields:
+        ld.error(fields[rand_key].value, fields[rand_key].path, f"must be smaller than {rekey_key} ({_fmt(rekey)})")
+    return rekey, life, rand
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _parse_child(ld: _Loader, entry: _Entry, conn_dpd: DpdAction | None) -> ChildConfig:
+    name = entry.key.value
+    fields = ld.mapping(entry.value, entry.path, _CHILD_KEYS, "child")
+    d = ChildConfig(name)
+    ts: dict[str, tuple[TsConfig, ...]] = {}
+    for side in ("local_ts", "remote_ts"):
+        got = _opt(fields, side)
+        if got is None:
+            ts[side] = (TsConfig(None),)
+            continue
+        parsed: list[TsConfig] = []
+        items = ld.items(got, "traffic selectors")
+        for node, path, raw in items:
+            try:
+                parsed.append(TsConfig.parse(raw))
+            except ValueError as exc:
+                ld.error(node, path, str(exc))
+        if not items and isinstance(got.value, SequenceNode):
+            ld.error(got.value, got.path, "at least one traffic selector is needed (or leave it out for 'dynamic')")
+        ts[side] = tuple(parsed) or (TsConfig(None),)
+    rekey, life, rand = _lifetimes(ld, fields, ("rekey_time", "life_time", "rand_time"), 3600.0, ld.duration)
+    rb, lb, rnb = _lifetimes(ld, fields, ("rekey_bytes", "life_bytes", "rand_bytes"), 0, ld.volume)
+    rp, lp, rnp = _lifetimes(ld, fields, ("rekey_packets", "life_packets", "rand_packets"), 0, ld.volume)
+    mss_entry = _opt(fields, "mss_clamp")
+    mss = ld.convert(mss_entry, "auto, off or a number", _parse_mss)
+    return ChildConfig(
+        name=name,
+        local_ts=ts["local_ts"],
+        remote_ts=ts["remote_ts"],
+        esp_proposals=_parse_proposals(ld, _opt(fields, "esp_proposals"), "esp"),
+        mode=_or(ld.choice(_opt(fields, "mode"), ChildMode), d.mode),
+        start_action=_or(ld.choice(_opt(fields, "start_action"), StartAction, _ACTION_ALIASES), d.start_action),
+        close_action=_or(ld.choice(_opt(fields, "close_action"), CloseAction, _ACTION_ALIASES), d.close_action),
+        dpd_action=_or(ld.choice(_opt(fields, "dpd_action"), DpdAction, _DPD_ALIASES), conn_dpd or d.dpd_action),
+        rekey_time=rekey,
+        life_time=life,
+        rand_time=rand,
+        rekey_bytes=int(rb),
+        life_bytes=int(lb),
+        rand_bytes=int(rnb),
+        rekey_packets=int(rp),
+        life_packets=int(lp),
+        rand_packets=int(rnp),
+        replay_window=ld.integer(_opt(fields, "replay_window"), d.replay_window, 0, 65536),
+        mss_clamp=None if mss_entry is None else mss,
+        interface=ld.convert(_opt(fields, "interface"), "an interface name", _parse_ifname),
+    )
+
+
+def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
+    name = entry.key.value
+    fields = ld.mapping(entry.value, entry.path, _CONN_KEYS, "conn")
+    d = ConnectionConfig(name, AuthConfig("psk", None), AuthConfig("psk", ANY_IDENTITY))
+    local_addrs, _ = _parse_addrs(ld, _opt(fields, "local_addrs"))
+    remote_addrs, remote_any = _parse_addrs(ld, _opt(fields, "remote_addrs"))
+    version_entry = _opt(fields, "version")
+    version = ld.integer(version_entry, 2, 0, 2)
+    if version != 2 and version_entry is not None:
+        ld.error(version_entry.value, version_entry.path, "only IKEv2 is supported (version: 2)")
+    rekey = _or(ld.duration(_opt(fields, "rekey_time")), d.rekey_time)
+    reauth = _or(ld.duration(_opt(fields, "reauth_time")), d.reauth_time)
+    over = _or(ld.duration(_opt(fields, "over_time")), max(rekey, reauth) * 0.1)
+    rand = _or(ld.duration(_opt(fields, "rand_time")), over)
+    keyingtries = ld.convert(
+        _opt(fields, "keyingtries"),
+        "an integer or %forever",
+        lambda raw: 0 if raw.strip() == "%forever" else _nonneg_int(raw),
+    )
+    conn_dpd = ld.choice(_opt(fields, "dpd_action"), DpdAction, _DPD_ALIASES)
+    local = _parse_auth(ld, fields, "local", entry.key, entry.path)
+    if local.id is None and local_addrs:
+        local = AuthConfig(local.auth, Identity.from_address(local_addrs[0]))
+    remote = _parse_auth(ld, fields, "remote", entry.key, entry.path)
+    children_entry = fields.get("children")
+    children: dict[str, ChildConfig] = {}
+    if children_entry is not None:
+        for cname, centry in ld.named_mapping(children_entry.value, children_entry.path, "child").items():
+            children[cname] = _parse_child(ld, centry, conn_dpd)
+    return ConnectionConfig(
+        name=name,
+        local=local,
+        remote=remote,
+        local_addrs=local_addrs,
+        remote_addrs=remote_addrs,
+        remote_any=remote_any,
+        local_port=ld.integer(_opt(fields, "local_port"), d.local_port, 1, 65535),
+        remote_port=ld.integer(_opt(fields, "remote_port"), d.remote_port, 1, 65535),
+        proposals=_parse_proposals(ld, _opt(fields, "proposals"), "ike"),
+        version=2,
+        encap=ld.boolean(_opt(fields, "encap"), d.encap),
+        dpd_delay=_or(ld.duration(_opt(fields, "dpd_delay")), d.dpd_delay),
+        dpd_timeout=_or(ld.duration(_opt(fields, "dpd_timeout")), d.dpd_timeout),
+        rekey_time=rekey,
+        over_time=over,
+        reauth_time=reauth,
+        rand_time=rand,
+        keyingtries=_or(keyingtries, d.keyingtries),
+        unique=_or(ld.choice(_opt(fields, "unique"), Unique), d.unique),
+        mobike=ld.boolean(_opt(fields, "mobike"), d.mobike),
+        fragmentation=_or(
+            ld.choice(_opt(fields, "fragmentation"), Fragmentation, {"true": "yes", "false": "no"}), d.fragmentation
+        ),
+        send_certreq=ld.boolean(_opt(fields, "send_certreq"), d.send_certreq),
+        retransmit=_parse_retransmit(ld, _opt(fields, "retransmit")),
+        children=children,
+    )
+
+
+def _nonneg_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer or %forever, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{value} is out of range (0 = forever)")
+    return value
+
+
+def _decode_secret(raw: str) -> bytes:
+    """swanctl encodings: ``0x`` hex, ``0s`` base64, anything else the UTF-8 text itself."""
+    if raw.startswith(("0x", "0X")):
+        try:
+            return bytes.fromhex(raw[2:])
+        except ValueError:
+            raise ValueError("secret starting with '0x' is not valid hexadecimal") from None
+    if raw.startswith(("0s", "0S")):
+        try:
+            return base64.b64decode(raw[2:], validate=True)
+        except (ValueError, binascii.Error):
+            raise ValueError("secret starting with '0s' is not valid base64") from None
+    return raw.encode("utf-8")
+
+
+def _read_secret_file(ld: _Loader, entry: _Entry) -> bytes | None:
+    raw = ld.text(entry, "a file path")
+    if raw is None:
+        return None
+    path = Path(raw)
+    if not path.is_absolute():
+        path = ld.base_dir / path  # relative to the config file, like swanctl's own directories
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            ld.error(entry.value, entry.path, f"{str(path)!r} is not a regular file")
+            return None
+        if st.st_mode & 0o077:
+            ld.error(
+                entry.value,
+                entry.path,
+                f"{str(path)!r} has mode {stat.S_IMODE(st.st_mode):04o}: a key file must not be accessible "
+                f"by group or others (chmod 600 {path})",
+            )
+            return None
+        data = path.read_bytes()
+    except OSError as exc:
+        ld.error(entry.value, entry.path, f"cannot read {str(path)!r}: {exc.strerror}")
+        return None
+    data = data.rstrip(b"\r\n")
+    if data[:2].lower() in (b"0x", b"0s"):
+        try:
+            return _decode_secret(data.decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            ld.error(entry.value, entry.path, f"{str(path)!r}: {exc}")
+            return None
+    return data
+
+
+def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | None:
+    fields = ld.mapping(node, path, _SECRET_KEYS, "secret")
+    if not fields and not isinstance(node, MappingNode):
+        return None
+    ids: list[Identity] = []
+    id_entry = _opt(fields, "id")
+    if id_entry is not None:
+        for inode, ipath, raw in ld.items(id_entry, "identities"):
+            try:
+                ids.append(Identity.parse(raw))
+            except ValueError as exc:
+                ld.error(inode, ipath, str(exc))
+    secret_entry, file_entry = _opt(fields, "secret"), _opt(fields, "secret_file")
+    if secret_entry is not None and file_entry is not None:
+        ld.error(file_entry.key, file_entry.path, "give either 'secret' or 'secret_file', not both")
+        return None
+    data: bytes | None
+    if secret_entry is not None:
+        data = ld.convert(secret_entry, "a string", _decode_secret)
+    elif file_entry is not None:
+        data = _read_secret_file(ld, file_entry)
+    else:
+        ld.error(node, path, "missing 'secret' or 'secret_file'")
+        return None
+    if data is None:
+        return None
+    where = secret_entry or file_entry
+    if not data:
+        ld.error(where.value if where else node, where.path if where else path, "the secret is empty")
+        return None
+    if len(data) < 16:
+        ld.warn(
+            where.value if where else node,
+            where.path if where else path,
+            f"pre-shared key of {len(data)} bytes is weak; use at least 16 random bytes",
+        )
+    return IkeSecret(tuple(ids), data, name)
+
+
+def _parse_secrets(ld: _Loader, entry: _Entry | None) -> tuple[IkeSecret, ...]:
+    if entry is None:
+        return ()
+    fields = ld.mapping(entry.value, entry.path, ("ike",), "secrets")
+    ike = _opt(fields, "ike")
+    if ike is None:
+        return ()
+    out: list[IkeSecret] = []
+    if isinstance(ike.value, SequenceNode):
+        for i, item in enumerate(ike.value.value):
+            secret = _parse_secret(ld, item, f"{ike.path}[{i}]", f"{ike.path}[{i}]")
+            if secret is not None:
+                out.append(secret)
+    elif isinstance(ike.value, MappingNode):  # swanctl style: named sections
+        for sname, sentry in ld.named_mapping(ike.value, ike.path, "secret").items():
+            secret = _parse_secret(ld, sentry.value, sentry.path, sname)
+            if secret is not None:
+                out.append(secret)
+    else:
+        ld.error(ike.value, ike.path, f"expected a list of secrets, got {_describe(ike.value)}")
+    return tuple(out)
+
+
+def _parse_listen(raw: str) -> str:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{raw!r} is not HOST:PORT (e.g. '127.0.0.1:9810' or '[::1]:9810')")
+    return raw.strip()
+
+
+def _parse_mtu(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected auto or an MTU in bytes, got {raw!r}") from None
+    if not 576 <= value <= 65535:
+        raise ValueError(f"{value} is out of range (576..65535)")
+    return value
+
+
+def _parse_socket_path(raw: str) -> Path:
+    if not raw.startswith("/"):
+        raise ValueError(f"{raw!r} must be an absolute path")
+    if len(os.fsencode(raw)) > 107:
+        raise ValueError(f"{raw!r} is too long for a Unix socket path (107 bytes at most)")
+    return Path(raw)
+
+
+def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
+    d = Settings()
+    if entry is None:
+        return d
+    fields = ld.mapping(entry.value, entry.path, _SETTINGS_KEYS, "settings")
+
+    def level(raw: str) -> str:
+        low = raw.strip().lower()
+        if low not in _LOG_LEVELS:
+            raise ValueError(f"{raw!r} is not one of: {', '.join(_LOG_LEVELS)}")
+        return low
+
+    log = dict(d.log)
+    log_entry = _opt(fields, "log")
+    if log_entry is not None:
+        levels = ld.mapping(log_entry.value, log_entry.path, ("default", *LOG_SUBSYSTEMS), "log")
+        default = ld.integer(_opt(levels, "default"), 1, -1, 4)
+        log = {name: ld.integer(_opt(levels, name), default, -1, 4) for name in LOG_SUBSYSTEMS}
+    dp_entry = _opt(fields, "dataplane")
+    dp = ld.mapping(
+        dp_entry.value if dp_entry else None,
+        _join(entry.path, "dataplane"),
+        ("tun_name", "mtu", "workers"),
+        "dataplane",
+    )
+    metrics_entry = _opt(fields, "metrics")
+    metrics = ld.mapping(
+        metrics_entry.value if metrics_entry else None, _join(entry.path, "metrics"), ("listen",), "metrics"
+    )
+    debug_entry = _opt(fields, "debug")
+    debug = ld.mapping(
+        debug_entry.value if debug_entry else None, _join(entry.path, "debug"), ("allow_key_export",), "debug"
+    )
+    return Settings(
+        control_socket=_or(ld.convert(_opt(fields, "control_socket"), "a path", _parse_socket_path), d.control_socket),
+        log_level=_or(ld.convert(_opt(fields, "log_level"), "a log level", level), d.log_level),
+        log=log,
+        dataplane=DataplaneSettings(
+            tun_name=_or(ld.convert(_opt(dp, "tun_name"), "an interface name", _parse_ifname), "ipsec0"),
+            mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
+            workers=ld.integer(_opt(dp, "workers"), 1, 1, 64),
+        ),
+        metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
+        debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
+    )
+
+
+# --------------------------------------------------------------------------- cross-checks
+
+
+def _families(addrs: Iterable[IPAddress]) -> set[int]:
+    return {a.version for a in addrs}
+
+
+def _cross_check(
+    ld: _Loader, conn: ConnectionConfig, entry: _Entry, secrets: tuple[IkeSecret, ...], secrets_ok: bool
+) -> None:
+    fields = _fields_quiet(entry)
+    if conn.local.id is not None and conn.local.id.is_any:
+        e = _auth_field(fields, "local", "id")
+        ld.error(e.value if e else entry.key, e.path if e else entry.path, "our own identity cannot be %any")
+    lf, rf = _families(conn.local_addrs), _families(conn.remote_addrs)
+    if lf and rf and not lf & rf:
+        e = fields.get("remote_addrs")
+        ld.error(
+            e.value if e else entry.key,
+            e.path if e else entry.path,
+            "no address family in common with local_addrs (IPv4 vs IPv6)",
+        )
+    needs_psk = secrets_ok and "psk" in (conn.local.auth, conn.remote.auth)
+    if needs_psk and _best_secret(secrets, conn.local.id, conn.remote.id) is None:
+        e = _auth_field(fields, "local" if conn.local.auth == "psk" else "remote", "auth")
+        local_text = f"'{conn.local.id}'" if conn.local.id is not None else "(the local address)"
+        ld.error(
+            e.value if e else entry.key,
+            e.path if e else entry.path,
+            f"psk authentication but no secret in secrets.ike matches local id {local_text} "
+            f"or remote id '{conn.remote.id}'",
+        )
+    initiating = {
+        ("start_action", StartAction.START.value),
+        ("start_action", StartAction.TRAP.value),
+        ("close_action", CloseAction.START.value),
+        ("close_action", CloseAction.TRAP.value),
+        ("dpd_action", DpdAction.RESTART.value),
+        ("dpd_action", DpdAction.TRAP.value),
+    }
+    children_entry = fields.get("children")
+    child_fields = _fields_quiet(children_entry) if children_entry else {}
+    for child in conn.children.values():
+        cf = _fields_quiet(child_fields[child.name]) if child.name in child_fields else {}
+        if not conn.remote_addrs:
+            for key in ("start_action", "close_action", "dpd_action"):
+                value = str(getattr(child, key))
+                if (key, value) in initiating:
+                    e = cf.get(key) or fields.get(key)
+                    if e is None:
+                        continue
+                    ld.error(
+                        e.value,
+                        e.path,
+                        f"'{value}' needs a concrete remote_addrs to initiate to (remote_addrs is %any)",
+                    )
+        lts = {t.prefix.version for t in child.local_ts if t.prefix is not None}
+        rts = {t.prefix.version for t in child.remote_ts if t.prefix is not None}
+        if lts and rts and not lts & rts:
+            e = cf.get("remote_ts")
+            if e is not None:
+                ld.error(e.value, e.path, "no address family in common with local_ts (IPv4 vs IPv6)")
+
+
+def _fields_quiet(entry: _Entry) -> dict[str, _Entry]:
+    """Re-read a mapping's entries for locating nodes; problems were reported on the first pass."""
+    if not isinstance(entry.value, MappingNode):
+        return {}
+    out: dict[str, _Entry] = {}
+    for key, value in entry.value.value:
+        if isinstance(key, ScalarNode) and not _is_null(key):
+            out[key.value] = _Entry(key, value, _join(entry.path, key.value))
+    return out
+
+
+def _auth_field(fields: Mapping[str, _Entry], side: str, key: str) -> _Entry | None:
+    side_entry = fields.get(side)
+    if side_entry is None:
+        return None
+    return _fields_quiet(side_entry).get(key) or side_entry
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_config(path: str | Path, *, proposal_validator: ProposalValidator | None = None) -> Config:
+    """Read, parse and validate ``path``; raise ConfigError listing every problem.
+
+    ``proposal_validator(kind, text)`` checks each IKE ("ike") and ESP ("esp")
+    proposal string; it is injected so this module does not depend on the
+    proposal parser, and ``--check-config`` can still check proposals fully.
+    """
+    display = str(path)
+    source = Path(path)
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{display}: cannot read configuration: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "syntax error"
+        if "'%'" in problem:
+            problem += " (quote values that start with '%', e.g. \"%any\")"
+        raise ConfigError(f"{display}{line}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:  # ReaderError: bytes that are not UTF-8 text, control characters
+        raise ConfigError(f"{display}: invalid YAML: {exc}") from None
+
+    ld = _Loader(display, source.resolve().parent, proposal_validator)
+    top = ld.mapping(root, "", ("connections", "secrets", "settings"), "top")
+    if root is None or _is_null(root):
+        ld.warnings.append(ConfigIssue(display, 0, "", "the file is empty: no connections"))
+    before = len(ld.issues)
+    secrets = _parse_secrets(ld, _opt(top, "secrets"))
+    secrets_ok = len(ld.issues) == before
+    settings = _parse_settings(ld, _opt(top, "settings"))
+    connections: dict[str, ConnectionConfig] = {}
+    conns_entry = top.get("connections")
+    if conns_entry is not None:
+        named = ld.named_mapping(conns_entry.value, conns_entry.path, "connection")
+        for name, entry in named.items():
+            connections[name] = _parse_connection(ld, entry)
+        for name, entry in named.items():
+            _cross_check(ld, connections[name], entry, secrets, secrets_ok)
+    if ld.issues:
+        raise ConfigValidationError(sorted(ld.issues, key=lambda i: i.line))
+    return Config(
+        connections=connections,
+        secrets=secrets,
+        settings=settings,
+        source=source,
+        warnings=tuple(str(w) for w in ld.warnings),
+    )
+
+
+def check_config_main(path: str | Path, *, proposal_validator: ProposalValidator | None = None) -> int:
+    """``ipsecd --check-config FILE``: 0 and a summary if valid, 1 and every error on stderr if not."""
+    try:
+        config = load_config(path, proposal_validator=proposal_validator)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    n = len(config.connections)
+    print(f"configuration OK: {n} connection{'' if n == 1 else 's'}")
+    return 0

@@ -1,0 +1,316 @@
+"""``ipsecctl``: the command-line client of ipsecd's control socket.
+
+Exit codes are part of the interface (scripts and systemd units branch on them):
+0 success, 1 the daemon refused or the command failed, 2 usage error,
+3 the daemon cannot be reached. Errors go to stderr prefixed "ipsecctl: " so
+stdout stays clean for ``--json`` consumers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ipsecd.control.protocol import (
+    DEFAULT_SOCKET,
+    EXPORT_FORMATS,
+    MAX_RESPONSE_BYTES,
+    SOCKET_ENV,
+    ControlError,
+    ProtocolError,
+    Request,
+    Response,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
+
+
+class CannotConnect(ControlError):
+    """The socket is missing, refuses connections, or we may not open it."""
+
+
+class ControlClient:
+    """A blocking client: ipsecctl runs one command and exits, so asyncio would add nothing."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._rfile: Any = None
+
+    def __enter__(self) -> ControlClient:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5.0)
+            sock.connect(self.path)
+        except PermissionError:
+            sock.close()
+            raise CannotConnect(
+                f"cannot connect to {self.path}: permission denied (run as root or as a member of ipsecd's group)"
+            ) from None
+        except OSError:
+            sock.close()
+            raise CannotConnect(f"cannot connect to {self.path}: is ipsecd running?") from None
+        sock.settimeout(self.timeout)
+        self._sock = sock
+        self._rfile = sock.makefile("rb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rfile is not None:
+            self._rfile.close()
+        if self._sock is not None:
+            self._sock.close()
+
+    def _send(self, request: Request) -> None:
+        assert self._sock is not None
+        self._sock.sendall(request.encode())
+
+    def _receive(self) -> Response | None:
+        line = self._rfile.readline(MAX_RESPONSE_BYTES + 1)
+        if not line:
+            return None
+        if not line.endswith(b"\n"):
+            raise ProtocolError("the daemon's answer was cut off or too long")
+        return Response.decode(line)
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """Send one request and return its result; ControlError carries the daemon's error text."""
+        self._send(Request(cmd, args or {}))
+        response = self._receive()
+        if response is None:
+            raise ControlError("ipsecd closed the connection without answering")
+        if not response.ok:
+            raise ControlError(response.error or "unknown error")
+        return response.result
+
+    def follow_logs(self) -> Iterator[str]:
+        """Log records until the daemon closes the stream (it never ends on its own otherwise)."""
+        self.call("log", {"follow": True})
+        while (response := self._receive()) is not None:
+            if response.log is not None:
+                yield response.log
+            elif not response.ok:
+                raise ControlError(response.error or "unknown error")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _counter(value: Any) -> str:
+    return f"{value:>10}" if isinstance(value, int) else f"{'?':>10}"
+
+
+def render_sas(result: dict[str, Any]) -> str:
+    """list-sas as a human table, one block per IKE SA, in the layout of ``swanctl --list-sas``."""
+    sas = result.get("ike_sas") or []
+    if not sas:
+        return "no IKE SAs\n"
+    out: list[str] = []
+    for sa in sas:
+        role = "initiator" if sa.get("initiator") else "responder"
+        out.append(f"{sa.get('name', '?')}: {sa.get('state', '?')}, IKEv2, {role}")
+        out.append(f"  local  '{sa.get('local_id', '?')}' @ {sa.get('local', '?')}")
+        out.append(f"  remote '{sa.get('remote_id', '?')}' @ {sa.get('remote', '?')}")
+        if sa.get("proposal"):
+            out.append(f"  {sa['proposal']}")
+        for child in sa.get("child_sas") or []:
+            mode = str(child.get("mode", "?")).upper() + ("-in-UDP" if child.get("encap") else "")
+            proposal = f", ESP:{child['proposal']}" if child.get("proposal") else ""
+            out.append(f"  {child.get('name', '?')}: {child.get('state', '?')}, {mode}{proposal}")
+            out.append(
+                f"    in  {child.get('spi_in', '?'):>8}, {_counter(child.get('bytes_in'))} bytes, "
+                f"{_counter(child.get('packets_in'))} packets"
+            )
+            out.append(
+                f"    out {child.get('spi_out', '?'):>8}, {_counter(child.get('bytes_out'))} bytes, "
+                f"{_counter(child.get('packets_out'))} packets"
+            )
+            out.append(f"    local  {_ts_text(child.get('local_ts'))}")
+            out.append(f"    remote {_ts_text(child.get('remote_ts'))}")
+    return "\n".join(out) + "\n"
+
+
+def _ts_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) or "-"
+    return "?" if value is None else str(value)
+
+
+def render_value(value: Any, indent: int = 0) -> str:
+    """Any JSON result as indented ``key: value`` lines: status, stats and list-conns have no fixed layout."""
+    return "\n".join(_render_lines(value, indent)) + "\n"
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _render_lines(value: Any, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{key}:")
+                lines.extend(_render_lines(item, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item) if not isinstance(item, dict | list) else '-'}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list) and item:
+                sub = _render_lines(item, indent + 1)
+                lines.append(f"{pad}- {sub[0].lstrip()}")
+                lines.extend(sub[1:])
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    else:
+        lines.append(f"{pad}{_scalar(value)}")
+    return lines
+
+
+def _print_message(result: Any, out: TextIO) -> None:
+    if isinstance(result, dict) and isinstance(result.get("message"), str) and len(result) == 1:
+        print(result["message"], file=out)
+    elif result not in (None, {}):
+        out.write(render_value(result))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _write_export(files: Any, out_dir: str | None, out: TextIO) -> None:
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ControlError("unexpected export-keys answer from the daemon (no 'files')")
+    for name in files:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise ControlError(f"daemon sent an unsafe file name {name!r}")
+    if out_dir is None:
+        for name, content in files.items():
+            if len(files) > 1:
+                print(f"==> {name} <==", file=out)
+            out.write(content if content.endswith("\n") or not content else content + "\n")
+        return
+    directory = Path(out_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, content in files.items():
+        target = directory / name
+        # Keys: never world-readable, not even for the moment between create and chmod.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(content)
+        print(f"wrote {target}", file=out)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    with ControlClient(args.socket, args.timeout) as client:
+        cmd = args.command
+        if cmd == "log":
+            for record in client.follow_logs():
+                print(record, file=out, flush=True)
+            return EXIT_OK
+        if cmd in ("up", "down"):
+            result = client.call(cmd, {"name": args.name})
+        elif cmd == "export-keys":
+            result = client.call(cmd, {"format": args.format})
+            _write_export(result.get("files") if isinstance(result, dict) else None, args.out, out)
+            return EXIT_OK
+        else:
+            result = client.call(cmd)
+        if getattr(args, "json", False):
+            out.write(json.dumps(result) + "\n")
+        elif cmd == "list-sas":
+            out.write(render_sas(result if isinstance(result, dict) else {}))
+        elif cmd in ("status", "list-conns", "stats"):
+            out.write(render_value(result))
+        else:
+            _print_message(result, out)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipsecctl",
+        description="Control a running ipsecd over its control socket.",
+        epilog="exit codes: 0 ok, 1 command failed, 2 usage error, 3 cannot connect to ipsecd",
+    )
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
+        help=f"control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for an answer (default: wait as long as it takes)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, text in (
+        ("status", "daemon status"),
+        ("list-conns", "configured connections"),
+        ("list-sas", "established IKE and Child SAs"),
+        ("stats", "counters"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--json", action="store_true", help="print the daemon's JSON answer unchanged")
+    for name, text in (("up", "initiate a connection"), ("down", "close a connection's SAs")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("name", metavar="NAME", help="connection name from the configuration")
+    sub.add_parser("reload", help="re-read the configuration", description="re-read the configuration")
+    p = sub.add_parser("log", help="stream the daemon's log", description="stream the daemon's log until Ctrl-C")
+    p.add_argument("--follow", "-f", action="store_true", help="keep streaming new records (required)")
+    p = sub.add_parser(
+        "export-keys",
+        help="export SA keys for Wireshark (needs settings.debug.allow_key_export)",
+        description="export IKE and ESP keys so Wireshark can decrypt a capture; the files hold secrets",
+    )
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="wireshark")
+    p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ipsecctl``; returns the exit code instead of calling sys.exit (testable)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "log" and not args.follow:
+        print("ipsecctl: log needs --follow (ipsecd keeps no log history; see journalctl -u ipsecd)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args, sys.stdout)
+    except CannotConnect as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except ControlError as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TimeoutError:
+        print(f"ipsecctl: no answer from ipsecd within {args.timeout} s", file=sys.stderr)
+        return EXIT_FAILED
+    except (ConnectionError, BrokenPipeError) as exc:
+        print(f"ipsecctl: connection to ipsecd lost: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # e.g. --out DIR not writable
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "log" else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

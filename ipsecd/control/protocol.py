@@ -1,0 +1,197 @@
+"""The control socket's wire format, shared by the server (ipsecd) and the client (ipsecctl).
+
+Newline-delimited JSON over a Unix stream socket, one request and one response
+per line, several requests per connection allowed:
+
+    -> {"v": 1, "cmd": "list-sas", "args": {}}
+    <- {"v": 1, "ok": true, "result": {"ike_sas": [...]}}
+    <- {"v": 1, "ok": false, "error": "no connection named 'x'"}
+
+``log`` (with ``{"follow": true}``) is the one streaming command: after the
+ok-response the server sends ``{"v": 1, "log": "..."}`` lines until the client
+closes the connection.
+
+JSON lines rather than a binary protocol because operators debug with
+``socat - UNIX-CONNECT:/run/ipsecd/ipsecd.sock``, and scripts and monitoring
+read ``--json`` output with jq.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
+
+from ipsecd.errors import IpsecdError
+
+PROTOCOL_VERSION = 1
+DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
+SOCKET_ENV = "IPSECD_SOCKET"
+MAX_REQUEST_BYTES = 64 * 1024
+"""Requests are tiny; a longer line is a confused or hostile client, answered and dropped."""
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""Responses can be large (thousands of SAs), so the client's line limit is generous."""
+
+COMMANDS = ("status", "list-conns", "list-sas", "stats", "up", "down", "reload", "export-keys", "log")
+EXPORT_FORMATS = ("wireshark",)
+
+
+class ControlError(IpsecdError):
+    """A control request failed in a way the user should read ("no connection named 'x'").
+
+    Handlers raise it; the server turns its message into ``{"ok": false, "error": ...}``.
+    """
+
+
+class ProtocolError(ControlError):
+    """A line on the control socket is not a valid request or response."""
+
+
+@dataclass(frozen=True)
+class Request:
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+    v: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return _line({"v": self.v, "cmd": self.cmd, "args": self.args})
+
+    @classmethod
+    def decode(cls, line: bytes) -> Request:
+        """Parse one request line; every way it can be wrong is a ProtocolError saying which."""
+        msg = _object(line)
+        v = msg.get("v", PROTOCOL_VERSION)
+        if v != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported protocol version {v!r} (this ipsecd speaks {PROTOCOL_VERSION})")
+        cmd = msg.get("cmd")
+        if not isinstance(cmd, str):
+            raise ProtocolError("request has no 'cmd' string")
+        args = msg.get("args", {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ProtocolError("'args' must be a JSON object")
+        return cls(cmd, args, v)
+
+
+@dataclass(frozen=True)
+class Response:
+    """One line from the server: a result, an error, or (while following logs) a log record."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    log: str | None = None
+
+    def encode(self) -> bytes:
+        if self.log is not None:
+            return _line({"v": PROTOCOL_VERSION, "log": self.log})
+        if self.ok:
+            return _line({"v": PROTOCOL_VERSION, "ok": True, "result": self.result})
+        return _line({"v": PROTOCOL_VERSION, "ok": False, "error": self.error or "unknown error"})
+
+    @classmethod
+    def decode(cls, line: bytes) -> Response:
+        msg = _object(line)
+        if "log" in msg:
+            return cls(ok=True, log=str(msg["log"]))
+        ok = msg.get("ok")
+        if ok is True:
+            return cls(ok=True, result=msg.get("result"))
+        if ok is False:
+            return cls(ok=False, error=str(msg.get("error") or "unknown error"))
+        raise ProtocolError("response has no 'ok' field")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    # Compact and ASCII-only: one message is exactly one line whatever the strings contain.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return msg
+
+
+def format_spi(spi: int | bytes) -> str:
+    """A 32-bit ESP SPI as the 8 lowercase hex digits list-sas shows ("c1a2b3d4")."""
+    value = int.from_bytes(spi, "big") if isinstance(spi, bytes) else spi
+    return f"{value:08x}"
+
+
+def format_endpoint(addr: object, port: int) -> str:
+    """An address and port as list-sas shows them, swanctl style: ``192.0.2.1[500]``."""
+    return f"{addr}[{port}]"
+
+
+# ----- result shapes (the list-sas schema is a contract: scripts and tests parse it)
+
+
+class ChildSaInfo(TypedDict):
+    name: str
+    state: str  # "INSTALLED", "REKEYING", ...
+    spi_in: str  # format_spi()
+    spi_out: str
+    mode: str  # "tunnel" | "transport"
+    encap: bool  # ESP in UDP (RFC 3948)
+    proposal: str  # e.g. "AES_GCM_16-256/NO_EXT_SEQ"
+    local_ts: list[str]
+    remote_ts: list[str]
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+
+
+class IkeSaInfo(TypedDict):
+    name: str  # the connection name
+    state: str  # "CONNECTING", "ESTABLISHED", "REKEYING", "DELETING", ...
+    local: str  # format_endpoint()
+    remote: str
+    local_id: str
+    remote_id: str
+    initiator: bool
+    proposal: str  # e.g. "AES_GCM_16-256/PRF_HMAC_SHA2_256/ECP_256"
+    child_sas: list[ChildSaInfo]
+
+
+class ListSasResult(TypedDict):
+    ike_sas: list[IkeSaInfo]
+
+
+class ExportKeysResult(TypedDict):
+    """``files`` maps a bare file name (e.g. "esp_sa", "ikev2_decryption_table") to its content."""
+
+    files: dict[str, str]
+
+
+class ControlHandler(Protocol):
+    """What the daemon provides to the control server; one method per command.
+
+    Methods raise ControlError for user errors; anything else is logged by the
+    server and answered as an internal error, never crashing it.
+    """
+
+    async def list_sas(self) -> dict[str, Any]: ...
+
+    async def list_conns(self) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def up(self, name: str) -> dict[str, Any]: ...
+
+    async def down(self, name: str) -> dict[str, Any]: ...
+
+    async def reload(self) -> dict[str, Any]: ...
+
+    async def export_keys(self, fmt: str) -> dict[str, Any]: ...
+
+    def subscribe_logs(self) -> AsyncIterator[str]: ...

@@ -1,0 +1,232 @@
+"""The control socket server: newline-delimited JSON over a Unix socket (see protocol.py).
+
+Access control is the file system: the socket is mode 0660 in a 0750 directory,
+so root and the daemon's group may talk to it and nobody else can even reach
+it. No request can crash the server: a malformed line gets an error answer and
+the connection stays usable; a failing handler is logged and answered as an
+internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ipsecd.control.protocol import (
+    EXPORT_FORMATS,
+    MAX_REQUEST_BYTES,
+    ControlError,
+    ControlHandler,
+    ProtocolError,
+    Request,
+    Response,
+)
+
+log = logging.getLogger("ipsecd.control")
+
+SOCKET_MODE = 0o660
+DIR_MODE = 0o750
+
+
+class ControlServer:
+    """Serves one ControlHandler on a Unix socket at ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str], handler: ControlHandler) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+        self._inode: tuple[int, int] | None = None
+
+    async def start(self) -> None:
+        """Bind the socket (replacing a stale one) and start accepting clients."""
+        self._prepare_path()
+        self._server = await asyncio.start_unix_server(self._serve_client, path=str(self.path), limit=MAX_REQUEST_BYTES)
+        # chmod after bind rather than relying on the umask, which differs between
+        # a systemd unit, a shell and a test run.
+        os.chmod(self.path, SOCKET_MODE)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        log.info("control socket listening on %s", self.path)
+
+    async def close(self) -> None:
+        """Stop accepting, end every client (including log followers), remove the socket file."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        self._remove_own_socket()
+
+    # ---- socket file handling
+
+    def _prepare_path(self) -> None:
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=DIR_MODE)
+            os.chmod(parent, DIR_MODE)  # mkdir's mode is filtered by the umask
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlError(f"{self.path} exists and is not a socket; refusing to replace it")
+        if _socket_alive(self.path):
+            raise ControlError(f"another process is already serving {self.path} (is ipsecd already running?)")
+        log.info("removing stale control socket %s", self.path)
+        self.path.unlink()
+
+    def _remove_own_socket(self) -> None:
+        # Only unlink the file we bound: a second daemon may have replaced it meanwhile.
+        if self._inode is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                self.path.unlink()
+        self._inode = None
+
+    # ---- clients
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            await self._requests(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away mid-answer: nothing to tell anyone
+        except asyncio.CancelledError:
+            pass  # server closing
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than MAX_REQUEST_BYTES: the stream cannot be resynchronised
+                await _send(writer, Response(False, error=f"request longer than {MAX_REQUEST_BYTES} bytes"))
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                request = Request.decode(line)
+            except ProtocolError as exc:
+                await _send(writer, Response(False, error=f"malformed request: {exc}"))
+                continue
+            if request.cmd == "log":
+                await self._follow_logs(request, reader, writer)
+                return
+            writer.write(await self._dispatch(request))
+            await writer.drain()
+
+    async def _dispatch(self, request: Request) -> bytes:
+        """The encoded answer; encoding inside the try turns a non-JSON result into an error reply."""
+        try:
+            call = self._handler_call(request)
+            return Response(True, await call()).encode()
+        except ControlError as exc:
+            return Response(False, error=str(exc)).encode()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("control command %r failed", request.cmd)
+            return Response(False, error=f"internal error while handling '{request.cmd}' (see the ipsecd log)").encode()
+
+    def _handler_call(self, request: Request) -> Callable[[], Awaitable[Any]]:
+        h, args = self.handler, request.args
+        simple: dict[str, Callable[[], Awaitable[Any]]] = {
+            "status": h.status,
+            "list-conns": h.list_conns,
+            "list-sas": h.list_sas,
+            "stats": h.stats,
+            "reload": h.reload,
+        }
+        if request.cmd in simple:
+            return simple[request.cmd]
+        if request.cmd in ("up", "down"):
+            name = args.get("name")
+            if not isinstance(name, str) or not name:
+                raise ControlError(f"'{request.cmd}' needs a connection name")
+            method = h.up if request.cmd == "up" else h.down
+            return lambda: method(name)
+        if request.cmd == "export-keys":
+            fmt = args.get("format", "wireshark")
+            if fmt not in EXPORT_FORMATS:
+                raise ControlError(f"unknown export format {fmt!r} (expected: {', '.join(EXPORT_FORMATS)})")
+            return lambda: h.export_keys(fmt)
+        raise ControlError(f"unknown command {request.cmd!r}")
+
+    async def _follow_logs(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if request.args.get("follow") is not True:
+            await _send(writer, Response(False, error="'log' needs {\"follow\": true}; ipsecd keeps no log history"))
+            return
+        try:
+            records = self.handler.subscribe_logs()
+        except ControlError as exc:
+            await _send(writer, Response(False, error=str(exc)))
+            return
+        await _send(writer, Response(True, {"follow": True}))
+        pump = asyncio.create_task(_pump_logs(records, writer))
+        # The client never writes again; its EOF (or the pump ending) ends the stream.
+        # Waiting on both notices a closed client even while no log record arrives.
+        eof = asyncio.create_task(_drain_until_eof(reader))
+        try:
+            await asyncio.wait({pump, eof}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, eof):
+                task.cancel()
+            await asyncio.gather(pump, eof, return_exceptions=True)
+            aclose = getattr(records, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()  # lets the handler unsubscribe
+
+
+async def _pump_logs(records: AsyncIterator[str], writer: asyncio.StreamWriter) -> None:
+    async for record in records:
+        await _send(writer, Response(True, log=record))
+
+
+async def _drain_until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(4096):
+        pass
+
+
+async def _send(writer: asyncio.StreamWriter, response: Response) -> None:
+    writer.write(response.encode())
+    await writer.drain()
+
+
+def _socket_alive(path: Path) -> bool:
+    """True if something accepts connections on ``path`` (a running daemon), False if stale."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                return False
+            raise ControlError(f"cannot check existing socket {path}: {exc.strerror}") from None
+        return True

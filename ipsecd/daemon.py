@@ -1,0 +1,375 @@
+"""ipsecd: wires the config, the IKE manager, the IKE sockets, the data plane and the control socket.
+
+This is the only place that owns the event loop and the wall clock; the IKE
+engine sees datagrams and monotonic time, the data plane sees SA installs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import suppress
+from typing import Any
+
+from ipsecd import __version__
+from ipsecd.config import Config, load_config
+from ipsecd.control.protocol import ControlError
+from ipsecd.control.server import ControlServer
+from ipsecd.dataplane.ike_socket import IkeTransport, source_address_for
+from ipsecd.errors import ConfigError
+from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.ike_sa import IkeSa
+from ipsecd.ike.manager import IkeManager
+from ipsecd.ike.proposal import proposal_to_swanctl
+from ipsecd.ike.ts import ts_to_str
+from ipsecd.logsetup import LogHub, setup_logging
+from ipsecd.sdnotify import sd_notify, watchdog_interval
+from ipsecd.settings_from_config import ike_settings, validate_proposal
+
+log = logging.getLogger("ipsecd.cfg")
+DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
+RESTART_DELAY = 5.0  # seconds before a start_action=start connection is retried after it failed
+
+
+class Daemon:
+    """One running ipsecd: the asyncio shell around the sans-I/O engines."""
+
+    def __init__(self, config: Config, control_socket: str, hub: LogHub, *, dataplane: bool = True) -> None:
+        self.config = config
+        self.control_socket = control_socket
+        self.hub = hub
+        self.want_dataplane = dataplane
+        self.manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
+                                  now=time.monotonic(), source_for=source_address_for)
+        self.transport = IkeTransport(self._on_datagram)
+        self.control = ControlServer(control_socket, self)
+        self.dataplane: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+        self._children: dict[tuple[int, bytes], ChildSaEstablished] = {}
+        self._started = time.time()
+        self.event_counts: dict[str, int] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.transport.start()
+        if self.want_dataplane:
+            await self._start_dataplane()
+        await self.control.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly()))
+        sd_notify("READY=1\nSTATUS=listening for IKE")
+        wd = watchdog_interval()
+        if wd:
+            self._spawn(self._watchdog(wd))
+        log.info("ipsecd %s started: %d connection(s) from %s", __version__, len(self.config.connections),
+                 self.config.source)
+        self._start_connections()
+        await self._stopping.wait()
+        await self._shutdown()
+        return 0
+
+    async def _start_dataplane(self) -> None:
+        try:
+            from ipsecd.dataplane.client import DataPlane
+        except ImportError as e:  # pragma: no cover - dataplane module optional while it is built
+            log.warning("data plane unavailable (%s): negotiating SAs without installing them", e)
+            return
+        self.dataplane = DataPlane(self.config.settings.dataplane)
+        await self.dataplane.start()
+
+    async def _shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        log.info("shutting down: deleting IKE SAs")
+        for sa in self.manager.list_sas():
+            self.manager.terminate(sa.settings.name, time.monotonic())
+        self._flush()
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._until_no_sas(), 2.0)
+        await self.control.close()
+        self.transport.close()
+        if self.dataplane is not None:
+            await self.dataplane.stop()
+
+    async def _until_no_sas(self) -> None:
+        while self.manager.list_sas():
+            await asyncio.sleep(0.05)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _start_connections(self) -> None:
+        for name, conn in self.config.connections.items():
+            if any(ch.start_action in ("start", "trap") for ch in conn.children.values()):
+                self._initiate(name)
+
+    def _initiate(self, name: str) -> IkeSa | None:
+        try:
+            sa = self.manager.initiate(name, time.monotonic())
+        except (KeyError, ValueError) as e:
+            log.error("cannot initiate %s: %s", name, e)
+            return None
+        self._flush()
+        return sa
+
+    # ------------------------------------------------------------ I/O glue
+    def _on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.manager.receive_datagram(data, local, remote, time.monotonic())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.manager.handle_timer(time.monotonic())
+        self._flush()
+
+    def _flush(self) -> None:
+        for data, local, remote in self.manager.datagrams_to_send():
+            self.transport.send(data, local, remote)
+        while (ev := self.manager.next_event()) is not None:
+            self._on_event(ev)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        t = self.manager.get_timer()
+        if t is not None:
+            self._timer = asyncio.get_running_loop().call_at(t, self._on_timer)
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, ChildSaEstablished):
+            self._children[(ev.ike_sa_id, ev.spi_in)] = ev
+            self._count("child_sas_established")
+            if self.dataplane is not None:
+                self._spawn(self._install(ev))
+        elif isinstance(ev, ChildSaDeleted):
+            self._children.pop((ev.ike_sa_id, ev.spi_in), None)
+            self.manager.release_spi(ev.spi_in)
+            if self.dataplane is not None:
+                self._spawn(self._uninstall(ev))
+        elif isinstance(ev, ChildSaFailed):
+            self._count("child_sa_failures")
+        elif isinstance(ev, IkeSaEstablished):
+            self._count("ike_sas_established")
+        elif isinstance(ev, IkeSaClosed):
+            self._count("ike_sas_closed")
+            self._maybe_restart(ev)
+
+    def _maybe_restart(self, ev: IkeSaClosed) -> None:
+        """start_action=start keeps trying: a failed or peer-closed tunnel is brought up again."""
+        conn = self.config.connections.get(ev.name)
+        if conn is None or self._stopping.is_set() or "by request" in ev.reason:
+            return
+        if not any(ch.start_action == "start" for ch in conn.children.values()):
+            return
+        if any(sa.settings.name == ev.name for sa in self.manager.list_sas()):
+            return
+        asyncio.get_running_loop().call_later(RESTART_DELAY, self._restart, ev.name)
+
+    def _restart(self, name: str) -> None:
+        if self._stopping.is_set() or any(sa.settings.name == name for sa in self.manager.list_sas()):
+            return
+        if name in self.config.connections:
+            log.info("restarting connection %s", name)
+            self._initiate(name)
+
+    async def _install(self, ev: ChildSaEstablished) -> None:
+        from ipsecd.settings_from_config import child_sa_params
+
+        inbound, outbound, policies = child_sa_params(ev)
+        try:
+            await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies)
+        except Exception as e:
+            log.error("cannot install Child SA %s in the data plane: %s", ev.child, e)
+
+    async def _uninstall(self, ev: ChildSaDeleted) -> None:
+        try:
+            await self.dataplane.delete_child_sa(ev.reqid)
+        except Exception as e:
+            log.warning("cannot remove Child SA %s from the data plane: %s", ev.child, e)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_quietly(self) -> None:
+        with suppress(ControlError):
+            await self.reload()
+
+    def _count(self, what: str) -> None:
+        self.event_counts[what] = self.event_counts.get(what, 0) + 1
+
+    # ---------------------------------------------------- control handlers
+    async def list_sas(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {}
+        if self.dataplane is not None:
+            with suppress(Exception):
+                counters = await self.dataplane.counters()
+        out = []
+        for sa in self.manager.list_sas():
+            st = sa.status()
+            kids = []
+            for c in sa.children:
+                e = c.event
+                cin = _sa_counters(counters, e.spi_in)
+                cout = _sa_counters(counters, e.spi_out)
+                kids.append({
+                    "name": e.child, "state": c.state, "reqid": e.reqid,
+                    "spi_in": e.spi_in.hex(), "spi_out": e.spi_out.hex(),
+                    "mode": e.mode, "encap": e.encap, "proposal": proposal_to_swanctl(e.proposal),
+                    "local_ts": [ts_to_str(t) for t in e.local_ts], "remote_ts": [ts_to_str(t) for t in e.remote_ts],
+                    "bytes_in": cin.get("bytes", 0), "bytes_out": cout.get("bytes", 0),
+                    "packets_in": cin.get("packets", 0), "packets_out": cout.get("packets", 0),
+                    "drops_in": cin.get("drops", {}),
+                })
+            st["child_sas"] = kids
+            out.append(st)
+        return {"ike_sas": out}
+
+    async def list_conns(self) -> dict[str, Any]:
+        conns = []
+        for name, c in self.config.connections.items():
+            conns.append({
+                "name": name, "local_addrs": list(c.local_addrs), "remote_addrs": list(c.remote_addrs),
+                "proposals": list(c.proposals), "local_id": str(c.local.id), "remote_id": str(c.remote.id),
+                "children": {
+                    cn: {"local_ts": [str(t) for t in ch.local_ts], "remote_ts": [str(t) for t in ch.remote_ts],
+                         "esp_proposals": list(ch.esp_proposals), "mode": ch.mode, "start_action": ch.start_action}
+                    for cn, ch in c.children.items()
+                },
+            })
+        return {"connections": conns}
+
+    async def status(self) -> dict[str, Any]:
+        sas = self.manager.list_sas()
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self._started, 1),
+            "config": str(self.config.source), "connections": len(self.config.connections),
+            "ike_sas": len(sas), "child_sas": sum(len(sa.children) for sa in sas),
+            "dataplane": self.dataplane is not None,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        dp: dict[str, Any] = {}
+        if self.dataplane is not None:
+            with suppress(Exception):
+                dp = await self.dataplane.counters()
+        return {"ike": dict(self.manager.counters), "events": dict(self.event_counts),
+                "net": dict(self.transport.counters), "dataplane": dp.get("global", {})}
+
+    async def up(self, name: str) -> dict[str, Any]:
+        if name not in self.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        sa = self._initiate(name)
+        if sa is None:
+            raise ControlError(f"cannot initiate '{name}'")
+        for _ in range(200):  # wait up to 10 s for the outcome, like swanctl --initiate
+            if sa.state.value in ("ESTABLISHED", "CLOSED"):
+                break
+            await asyncio.sleep(0.05)
+        if sa.state.value != "ESTABLISHED":
+            raise ControlError(f"'{name}' failed: {sa.fail_reason or sa.state.value}")
+        return {"established": name, "ike_sa": sa.ike_sa_id}
+
+    async def down(self, name: str) -> dict[str, Any]:
+        if name not in self.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        n = self.manager.terminate(name, time.monotonic())
+        self._flush()
+        return {"deleted": n}
+
+    async def reload(self) -> dict[str, Any]:
+        try:
+            new = load_config(self.config.source, proposal_validator=validate_proposal)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration:\n%s", e)
+            raise ControlError(f"reload failed: {e}") from e
+        old = self.config
+        self.config = new
+        self.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
+        removed = [n for n in old.connections if n not in new.connections]
+        added = [n for n in new.connections if n not in old.connections]
+        changed = [n for n in new.connections if n in old.connections and new.connections[n] != old.connections[n]]
+        for name in removed + changed:
+            self.manager.terminate(name, time.monotonic())
+        self._flush()
+        for name in added + changed:
+            conn = new.connections[name]
+            if any(ch.start_action == "start" for ch in conn.children.values()):
+                asyncio.get_running_loop().call_later(0.5 if name in changed else 0, self._initiate, name)
+        log.info("configuration reloaded: %d added, %d removed, %d changed", len(added), len(removed), len(changed))
+        return {"added": added, "removed": removed, "changed": changed}
+
+    async def export_keys(self, fmt: str) -> dict[str, Any]:
+        if not self.config.settings.debug.allow_key_export:
+            raise ControlError("key export is disabled: set settings.debug.allow_key_export: true to enable it")
+        raise ControlError("key export is not implemented yet")
+
+    def subscribe_logs(self) -> AsyncIterator[str]:
+        return self.hub.subscribe()
+
+
+def _sa_counters(counters: dict[str, Any], spi: bytes) -> dict[str, Any]:
+    sas = counters.get("sas", {}) if counters else {}
+    v = sas.get(spi.hex()) or sas.get(int.from_bytes(spi, "big")) or {}
+    return v if isinstance(v, dict) else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ipsecd", description="IKEv2/IPsec VPN daemon")
+    p.add_argument("--config", "-c", default="/etc/ipsecd/ipsecd.yaml", help="YAML configuration file")
+    p.add_argument("--control-socket", default=None, help=f"control socket path (default {DEFAULT_SOCKET})")
+    p.add_argument("--check-config", nargs="?", const=True, default=None, metavar="FILE",
+                   help="validate the configuration (FILE, or --config) and exit")
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error (overrides the config)")
+    p.add_argument("--no-dataplane", action="store_true", help="negotiate SAs without installing them")
+    p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
+    args = p.parse_args(argv)
+
+    if args.check_config is not None:
+        from ipsecd.config import check_config_main
+
+        path = args.config if args.check_config is True else args.check_config
+        return check_config_main(path, proposal_validator=validate_proposal)
+    try:
+        config = load_config(args.config, proposal_validator=validate_proposal)
+    except ConfigError as e:
+        print(f"ipsecd: invalid configuration:\n{e}", file=sys.stderr)
+        return 2
+    hub = setup_logging(args.log_level or config.settings.log_level, getattr(config.settings, "log", None))
+    sock = str(args.control_socket or config.settings.control_socket or DEFAULT_SOCKET)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional
+        pass
+
+    async def run() -> int:
+        daemon = Daemon(config, sock, hub, dataplane=not args.no_dataplane)
+        return await daemon.run()
+
+    try:
+        return asyncio.run(run())
+    except OSError as e:
+        print(f"ipsecd: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+

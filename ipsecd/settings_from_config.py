@@ -1,0 +1,115 @@
+"""Translations between layers: config -> engine settings, and Child SA events -> data-plane SAs.
+
+Kept apart so the IKE engine, the ESP core and the config model never import
+each other: this module is the only place that knows all three.
+"""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import ip_address
+
+from ipsecd.config import Config, ConnectionConfig, Identity, TsConfig
+from ipsecd.esp.sa import Mode, SaParams
+from ipsecd.esp.spd import Action, Policy, Selector
+from ipsecd.ike.constants import EncrId, EsnId, IntegId, ProtocolId, TransformType
+from ipsecd.ike.events import ChildSaEstablished
+from ipsecd.ike.identity import ANY, parse_identity
+from ipsecd.ike.payloads import TrafficSelector
+from ipsecd.ike.proposal import parse_proposal, parse_proposals
+from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings, RetransmitSettings, TsSpec
+
+
+def validate_proposal(kind: str, text: str) -> None:
+    """The config loader's hook: raises ValueError with a readable message for a bad proposal."""
+    parse_proposal(text, ProtocolId.IKE if kind == "ike" else ProtocolId.ESP)
+
+
+def _engine_identity(ident: Identity | None, fallback: str) -> IkeIdentity:
+    if ident is None:
+        return parse_identity(fallback)
+    if ident.is_any:
+        return ANY
+    return IkeIdentity(int(ident.id_type) if ident.id_type is not None else None, ident.data, ident.text)
+
+
+def _ts_spec(t: TsConfig) -> TsSpec:
+    return TsSpec(t.prefix, t.proto, t.port_lo, t.port_hi)
+
+
+def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
+    local_addrs = tuple(str(a) for a in conn.local_addrs)
+    # strongSwan's default identity is the IP address the IKE SA uses
+    local_id = _engine_identity(conn.local.id, local_addrs[0] if local_addrs else socket.gethostname())
+    remote_id = _engine_identity(conn.remote.id, "%any")
+
+    def psk_lookup(me: IkeIdentity, peer: IkeIdentity) -> bytes | None:
+        mine = Identity.parse(me.text)
+        theirs = None if peer.is_any or peer.id_type is None else _config_identity(peer)
+        return config.find_psk(mine, theirs)
+
+    children = tuple(
+        ChildSettings(
+            name=name,
+            local_ts=tuple(_ts_spec(t) for t in ch.local_ts),
+            remote_ts=tuple(_ts_spec(t) for t in ch.remote_ts),
+            esp_proposals=tuple(parse_proposals(list(ch.esp_proposals), ProtocolId.ESP)),
+            mode=str(ch.mode.value),
+            start_action=str(ch.start_action.value),
+            replay_window=ch.replay_window,
+        )
+        for name, ch in conn.children.items()
+    )
+    r = conn.retransmit
+    return IkeSettings(
+        name=conn.name,
+        ike_proposals=tuple(parse_proposals(list(conn.proposals), ProtocolId.IKE)),
+        local_id=local_id,
+        remote_id=remote_id,
+        children=children,
+        psk_lookup=psk_lookup,
+        local_addrs=local_addrs,
+        remote_addrs=() if conn.remote_any and not conn.remote_addrs else tuple(str(a) for a in conn.remote_addrs),
+        remote_port=conn.remote_port,
+        retransmit=RetransmitSettings(tries=r.tries, timeout=r.timeout, base=r.base),
+        force_encap=conn.encap,
+    )
+
+
+def _config_identity(peer: IkeIdentity) -> Identity | None:
+    try:
+        return Identity.from_wire(int(peer.id_type or 0), peer.data)
+    except ValueError:
+        return None
+
+
+def _selector(ts: TrafficSelector) -> Selector:
+    return Selector.from_range(ts.start_addr, ts.end_addr, ts.ip_proto, (ts.start_port, ts.end_port))
+
+
+def child_sa_params(ev: ChildSaEstablished) -> tuple[SaParams, SaParams, list[Policy]]:
+    """Both directions of a negotiated Child SA, and the outbound policies that select it."""
+    p = ev.proposal
+    (encr,) = p.of_type(TransformType.ENCR)
+    integ = p.of_type(TransformType.INTEG)
+    esn = any(t.id == EsnId.ESN for t in p.of_type(TransformType.ESN))
+    local_ts = tuple(_selector(t) for t in ev.local_ts)
+    remote_ts = tuple(_selector(t) for t in ev.remote_ts)
+    common = dict(
+        encr=EncrId(encr.id), integ=IntegId(integ[0].id) if integ else IntegId.NONE, esn=esn,
+        mode=Mode.TRANSPORT if ev.mode == "transport" else Mode.TUNNEL,
+        local_addr=ip_address(ev.local[0]), remote_addr=ip_address(ev.remote[0]), encap=ev.encap,
+        local_port=ev.local[1] if ev.encap else 4500, remote_port=ev.remote[1] if ev.encap else 4500,
+        local_ts=local_ts, remote_ts=remote_ts, replay_window=ev.replay_window, name=f"{ev.name}/{ev.child}",
+    )
+    enc_in, integ_in = ev.keys_in
+    enc_out, integ_out = ev.keys_out
+    inbound = SaParams(spi=int.from_bytes(ev.spi_in, "big"), encr_key=enc_in, integ_key=integ_in,
+                       **common)  # type: ignore[arg-type]
+    outbound = SaParams(spi=int.from_bytes(ev.spi_out, "big"), encr_key=enc_out, integ_key=integ_out,
+                        **common)  # type: ignore[arg-type]
+    policies = [
+        Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=ev.reqid, name=f"{ev.name}/{ev.child}")
+        for lsel in local_ts for rsel in remote_ts if lsel.version == rsel.version
+    ]
+    return inbound, outbound, policies
