@@ -348,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     hub = setup_logging(args.log_level or config.settings.log_level, getattr(config.settings, "log", None))
     sock = str(args.control_socket or config.settings.control_socket or DEFAULT_SOCKET)
+    loop_factory = None
     try:
         import uvloop
 
-        uvloop.install()
+        # only our own loop: pyroute2 runs asyncio loops of its own for netlink, which uvloop cannot host
+        loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is optional
         pass
 
@@ -360,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         return await daemon.run()
 
     try:
-        return asyncio.run(run())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run())
     except OSError as e:
         print(f"ipsecd: {e}", file=sys.stderr)
         return 1
