@@ -48,8 +48,11 @@ lint: pydeps
 demo: deps
 	$(PY) -m ipsecd.demo
 
+# wireguard-go is the second data-plane anchor of the benchmark (keys are made at run time, never kept)
 bench: deps
-	$(PY) -m tests.bench
+	@if [ "$$(id -u)" = 0 ]; then for p in wireguard-go wireguard-tools; do dpkg -s $$p >/dev/null 2>&1 || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
+	$(PY) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,327 @@
+"""Tunnel benchmark: ``python -m tests.bench [--runs N] [--seconds S] [--setups a,b,...]``.
+
+Not a pytest test (the name does not match test_*.py): it takes minutes and its
+numbers are for people.  It builds one two-namespace topology per setup, keeps them
+all up, and interleaves the measurements (run 1 of every setup, then run 2, ...) so a
+noisy neighbour or CPU throttling on this shared 2-vCPU machine smears over all
+setups instead of biasing one.  Setups:
+
+- ``bare``: the veth itself, outer addresses (the ceiling);
+- ``strongswan``: charon libipsec <-> charon libipsec, AES-GCM-256, ESP-in-UDP;
+- ``ipsecd``: ipsecd <-> ipsecd, AES-GCM-256 (skipped with a note if not runnable);
+- ``wireguard``: wireguard-go <-> wireguard-go (skipped if not installed).
+
+Per run and setup: iperf3 TCP for ``--seconds`` (Gbit/s received, retransmits),
+iperf3 UDP with 64-byte payloads and no rate limit (packets/s the receiver got), and
+ping RTT from LAN to LAN; tunnels report the RTT they add over the bare veth.
+Keys and logs live in a temporary directory removed at exit (``--keep`` keeps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
+from tests.netns import Netns, Topology, why_no_netns
+from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
+
+SETUPS = ("bare", "strongswan", "ipsecd", "wireguard")
+IKE, ESP = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
+
+
+@dataclass
+class Setup:
+    """A ready topology plus where to send traffic (source/destination in the namespaces)."""
+
+    name: str
+    topo: Topology
+    src: str
+    dst: str
+    results: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, metric: str, value: float) -> None:
+        self.results.setdefault(metric, []).append(value)
+
+
+# ---------------------------------------------------------------- setups
+def _topology(stack: contextlib.ExitStack) -> Topology:
+    return stack.enter_context(Topology("pair", ipv6=False))
+
+
+def _iperf_server(topo: Topology, workdir: Path) -> None:
+    topo.b.popen(["iperf3", "-s"], workdir / "iperf3-server.log")
+
+
+def setup_bare(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    topo = _topology(stack)
+    _iperf_server(topo, workdir)
+    return Setup("bare", topo, topo.a_addr, topo.b_addr)
+
+
+def setup_strongswan(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    why = why_no_strongswan()
+    if why:
+        raise RuntimeError(why)
+    topo = _topology(stack)
+    a = Charon(topo.a, workdir / "a", ConnParams(
+        local_addrs=[topo.a_addr], remote_addrs=[topo.b_addr], local_id="a.test", remote_id="b.test",
+        proposals=[IKE], children=[ChildParams(local_ts=[topo.a_lan_net], remote_ts=[topo.b_lan_net],
+                                               esp_proposals=[ESP])]))
+    b = Charon(topo.b, workdir / "b", ConnParams(
+        local_addrs=[topo.b_addr], local_id="b.test", remote_id="a.test",
+        proposals=[IKE], children=[ChildParams(local_ts=[topo.b_lan_net], remote_ts=[topo.a_lan_net],
+                                               esp_proposals=[ESP])]))
+    for ch in (a, b):
+        stack.callback(ch.stop)
+        ch.start()
+    a.initiate("net")
+    b.wait_established(10, child="net")
+    _iperf_server(topo, workdir)
+    return Setup("strongswan", topo, topo.a_lan, topo.b_lan)
+
+
+def setup_ipsecd(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    why = why_no_ipsecd()
+    if why:
+        raise RuntimeError(why)
+    topo = _topology(stack)
+    a = Ipsecd(topo.a, workdir / "a", ipsecd_config(
+        local_addrs=[topo.a_addr], remote_addrs=[topo.b_addr], local_id="a.test", remote_id="b.test",
+        proposals=[IKE], children={"net": child_config(local_ts=[topo.a_lan_net], remote_ts=[topo.b_lan_net],
+                                                       esp_proposals=[ESP])}))
+    b = Ipsecd(topo.b, workdir / "b", ipsecd_config(
+        local_addrs=[topo.b_addr], remote_addrs="%any", local_id="b.test", remote_id="a.test",
+        proposals=[IKE], children={"net": child_config(local_ts=[topo.b_lan_net], remote_ts=[topo.a_lan_net],
+                                                       esp_proposals=[ESP])}))
+    for d in (a, b):
+        stack.callback(d.stop)
+        d.start()
+    a.up("peer")
+    b.wait_established(10, child="net")
+    _iperf_server(topo, workdir)
+    return Setup("ipsecd", topo, topo.a_lan, topo.b_lan)
+
+
+def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    """wireguard-go in each namespace; keys generated now into ``workdir`` (0600), never kept.
+
+    wireguard-go puts its control socket in /var/run/wireguard, shared by all
+    namespaces, so (like charon) each instance and every ``wg`` call gets a private
+    /run via a bind mount inside ``ip netns exec``'s own mount namespace.
+    """
+    for tool in ("wireguard-go", "wg"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not installed (apt-get install wireguard-go wireguard-tools)")
+    topo = _topology(stack)
+    ends = {"a": (topo.a, topo.a_addr, topo.a_lan, topo.b_lan_net),
+            "b": (topo.b, topo.b_addr, topo.b_lan, topo.a_lan_net)}
+    keys: dict[str, tuple[Path, str]] = {}
+    old_umask = os.umask(0o077)
+    try:
+        for side in ends:
+            priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+            pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            path = workdir / f"wg-{side}.key"
+            path.write_text(priv + "\n")
+            keys[side] = (path, pub)
+    finally:
+        os.umask(old_umask)
+
+    def in_private_run(ns: Netns, side: str, cmd: str) -> str:
+        run = workdir / f"run-{side}"
+        run.mkdir(exist_ok=True)
+        return f"mount --bind {shlex.quote(str(run))} /run && mkdir -p /run/wireguard && {cmd}"
+
+    for side, (ns, _addr, _lan, _net) in ends.items():
+        ns.popen(["bash", "-c", in_private_run(ns, side, "exec wireguard-go -f wg0")], workdir / f"wg-{side}.log")
+    for side, (ns, _addr, lan, net) in ends.items():
+        other = "b" if side == "a" else "a"
+        peer_addr = ends[other][1]
+        wg_set = (f"wg set wg0 private-key {shlex.quote(str(keys[side][0]))} listen-port 51820 "
+                  f"peer {keys[other][1]} allowed-ips {net} endpoint {peer_addr}:51820")
+        link = ["ip", "link", "show", "wg0"]
+        configure = ["bash", "-c", in_private_run(ns, side, wg_set)]
+        _wait(_succeeds(ns, link), 5, "wg0 link")
+        _wait(_succeeds(ns, configure), 5, "wg set")
+        ns.run(["ip", "link", "set", "wg0", "mtu", "1420", "up"])
+        ns.run(["ip", "route", "add", net, "dev", "wg0", "src", lan])
+    _iperf_server(topo, workdir)
+    setup = Setup("wireguard", topo, topo.a_lan, topo.b_lan)
+    _wait(lambda: topo.a.ping(topo.b_lan, count=1, src=topo.a_lan, deadline=1, check=False).returncode == 0,
+          10, "ping through wireguard")
+    return setup
+
+
+SETUP_FUNCS: dict[str, Callable[[contextlib.ExitStack, Path], Setup]] = {
+    "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd, "wireguard": setup_wireguard}
+
+
+def _succeeds(ns: Netns, cmd: list[str]) -> Callable[[], bool]:
+    """A predicate: does ``cmd`` exit 0 in ``ns`` right now (for polling with :func:`_wait`)."""
+    return lambda: ns.run(cmd, check=False).returncode == 0
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- measurements
+def _iperf(setup: Setup, args: list[str], seconds: int) -> dict[str, object]:
+    cmd = ["iperf3", "-c", setup.dst, "-B", setup.src, "-t", str(seconds), "-J", *args]
+    for attempt in range(3):  # the server may still be starting, or busy finishing the previous test
+        res = setup.topo.a.run(cmd, check=False, timeout=seconds + 60)
+        if res.returncode == 0:
+            data: dict[str, object] = json.loads(res.stdout)
+            return data
+        time.sleep(1 + attempt)
+    raise RuntimeError(f"iperf3 failed in {setup.name}: {res.stdout[-500:]}{res.stderr[-500:]}")
+
+
+def measure_tcp(setup: Setup, seconds: int) -> None:
+    end = _iperf(setup, [], seconds)["end"]
+    assert isinstance(end, dict)
+    setup.add("tcp_gbps", end["sum_received"]["bits_per_second"] / 1e9)
+    setup.add("tcp_retransmits", float(end["sum_sent"].get("retransmits", 0)))
+
+
+def measure_udp64(setup: Setup, seconds: int) -> None:
+    end = _iperf(setup, ["-u", "-l", "64", "-b", "0"], seconds)["end"]
+    assert isinstance(end, dict)
+    rx = end["sum_received"]
+    setup.add("udp64_rx_pps", (rx["packets"] - rx["lost_packets"]) / rx["seconds"])
+
+
+_RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
+
+
+def measure_rtt(setup: Setup, count: int = 20) -> None:
+    res = setup.topo.a.ping(setup.dst, count=count, src=setup.src, interval=0.05, deadline=10, check=False)
+    m = _RTT.search(res.stdout)
+    if m:
+        setup.add("rtt_ms", float(m.group(1)))
+
+
+# ---------------------------------------------------------------- report
+def _fmt(values: list[float], scale: str) -> str:
+    if not values:
+        return "-"
+    if scale == "pps":
+        return " / ".join(f"{v / 1000:.1f}k" for v in (min(values), statistics.median(values), max(values)))
+    if scale == "ms":
+        return " / ".join(f"{v:.3f}" for v in (min(values), statistics.median(values), max(values)))
+    if scale == "count":
+        return " / ".join(f"{v:.0f}" for v in (min(values), statistics.median(values), max(values)))
+    return " / ".join(f"{v:.2f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def report(setups: list[Setup], notes: list[str], runs: int, seconds: int) -> str:
+    lines = [f"tunnel benchmark: {runs} interleaved run(s), iperf3 {seconds} s each, "
+             f"{os.cpu_count()} CPU(s); values are min / median / max", ""]
+    rows = [("TCP Gbit/s", "tcp_gbps", "gbps"), ("TCP retransmits", "tcp_retransmits", "count"),
+            ("UDP 64B rx pkt/s", "udp64_rx_pps", "pps"), ("ping RTT ms", "rtt_ms", "ms")]
+    width = max([len(s.name) for s in setups] + [10])
+    for title, key, scale in rows:
+        lines.append(title)
+        for s in setups:
+            lines.append(f"  {s.name:<{width}}  {_fmt(s.results.get(key, []), scale)}")
+    bare = next((s for s in setups if s.name == "bare"), None)
+    if bare and bare.results.get("rtt_ms"):
+        base = statistics.median(bare.results["rtt_ms"])
+        lines.append("RTT added over bare veth (median), ms")
+        for s in setups:
+            if s is not bare and s.results.get("rtt_ms"):
+                lines.append(f"  {s.name:<{width}}  {statistics.median(s.results['rtt_ms']) - base:+.3f}")
+    by_name = {s.name: s for s in setups}
+    if "ipsecd" in by_name and "strongswan" in by_name:
+        lines.append("ipsecd / strongSwan (medians)")
+        for title, key, _ in rows:
+            if key in ("tcp_retransmits",):
+                continue
+            ours, theirs = by_name["ipsecd"].results.get(key), by_name["strongswan"].results.get(key)
+            if ours and theirs and statistics.median(theirs):
+                lines.append(f"  {title:<18} {statistics.median(ours) / statistics.median(theirs):.2f}x")
+    if notes:
+        lines.append("")
+        lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--seconds", type=int, default=10, help="seconds per iperf3 test (default 10)")
+    p.add_argument("--setups", default=",".join(SETUPS), help=f"comma list from {','.join(SETUPS)}")
+    p.add_argument("--no-udp", action="store_true", help="skip the 64-byte UDP packet-rate test")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    args = p.parse_args(argv)
+    why = why_no_netns()
+    if why:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "ping"):
+        if shutil.which(tool) is None:
+            print(f"cannot run: {tool} not installed", file=sys.stderr)
+            return 2
+    wanted = [s.strip() for s in args.setups.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SETUP_FUNCS]
+    if unknown:
+        p.error(f"unknown setup(s): {', '.join(unknown)}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="ipd-bench-"))
+    notes: list[str] = []
+    setups: list[Setup] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for name in wanted:
+                sub = workdir / name
+                sub.mkdir()
+                inner = contextlib.ExitStack()
+                try:
+                    setups.append(SETUP_FUNCS[name](inner, sub))
+                    stack.push(inner)  # unwinds with the rest at the end
+                except Exception as e:
+                    inner.close()
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    notes.append(f"{name} skipped: {first}")
+                    print(f"[bench] {name} skipped: {first}", file=sys.stderr)
+            time.sleep(1)  # let every iperf3 server bind
+            for run in range(1, args.runs + 1):
+                for s in setups:
+                    print(f"[bench] run {run}/{args.runs}: {s.name}", file=sys.stderr)
+                    try:
+                        measure_rtt(s)
+                        measure_tcp(s, args.seconds)
+                        if not args.no_udp:
+                            measure_udp64(s, args.seconds)
+                    except Exception as e:
+                        notes.append(f"{s.name} run {run} failed: {str(e).strip().splitlines()[0]}")
+            print(report(setups, notes, args.runs, args.seconds))
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

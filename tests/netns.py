@@ -1,0 +1,330 @@
+"""Network namespaces joined by veth pairs, for namespace, interop and benchmark runs.
+
+Every test network lives in namespaces this module creates, named ``ipd-<pid>-<n>-<role>``
+so concurrent runs (and other helpers working in the same machine) never collide, and
+so a crashed run's leftovers are recognisable.  Nothing is configured in the host
+namespace: veth pairs are created directly inside their namespaces.
+
+Cleanup is layered because a failing test must not leak namespaces or daemons:
+``Topology.__exit__`` tears down, an ``atexit`` hook catches what a crash skipped, and
+every process started with :meth:`Netns.popen` runs in its own process group so the whole
+group (e.g. ``ip netns exec`` -> ``bash`` -> ``charon``) is killed, never a broad name.
+
+Layouts (addresses are documentation/private ranges that exist only in these namespaces):
+
+``pair``::
+
+    A eth0 192.0.2.1/24, 2001:db8::1/64  <-- veth -->  B eth0 192.0.2.2/24, 2001:db8::2/64
+    A lo 10.1.0.1/32 ("LAN")                           B lo 10.2.0.1/32 ("LAN")
+
+``nat``::
+
+    A eth0 10.99.1.2/24 <-> NAT eth0 10.99.1.1/24 | NAT eth1 192.0.2.1/24 <-> B eth0 192.0.2.2/24
+    A default route via NAT; NAT masquerades out of eth1; B sees A as 192.0.2.1.
+
+The LAN addresses are /32 aliases on ``lo`` because this kernel has no ``dummy`` links.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import pytest
+
+Command = Sequence[str] | str
+_counter = itertools.count(1)
+_live: set[Topology] = set()
+
+
+class NetnsUnavailable(RuntimeError):
+    """Raised when namespaces cannot be used here (not root, no iproute2, no netns support)."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """CalledProcessError whose message carries the output: a bare exit code tells the reader nothing."""
+
+    def __str__(self) -> str:
+        cmd = shlex.join(self.cmd) if isinstance(self.cmd, list) else str(self.cmd)
+        return f"{cmd} -> exit {self.returncode}\nstdout: {self.stdout}\nstderr: {self.stderr}"
+
+
+def why_no_netns() -> str | None:
+    """Why namespace tests cannot run on this machine, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`ip netns` unavailable: {probe.stderr.strip()}"
+    return None
+
+
+def unique_prefix() -> str:
+    """A name prefix unique to this process and call, e.g. ``ipd-1234-3``."""
+    return f"ipd-{os.getpid()}-{next(_counter)}"
+
+
+def _argv(cmd: Command) -> list[str]:
+    """A shell string runs under ``bash -c`` (pipes, redirections); a list runs as is."""
+    return ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+
+
+def kill_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 3.0) -> None:
+    """SIGTERM the process group led by ``proc``, SIGKILL it if it lingers.
+
+    Only the group we created (start_new_session) is signalled, so nothing else on
+    the machine is touched even if a PID were reused after the leader exited.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    # Children of the leader (e.g. iperf3 under bash) may outlive it: sweep the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+@dataclass(eq=False)
+class Netns:
+    """One network namespace plus the processes this harness started in it."""
+
+    name: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def exec_argv(self, cmd: Command) -> list[str]:
+        """The argv that runs ``cmd`` inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *_argv(cmd)]
+
+    def run(self, cmd: Command, check: bool = True, timeout: float = 30.0,
+            input: str | None = None, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in the namespace and capture text output; ``check`` raises CommandFailed."""
+        res = subprocess.run(self.exec_argv(cmd), capture_output=True, text=True, timeout=timeout,
+                             input=input, env=None if env is None else {**os.environ, **env})
+        if check and res.returncode != 0:
+            raise CommandFailed(res.returncode, res.args, res.stdout, res.stderr)
+        return res
+
+    def popen(self, cmd: Command, log_path: str | os.PathLike[str] | None = None,
+              env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        """Start a long-running process in the namespace, in its own process group.
+
+        stdout and stderr go to ``log_path`` (or /dev/null); the process is killed by
+        :meth:`kill_all`, which every Topology exit path calls.
+        """
+        if log_path is not None:
+            log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in kill_all
+            self._logs.append(log)
+            out: int | IO[bytes] = log
+        else:
+            out = subprocess.DEVNULL
+        proc = subprocess.Popen(self.exec_argv(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd,
+                                env=None if env is None else {**os.environ, **env})
+        self.procs.append(proc)
+        return proc
+
+    def ping(self, dst: str, count: int = 3, src: str | None = None, interval: float = 0.2,
+             deadline: float | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """ping from this namespace; ``src`` selects the source address (-I).
+
+        ``deadline`` (-w) bounds the whole run so a black-holed tunnel fails fast.
+        """
+        cmd = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1",
+               "-w", str(int(deadline if deadline is not None else count * interval + 3))]
+        if src:
+            cmd += ["-I", src]
+        return self.run([*cmd, dst], check=check, timeout=(deadline or count * interval + 3) + 10)
+
+    def kill_all(self) -> None:
+        """Kill every process group this namespace object started and close their logs."""
+        for proc in reversed(self.procs):
+            kill_group(proc)
+        self.procs.clear()
+        for log in self._logs:
+            with contextlib.suppress(OSError):
+                log.close()
+        self._logs.clear()
+
+
+Layout = Literal["pair", "nat"]
+
+
+class Topology:
+    """A set of namespaces joined by veth, built on enter and removed on exit.
+
+    Attributes after ``__enter__``: ``a``, ``b`` (and ``nat`` in the NAT layout) as
+    :class:`Netns`; ``a_addr``/``b_addr`` the outer addresses each side binds to;
+    ``b_seen_from_a``/``a_seen_from_b`` the address each side should use to reach the
+    other (differs from ``a_addr`` behind NAT); ``a_lan``/``b_lan`` and
+    ``a_lan_net``/``b_lan_net`` the inner addresses/prefixes; ``a_addr6``/``b_addr6``
+    the IPv6 outer addresses (pair layout only, else None).
+    """
+
+    A_LAN, B_LAN = "10.1.0.1", "10.2.0.1"
+    A_LAN_NET, B_LAN_NET = "10.1.0.0/24", "10.2.0.0/24"
+
+    def __init__(self, layout: Layout = "pair", *, ipv6: bool = True, nat_ports: str | None = None,
+                 prefix: str | None = None) -> None:
+        """``nat_ports`` (e.g. "40000-40999") makes the NAT remap source ports too."""
+        self.layout = layout
+        self.ipv6 = ipv6 and layout == "pair"
+        self.nat_ports = nat_ports
+        self.prefix = prefix or unique_prefix()
+        self.a = Netns(f"{self.prefix}-a")
+        self.b = Netns(f"{self.prefix}-b")
+        self.nat: Netns | None = Netns(f"{self.prefix}-nat") if layout == "nat" else None
+        self.a_lan, self.b_lan = self.A_LAN, self.B_LAN
+        self.a_lan_net, self.b_lan_net = self.A_LAN_NET, self.B_LAN_NET
+        self.a_if = self.b_if = "eth0"
+        if layout == "pair":
+            self.a_addr, self.b_addr = "192.0.2.1", "192.0.2.2"
+            self.a_seen_from_b = self.a_addr
+        else:
+            self.a_addr, self.b_addr = "10.99.1.2", "192.0.2.2"
+            self.a_seen_from_b = "192.0.2.1"  # the NAT's outside address
+        self.b_seen_from_a = self.b_addr
+        self.a_addr6: str | None = "2001:db8::1" if self.ipv6 else None
+        self.b_addr6: str | None = "2001:db8::2" if self.ipv6 else None
+        self._created: list[Netns] = []
+
+    @property
+    def namespaces(self) -> list[Netns]:
+        return [n for n in (self.a, self.nat, self.b) if n is not None]
+
+    # ------------------------------------------------------------ build / tear down
+    def __enter__(self) -> Topology:
+        why = why_no_netns()
+        if why:
+            raise NetnsUnavailable(why)
+        _live.add(self)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _add_ns(self, ns: Netns) -> None:
+        subprocess.run(["ip", "netns", "add", ns.name], check=True, capture_output=True, text=True)
+        self._created.append(ns)
+        ns.run("ip link set lo up")
+
+    def _veth(self, left: Netns, lname: str, right: Netns, rname: str) -> None:
+        """A veth pair created inside ``left`` with its peer placed straight into ``right``.
+
+        Creating it in the namespace avoids ever naming an interface in the host, where
+        15-character names from parallel runs could clash.
+        """
+        subprocess.run(["ip", "-n", left.name, "link", "add", lname, "type", "veth",
+                        "peer", "name", rname, "netns", right.name], check=True, capture_output=True, text=True)
+        left.run(["ip", "link", "set", lname, "up"])
+        right.run(["ip", "link", "set", rname, "up"])
+
+    def _build(self) -> None:
+        for ns in self.namespaces:
+            self._add_ns(ns)
+        self.a.run(["ip", "addr", "add", f"{self.a_lan}/32", "dev", "lo"])
+        self.b.run(["ip", "addr", "add", f"{self.b_lan}/32", "dev", "lo"])
+        if self.layout == "pair":
+            self._veth(self.a, "eth0", self.b, "eth0")
+            self.a.run(["ip", "addr", "add", f"{self.a_addr}/24", "dev", "eth0"])
+            self.b.run(["ip", "addr", "add", f"{self.b_addr}/24", "dev", "eth0"])
+            if self.ipv6:
+                # nodad: without it the addresses stay "tentative" for ~2 s and bind() fails.
+                self.a.run(["ip", "addr", "add", f"{self.a_addr6}/64", "dev", "eth0", "nodad"])
+                self.b.run(["ip", "addr", "add", f"{self.b_addr6}/64", "dev", "eth0", "nodad"])
+        else:
+            nat = self.nat
+            assert nat is not None
+            self._veth(self.a, "eth0", nat, "eth0")
+            self._veth(nat, "eth1", self.b, "eth0")
+            self.a.run(["ip", "addr", "add", f"{self.a_addr}/24", "dev", "eth0"])
+            self.a.run(["ip", "route", "add", "default", "via", "10.99.1.1"])
+            nat.run(["ip", "addr", "add", "10.99.1.1/24", "dev", "eth0"])
+            nat.run(["ip", "addr", "add", f"{self.a_seen_from_b}/24", "dev", "eth1"])
+            self.b.run(["ip", "addr", "add", f"{self.b_addr}/24", "dev", "eth0"])
+            nat.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            rule = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
+            if self.nat_ports:
+                rule += ["-p", "udp", "--to-ports", self.nat_ports]
+                nat.run(rule)
+                rule = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]
+            nat.run(rule)
+        self._wait_link()
+
+    def _wait_link(self, timeout: float = 5.0) -> None:
+        """Wait until the outer path answers: veth carrier comes up asynchronously."""
+        end = time.monotonic() + timeout
+        while True:
+            res = self.a.ping(self.b_seen_from_a, count=1, deadline=1, check=False)
+            if res.returncode == 0:
+                return
+            if time.monotonic() > end:
+                raise RuntimeError(f"topology {self.prefix}: outer path never came up\n{res.stdout}{res.stderr}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Kill every process, then delete every namespace created; safe to call twice."""
+        for ns in self.namespaces:
+            ns.kill_all()
+        for ns in reversed(self._created):
+            for _ in range(20):
+                res = subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, text=True)
+                if res.returncode == 0 or not Path(f"/run/netns/{ns.name}").exists():
+                    break
+                time.sleep(0.1)  # a just-killed process may still pin it for a moment
+        self._created.clear()
+        _live.discard(self)
+
+
+@atexit.register
+def _cleanup_live() -> None:
+    """Last resort when a run dies without unwinding (e.g. KeyboardInterrupt in a fixture)."""
+    for topo in list(_live):
+        with contextlib.suppress(Exception):
+            topo.close()
+
+
+@contextlib.contextmanager
+def topology_or_skip(layout: Layout = "pair", **kwargs: object) -> Iterator[Topology]:
+    """A Topology, or pytest.skip when namespaces are not usable on this machine."""
+    why = why_no_netns()
+    if why:
+        pytest.skip(why)
+    with Topology(layout, **kwargs) as topo:  # type: ignore[arg-type]
+        yield topo
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """Two hosts A <-> B on one veth (see module docstring); removed after the test."""
+    with topology_or_skip("pair") as topo:
+        yield topo
+
+
+@pytest.fixture
+def nat_topology() -> Iterator[Topology]:
+    """A -- NAT -- B with masquerading in the middle namespace."""
+    with topology_or_skip("nat") as topo:
+        yield topo
