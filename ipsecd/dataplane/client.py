@@ -1,0 +1,464 @@
+"""``DataPlane``: the control process's handle on the data-plane worker (asyncio).
+
+The daemon creates one ``DataPlane``, ``await start()``s it after the IKE sockets are bound,
+installs Child SAs as IKE negotiates them and reads counters and events. Everything that
+touches packets runs in the worker process (worker.py); this object
+
+* opens the TUN device and the ESP sockets here, before the worker exists, so the UDP
+  socket joins port 4500's reuseport group in a known position (udp.py) and a failure to
+  open anything surfaces in ``start()`` as an exception rather than as a dead child,
+* starts ``python -m ipsecd.dataplane.worker`` with those fds and a socketpair for the
+  versioned messages of messages.py, then closes its own copies (a crashed worker then
+  takes the TUN, and every route through it, with it: no black hole survives),
+* does the netlink work (netconf.py) in a thread: pyroute2 0.9 runs its own event loop,
+* turns the worker's exit into a ``WorkerExited`` event; restarting is the daemon's call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Any
+
+from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.netconf import NetConf, local_address_in, path_mtu
+from ipsecd.dataplane.tun import open_tun
+from ipsecd.dataplane.udp import (
+    DEFAULT_SOCKET_BUFFER,
+    attach_natt_steering,
+    bind_udp,
+    open_raw_esp,
+    port_in_use,
+)
+from ipsecd.errors import IpsecdError
+from ipsecd.esp.packet import tun_mtu
+from ipsecd.esp.sa import SaParams
+from ipsecd.esp.spd import Action, Policy
+
+log = logging.getLogger("ipsecd.dataplane")
+
+DEFAULT_TUN_MTU = 1400
+DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets
+REQUEST_TIMEOUT = 10.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class DataPlaneError(IpsecdError):
+    """The worker refused a request, is not running, or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class DataPlaneOptions:
+    """Every knob of the data plane; ``from_settings`` accepts the config's DataplaneSettings."""
+
+    tun_name: str = "ipsec0"
+    mtu: int | None = None  # TUN link MTU; None = the first SA's tunnel MTU (path MTU - overhead)
+    listen4: str | None = "0.0.0.0"
+    listen6: str | None = "::"
+    natt_port: int = 4500
+    raw_esp: bool = True
+    mark: int = DEFAULT_MARK
+    policy_routing: bool = True
+    route_table: int = 220
+    rule_priority: int = 220
+    path_mtu: int | None = None  # None = from the route to each peer
+    socket_buffer: int = DEFAULT_SOCKET_BUFFER
+    batch: int = 64
+    gso: bool = True
+    gro: bool = True
+    mss_clamp: bool = True
+    steering: bool = True
+    python: str = sys.executable
+    worker_log_level: str = "INFO"
+
+    @classmethod
+    def from_settings(cls, settings: object | None) -> DataPlaneOptions:
+        if settings is None:
+            return cls()
+        if isinstance(settings, cls):
+            return settings
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: getattr(settings, k) for k in known if hasattr(settings, k)}
+        if kwargs.get("tun_name") is None:
+            kwargs.pop("tun_name", None)
+        return cls(**kwargs)
+
+
+@dataclass
+class _Child:
+    inbound_spi: int | None
+    outbound_spi: int | None
+    policies: tuple[Policy, ...]
+    mtu: int
+
+
+@dataclass
+class DataPlane:
+    """Asyncio front of one data-plane worker (see module docstring)."""
+
+    settings: object | None = None
+    options: DataPlaneOptions = field(init=False)
+    netconf: NetConf = field(init=False)
+    tun_name: str = field(init=False, default="")
+    pid: int | None = field(init=False, default=None)
+    steering: dict[str, int] = field(init=False, default_factory=dict)  # listen address -> IKE socket index
+
+    def __post_init__(self) -> None:
+        self.options = DataPlaneOptions.from_settings(self.settings)
+        o = self.options
+        self.netconf = NetConf(o.tun_name, o.route_table, o.rule_priority, o.mark)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[int, asyncio.Future[m.Message]] = {}
+        self._ids = itertools.count(1)
+        self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
+        self._callbacks: list[Callable[[m.Event], None]] = []
+        self._children: dict[int, _Child] = {}
+        self._hello: asyncio.Future[m.Hello] | None = None
+        self._stopping = False
+        self._link_mtu = 0
+        self._write_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        """Open TUN and sockets, configure the link and rules, start the worker, handshake."""
+        o = self.options
+        loop = asyncio.get_running_loop()
+        fds: list[int] = []
+        socks: list[socket.socket] = []
+        try:
+            tun_fd, self.tun_name = open_tun(o.tun_name)
+            fds.append(tun_fd)
+            self.netconf.tun_name = self.tun_name
+            self._link_mtu = o.mtu or DEFAULT_TUN_MTU
+            await asyncio.to_thread(self.netconf.link_up, self._link_mtu)
+            udp = self._open_udp()
+            raw = self._open_raw() if o.raw_esp else []
+            socks += udp + raw
+            if not udp and not raw:
+                raise DataPlaneError("no ESP socket could be opened")
+            if o.policy_routing:
+                await asyncio.to_thread(self.netconf.install_rules)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(theirs)
+            ours.setblocking(False)
+            self._sock = ours
+            argv = [o.python, "-m", "ipsecd.dataplane.worker", "--control", str(theirs.fileno()),
+                    "--tun", str(tun_fd), "--log-level", o.worker_log_level]
+            argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
+            argv += [a for s in raw for a in ("--raw", str(s.fileno()))]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=[tun_fd, *(s.fileno() for s in socks)], env=env, stdin=asyncio.subprocess.DEVNULL
+            )
+            self.pid = self._proc.pid
+        except BaseException:
+            for s in socks:
+                s.close()
+            for fd in fds:
+                os.close(fd)
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            await asyncio.to_thread(self.netconf.cleanup)
+            raise
+        # The worker holds its own copies now; ours must go, or the TUN and the 4500 socket
+        # would outlive a crashed worker.
+        for s in socks:
+            s.close()
+        for fd in fds:
+            os.close(fd)
+        self._hello = loop.create_future()
+        self._tasks.append(asyncio.create_task(self._read_loop(), name="dataplane-reader"))
+        self._tasks.append(asyncio.create_task(self._watch(), name="dataplane-watch"))
+        try:
+            hello = await asyncio.wait_for(self._hello, REQUEST_TIMEOUT)
+            if hello.version != m.PROTOCOL_VERSION:
+                raise DataPlaneError(f"worker speaks protocol {hello.version}, expected {m.PROTOCOL_VERSION}")
+            await self._request(
+                lambda i: m.Configure(
+                    m.WorkerConfig(tun_name=self.tun_name, batch=o.batch, gso=o.gso, mss_clamp=o.mss_clamp), id=i
+                )
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("data plane started: worker pid %d, TUN %s (MTU %d)", self.pid, self.tun_name, self._link_mtu)
+
+    def _open_udp(self) -> list[socket.socket]:
+        o = self.options
+        out: list[socket.socket] = []
+        for addr in (o.listen4, o.listen6):
+            if addr is None:
+                continue
+            try:
+                ike_first = port_in_use(addr, o.natt_port)
+                sock = bind_udp(addr, o.natt_port, reuseport=True, mark=o.mark, gro=o.gro,
+                                buffer_size=o.socket_buffer)
+            except OSError as e:
+                if ":" in addr and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    log.info("IPv6 unavailable: no ESP-in-UDP over IPv6")
+                    continue
+                raise
+            if o.steering:
+                # Our index in the group is 1 when IKE bound first, else 0 (udp.py).
+                ike_index = 0 if ike_first else 1
+                try:
+                    attach_natt_steering(sock, ike_index=ike_index)
+                    self.steering[addr] = ike_index
+                except OSError:
+                    sock.close()
+                    raise
+            out.append(sock)
+        return out
+
+    def _open_raw(self) -> list[socket.socket]:
+        o = self.options
+        out: list[socket.socket] = []
+        for family, addr in ((socket.AF_INET, o.listen4), (socket.AF_INET6, o.listen6)):
+            if addr is None:
+                continue
+            try:
+                out.append(open_raw_esp(family, mark=o.mark, buffer_size=o.socket_buffer))
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    continue
+                raise
+        return out
+
+    async def stop(self) -> None:
+        """Shut the worker down (gracefully, then by signal) and remove routes and rules."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._send(m.Shutdown(id=next(self._ids))), 1.0)
+            try:
+                await asyncio.wait_for(proc.wait(), 3.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._fail_pending(DataPlaneError("data plane stopped"))
+        await asyncio.to_thread(self.netconf.cleanup)
+        self._children.clear()
+
+    # ------------------------------------------------------------------ SAs and policies
+    async def install_child_sa(
+        self,
+        inbound: SaParams | None,
+        outbound: SaParams | None,
+        reqid: int,
+        policies: list[Policy] | tuple[Policy, ...],
+        route_via_tun: bool = True,
+        lifetime: m.Lifetime | None = None,
+    ) -> int:
+        """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
+
+        Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
+        user (route-based VPN: point routes at the TUN yourself; the policies still decide).
+        """
+        o = self.options
+        mtu = o.mtu or DEFAULT_TUN_MTU
+        if outbound is not None:
+            pmtu = o.path_mtu
+            if pmtu is None:
+                pmtu = await asyncio.to_thread(path_mtu, outbound.remote_addr)
+            mtu = tun_mtu(outbound, pmtu)
+            if o.mtu:
+                mtu = min(mtu, o.mtu)
+        await self._request(
+            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(), id=i)
+        )
+        self._children[reqid] = _Child(
+            inbound.spi if inbound else None, outbound.spi if outbound else None, tuple(policies), mtu
+        )
+        if o.mtu is None and outbound is not None and mtu != self._link_mtu:
+            await asyncio.to_thread(self.netconf.set_mtu, mtu)
+            self._link_mtu = mtu
+        if route_via_tun and o.policy_routing:
+            mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
+            src = await asyncio.to_thread(_prefsrc, mine)
+            await asyncio.to_thread(self.netconf.add_routes, reqid, mine, mtu, src)
+        return mtu
+
+    async def update_sa_peer(
+        self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
+        local_addr: IPv4Address | IPv6Address | str | None = None,
+    ) -> None:
+        """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
+        ra = ip_address(remote_addr)
+        la = ip_address(local_addr) if local_addr is not None else None
+        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i))
+
+    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
+        """Remove the SAs and policies of ``reqid`` and the routes only it used."""
+        await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+        self._children.pop(reqid, None)
+        await asyncio.to_thread(self.netconf.remove_routes, reqid)
+
+    async def install_policy(self, policy: Policy) -> None:
+        await self._request(lambda i: m.InstallPolicy(policy, id=i))
+
+    async def remove_policy(self, policy: Policy) -> None:
+        await self._request(lambda i: m.RemovePolicy(policy, id=i))
+
+    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
+                            interval: float = 20.0) -> None:
+        """NAT keepalives from our 4500 socket to ``peer`` (RFC 3948 2.3); interval 0 stops them."""
+        addr = ip_address(peer)
+        await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
+
+    async def counters(self) -> dict[str, Any]:
+        """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
+
+        ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
+        "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
+        """
+        reply = await self._request(lambda i: m.GetCounters(id=i))
+        assert isinstance(reply, m.Counters)
+        sas: dict[str, Any] = {}
+        for s in reply.sas:
+            key = f"{s.spi:08x}"
+            if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
+                key += f"-{s.direction}"
+            sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
+                        "drops": dict(s.drops), "seq": s.seq}
+        return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
+                                       "stats": dict(reply.stats)}}
+
+    # ------------------------------------------------------------------ events
+    def on_event(self, callback: Callable[[m.Event], None]) -> None:
+        """Call ``callback(event)`` for every worker event (in addition to ``events()``)."""
+        self._callbacks.append(callback)
+
+    async def events(self) -> AsyncIterator[m.Event]:
+        """Worker events: Acquire, UnknownSpi, LifetimeReached, WorkerError, WorkerExited."""
+        while True:
+            ev = await self._events.get()
+            yield ev
+            if isinstance(ev, m.WorkerExited):
+                return
+
+    def _emit(self, ev: m.Event) -> None:
+        for cb in self._callbacks:
+            try:
+                cb(ev)
+            except Exception:
+                log.exception("data-plane event callback failed")
+        try:
+            self._events.put_nowait(ev)
+        except asyncio.QueueFull:  # nobody is reading events(): keep the newest
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._events.get_nowait()
+            self._events.put_nowait(ev)
+
+    # ------------------------------------------------------------------ transport
+    async def _send(self, msg: m.Message) -> None:
+        sock = self._sock
+        if sock is None or not self.running:
+            raise DataPlaneError("data plane worker is not running")
+        async with self._write_lock:
+            await asyncio.get_running_loop().sock_sendall(sock, m.encode(msg))
+
+    async def _request(self, build: Callable[[int], m.Message]) -> m.Message:
+        ident = next(self._ids)
+        fut: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = fut
+        try:
+            await self._send(build(ident))
+            reply = await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except TimeoutError as e:
+            raise DataPlaneError("data plane worker did not answer") from e
+        finally:
+            self._pending.pop(ident, None)
+        if isinstance(reply, m.Ack) and not reply.ok:
+            raise DataPlaneError(reply.error)
+        return reply
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+
+    async def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        decoder = m.FrameDecoder()
+        while True:
+            try:
+                data = await loop.sock_recv(sock, 1 << 20)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            try:
+                msgs = decoder.feed(data)
+            except m.ProtocolError as e:
+                log.error("undecodable message from the data plane: %s", e)
+                return
+            for msg in msgs:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Hello):
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_result(msg)
+        elif isinstance(msg, m.Ack | m.Counters):
+            fut = self._pending.get(msg.id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, m.Acquire | m.UnknownSpi | m.LifetimeReached | m.WorkerError):
+            if isinstance(msg, m.WorkerError):
+                log.error("data plane: %s", msg.message)
+            self._emit(msg)
+        else:
+            log.warning("unexpected message from the data plane: %s", type(msg).__name__)
+
+    async def _watch(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        rc = await proc.wait()
+        self._fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(DataPlaneError(f"data plane worker exited ({rc}) before starting"))
+        if not self._stopping:
+            log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
+            self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
+
+
+def _prefsrc(policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
+    """Per IP version, a local address inside the policies' local selectors (route source)."""
+    out: dict[int, IPv4Address | IPv6Address | None] = {}
+    for version in (4, 6):
+        sels = [p.local for p in policies if p.local.version == version]
+        if sels:
+            out[version] = local_address_in(sels)
+    return out

@@ -1,0 +1,180 @@
+"""A data plane with static keys, for namespace tests and the benchmark: no IKE involved.
+
+Run inside a namespace as ``python -m tests.dp_static_peer --side a ...``. It starts a
+``DataPlane``, installs one Child SA whose SPIs and keys are derived from fixed test
+constants (both sides compute the same), prints ``READY <json>`` and then serves line
+commands on stdin: ``counters`` (prints one JSON line), ``quit``. SIGTERM also stops it
+cleanly (routes and rules removed).
+
+``python -m tests.dp_static_peer inject ...`` sends hostile ESP at a peer (short, unknown
+SPI, bad ICV, replayed) over UDP 4500 or raw ESP, for the bad-input tests.
+
+The keys are test constants and nothing else: never use this outside a test namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+from ipaddress import ip_address, ip_network
+
+from ipsecd.dataplane.client import DataPlane, DataPlaneOptions
+from ipsecd.esp.sa import Mode, OutboundSa, SaParams
+from ipsecd.esp.spd import Action, Policy, Selector
+from ipsecd.ike.constants import EncrId, IntegId
+
+SPI_TO_A = 0xA0000001
+SPI_TO_B = 0xB0000001
+REQID = 1
+
+
+def static_key(spi: int, length: int = 36) -> bytes:
+    """Deterministic key||salt for an SPI (AES-256-GCM: 32 + 4 bytes)."""
+    return hashlib.sha256(b"ipsecd-dataplane-test-key" + spi.to_bytes(4, "big")).digest()[: length - 4] + spi.to_bytes(
+        4, "big"
+    )
+
+
+def static_params(
+    side: str,
+    local: str,
+    remote: str,
+    local_net: str,
+    remote_net: str,
+    *,
+    encap: bool,
+    mode: Mode = Mode.TUNNEL,
+    remote_port: int = 4500,
+) -> tuple[SaParams, SaParams, list[Policy]]:
+    """The inbound and outbound SA and the policies of one side (``"a"`` or ``"b"``)."""
+    spi_in, spi_out = (SPI_TO_A, SPI_TO_B) if side == "a" else (SPI_TO_B, SPI_TO_A)
+    la, ra = ip_address(local), ip_address(remote)
+    lts = (Selector.from_prefix(local_net),)
+    rts = (Selector.from_prefix(remote_net),)
+    common = dict(encr=EncrId.ENCR_AES_GCM_16, integ=IntegId.NONE, integ_key=b"", esn=False, mode=mode, encap=encap,
+                  local_port=4500, remote_port=remote_port, local_ts=lts, remote_ts=rts)
+    inbound = SaParams(spi=spi_in, encr_key=static_key(spi_in), local_addr=la, remote_addr=ra,  # type: ignore[arg-type]
+                       name=f"{side}-in", **common)
+    outbound = SaParams(spi=spi_out, encr_key=static_key(spi_out), local_addr=la, remote_addr=ra,  # type: ignore[arg-type]
+                        name=f"{side}-out", **common)
+    policies = [Policy(lts[0], rts[0], Action.PROTECT, sa_ref=REQID, name=f"{side}-out")]
+    return inbound, outbound, policies
+
+
+async def serve(args: argparse.Namespace) -> int:
+    opts = DataPlaneOptions(tun_name=args.tun, listen6=None if args.no_ipv6 else "::", gso=not args.no_gso,
+                            gro=not args.no_gro, batch=args.batch, worker_log_level="WARNING")
+    dp = DataPlane(opts)
+    await dp.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        inbound, outbound, policies = static_params(
+            args.side, args.local, args.remote, args.local_net, args.remote_net, encap=not args.raw,
+            mode=Mode(args.mode),
+        )
+        mtu = await dp.install_child_sa(inbound, outbound, REQID, policies)
+        print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering}),
+              flush=True)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while not stop.is_set():
+            line_task = asyncio.ensure_future(reader.readline())
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({line_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (line_task, stop_task):
+                if t not in done:
+                    t.cancel()
+            if line_task not in done:
+                break
+            cmd = line_task.result().decode().strip()
+            if cmd == "counters":
+                print(json.dumps(await dp.counters()), flush=True)
+            elif cmd == "killworker":  # crash test: the DataPlane must report the worker's death
+                events = dp.events()
+                os.kill(dp.pid or 0, signal.SIGKILL)
+                ev = await asyncio.wait_for(events.__anext__(), 5.0)
+                print(json.dumps({"event": type(ev).__name__, "running": dp.running}), flush=True)
+            elif cmd in ("quit", ""):
+                break
+    finally:
+        await dp.stop()
+    return 0
+
+
+def inject(args: argparse.Namespace) -> int:
+    """Send one of each hostile packet kind at ``--remote``; prints what was sent as JSON."""
+    _inbound, outbound, _ = static_params(args.side, args.local, args.remote, args.local_net, args.remote_net,
+                                         encap=not args.raw)
+    # A genuine packet with sequence number 1, which the peer has long seen: a replay.
+    forger = OutboundSa(outbound)
+    inner_src, inner_dst = ip_network(args.local_net)[1], ip_network(args.remote_net)[1]
+    inner = _ipv4_udp(inner_src.packed, inner_dst.packed)
+    replay = forger.protect(inner)
+    bad_icv = bytearray(forger.protect(inner))
+    bad_icv[-1] ^= 0xFF
+    # Sequence numbers far ahead so only the ICV check can stop the bad one.
+    forger.seq = 1 << 30
+    bad_icv2 = bytearray(forger.protect(inner))
+    bad_icv2[20] ^= 0x01
+    packets = {
+        "short": b"\x01\x02\x03",
+        "short_esp": outbound.spi.to_bytes(4, "big") + b"\x00\x00\x00\x05" + b"x" * 4,
+        "unknown_spi": (0x0BADBAD0).to_bytes(4, "big") + bytes(60),
+        "bad_icv": bytes(bad_icv2),
+        "replay": replay,
+        "ike_marker": b"\x00\x00\x00\x00" + bytes(40),
+    }
+    if args.raw:
+        packets.pop("ike_marker")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+        dest: tuple[str, int] = (args.remote, 0)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dest = (args.remote, 4500)
+    with sock:
+        for _ in range(args.count):
+            for data in packets.values():
+                sock.sendto(data, dest)
+    print(json.dumps({k: args.count for k in packets}), flush=True)
+    return 0
+
+
+def _ipv4_udp(src: bytes, dst: bytes) -> bytes:
+    from ipsecd.esp.packet import build_ipv4_header
+
+    payload = b"\x30\x39\x30\x39\x00\x0c\x00\x00data"
+    return build_ipv4_header(src, dst, 17, len(payload)) + payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dp_static_peer")
+    p.add_argument("action", nargs="?", default="serve", choices=("serve", "inject"))
+    p.add_argument("--side", choices=("a", "b"), required=True)
+    p.add_argument("--local", required=True)
+    p.add_argument("--remote", required=True)
+    p.add_argument("--local-net", required=True)
+    p.add_argument("--remote-net", required=True)
+    p.add_argument("--raw", action="store_true", help="raw ESP (protocol 50) instead of UDP 4500")
+    p.add_argument("--mode", default="tunnel", choices=("tunnel", "transport"))
+    p.add_argument("--tun", default="ipsecdp0")
+    p.add_argument("--no-ipv6", action="store_true")
+    p.add_argument("--no-gso", action="store_true")
+    p.add_argument("--no-gro", action="store_true")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--count", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.action == "inject":
+        return inject(args)
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
