@@ -552,6 +552,7 @@ class Settings:
     control_socket: Path = DEFAULT_CONTROL_SOCKET
     log_level: str = "info"
     log: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOG_SUBSYSTEMS, 1))
+    keep_alive: float = 20.0  # NAT-T keepalive interval when we are behind a NAT (RFC 3948 2.3); 0 = off
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
@@ -694,7 +695,7 @@ _CHILD_KEYS = (
 _AUTH_KEYS = ("auth", "id")
 _SECRET_KEYS = ("id", "secret", "secret_file")
 _RETRANSMIT_KEYS = ("tries", "timeout", "base")
-_SETTINGS_KEYS = ("control_socket", "log_level", "log", "dataplane", "metrics", "debug")
+_SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "metrics", "debug")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _CHILD_ONLY = set(_CHILD_KEYS) - set(_CONN_KEYS)
@@ -1363,6 +1364,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         control_socket=_or(ld.convert(_opt(fields, "control_socket"), "a path", _parse_socket_path), d.control_socket),
         log_level=_or(ld.convert(_opt(fields, "log_level"), "a log level", level), d.log_level),
         log=log,
+        keep_alive=_or(ld.duration(_opt(fields, "keep_alive")), d.keep_alive),
         dataplane=DataplaneSettings(
             tun_name=_or(ld.convert(_opt(dp, "tun_name"), "an interface name", _parse_ifname), "ipsec0"),
             mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
@@ -1378,6 +1380,19 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
 
 def _families(addrs: Iterable[IPAddress]) -> set[int]:
     return {a.version for a in addrs}
+
+
+def _check_interfaces(ld: _Loader, conn: ConnectionConfig, entry: _Entry, settings: Settings) -> None:
+    """Route-based children name the TUN they use; the data plane has one TUN device (dataplane.tun_name)."""
+    children = _fields_quiet(entry).get("children")
+    for cname, child in conn.children.items():
+        if child.interface is None or child.interface == settings.dataplane.tun_name:
+            continue
+        centry = _fields_quiet(children).get(cname) if children is not None else None
+        ientry = _fields_quiet(centry).get("interface") if centry is not None else None
+        ld.error(ientry.value if ientry else entry.key, ientry.path if ientry else entry.path,
+                 f"'{child.interface}' is not the data plane's TUN device '{settings.dataplane.tun_name}' "
+                 "(one TUN per daemon: set settings.dataplane.tun_name to it)")
 
 
 def _cross_check(
@@ -1499,6 +1514,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
             connections[name] = _parse_connection(ld, entry)
         for name, entry in named.items():
             _cross_check(ld, connections[name], entry, secrets, secrets_ok)
+            _check_interfaces(ld, connections[name], entry, settings)
     if ld.issues:
         raise ConfigValidationError(sorted(ld.issues, key=lambda i: i.line))
     return Config(

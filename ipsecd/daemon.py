@@ -30,7 +30,7 @@ from ipsecd.ike.proposal import proposal_to_swanctl
 from ipsecd.ike.ts import ts_to_str
 from ipsecd.logsetup import LogHub, setup_logging
 from ipsecd.sdnotify import sd_notify, watchdog_interval
-from ipsecd.settings_from_config import ike_settings, validate_proposal
+from ipsecd.settings_from_config import child_sa_params, ike_settings, validate_proposal
 
 log = logging.getLogger("ipsecd.cfg")
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
@@ -53,6 +53,7 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self._children: dict[tuple[int, bytes], ChildSaEstablished] = {}
+        self._peers: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
         self._started = time.time()
         self.event_counts: dict[str, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -134,10 +135,18 @@ class Daemon:
         self._flush()
 
     def _flush(self) -> None:
-        for data, local, remote in self.manager.datagrams_to_send():
-            self.transport.send(data, local, remote)
+        datagrams = self.manager.datagrams_to_send()
+        installs: list[Coroutine[Any, Any, None]] = []
         while (ev := self.manager.next_event()) is not None:
-            self._on_event(ev)
+            install = self._on_event(ev)
+            if install is not None:
+                installs.append(install)
+        self._sync_peers()
+        if installs:
+            # the inbound SA must be in place before our response lets the peer send ESP
+            self._spawn(self._install_then_send(installs, datagrams))
+        else:
+            self._send(datagrams)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -145,24 +154,53 @@ class Daemon:
         if t is not None:
             self._timer = asyncio.get_running_loop().call_at(t, self._on_timer)
 
-    def _on_event(self, ev: object) -> None:
+    def _send(self, datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        for data, local, remote in datagrams:
+            self.transport.send(data, local, remote)
+
+    async def _install_then_send(self, installs: list[Coroutine[Any, Any, None]],
+                                 datagrams: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        try:
+            for install in installs:
+                await install
+        finally:
+            self._send(datagrams)
+
+    def _on_event(self, ev: object) -> Coroutine[Any, Any, None] | None:
         if isinstance(ev, ChildSaEstablished):
             self._children[(ev.ike_sa_id, ev.spi_in)] = ev
             self._count("child_sas_established")
             if self.dataplane is not None:
-                self._spawn(self._install(ev))
+                return self._install(ev)
         elif isinstance(ev, ChildSaDeleted):
-            self._children.pop((ev.ike_sa_id, ev.spi_in), None)
+            gone = self._children.pop((ev.ike_sa_id, ev.spi_in), None)
             self.manager.release_spi(ev.spi_in)
             if self.dataplane is not None:
-                self._spawn(self._uninstall(ev))
+                self._spawn(self._uninstall(ev, gone))
         elif isinstance(ev, ChildSaFailed):
             self._count("child_sa_failures")
         elif isinstance(ev, IkeSaEstablished):
             self._count("ike_sas_established")
         elif isinstance(ev, IkeSaClosed):
             self._count("ike_sas_closed")
+            self._peers.pop(ev.ike_sa_id, None)
             self._maybe_restart(ev)
+        return None
+
+    def _sync_peers(self) -> None:
+        """RFC 7296 2.23: when IKE sees the peer behind a new address or port, ESP follows it."""
+        if self.dataplane is None:
+            return
+        for sa in self.manager.list_sas():
+            seen = self._peers.get(sa.ike_sa_id)
+            now = (sa.local, sa.remote)
+            if seen is None or seen == now:
+                self._peers[sa.ike_sa_id] = now
+                continue
+            self._peers[sa.ike_sa_id] = now
+            log.info("peer of %s moved to %s[%d]", sa.settings.name, sa.remote[0], sa.remote[1])
+            for child in sa.children:
+                self._spawn(self.dataplane.update_sa_peer(child.event.reqid, sa.remote[0], sa.remote[1], sa.local[0]))
 
     def _maybe_restart(self, ev: IkeSaClosed) -> None:
         """start_action=start keeps trying: a failed or peer-closed tunnel is brought up again."""
@@ -183,17 +221,32 @@ class Daemon:
             self._initiate(name)
 
     async def _install(self, ev: ChildSaEstablished) -> None:
-        from ipsecd.settings_from_config import child_sa_params
-
         inbound, outbound, policies = child_sa_params(ev)
+        child_cfg = self.config.connections.get(ev.name)
+        child = child_cfg.children.get(ev.child) if child_cfg is not None else None
+        clamp = None if child is None or child.mss_clamp is None else (
+            0 if child.mss_clamp == "auto" else int(child.mss_clamp))
         try:
-            await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies)
+            # route-based children (interface set): the user routes into the TUN, we add no routes
+            await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
+                                                  route_via_tun=child is None or child.interface is None)
         except Exception as e:
             log.error("cannot install Child SA %s in the data plane: %s", ev.child, e)
+            return
+        sa = self.manager.find(ev.ike_sa_id)
+        keep_alive = self.config.settings.keep_alive
+        if sa is not None and sa.local_behind_nat and ev.encap and keep_alive > 0:
+            # RFC 3948 2.3: keep our NAT mapping open from the port ESP uses
+            try:
+                await self.dataplane.set_keepalive(ev.remote[0], ev.remote[1], keep_alive)
+            except Exception as e:
+                log.warning("cannot start NAT keepalives to %s: %s", ev.remote[0], e)
 
-    async def _uninstall(self, ev: ChildSaDeleted) -> None:
+    async def _uninstall(self, ev: ChildSaDeleted, gone: ChildSaEstablished | None) -> None:
         try:
             await self.dataplane.delete_child_sa(ev.reqid)
+            if gone is not None and gone.encap and not any(c.remote == gone.remote for c in self._children.values()):
+                await self.dataplane.set_keepalive(gone.remote[0], gone.remote[1], 0)
         except Exception as e:
             log.warning("cannot remove Child SA %s from the data plane: %s", ev.child, e)
 

@@ -804,3 +804,20 @@ def test_arbitrary_documents_only_raise_config_error(tmp_path_factory: pytest.Te
     except ConfigError as exc:
         for line in str(exc).splitlines():
             assert line.startswith(f"{path}:")
+
+
+def test_route_based_interface_must_be_the_tun(tmp_path: Path) -> None:
+    text = BASE.replace("        remote_ts: [10.2.0.0/24]\n", "        remote_ts: [10.2.0.0/24]\n        interface: tun7\n")
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{path}:15 connections.b.children.net.interface: 'tun7' is not the data plane's TUN device 'ipsec0' "
+        "(one TUN per daemon: set settings.dataplane.tun_name to it)"
+    ]
+    ok = text + "settings:\n  dataplane: {tun_name: tun7}\n"
+    assert load_config(write(tmp_path, ok, "ok.yaml")).connections["b"].children["net"].interface == "tun7"
+
+
+def test_keep_alive_setting(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).settings.keep_alive == 20.0
+    cfg = load_config(write(tmp_path, BASE + "settings:\n  keep_alive: 30s\n", "k.yaml"))
+    assert cfg.settings.keep_alive == 30.0

@@ -277,6 +277,7 @@ class DataPlane:
         policies: list[Policy] | tuple[Policy, ...],
         route_via_tun: bool = True,
         lifetime: m.Lifetime | None = None,
+        mss_clamp: int | None = 0,
     ) -> int:
         """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
 
@@ -293,7 +294,8 @@ class DataPlane:
             if o.mtu:
                 mtu = min(mtu, o.mtu)
         await self._request(
-            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(), id=i)
+            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
+                                  mss_clamp, id=i)
         )
         self._children[reqid] = _Child(
             inbound.spi if inbound else None, outbound.spi if outbound else None, tuple(policies), mtu

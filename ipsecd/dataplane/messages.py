@@ -90,6 +90,7 @@ class InstallSa:
     policies: tuple[Policy, ...] = ()
     mtu: int = 1400
     lifetime: Lifetime = field(default_factory=Lifetime)
+    mss_clamp: int | None = 0  # TCP MSS clamping of SYNs: None off, 0 from the tunnel MTU, N fixed
     id: int = 0
 
 

@@ -267,7 +267,7 @@ class Worker:
                     continue
                 if len(pkt) > path.mtu and self._too_big(pkt, path):
                     continue
-                if clamp and _is_tcp_syn(pkt):
+                if clamp and path.mss and _is_tcp_syn(pkt):
                     pkt = clamp_tcp_mss(pkt, path.mss)
                 esp = path.sa.protect(pkt)
             except EspDrop as e:
@@ -620,7 +620,8 @@ class Worker:
         self._flow_cache.clear()
         self._cacheable = all(p.proto == 0 and p.local.any_port and p.remote.any_port for p in self.spd)
 
-    def _make_path(self, reqid: int, params: SaParams, sa: OutboundSa, mtu: int, lifetime: m.Lifetime) -> OutPath:
+    def _make_path(self, reqid: int, params: SaParams, sa: OutboundSa, mtu: int, lifetime: m.Lifetime,
+                   mss_clamp: int | None = 0) -> OutPath:
         fam = socket.AF_INET6 if params.remote_addr.version == 6 else socket.AF_INET
         remote = str(params.remote_addr)
         if params.encap:
@@ -635,7 +636,7 @@ class Worker:
         local = None if params.local_addr.is_unspecified else params.local_addr.packed
         # TCP MSS = MTU - IP header - TCP header (RFC 9293 3.7.1), for the inner family we
         # cannot know per SA: use the IPv4 value; IPv6 SYNs get 20 bytes more room than ideal.
-        mss = max(536, mtu - 40)
+        mss = 0 if mss_clamp is None else (mss_clamp or max(536, mtu - 40))
         return OutPath(reqid, sa, sock, dest, local, params.encap, mtu, mss, lifetime)
 
     def _install(self, msg: m.InstallSa) -> None:
@@ -644,7 +645,7 @@ class Worker:
         path = None
         if msg.outbound is not None:
             sa_out = OutboundSa(msg.outbound)
-            path = self._make_path(msg.reqid, msg.outbound, sa_out, msg.mtu, msg.lifetime)
+            path = self._make_path(msg.reqid, msg.outbound, sa_out, msg.mtu, msg.lifetime, msg.mss_clamp)
         if new_in is not None:
             self.sad.add_inbound(new_in)
             self.in_meta[new_in.spi] = InMeta(msg.reqid, msg.lifetime)
