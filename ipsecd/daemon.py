@@ -26,7 +26,7 @@ from ipsecd.errors import ConfigError
 from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaClosed, IkeSaEstablished
 from ipsecd.ike.ike_sa import IkeSa
 from ipsecd.ike.manager import IkeManager
-from ipsecd.ike.proposal import proposal_to_swanctl
+from ipsecd.ike.proposal import is_legacy, proposal_to_str, proposal_to_swanctl
 from ipsecd.ike.ts import ts_to_str
 from ipsecd.logsetup import LogHub, setup_logging
 from ipsecd.sdnotify import sd_notify, watchdog_interval
@@ -74,6 +74,7 @@ class Daemon:
             self._spawn(self._watchdog(wd))
         log.info("ipsecd %s started: %d connection(s) from %s", __version__, len(self.config.connections),
                  self.config.source)
+        self._warn_legacy()
         self._start_connections()
         await self._stopping.wait()
         await self._shutdown()
@@ -109,6 +110,15 @@ class Daemon:
         while True:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
+
+    def _warn_legacy(self) -> None:
+        """Legacy algorithms run only because the config names them: say so once at start."""
+        for conn in self.manager.connections:
+            legacy = [proposal_to_str(p) for p in conn.ike_proposals if is_legacy(p)]
+            legacy += [proposal_to_str(p) for ch in conn.children for p in ch.esp_proposals if is_legacy(p)]
+            if legacy:
+                log.warning("connection %s allows legacy algorithms (RFC 8247/8221 deprecate them): %s",
+                            conn.name, ", ".join(legacy))
 
     def _start_connections(self) -> None:
         for name, conn in self.config.connections.items():
