@@ -1,6 +1,8 @@
 # ipsecd: `make demo` shows a tunnel, `make test` installs what it needs and runs every test.
 SHELL := /bin/bash
 VENV ?= .venv
+# Debian's interpreter when there is one: a venv on it stays usable after `ipsecd --user` drops root
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 PY := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
@@ -23,8 +25,8 @@ $(SYSDEPS_STAMP):
 	else echo "not root: skipping apt-get (namespace and interop tests will be skipped)"; fi
 	@mkdir -p $(VENV) && touch $@
 
-$(PY):
-	python3 -m venv $(VENV)
+$(PY): | $(SYSDEPS_STAMP)
+	$(PYTHON) -m venv $(VENV)
 
 $(PYDEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip

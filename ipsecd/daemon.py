@@ -15,9 +15,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
-from ipsecd import __version__
+from ipsecd import __version__, keyexport
 from ipsecd.config import Config, load_config
 from ipsecd.control.protocol import ControlError
 from ipsecd.control.server import ControlServer
@@ -29,6 +30,7 @@ from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import is_legacy, proposal_to_str, proposal_to_swanctl
 from ipsecd.ike.ts import ts_to_str
 from ipsecd.logsetup import LogHub, setup_logging
+from ipsecd.metrics import MetricsServer, MetricsSnapshot, classify_failure
 from ipsecd.sdnotify import sd_notify, watchdog_interval
 from ipsecd.settings_from_config import child_sa_params, ike_settings, validate_proposal
 
@@ -54,6 +56,11 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._children: dict[tuple[int, bytes], ChildSaEstablished] = {}
         self._peers: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self.metrics: MetricsServer | None = None
+        self.failure_counts: dict[str, int] = {}
+        self.rekey_counts: dict[str, int] = {}
+        self._up_ids: set[int] = set()
+        self._dataplane_ready = asyncio.Event()  # IKE may finish a Child SA while the worker still starts
         self._started = time.time()
         self.event_counts: dict[str, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -65,6 +72,10 @@ class Daemon:
         if self.want_dataplane:
             await self._start_dataplane()
         await self.control.start()
+        listen = self.config.settings.metrics.address()
+        if listen is not None:
+            self.metrics = MetricsServer(listen, self._metrics_snapshot)
+            await self.metrics.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly()))
@@ -88,6 +99,7 @@ class Daemon:
             return
         self.dataplane = DataPlane(self.config.settings.dataplane)
         await self.dataplane.start()
+        self._dataplane_ready.set()
 
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
@@ -97,6 +109,8 @@ class Daemon:
         self._flush()
         with suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._until_no_sas(), 2.0)
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.control.close()
         self.transport.close()
         if self.dataplane is not None:
@@ -189,10 +203,15 @@ class Daemon:
                 self._spawn(self._uninstall(ev, gone))
         elif isinstance(ev, ChildSaFailed):
             self._count("child_sa_failures")
+            self._fail(ev.reason)
         elif isinstance(ev, IkeSaEstablished):
             self._count("ike_sas_established")
+            self._up_ids.add(ev.ike_sa_id)
         elif isinstance(ev, IkeSaClosed):
             self._count("ike_sas_closed")
+            if ev.ike_sa_id not in self._up_ids and "by request" not in ev.reason:
+                self._fail(ev.reason)
+            self._up_ids.discard(ev.ike_sa_id)
             self._peers.pop(ev.ike_sa_id, None)
             self._maybe_restart(ev)
         return None
@@ -237,6 +256,7 @@ class Daemon:
         clamp = None if child is None or child.mss_clamp is None else (
             0 if child.mss_clamp == "auto" else int(child.mss_clamp))
         try:
+            await asyncio.wait_for(self._dataplane_ready.wait(), 30)
             # route-based children (interface set): the user routes into the TUN, we add no routes
             await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
                                                   route_via_tun=child is None or child.interface is None)
@@ -268,6 +288,20 @@ class Daemon:
     async def _reload_quietly(self) -> None:
         with suppress(ControlError):
             await self.reload()
+
+    def _fail(self, reason: str) -> None:
+        kind = classify_failure(reason)
+        self.failure_counts[kind] = self.failure_counts.get(kind, 0) + 1
+
+    async def _metrics_snapshot(self) -> MetricsSnapshot:
+        dp: dict[str, Any] = {}
+        if self.dataplane is not None:
+            with suppress(Exception):
+                dp = await self.dataplane.counters()
+        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=dict(self.manager.counters),
+                               dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
+                               events=dict(self.event_counts), handshake_failures=dict(self.failure_counts),
+                               rekeys=dict(self.rekey_counts))
 
     def _count(self, what: str) -> None:
         self.event_counts[what] = self.event_counts.get(what, 0) + 1
@@ -303,7 +337,8 @@ class Daemon:
         conns = []
         for name, c in self.config.connections.items():
             conns.append({
-                "name": name, "local_addrs": list(c.local_addrs), "remote_addrs": list(c.remote_addrs),
+                "name": name, "local_addrs": [str(a) for a in c.local_addrs],
+                "remote_addrs": [str(a) for a in c.remote_addrs] or ["%any"],
                 "proposals": list(c.proposals), "local_id": str(c.local.id), "remote_id": str(c.remote.id),
                 "children": {
                     cn: {"local_ts": [str(t) for t in ch.local_ts], "remote_ts": [str(t) for t in ch.remote_ts],
@@ -376,7 +411,14 @@ class Daemon:
     async def export_keys(self, fmt: str) -> dict[str, Any]:
         if not self.config.settings.debug.allow_key_export:
             raise ControlError("key export is disabled: set settings.debug.allow_key_export: true to enable it")
-        raise ControlError("key export is not implemented yet")
+        if fmt != "wireshark":
+            raise ControlError(f"unknown key export format '{fmt}' (supported: wireshark)")
+        sas = self.manager.list_sas()
+        ike = [keyexport.ike_entry(sa.spi_i, sa.spi_r, sa.proposal, sa.keys)
+               for sa in sas if sa.keys is not None and sa.proposal is not None]
+        esp = [e for sa in sas for c in sa.children for e in keyexport.esp_entries(c.event)]
+        log.warning("SA keys exported through the control socket: %d IKE, %d ESP", len(ike), len(esp))
+        return {"files": keyexport.export(ike, esp)}
 
     def subscribe_logs(self) -> AsyncIterator[str]:
         return self.hub.subscribe()
@@ -396,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="validate the configuration (FILE, or --config) and exit")
     p.add_argument("--log-level", default=None, help="debug, info, warning, error (overrides the config)")
     p.add_argument("--no-dataplane", action="store_true", help="negotiate SAs without installing them")
+    p.add_argument("--user", default=None, help="drop root to this user, keeping only the network capabilities")
+    p.add_argument("--group", default=None, help="group for --user (default: the user's primary group)")
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
     args = p.parse_args(argv)
 
@@ -409,8 +453,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ipsecd: invalid configuration:\n{e}", file=sys.stderr)
         return 2
-    hub = setup_logging(args.log_level or config.settings.log_level, getattr(config.settings, "log", None))
+    # --log-level overrides the file, per-subsystem levels included
+    hub = setup_logging(args.log_level or config.settings.log_level,
+                        None if args.log_level else config.settings.log)
     sock = str(args.control_socket or config.settings.control_socket or DEFAULT_SOCKET)
+    if args.user:
+        from ipsecd.privdrop import PrivilegeDropError, drop_privileges, prepare_runtime_dir
+
+        if not args.no_dataplane:
+            import ipsecd.dataplane.client  # noqa: F401  (import while the code is still readable as root)
+
+        try:
+            prepare_runtime_dir(Path(sock).parent, args.user, args.group)
+            drop_privileges(args.user, args.group)
+        except (PrivilegeDropError, OSError) as e:
+            print(f"ipsecd: cannot drop privileges to {args.user}: {e}", file=sys.stderr)
+            return 1
+        log.info("running as %s with CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, CAP_NET_RAW", args.user)
     loop_factory = None
     try:
         import uvloop

@@ -64,5 +64,6 @@ def setup_logging(level: object = "info", per_subsystem: Mapping[str, object] | 
     root.setLevel(_level(level))
     root.propagate = False
     for sub, lvl in (per_subsystem or {}).items():
-        logging.getLogger(f"ipsecd.{sub}").setLevel(_level(lvl))
+        # 1 is strongSwan's default verbosity: it inherits log_level rather than pinning INFO
+        logging.getLogger(f"ipsecd.{sub}").setLevel(logging.NOTSET if lvl == 1 else _level(lvl))
     return hub

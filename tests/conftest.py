@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
+
 
 def _why_no_netns() -> str | None:
     if os.geteuid() != 0:

@@ -1,0 +1,295 @@
+"""Prometheus metrics: a text exposition (format 0.0.4) on a tiny asyncio HTTP server.
+
+Enabled with ``settings.metrics.listen: 127.0.0.1:9810``. Gateways are monitored
+by Prometheus far more often than by someone running ``ipsecctl stats``, and a
+scrape endpoint needs no client library: the format is a few lines of text.
+
+The server is deliberately minimal and defensive, because whatever can reach
+the port can talk to it: one request per connection (``Connection: close``),
+GET/HEAD of ``/metrics`` only, the request head bounded in size and time, a
+cap on concurrent clients, and no request can raise out of the handler. There
+is no authentication: bind it to loopback or a management address.
+
+The daemon builds a ``MetricsSnapshot`` from data it already has (the
+``list-sas`` answer and its counter dicts) in the ``collect`` callback; this
+module only renders it, so the metric names live in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsecd import __version__
+
+log = logging.getLogger("ipsecd.ctl")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST_HEAD = 8192
+"""Octets of request line plus headers; a scrape needs a few hundred."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a client has to send its request head, and we have to send the answer."""
+MAX_CLIENTS = 32
+
+IKE_STATES = ("CONNECTING", "ESTABLISHED", "DELETING")
+"""Always exported (0 when empty) so dashboards and alerts see a series before the first SA exists."""
+CHILD_STATES = ("INSTALLED",)
+REKEY_KINDS = ("ike", "child")
+IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "retransmits", "retransmitted_requests"})
+"""IKE counters that count work, not discarded messages: exported as ipsecd_ike_events_total."""
+
+
+@dataclass
+class MetricsSnapshot:
+    """Everything one scrape shows, as plain data the daemon already keeps.
+
+    ``sas`` is the daemon's ``list_sas()`` answer (``{"ike_sas": [...]}``,
+    schema in docs/ipsecctl.md); the counter dicts map a reason or kind to a
+    monotonically increasing count.
+    """
+
+    sas: Mapping[str, Any] = field(default_factory=dict)
+    ike_counters: Mapping[str, int] = field(default_factory=dict)  # IkeManager.counters
+    dataplane_drops: Mapping[str, int] = field(default_factory=dict)  # dataplane counters()["global"]["drops"]
+    events: Mapping[str, int] = field(default_factory=dict)  # Daemon.event_counts
+    handshake_failures: Mapping[str, int] = field(default_factory=dict)  # classify_failure(reason) -> count
+    rekeys: Mapping[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
+    version: str = __version__
+
+
+def classify_failure(reason: str) -> str:
+    """A fixed, small label value for a free-text failure reason (``IkeSaClosed.reason``, ``ChildSaFailed``).
+
+    Prometheus labels must not carry free text (every distinct sentence would
+    be a new time series), so the daemon counts failures under these classes.
+    """
+    r = reason.lower()
+    if "did not answer" in r or "timed out" in r or "retransmissions" in r:
+        return "timeout"
+    if "no_proposal_chosen" in r or "proposal" in r:
+        return "no_proposal_chosen"
+    if "ts_unacceptable" in r or "traffic selector" in r:
+        return "ts_unacceptable"
+    if "invalid_ke" in r or "key exchange" in r or "ke payload" in r:
+        return "invalid_ke"
+    if "authentication" in r or "psk" in r or "identit" in r or "identified as" in r or "eap" in r:
+        return "authentication_failed"
+    return "other"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def escape_label_value(value: object) -> str:
+    """Backslash, double quote and newline escaped, as the exposition format requires."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+@dataclass
+class _Family:
+    """One metric family: HELP, TYPE and its samples, summed per label set (duplicates would fail the scrape)."""
+
+    name: str
+    kind: str  # "gauge" | "counter"
+    help: str
+    samples: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
+
+    def add(self, value: float, **labels: object) -> None:
+        key = tuple((k, str(v)) for k, v in labels.items())
+        self.samples[key] = self.samples.get(key, 0) + value
+
+    def render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {_escape_help(self.help)}")
+        out.append(f"# TYPE {self.name} {self.kind}")
+        for labels, value in sorted(self.samples.items()):
+            text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels)
+            out.append(f"{self.name}{{{text}}} {_number(value)}" if text else f"{self.name} {_number(value)}")
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def _count(value: object) -> int:
+    """A counter value from JSON-ish data; anything that is not a non-negative int counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _reasons(fam: _Family, label: str, counts: Mapping[str, int], defaults: Iterable[str] = ()) -> None:
+    for key in defaults:
+        fam.add(0, **{label: key})
+    for key, n in counts.items():
+        fam.add(_count(n), **{label: key})
+
+
+def render(snapshot: MetricsSnapshot) -> str:
+    """The whole exposition text for one scrape (ends with a newline)."""
+    up = _Family("ipsecd_up", "gauge", "1 while ipsecd is running and answering scrapes.")
+    up.add(1)
+    info = _Family("ipsecd_build_info", "gauge", "Version of ipsecd and of the Python running it; always 1.")
+    info.add(1, version=snapshot.version, python=platform.python_version())
+    ike_sas = _Family("ipsecd_ike_sas", "gauge", "IKE SAs by state.")
+    child_sas = _Family("ipsecd_child_sas", "gauge", "Child SAs by state.")
+    for s in IKE_STATES:
+        ike_sas.add(0, state=s)
+    for s in CHILD_STATES:
+        child_sas.add(0, state=s)
+    octets = _Family("ipsecd_child_sa_bytes_total", "counter",
+                     "Octets the data plane counted on a Child SA, per direction and SPI.")
+    packets = _Family("ipsecd_child_sa_packets_total", "counter",
+                      "Packets the data plane counted on a Child SA, per direction and SPI.")
+    for sa in snapshot.sas.get("ike_sas") or ():
+        if not isinstance(sa, Mapping):
+            continue
+        ike_sas.add(1, state=sa.get("state", "UNKNOWN"))
+        conn = sa.get("name", "")
+        for child in sa.get("child_sas") or ():
+            if not isinstance(child, Mapping):
+                continue
+            child_sas.add(1, state=child.get("state", "UNKNOWN"))
+            name = child.get("name", "")
+            for direction in ("in", "out"):
+                labels = {"conn": conn, "child": name, "direction": direction, "spi": child.get(f"spi_{direction}", "")}
+                octets.add(_count(child.get(f"bytes_{direction}")), **labels)
+                packets.add(_count(child.get(f"packets_{direction}")), **labels)
+    drops = _Family("ipsecd_drops_total", "counter", "Packets the data plane discarded, by reason.")
+    _reasons(drops, "reason", snapshot.dataplane_drops)
+    ike_drops = _Family("ipsecd_ike_drops_total", "counter", "IKE datagrams and messages discarded, by reason.")
+    ike_events = _Family("ipsecd_ike_events_total", "counter",
+                         "IKE work that is not a drop: cookies sent, retransmissions, answered retransmits.")
+    _reasons(ike_drops, "reason", {k: v for k, v in snapshot.ike_counters.items() if k not in IKE_NON_DROP_COUNTERS})
+    _reasons(ike_events, "event", {k: v for k, v in snapshot.ike_counters.items() if k in IKE_NON_DROP_COUNTERS})
+    events = _Family("ipsecd_events_total", "counter", "SA lifecycle events (established, closed, failed).")
+    _reasons(events, "event", snapshot.events)
+    failures = _Family("ipsecd_handshake_failures_total", "counter",
+                       "IKE and Child SA negotiations that failed, by class of reason.")
+    _reasons(failures, "reason", snapshot.handshake_failures)
+    rekeys = _Family("ipsecd_rekeys_total", "counter", "Completed rekeyings by SA kind.")
+    _reasons(rekeys, "kind", snapshot.rekeys, REKEY_KINDS)
+    out: list[str] = []
+    for fam in (up, info, ike_sas, child_sas, octets, packets, drops, ike_drops, ike_events, events, failures, rekeys):
+        fam.render(out)
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class MetricsServer:
+    """``GET /metrics`` over HTTP/1.1; every scrape calls ``collect()`` for fresh numbers."""
+
+    def __init__(self, listen: tuple[str, int], collect: Callable[[], Awaitable[MetricsSnapshot]]) -> None:
+        self.listen = listen
+        self.collect = collect
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0 in tests)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        host, port = self.listen
+        self._server = await asyncio.start_server(self._client, host, port, limit=MAX_REQUEST_HEAD)
+        log.info("metrics endpoint listening on http://%s/metrics",
+                 f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            if len(self._clients) > MAX_CLIENTS:
+                await self._send(writer, "503 Service Unavailable", b"too many clients\n")
+                return
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    method, path = await self._read_head(reader)
+            except _BadRequest as e:
+                await self._send(writer, e.status, (e.status + "\n").encode())
+                return
+            if path != "/metrics":
+                await self._send(writer, "404 Not Found", b"not found: try /metrics\n", head=method == "HEAD")
+                return
+            try:
+                body = render(await self.collect()).encode()
+            except Exception:
+                log.warning("metrics: collecting the numbers failed", exc_info=True)
+                await self._send(writer, "500 Internal Server Error", b"collecting metrics failed\n")
+                return
+            await self._send(writer, "200 OK", body, CONTENT_TYPE, head=method == "HEAD")
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass  # slow, vanished or garbage-sending client: just hang up
+        except asyncio.CancelledError:
+            pass  # server closing
+        except Exception:
+            log.exception("metrics: unexpected error serving a client")
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+        """Request line and headers; returns (method, path). Headers are read and ignored."""
+        total = 0
+        request_line = b""
+        while True:
+            line = await reader.readuntil(b"\n")
+            total += len(line)
+            if total > MAX_REQUEST_HEAD:
+                raise _BadRequest("431 Request Header Fields Too Large")
+            if not request_line:
+                if not line.strip():
+                    continue  # RFC 9112 2.2: ignore empty lines before the request line
+                request_line = line
+                continue
+            if not line.strip():
+                break
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise _BadRequest("400 Bad Request")
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            raise _BadRequest("405 Method Not Allowed")
+        return method, target.split("?", 1)[0]
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: str, body: bytes,
+                    content_type: str = "text/plain; charset=utf-8", *, head: bool = False) -> None:
+        lines = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                 "Connection: close", "Cache-Control: no-store"]
+        if status.startswith("405"):
+            lines.append("Allow: GET, HEAD")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else body))
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await writer.drain()

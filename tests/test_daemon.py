@@ -1,0 +1,147 @@
+"""The daemon as users run it: bad configs, the demo, reload, sd_notify, the list-sas contract."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ipsecd_proc import PROJECT_ROOT, Ipsecd, child_config, ipsecd_config, venv_python
+from tests.netns import Topology
+
+IKE_KEYS = {"name", "state", "local", "remote", "local_id", "remote_id", "initiator", "proposal", "child_sas"}
+CHILD_KEYS = {"name", "state", "spi_in", "spi_out", "mode", "encap", "proposal", "local_ts", "remote_ts",
+              "bytes_in", "bytes_out", "packets_in", "packets_out"}
+
+
+def run_ipsecd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([venv_python(), "-m", "ipsecd", *args], capture_output=True, text=True, timeout=60,
+                          cwd=PROJECT_ROOT)
+
+
+def test_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("connections:\n  b:\n    remote_addrs: [192.0.2.2]\n    local: {auth: psk, id: a.test}\n"
+                   "    remote: {auth: psk, id: b.test}\n    children:\n      net:\n        local_ts: [10.1.0.0/33]\n")
+    r = run_ipsecd("--config", str(bad), "--control-socket", str(tmp_path / "s.sock"))
+    assert r.returncode == 2
+    assert f"{bad}:8 connections.b.children.net.local_ts[0]" in r.stderr
+    assert not (tmp_path / "s.sock").exists()
+    r = run_ipsecd("--check-config", str(bad))
+    assert r.returncode != 0 and "10.1.0.0/33" in r.stderr
+    r = run_ipsecd("--check-config", str(PROJECT_ROOT / "configs" / "demo" / "branch-a.yaml"))
+    assert r.returncode == 0 and "configuration OK" in r.stdout
+    r = run_ipsecd("--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
+
+
+@pytest.mark.netns
+def test_make_demo_script() -> None:
+    r = subprocess.run([venv_python(), "-m", "ipsecd.demo"], capture_output=True, text=True, timeout=180,
+                       cwd=PROJECT_ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "demo succeeded" in r.stdout
+    assert "0% packet loss" in r.stdout
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("branch-") == 0
+
+
+def _pair(topo: Topology, tmp_path: Path, **extra_a: object) -> tuple[Ipsecd, Ipsecd]:
+    a = Ipsecd(topo.a, tmp_path / "a", ipsecd_config(
+        local_addrs=[topo.a_addr], remote_addrs=[topo.b_addr], local_id="a.test", remote_id="b.test",
+        children={"net": child_config(local_ts=["10.1.0.0/24"], remote_ts=["10.2.0.0/24"], start_action="start")},
+        **extra_a))
+    b = Ipsecd(topo.b, tmp_path / "b", ipsecd_config(
+        local_addrs=[topo.b_addr], remote_addrs="%any", local_id="b.test", remote_id="a.test",
+        children={"net": child_config(local_ts=["10.2.0.0/24"], remote_ts=["10.1.0.0/24"])}))
+    return a, b
+
+
+@pytest.mark.netns
+def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp_path: Path) -> None:
+    a, b = _pair(topology, tmp_path)
+    with b, a:
+        ike = a.wait_established(15, child="net")
+        b.wait_established(15, child="net")
+        for sa in a.list_sas() + b.list_sas():
+            assert set(sa) >= IKE_KEYS
+            for child in sa["child_sas"]:
+                assert set(child) >= CHILD_KEYS
+                assert len(child["spi_in"]) == 8 and int(child["spi_in"], 16)
+        spis = (ike["child_sas"][0]["spi_in"], ike["child_sas"][0]["spi_out"])
+        topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
+
+        # add a connection, reload: the running tunnel keeps its SAs and its traffic
+        a.config["connections"]["spare"] = {
+            **a.config["connections"]["peer"], "remote_addrs": ["192.0.2.99"],
+            "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])}}
+        a.write_config()
+        r = a.ctl("reload")
+        assert r.returncode == 0
+        conns = a.ctl("list-conns", "--json").stdout
+        assert "spare" in conns
+        (after,) = [sa for sa in a.list_sas() if sa["name"] == "peer"]
+        assert (after["child_sas"][0]["spi_in"], after["child_sas"][0]["spi_out"]) == spis
+        topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
+
+        # remove the running connection, reload: it is deleted on both sides with a Delete
+        del a.config["connections"]["peer"]
+        a.write_config()
+        assert a.ctl("reload").returncode == 0
+        end = time.monotonic() + 10
+        while time.monotonic() < end and (a.list_sas() or b.list_sas()):
+            time.sleep(0.2)
+        assert a.list_sas() == [] and b.list_sas() == []
+
+
+@pytest.mark.netns
+def test_sd_notify_ready_after_sockets_are_bound(topology: Topology, tmp_path: Path) -> None:
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(notify))
+        s.settimeout(15)
+        a, _b = _pair(topology, tmp_path)
+        a.write_config()
+        proc = topology.a.popen([venv_python(), "-m", "ipsecd", "--config", str(a.config_path),
+                                 "--control-socket", a.socket], a.log_path, cwd=PROJECT_ROOT,
+                                env={"NOTIFY_SOCKET": str(notify), "PYTHONPATH": str(PROJECT_ROOT)})
+        try:
+            msg = s.recv(4096).decode()
+            assert "READY=1" in msg
+            # READY means IKE's ports are bound: a second daemon on the same ports must fail
+            probe = topology.a.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
+                                    "socket.SOCK_DGRAM); s.bind(('0.0.0.0', 500))"], check=False)
+            assert probe.returncode != 0
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        assert "STOPPING=1" in s.recv(4096).decode()
+
+
+@pytest.mark.netns
+def test_daemon_as_unprivileged_user_with_capabilities(topology: Topology) -> None:
+    """--user drops root but keeps CAP_NET_ADMIN/BIND_SERVICE/RAW: ports 500/4500, TUN, routes still work."""
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    probe = subprocess.run([runuser, "-u", "nobody", "--", venv_python(), "-c", "import ipsecd.daemon"],
+                           capture_output=True, text=True, cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT)})
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot run this venv's interpreter (e.g. pyenv under /root): "
+                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
+    work = Path(tempfile.mkdtemp(prefix="ipd-user-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        a, b = _pair(topology, work)
+        a.extra_args = ["--user", "nobody"]
+        with b, a:
+            a.wait_established(15, child="net")
+            topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
+            users = subprocess.run(["ps", "-eo", "user=,args="], capture_output=True, text=True).stdout
+            assert any(line.split()[0] == "nobody" and "ipsecd" in line and str(a.config_path) in line
+                       for line in users.splitlines()), users
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
