@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -22,9 +23,17 @@ from ipsecd import __version__, keyexport
 from ipsecd.config import Config, load_config
 from ipsecd.control.protocol import ControlError
 from ipsecd.control.server import ControlServer
+from ipsecd.dataplane import messages as dp_messages
 from ipsecd.dataplane.ike_socket import IkeTransport, source_address_for
 from ipsecd.errors import ConfigError
-from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaClosed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+)
 from ipsecd.ike.ike_sa import IkeSa
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import is_legacy, proposal_to_str, proposal_to_swanctl
@@ -60,6 +69,8 @@ class Daemon:
         self.failure_counts: dict[str, int] = {}
         self.rekey_counts: dict[str, int] = {}
         self._up_ids: set[int] = set()
+        self._pending_out: dict[int, tuple[bytes, Any, Any, int | None]] = {}  # reqid -> (spi_in, out, life, mss)
+        self._exit_code = 0
         self._dataplane_ready = asyncio.Event()  # IKE may finish a Child SA while the worker still starts
         self._started = time.time()
         self.event_counts: dict[str, int] = {}
@@ -89,7 +100,7 @@ class Daemon:
         self._start_connections()
         await self._stopping.wait()
         await self._shutdown()
-        return 0
+        return self._exit_code
 
     async def _start_dataplane(self) -> None:
         try:
@@ -98,8 +109,11 @@ class Daemon:
             log.warning("data plane unavailable (%s): negotiating SAs without installing them", e)
             return
         self.dataplane = DataPlane(self.config.settings.dataplane)
+        self.dataplane.on_event(self._on_dataplane_event)
         await self.dataplane.start()
         self._dataplane_ready.set()
+        if any(c.dpd_delay > 0 for c in self.config.connections.values()):
+            self._spawn(self._watch_inbound_traffic())
 
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
@@ -194,6 +208,8 @@ class Daemon:
         if isinstance(ev, ChildSaEstablished):
             self._children[(ev.ike_sa_id, ev.spi_in)] = ev
             self._count("child_sas_established")
+            if ev.rekeyed_spi_in is not None:
+                self.rekey_counts["child"] = self.rekey_counts.get("child", 0) + 1
             if self.dataplane is not None:
                 return self._install(ev)
         elif isinstance(ev, ChildSaDeleted):
@@ -207,13 +223,20 @@ class Daemon:
         elif isinstance(ev, IkeSaEstablished):
             self._count("ike_sas_established")
             self._up_ids.add(ev.ike_sa_id)
+        elif isinstance(ev, IkeSaRekeyed):
+            # the Child SAs move to the new IKE SA unchanged: only our bookkeeping follows them
+            self.rekey_counts["ike"] = self.rekey_counts.get("ike", 0) + 1
+            for key in [k for k in self._children if k[0] == ev.ike_sa_id]:
+                self._children[(ev.new_ike_sa_id, key[1])] = self._children.pop(key)
+            self._up_ids.add(ev.new_ike_sa_id)
         elif isinstance(ev, IkeSaClosed):
             self._count("ike_sas_closed")
-            if ev.ike_sa_id not in self._up_ids and "by request" not in ev.reason:
+            if ev.replaced_by is None and ev.ike_sa_id not in self._up_ids and "by request" not in ev.reason:
                 self._fail(ev.reason)
             self._up_ids.discard(ev.ike_sa_id)
             self._peers.pop(ev.ike_sa_id, None)
-            self._maybe_restart(ev)
+            if ev.replaced_by is None:
+                self._maybe_restart(ev)
         return None
 
     def _sync_peers(self) -> None:
@@ -232,13 +255,15 @@ class Daemon:
                 self._spawn(self.dataplane.update_sa_peer(child.event.reqid, sa.remote[0], sa.remote[1], sa.local[0]))
 
     def _maybe_restart(self, ev: IkeSaClosed) -> None:
-        """start_action=start keeps trying: a failed or peer-closed tunnel is brought up again."""
+        """start_action=start keeps trying, and so does dpd_action=restart for a dead peer."""
         conn = self.config.connections.get(ev.name)
         if conn is None or self._stopping.is_set() or "by request" in ev.reason:
             return
-        if not any(ch.start_action == "start" for ch in conn.children.values()):
-            return
-        if any(sa.settings.name == ev.name for sa in self.manager.list_sas()):
+        wanted = any(ch.start_action == "start" for ch in conn.children.values())
+        if ev.peer_dead:
+            log.warning("%s: peer is dead, dpd_action %s", ev.name, ev.dpd_action or "clear")
+            wanted = ev.dpd_action in ("restart", "trap") and bool(conn.remote_addrs)
+        if not wanted or any(sa.settings.name == ev.name for sa in self.manager.list_sas()):
             return
         asyncio.get_running_loop().call_later(RESTART_DELAY, self._restart, ev.name)
 
@@ -251,15 +276,24 @@ class Daemon:
 
     async def _install(self, ev: ChildSaEstablished) -> None:
         inbound, outbound, policies = child_sa_params(ev)
-        child_cfg = self.config.connections.get(ev.name)
-        child = child_cfg.children.get(ev.child) if child_cfg is not None else None
+        conn = self.config.connections.get(ev.name)
+        child = conn.children.get(ev.child) if conn is not None else None
         clamp = None if child is None or child.mss_clamp is None else (
             0 if child.mss_clamp == "auto" else int(child.mss_clamp))
+        lifetime = _volume_lifetime(child)
         try:
             await asyncio.wait_for(self._dataplane_ready.wait(), 30)
-            # route-based children (interface set): the user routes into the TUN, we add no routes
-            await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
-                                                  route_via_tun=child is None or child.interface is None)
+            if ev.rekeyed_spi_in is not None and not ev.initiator:
+                # RFC 7296 2.8 make-before-break, rekey responder: receive on the new SA at once, but keep
+                # sending on the old one until the initiator (who installs both on our answer) deletes it
+                await self.dataplane.install_inbound(ev.reqid, inbound, lifetime)
+                self._pending_out[ev.reqid] = (ev.spi_in, outbound, lifetime, clamp)
+            else:
+                # route-based children (interface set): the user routes into the TUN, we add no routes
+                await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
+                                                      route_via_tun=child is None or child.interface is None,
+                                                      lifetime=lifetime)
+                self._pending_out.pop(ev.reqid, None)
         except Exception as e:
             log.error("cannot install Child SA %s in the data plane: %s", ev.child, e)
             return
@@ -274,11 +308,64 @@ class Daemon:
 
     async def _uninstall(self, ev: ChildSaDeleted, gone: ChildSaEstablished | None) -> None:
         try:
+            if ev.reqid_in_use:
+                # a rekeyed predecessor (or a redundant collision twin): its successor stays installed
+                pending = self._pending_out.get(ev.reqid)
+                if pending is not None and pending[0] == ev.spi_in:
+                    self._pending_out.pop(ev.reqid, None)  # the twin that lost: never send on it
+                await self.dataplane.delete_inbound((int.from_bytes(ev.spi_in, "big"),))
+                pending = self._pending_out.pop(ev.reqid, None)
+                if pending is not None:
+                    _spi, outbound, lifetime, clamp = pending
+                    await self.dataplane.install_outbound(ev.reqid, outbound, lifetime, clamp)
+                return
+            self._pending_out.pop(ev.reqid, None)
             await self.dataplane.delete_child_sa(ev.reqid)
             if gone is not None and gone.encap and not any(c.remote == gone.remote for c in self._children.values()):
                 await self.dataplane.set_keepalive(gone.remote[0], gone.remote[1], 0)
         except Exception as e:
             log.warning("cannot remove Child SA %s from the data plane: %s", ev.child, e)
+
+    def _on_dataplane_event(self, ev: object) -> None:
+        """Volume lifetimes reached in the worker become rekeys or deletes in IKE (RFC 4301 4.4.2.1)."""
+        now = time.monotonic()
+        if isinstance(ev, dp_messages.LifetimeReached):
+            spi = ev.spi.to_bytes(4, "big")
+            spi_in = spi if ev.direction == "in" else next(
+                (c.spi_in for c in self._children.values() if c.spi_out == spi), None)
+            if spi_in is None:
+                return
+            if ev.kind == "soft":
+                log.info("Child SA %s reached its %s soft limit: rekeying", spi_in.hex(), ev.what)
+                self.manager.rekey_child(spi_in, now)
+            else:
+                log.info("Child SA %s reached its %s hard limit: deleting", spi_in.hex(), ev.what)
+                self.manager.expire_child(spi_in, True, now)
+            self._flush()
+        elif isinstance(ev, dp_messages.WorkerExited):
+            log.critical("the data plane worker exited (%s): stopping so the service manager restarts us",
+                         ev.message or ev.returncode)
+            self._exit_code = 1
+            self._stopping.set()
+
+    async def _watch_inbound_traffic(self) -> None:
+        """DPD only probes a peer that is silent: ESP arriving counts as a sign of life (RFC 7296 2.4)."""
+        seen: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(5)
+            if self.dataplane is None:
+                continue
+            with suppress(Exception):
+                counters = await self.dataplane.counters()
+                now = time.monotonic()
+                for key, c in counters.get("sas", {}).items():
+                    if c.get("direction") != "in":
+                        continue
+                    packets = int(c.get("packets", 0))
+                    if packets != seen.get(key):
+                        seen[key] = packets
+                        self.manager.note_inbound_traffic(bytes.fromhex(key[:8]), now)
+                self._flush()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -422,6 +509,19 @@ class Daemon:
 
     def subscribe_logs(self) -> AsyncIterator[str]:
         return self.hub.subscribe()
+
+
+def _volume_lifetime(child: Any) -> dp_messages.Lifetime:
+    """Byte/packet limits for the worker, the soft ones pulled earlier by a random part of rand_*."""
+    if child is None:
+        return dp_messages.Lifetime()
+
+    def soft(limit: int, rand: int) -> int:
+        return max(1, limit - random.randint(0, min(rand, limit // 2))) if limit else 0
+
+    return dp_messages.Lifetime(soft_bytes=soft(child.rekey_bytes, child.rand_bytes), hard_bytes=child.life_bytes,
+                                soft_packets=soft(child.rekey_packets, child.rand_packets),
+                                hard_packets=child.life_packets)
 
 
 def _sa_counters(counters: dict[str, Any], spi: bytes) -> dict[str, Any]:

@@ -57,6 +57,16 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
             mode=str(ch.mode.value),
             start_action=str(ch.start_action.value),
             replay_window=ch.replay_window,
+            rekey_time=ch.rekey_time,
+            life_time=ch.life_time,
+            rand_time=ch.rand_time,
+            rekey_bytes=ch.rekey_bytes,
+            life_bytes=ch.life_bytes,
+            rand_bytes=ch.rand_bytes,
+            rekey_packets=ch.rekey_packets,
+            life_packets=ch.life_packets,
+            rand_packets=ch.rand_packets,
+            dpd_action=str(ch.dpd_action.value),
         )
         for name, ch in conn.children.items()
     )
@@ -73,6 +83,13 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         remote_port=conn.remote_port,
         retransmit=RetransmitSettings(tries=r.tries, timeout=r.timeout, base=r.base),
         force_encap=conn.encap,
+        rekey_time=conn.rekey_time,
+        over_time=conn.over_time,
+        rand_time=conn.rand_time,
+        dpd_delay=conn.dpd_delay,
+        dpd_timeout=conn.dpd_timeout,
+        # swanctl puts dpd_action on the child; the IKE SA uses the first child's
+        dpd_action=next((str(ch.dpd_action.value) for ch in conn.children.values()), "clear"),
     )
 
 

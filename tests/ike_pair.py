@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
@@ -49,13 +50,18 @@ class Pair:
     events_a: list[Event] = field(default_factory=list)
     events_b: list[Event] = field(default_factory=list)
 
-    def pump(self, max_rounds: int = 200) -> None:
-        """Move datagrams and fire timers until nothing is left to do."""
+    def pump(self, max_rounds: int = 200, horizon: float = 600.0) -> None:
+        """Move datagrams and fire timers until nothing is due within ``horizon`` seconds.
+
+        Established SAs always keep lifetime timers (rekey hours ahead), so "no timer
+        at all" never happens once a pair is up; the horizon bounds the wait instead.
+        """
         for _ in range(max_rounds):
             moved = self._move()
             if moved:
                 continue
-            timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+            timers = [t for t in (self.a.get_timer(), self.b.get_timer())
+                      if t is not None and t <= self.now + horizon]
             if not timers:
                 return
             self.now = max(self.now, min(timers))
@@ -76,6 +82,12 @@ class Pair:
             self.a.handle_timer(self.now)
             self.b.handle_timer(self.now)
 
+    def advance(self, seconds: float) -> None:
+        """run_until_quiet, then let the clock reach the end even if no timer was due."""
+        end = self.now + seconds
+        self.run_until_quiet(seconds)
+        self.now = max(self.now, end)
+
     def _move(self) -> bool:
         moved = False
         for src, dst, tag in ((self.a, self.b, "a->b"), (self.b, self.a, "b->a")):
@@ -91,10 +103,28 @@ class Pair:
         return moved
 
 
-def make_pair(sa: IkeSettings | None = None, sb: IkeSettings | None = None, **kw: object) -> Pair:
+def make_settings_b(**kw: object) -> IkeSettings:
+    """B's mirror image of make_settings()'s defaults."""
+    args: dict[str, object] = dict(local_id="b.test", remote_id="a.test", local_ts=("10.2.0.0/24",),
+                                   remote_ts=("10.1.0.0/24",), local_addrs=(B_ADDR,), remote_addrs=(A_ADDR,))
+    args.update(kw)
+    return make_settings(**args)  # type: ignore[arg-type]
+
+
+def seeded_rng(seed: int) -> Callable[[int], bytes]:
+    """Deterministic SPIs, nonces and jitter: lets a test pick which side wins a nonce race."""
+    r = random.Random(seed)
+    return r.randbytes
+
+
+def make_pair(sa: IkeSettings | None = None, sb: IkeSettings | None = None, *, seed: int | None = None,
+              **kw: object) -> Pair:
     sa = sa or make_settings()
-    sb = sb or make_settings(local_id="b.test", remote_id="a.test", local_ts=("10.2.0.0/24",),
-                             remote_ts=("10.1.0.0/24",), local_addrs=(B_ADDR,), remote_addrs=(A_ADDR,))
-    a = IkeManager([sa], now=1000.0)
-    b = IkeManager([sb], now=1000.0)
+    sb = sb or make_settings_b()
+    if seed is None:
+        a = IkeManager([sa], now=1000.0)
+        b = IkeManager([sb], now=1000.0)
+    else:
+        a = IkeManager([sa], now=1000.0, rng=seeded_rng(seed))
+        b = IkeManager([sb], now=1000.0, rng=seeded_rng(seed + 10_000))
     return Pair(a, b, **kw)  # type: ignore[arg-type]

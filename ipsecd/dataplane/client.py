@@ -309,6 +309,25 @@ class DataPlane:
             await asyncio.to_thread(self.netconf.add_routes, reqid, mine, mtu, src)
         return mtu
 
+    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
+        """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
+        mtu = self._children[reqid].mtu if reqid in self._children else (self.options.mtu or DEFAULT_TUN_MTU)
+        await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
+
+    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
+                               mss_clamp: int | None = 0) -> None:
+        """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
+        child = self._children.get(reqid)
+        mtu = child.mtu if child is not None else (self.options.mtu or DEFAULT_TUN_MTU)
+        await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
+                                                  mss_clamp, id=i))
+        if child is not None:
+            child.outbound_spi = outbound.spi
+
+    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
+        """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
+        await self._request(lambda i: m.DeleteSa(None, spis, policies=False, id=i))
+
     async def update_sa_peer(
         self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
         local_addr: IPv4Address | IPv6Address | str | None = None,

@@ -18,11 +18,34 @@ class IkeSaEstablished:
 
 @dataclass(frozen=True)
 class IkeSaClosed:
-    """The IKE SA is gone; ``reason`` is a sentence a user can act on."""
+    """The IKE SA is gone; ``reason`` is a sentence a user can act on.
+
+    ``peer_dead`` is set when the peer stopped answering (DPD or retransmission
+    exhaustion on an established SA); ``dpd_action`` then carries the connection's
+    configured reaction (clear | trap | restart) for the daemon to apply.
+    ``replaced_by`` names the IKE SA that took over after a rekey: nothing was lost.
+    """
 
     ike_sa_id: int
     name: str
     reason: str
+    peer_dead: bool = False
+    dpd_action: str = ""
+    replaced_by: int | None = None
+
+
+@dataclass(frozen=True)
+class IkeSaRekeyed:
+    """RFC 7296 1.3.2: the IKE SA was rekeyed; its Child SAs now belong to ``new_ike_sa_id``.
+
+    The Child SAs themselves are untouched (same SPIs, keys, reqids); only the
+    IKE SA that manages them changed. Later events for them carry the new id.
+    """
+
+    ike_sa_id: int
+    name: str
+    new_ike_sa_id: int
+    child_spis_in: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,10 @@ class ChildSaEstablished:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     replay_window: int = 1024
+    # Set when this SA replaces another one in a rekey (RFC 7296 1.3.3): the inbound
+    # SPI of the old SA. Install the new SA (both directions, outbound switches to it)
+    # and keep the old inbound SA until its ChildSaDeleted arrives (make-before-break).
+    rekeyed_spi_in: bytes | None = None
 
     @property
     def keys_in(self) -> tuple[bytes, bytes]:
@@ -68,12 +95,18 @@ class ChildSaFailed:
 
 @dataclass(frozen=True)
 class ChildSaDeleted:
+    """A Child SA is gone. ``reqid_in_use``: another Child SA with the same reqid
+    (its rekeyed successor) is still installed, so the daemon must remove only this
+    SA pair by SPI and keep the policies (pointing them at the survivor)."""
+
     ike_sa_id: int
     name: str
     child: str
     reqid: int
     spi_in: bytes
     spi_out: bytes
+    reqid_in_use: bool = False
+    reason: str = ""
 
 
-Event = IkeSaEstablished | IkeSaClosed | ChildSaEstablished | ChildSaFailed | ChildSaDeleted
+Event = IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | ChildSaEstablished | ChildSaFailed | ChildSaDeleted

@@ -3,6 +3,18 @@
 Still sans-I/O: datagrams and time in, datagrams, timers and events out. One
 bad datagram never stops the others: every exception is caught per packet,
 counted and logged at a rate-limited level.
+
+Ordering contract for the owner (the daemon): after each ``receive_datagram``
+or ``handle_timer`` call, drain ``next_event()`` FIRST and install the inbound
+half of every ChildSaEstablished before sending what ``datagrams_to_send()``
+returns for that call. The responder of a CREATE_CHILD_SA emits the new SA in
+the same call that queues its response; the peer may send ESP on the new SA
+as soon as that response arrives (RFC 7296 2.8 make-before-break).
+
+IKE SA rekeying (RFC 7296 1.3.2) creates a new IkeSa with a NEW ike_sa_id;
+IkeSaRekeyed(old id -> new id) says the Child SAs moved, the old SA then
+closes with IkeSaClosed(replaced_by=new id). Connection names stay, so
+``terminate(name)`` and ``list_sas()`` keep working across rekeys.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from ipsecd.ratelimit import RateLimitedLogger
 log = logging.getLogger("ipsecd.ike")
 
 COOKIE_VERSION = b"\x01"
+# RFC 7296 2.21.4: unprotected INVALID_IKE_SPI answers, at most this many per second
+INVALID_SPI_RATE = 10
 
 
 @dataclass
@@ -50,6 +64,7 @@ class IkeManager:
     _out: list[tuple[bytes, Endpoint, Endpoint]] = field(default_factory=list)
     _events: deque[Event] = field(default_factory=deque)
     _cookie_secret: bytes = b""
+    _invalid_spi_window: tuple[int, int] = (0, 0)  # (second, answers sent in it)
 
     def __post_init__(self) -> None:
         self._cookie_secret = self.rng(32)
@@ -71,7 +86,8 @@ class IkeManager:
         remote = (conn.remote_addrs[0], conn.remote_port)
         local_ip = conn.local_addrs[0] if conn.local_addrs else self.source_for(remote[0])
         sa = IkeSa(conn, self._alloc_id(), True, (local_ip, 500), remote, now, rng=self.rng,
-                   spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid)
+                   spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, id_allocator=self._alloc_id,
+                   has_contact=self._has_contact)
         self._register(sa)
         sa.initiate()
         self._collect(sa)
@@ -120,6 +136,53 @@ class IkeManager:
                 sa.handle_timer(now)
                 self._collect(sa)
 
+    # -- lifecycle hooks for the owner: each acts on the SA and collects its output
+    def owner_of(self, spi_in: bytes) -> IkeSa | None:
+        """The IKE SA that currently manages the Child SA with this inbound SPI."""
+        for sa in self.sas.values():
+            if sa.find_child(spi_in) is not None:
+                return sa
+        return None
+
+    def rekey_child(self, spi_in: bytes, now: float) -> bool:
+        """Soft limit reached (the daemon checks rekey_bytes/rekey_packets): rekey it."""
+        return self._act(spi_in, now, lambda sa: sa.rekey_child(spi_in))
+
+    def expire_child(self, spi_in: bytes, hard: bool, now: float) -> bool:
+        """A lifetime ran out (life_bytes/life_packets for hard): rekey (soft) or delete (hard)."""
+        return self._act(spi_in, now, lambda sa: sa.expire_child(spi_in, hard))
+
+    def delete_child(self, spi_in: bytes, now: float) -> bool:
+        return self._act(spi_in, now, lambda sa: sa.delete_child(spi_in))
+
+    def note_inbound_traffic(self, spi_in: bytes, now: float) -> None:
+        """ESP arrived on this Child SA: postpones DPD of its IKE SA (RFC 7296 2.4)."""
+        sa = self.owner_of(spi_in)
+        if sa is not None:
+            sa.note_inbound_traffic(now)
+
+    def rekey_ike(self, ike_sa_id: int, now: float) -> bool:
+        sa = self.sas.get(ike_sa_id)
+        if sa is None:
+            return False
+        sa.now = now
+        sa.rekey()
+        self.collect(sa)
+        return True
+
+    def collect(self, sa: IkeSa) -> None:
+        """Take the datagrams and events of ``sa`` after calling one of its methods directly."""
+        self._collect(sa)
+
+    def _act(self, spi_in: bytes, now: float, action: Callable[[IkeSa], None]) -> bool:
+        sa = self.owner_of(spi_in)
+        if sa is None:
+            return False
+        sa.now = now
+        action(sa)
+        self._collect(sa)
+        return True
+
     def find(self, ike_sa_id: int) -> IkeSa | None:
         return self.sas.get(ike_sa_id)
 
@@ -136,6 +199,8 @@ class IkeManager:
         sa = self._by_spi.get(our_spi)
         if sa is None:
             self._drop("unknown_spi", remote, f"message for unknown IKE SPI {our_spi.hex()}")
+            if not hdr.is_response and hdr.exchange in (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA):
+                self._invalid_ike_spi(hdr.spi_i, hdr.spi_r, hdr.message_id, hdr.is_initiator, local, remote, now)
             return
         sa.receive(data, local, remote, now)
         self._collect(sa)
@@ -169,7 +234,8 @@ class IkeManager:
         if len(self._half_open) >= self.cookie_threshold and not self._cookie_ok(msg, local, remote, spi_i):
             return
         sa = IkeSa(candidates[0], self._alloc_id(), False, local, remote, now, rng=self.rng,
-                   spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, candidates=candidates)
+                   spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, candidates=candidates,
+                   id_allocator=self._alloc_id, has_contact=self._has_contact)
         self.sas[sa.ike_sa_id] = sa
         self._half_open[key] = sa
         sa.receive(data, local, remote, now)
@@ -209,26 +275,83 @@ class IkeManager:
             self._out.append(item)
         if sa.spi_r != bytes(8) and sa.state != IkeState.CLOSED:
             self._by_spi.setdefault(sa.our_spi, sa)
+        spawned, sa.spawned = sa.spawned, []
+        for new in spawned:  # IKE SAs born from a rekey (RFC 7296 1.3.2)
+            self._register(new)
         while (ev := sa.next_event()) is not None:
             if isinstance(ev, IkeSaEstablished):
                 self._half_open.pop((sa.spi_i, sa.remote[0]), None)
                 self._half_open = {k: v for k, v in self._half_open.items() if v is not sa}
                 if sa.initial_contact:
                     self._initial_contact(sa)
+                self._events.append(ev)
+                self._resolve_duplicates(sa)
+                continue
             elif isinstance(ev, ChildSaEstablished):
                 self._spis_in.add(ev.spi_in)
             elif isinstance(ev, IkeSaClosed):
                 self._forget(sa)
             self._events.append(ev)
+        for new in spawned:
+            self._collect(new)
 
     def _initial_contact(self, sa: IkeSa) -> None:
-        """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA with us: drop ours silently."""
+        """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA with us: drop ours silently.
+
+        Only SAs that were up before this one started count as "older": an SA that
+        completed meanwhile comes from a simultaneous initiation, which the
+        duplicate rule (_resolve_duplicates) settles with the peer's agreement.
+        """
         for other in list(self.sas.values()):
-            if other is sa or other.state == IkeState.CLOSED or other.settings.name != sa.settings.name:
+            if other is sa or other.settings.name != sa.settings.name or other.established_at is None \
+                    or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED) \
+                    or other.established_at >= sa.created_at:
                 continue
             if other.remote[0] == sa.remote[0] or other.remote_identity == sa.remote_identity:
                 other.close("replaced: peer sent INITIAL_CONTACT")
                 self._collect(other)
+
+    def _has_contact(self, sa: IkeSa) -> bool:
+        """Another live IKE SA of this connection with the same peer address?"""
+        return any(o is not sa and o.state != IkeState.CLOSED and o.settings.name == sa.settings.name
+                   and o.remote[0] == sa.remote[0] for o in self.sas.values())
+
+    def _resolve_duplicates(self, sa: IkeSa) -> None:
+        """Simultaneous initiation: both ends started the same connection at once.
+
+        Rule (both ends reach it on their own, as both know every SA's IKE_SA_INIT
+        nonces): when one established IKE SA of a connection was initiated by us
+        and another, to the same peer, by the peer, the one whose IKE_SA_INIT
+        initiator nonce (Ni) is higher is redundant. The end that initiated it
+        deletes it with an ordinary Delete (its Child SAs go on both ends); the
+        other end just waits for that Delete. SAs born from a rekey do not count,
+        nor do two SAs we initiated ourselves (``up`` twice is the user's choice).
+        """
+        same = [o for o in self.sas.values()
+                if o.state == IkeState.ESTABLISHED and o.rekeyed_from is None and o.settings.name == sa.settings.name
+                and o.remote[0] == sa.remote[0]]
+        theirs = [o for o in same if not o.initiator]
+        for o in same:
+            if o.initiator and any(t.nonce_i < o.nonce_i for t in theirs):
+                log.info("IKE SA %d duplicates one the peer initiated at the same time (%s): deleting ours",
+                         o.ike_sa_id, o.settings.name)
+                o.delete("duplicate of a simultaneously initiated IKE SA")
+                self._collect(o)
+
+    def _invalid_ike_spi(self, spi_i: bytes, spi_r: bytes, message_id: int, from_initiator: bool,
+                         local: Endpoint, remote: Endpoint, now: float) -> None:
+        """RFC 7296 2.21.4: answer a request for an unknown IKE SA, unprotected, rate-limited."""
+        second = int(now)
+        sec, n = self._invalid_spi_window
+        if sec != second:
+            sec, n = second, 0
+        if n >= INVALID_SPI_RATE:
+            return
+        self._invalid_spi_window = (sec, n + 1)
+        resp = Message(spi_i, spi_r, ExchangeType.INFORMATIONAL, message_id, is_initiator=not from_initiator,
+                       is_response=True, payloads=[NotifyPayload(NotifyType.INVALID_IKE_SPI)])
+        self.counters["invalid_ike_spi_sent"] = self.counters.get("invalid_ike_spi_sent", 0) + 1
+        self._out.append((encode_message(resp), local, remote))
 
     def _forget(self, sa: IkeSa) -> None:
         self.sas.pop(sa.ike_sa_id, None)

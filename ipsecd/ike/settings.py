@@ -51,6 +51,20 @@ class ChildSettings:
     mode: str = "tunnel"  # "tunnel" | "transport"
     start_action: str = "none"
     replay_window: int = 1024
+    # Lifetimes (swanctl names and defaults). Time limits are enforced by the engine
+    # (soft: rekey_time minus a random jitter in [0, rand_time]; hard: life_time).
+    # Byte/packet limits are only stored here: the daemon reads the data-plane
+    # counters and calls IkeSa.rekey_child() / IkeSa.expire_child(). 0 = no limit.
+    rekey_time: float = 3600.0
+    life_time: float = 3960.0
+    rand_time: float = 360.0
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rand_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    rand_packets: int = 0
+    dpd_action: str = "clear"  # clear | trap | restart: what the daemon does when the peer is declared dead
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,17 @@ class IkeSettings:
     remote_port: int = 500
     retransmit: RetransmitSettings = RetransmitSettings()
     force_encap: bool = False
+    # IKE SA lifetime: rekey after rekey_time minus a random jitter in [0, rand_time];
+    # close after rekey_time + over_time whatever happened (0 disables each).
+    rekey_time: float = 14400.0
+    over_time: float = 1440.0
+    rand_time: float = 1440.0
+    # RFC 7296 2.4 liveness: probe after dpd_delay seconds without inbound IKE or ESP
+    # traffic (0 = never); dpd_timeout > 0 also caps how long one request may stay
+    # unanswered (otherwise the retransmission schedule decides).
+    dpd_delay: float = 0.0
+    dpd_timeout: float = 0.0
+    dpd_action: str = "clear"
 
     def child(self, name: str) -> ChildSettings | None:
         for c in self.children:

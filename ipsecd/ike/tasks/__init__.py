@@ -3,8 +3,10 @@
 An exchange is a list of tasks. The initiator calls ``build_i`` on each to
 assemble the request and ``process_i`` on each with the response; the
 responder calls ``process_r`` then ``build_r``. A task that cannot go on
-raises :class:`TaskFailed`; IKE_SA_INIT may raise :class:`Retry` to resend
-its request (COOKIE, INVALID_KE_PAYLOAD).
+raises :class:`TaskFailed`; IKE_SA_INIT and CREATE_CHILD_SA may raise
+:class:`Retry` to resend their request rebuilt (COOKIE, INVALID_KE_PAYLOAD).
+A ``build_i`` that finds its job already done or moot (the Child SA it was to
+rekey was deleted meanwhile) raises :class:`Skip` and nothing is sent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ class TaskFailed(Exception):
 
 
 class Retry(Exception):
-    """Send the same request again, rebuilt (IKE_SA_INIT after COOKIE or INVALID_KE_PAYLOAD)."""
+    """Send the same request again, rebuilt (after COOKIE or INVALID_KE_PAYLOAD).
+
+    IKE_SA_INIT keeps message ID 0; any other exchange has completed with the
+    error response, so the rebuilt request takes the next message ID (RFC 7296 1.3).
+    """
+
+
+class Skip(Exception):
+    """The exchange is no longer needed: drop it from the queue without sending."""
 
 
 class Task(Protocol):

@@ -1,29 +1,60 @@
-"""The Child SA created inside IKE_AUTH: ESP proposals, traffic selectors, mode (RFC 7296 1.2, 2.9, 2.17)."""
+"""Creating a Child SA: ESP proposals, traffic selectors, mode, KEYMAT (RFC 7296 1.2, 1.3.1, 2.9, 2.17).
+
+One task serves both places a Child SA is born: piggybacked on IKE_AUTH (keys
+from the IKE SA's nonces, never a KE payload) and a CREATE_CHILD_SA exchange
+(fresh nonces, an optional KE payload for PFS). Child rekeying (child_rekey.py)
+wraps it, so selection, narrowing and key derivation live in one place.
+"""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.constants import ExchangeType, NotifyType, PayloadType, ProtocolId
+from ipsecd.ike.constants import ExchangeType, KeId, NotifyType, PayloadType, ProtocolId
+from ipsecd.ike.crypto import KeyExchange, accept_key_exchange, create_key_exchange, supported_groups
 from ipsecd.ike.events import ChildSaEstablished, ChildSaFailed
 from ipsecd.ike.keymat import derive_child_keys
-from ipsecd.ike.payloads import NotifyPayload, Payload, Proposal, SaPayload, TrafficSelector, TsPayload
-from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal, with_spi
+from ipsecd.ike.payloads import (
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+    TrafficSelector,
+    TsPayload,
+)
+from ipsecd.ike.proposal import (
+    groups_in,
+    ke_group_of,
+    prefer_group,
+    proposal_matches_chosen,
+    proposal_to_str,
+    select_proposal,
+    with_spi,
+)
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
-from ipsecd.ike.tasks import TaskFailed
+from ipsecd.ike.tasks import Retry, TaskFailed
 from ipsecd.ike.ts import all_within, narrow, ts_from_spec, ts_to_str
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
     from ipsecd.ike.message import Message
 
+NONCE_LEN = 32
+
 CHILD_ERRORS = frozenset({
     NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE, NotifyType.SINGLE_PAIR_REQUIRED,
     NotifyType.INTERNAL_ADDRESS_FAILURE, NotifyType.FAILED_CP_REQUIRED, NotifyType.INVALID_SELECTORS,
     NotifyType.NO_ADDITIONAL_SAS,
 })
+
+# Answers that do not mean "refused for good": the caller decides what to do next.
+TRANSIENT_ERRORS = frozenset({NotifyType.TEMPORARY_FAILURE, NotifyType.CHILD_SA_NOT_FOUND})
 
 
 def without_ke(p: Proposal, spi: bytes = b"") -> Proposal:
@@ -42,34 +73,94 @@ def _ts_of(msg: Message, kind: PayloadType) -> list[TrafficSelector] | None:
     return None
 
 
-class ChildCreate:
-    exchange = ExchangeType.IKE_AUTH
+def _group_name(group: int) -> str:
+    try:
+        return KeId(group).name
+    except ValueError:
+        return f"group {group}"
 
-    def __init__(self, child: ChildSettings | None = None) -> None:
+
+class ChildCreate:
+    """Negotiate one Child SA, in IKE_AUTH or in CREATE_CHILD_SA.
+
+    ``rekey_of`` (initiator) and ``rekeyed_spi_in``/``reqid`` (responder) are set
+    by ChildRekey: the new SA then keeps the old SA's reqid (so the daemon's
+    policies stay) and names the SA it replaces. ``candidates`` restricts the
+    responder's choice of configured children (a rekey must stay the same child).
+    """
+
+    def __init__(self, child: ChildSettings | None = None, *, exchange: ExchangeType = ExchangeType.IKE_AUTH,
+                 rekey_of: ChildSaEstablished | None = None, reqid: int | None = None,
+                 rekeyed_spi_in: bytes | None = None, candidates: Sequence[ChildSettings] | None = None) -> None:
+        self.exchange = exchange
         self.child = child
+        self.rekey_of = rekey_of
+        self.reqid = reqid if reqid is not None else (rekey_of.reqid if rekey_of is not None else None)
+        self.rekeyed_spi_in = rekeyed_spi_in if rekeyed_spi_in is not None else (
+            rekey_of.spi_in if rekey_of is not None else None)
+        self.candidates = candidates
         self.spi_in = b""
         self.ts_i: list[TrafficSelector] = []
         self.ts_r: list[TrafficSelector] = []
         self.chosen: Proposal | None = None
         self.transport = False
         self.error: NotifyType | None = None
+        self.error_data = b""
+        self.peer_error: NotifyType | None = None  # TEMPORARY_FAILURE / CHILD_SA_NOT_FOUND from the responder
+        self.nonce_i = b""
+        self.nonce_r = b""
+        self.group: KeId | None = None
+        self.ke: KeyExchange | None = None
+        self.ke_retries = 0
+        self.result: ChildSaEstablished | None = None
+
+    @property
+    def pfs(self) -> bool:
+        return self.exchange == ExchangeType.CREATE_CHILD_SA
 
     # -- initiator ---------------------------------------------------------
     def build_i(self, sa: IkeSa) -> list[Payload]:
         assert self.child is not None
-        self.spi_in = sa.alloc_spi()
-        self.ts_i = [ts_from_spec(s, sa.local[0]) for s in self.child.local_ts]
-        self.ts_r = [ts_from_spec(s, sa.remote[0]) for s in self.child.remote_ts]
-        proposals = tuple(without_ke(p, self.spi_in) for p in self.child.esp_proposals)
+        if not self.spi_in:  # a Retry reuses the SPI we already reserved
+            self.spi_in = sa.alloc_spi()
+        if self.rekey_of is not None:
+            # RFC 7296 1.3.3: the rekeyed SA keeps its traffic selectors
+            self.ts_i, self.ts_r = list(self.rekey_of.local_ts), list(self.rekey_of.remote_ts)
+        else:
+            self.ts_i = [ts_from_spec(s, sa.local[0]) for s in self.child.local_ts]
+            self.ts_r = [ts_from_spec(s, sa.remote[0]) for s in self.child.remote_ts]
         payloads: list[Payload] = []
+        if self.rekey_of is not None:
+            # RFC 7296 1.3.3: REKEY_SA names the SA by the SPI we receive on
+            payloads.append(NotifyPayload(NotifyType.REKEY_SA, ProtocolId.ESP, self.rekey_of.spi_in))
         if self.child.mode == "transport":
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
-        payloads += [SaPayload(proposals), *_ts_payloads(self.ts_i, self.ts_r)]
-        return payloads
+        if not self.pfs:
+            proposals = tuple(without_ke(p, self.spi_in) for p in self.child.esp_proposals)
+            return [*payloads, SaPayload(proposals), *_ts_payloads(self.ts_i, self.ts_r)]
+        offered = list(self.child.esp_proposals)
+        if self.group is None:
+            groups = groups_in(offered)
+            self.group = groups[0] if groups else None
+        if self.group is not None:
+            offered = prefer_group(offered, self.group)
+            if self.ke is None or self.ke.group != self.group:
+                self.ke = create_key_exchange(self.group)
+        self.nonce_i = sa.rng(NONCE_LEN)
+        payloads += [SaPayload(tuple(with_spi(p, self.spi_in) for p in offered)), NoncePayload(self.nonce_i)]
+        if self.ke is not None and self.group is not None:
+            payloads.append(KePayload(self.group, self.ke.public_key))
+        return payloads + _ts_payloads(self.ts_i, self.ts_r)
 
     def process_i(self, sa: IkeSa, msg: Message) -> None:
         assert self.child is not None
         for n in msg.error_notifies():
+            if self.pfs and n.notify_type == NotifyType.INVALID_KE_PAYLOAD:
+                self._retry_ke(sa, n)  # raises Retry when we can offer the wanted group
+                return
+            if n.notify_type in TRANSIENT_ERRORS:
+                self.peer_error = NotifyType(n.notify_type)
+                return
             if n.notify_type in CHILD_ERRORS:
                 reason = f"peer refused Child SA {self.child.name} with {NotifyType(n.notify_type).name}"
                 if n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN:
@@ -80,12 +171,19 @@ class ChildCreate:
                                f"{', '.join(map(ts_to_str, self.ts_i))} === {', '.join(map(ts_to_str, self.ts_r))})")
                 self._failed(sa, reason)
                 return
+            if self.pfs:
+                self._failed(sa, f"peer refused Child SA {self.child.name} with notify {n.notify_type}")
+                return
         sa_payload = msg.get(SaPayload)
         ts_i, ts_r = _ts_of(msg, PayloadType.TSi), _ts_of(msg, PayloadType.TSr)
         if sa_payload is None or ts_i is None or ts_r is None:
-            self._failed(sa, f"peer created no Child SA {self.child.name} (no SA/TS in its IKE_AUTH response)")
+            self._failed(sa, f"peer created no Child SA {self.child.name} (no SA/TS in its "
+                         f"{self.exchange.name} response)")
             return
-        offered = [without_ke(p, self.spi_in) for p in self.child.esp_proposals]
+        if self.pfs:
+            offered = [with_spi(p, self.spi_in) for p in self.child.esp_proposals]
+        else:
+            offered = [without_ke(p, self.spi_in) for p in self.child.esp_proposals]
         if len(sa_payload.proposals) != 1 or not proposal_matches_chosen(offered, sa_payload.proposals[0]):
             raise TaskFailed(f"peer chose an ESP proposal for {self.child.name} we did not offer")
         chosen = sa_payload.proposals[0]
@@ -94,22 +192,59 @@ class ChildCreate:
         if not all_within(ts_i, self.ts_i) or not all_within(ts_r, self.ts_r):
             raise TaskFailed(f"peer widened the traffic selectors of {self.child.name}: "
                              f"{', '.join(map(ts_to_str, ts_i))} === {', '.join(map(ts_to_str, ts_r))}")
+        shared: bytes | None = None
+        if self.pfs:
+            nonce = msg.get(NoncePayload)
+            if nonce is None:
+                raise TaskFailed("CREATE_CHILD_SA response without a nonce")
+            self.nonce_r = nonce.data
+            group = ke_group_of(chosen)
+            if group is not None:
+                # RFC 7296 1.3.1: with a KE method chosen, KEr carries the same group
+                ke = msg.get(KePayload)
+                if ke is None or ke.group != group or self.ke is None or self.ke.group != group:
+                    raise TaskFailed(f"peer's KE payload for {self.child.name} does not match the chosen "
+                                     "key exchange method", fatal=False)
+                try:
+                    shared = self.ke.compute_shared(ke.data)
+                except RemoteProtocolError as e:
+                    raise TaskFailed(f"peer's KE payload is invalid: {e}", fatal=False) from e
         self.transport = self.child.mode == "transport" and msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         if self.child.mode == "transport" and not self.transport:
             sa.log.warning("peer declined transport mode for %s: using tunnel mode", self.child.name)
-        self._established(sa, chosen, chosen.spi, ts_i, ts_r, initiator=True)
+        self._established(sa, chosen, chosen.spi, ts_i, ts_r, shared, initiator=True)
+
+    def _retry_ke(self, sa: IkeSa, n: NotifyPayload) -> None:
+        """RFC 7296 1.3: INVALID_KE_PAYLOAD in CREATE_CHILD_SA: retry with the group the peer named."""
+        assert self.child is not None
+        wanted = struct.unpack("!H", n.data[:2])[0] if len(n.data) >= 2 else 0
+        ours = groups_in(self.child.esp_proposals)
+        if wanted and wanted != self.group and wanted in ours and self.ke_retries < 2:
+            sa.log.info("peer asked for %s instead of %s for Child SA %s: retrying", _group_name(wanted),
+                        _group_name(self.group or 0), self.child.name)
+            self.group = KeId(wanted)
+            self.ke = None
+            self.ke_retries += 1
+            raise Retry
+        self._failed(sa, f"peer wants key exchange method {_group_name(wanted)} for Child SA {self.child.name}, "
+                     f"which we do not offer (we offer {', '.join(_group_name(g) for g in ours) or 'none'})")
 
     # -- responder ---------------------------------------------------------
     def process_r(self, sa: IkeSa, msg: Message) -> None:
         sa_payload = msg.get(SaPayload)
         ts_i, ts_r = _ts_of(msg, PayloadType.TSi), _ts_of(msg, PayloadType.TSr)
-        if sa_payload is None and ts_i is None and ts_r is None:
+        if not self.pfs and sa_payload is None and ts_i is None and ts_r is None:
             return  # childless IKE SA (RFC 6023)
         if sa_payload is None or ts_i is None or ts_r is None:
             raise RemoteProtocolError("SA, TSi and TSr must come together", NotifyType.INVALID_SYNTAX)
+        nonce = msg.get(NoncePayload)
+        ke = msg.get(KePayload)
+        if self.pfs and nonce is None:
+            raise RemoteProtocolError("CREATE_CHILD_SA request without a nonce", NotifyType.INVALID_SYNTAX)
         wants_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         ts_reason = []
-        for child in sa.settings.children:
+        candidates = self.candidates if self.candidates is not None else sa.settings.children
+        for child in candidates:
             # TSi describes the initiator's side: our remote side
             local = [ts_from_spec(s, sa.local[0]) for s in child.local_ts]
             remote = [ts_from_spec(s, sa.remote[0]) for s in child.remote_ts]
@@ -119,8 +254,12 @@ class ChildCreate:
                                  f"{', '.join(map(ts_to_str, local))}")
                 continue
             spi_candidates = [p for p in sa_payload.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
-            chosen = select_proposal([without_ke(p) for p in child.esp_proposals],
-                                     [without_ke(p, p.spi) for p in spi_candidates])
+            if self.pfs:
+                chosen = select_proposal(list(child.esp_proposals), spi_candidates,
+                                         ke_hint=ke.group if ke is not None else None)
+            else:
+                chosen = select_proposal([without_ke(p) for p in child.esp_proposals],
+                                         [without_ke(p, p.spi) for p in spi_candidates])
             if chosen is None:
                 self.error = NotifyType.NO_PROPOSAL_CHOSEN
                 self._failed(sa, f"no ESP proposal matched for {child.name}: peer offered "
@@ -132,12 +271,28 @@ class ChildCreate:
                 self._failed(sa, f"{child.name} is configured for transport mode, peer asked for tunnel mode",
                              child)
                 return
+            shared: bytes | None = None
+            if self.pfs:
+                group = ke_group_of(chosen)
+                if group is not None:
+                    if group not in supported_groups() or ke is None or ke.group != group:
+                        # RFC 7296 1.3: name the group we want; the initiator retries
+                        self.error = NotifyType.INVALID_KE_PAYLOAD
+                        self.error_data = struct.pack("!H", group)
+                        sa.log.info("peer sent KE for %s for Child SA %s, we want %s",
+                                    _group_name(ke.group) if ke else "no group", child.name, _group_name(group))
+                        return
+                    self.ke, shared = accept_key_exchange(group, ke.data)
+                    self.group = group
+                assert nonce is not None
+                self.nonce_i = nonce.data
+                self.nonce_r = sa.rng(NONCE_LEN)
             self.child = child
             self.transport = wants_transport and child.mode == "transport"
             self.ts_i, self.ts_r = ni, nr
             self.spi_in = sa.alloc_spi()
             self.chosen = chosen
-            self._established(sa, chosen, chosen.spi, ni, nr, initiator=False)
+            self._established(sa, chosen, chosen.spi, ni, nr, shared, initiator=False)
             return
         self.error = NotifyType.TS_UNACCEPTABLE
         self._failed(sa, "traffic selectors not acceptable: peer proposed "
@@ -146,34 +301,46 @@ class ChildCreate:
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
         if self.error is not None:
-            return [NotifyPayload(self.error)]
+            return [NotifyPayload(self.error, data=self.error_data)]
         if self.chosen is None:
             return []
         payloads: list[Payload] = []
         if self.transport:
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
         chosen = Proposal(self.chosen.num, ProtocolId.ESP, self.spi_in, self.chosen.transforms)
-        payloads += [SaPayload((chosen,)), *_ts_payloads(self.ts_i, self.ts_r)]
-        return payloads
+        payloads.append(SaPayload((chosen,)))
+        if self.pfs:
+            payloads.append(NoncePayload(self.nonce_r))
+            if self.ke is not None and self.group is not None:
+                payloads.append(KePayload(self.group, self.ke.public_key))
+        return payloads + _ts_payloads(self.ts_i, self.ts_r)
 
     # -- shared ------------------------------------------------------------
     def _established(self, sa: IkeSa, chosen: Proposal, spi_out: bytes, ts_i: list[TrafficSelector],
-                     ts_r: list[TrafficSelector], *, initiator: bool) -> None:
+                     ts_r: list[TrafficSelector], shared: bytes | None, *, initiator: bool) -> None:
         assert self.child is not None
-        keys = derive_child_keys(sa.prf, sa.keys_required.sk_d, chosen, sa.nonce_i, sa.nonce_r)
+        if self.pfs:
+            ni, nr = self.nonce_i, self.nonce_r  # RFC 7296 2.17: the nonces of this exchange
+        else:
+            ni, nr = sa.nonce_i, sa.nonce_r
+        # RFC 7296 2.17: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr) when the exchange carried KE
+        keys = derive_child_keys(sa.prf, sa.keys_required.sk_d, chosen, ni, nr, shared)
         local_ts, remote_ts = (ts_i, ts_r) if initiator else (ts_r, ts_i)
         event = ChildSaEstablished(
-            ike_sa_id=sa.ike_sa_id, name=sa.settings.name, child=self.child.name, reqid=sa.alloc_reqid(),
+            ike_sa_id=sa.ike_sa_id, name=sa.settings.name, child=self.child.name,
+            reqid=self.reqid if self.reqid is not None else sa.alloc_reqid(),
             spi_in=self.spi_in, spi_out=spi_out,
             proposal=Proposal(chosen.num, ProtocolId.ESP, b"", chosen.transforms), keys=keys,
             initiator=initiator, mode="transport" if self.transport else "tunnel", encap=sa.encap,
             local=sa.local, remote=sa.remote, local_ts=tuple(local_ts), remote_ts=tuple(remote_ts),
-            replay_window=self.child.replay_window,
+            replay_window=self.child.replay_window, rekeyed_spi_in=self.rekeyed_spi_in,
         )
-        sa.add_child(event)
+        self.result = event
+        sa.add_child(event, self.child)
 
     def _failed(self, sa: IkeSa, reason: str, child: ChildSettings | None = None) -> None:
         which = child or self.child
         name = which.name if which is not None else "?"
         sa.log.warning("%s", reason)
         sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, reason))
+

@@ -43,7 +43,10 @@ class IkeAuth:
         if not sa.settings.remote_id.is_any:
             payloads.append(_id_payload(PayloadType.IDr, sa.settings.remote_id))
         payloads.append(AuthPayload(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth_data(sa.prf, psk, octets)))
-        payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        if sa.has_contact is None or not sa.has_contact(sa):
+            # RFC 7296 2.4: only when no other IKE SA with this peer exists (as strongSwan), so
+            # two ends that initiate at once do not wipe each other's fresh SAs
+            payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         return payloads
 
     def process_i(self, sa: IkeSa, msg: Message) -> None:

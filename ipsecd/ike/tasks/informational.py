@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipsecd.ike.constants import ExchangeType, ProtocolId
-from ipsecd.ike.payloads import DeletePayload, Payload
+from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.ike.payloads import DeletePayload, NotifyPayload, Payload
+from ipsecd.ike.tasks import Skip
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
@@ -39,14 +40,19 @@ class DeleteChildSa:
 
     exchange = ExchangeType.INFORMATIONAL
 
-    def __init__(self, spi_in: bytes) -> None:
+    def __init__(self, spi_in: bytes, reason: str = "deleted locally") -> None:
         self.spi_in = spi_in
+        self.reason = reason
 
     def build_i(self, sa: IkeSa) -> list[Payload]:
+        child = sa.find_child(self.spi_in)
+        if child is None or child.state == "DELETING":
+            raise Skip  # the peer deleted it first (crossing deletes), or we already are
+        child.state = "DELETING"
         return [DeletePayload(ProtocolId.ESP, (self.spi_in,))]
 
     def process_i(self, sa: IkeSa, msg: Message) -> None:
-        sa.remove_child(self.spi_in)
+        sa.remove_child(self.spi_in, reason=self.reason)
 
     def process_r(self, sa: IkeSa, msg: Message) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -94,15 +100,36 @@ class InformationalResponder:
                 self.delete_ike = True
             elif d.protocol == ProtocolId.ESP:
                 for spi_out in d.spis:
-                    spi_in = sa.child_in_spi_for_out(spi_out)
-                    if spi_in is not None:
-                        self.deleted_in.append(spi_in)
+                    child = sa.child_by_spi_out(spi_out)
+                    # RFC 7296 1.4.1: deletes that cross: the SA goes when our own Delete is
+                    # answered, and this response must not name it again
+                    if child is not None and child.state != "DELETING":
+                        self.deleted_in.append(child.spi_in)
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
         if self.delete_ike:
             sa.close_after_response("deleted by peer")
             return []
         for spi_in in self.deleted_in:
-            sa.remove_child(spi_in)
+            sa.remove_child(spi_in, reason="deleted by peer")
         # RFC 7296 1.4.1: answer with the SPIs of our halves of the deleted pairs
         return [DeletePayload(ProtocolId.ESP, tuple(self.deleted_in))] if self.deleted_in else []
+
+
+class TemporaryFailure:
+    """Answers a request we cannot take now (RFC 7296 2.25): the peer retries later."""
+
+    def __init__(self, exchange: ExchangeType) -> None:
+        self.exchange = exchange
+
+    def build_i(self, sa: IkeSa) -> list[Payload]:  # pragma: no cover - responder-only task
+        raise NotImplementedError
+
+    def process_i(self, sa: IkeSa, msg: Message) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def process_r(self, sa: IkeSa, msg: Message) -> None:
+        return None
+
+    def build_r(self, sa: IkeSa) -> list[Payload]:
+        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
