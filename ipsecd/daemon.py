@@ -46,6 +46,7 @@ from ipsecd.settings_from_config import child_sa_params, ike_settings, validate_
 log = logging.getLogger("ipsecd.cfg")
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
 RESTART_DELAY = 5.0  # seconds before a start_action=start connection is retried after it failed
+RETIRE_GRACE = 2.0  # seconds an old inbound SA still decrypts after its rekey completed
 
 
 class Daemon:
@@ -216,6 +217,9 @@ class Daemon:
             gone = self._children.pop((ev.ike_sa_id, ev.spi_in), None)
             self.manager.release_spi(ev.spi_in)
             if self.dataplane is not None:
+                if ev.reqid_in_use:
+                    # switch to the successor before our answer leaves, so nothing is sent on a dead SA
+                    return self._retire(ev)
                 self._spawn(self._uninstall(ev, gone))
         elif isinstance(ev, ChildSaFailed):
             self._count("child_sa_failures")
@@ -306,19 +310,30 @@ class Daemon:
             except Exception as e:
                 log.warning("cannot start NAT keepalives to %s: %s", ev.remote[0], e)
 
+    async def _retire(self, ev: ChildSaDeleted) -> None:
+        """A rekeyed predecessor (or a losing collision twin) goes; its successor keeps the reqid."""
+        try:
+            pending = self._pending_out.get(ev.reqid)
+            if pending is not None and pending[0] == ev.spi_in:
+                self._pending_out.pop(ev.reqid, None)  # the twin that lost: never send on it
+            pending = self._pending_out.pop(ev.reqid, None)
+            if pending is not None:
+                _spi, outbound, lifetime, clamp = pending
+                await self.dataplane.install_outbound(ev.reqid, outbound, lifetime, clamp)
+        except Exception as e:
+            log.warning("cannot switch Child SA %s to its new outbound SA: %s", ev.child, e)
+        # packets the peer sent on the old SA may still be in flight: accept them a moment longer
+        self._spawn(self._remove_inbound_later(ev, RETIRE_GRACE))
+
+    async def _remove_inbound_later(self, ev: ChildSaDeleted, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.dataplane.delete_inbound((int.from_bytes(ev.spi_in, "big"),))
+        except Exception as e:
+            log.warning("cannot remove old inbound SA %s: %s", ev.spi_in.hex(), e)
+
     async def _uninstall(self, ev: ChildSaDeleted, gone: ChildSaEstablished | None) -> None:
         try:
-            if ev.reqid_in_use:
-                # a rekeyed predecessor (or a redundant collision twin): its successor stays installed
-                pending = self._pending_out.get(ev.reqid)
-                if pending is not None and pending[0] == ev.spi_in:
-                    self._pending_out.pop(ev.reqid, None)  # the twin that lost: never send on it
-                await self.dataplane.delete_inbound((int.from_bytes(ev.spi_in, "big"),))
-                pending = self._pending_out.pop(ev.reqid, None)
-                if pending is not None:
-                    _spi, outbound, lifetime, clamp = pending
-                    await self.dataplane.install_outbound(ev.reqid, outbound, lifetime, clamp)
-                return
             self._pending_out.pop(ev.reqid, None)
             await self.dataplane.delete_child_sa(ev.reqid)
             if gone is not None and gone.encap and not any(c.remote == gone.remote for c in self._children.values()):
