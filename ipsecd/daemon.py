@@ -357,7 +357,7 @@ class Daemon:
                 log.info("Child SA %s reached its %s hard limit: deleting", spi_in.hex(), ev.what)
                 self.manager.expire_child(spi_in, True, now)
             self._flush()
-        elif isinstance(ev, dp_messages.WorkerExited):
+        elif isinstance(ev, dp_messages.WorkerExited) and not self._stopping.is_set():
             log.critical("the data plane worker exited (%s): stopping so the service manager restarts us",
                          ev.message or ev.returncode)
             self._exit_code = 1

@@ -30,11 +30,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +164,97 @@ class Netns:
             with contextlib.suppress(OSError):
                 log.close()
         self._logs.clear()
+
+
+# ------------------------------------------------------------ traffic helpers
+def wait_listening(ns: Netns, port: int, timeout: float = 5.0) -> None:
+    """Wait until a TCP socket listens on ``port`` in ``ns``: a client started earlier gets refused."""
+    end = time.monotonic() + timeout
+    while True:
+        res = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False)
+        if res.stdout.strip():
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"nothing listens on TCP {port} in {ns.name}")
+        time.sleep(0.05)
+
+
+@dataclass
+class IperfResult:
+    """What one iperf3 TCP run moved: the sender's and the receiver's byte counts."""
+
+    sent: int
+    received: int
+    retransmits: int
+    raw: dict[str, object]
+
+
+def iperf3(server: Netns, server_addr: str, client: Netns, client_addr: str, seconds: int = 2,
+           port: int = 5201) -> IperfResult:
+    """One iperf3 TCP run from ``client_addr`` (bound with -B) to ``server_addr``; raises on any error.
+
+    The one-off server (-1) exits after the run, so nothing lingers; it is still
+    started through :meth:`Netns.popen` so a hung run is killed with the namespace.
+    """
+    srv = server.popen(["iperf3", "-s", "-1", "-B", server_addr, "-p", str(port)])
+    try:
+        wait_listening(server, port)
+        res = client.run(["iperf3", "-c", server_addr, "-B", client_addr, "-p", str(port), "-t", str(seconds),
+                          "-J", "--connect-timeout", "3000"], check=False, timeout=seconds + 20)
+        try:
+            data = json.loads(res.stdout)
+        except json.JSONDecodeError:
+            raise CommandFailed(res.returncode, res.args, res.stdout, res.stderr) from None
+        if res.returncode != 0 or "error" in data:
+            raise CommandFailed(res.returncode, res.args, str(data.get("error", res.stdout)), res.stderr)
+        end = data["end"]
+        return IperfResult(sent=int(end["sum_sent"]["bytes"]), received=int(end["sum_received"]["bytes"]),
+                           retransmits=int(end["sum_sent"].get("retransmits", 0)), raw=data)
+    finally:
+        kill_group(srv, grace=1.0)
+
+
+_TCP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(20)
+c, _ = s.accept(); c.settimeout(20); n = 0
+while (b := c.recv(1 << 16)):
+    n += len(b)
+print(n, flush=True)
+"""
+
+_TCP_SOURCE = """
+import socket, sys
+src, dst, port, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+c = socket.create_connection((dst, port), timeout=10, source_address=(src, 0))
+block = bytes(range(256)) * 256; sent = 0
+while sent < total:
+    k = min(len(block), total - sent); c.sendall(block[:k]); sent += k
+c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
+print(sent, flush=True)
+"""
+
+
+def tcp_transfer(server: Netns, server_addr: str, client: Netns, client_addr: str, nbytes: int,
+                 port: int = 5001, timeout: float = 30.0) -> int:
+    """Send ``nbytes`` over one TCP connection from ``client_addr`` to ``server_addr``; return what arrived.
+
+    Plain Python sockets, so it needs no iperf3 and the byte count is exact.
+    """
+    py = sys.executable
+    sink = subprocess.Popen(server.exec_argv([py, "-c", _TCP_SINK, server_addr, str(port)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_listening(server, port)
+        client.run([py, "-c", _TCP_SOURCE, client_addr, server_addr, str(port), str(nbytes)], timeout=timeout)
+        out, err = sink.communicate(timeout=timeout)
+        if sink.returncode != 0:
+            raise CommandFailed(sink.returncode, sink.args, out, err)
+        return int(out.strip())
+    finally:
+        kill_group(sink, grace=1.0)
 
 
 Layout = Literal["pair", "nat"]

@@ -792,10 +792,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s dataplane[%(process)d] %(message)s"
     )
-    # The daemon decides when the worker ends (Shutdown, or closing the control socket);
-    # a terminal's Ctrl-C reaching the whole process group must not kill packets first.
+    # The daemon decides when the worker ends (Shutdown, or closing the control socket, which
+    # also happens if the daemon is killed): Ctrl-C or systemd's SIGTERM reaching the whole
+    # process group must not stop packets before the daemon has sent its Deletes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = _sock_from_fd(args.control)
     os.set_blocking(args.tun, False)
     worker = Worker(control, args.tun, [_sock_from_fd(fd) for fd in args.udp], [_sock_from_fd(fd) for fd in args.raw])

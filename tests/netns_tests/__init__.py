@@ -1,0 +1,1 @@
+"""Tests that run two ipsecd daemons against each other in network namespaces."""
