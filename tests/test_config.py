@@ -807,7 +807,8 @@ def test_arbitrary_documents_only_raise_config_error(tmp_path_factory: pytest.Te
 
 
 def test_route_based_interface_must_be_the_tun(tmp_path: Path) -> None:
-    text = BASE.replace("        remote_ts: [10.2.0.0/24]\n", "        remote_ts: [10.2.0.0/24]\n        interface: tun7\n")
+    ts = "        remote_ts: [10.2.0.0/24]\n"
+    text = BASE.replace(ts, ts + "        interface: tun7\n")
     path = write(tmp_path, text)
     assert errors_of(path) == [
         f"{path}:15 connections.b.children.net.interface: 'tun7' is not the data plane's TUN device 'ipsec0' "
