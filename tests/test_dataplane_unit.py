@@ -372,3 +372,27 @@ def test_transport_mode_in_process() -> None:
     pump(a, b)
     (got,) = b.read_tun()
     assert got[9] == 17 and got.endswith(b"transport") and got[12:20] == p[12:20]
+
+
+def test_enum_members_pickled_by_name_are_accepted_but_nothing_else() -> None:
+    """Python 3.11.0-3.11.3 (Debian 12's 3.11.2) pickle enum members as getattr(cls, name)."""
+    import io
+    import pickle
+
+    from ipsecd.dataplane.messages import ProtocolError, _Unpickler
+    from ipsecd.esp.sa import Mode
+
+    class ByName:
+        def __init__(self, cls: object, name: str) -> None:
+            self.args = (cls, name)
+
+        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+            return getattr, self.args
+
+    def load(obj: object) -> object:
+        return _Unpickler(io.BytesIO(pickle.dumps(obj))).load()
+
+    assert load(ByName(Mode, "TUNNEL")) is Mode.TUNNEL
+    for bad in (ByName(Mode, "__class__"), ByName(Mode, "_missing_")):
+        with pytest.raises(ProtocolError):
+            load(bad)

@@ -23,6 +23,7 @@ import io
 import pickle
 import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 
 from ipsecd.esp.sa import SaParams
@@ -282,7 +283,17 @@ class _Unpickler(pickle.Unpickler):
                 return obj
         if module == "copyreg" and name == "_reconstructor":
             return super().find_class(module, name)  # type: ignore[no-any-return]
+        if module == "builtins" and name == "getattr":
+            # Python 3.11.0-3.11.3 pickle enum members as getattr(EnumClass, "NAME"): allow only that
+            return _enum_member  # type: ignore[return-value]
         raise ProtocolError(f"type {module}.{name} not allowed in a data-plane message")
+
+
+def _enum_member(cls: object, name: object) -> Enum:
+    if not (isinstance(cls, type) and issubclass(cls, Enum) and cls.__module__ in _ALLOWED_MODULES
+            and isinstance(name, str) and name in cls.__members__):
+        raise ProtocolError(f"getattr({cls!r}, {name!r}) not allowed in a data-plane message")
+    return cls.__members__[name]
 
 
 def encode(message: Message) -> bytes:
