@@ -145,3 +145,30 @@ def test_daemon_as_unprivileged_user_with_capabilities(topology: Topology) -> No
                        for line in users.splitlines()), users
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.netns
+def test_metrics_endpoint_and_key_export(topology: Topology, tmp_path: Path) -> None:
+    a, b = _pair(topology, tmp_path)
+    a.config["settings"] = {"metrics": {"listen": "127.0.0.1:9810"}, "debug": {"allow_key_export": True}}
+    with b, a:
+        ike = a.wait_established(15, child="net")
+        topology.a.ping(topology.b_lan, count=3, src=topology.a_lan)
+        fetch = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9810/metrics', "
+                 "timeout=5).read().decode())")
+        text = topology.a.run([sys.executable, "-c", fetch]).stdout
+        assert 'ipsecd_ike_sas{state="ESTABLISHED"} 1' in text
+        spi_out = ike["child_sas"][0]["spi_out"]
+        assert any(line.startswith("ipsecd_child_sa_packets_total{") and spi_out in line
+                   and 'direction="out"' in line and not line.endswith(" 0") for line in text.splitlines())
+
+        out = tmp_path / "keys"
+        r = a.ctl("export-keys", "--format", "wireshark", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        ike_table = (out / "ikev2_decryption_table").read_text()
+        esp_table = (out / "esp_sa").read_text()
+        assert ike["spi_i"] in ike_table.replace('"', "") and spi_out in esp_table.lower()
+        assert "SA keys exported" in a.log_text()
+        # the responder did not opt in: it refuses
+        r = b.ctl("export-keys", "--format", "wireshark", "--out", str(tmp_path / "nokeys"), check=False)
+        assert r.returncode == 1 and "allow_key_export" in r.stderr
