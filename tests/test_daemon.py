@@ -140,7 +140,7 @@ def test_daemon_as_unprivileged_user_with_capabilities(topology: Topology) -> No
         with b, a:
             a.wait_established(15, child="net")
             topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
-            users = subprocess.run(["ps", "-eo", "user=,args="], capture_output=True, text=True).stdout
+            users = subprocess.run(["ps", "-ww", "-eo", "user=,args="], capture_output=True, text=True).stdout
             assert any(line.split()[0] == "nobody" and "ipsecd" in line and str(a.config_path) in line
                        for line in users.splitlines()), users
     finally:
