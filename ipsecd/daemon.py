@@ -37,11 +37,11 @@ from ipsecd.ike.events import (
 from ipsecd.ike.ike_sa import IkeSa
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import is_legacy, proposal_to_str, proposal_to_swanctl
-from ipsecd.ike.ts import ts_to_str
+from ipsecd.ike.ts import TriggerPacket, ts_to_str
 from ipsecd.logsetup import LogHub, setup_logging
 from ipsecd.metrics import MetricsServer, MetricsSnapshot, classify_failure
 from ipsecd.sdnotify import sd_notify, watchdog_interval
-from ipsecd.settings_from_config import child_sa_params, ike_settings, validate_proposal
+from ipsecd.settings_from_config import child_sa_params, ike_settings, trap_policies_for, validate_proposal
 
 log = logging.getLogger("ipsecd.cfg")
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
@@ -76,6 +76,7 @@ class Daemon:
         self._started = time.time()
         self.event_counts: dict[str, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._traps: dict[int, tuple[str, str]] = {}  # armed trap reqid -> (connection, child)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -118,6 +119,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
+        for reqid in list(self._traps):  # no new acquires while the SAs go
+            await self._disarm(reqid)
         log.info("shutting down: deleting IKE SAs")
         for sa in self.manager.list_sas():
             self.manager.terminate(sa.settings.name, time.monotonic())
@@ -149,10 +152,46 @@ class Daemon:
                 log.warning("connection %s allows legacy algorithms (RFC 8247/8221 deprecate them): %s",
                             conn.name, ", ".join(legacy))
 
-    def _start_connections(self) -> None:
+    def _start_connections(self, names: list[str] | None = None) -> None:
         for name, conn in self.config.connections.items():
-            if any(ch.start_action in ("start", "trap") for ch in conn.children.values()):
+            if names is not None and name not in names:
+                continue
+            self._arm_traps(name)
+            if any(ch.start_action == "start" for ch in conn.children.values()):
                 self._initiate(name)
+
+    def _arm_traps(self, name: str) -> None:
+        """start_action=trap: policies now, the SA on the first packet (RFC 4301 5.1).
+
+        The reqid is fixed first (synchronously), so any Child SA of the child negotiated
+        from now on -- by us or by the peer -- carries it and meets the trap's queue.
+        """
+        conn = self.config.connections[name]
+        for cname, ch in conn.children.items():
+            if ch.start_action != "trap":
+                continue
+            if not conn.remote_addrs:
+                log.warning("%s/%s: start_action trap needs a remote address: ignored", name, cname)
+                continue
+            reqid = self.manager.assign_reqid(name, cname)
+            if self.dataplane is None:
+                self._initiate(name)  # no data plane, no trap: behave like start
+                continue
+            local = str(conn.local_addrs[0]) if conn.local_addrs else source_address_for(str(conn.remote_addrs[0]))
+            self._traps[reqid] = (name, cname)
+            self._spawn(self._arm(reqid, trap_policies_for(conn, cname, reqid, local), ch.interface is None))
+
+    async def _arm(self, reqid: int, policies: list[Any], route: bool) -> None:
+        try:
+            await self.dataplane.install_trap(reqid, policies, route_via_tun=route)
+        except Exception as e:
+            log.error("cannot install trap %s: %s", "/".join(self._traps.get(reqid, ("?", "?"))), e)
+
+    async def _disarm(self, reqid: int) -> None:
+        self._traps.pop(reqid, None)
+        if self.dataplane is not None:
+            with suppress(Exception):
+                await self.dataplane.remove_trap(reqid)
 
     def _initiate(self, name: str) -> IkeSa | None:
         try:
@@ -344,7 +383,12 @@ class Daemon:
     def _on_dataplane_event(self, ev: object) -> None:
         """Volume lifetimes reached in the worker become rekeys or deletes in IKE (RFC 4301 4.4.2.1)."""
         now = time.monotonic()
-        if isinstance(ev, dp_messages.LifetimeReached):
+        if isinstance(ev, dp_messages.Acquire):
+            if self._stopping.is_set() or ev.reqid not in self._traps:
+                return
+            self.manager.acquire(ev.reqid, now, TriggerPacket(ev.src, ev.dst, ev.proto, ev.sport, ev.dport))
+            self._flush()
+        elif isinstance(ev, dp_messages.LifetimeReached):
             spi = ev.spi.to_bytes(4, "big")
             spi_in = spi if ev.direction == "in" else next(
                 (c.spi_in for c in self._children.values() if c.spi_out == spi), None)
@@ -501,9 +545,12 @@ class Daemon:
         added = [n for n in new.connections if n not in old.connections]
         changed = [n for n in new.connections if n in old.connections and new.connections[n] != old.connections[n]]
         for name in removed + changed:
+            for reqid in self.manager.release_reqid(name):
+                await self._disarm(reqid)
             self.manager.terminate(name, time.monotonic())
         self._flush()
         for name in added + changed:
+            self._arm_traps(name)
             conn = new.connections[name]
             if any(ch.start_action == "start" for ch in conn.children.values()):
                 asyncio.get_running_loop().call_later(0.5 if name in changed else 0, self._initiate, name)

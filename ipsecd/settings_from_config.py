@@ -100,6 +100,33 @@ def _config_identity(peer: IkeIdentity) -> Identity | None:
         return None
 
 
+def trap_policies_for(conn: ConnectionConfig, child: str, reqid: int, local_addr: str | None) -> list[Policy]:
+    """The trap of one configured child (start_action/close_action/dpd_action = trap).
+
+    Built from the configured selectors, named as child_sa_params names an SA's policies,
+    so an unnarrowed SA's policies equal the trap's. ``dynamic`` is the tunnel endpoint:
+    ``local_addr`` on our side, the first remote address on the peer's.
+    """
+    from ipsecd.dataplane.client import trap_policies
+
+    ch = conn.children[child]
+    remote_addr = str(conn.remote_addrs[0]) if conn.remote_addrs else None
+
+    def sels(tss: object, dynamic: str | None) -> list[Selector]:
+        out = []
+        for t in tss:  # type: ignore[attr-defined]
+            ports = (t.port_lo, t.port_hi)
+            if t.prefix is None:
+                if dynamic is not None:
+                    out.append(Selector.from_range(dynamic, dynamic, t.proto, ports))
+            else:
+                out.append(Selector.from_prefix(t.prefix, t.proto, ports))
+        return out
+
+    return trap_policies(reqid, sels(ch.local_ts, local_addr), sels(ch.remote_ts, remote_addr),
+                         f"{conn.name}/{child}")
+
+
 def _selector(ts: TrafficSelector) -> Selector:
     return Selector.from_range(ts.start_addr, ts.end_addr, ts.ip_proto, (ts.start_port, ts.end_port))
 

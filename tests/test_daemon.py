@@ -172,3 +172,28 @@ def test_metrics_endpoint_and_key_export(topology: Topology, tmp_path: Path) -> 
         # the responder did not opt in: it refuses
         r = b.ctl("export-keys", "--format", "wireshark", "--out", str(tmp_path / "nokeys"), check=False)
         assert r.returncode == 1 and "allow_key_export" in r.stderr
+
+
+@pytest.mark.netns
+def test_trap_tunnel_comes_up_on_first_packet(topology: Topology, tmp_path: Path) -> None:
+    """start_action=trap: nothing until a packet matches; that packet is queued, sent once the SA is up."""
+    a, b = _pair(topology, tmp_path)
+    a.config["connections"]["peer"]["children"]["net"]["start_action"] = "trap"
+    with b, a:
+        time.sleep(1.0)
+        assert a.list_sas() == []  # no traffic, no tunnel
+        ping = topology.a.run(["ping", "-c", "5", "-i", "0.2", "-W", "3", "-I", topology.a_lan, topology.b_lan],
+                              check=False)
+        assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+        (sa,) = a.list_sas()
+        assert sa["child_sas"][0]["local_ts"] == ["10.1.0.0/24"]
+        stats = a.ctl("stats", "--json").stdout
+        assert '"acquire_queue_sent"' in stats
+        # the trap outlives the SA: after down, the next packet brings the tunnel back
+        a.down("peer")
+        end = time.monotonic() + 10
+        while time.monotonic() < end and a.list_sas():
+            time.sleep(0.2)
+        again = topology.a.ping(topology.b_lan, count=3, src=topology.a_lan, check=False)
+        assert again.returncode == 0, again.stdout
+        assert len(a.list_sas()) == 1

@@ -42,6 +42,8 @@ def _sample_messages() -> list[m.Message]:
         m.DeleteSa(7, (0x1234,), id=4),
         m.InstallPolicy(pols[0], id=5),
         m.RemovePolicy(pols[0], id=6),
+        m.InstallTrap(7, tuple(pols), id=10),
+        m.RemoveTrap(7, id=12),
         m.GetCounters(id=7),
         m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=8),
         m.Shutdown(id=9),

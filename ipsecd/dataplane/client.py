@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane.netconf import NetConf, local_address_in, path_mtu
+from ipsecd.dataplane.netconf import NetConf, TrapRoutes, local_address_in, path_mtu
 from ipsecd.dataplane.tun import open_tun
 from ipsecd.dataplane.udp import (
     DEFAULT_SOCKET_BUFFER,
@@ -43,7 +43,7 @@ from ipsecd.dataplane.udp import (
 from ipsecd.errors import IpsecdError
 from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
-from ipsecd.esp.spd import Action, Policy
+from ipsecd.esp.spd import Action, Policy, Selector
 
 log = logging.getLogger("ipsecd.dataplane")
 
@@ -125,6 +125,7 @@ class DataPlane:
         self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
         self._callbacks: list[Callable[[m.Event], None]] = []
         self._children: dict[int, _Child] = {}
+        self._traps: dict[int, tuple[Policy, ...]] = {}
         self._hello: asyncio.Future[m.Hello] | None = None
         self._stopping = False
         self._link_mtu = 0
@@ -267,6 +268,7 @@ class DataPlane:
         self._fail_pending(DataPlaneError("data plane stopped"))
         await asyncio.to_thread(self.netconf.cleanup)
         self._children.clear()
+        self._traps.clear()
 
     # ------------------------------------------------------------------ SAs and policies
     async def install_child_sa(
@@ -342,6 +344,50 @@ class DataPlane:
         await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
         self._children.pop(reqid, None)
         await asyncio.to_thread(self.netconf.remove_routes, reqid)
+
+    # ------------------------------------------------------------------ traps (on-demand SAs)
+    async def install_trap(self, reqid: int, policies: list[Policy] | tuple[Policy, ...],
+                           route_via_tun: bool = True) -> None:
+        """Arm a trap: PROTECT ``policies`` for ``reqid`` (and routes into the TUN) before any SA.
+
+        RFC 4301 5.1 / RFC 7296 1.3 on-demand SAs, strongSwan's ``start_action = trap``. The
+        first outbound packet that matches makes the worker queue it (bounded, see
+        ``WorkerConfig.acquire_queue_*``) and emit an ``Acquire`` event with the packet's
+        addresses, protocol and ports; the daemon then negotiates a Child SA whose reqid MUST
+        be this one (``IkeManager.assign_reqid``), and ``install_child_sa`` sends the queue.
+        The trap stays armed across its SAs: when an SA of the reqid is deleted the trap's
+        policies and routes remain and the next packet acquires again, until ``remove_trap``.
+        Calling it again for the same reqid replaces the policies (and adds routes).
+        """
+        pols = tuple(policies)
+        await self._request(lambda i: m.InstallTrap(reqid, pols, id=i))
+        self._traps[reqid] = pols
+        if route_via_tun and self.options.policy_routing:
+            mtu = self._link_mtu or self.options.mtu or DEFAULT_TUN_MTU
+            src = await asyncio.to_thread(_prefsrc, list(pols))
+            await asyncio.to_thread(self.netconf.add_routes, reqid, pols, mtu, src, None, TrapRoutes(reqid))
+
+    async def remove_trap(self, reqid: int) -> None:
+        """Disarm the trap of ``reqid`` (reload, shutdown): queued packets are dropped and
+        counted; a Child SA of the reqid that is still installed keeps its own policies."""
+        self._traps.pop(reqid, None)
+        await self._request(lambda i: m.RemoveTrap(reqid, id=i))
+        await asyncio.to_thread(self.netconf.remove_routes, TrapRoutes(reqid))
+
+    def outbound_spi(self, reqid: int) -> int | None:
+        """The SPI ``reqid``'s traffic leaves on now (the last outbound half installed), if any.
+
+        Two Child SAs may share a trapped reqid for a moment (both ends acquired at once);
+        when one goes, the owner compares this with the departing SA's outbound SPI to know
+        whether to switch to the survivor.
+        """
+        child = self._children.get(reqid)
+        return child.outbound_spi if child is not None else None
+
+    @property
+    def traps(self) -> dict[int, tuple[Policy, ...]]:
+        """The armed traps: reqid -> policies (a copy)."""
+        return dict(self._traps)
 
     async def install_policy(self, policy: Policy) -> None:
         await self._request(lambda i: m.InstallPolicy(policy, id=i))
@@ -473,6 +519,17 @@ class DataPlane:
         if not self._stopping:
             log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
             self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
+
+
+def trap_policies(reqid: int, local: list[Selector] | tuple[Selector, ...],
+                  remote: list[Selector] | tuple[Selector, ...], name: str = "") -> list[Policy]:
+    """The PROTECT policies of a trap: every same-family pair of configured selectors.
+
+    Built the way ``child_sa_params`` builds an SA's policies from negotiated selectors,
+    so a trap whose SA was not narrowed holds equal policies (and equal routes).
+    """
+    return [Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=reqid, name=name)
+            for lsel in local for rsel in remote if lsel.version == rsel.version]
 
 
 def _prefsrc(policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:

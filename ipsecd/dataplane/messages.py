@@ -29,7 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Policy
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: InstallTrap / RemoveTrap and the acquire queue
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -54,6 +54,14 @@ class WorkerConfig:
     icmp_source4: IPv4Address | None = None
     icmp_source6: IPv6Address | None = None
     acquire_interval: float = 1.0  # seconds between acquire events for one reqid
+    # Packets that hit a trap before its SA exists wait in a per-reqid queue (RFC 4301 5.1:
+    # the SA is negotiated on demand; holding the first packets saves the application a
+    # retransmission). Bounded per reqid by count and bytes (the oldest go first), in total by
+    # acquire_queue_total bytes, and in time: a packet older than acquire_queue_timeout is dropped.
+    acquire_queue_packets: int = 32
+    acquire_queue_bytes: int = 64 * 1024
+    acquire_queue_total: int = 4 * 1024 * 1024
+    acquire_queue_timeout: float = 10.0
     unknown_spi_interval: float = 1.0  # seconds between unknown_spi events for one SPI
     lifetime_check_interval: float = 0.25
 
@@ -125,6 +133,31 @@ class InstallPolicy:
 @dataclass(frozen=True)
 class RemovePolicy:
     policy: Policy
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class InstallTrap:
+    """Install PROTECT policies for ``reqid`` before any SA exists (a trap, RFC 4301 5.1).
+
+    Outbound packets matching them are queued and announced with ``Acquire`` until an
+    ``InstallSa`` for the same reqid arrives, which sends the queue. The trap outlives its
+    SAs: when the SA is deleted the trap policies stay and the next packet acquires again
+    (strongSwan's ``start_action``/``close_action``/``dpd_action = trap``). Installing a trap
+    for a reqid that has one replaces its policies.
+    """
+
+    reqid: int
+    policies: tuple[Policy, ...]
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class RemoveTrap:
+    """Remove the trap of ``reqid``: its queued packets are dropped (counted), its policies go
+    unless a live outbound SA of the reqid still uses them (``DeleteSa`` removes those)."""
+
+    reqid: int
     id: int = 0
 
 
@@ -241,6 +274,8 @@ Message = (
     | DeleteSa
     | InstallPolicy
     | RemovePolicy
+    | InstallTrap
+    | RemoveTrap
     | GetCounters
     | SetKeepalive
     | Shutdown

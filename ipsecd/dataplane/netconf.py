@@ -48,6 +48,21 @@ _EEXIST = 17
 Network = IPv4Network | IPv6Network
 
 
+@dataclass(frozen=True)
+class TrapRoutes:
+    """Route owner for a trap's routes (see ``NetConf.add_routes``).
+
+    A trap and the Child SAs negotiated for it share one reqid; owning the trap's routes
+    under a key of their own lets deleting the SA (``remove_routes(reqid)``) leave them in
+    place, so the next packet still reaches the TUN and triggers a new acquire.
+    """
+
+    reqid: int
+
+
+RouteOwner = int | TrapRoutes  # a reqid (Child SA routes) or a trap
+
+
 @contextlib.contextmanager
 def _ipr() -> Iterator[Any]:
     ipr = IPRoute()
@@ -117,7 +132,7 @@ class NetConf:
     rule_priority: int = 220
     mark: int = 0
     ifindex: int = 0
-    _routes: dict[tuple[Network, int], set[int]] = field(default_factory=dict)  # (prefix, table) -> reqids
+    _routes: dict[tuple[Network, int], set[RouteOwner]] = field(default_factory=dict)  # (prefix, table) -> owners
     _route_args: dict[tuple[Network, int], dict[str, Any]] = field(default_factory=dict)
     _rules: list[dict[str, Any]] = field(default_factory=list)
 
@@ -187,14 +202,17 @@ class NetConf:
         mtu: int,
         prefsrc: dict[int, IPv4Address | IPv6Address | None] | None = None,
         table: int | None = None,
+        owner: RouteOwner | None = None,
     ) -> list[Network]:
         """Route the remote selectors of ``reqid``'s PROTECT policies into the TUN.
 
-        Routes are reference-counted by reqid: during a rekey two reqids may share a prefix,
-        and the route stays until the last one is removed. ``prefsrc`` maps IP version to the
-        preferred source. Returns the prefixes routed.
+        Routes are reference-counted by owner (``reqid`` unless ``owner`` is given, e.g.
+        ``TrapRoutes(reqid)``): during a rekey two reqids may share a prefix, a trap and its
+        SA always do, and the route stays until the last owner is removed. ``prefsrc`` maps IP
+        version to the preferred source. Returns the prefixes routed.
         """
         tbl = self.table if table is None else table
+        who: RouteOwner = reqid if owner is None else owner
         added: list[Network] = []
         with _ipr() as ipr:
             for pol in policies:
@@ -203,7 +221,7 @@ class NetConf:
                 for net in selector_networks(pol.remote):
                     key = (net, tbl)
                     users = self._routes.setdefault(key, set())
-                    users.add(reqid)
+                    users.add(who)
                     args: dict[str, Any] = dict(dst=str(net), oif=self.ifindex, table=tbl, metrics={"mtu": mtu})
                     src = (prefsrc or {}).get(net.version)
                     if src is not None:
@@ -214,12 +232,13 @@ class NetConf:
                     added.append(net)
         return added
 
-    def remove_routes(self, reqid: int) -> None:
+    def remove_routes(self, owner: RouteOwner) -> None:
+        """Drop ``owner``'s claim on its routes; a route goes when nobody else claims it."""
         with _ipr() as ipr:
             for key, users in list(self._routes.items()):
-                if reqid not in users:
+                if owner not in users:
                     continue
-                users.discard(reqid)
+                users.discard(owner)
                 if users:
                     continue
                 args = self._route_args.pop(key, None)
@@ -233,12 +252,16 @@ class NetConf:
                         raise
 
     def routed_reqids(self) -> set[int]:
+        """Reqids with Child SA routes (trap routes are listed by ``route_owners``)."""
+        return {r for users in self._routes.values() for r in users if isinstance(r, int)}
+
+    def route_owners(self) -> set[RouteOwner]:
         return {r for users in self._routes.values() for r in users}
 
     def cleanup(self) -> None:
         """Remove every route and rule this object added (shutdown, or a failed start)."""
-        for reqid in self.routed_reqids():
+        for owner in self.route_owners():
             with contextlib.suppress(NetlinkError, OSError):
-                self.remove_routes(reqid)
+                self.remove_routes(owner)
         with contextlib.suppress(NetlinkError, OSError):
             self.remove_rules()

@@ -9,7 +9,10 @@ threads. So the worker
   bounded batch (``WorkerConfig.batch``) -- never one packet per wake-up,
 * batches outbound ESP-in-UDP to one peer with UDP GSO (one ``sendmsg`` per run of
   equal-size datagrams) and takes inbound datagrams coalesced by UDP GRO, and
-* counts every dropped packet by reason; no input makes it raise.
+* counts every dropped packet by reason; no input makes it raise, and
+* holds packets that hit a trap (PROTECT policy installed before its SA) in a small bounded
+  queue while IKE negotiates, announcing them with Acquire and sending them once the SA
+  is installed -- all off the hot path, which only sees packets whose SA exists.
 
 Run as ``python -m ipsecd.dataplane.worker --control FD --tun FD [--udp FD ...] [--raw FD ...]``
 by :class:`ipsecd.dataplane.client.DataPlane`, which opens every fd (so the UDP socket joins
@@ -33,6 +36,7 @@ import struct
 import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -78,6 +82,11 @@ class Drop:
     RECV = "recv_error"
     RAW_SHORT = "raw_short"  # raw IPv4 datagram shorter than its own header
     INTERNAL = "internal_error"  # a bug: logged (rate-limited), counted, never fatal
+    # Packets held by a trap while IKE negotiates its SA (see Trap):
+    ACQUIRE_OVERFLOW = "acquire_queue_overflow"  # pushed out (oldest first) by the per-reqid bounds
+    ACQUIRE_FULL = "acquire_queue_full"  # refused: all traps together hold acquire_queue_total bytes
+    ACQUIRE_EXPIRED = "acquire_queue_expired"  # waited longer than acquire_queue_timeout
+    ACQUIRE_REMOVED = "acquire_queue_removed"  # its trap was removed before an SA came
 
 
 @dataclass(slots=True)
@@ -101,6 +110,21 @@ class InMeta:
     reqid: int
     lifetime: m.Lifetime
     soft_sent: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Trap:
+    """A trap (RFC 4301 5.1, strongSwan's start_action=trap): PROTECT policies for a reqid
+    installed before its SA, and the packets that hit them waiting for the SA.
+
+    The queue holds (arrival time, packet) in arrival order so the first packets of a flow
+    are sent in order once IKE has finished, instead of being lost to the application's
+    retransmission timer. Bounds: WorkerConfig.acquire_queue_*.
+    """
+
+    policies: tuple[Policy, ...]
+    queue: deque[tuple[float, bytes]] = field(default_factory=deque)
+    nbytes: int = 0
 
 
 @dataclass(slots=True)
@@ -139,6 +163,11 @@ class Worker:
         self._epoll = select.epoll()
         self._handlers: dict[int, object] = {}
         self._acquire_sent: dict[int, float] = {}
+        self.traps: dict[int, Trap] = {}
+        self._waiting: dict[int, Trap] = {}  # traps with queued packets: the only ones timers visit
+        self._queued_bytes = 0  # over every trap queue, bounded by acquire_queue_total
+        self._queue_check = 0.0  # when the oldest queued packet expires: no scan before then
+        self._sa_policies: dict[int, list[Policy]] = {}  # SPD entries InstallSa added, per reqid
         self._unknown_spi: dict[int, tuple[float, int]] = {}
         self._next_lifetime_check = 0.0
         self._rl = RateLimitedLogger(log)
@@ -262,8 +291,7 @@ class Worker:
                     continue
                 path = out.get(pol.sa_ref)  # type: ignore[arg-type]
                 if path is None:
-                    drops[DropReason.NO_SA] = drops.get(DropReason.NO_SA, 0) + 1
-                    self._acquire(pol, pkt)
+                    self._no_sa(pol, pkt)  # slow path: queue behind a trap, ask IKE for the SA
                     continue
                 if len(pkt) > path.mtu and self._too_big(pkt, path):
                     continue
@@ -366,6 +394,142 @@ class Worker:
             self._write_tun(reply)
             self._stat("icmp_too_big_sent")
         return True
+
+    # ------------------------------------------------------------------ traps: acquire and queue
+    def _no_sa(self, pol: Policy, pkt: bytes) -> None:
+        """A PROTECT policy matched but its SA is missing: hold the packet if the reqid is
+        trapped (else count it as NO_SA) and tell IKE (RFC 4301 5.1 / RFC 7296 1.3)."""
+        reqid = pol.sa_ref
+        trap = self.traps.get(reqid) if reqid is not None else None
+        if trap is None or reqid is None:
+            self._count_drop(DropReason.NO_SA)
+        else:
+            self._enqueue(reqid, trap, pkt)
+        self._acquire(pol, pkt)
+
+    def _enqueue(self, reqid: int, trap: Trap, pkt: bytes) -> None:
+        """Queue one packet behind its trap, keeping every bound (oldest packets go first)."""
+        cfg = self.config
+        size = len(pkt)
+        if size > cfg.acquire_queue_bytes or cfg.acquire_queue_packets <= 0:
+            self._count_drop(Drop.ACQUIRE_OVERFLOW)
+            return
+        if self._queued_bytes + size > cfg.acquire_queue_total:
+            self._count_drop(Drop.ACQUIRE_FULL)
+            return
+        q = trap.queue
+        while q and (len(q) >= cfg.acquire_queue_packets or trap.nbytes + size > cfg.acquire_queue_bytes):
+            _t, old = q.popleft()
+            trap.nbytes -= len(old)
+            self._queued_bytes -= len(old)
+            self._count_drop(Drop.ACQUIRE_OVERFLOW)
+        q.append((time.monotonic(), pkt))
+        trap.nbytes += size
+        self._queued_bytes += size
+        self._waiting[reqid] = trap
+        self._stat("acquire_queued")
+
+    def _take_queue(self, reqid: int, trap: Trap) -> list[tuple[float, bytes]]:
+        """Empty a trap's queue (bookkeeping included) and return what it held."""
+        items = list(trap.queue)
+        trap.queue.clear()
+        self._queued_bytes -= trap.nbytes
+        trap.nbytes = 0
+        self._waiting.pop(reqid, None)
+        return items
+
+    def _expire_queued(self, now: float) -> float:
+        """Drop queued packets older than acquire_queue_timeout; returns when the next one expires."""
+        timeout = self.config.acquire_queue_timeout
+        next_due = now + timeout
+        for reqid, trap in list(self._waiting.items()):
+            q = trap.queue
+            while q and q[0][0] + timeout <= now:
+                _t, old = q.popleft()
+                trap.nbytes -= len(old)
+                self._queued_bytes -= len(old)
+                self._count_drop(Drop.ACQUIRE_EXPIRED)
+            if q:
+                next_due = min(next_due, q[0][0] + timeout)
+            else:
+                del self._waiting[reqid]
+        return next_due
+
+    def _send_queued(self, reqid: int, trap: Trap) -> None:
+        """The SA of a trapped reqid arrived: protect and send what waited, in arrival order.
+
+        Each packet goes through the SPD again (the negotiated, possibly narrowed, policies
+        are in place now), exactly as if it had just been read from the TUN.
+        """
+        items = self._take_queue(reqid, trap)
+        if not items:
+            return
+        now = time.monotonic()
+        timeout = self.config.acquire_queue_timeout
+        sent = 0
+        for t, pkt in items:
+            if t + timeout <= now:
+                self._count_drop(Drop.ACQUIRE_EXPIRED)
+                continue
+            sent += self._protect_one(pkt)
+        self._flush_batch()
+        self._stat("acquire_queue_sent", sent)
+
+    def _protect_one(self, pkt: bytes) -> int:
+        """Outbound processing of one packet off the hot loop (_drain_tun inlines the same
+        steps for speed); returns 1 when it was handed to a socket, else 0 (counted)."""
+        pol = self.spd.lookup_outbound(pkt)
+        if pol is None:
+            self._count_drop(DropReason.NO_POLICY)
+            return 0
+        if pol.action is not Action.PROTECT:
+            self._count_drop(DropReason.DISCARD_POLICY if pol.action is Action.DISCARD else Drop.BYPASS_IN_TUN)
+            return 0
+        path = self.out.get(pol.sa_ref)  # type: ignore[arg-type]
+        if path is None:
+            self._no_sa(pol, pkt)
+            return 0
+        try:
+            if len(pkt) > path.mtu and self._too_big(pkt, path):
+                return 0
+            if self.config.mss_clamp and path.mss and _is_tcp_syn(pkt):
+                pkt = clamp_tcp_mss(pkt, path.mss)
+            esp = path.sa.protect(pkt)
+        except EspDrop as e:
+            self._count_drop(e.reason)
+            return 0
+        if path.encap:
+            sock = path.sock
+            if sock is not self._batch_sock or not self._batch.add(path.dest, path.local, esp):
+                self._flush_batch()
+                self._batch_sock = sock
+                self._batch.add(path.dest, path.local, esp)
+        else:
+            self._send_raw(path, esp)
+        return 1
+
+    def _install_trap(self, msg: m.InstallTrap) -> None:
+        for pol in msg.policies:
+            if pol.action is not Action.PROTECT or pol.sa_ref != msg.reqid:
+                raise ValueError(f"a trap for reqid {msg.reqid} takes only PROTECT policies with that sa_ref")
+        trap = self.traps.get(msg.reqid)
+        if trap is None:
+            trap = self.traps[msg.reqid] = Trap(msg.policies)
+        else:  # replaced: the new policies in, the old ones out (an SA's own entries stay)
+            for pol in trap.policies:
+                self.spd.remove(pol)
+            trap.policies = msg.policies
+        for pol in msg.policies:
+            self.spd.add(pol)
+
+    def _remove_trap(self, reqid: int) -> None:
+        trap = self.traps.pop(reqid, None)
+        if trap is None:
+            return
+        for _t, _pkt in self._take_queue(reqid, trap):
+            self._count_drop(Drop.ACQUIRE_REMOVED)
+        for pol in trap.policies:  # one entry each: equal entries an SA installed remain its own
+            self.spd.remove(pol)
 
     def _acquire(self, pol: Policy, pkt: bytes) -> None:
         """Tell IKE a trap policy was hit, at most once per ``acquire_interval`` per reqid."""
@@ -516,6 +680,10 @@ class Worker:
                         self._count_drop(Drop.SEND)
                 ka.due = now + ka.interval
             next_due = min(next_due, ka.due)
+        if self._waiting:
+            if now >= self._queue_check:  # arrivals only ever expire later: scan when due
+                self._queue_check = self._expire_queued(now)
+            next_due = min(next_due, self._queue_check)
         if now >= self._next_lifetime_check:
             self._check_lifetimes()
             self._next_lifetime_check = now + self.config.lifetime_check_interval
@@ -601,6 +769,10 @@ class Worker:
                 self.spd.add(msg.policy)
             elif isinstance(msg, m.RemovePolicy):
                 self.spd.remove(msg.policy)
+            elif isinstance(msg, m.InstallTrap):
+                self._install_trap(msg)
+            elif isinstance(msg, m.RemoveTrap):
+                self._remove_trap(msg.reqid)
             elif isinstance(msg, m.SetKeepalive):
                 self._set_keepalive(msg)
             elif isinstance(msg, m.Shutdown):
@@ -654,9 +826,18 @@ class Worker:
         if path is not None:
             self.sad.add_outbound(msg.reqid, path.sa)
             self.out[msg.reqid] = path
+        # The SA's own SPD entries, once per reqid (a rekey repeats them). They are kept apart
+        # from a trap's entries, even when equal, so deleting the SA leaves the trap intact.
+        owned = self._sa_policies.setdefault(msg.reqid, [])
         for pol in msg.policies:
-            if pol not in self.spd:
+            if pol not in owned:
                 self.spd.add(pol)
+                owned.append(pol)
+        if not owned:
+            del self._sa_policies[msg.reqid]
+        trap = self._waiting.get(msg.reqid)
+        if path is not None and trap is not None:
+            self._send_queued(msg.reqid, trap)  # before any later TUN read: order is kept
 
     def _update_peer(self, msg: m.UpdateSaPeer) -> None:
         path = self.out.get(msg.reqid)
@@ -675,7 +856,13 @@ class Worker:
         if msg.reqid is not None:
             self._remove_out(msg.reqid)
             if msg.policies:
-                self.spd.remove_where(sa_ref=msg.reqid)
+                owned = self._sa_policies.pop(msg.reqid, [])
+                if msg.reqid in self.traps:
+                    # the trap stays armed: its entries remain, the next packet acquires again
+                    for pol in owned:
+                        self.spd.remove(pol)
+                else:
+                    self.spd.remove_where(sa_ref=msg.reqid)
             if not msg.inbound_spis:
                 for spi, meta in list(self.in_meta.items()):
                     if meta.reqid == msg.reqid:

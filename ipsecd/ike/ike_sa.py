@@ -48,6 +48,7 @@ from ipsecd.ike.tasks.informational import (
     Liveness,
     TemporaryFailure,
 )
+from ipsecd.ike.ts import TriggerPacket
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -151,6 +152,9 @@ class IkeSa:
     id_allocator: Callable[[], int] | None = field(default=None, repr=False)  # ids of rekeyed IKE SAs
     # does another IKE SA with this peer exist? (decides INITIAL_CONTACT; the manager knows)
     has_contact: Callable[[IkeSa], bool] | None = field(default=None, repr=False)
+    # (connection, child) -> the reqid every Child SA of that child must carry, or None for a
+    # fresh one: a trap's queued packets and policies are keyed by it (the manager knows)
+    fixed_reqid: Callable[[str, str], int | None] | None = field(default=None, repr=False)
 
     state: IkeState = IkeState.CREATED
     spi_i: bytes = b""
@@ -237,21 +241,44 @@ class IkeSa:
         assert self.keys is not None
         return self.keys
 
-    def initiate(self, children: Sequence[ChildSettings] | None = None) -> None:
+    def initiate(self, children: Sequence[ChildSettings] | None = None, *,
+                 trigger: TriggerPacket | None = None) -> None:
         """Start IKE_SA_INIT, then IKE_AUTH with the first child; each further child
-        follows in its own CREATE_CHILD_SA exchange (RFC 7296 1.3.1) once the IKE SA is up."""
+        follows in its own CREATE_CHILD_SA exchange (RFC 7296 1.3.1) once the IKE SA is up.
+        ``trigger`` (an acquire's packet) goes first in the first child's selectors (RFC 7296 2.9)."""
         assert self.initiator and self.state == IkeState.CREATED
         self.state = IkeState.CONNECTING
         kids = list(self.settings.children if children is None else children)
         self._queue.append([IkeInit()])
-        self._queue.append([IkeAuth(), ChildCreate(kids[0])] if kids else [IkeAuth()])
+        self._queue.append([IkeAuth(), ChildCreate(kids[0], trigger=trigger)] if kids else [IkeAuth()])
         for kid in kids[1:]:
             self._queue.append([ChildCreate(kid, exchange=ExchangeType.CREATE_CHILD_SA)])
         self._send_next()
 
-    def create_child(self, child: ChildSettings) -> None:
-        """Negotiate one more Child SA on this established IKE SA (CREATE_CHILD_SA)."""
-        self.enqueue([ChildCreate(child, exchange=ExchangeType.CREATE_CHILD_SA)])
+    def create_child(self, child: ChildSettings, *, trigger: TriggerPacket | None = None) -> None:
+        """Negotiate one more Child SA on this IKE SA (CREATE_CHILD_SA, RFC 7296 1.3.1).
+
+        Also accepted while our own IKE_SA_INIT/IKE_AUTH is still in flight: the exchange
+        then follows IKE_AUTH, as the extra children of ``initiate`` do.
+        """
+        task = ChildCreate(child, exchange=ExchangeType.CREATE_CHILD_SA, trigger=trigger)
+        if self.state == IkeState.CONNECTING and self.initiator:
+            self._queue.append([task])
+            return
+        self.enqueue([task])
+
+    def pending_child(self, child: str) -> bool:
+        """Is a CREATE of Child SA ``child`` queued, in flight or waiting for a retry here?
+
+        The manager asks before acting on an acquire: one negotiation per trap at a time.
+        """
+        def creates(tasks: list[Task]) -> bool:
+            return any(isinstance(t, ChildCreate) and t.rekey_of is None and t.child is not None
+                       and t.child.name == child for t in tasks)
+
+        out = self._outstanding
+        return (out is not None and creates(out.tasks)) or any(creates(ts) for ts in self._queue) \
+            or any(creates(ts) for _at, ts in self._delayed)
 
     def delete(self, reason: str = "deleted locally") -> None:
         """Close the IKE SA with a Delete; Child SAs go with it."""
@@ -426,7 +453,12 @@ class IkeSa:
             if int.from_bytes(spi, "big") >= 256:  # SPIs 1..255 are reserved by IANA (RFC 4303 2.1)
                 return spi
 
-    def alloc_reqid(self) -> int:
+    def alloc_reqid(self, child: str | None = None) -> int:
+        """The reqid of a new Child SA: the fixed one of ``child`` if the owner set one."""
+        if child is not None and self.fixed_reqid is not None:
+            fixed = self.fixed_reqid(self.settings.name, child)
+            if fixed is not None:
+                return fixed
         if self.reqid_allocator is not None:
             return self.reqid_allocator()
         self._reqid_counter += 1
@@ -506,7 +538,7 @@ class IkeSa:
         new = IkeSa(self.settings, self.id_allocator() if self.id_allocator else self.ike_sa_id, initiator,
                     self.local, self.remote, self.now, rng=self.rng, spi_allocator=self.spi_allocator,
                     reqid_allocator=self.reqid_allocator, candidates=self.candidates, id_allocator=self.id_allocator,
-                    has_contact=self.has_contact,
+                    has_contact=self.has_contact, fixed_reqid=self.fixed_reqid,
                     spi_i=spi_i, spi_r=spi_r, nonce_i=nonce_i, nonce_r=nonce_r, keys=keys, proposal=proposal,
                     local_behind_nat=self.local_behind_nat, remote_behind_nat=self.remote_behind_nat,
                     remote_identity=self.remote_identity, rekeyed_from=self.ike_sa_id)

@@ -15,10 +15,18 @@ IKE SA rekeying (RFC 7296 1.3.2) creates a new IkeSa with a NEW ike_sa_id;
 IkeSaRekeyed(old id -> new id) says the Child SAs moved, the old SA then
 closes with IkeSaClosed(replaced_by=new id). Connection names stay, so
 ``terminate(name)`` and ``list_sas()`` keep working across rekeys.
+
+On-demand SAs (traps, RFC 4301 5.1 / RFC 7296 1.3): the owner reserves a stable
+reqid per (connection, child) with ``assign_reqid`` and arms the data-plane trap
+with it; every Child SA of that child then carries this reqid, whoever
+initiates it, so the trap's policies and queued packets meet the SA. The data
+plane's Acquire becomes ``acquire(reqid, now, trigger)``, which starts at most
+one negotiation per trapped child at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -30,11 +38,12 @@ from ipaddress import ip_address
 
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.ike.constants import ExchangeType, NotifyType
-from ipsecd.ike.events import ChildSaEstablished, Endpoint, Event, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, Endpoint, Event, IkeSaClosed, IkeSaEstablished
 from ipsecd.ike.ike_sa import IkeSa, IkeState
 from ipsecd.ike.message import Message, decode_header, decode_message, encode_message
 from ipsecd.ike.payloads import NoncePayload, NotifyPayload
 from ipsecd.ike.settings import IkeSettings
+from ipsecd.ike.ts import TriggerPacket
 from ipsecd.ratelimit import RateLimitedLogger
 
 log = logging.getLogger("ipsecd.ike")
@@ -65,6 +74,8 @@ class IkeManager:
     _events: deque[Event] = field(default_factory=deque)
     _cookie_secret: bytes = b""
     _invalid_spi_window: tuple[int, int] = (0, 0)  # (second, answers sent in it)
+    _fixed_reqids: dict[tuple[str, str], int] = field(default_factory=dict)  # (connection, child) -> reqid
+    _fixed_owner: dict[int, tuple[str, str]] = field(default_factory=dict)  # reqid -> (connection, child)
 
     def __post_init__(self) -> None:
         self._cookie_secret = self.rng(32)
@@ -77,21 +88,119 @@ class IkeManager:
                 return c
         return None
 
-    def initiate(self, name: str, now: float) -> IkeSa:
+    def initiate(self, name: str, now: float, *, trigger: TriggerPacket | None = None,
+                 child: str | None = None) -> IkeSa:
+        """Start a new IKE SA of connection ``name``.
+
+        Without ``child`` every configured child is negotiated (the first in IKE_AUTH, the
+        others by CREATE_CHILD_SA); with it only that one. ``trigger`` is the packet of an
+        acquire: its host pair goes first in the (first) child's TSi/TSr (RFC 7296 2.9).
+        The daemon normally calls ``acquire`` instead, which also suppresses duplicates.
+        """
         conn = self.connection(name)
         if conn is None:
             raise KeyError(name)
         if not conn.remote_addrs:
             raise ValueError(f"connection {name} has no concrete remote address to initiate to")
+        kids = None
+        if child is not None:
+            wanted = conn.child(child)
+            if wanted is None:
+                raise KeyError(f"{name}/{child}")
+            kids = [wanted]
         remote = (conn.remote_addrs[0], conn.remote_port)
         local_ip = conn.local_addrs[0] if conn.local_addrs else self.source_for(remote[0])
         sa = IkeSa(conn, self._alloc_id(), True, (local_ip, 500), remote, now, rng=self.rng,
                    spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, id_allocator=self._alloc_id,
-                   has_contact=self._has_contact)
+                   has_contact=self._has_contact, fixed_reqid=self.reqid_for)
         self._register(sa)
-        sa.initiate()
+        sa.initiate(kids, trigger=trigger)
         self._collect(sa)
         return sa
+
+    # -- traps (on-demand Child SAs, RFC 4301 5.1 / RFC 7296 1.3)
+    def assign_reqid(self, name: str, child: str, reqid: int | None = None) -> int:
+        """The stable reqid of (connection, child), reserved on first use.
+
+        Every Child SA of that child, initiated by us or by the peer, in IKE_AUTH or
+        CREATE_CHILD_SA, then carries it (rekeys keep it anyway), so a data-plane trap
+        armed with it sees its queued packets sent when the SA is installed. ``reqid``
+        adopts a number already in use (e.g. the reqid of a live Child SA that is to be
+        trapped when it closes); by default a fresh one comes from the same counter as
+        the dynamic reqids, so the two never clash. Idempotent.
+        """
+        key = (name, child)
+        have = self._fixed_reqids.get(key)
+        if have is not None and (reqid is None or reqid == have):
+            return have
+        if have is not None:
+            del self._fixed_owner[have]
+        if reqid is None:
+            reqid = self._alloc_reqid()
+        elif reqid in self._fixed_owner:
+            raise ValueError(f"reqid {reqid} is already fixed for {'/'.join(self._fixed_owner[reqid])}")
+        self._fixed_reqids[key] = reqid
+        self._fixed_owner[reqid] = key
+        return reqid
+
+    def release_reqid(self, name: str, child: str | None = None) -> list[int]:
+        """Forget the fixed reqids of a connection (one child, or all): reload or removal.
+
+        Returns the reqids released (the daemon removes their traps). Live Child SAs keep
+        their reqid; new ones get fresh reqids.
+        """
+        gone = [key for key in self._fixed_reqids if key[0] == name and (child is None or key[1] == child)]
+        out = []
+        for key in gone:
+            reqid = self._fixed_reqids.pop(key)
+            self._fixed_owner.pop(reqid, None)
+            out.append(reqid)
+        return out
+
+    def reqid_for(self, name: str, child: str) -> int | None:
+        """The fixed reqid of (connection, child), None when it has none."""
+        return self._fixed_reqids.get((name, child))
+
+    def acquire(self, reqid: int, now: float, trigger: TriggerPacket | None = None) -> IkeSa | None:
+        """The data plane held a packet for trapped ``reqid``: get its Child SA negotiated.
+
+        At most one negotiation per trapped child: the acquire is ignored (counted as
+        ``acquires_ignored``) while a Child SA of it exists, while one of our IKE SAs is
+        creating it, or while the peer is still setting up an IKE SA of the connection
+        (its IKE_AUTH may well carry this child). The worker repeats acquires every
+        ``acquire_interval`` while packets keep coming, so a failed or refused negotiation
+        is retried on the next one. An established IKE SA of the connection (or one we are
+        still initiating) gets a CREATE_CHILD_SA; otherwise a new IKE SA starts with just
+        this child. Returns the IKE SA that negotiates, or None when nothing was started.
+        """
+        self.now = now
+        key = self._fixed_owner.get(reqid)
+        conn = self.connection(key[0]) if key is not None else None
+        child = conn.child(key[1]) if conn is not None and key is not None else None
+        if conn is None or child is None:
+            self._count("acquires_unknown")
+            self._rl.log(logging.INFO, "acquire_unknown", "acquire for reqid %d, which no trapped child has", reqid)
+            return None
+        live = [sa for sa in self.sas.values() if sa.settings.name == conn.name and sa.state != IkeState.CLOSED]
+        for sa in live:
+            busy = sa.pending_child(child.name) or any(c.event.reqid == reqid for c in sa.children)
+            peer_setting_up = not sa.initiator and sa.state in (IkeState.CREATED, IkeState.CONNECTING)
+            if busy or peer_setting_up:
+                self._count("acquires_ignored")
+                return None
+        self._count("acquires")
+        for sa in live:
+            if sa.state == IkeState.ESTABLISHED or (sa.state == IkeState.CONNECTING and sa.initiator):
+                sa.now = now
+                sa.create_child(child, trigger=trigger)
+                self._collect(sa)
+                return sa
+        try:
+            return self.initiate(conn.name, now, trigger=trigger, child=child.name)
+        except ValueError as e:  # e.g. a responder-only connection (remote %any)
+            self._rl.log(logging.WARNING, f"acquire:{conn.name}", "cannot act on an acquire for %s: %s",
+                         conn.name, e)
+            return None
 
     def terminate(self, name: str, now: float) -> int:
         """Delete every IKE SA of a connection; returns how many."""
@@ -235,7 +344,7 @@ class IkeManager:
             return
         sa = IkeSa(candidates[0], self._alloc_id(), False, local, remote, now, rng=self.rng,
                    spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, candidates=candidates,
-                   id_allocator=self._alloc_id, has_contact=self._has_contact)
+                   id_allocator=self._alloc_id, has_contact=self._has_contact, fixed_reqid=self.reqid_for)
         self.sas[sa.ike_sa_id] = sa
         self._half_open[key] = sa
         sa.receive(data, local, remote, now)
@@ -289,6 +398,10 @@ class IkeManager:
                 continue
             elif isinstance(ev, ChildSaEstablished):
                 self._spis_in.add(ev.spi_in)
+            elif isinstance(ev, ChildSaDeleted) and not ev.reqid_in_use and self._reqid_elsewhere(ev.reqid, sa):
+                # A fixed reqid may be carried by Child SAs of two IKE SAs at once (both ends
+                # acquired together): the data plane must keep the survivor's policies.
+                ev = dataclasses.replace(ev, reqid_in_use=True)
             elif isinstance(ev, IkeSaClosed):
                 self._forget(sa)
             self._events.append(ev)
@@ -310,6 +423,16 @@ class IkeManager:
             if other.remote[0] == sa.remote[0] or other.remote_identity == sa.remote_identity:
                 other.close("replaced: peer sent INITIAL_CONTACT")
                 self._collect(other)
+
+    def _reqid_elsewhere(self, reqid: int, sa: IkeSa) -> bool:
+        """Does a Child SA of another live IKE SA carry this fixed reqid?"""
+        if reqid not in self._fixed_owner:
+            return False
+        return any(o is not sa and o.state != IkeState.CLOSED and any(c.event.reqid == reqid for c in o.children)
+                   for o in self.sas.values())
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
 
     def _has_contact(self, sa: IkeSa) -> bool:
         """Another live IKE SA of this connection with the same peer address?"""

@@ -3,11 +3,62 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from ipsecd.ike.constants import TsType
 from ipsecd.ike.payloads import IPAddress, TrafficSelector
 from ipsecd.ike.settings import TsSpec
+
+# Protocols whose "ports" in a selector are ICMP type/code (RFC 7296 3.13.1), not ports
+_ICMP_PROTOS = frozenset({1, 58})
+
+
+@dataclass(frozen=True)
+class TriggerPacket:
+    """The outbound packet that hit a trap (the data plane's Acquire), as IKE needs it.
+
+    RFC 7296 2.9: an initiator negotiating because of a packet SHOULD put, first in TSi
+    and TSr, selectors that hold just that packet's addresses (and, in the RFC's example,
+    its protocol and ports), so a responder whose policy is narrower than ours can pick
+    the range that contains the packet. ``proto`` 0 and ``sport``/``dport`` None propose
+    address-only host selectors.
+    """
+
+    src: str | IPv4Address | IPv6Address
+    dst: str | IPv4Address | IPv6Address
+    proto: int = 0
+    sport: int | None = None
+    dport: int | None = None
+
+    def selectors(self) -> tuple[TrafficSelector, TrafficSelector]:
+        """(TSi, TSr) first entries for the initiator: our source host, the destination host."""
+        ports = self.proto not in _ICMP_PROTOS  # type/code are not per-direction ports
+        return (_host_ts(self.src, self.proto, self.sport if ports else None),
+                _host_ts(self.dst, self.proto, self.dport if ports else None))
+
+
+def _host_ts(addr: str | IPv4Address | IPv6Address, proto: int, port: int | None) -> TrafficSelector:
+    a = ip_address(addr)
+    ts_type = TsType.TS_IPV4_ADDR_RANGE if a.version == 4 else TsType.TS_IPV6_ADDR_RANGE
+    lo, hi = (0, 65535) if port is None or not proto else (port, port)
+    return TrafficSelector(ts_type, proto, lo, hi, a, a)
+
+
+def with_trigger(trigger: TriggerPacket | None, ts_i: list[TrafficSelector],
+                 ts_r: list[TrafficSelector]) -> tuple[list[TrafficSelector], list[TrafficSelector]]:
+    """The initiator's TSi/TSr with the trigger's host pair first (RFC 7296 2.9).
+
+    Only when the packet lies inside what we would propose anyway: a trap is built from
+    the configured selectors, so anything else is stale (a reload in between) and is not
+    offered -- we never ask for more than the configuration allows.
+    """
+    if trigger is None:
+        return ts_i, ts_r
+    first_i, first_r = trigger.selectors()
+    if not any(contains(t, first_i) for t in ts_i) or not any(contains(t, first_r) for t in ts_r):
+        return ts_i, ts_r
+    return [first_i, *ts_i], [first_r, *ts_r]
 
 
 def ts_from_spec(spec: TsSpec, dynamic_addr: str) -> TrafficSelector:
@@ -45,14 +96,22 @@ def contains(outer: TrafficSelector, inner: TrafficSelector) -> bool:
 
 
 def narrow(proposed: Sequence[TrafficSelector], configured: Sequence[TrafficSelector]) -> list[TrafficSelector]:
-    """Responder narrowing: every non-empty intersection, in the peer's order (RFC 7296 2.9)."""
+    """Responder narrowing: every non-empty intersection, in the peer's order (RFC 7296 2.9).
+
+    An intersection that lies inside another one is left out: it adds no traffic, only
+    policies. This is what makes the common on-demand case come out as the configured
+    subnets: TSi = (packet's host, subnet) narrows to (subnet), which still "includes the
+    initiator's first choices" as RFC 7296 2.9 requires (strongSwan's responder answers
+    the same way). When our policy is narrower than the peer's, the result is the part of
+    our configuration that overlaps, the host pair staying only if nothing larger holds it.
+    """
     out: list[TrafficSelector] = []
     for p in proposed:
         for c in configured:
             x = intersect(p, c)
             if x is not None and x not in out:
                 out.append(x)
-    return out
+    return [x for x in out if not any(y != x and contains(y, x) for y in out)]
 
 
 def all_within(received: Sequence[TrafficSelector], offered: Sequence[TrafficSelector]) -> bool:

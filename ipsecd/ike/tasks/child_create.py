@@ -39,7 +39,7 @@ from ipsecd.ike.proposal import (
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
 from ipsecd.ike.tasks import Retry, TaskFailed
-from ipsecd.ike.ts import all_within, narrow, ts_from_spec, ts_to_str
+from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_spec, ts_to_str, with_trigger
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
@@ -87,13 +87,17 @@ class ChildCreate:
     by ChildRekey: the new SA then keeps the old SA's reqid (so the daemon's
     policies stay) and names the SA it replaces. ``candidates`` restricts the
     responder's choice of configured children (a rekey must stay the same child).
+    ``trigger`` (initiator) is the packet that made the data plane acquire this Child SA:
+    its host pair goes first in TSi/TSr (RFC 7296 2.9).
     """
 
     def __init__(self, child: ChildSettings | None = None, *, exchange: ExchangeType = ExchangeType.IKE_AUTH,
                  rekey_of: ChildSaEstablished | None = None, reqid: int | None = None,
-                 rekeyed_spi_in: bytes | None = None, candidates: Sequence[ChildSettings] | None = None) -> None:
+                 rekeyed_spi_in: bytes | None = None, candidates: Sequence[ChildSettings] | None = None,
+                 trigger: TriggerPacket | None = None) -> None:
         self.exchange = exchange
         self.child = child
+        self.trigger = trigger
         self.rekey_of = rekey_of
         self.reqid = reqid if reqid is not None else (rekey_of.reqid if rekey_of is not None else None)
         self.rekeyed_spi_in = rekeyed_spi_in if rekeyed_spi_in is not None else (
@@ -127,8 +131,10 @@ class ChildCreate:
             # RFC 7296 1.3.3: the rekeyed SA keeps its traffic selectors
             self.ts_i, self.ts_r = list(self.rekey_of.local_ts), list(self.rekey_of.remote_ts)
         else:
-            self.ts_i = [ts_from_spec(s, sa.local[0]) for s in self.child.local_ts]
-            self.ts_r = [ts_from_spec(s, sa.remote[0]) for s in self.child.remote_ts]
+            self.ts_i, self.ts_r = with_trigger(
+                self.trigger,
+                [ts_from_spec(s, sa.local[0]) for s in self.child.local_ts],
+                [ts_from_spec(s, sa.remote[0]) for s in self.child.remote_ts])
         payloads: list[Payload] = []
         if self.rekey_of is not None:
             # RFC 7296 1.3.3: REKEY_SA names the SA by the SPI we receive on
@@ -328,7 +334,7 @@ class ChildCreate:
         local_ts, remote_ts = (ts_i, ts_r) if initiator else (ts_r, ts_i)
         event = ChildSaEstablished(
             ike_sa_id=sa.ike_sa_id, name=sa.settings.name, child=self.child.name,
-            reqid=self.reqid if self.reqid is not None else sa.alloc_reqid(),
+            reqid=self.reqid if self.reqid is not None else sa.alloc_reqid(self.child.name),
             spi_in=self.spi_in, spi_out=spi_out,
             proposal=Proposal(chosen.num, ProtocolId.ESP, b"", chosen.transforms), keys=keys,
             initiator=initiator, mode="transport" if self.transport else "tunnel", encap=sa.encap,
