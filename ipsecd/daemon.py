@@ -160,7 +160,7 @@ class Daemon:
             if any(ch.start_action == "start" for ch in conn.children.values()):
                 self._initiate(name)
 
-    def _arm_traps(self, name: str) -> None:
+    def _arm_traps(self, name: str, *, every_child: bool = False) -> None:
         """start_action=trap: policies now, the SA on the first packet (RFC 4301 5.1).
 
         The reqid is fixed first (synchronously), so any Child SA of the child negotiated
@@ -168,8 +168,10 @@ class Daemon:
         """
         conn = self.config.connections[name]
         for cname, ch in conn.children.items():
-            if ch.start_action != "trap":
+            if ch.start_action != "trap" and not every_child:
                 continue
+            if self.manager.reqid_for(name, cname) in self._traps:
+                continue  # already armed
             if not conn.remote_addrs:
                 log.warning("%s/%s: start_action trap needs a remote address: ignored", name, cname)
                 continue
@@ -298,15 +300,25 @@ class Daemon:
                 self._spawn(self.dataplane.update_sa_peer(child.event.reqid, sa.remote[0], sa.remote[1], sa.local[0]))
 
     def _maybe_restart(self, ev: IkeSaClosed) -> None:
-        """start_action=start keeps trying, and so does dpd_action=restart for a dead peer."""
+        """What happens after an IKE SA is gone, as swanctl: start_action=start keeps retrying,
+        close_action applies when the peer deleted it, dpd_action when the peer died."""
         conn = self.config.connections.get(ev.name)
         if conn is None or self._stopping.is_set() or "by request" in ev.reason:
             return
-        wanted = any(ch.start_action == "start" for ch in conn.children.values())
         if ev.peer_dead:
             log.warning("%s: peer is dead, dpd_action %s", ev.name, ev.dpd_action or "clear")
-            wanted = ev.dpd_action in ("restart", "trap") and bool(conn.remote_addrs)
-        if not wanted or any(sa.settings.name == ev.name for sa in self.manager.list_sas()):
+            action = ev.dpd_action or "clear"
+        elif "deleted by peer" in ev.reason:
+            actions = {str(ch.close_action) for ch in conn.children.values()} - {"none"}
+            action = "start" if "start" in actions else "trap" if "trap" in actions else "none"
+        else:
+            action = "start" if any(ch.start_action == "start" for ch in conn.children.values()) else "none"
+        if action in ("none", "clear") or not conn.remote_addrs:
+            return
+        if any(sa.settings.name == ev.name for sa in self.manager.list_sas()):
+            return
+        if action == "trap" and self.dataplane is not None:
+            self._arm_traps(ev.name, every_child=True)  # the next packet brings it back
             return
         asyncio.get_running_loop().call_later(RESTART_DELAY, self._restart, ev.name)
 

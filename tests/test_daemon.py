@@ -197,3 +197,20 @@ def test_trap_tunnel_comes_up_on_first_packet(topology: Topology, tmp_path: Path
         again = topology.a.ping(topology.b_lan, count=3, src=topology.a_lan, check=False)
         assert again.returncode == 0, again.stdout
         assert len(a.list_sas()) == 1
+
+
+@pytest.mark.netns
+def test_close_action_trap_rearms_after_peer_deletes(topology: Topology, tmp_path: Path) -> None:
+    a, b = _pair(topology, tmp_path)
+    a.config["connections"]["peer"]["children"]["net"]["close_action"] = "trap"
+    with b, a:
+        a.wait_established(15, child="net")
+        b.down("peer")  # the peer closes the tunnel
+        end = time.monotonic() + 10
+        while time.monotonic() < end and a.list_sas():
+            time.sleep(0.2)
+        assert a.list_sas() == []
+        time.sleep(0.5)
+        ping = topology.a.ping(topology.b_lan, count=4, src=topology.a_lan, check=False)
+        assert ping.returncode == 0, ping.stdout + a.log_tail()
+        assert len(a.list_sas()) == 1
