@@ -11,7 +11,7 @@ from ipaddress import ip_address
 
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
@@ -536,3 +536,175 @@ def test_round_trip_property(suite: str, esn: bool, start: int, sizes: list[int]
         else:
             assert got == pkt
     assert inb.highest_seq == start + len(sizes)
+
+
+# --- the inlined AEAD tunnel paths must behave exactly like the generic ones ----------------------
+
+# Selector configurations that exercise each way the inlined path checks selectors: precomputed
+# single ranges (v4 and v6), merged adjacent ranges, an empty range (no v6 allowed), ranges with
+# a gap (full check), protocol/port selectors (full check) and "no restriction".
+FAST_TS: dict[str, dict[str, tuple[Selector, ...]]] = {
+    "none": {},
+    "single": {
+        "local_ts": (Selector.from_prefix("10.1.0.0/16"), Selector.from_prefix("fd00:1::/64")),
+        "remote_ts": (Selector.from_prefix("10.2.0.0/16"), Selector.from_prefix("fd00:2::/64")),
+    },
+    "merged": {
+        "local_ts": (Selector.from_prefix("0.0.0.0/1"), Selector.from_prefix("128.0.0.0/1")),
+        "remote_ts": (Selector.from_range("10.2.0.0", "10.2.0.9"), Selector.from_range("10.2.0.10", "10.2.0.255")),
+    },
+    "gap": {
+        "local_ts": (Selector.from_prefix("10.1.0.0/24"), Selector.from_prefix("10.1.2.0/24")),
+        "remote_ts": (Selector.any(4), Selector.any(6)),
+    },
+    "ports": {
+        "local_ts": (Selector.from_prefix("10.1.0.0/16"),),
+        "remote_ts": (Selector.from_prefix("10.2.0.0/16", proto=17, ports=(5000, 5000)),),
+    },
+}
+
+
+def _generic(sa: InboundSa) -> InboundSa:
+    """The same SA with the inlined path switched off (what every non-AEAD/ESN/transport SA uses)."""
+    sa._fast = None
+    return sa
+
+
+def _outcome(sa: InboundSa, esp: bytes) -> bytes | DropReason:
+    try:
+        return sa.unprotect(esp)
+    except EspDrop as e:
+        return e.reason
+
+
+def test_fast_path_is_used_and_bounds_are_precomputed() -> None:
+    assert InboundSa(params(**FAST_TS["single"]))._fast is not None  # type: ignore[arg-type]
+    assert InboundSa(params(esn=True))._fast is None
+    assert InboundSa(params(mode=Mode.TRANSPORT))._fast is None
+    assert InboundSa(cbc_params())._fast is None
+    fast = InboundSa(params(**FAST_TS["merged"]))._fast  # type: ignore[arg-type]
+    assert fast is not None
+    v4, v6 = fast[6], fast[7]
+    assert v4 == (0x0A020000, 0x0A0200FF, 0, 0xFFFFFFFF)
+    assert v6 is not None and v6[0] > v6[1]  # no IPv6 selector on either side: nothing passes
+    fast = InboundSa(params(**FAST_TS["gap"]))._fast  # type: ignore[arg-type]
+    assert fast is not None and fast[6] is None  # two ranges: the full check
+
+
+_inner_parts = st.tuples(
+    st.sampled_from([4, 6]),
+    st.sampled_from(["10.2.0.7", "10.3.0.7", "fd00:2::7", "fd00:3::7"]),
+    st.sampled_from(["10.1.0.5", "10.1.2.5", "10.1.1.5", "fd00:1::5"]),
+    st.sampled_from([6, 17, 58]),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    which=st.sampled_from(list(FAST_TS)),
+    inner=_inner_parts,
+    length_delta=st.sampled_from([0, 0, 0, -1, 1, -30, 300]),
+    first_byte=st.sampled_from([None, None, 0x44, 0x46, 0x55, 0x60, 0x45]),
+    pad_len=st.integers(min_value=0, max_value=9),
+    bad_pad=st.sampled_from([False, False, False, True]),
+    nh=st.sampled_from([None, None, 4, 41, 59, 17]),
+    tfc=st.binary(max_size=5),
+)
+def test_fast_and_generic_unprotect_agree(
+    which: str,
+    inner: tuple[int, str, str, int, bytes],
+    length_delta: int,
+    first_byte: int | None,
+    pad_len: int,
+    bad_pad: bool,
+    nh: int | None,
+    tfc: bytes,
+) -> None:
+    """Authentic packets with valid and subtly broken inner headers, padding, trailers and
+    selectors: the inlined path must return the same packet or drop for the same reason."""
+    version, src, dst, proto, payload = inner
+    if (":" in src) != (version == 6):
+        src = "10.2.0.7" if version == 4 else "fd00:2::7"
+    if (":" in dst) != (version == 6):
+        dst = "10.1.0.5" if version == 4 else "fd00:1::5"
+    l4 = UDP(sport=5000, dport=53) if proto == 17 else TCP(sport=5000, dport=53) if proto == 6 else Raw(b"")
+    ip = IP(src=src, dst=dst) if version == 4 else IPv6(src=src, dst=dst)
+    pkt = bytearray(bytes(ip / l4 / Raw(payload)))
+    if length_delta:
+        field = (2, 4) if version == 4 else (4, 6)
+        value = int.from_bytes(pkt[field[0] : field[1]], "big") + length_delta
+        pkt[field[0] : field[1]] = (value % 0x10000).to_bytes(2, "big")
+    if first_byte is not None:
+        # IPv4: odd IHL/version values; IPv6: other traffic-class nibbles, or a v4 first byte
+        pkt[0] = first_byte if version == 4 else 0x45 if first_byte == 0x60 else 0x60 | (first_byte & 0x0F)
+    padding = bytearray(range(1, pad_len + 1))
+    if bad_pad and padding:
+        padding[-1] ^= 0xFF
+    trailer_nh = nh if nh is not None else (4 if version == 4 else 41)
+    plain = bytes(pkt) + tfc + bytes(padding) + bytes((pad_len, trailer_nh))
+    p = params(**FAST_TS[which])  # type: ignore[arg-type]
+    esp = aead_forge(p, 1, plain)
+    fast_sa, generic_sa = InboundSa(p), _generic(InboundSa(p))
+    assert fast_sa._fast is not None
+    result = _outcome(fast_sa, esp)
+    event(result if isinstance(result, DropReason) else "accepted")
+    assert result == _outcome(generic_sa, esp)
+    assert fast_sa.counters == generic_sa.counters
+    assert fast_sa.replay == generic_sa.replay
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    window=st.sampled_from([0, 1, 64, 1024]),
+    start=st.integers(min_value=0, max_value=0xFFFFFFFF - 3000),
+    offsets=st.lists(st.integers(min_value=-1100, max_value=1100), min_size=1, max_size=40),
+    forged=st.sets(st.integers(min_value=0, max_value=39)),
+)
+def test_fast_replay_matches_generic(window: int, start: int, offsets: list[int], forged: set[int]) -> None:
+    """Reordered, duplicated, far-ahead and forged packets: the inlined replay handling (the
+    pre-check before the AEAD, the window moving only for authentic packets, RFC 4303 3.4.3)
+    gives the generic path's results packet by packet."""
+    p = params(replay_window=window)
+    out = OutboundSa(p)
+    fast_sa, generic_sa = InboundSa(p), _generic(InboundSa(p))
+    fast_sa.replay.top = generic_sa.replay.top = start
+    for i, off in enumerate(offsets):
+        seq = start + off
+        if not 0 <= seq <= 0xFFFFFFFF:
+            continue
+        out.seq = seq - 1 if seq else 0xFFFFFFFF  # protect() uses seq (0 only via a forged header)
+        if seq == 0:
+            esp = bytearray(OutboundSa(p).protect(INNER))
+            esp[4:8] = bytes(4)
+        else:
+            esp = bytearray(out.protect(INNER))
+        if i in forged:
+            esp[-1] ^= 1  # the tag no longer verifies
+        result = _outcome(fast_sa, bytes(esp))
+        event(result if isinstance(result, DropReason) else "accepted")
+        assert result == _outcome(generic_sa, bytes(esp))
+        assert fast_sa.replay == generic_sa.replay
+
+
+@settings(max_examples=150, deadline=None)
+@given(pkt=st.binary(max_size=80), version=st.sampled_from([4, 6, None]), seq=st.integers(0, 0xFFFFFFFF))
+def test_fast_and_generic_protect_agree(pkt: bytes, version: int | None, seq: int) -> None:
+    """Same bytes out (or the same drop) from the inlined and the generic protect."""
+    if version == 4:
+        pkt = bytes(IP(src="10.1.0.5", dst="10.2.0.7") / Raw(pkt))
+    elif version == 6:
+        pkt = bytes(IPv6(src="fd00:1::5", dst="fd00:2::7") / Raw(pkt))
+    fast, generic = OutboundSa(params()), OutboundSa(params())
+    generic._fast = None
+    assert fast._fast is not None
+    fast.seq = generic.seq = seq
+
+    def outcome(sa: OutboundSa) -> bytes | DropReason:
+        try:
+            return sa.protect(pkt)
+        except EspDrop as e:
+            return e.reason
+
+    assert outcome(fast) == outcome(generic)
+    assert fast.seq == generic.seq and fast.counters == generic.counters
