@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 
-SUBSYSTEMS = ("ike", "child", "esp", "net", "cfg", "dataplane")
+SUBSYSTEMS = ("ike", "child", "esp", "net", "cfg", "ctl")
 # strongSwan: -1 silent, 0 basic, 1 audit, 2 control, 3+ raw
 _NUMERIC = {-1: logging.CRITICAL + 10, 0: logging.WARNING, 1: logging.INFO, 2: logging.INFO, 3: logging.DEBUG,
             4: logging.DEBUG}

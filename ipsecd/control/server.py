@@ -30,7 +30,7 @@ from ipsecd.control.protocol import (
     Response,
 )
 
-log = logging.getLogger("ipsecd.control")
+log = logging.getLogger("ipsecd.ctl")
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750

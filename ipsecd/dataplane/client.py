@@ -45,7 +45,7 @@ from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 
-log = logging.getLogger("ipsecd.dataplane")
+log = logging.getLogger("ipsecd.esp")
 
 DEFAULT_TUN_MTU = 1400
 DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets

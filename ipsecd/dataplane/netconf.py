@@ -35,7 +35,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ipsecd.esp.spd import Action, Policy, Selector, range_to_prefixes
 
-log = logging.getLogger("ipsecd.dataplane")
+log = logging.getLogger("ipsecd.esp")
 
 FIB_RULE_INVERT = 2
 MAIN_TABLE = 254

@@ -57,7 +57,7 @@ from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
 from ipsecd.ratelimit import RateLimitedLogger
 
-log = logging.getLogger("ipsecd.dataplane")
+log = logging.getLogger("ipsecd.esp")
 
 MAX_PACKET = 65536
 _SPI = struct.Struct("!I")

@@ -217,6 +217,8 @@ class IkeSa:
         self.last_traffic_in = self.now
         self.created_at = self.now
         self.log = _SaLog(log, {"sa": self})
+        # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
+        self.child_log = _SaLog(logging.getLogger("ipsecd.child"), {"sa": self})
 
     # ------------------------------------------------------------------ API
     @property
@@ -313,7 +315,7 @@ class IkeSa:
         c = self.find_child(spi_in)
         if c is not None and c.state != "DELETING":
             c.expire_at = None
-            self.log.info("Child SA %s reached its hard lifetime: deleting it", c.event.child)
+            self.child_log.info("Child SA %s reached its hard lifetime: deleting it", c.event.child)
             self.enqueue_first([DeleteChildSa(spi_in, reason="hard lifetime expired")])
 
     def rekey(self) -> None:
@@ -409,7 +411,7 @@ class IkeSa:
             elif c.rekey_at is not None and now >= c.rekey_at:
                 c.rekey_at = None
                 if c.state == "INSTALLED":
-                    self.log.info("Child SA %s reached its soft lifetime", c.event.child)
+                    self.child_log.info("Child SA %s reached its soft lifetime", c.event.child)
                     self.rekey_child(c.spi_in)
         due = [d for d in self._delayed if d[0] <= now]
         for d in due:
@@ -483,7 +485,7 @@ class IkeSa:
         c = ChildSa(event, settings=settings or self.settings.child(event.child), established_at=self.now)
         self._arm_child(c)
         self.children.append(c)
-        self.log.info("Child SA %s %s: SPIs %s_i %s_o, %s, %s mode%s", event.child,
+        self.child_log.info("Child SA %s %s: SPIs %s_i %s_o, %s, %s mode%s", event.child,
                       "rekeyed" if event.rekeyed_spi_in else "established", event.spi_in.hex(),
                       event.spi_out.hex(), proposal_to_swanctl(event.proposal), event.mode,
                       ", UDP-encapsulated" if event.encap else "")
@@ -500,7 +502,7 @@ class IkeSa:
         self.children.remove(c)
         e = c.event
         in_use = any(o.event.reqid == e.reqid for o in self.children)
-        self.log.info("Child SA %s deleted%s: SPIs %s_i %s_o", e.child, f" ({reason})" if reason else "",
+        self.child_log.info("Child SA %s deleted%s: SPIs %s_i %s_o", e.child, f" ({reason})" if reason else "",
                       e.spi_in.hex(), e.spi_out.hex())
         self.emit(ChildSaDeleted(self.ike_sa_id, self.settings.name, e.child, e.reqid, e.spi_in, e.spi_out,
                                  reqid_in_use=in_use, reason=reason))

@@ -347,6 +347,6 @@ class ChildCreate:
     def _failed(self, sa: IkeSa, reason: str, child: ChildSettings | None = None) -> None:
         which = child or self.child
         name = which.name if which is not None else "?"
-        sa.log.warning("%s", reason)
+        sa.child_log.warning("%s", reason)
         sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, reason))
 
