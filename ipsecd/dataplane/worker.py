@@ -576,10 +576,9 @@ class Worker:
                     else:
                         dst = local_address([(level, ctype, cdata)])
                 if 0 < size < len(data):
-                    view = memoryview(data)
                     stats["udp_gro_batches"] = stats.get("udp_gro_batches", 0) + 1
                     for i in range(0, len(data), size):
-                        inbound(bytes(view[i : i + size]), addr, family, dst, True)
+                        inbound(data[i : i + size], addr, family, dst, True)  # bytes slice: one copy
                 else:
                     inbound(data, addr, family, dst, True)
             if got:
@@ -644,7 +643,10 @@ class Worker:
         except EspDrop as e:
             self.drops[e.reason] = self.drops.get(e.reason, 0) + 1
             return
-        self._write_tun(pkt)
+        try:  # _write_tun inlined: this runs once per received packet
+            os.write(self.tun_fd, pkt)
+        except OSError:
+            self._count_drop(Drop.TUN_WRITE)
 
     def _write_tun(self, pkt: bytes) -> None:
         try:
