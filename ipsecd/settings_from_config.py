@@ -86,6 +86,7 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         rekey_time=conn.rekey_time,
         over_time=conn.over_time,
         rand_time=conn.rand_time,
+        reauth_time=conn.reauth_time,
         dpd_delay=conn.dpd_delay,
         dpd_timeout=conn.dpd_timeout,
         # swanctl puts dpd_action on the child; the IKE SA uses the first child's

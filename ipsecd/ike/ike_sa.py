@@ -187,6 +187,9 @@ class IkeSa:
     rekey_at: float | None = None  # IKE SA soft lifetime: start a rekey
     hard_at: float | None = None  # IKE SA hard lifetime (rekey_time + over_time): delete
     rekeyed_from: int | None = None  # the IKE SA this one replaced
+    reauth_at: float | None = None  # reauth_time reached: the manager builds a replacement IKE SA
+    reauth_due: bool = False  # set by the timer, consumed by the manager
+    reauth_of: int | None = None  # this IKE SA reauthenticates that one, deleted once we are complete
     successor: IkeSa | None = field(default=None, repr=False)  # the IKE SA that replaced this one
     # RFC 7296 2.8.1: old inbound SPI -> (Ni, Nr) of the peer's rekey we answered while ours was in flight
     rekey_collisions: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
@@ -325,6 +328,11 @@ class IkeSa:
             self.rekey_at = None
             self.enqueue([IkeRekey()])
 
+    @property
+    def idle(self) -> bool:
+        """No exchange in flight or queued: every Child SA asked for has its answer."""
+        return self._outstanding is None and not self._queue and not self._delayed
+
     def send_liveness(self) -> None:
         self.enqueue([Liveness()])
 
@@ -376,7 +384,7 @@ class IkeSa:
         if self.state in (IkeState.CREATED, IkeState.CONNECTING) and not self.initiator:
             timers.append(self.last_received + HALF_OPEN_TIMEOUT)
         if self.state == IkeState.ESTABLISHED:
-            timers += [t for t in (self.rekey_at, self.hard_at, self._dpd_at()) if t is not None]
+            timers += [t for t in (self.rekey_at, self.hard_at, self.reauth_at, self._dpd_at()) if t is not None]
             for c in self.children:
                 timers += [t for t in (c.rekey_at, c.expire_at) if t is not None]
             timers += [at for at, _ in self._delayed]
@@ -405,6 +413,9 @@ class IkeSa:
             return
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey()
+        if self.reauth_at is not None and now >= self.reauth_at:
+            self.reauth_at = None
+            self.reauth_due = True
         for c in list(self.children):
             if c.expire_at is not None and now >= c.expire_at:
                 self.expire_child(c.spi_in, hard=True)
@@ -548,6 +559,7 @@ class IkeSa:
         new.state = IkeState.ESTABLISHED
         new.established_at = self.now
         new.last_traffic_in = self.last_traffic_in
+        new.reauth_at = self.reauth_at
         new._arm_ike()
         new.log.info("IKE SA established by rekeying IKE SA %d: %s", self.ike_sa_id, proposal_to_swanctl(proposal))
         self.spawned.append(new)
@@ -631,6 +643,10 @@ class IkeSa:
             self.rekey_at = self.now + max(s.rekey_time - self._jitter(s.rand_time), 0.0)
             if s.over_time > 0:
                 self.hard_at = self.now + s.rekey_time + s.over_time
+        if s.reauth_time > 0 and self.reauth_at is None:
+            # RFC 7296 2.8 reauthentication: a fresh IKE_SA_INIT/IKE_AUTH, not a rekey; a rekeyed
+            # IKE SA inherits its predecessor's deadline, or rekeys would postpone it forever
+            self.reauth_at = self.now + max(s.reauth_time - self._jitter(s.rand_time), 0.0)
 
     def _arm_child(self, c: ChildSa) -> None:
         s = c.settings

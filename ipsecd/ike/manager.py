@@ -244,6 +244,47 @@ class IkeManager:
             if t is not None and t <= now:
                 sa.handle_timer(now)
                 self._collect(sa)
+            if sa.reauth_due:
+                sa.reauth_due = False
+                self.reauthenticate(sa.ike_sa_id, now)
+
+    def reauthenticate(self, ike_sa_id: int, now: float) -> IkeSa | None:
+        """Make-before-break reauthentication (RFC 7296 2.8): a new IKE SA with full IKE_AUTH
+        and every Child SA again, under the same reqids; the old IKE SA is deleted once the
+        new one has all of them (see _finish_reauth), so traffic never lacks an SA."""
+        old = self.sas.get(ike_sa_id)
+        if old is None or old.state != IkeState.ESTABLISHED:
+            return None
+        conn = self.connection(old.settings.name) or old.settings
+        if not conn.remote_addrs and not old.initiator:
+            log.info("IKE SA %d (%s): reauth_time reached, but we cannot initiate to a %%any peer: "
+                     "the peer has to reauthenticate", old.ike_sa_id, conn.name)
+            return None
+        kids = []
+        for c in old.children:
+            cfg = conn.child(c.event.child)
+            if cfg is not None and cfg not in kids:
+                self.assign_reqid(conn.name, cfg.name, c.event.reqid)  # the new Child SAs keep the reqids
+                kids.append(cfg)
+        remote = (conn.remote_addrs[0], conn.remote_port) if conn.remote_addrs else (old.remote[0], 500)
+        new = IkeSa(conn, self._alloc_id(), True, (old.local[0], 500), remote, now, rng=self.rng,
+                    spi_allocator=self._alloc_spi, reqid_allocator=self._alloc_reqid, id_allocator=self._alloc_id,
+                    has_contact=self._has_contact, fixed_reqid=self.reqid_for, reauth_of=old.ike_sa_id)
+        old.log.info("reauthenticating: IKE SA %d will replace this one", new.ike_sa_id)
+        self._register(new)
+        new.initiate(kids)
+        self._collect(new)
+        return new
+
+    def _finish_reauth(self, sa: IkeSa) -> None:
+        """The replacement is up with all its Child SAs: now the old IKE SA may go."""
+        if sa.reauth_of is None or sa.state != IkeState.ESTABLISHED or not sa.idle:
+            return
+        old = self.sas.get(sa.reauth_of)
+        sa.reauth_of = None
+        if old is not None and old.state == IkeState.ESTABLISHED:
+            old.delete("reauthenticated")
+            self._collect(old)
 
     # -- lifecycle hooks for the owner: each acts on the SA and collects its output
     def owner_of(self, spi_in: bytes) -> IkeSa | None:
@@ -407,6 +448,7 @@ class IkeManager:
             self._events.append(ev)
         for new in spawned:
             self._collect(new)
+        self._finish_reauth(sa)
 
     def _initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA with us: drop ours silently.
@@ -451,7 +493,8 @@ class IkeManager:
         nor do two SAs we initiated ourselves (``up`` twice is the user's choice).
         """
         same = [o for o in self.sas.values()
-                if o.state == IkeState.ESTABLISHED and o.rekeyed_from is None and o.settings.name == sa.settings.name
+                if o.state == IkeState.ESTABLISHED and o.rekeyed_from is None and o.reauth_of is None
+                and o.settings.name == sa.settings.name
                 and o.remote[0] == sa.remote[0]]
         theirs = [o for o in same if not o.initiator]
         for o in same:

@@ -98,6 +98,7 @@ class IkeSettings:
     # RFC 7296 2.4 liveness: probe after dpd_delay seconds without inbound IKE or ESP
     # traffic (0 = never); dpd_timeout > 0 also caps how long one request may stay
     # unanswered (otherwise the retransmission schedule decides).
+    reauth_time: float = 0.0  # 0 = never; else a new IKE SA (make-before-break) replaces this one
     dpd_delay: float = 0.0
     dpd_timeout: float = 0.0
     dpd_action: str = "clear"
