@@ -15,6 +15,14 @@ Per run and setup: iperf3 TCP for ``--seconds`` (Gbit/s received, retransmits),
 iperf3 UDP with 64-byte payloads and no rate limit (packets/s the receiver got), and
 ping RTT from LAN to LAN; tunnels report the RTT they add over the bare veth.
 Keys and logs live in a temporary directory removed at exit (``--keep`` keeps it).
+
+``--rekey`` measures something else instead: packets lost while Child SAs are
+rekeyed.  Both ends of ipsecd <-> ipsecd, ipsecd <-> strongSwan and strongSwan <->
+strongSwan rekey their Child SA every ~3 s (so both roles and the odd collision
+occur) while ``ping -i 0.01`` runs for ``--rekey-seconds`` (default 60, about 20
+rekeys); it prints lost pings and rekeys per setup.  ping cannot keep a 10 ms pace
+on a busy 2-core machine, so the default takes about 5 minutes: not part of the
+default run.
 """
 
 from __future__ import annotations
@@ -36,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
-from tests.netns import Netns, Topology, why_no_netns
+from tests.netns import Netns, Topology, ping_counts, why_no_netns
 from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
 
 SETUPS = ("bare", "strongswan", "ipsecd", "wireguard")
+REKEY_SETUPS = ("ipsecd", "ipsecd-strongswan", "strongswan")
 IKE, ESP = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
 
 
@@ -220,6 +229,108 @@ def measure_rtt(setup: Setup, count: int = 20) -> None:
         setup.add("rtt_ms", float(m.group(1)))
 
 
+# ---------------------------------------------------------------- rekey loss
+# Child SA lifetimes for --rekey: rekey after 2-3 s on both ends, hard expiry far enough not to race it.
+REKEY_IPSECD = {"rekey_time": "3s", "rand_time": "1s", "life_time": "10s"}
+
+
+@dataclass
+class RekeySetup:
+    """A tunnel whose Child SA rekeys every few seconds, and how to count those rekeys."""
+
+    name: str
+    topo: Topology
+    rekeys: Callable[[], int]
+
+
+def _ipsecd_end(topo: Topology, side: str, workdir: Path, initiator: bool) -> Ipsecd:
+    ns, addr, peer = (topo.a, topo.a_addr, topo.b_addr) if side == "a" else (topo.b, topo.b_addr, topo.a_addr)
+    nets = [topo.a_lan_net, topo.b_lan_net] if side == "a" else [topo.b_lan_net, topo.a_lan_net]
+    other = "b" if side == "a" else "a"
+    return Ipsecd(ns, workdir / side, ipsecd_config(
+        local_addrs=[addr], remote_addrs=[peer] if initiator else "%any", local_id=f"{side}.test",
+        remote_id=f"{other}.test", proposals=[IKE],
+        children={"net": child_config(local_ts=[nets[0]], remote_ts=[nets[1]], esp_proposals=[ESP],
+                                      **REKEY_IPSECD)}))
+
+
+def _charon_end(topo: Topology, side: str, workdir: Path, initiator: bool) -> Charon:
+    ns, addr, peer = (topo.a, topo.a_addr, topo.b_addr) if side == "a" else (topo.b, topo.b_addr, topo.a_addr)
+    nets = [topo.a_lan_net, topo.b_lan_net] if side == "a" else [topo.b_lan_net, topo.a_lan_net]
+    other = "b" if side == "a" else "a"
+    return Charon(ns, workdir / side, ConnParams(
+        local_addrs=[addr], remote_addrs=[peer] if initiator else ["%any"], local_id=f"{side}.test",
+        remote_id=f"{other}.test", proposals=[IKE],
+        children=[ChildParams(local_ts=[nets[0]], remote_ts=[nets[1]], esp_proposals=[ESP],
+                              rekey_time="3s", life_time="10s", extra={"rand_time": "1s"})]))
+
+
+def _charon_rekeys(ch: Charon) -> Callable[[], int]:
+    """Distinct Child SAs charon logged minus the first; a rekeyed one is logged twice (inbound, outbound)."""
+    def count() -> int:
+        return max(0, len(set(re.findall(r"CHILD_SA net\{(\d+)\} established with SPIs", ch.log_text()))) - 1)
+    return count
+
+
+def _ipsecd_rekeys(d: Ipsecd) -> Callable[[], int]:
+    return lambda: d.log_count(r"Child SA net rekeyed")
+
+
+def setup_rekey(name: str, stack: contextlib.ExitStack, workdir: Path) -> RekeySetup:
+    """A (initiator) and B (responder) for one of REKEY_SETUPS, started and waited for."""
+    topo = _topology(stack)
+    a_is_ipsecd = name in ("ipsecd", "ipsecd-strongswan")
+    b_is_ipsecd = name == "ipsecd"
+    if (a_is_ipsecd or b_is_ipsecd) and why_no_ipsecd():
+        raise RuntimeError(why_no_ipsecd())
+    if not (a_is_ipsecd and b_is_ipsecd) and why_no_strongswan():
+        raise RuntimeError(why_no_strongswan())
+    b: Ipsecd | Charon = _ipsecd_end(topo, "b", workdir, False) if b_is_ipsecd else _charon_end(
+        topo, "b", workdir, False)
+    a: Ipsecd | Charon = _ipsecd_end(topo, "a", workdir, True) if a_is_ipsecd else _charon_end(
+        topo, "a", workdir, True)
+    for end in (b, a):
+        stack.callback(end.stop)
+        end.start()
+    if isinstance(a, Ipsecd):
+        a.up("peer")
+    else:
+        a.initiate("net")
+    b.wait_established(15, child="net")
+    counter = _ipsecd_rekeys(a) if isinstance(a, Ipsecd) else _charon_rekeys(a)
+    return RekeySetup(name, topo, counter)
+
+
+def measure_rekey_loss(rs: RekeySetup, seconds: int, workdir: Path) -> str:
+    """``ping -i 0.01`` through the tunnel for ``seconds``; one report line with loss and rekeys."""
+    count = seconds * 100
+    log = workdir / f"ping-{rs.name}.log"
+    before = rs.rekeys()
+    proc = rs.topo.a.popen(["ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "2",
+                            "-I", rs.topo.a_lan, rs.topo.b_lan], log)
+    proc.wait(timeout=seconds * 2 + 30)
+    sent, received = ping_counts(log.read_text())
+    rekeys = rs.rekeys() - before
+    return (f"  {rs.name:<18} lost {sent - received:>4} of {sent} pings "
+            f"({100 * (sent - received) / max(sent, 1):.2f} %) over {rekeys} rekeys")
+
+
+def run_rekey(wanted: list[str], seconds: int, workdir: Path) -> str:
+    """One setup at a time (a 2-core machine would otherwise measure contention), torn down after."""
+    lines = [f"rekey loss: Child SA rekey every 2-3 s at both ends, ping -i 0.01 for {seconds} s", ""]
+    for name in wanted:
+        sub = workdir / name
+        sub.mkdir()
+        print(f"[bench] rekey loss: {name}", file=sys.stderr)
+        try:
+            with contextlib.ExitStack() as stack:
+                lines.append(measure_rekey_loss(setup_rekey(name, stack, sub), seconds, sub))
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            lines.append(f"  {name:<18} skipped: {first}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- report
 def _fmt(values: list[float], scale: str) -> str:
     if not values:
@@ -269,9 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--seconds", type=int, default=10, help="seconds per iperf3 test (default 10)")
-    p.add_argument("--setups", default=",".join(SETUPS), help=f"comma list from {','.join(SETUPS)}")
+    p.add_argument("--setups", default=None,
+                   help=f"comma list from {','.join(SETUPS)} (default all); with --rekey from "
+                        f"{','.join(REKEY_SETUPS)}")
     p.add_argument("--no-udp", action="store_true", help="skip the 64-byte UDP packet-rate test")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    p.add_argument("--rekey", action="store_true",
+                   help=f"measure ping loss during Child SA rekeys instead (setups {','.join(REKEY_SETUPS)})")
+    p.add_argument("--rekey-seconds", type=int, default=60, help="ping duration per --rekey setup (default 60)")
     args = p.parse_args(argv)
     why = why_no_netns()
     if why:
@@ -281,7 +397,21 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"cannot run: {tool} not installed", file=sys.stderr)
             return 2
-    wanted = [s.strip() for s in args.setups.split(",") if s.strip()]
+    if args.rekey:
+        wanted = [s.strip() for s in (args.setups or ",".join(REKEY_SETUPS)).split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in REKEY_SETUPS]
+        if unknown:
+            p.error(f"unknown --rekey setup(s): {', '.join(unknown)} (from {','.join(REKEY_SETUPS)})")
+        workdir = Path(tempfile.mkdtemp(prefix="ipd-bench-"))
+        try:
+            print(run_rekey(wanted, args.rekey_seconds, workdir))
+        finally:
+            if args.keep:
+                print(f"work directory kept: {workdir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    wanted = [s.strip() for s in (args.setups or ",".join(SETUPS)).split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SETUP_FUNCS]
     if unknown:
         p.error(f"unknown setup(s): {', '.join(unknown)}")

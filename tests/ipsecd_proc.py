@@ -9,10 +9,13 @@ working directory at the project root, so the tree under test is what runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +147,21 @@ class Ipsecd:
             shutil.rmtree(self._short_dir, ignore_errors=True)
             self._short_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group: a crash, no Deletes sent, every SA forgotten.
+
+        The control socket file it leaves behind is removed so a later :meth:`start` on
+        this object waits for the new daemon's socket instead of finding the stale one.
+        """
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+
     def __enter__(self) -> Ipsecd:
         return self.start()
 
@@ -202,6 +220,11 @@ class Ipsecd:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_count(self, pattern: str) -> int:
+        """How many log lines match the regular expression ``pattern`` (e.g. rekeys seen so far)."""
+        rx = re.compile(pattern)
+        return sum(1 for line in self.log_text().splitlines() if rx.search(line))
 
     def log_tail(self, lines: int = 60) -> str:
         out = f"--- ipsecd log {self.log_path} (last {lines} lines) ---\n"

@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -179,6 +180,24 @@ def wait_listening(ns: Netns, port: int, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+_PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+
+
+def ping_counts(output: str) -> tuple[int, int]:
+    """(transmitted, received) from ping's summary line: loss must be counted, not inferred from the exit code."""
+    m = _PING_SUMMARY.search(output)
+    if m is None:
+        raise ValueError(f"no ping summary in: {output[-500:]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def iperf3_interval_bytes(result: IperfResult) -> list[int]:
+    """Bytes moved in each reporting interval (-i, 1 s by default): a stall shows as a zero."""
+    intervals = result.raw.get("intervals")
+    assert isinstance(intervals, list), result.raw.keys()
+    return [int(iv["sum"]["bytes"]) for iv in intervals]
+
+
 @dataclass
 class IperfResult:
     """What one iperf3 TCP run moved: the sender's and the receiver's byte counts."""
@@ -190,17 +209,20 @@ class IperfResult:
 
 
 def iperf3(server: Netns, server_addr: str, client: Netns, client_addr: str, seconds: int = 2,
-           port: int = 5201) -> IperfResult:
+           port: int = 5201, bitrate: str | None = None) -> IperfResult:
     """One iperf3 TCP run from ``client_addr`` (bound with -B) to ``server_addr``; raises on any error.
 
     The one-off server (-1) exits after the run, so nothing lingers; it is still
     started through :meth:`Netns.popen` so a hung run is killed with the namespace.
+    ``bitrate`` (iperf3 -b, e.g. "50M") keeps the stream below what the tunnel
+    carries, so other traffic measured alongside is not lost to plain congestion.
     """
     srv = server.popen(["iperf3", "-s", "-1", "-B", server_addr, "-p", str(port)])
     try:
         wait_listening(server, port)
+        rate = ["-b", bitrate] if bitrate else []
         res = client.run(["iperf3", "-c", server_addr, "-B", client_addr, "-p", str(port), "-t", str(seconds),
-                          "-J", "--connect-timeout", "3000"], check=False, timeout=seconds + 20)
+                          "-J", "--connect-timeout", "3000", *rate], check=False, timeout=seconds + 20)
         try:
             data = json.loads(res.stdout)
         except json.JSONDecodeError:
@@ -226,29 +248,35 @@ print(n, flush=True)
 """
 
 _TCP_SOURCE = """
-import socket, sys
+import socket, sys, time
 src, dst, port, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 c = socket.create_connection((dst, port), timeout=10, source_address=(src, 0))
-block = bytes(range(256)) * 256; sent = 0
+block = bytes(range(256)) * 256; sent = 0; t0 = time.monotonic()
 while sent < total:
     k = min(len(block), total - sent); c.sendall(block[:k]); sent += k
+    if rate:
+        time.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
 c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(sent, flush=True)
 """
 
 
 def tcp_transfer(server: Netns, server_addr: str, client: Netns, client_addr: str, nbytes: int,
-                 port: int = 5001, timeout: float = 30.0) -> int:
+                 port: int = 5001, timeout: float = 30.0, rate: float | None = None) -> int:
     """Send ``nbytes`` over one TCP connection from ``client_addr`` to ``server_addr``; return what arrived.
 
-    Plain Python sockets, so it needs no iperf3 and the byte count is exact.
+    Plain Python sockets, so it needs no iperf3 and the byte count is exact.  ``rate``
+    (bytes/s) paces the sender, e.g. so a volume lifetime is crossed while the
+    daemon is watching rather than within one of its check intervals.
     """
     py = sys.executable
     sink = subprocess.Popen(server.exec_argv([py, "-c", _TCP_SINK, server_addr, str(port)]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_listening(server, port)
-        client.run([py, "-c", _TCP_SOURCE, client_addr, server_addr, str(port), str(nbytes)], timeout=timeout)
+        pace = [str(rate)] if rate else []
+        client.run([py, "-c", _TCP_SOURCE, client_addr, server_addr, str(port), str(nbytes), *pace], timeout=timeout)
         out, err = sink.communicate(timeout=timeout)
         if sink.returncode != 0:
             raise CommandFailed(sink.returncode, sink.args, out, err)

@@ -15,10 +15,12 @@ Note for peers: kernel-libipsec fakes NAT detection, so charon always floats to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -390,6 +392,22 @@ class Charon:
         if self._short_dir:
             shutil.rmtree(self._short_dir, ignore_errors=True)
             self._short_dir = None
+
+    def kill(self) -> None:
+        """SIGKILL the process group: charon crashes, sends no Delete and forgets every SA.
+
+        Removes the vici socket and pid file it leaves behind, so :meth:`start` can run
+        a fresh charon from the same directory (as a restarted service would).
+        """
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            self.proc = None
+        for stale in (Path(self.vici_socket), self.run_dir / "charon.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
     def __enter__(self) -> Charon:
         return self.start()

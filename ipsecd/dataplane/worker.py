@@ -701,7 +701,7 @@ class Worker:
         for reqid, path in list(self.out.items()):
             sa = path.sa
             c = sa.counters
-            hit = _lifetime_hits(path.lifetime, c.bytes, c.packets)
+            hit = _lifetime_hits(path.lifetime, c.bytes, c.packets, path.soft_sent)
             if sa.seq >= sa.seq_limit:
                 hit.append(("hard", "seq"))
             elif sa.seq >= sa.seq_limit - _SEQ_SOFT_MARGIN:
@@ -720,7 +720,7 @@ class Worker:
             if sa_in is None:
                 continue
             c = sa_in.counters
-            for kind, what in _lifetime_hits(meta.lifetime, c.bytes, c.packets):
+            for kind, what in _lifetime_hits(meta.lifetime, c.bytes, c.packets, meta.soft_sent):
                 key = f"{kind}:{what}"
                 if key in meta.soft_sent:
                     continue
@@ -951,16 +951,17 @@ def _is_tcp_syn(pkt: bytes) -> bool:
     return off < n and bool(pkt[off] & _SYN)
 
 
-def _lifetime_hits(lt: m.Lifetime, nbytes: int, packets: int) -> list[tuple[str, str]]:
+def _lifetime_hits(lt: m.Lifetime, nbytes: int, packets: int, sent: set[str]) -> list[tuple[str, str]]:
+    """Limits crossed since the last check. A hard limit counts only once its soft event went out
+    at an earlier check: a flow fast enough to cross both between two checks still gets its rekey
+    started before the SA is cut (the hard limit is then late by at most one check interval)."""
     hits: list[tuple[str, str]] = []
-    if lt.hard_bytes and nbytes >= lt.hard_bytes:
-        hits.append(("hard", "bytes"))
-    elif lt.soft_bytes and nbytes >= lt.soft_bytes:
-        hits.append(("soft", "bytes"))
-    if lt.hard_packets and packets >= lt.hard_packets:
-        hits.append(("hard", "packets"))
-    elif lt.soft_packets and packets >= lt.soft_packets:
-        hits.append(("soft", "packets"))
+    for what, used, soft, hard in (("bytes", nbytes, lt.soft_bytes, lt.hard_bytes),
+                                   ("packets", packets, lt.soft_packets, lt.hard_packets)):
+        if hard and used >= hard and (not soft or f"soft:{what}" in sent):
+            hits.append(("hard", what))
+        elif soft and used >= soft:
+            hits.append(("soft", what))
     return hits
 
 
