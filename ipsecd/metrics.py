@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipsecd import __version__
+from ipsecd.control.server import stop_serving
 
 log = logging.getLogger("ipsecd.ctl")
 
@@ -212,16 +213,8 @@ class MetricsServer:
                  f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}")
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+        await stop_serving(self._server, self._clients)
+        self._server = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

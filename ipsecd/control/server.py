@@ -36,6 +36,23 @@ SOCKET_MODE = 0o660
 DIR_MODE = 0o750
 
 
+async def stop_serving(server: asyncio.AbstractServer | None, clients: set[asyncio.Task[None]]) -> None:
+    """Stop accepting, cancel every client task and wait for them, then for the server to close.
+
+    Shared by the control socket and the metrics endpoint: a client blocked in a read must
+    not keep the daemon from shutting down.
+    """
+    if server is not None:
+        server.close()
+    for task in list(clients):
+        task.cancel()
+    if clients:
+        await asyncio.gather(*clients, return_exceptions=True)
+    if server is not None:
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+
+
 class ControlServer:
     """Serves one ControlHandler on a Unix socket at ``path``."""
 
@@ -59,16 +76,8 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop accepting, end every client (including log followers), remove the socket file."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+        await stop_serving(self._server, self._clients)
+        self._server = None
         self._remove_own_socket()
 
     # ---- socket file handling

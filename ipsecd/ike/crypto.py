@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import cmac, hashes, hmac
@@ -467,52 +468,41 @@ def _ecp_encode(pub: ec.EllipticCurvePublicKey, coord: int) -> bytes:
     return nums.x.to_bytes(coord, "big") + nums.y.to_bytes(coord, "big")
 
 
-class _X25519Exchange(KeyExchange):
-    def __init__(self, group: KeId, private: bytes | None = None) -> None:
+@dataclass(frozen=True)
+class _Montgomery:
+    """What differs between Curve25519 and Curve448 in IKEv2 (RFC 8031): the key classes and length."""
+
+    name: str
+    priv: type[x25519.X25519PrivateKey] | type[x448.X448PrivateKey]
+    pub: type[x25519.X25519PublicKey] | type[x448.X448PublicKey]
+    length: int
+
+
+_CURVE25519 = _Montgomery("Curve25519", x25519.X25519PrivateKey, x25519.X25519PublicKey, _X25519_LEN)
+_CURVE448 = _Montgomery("Curve448", x448.X448PrivateKey, x448.X448PublicKey, _X448_LEN)
+
+
+class _MontgomeryExchange(KeyExchange):
+    def __init__(self, group: KeId, curve: _Montgomery, private: bytes | None = None) -> None:
         self.group = group
-        self._priv = (
-            x25519.X25519PrivateKey.generate()
-            if private is None
-            else x25519.X25519PrivateKey.from_private_bytes(private)
-        )
-        self._public = self._priv.public_key().public_bytes_raw()
+        self._curve = curve
+        self._priv: Any = curve.priv.generate() if private is None else curve.priv.from_private_bytes(private)
+        self._public: bytes = self._priv.public_key().public_bytes_raw()
 
     @property
     def public_key(self) -> bytes:
         return self._public
 
     def compute_shared(self, peer: bytes) -> bytes:
-        self._check_len(peer, _X25519_LEN)
+        c = self._curve
+        self._check_len(peer, c.length)
         try:
-            shared = self._priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+            shared: bytes = self._priv.exchange(c.pub.from_public_bytes(peer))
         except ValueError as exc:
             # The library refuses an all-zero result (a low-order peer point).
-            raise _invalid("Curve25519 shared secret is all zero") from exc
+            raise _invalid(f"{c.name} shared secret is all zero") from exc
         if shared == bytes(len(shared)):  # RFC 8031 2.3: MUST check for all-zero
-            raise _invalid("Curve25519 shared secret is all zero")
-        return shared
-
-
-class _X448Exchange(KeyExchange):
-    def __init__(self, group: KeId, private: bytes | None = None) -> None:
-        self.group = group
-        self._priv = (
-            x448.X448PrivateKey.generate() if private is None else x448.X448PrivateKey.from_private_bytes(private)
-        )
-        self._public = self._priv.public_key().public_bytes_raw()
-
-    @property
-    def public_key(self) -> bytes:
-        return self._public
-
-    def compute_shared(self, peer: bytes) -> bytes:
-        self._check_len(peer, _X448_LEN)
-        try:
-            shared = self._priv.exchange(x448.X448PublicKey.from_public_bytes(peer))
-        except ValueError as exc:
-            raise _invalid("Curve448 shared secret is all zero") from exc
-        if shared == bytes(len(shared)):  # RFC 8031 2.3
-            raise _invalid("Curve448 shared secret is all zero")
+            raise _invalid(f"{c.name} shared secret is all zero")
         return shared
 
 
@@ -576,9 +566,9 @@ def create_key_exchange(group: KeId | int) -> KeyExchange:
     if g in _ECP_CURVES:
         return _EcpExchange(g)
     if g == KeId.CURVE25519:
-        return _X25519Exchange(g)
+        return _MontgomeryExchange(g, _CURVE25519)
     if g == KeId.CURVE448:
-        return _X448Exchange(g)
+        return _MontgomeryExchange(g, _CURVE448)
     try:
         return _MlKemInitiator(g)
     except UnsupportedAlgorithm:  # pragma: no cover - depends on the OpenSSL build
@@ -611,9 +601,9 @@ def key_exchange_from_private(group: KeId | int, private: bytes) -> KeyExchange:
     if g in _ECP_CURVES:
         return _EcpExchange.from_private_value(g, int.from_bytes(private, "big"))
     if g == KeId.CURVE25519:
-        return _X25519Exchange(g, private)
+        return _MontgomeryExchange(g, _CURVE25519, private)
     if g == KeId.CURVE448:
-        return _X448Exchange(g, private)
+        return _MontgomeryExchange(g, _CURVE448, private)
     raise LocalProtocolError(f"{g.name} cannot be built from a fixed private value")
 
 
