@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.netns import Netns, kill_group
+from tests.netns import Netns, established_sa, kill_group, read_log
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUN_PATH_MAX = 107
@@ -202,24 +202,16 @@ class Ipsecd:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"ipsecd in {self.ns.name} died ({self.proc.returncode})\n{self.log_tail()}")
             sas = self.list_sas()
-            for ike in sas:
-                if ike.get("state") != "ESTABLISHED":
-                    continue
-                if child is None:
-                    return ike
-                for ch in ike.get("child_sas", []):
-                    if ch.get("state") == "INSTALLED" and (not child or ch.get("name") == child):
-                        return ike
+            found = established_sa(sas, child, "child_sas")
+            if found is not None:
+                return found
             time.sleep(0.1)
         raise AssertionError(f"ipsecd in {self.ns.name}: no established SA within {timeout}s: {sas}\n"
                              f"{self.log_tail()}")
 
     # -------------------------------------------------------- diagnostics
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_count(self, pattern: str) -> int:
         """How many log lines match the regular expression ``pattern`` (e.g. rekeys seen so far)."""

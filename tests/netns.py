@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import pytest
 
@@ -449,3 +449,28 @@ def nat_topology() -> Iterator[Topology]:
     """A -- NAT -- B with masquerading in the middle namespace."""
     with topology_or_skip("nat") as topo:
         yield topo
+
+
+def established_sa(sas: list[dict[str, Any]], child: str | None, children_key: str) -> dict[str, Any] | None:
+    """The first ESTABLISHED IKE SA in a list-sas result, or None.
+
+    ``child`` None: the IKE SA alone suffices; "" : any INSTALLED Child SA; a name: that child.
+    ``children_key`` is "child_sas" for ipsecctl's JSON, "child-sas" for swanctl's.
+    """
+    for ike in sas:
+        if ike.get("state") != "ESTABLISHED":
+            continue
+        if child is None:
+            return ike
+        for ch in ike.get(children_key, []):
+            if ch.get("state") == "INSTALLED" and (not child or ch.get("name") == child):
+                return ike
+    return None
+
+
+def read_log(path: Path) -> str:
+    """A log file's text, or "" if the process has not written it yet."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netns import Netns, kill_group
+from tests.netns import Netns, established_sa, kill_group, read_log
 
 CHARON = "/usr/lib/ipsec/charon"
 SWANCTL = "swanctl"
@@ -458,24 +458,16 @@ class Charon:
         sas: list[dict[str, Any]] = []
         while time.monotonic() < end:
             sas = self.list_sas()
-            for ike in sas:
-                if ike.get("state") != "ESTABLISHED":
-                    continue
-                if child is None:
-                    return ike
-                for ch in ike["child-sas"]:
-                    if ch.get("state") == "INSTALLED" and (not child or ch.get("name") == child):
-                        return ike
+            found = established_sa(sas, child, "child-sas")
+            if found is not None:
+                return found
             time.sleep(0.1)
         raise AssertionError(f"charon in {self.ns.name}: no established SA within {timeout}s: {sas}\n"
                              f"{self.log_tail()}")
 
     # -------------------------------------------------------- diagnostics
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 60) -> str:
         """Last lines of charon's file log (and its stdout), for failure messages."""
