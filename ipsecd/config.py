@@ -37,7 +37,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ipsecd.errors import ConfigError
-from ipsecd.ike.constants import IKE_PORT, IdType, IpProto
+from ipsecd.iana import IKE_PORT, IdType, IpProto
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network

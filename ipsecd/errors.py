@@ -7,7 +7,7 @@ NOTIFY to answer with, or is None when the RFC says to drop silently.
 
 from __future__ import annotations
 
-from ipsecd.ike.constants import NotifyType
+from ipsecd.iana import NotifyType
 
 
 class IpsecdError(Exception):

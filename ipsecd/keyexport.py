@@ -47,7 +47,7 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.ike.constants import EncrId, EsnId, IntegId, TransformType
+from ipsecd.iana import EncrId, EsnId, IntegId, TransformType
 from ipsecd.ike.crypto import encr_key_len, integ_key_len
 
 if TYPE_CHECKING:

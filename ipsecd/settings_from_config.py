@@ -12,7 +12,7 @@ from ipaddress import ip_address
 from ipsecd.config import Config, ConnectionConfig, Identity, TsConfig
 from ipsecd.esp.sa import Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
-from ipsecd.ike.constants import EncrId, EsnId, IntegId, ProtocolId, TransformType
+from ipsecd.iana import EncrId, EsnId, IntegId, ProtocolId, TransformType
 from ipsecd.ike.events import ChildSaEstablished
 from ipsecd.ike.identity import ANY, parse_identity
 from ipsecd.ike.payloads import TrafficSelector

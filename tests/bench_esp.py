@@ -15,7 +15,7 @@ from ipaddress import ip_address
 
 from ipsecd.esp.sa import InboundSa, Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector, Spd
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 SIZE = 1400
 

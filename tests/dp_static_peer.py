@@ -27,7 +27,7 @@ from ipaddress import ip_address, ip_network
 from ipsecd.dataplane.client import DataPlane, DataPlaneOptions
 from ipsecd.esp.sa import Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 SPI_TO_A = 0xA0000001
 SPI_TO_B = 0xB0000001

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 
-from ipsecd.ike.constants import ProtocolId
+from ipsecd.iana import ProtocolId
 from ipsecd.ike.events import Event
 from ipsecd.ike.identity import parse_identity
 from ipsecd.ike.manager import IkeManager

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.codec import decode_payloads, encode_payload_body, encode_payloads
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     AuthMethod,
     CertEncoding,
     CfgType,
@@ -28,6 +27,7 @@ from ipsecd.ike.constants import (
     TransformType,
     TsType,
 )
+from ipsecd.ike.codec import decode_payloads, encode_payload_body, encode_payloads
 from ipsecd.ike.payloads import (
     AuthPayload,
     CertPayload,

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     AuthMethod,
     EncrId,
     ExchangeType,

@@ -31,7 +31,7 @@ from ipsecd.config import (
     parse_volume,
 )
 from ipsecd.errors import ConfigError
-from ipsecd.ike.constants import IdType
+from ipsecd.iana import IdType
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXAMPLES = sorted(CONFIGS.glob("*.yaml"))

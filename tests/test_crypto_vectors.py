@@ -16,7 +16,7 @@ import cryptography_vectors
 import pytest
 
 from ipsecd.errors import LocalProtocolError, RemoteProtocolError
-from ipsecd.ike.constants import EncrId, IntegId, KeId, NotifyType, PrfId
+from ipsecd.iana import EncrId, IntegId, KeId, NotifyType, PrfId
 from ipsecd.ike.crypto import (
     Prf,
     accept_key_exchange,

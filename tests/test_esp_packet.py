@@ -29,7 +29,7 @@ from ipsecd.esp.packet import (
     tun_mtu,
 )
 from ipsecd.esp.sa import Mode, OutboundSa, SaParams
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 GW4 = IPv4Address("10.1.0.1")
 GW6 = IPv6Address("fd00:1::1")

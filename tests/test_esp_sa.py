@@ -23,7 +23,7 @@ from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, Mode, OutboundSa, SaCo
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Selector
 from ipsecd.esp.transform import AeadTransform, CbcHmacTransform
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 GCM_KEY = bytes(range(36))
 CBC_KEY = bytes(range(32))

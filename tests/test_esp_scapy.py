@@ -21,7 +21,7 @@ from scapy.packet import Packet, Raw
 
 from ipsecd.esp.sa import InboundSa, Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Selector
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 
 @dataclass(frozen=True)

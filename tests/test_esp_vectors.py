@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ipsecd.esp.sa import InboundSa, Mode, OutboundSa, SaParams
 from ipsecd.esp.transform import AeadTransform
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 # RFC 7634 Appendix A: KEYMAT = key (32) || salt (4); SPI 0x01020304, sequence number 5,
 # IV 0x1011121314151617; the plaintext is an 84-byte IPv4 ICMP echo request

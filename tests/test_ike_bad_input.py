@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ipsecd.ike.constants import ExchangeType, NotifyType
+from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.events import ChildSaEstablished
 from ipsecd.ike.message import decode_message
 from tests.ike_pair import A_ADDR, B_ADDR, make_pair

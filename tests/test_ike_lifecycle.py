@@ -10,7 +10,7 @@ from ipaddress import ip_network
 
 import pytest
 
-from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecd.ike.constants import ExchangeType, NotifyType
+from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaClosed, IkeSaEstablished
 from ipsecd.ike.ike_sa import IkeState
 from ipsecd.ike.message import decode_header, decode_message

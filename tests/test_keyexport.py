@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd.ike.constants import EncrId, EsnId, IntegId, ProtocolId, TransformType
+from ipsecd.iana import EncrId, EsnId, IntegId, ProtocolId, TransformType
 from ipsecd.ike.events import ChildSaEstablished
 from ipsecd.ike.keymat import ChildKeys, IkeKeys
 from ipsecd.ike.payloads import Proposal, Transform
@@ -286,7 +286,7 @@ def _tshark_knows(tmp_path: Path, table: str, line: str) -> bool:
 )
 def test_tshark_decrypts_ike_with_the_exported_table(tmp_path: Path, encr: EncrId, bits: int, integ: IntegId | None,
                                                      elen: int, alen: int) -> None:
-    from ipsecd.ike.constants import ExchangeType, IdType, PayloadType
+    from ipsecd.iana import ExchangeType, IdType, PayloadType
     from ipsecd.ike.message import Message, encode_message
     from ipsecd.ike.payloads import IdPayload
     from ipsecd.ike.sk import make_sk_cipher

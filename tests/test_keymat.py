@@ -11,7 +11,7 @@ import hmac
 import pytest
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.ike.constants import ProtocolId, TransformType
+from ipsecd.iana import ProtocolId, TransformType
 from ipsecd.ike.crypto import Prf, prf_plus
 from ipsecd.ike.keymat import (
     KEY_PAD,

@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsecd.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
-from ipsecd.ike.codec import encode_payloads
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     AuthMethod,
     CertEncoding,
     CfgType,
@@ -29,6 +28,7 @@ from ipsecd.ike.constants import (
     TransformType,
     TsType,
 )
+from ipsecd.ike.codec import encode_payloads
 from ipsecd.ike.message import (
     IkeHeader,
     Message,

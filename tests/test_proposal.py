@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecd.ike.constants import EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType
+from ipsecd.iana import EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType
 from ipsecd.ike.payloads import Proposal, Transform
 from ipsecd.ike.proposal import (
     DEFAULT_ESP_PROPOSALS,

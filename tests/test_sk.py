@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsecd.errors import IntegrityError, LocalProtocolError
-from ipsecd.ike.constants import EncrId, IntegId, ProtocolId
+from ipsecd.iana import EncrId, IntegId, ProtocolId
 from ipsecd.ike.crypto import encr_key_len, integ_key_len
 from ipsecd.ike.keymat import derive_ike_keys
 from ipsecd.ike.proposal import parse_proposal

@@ -6,7 +6,7 @@ import logging
 import socket
 from ipaddress import ip_address
 
-from ipsecd.ike.constants import IdType, TsType
+from ipsecd.iana import IdType, TsType
 from ipsecd.ike.identity import identity_from_payload, parse_identity
 from ipsecd.ike.payloads import TrafficSelector
 from ipsecd.ike.ts import all_within, intersect, narrow, ts_to_str

@@ -26,7 +26,7 @@ from ipsecd.dataplane.client import trap_policies
 from ipsecd.dataplane.worker import Drop
 from ipsecd.esp.sa import DropReason
 from ipsecd.esp.spd import Selector
-from ipsecd.ike.constants import ExchangeType, PayloadType, ProtocolId, TsType
+from ipsecd.iana import ExchangeType, PayloadType, ProtocolId, TsType
 from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
 from ipsecd.ike.ike_sa import IkeSa, IkeState
 from ipsecd.ike.message import decode_header, decode_message

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address
 
-from ipsecd.ike.constants import IKE_PORT, NATT_PORT, NON_ESP_MARKER
+from ipsecd.iana import IKE_PORT, NATT_PORT, NON_ESP_MARKER
 
 log = logging.getLogger("ipsecd.net")
 

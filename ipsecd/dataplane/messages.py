@@ -303,7 +303,7 @@ _ALLOWED_MODULES = frozenset(
         __name__,
         "ipsecd.esp.sa",
         "ipsecd.esp.spd",
-        "ipsecd.ike.constants",
+        "ipsecd.iana",
         "ipaddress",
     }
 )

@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from ipsecd.esp.transform import ESP_HEADER_LEN, TRAILER_LEN, suite_spec
-from ipsecd.ike.constants import IpProto
+from ipsecd.iana import IpProto
 
 if TYPE_CHECKING:
     from ipsecd.esp.sa import SaParams

@@ -60,7 +60,7 @@ from ipsecd.esp.transform import (
     make_transform,
     suite_spec,
 )
-from ipsecd.ike.constants import EncrId, IntegId, IpProto
+from ipsecd.iana import EncrId, IntegId, IpProto
 
 SEQ_MAX_32 = 0xFFFFFFFF
 SEQ_MAX_64 = 0xFFFFFFFFFFFFFFFF

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.ike.constants import EncrId, IntegId
+from ipsecd.iana import EncrId, IntegId
 
 ESP_HEADER_LEN = 8  # SPI (4) + Sequence Number (4), RFC 4303 section 2
 TRAILER_LEN = 2  # Pad Length (1) + Next Header (1), RFC 4303 section 2.4 / 2.6

@@ -31,7 +31,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import TypeVar, cast
 
 from ipsecd.errors import LocalProtocolError, RemoteProtocolError
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     GENERIC_PAYLOAD_HEADER_LEN,
     AuthMethod,
     CertEncoding,

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x2551
 from cryptography.hazmat.primitives.ciphers import algorithms
 
 from ipsecd.errors import LocalProtocolError, RemoteProtocolError
-from ipsecd.ike.constants import EncrId, IntegId, KeId, NotifyType, PrfId
+from ipsecd.iana import EncrId, IntegId, KeId, NotifyType, PrfId
 
 # --------------------------------------------------------------------------
 # PRF (RFC 7296 3.3.2, RFC 4868 for the SHA-2 HMACs, RFC 4615 for AES-CMAC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from ipsecd.ike.constants import IdType
+from ipsecd.iana import IdType
 from ipsecd.ike.settings import IkeIdentity
 
 ANY = IkeIdentity(None, b"", "%any")

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
-from ipsecd.ike.constants import NATT_PORT, ExchangeType, NotifyType, PayloadType, PrfId, ProtocolId, TransformType
+from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, PayloadType, PrfId, ProtocolId, TransformType
 from ipsecd.ike.crypto import KeyExchange, Prf
 from ipsecd.ike.events import (
     ChildSaDeleted,

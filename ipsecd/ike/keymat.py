@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.ike.constants import IntegId, TransformType
+from ipsecd.iana import IntegId, TransformType
 from ipsecd.ike.crypto import Prf, encr_key_len, integ_key_len, is_aead, prf_plus
 from ipsecd.ike.payloads import Proposal, Transform
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.constants import ExchangeType, NotifyType
+from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, Endpoint, Event, IkeSaClosed, IkeSaEstablished
 from ipsecd.ike.ike_sa import IkeSa, IkeState
 from ipsecd.ike.message import Message, decode_header, decode_message, encode_message

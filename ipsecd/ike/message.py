@@ -11,14 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from ipsecd.errors import LocalProtocolError, RemoteProtocolError
-from ipsecd.ike.codec import (
-    decode_payloads,
-    decode_raw,
-    encode_payloads,
-    generic_header,
-    split_payloads,
-)
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     GENERIC_PAYLOAD_HEADER_LEN,
     IKE_HEADER_LEN,
     IKE_VERSION,
@@ -27,6 +20,13 @@ from ipsecd.ike.constants import (
     NotifyType,
     PayloadType,
     is_error_notify,
+)
+from ipsecd.ike.codec import (
+    decode_payloads,
+    decode_raw,
+    encode_payloads,
+    generic_header,
+    split_payloads,
 )
 from ipsecd.ike.payloads import NotifyPayload, Payload, UnknownPayload
 

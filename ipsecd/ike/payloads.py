@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar, Union
 
-from ipsecd.ike.constants import (
+from ipsecd.iana import (
     AuthMethod,
     CertEncoding,
     CfgType,

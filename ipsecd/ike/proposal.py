@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ipsecd.ike.constants import EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType
+from ipsecd.iana import EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType
 from ipsecd.ike.crypto import encr_info, encr_supported, integ_supported, prf_supported, supported_groups
 from ipsecd.ike.payloads import Proposal, Transform
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from ipsecd.errors import IntegrityError, LocalProtocolError
-from ipsecd.ike.constants import EncrId, IntegId, TransformType
+from ipsecd.iana import EncrId, IntegId, TransformType
 from ipsecd.ike.crypto import EncrInfo, IntegInfo, encr_info, encr_key_len, integ_info, integ_key_len
 from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.payloads import Proposal

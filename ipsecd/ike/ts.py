@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
-from ipsecd.ike.constants import TsType
+from ipsecd.iana import TsType
 from ipsecd.ike.payloads import IPAddress, TrafficSelector
 from ipsecd.ike.settings import TsSpec
 

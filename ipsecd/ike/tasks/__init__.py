@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ipsecd.ike.constants import ExchangeType
+from ipsecd.iana import ExchangeType
 from ipsecd.ike.payloads import Payload
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.constants import ExchangeType, KeId, NotifyType, PayloadType, ProtocolId
+from ipsecd.iana import ExchangeType, KeId, NotifyType, PayloadType, ProtocolId
 from ipsecd.ike.crypto import KeyExchange, accept_key_exchange, create_key_exchange, supported_groups
 from ipsecd.ike.events import ChildSaEstablished, ChildSaFailed
 from ipsecd.ike.keymat import derive_child_keys

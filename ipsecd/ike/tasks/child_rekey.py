@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.payloads import NotifyPayload, Payload
 from ipsecd.ike.tasks import Skip, TaskFailed
 from ipsecd.ike.tasks.child_create import ChildCreate

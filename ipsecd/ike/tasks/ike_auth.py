@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
+from ipsecd.iana import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
 from ipsecd.ike.codec import encode_payload_body
-from ipsecd.ike.constants import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
 from ipsecd.ike.keymat import psk_auth_data, signed_octets, verify_psk_auth
 from ipsecd.ike.payloads import AuthPayload, IdPayload, NotifyPayload, Payload
 from ipsecd.ike.settings import IkeIdentity

@@ -8,7 +8,7 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.constants import ExchangeType, HashAlgorithm, KeId, NotifyType
+from ipsecd.iana import ExchangeType, HashAlgorithm, KeId, NotifyType
 from ipsecd.ike.crypto import accept_key_exchange, create_key_exchange, supported_groups
 from ipsecd.ike.keymat import derive_ike_keys
 from ipsecd.ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload

@@ -13,7 +13,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.ike.constants import ExchangeType, KeId, NotifyType, ProtocolId
+from ipsecd.iana import ExchangeType, KeId, NotifyType, ProtocolId
 from ipsecd.ike.crypto import KeyExchange, accept_key_exchange, create_key_exchange, supported_groups
 from ipsecd.ike.keymat import derive_ike_rekey_keys
 from ipsecd.ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ipsecd.ike.constants import ExchangeType, NotifyType, ProtocolId
+from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.payloads import DeletePayload, NotifyPayload, Payload
 from ipsecd.ike.tasks import Skip
 

@@ -1,4 +1,4 @@
-"""IKEv2 protocol numbers, named as in IANA's "Internet Key Exchange Version 2
+"""IKEv2, ESP and IP protocol numbers, named as in IANA's "Internet Key Exchange Version 2
 (IKEv2) Parameters" registries, so a name here can be looked up there verbatim.
 
 Every other module takes its numbers from here; none writes a bare protocol number.
