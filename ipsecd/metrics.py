@@ -27,6 +27,7 @@ from typing import Any
 
 from ipsecd import __version__
 from ipsecd.control.server import stop_serving
+from ipsecd.ike.events import Cause
 
 log = logging.getLogger("ipsecd.ctl")
 
@@ -58,29 +59,26 @@ class MetricsSnapshot:
     ike_counters: Mapping[str, int] = field(default_factory=dict)  # IkeManager.counters
     dataplane_drops: Mapping[str, int] = field(default_factory=dict)  # dataplane counters()["global"]["drops"]
     events: Mapping[str, int] = field(default_factory=dict)  # Daemon.event_counts
-    handshake_failures: Mapping[str, int] = field(default_factory=dict)  # classify_failure(reason) -> count
+    handshake_failures: Mapping[str, int] = field(default_factory=dict)  # failure_class(cause) -> count
     rekeys: Mapping[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
     version: str = __version__
 
 
-def classify_failure(reason: str) -> str:
-    """A fixed, small label value for a free-text failure reason (``IkeSaClosed.reason``, ``ChildSaFailed``).
+# The label values of ipsecd_handshake_failures_total: a fixed, small set (Prometheus labels
+# must not carry free text), one per class of Cause an SA failed with.
+_FAILURE_CLASSES = {
+    Cause.TIMEOUT: "timeout",
+    Cause.NO_PROPOSAL: "no_proposal_chosen",
+    Cause.TS_UNACCEPTABLE: "ts_unacceptable",
+    Cause.INVALID_KE: "invalid_ke",
+    Cause.AUTH_FAILED: "authentication_failed",
+    Cause.INSTALL_FAILED: "install_failed",
+}
 
-    Prometheus labels must not carry free text (every distinct sentence would
-    be a new time series), so the daemon counts failures under these classes.
-    """
-    r = reason.lower()
-    if "did not answer" in r or "timed out" in r or "retransmissions" in r:
-        return "timeout"
-    if "no_proposal_chosen" in r or "proposal" in r:
-        return "no_proposal_chosen"
-    if "ts_unacceptable" in r or "traffic selector" in r:
-        return "ts_unacceptable"
-    if "invalid_ke" in r or "key exchange" in r or "ke payload" in r:
-        return "invalid_ke"
-    if "authentication" in r or "psk" in r or "identit" in r or "identified as" in r or "eap" in r:
-        return "authentication_failed"
-    return "other"
+
+def failure_class(cause: Cause) -> str:
+    """The metrics label for a failed IKE or Child SA (``IkeSaClosed``/``ChildSaFailed`` cause)."""
+    return _FAILURE_CLASSES.get(cause, "other")
 
 
 # --------------------------------------------------------------------------- rendering

@@ -91,7 +91,7 @@ class Pair:
     def _move(self) -> bool:
         moved = False
         for src, dst, tag in ((self.a, self.b, "a->b"), (self.b, self.a, "b->a")):
-            for data, local, remote in src.datagrams_to_send():
+            for data, local, remote, _ in src.datagrams_to_send():
                 moved = True
                 idx = len(self.sent)
                 self.sent.append((tag, data))

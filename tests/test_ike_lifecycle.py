@@ -12,6 +12,7 @@ import pytest
 
 from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.events import (
+    Cause,
     ChildSaDeleted,
     ChildSaEstablished,
     Event,
@@ -25,6 +26,7 @@ from ipsecd.ike.message import decode_header, decode_message
 from ipsecd.ike.payloads import KePayload, SaPayload
 from ipsecd.ike.proposal import parse_proposals
 from ipsecd.ike.settings import ChildSettings, IkeSettings, TsSpec
+from ipsecd.shell.views import sa_info
 from tests.ike_pair import Pair, make_pair, make_settings, make_settings_b
 
 
@@ -141,8 +143,7 @@ def test_child_pfs_invalid_ke_payload_retry() -> None:
     pair = make_pair(sa, sb)
     ia, _ = _up(pair)
     start = len(pair.sent)
-    ia.rekey_child(ia.children[0].spi_in)
-    pair.a.collect(ia)
+    pair.a.rekey_child(ia.children[0].spi_in, pair.now)
     pair.run_until_quiet(30)
     ia, _ib = _consistent(pair)
     first_resp = decode_message(pair.sent[start + 1][1], ia.sk_in)
@@ -191,8 +192,8 @@ def test_rekey_responder_emits_new_sa_before_its_response_leaves() -> None:
     """The ordering contract: the events of a receive call include the new inbound SA."""
     pair = make_pair()
     ia, ib = _up(pair)
-    ia.rekey_child(ia.children[0].spi_in)
-    ((req, local, remote),) = ia.datagrams_to_send()
+    pair.a.rekey_child(ia.children[0].spi_in, pair.now)
+    ((req, local, remote, _),) = pair.a.datagrams_to_send()
     pair.b.receive_datagram(req, remote, local, pair.now)
     ev = pair.b.next_event()
     assert isinstance(ev, ChildSaEstablished) and ev.rekeyed_spi_in == ib.children[0].spi_in
@@ -218,10 +219,8 @@ def test_simultaneous_child_rekey_requests_cross(seed: int) -> None:
     pair = make_pair(seed=seed)
     ia, ib = _up(pair)
     old_a = ia.children[0].spi_in
-    ia.rekey_child(old_a)
-    ib.rekey_child(ib.children[0].spi_in)
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.rekey_child(old_a, pair.now)
+    pair.b.rekey_child(ib.children[0].spi_in, pair.now)
     pair.run_until_quiet(60)
     ia, ib = _consistent(pair)
     assert len(ia.children) == 1
@@ -240,10 +239,8 @@ def test_child_rekey_collision_one_request_late(late: str) -> None:
     start = len(pair.sent)
     tag = "a->b" if late == "a" else "b->a"
     pair.deliver = lambda i, d, t: not (i < start + 2 and t == tag)
-    ia.rekey_child(ia.children[0].spi_in)
-    ib.rekey_child(ib.children[0].spi_in)
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.rekey_child(ia.children[0].spi_in, pair.now)
+    pair.b.rekey_child(ib.children[0].spi_in, pair.now)
     pair.run_until_quiet(60)
     ia, ib = _consistent(pair)
     assert len(ia.children) == 1
@@ -253,13 +250,11 @@ def test_child_rekey_collision_one_request_late(late: str) -> None:
 def test_delete_crossing_rekey() -> None:
     pair = make_pair()
     ia, ib = _up(pair)
-    ia.delete_child(ia.children[0].spi_in)
-    ib.rekey_child(ib.children[0].spi_in)
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.delete_child(ia.children[0].spi_in, pair.now)
+    pair.b.rekey_child(ib.children[0].spi_in, pair.now)
     pair.run_until_quiet(60)
     ia, ib = _consistent(pair)
-    assert ia.children == [] and ib.children == []
+    assert not ia.children and not ib.children
     resp = [decode_message(d, ib.sk_in) for t, d in pair.sent
             if t == "a->b" and decode_header(d).exchange == ExchangeType.CREATE_CHILD_SA]
     assert resp and resp[0].notify(NotifyType.TEMPORARY_FAILURE) is not None
@@ -271,19 +266,17 @@ def test_delete_completes_before_late_rekey() -> None:
     ia, ib = _up(pair)
     start = len(pair.sent)
     pair.deliver = lambda i, d, t: not (t == "b->a" and i < start + 2)
-    ia.delete_child(ia.children[0].spi_in)
-    ib.rekey_child(ib.children[0].spi_in)
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.delete_child(ia.children[0].spi_in, pair.now)
+    pair.b.rekey_child(ib.children[0].spi_in, pair.now)
     pair.run_until_quiet(60)
     ia, ib = _consistent(pair)
-    assert ia.children == [] and ib.children == []
+    assert not ia.children and not ib.children
 
 
 def test_child_sa_not_found_recreates_child() -> None:
     pair = make_pair()
     ia, ib = _up(pair)
-    ib.children.clear()  # B lost the Child SA without telling A
+    ib.children.take_all()  # B lost the Child SA without telling A
     _rekey_child(pair, pair.a, ia, ia.children[0].spi_in)
     pair.run_until_quiet(30)
     ia, ib = _only(pair.a), _only(pair.b)
@@ -304,8 +297,7 @@ def test_ike_rekey_moves_children(by: str) -> None:
     kids_a = sorted(c.spi_in for c in ia.children)
     old_ids = (ia.ike_sa_id, ib.ike_sa_id)
     ike = ia if by == "a" else ib
-    ike.rekey()
-    (pair.a if by == "a" else pair.b).collect(ike)
+    (pair.a if by == "a" else pair.b).rekey_ike(ike.ike_sa_id, pair.now)
     pair.run_until_quiet(30)
     na, nb = _consistent(pair)
     assert (na.ike_sa_id, nb.ike_sa_id) != old_ids
@@ -334,8 +326,7 @@ def test_ike_rekey_message_loss_recovered(lost: int) -> None:
     ia, _ = _up(pair)
     start = len(pair.sent)
     pair.deliver = lambda i, d, tag: i != start + lost
-    ia.rekey()
-    pair.a.collect(ia)
+    pair.a.rekey_ike(ia.ike_sa_id, pair.now)
     pair.run_until_quiet(60)
     na, _ = _consistent(pair)
     assert na is not ia and len(na.children) == 1
@@ -346,10 +337,8 @@ def test_simultaneous_ike_rekey(seed: int) -> None:
     pair = make_pair(seed=seed)
     ia, ib = _up(pair)
     kid = ia.children[0].spi_in
-    ia.rekey()
-    ib.rekey()
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.rekey_ike(ia.ike_sa_id, pair.now)
+    pair.b.rekey_ike(ib.ike_sa_id, pair.now)
     pair.run_until_quiet(120)
     na, _nb = _consistent(pair)
     assert na.rekeyed_from is not None and [c.spi_in for c in na.children] == [kid]
@@ -363,10 +352,8 @@ def test_ike_rekey_collision_one_request_late(late: str) -> None:
     start = len(pair.sent)
     tag = "a->b" if late == "a" else "b->a"
     pair.deliver = lambda i, d, t: not (i < start + 2 and t == tag)
-    ia.rekey()
-    ib.rekey()
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+    pair.a.rekey_ike(ia.ike_sa_id, pair.now)
+    pair.b.rekey_ike(ib.ike_sa_id, pair.now)
     pair.run_until_quiet(120)
     na, _nb = _consistent(pair)
     assert len(na.children) == 1
@@ -378,13 +365,11 @@ def test_child_rekey_crossing_ike_rekey(first: str) -> None:
     pair = make_pair()
     ia, ib = _up(pair)
     if first == "child":
-        ia.rekey_child(ia.children[0].spi_in)
-        ib.rekey()
+        pair.a.rekey_child(ia.children[0].spi_in, pair.now)
+        pair.b.rekey_ike(ib.ike_sa_id, pair.now)
     else:
-        ia.rekey()
-        ib.rekey_child(ib.children[0].spi_in)
-    pair.a.collect(ia)
-    pair.b.collect(ib)
+        pair.a.rekey_ike(ia.ike_sa_id, pair.now)
+        pair.b.rekey_child(ib.children[0].spi_in, pair.now)
     pair.run_until_quiet(120)
     na, _nb = _consistent(pair)
     assert na.rekeyed_from is not None
@@ -400,7 +385,7 @@ def test_child_soft_lifetime_rekeys_and_hard_lifetime_deletes() -> None:
     ia, ib = _up(pair)
     t0 = pair.now
     first = ia.children[0].spi_in
-    st = ia.status()["child_sas"][0]  # type: ignore[index]
+    st = sa_info(ia)["child_sas"][0]  # type: ignore[index]
     assert 90 <= st["rekey_in"] <= 100 and st["expires_in"] == 110
     pair.run_until_quiet(100.5)
     ia, ib = _consistent(pair)
@@ -414,7 +399,7 @@ def test_child_soft_lifetime_rekeys_and_hard_lifetime_deletes() -> None:
     assert len(ia.children) == 1
     pair2.advance(10)
     ia, ib = _consistent(pair2)
-    assert ia.children == [] and ib.children == []
+    assert not ia.children and not ib.children
     (gone,) = _events(pair2.events_a, ChildSaDeleted)
     assert "hard lifetime" in gone.reason
 
@@ -432,13 +417,13 @@ def test_owner_triggered_rekey_and_expiry() -> None:
     assert pair.b.expire_child(ib.children[0].spi_in, hard=True, now=pair.now)
     pair.run_until_quiet(30)
     ia, ib = _consistent(pair)
-    assert ia.children == []
+    assert not ia.children
 
 
 def test_ike_lifetimes() -> None:
     pair = make_pair(*_settings(rekey_time=300.0, rand_time=30.0, over_time=60.0))
     ia, ib = _up(pair)
-    assert 270 <= ia.status()["rekey_in"] <= 300  # type: ignore[operator]
+    assert 270 <= sa_info(ia)["rekey_in"] <= 300  # type: ignore[operator]
     pair.run_until_quiet(301)
     na, _nb = _consistent(pair)
     assert na is not ia and na.rekeyed_from is not None and len(na.children) == 1
@@ -464,7 +449,7 @@ def test_dpd_closes_a_silent_peer() -> None:
     pair.deliver = lambda i, d, tag: False  # the peer vanished
     pair.run_until_quiet(200)
     (closed,) = _events(pair.events_a, IkeSaClosed)
-    assert closed.peer_dead and closed.dpd_action == "restart" and "peer dead" in closed.reason
+    assert closed.cause is Cause.PEER_DEAD and "peer dead" in closed.reason
     # dpd_delay + the retransmission schedule (timeouts 1, 2, 4, 8 seconds)
     assert pair.now - t0 <= 30 + 1 + 2 + 4 + 8 + 0.001
     assert any(isinstance(e, ChildSaDeleted) for e in pair.events_a)
@@ -492,7 +477,7 @@ def test_dpd_timeout_caps_the_wait() -> None:
     pair.deliver = lambda i, d, tag: False
     pair.run_until_quiet(100)
     (closed,) = _events(pair.events_a, IkeSaClosed)
-    assert closed.peer_dead and "dpd_timeout" in closed.reason
+    assert closed.cause is Cause.PEER_DEAD and "dpd_timeout" in closed.reason
     assert pair.now - t0 <= 15.001
 
 
@@ -507,7 +492,7 @@ def test_invalid_ike_spi_from_a_rebooted_peer() -> None:
     answer = [d for t, d in pair.sent if t == "b->a"][-1]
     assert decode_message(answer).notify(NotifyType.INVALID_IKE_SPI) is not None  # unprotected
     (closed,) = _events(pair.events_a, IkeSaClosed)
-    assert closed.peer_dead
+    assert closed.cause is Cause.PEER_DEAD
     # the hint cut the wait: dpd_delay + two short tries instead of the full back-off
     assert pair.now - t0 < 30 + 1 + 2 + 4
     assert ia.counters.get("invalid_ike_spi", 0) >= 1
@@ -562,7 +547,7 @@ def test_simultaneous_initiation_leaves_one_sa(seed: int, b_delay: float) -> Non
 def test_status_lists_lifetimes() -> None:
     pair = make_pair()
     ia, _ = _up(pair)
-    st = ia.status()
+    st = sa_info(ia)
     assert st["expires_in"] == 14400 + 1440
     (kid,) = st["child_sas"]  # type: ignore[misc]
     assert kid["expires_in"] == 3960 and 3240 <= kid["rekey_in"] <= 3600

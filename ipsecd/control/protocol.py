@@ -135,7 +135,8 @@ def format_endpoint(addr: object, port: int) -> str:
 
 class ChildSaInfo(TypedDict):
     name: str
-    state: str  # "INSTALLED", "REKEYING", ...
+    state: str  # "INSTALLED", "REKEYING", "REKEYED", "DELETING"
+    reqid: int
     spi_in: str  # format_spi()
     spi_out: str
     mode: str  # "tunnel" | "transport"
@@ -147,17 +148,28 @@ class ChildSaInfo(TypedDict):
     bytes_out: int
     packets_in: int
     packets_out: int
+    drops_in: dict[str, int]
+    rekey_in: int | None  # seconds until the soft lifetime (None: no time limit)
+    expires_in: int | None  # seconds until the hard lifetime
 
 
 class IkeSaInfo(TypedDict):
     name: str  # the connection name
-    state: str  # "CONNECTING", "ESTABLISHED", "REKEYING", "DELETING", ...
+    id: int  # the IKE SA's number (changes with a rekey)
+    state: str  # "CONNECTING", "ESTABLISHED", "REKEYED", "DELETING", ...
     local: str  # format_endpoint()
     remote: str
     local_id: str
     remote_id: str
     initiator: bool
+    spi_i: str  # 16 hex digits
+    spi_r: str
     proposal: str  # e.g. "AES_GCM_16-256/PRF_HMAC_SHA2_256/ECP_256"
+    nat_local: bool  # we are behind a NAT
+    nat_remote: bool  # the peer is behind a NAT
+    encap: bool
+    rekey_in: int | None
+    expires_in: int | None
     child_sas: list[ChildSaInfo]
 
 

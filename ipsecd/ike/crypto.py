@@ -582,11 +582,32 @@ def accept_key_exchange(group: KeId | int, peer: bytes) -> tuple[KeyExchange, by
     because the responder's value (the ciphertext) depends on the peer's key.
     """
     g = _group(group)
+    check_peer_value(g, peer)  # before we spend a key generation on it (RFC 7296 2.6 spirit)
     if g in _MLKEM_SIZES:
         kem = _MlKemResponder(g, peer)
         return kem, kem.compute_shared(peer)
     ke = create_key_exchange(g)
     return ke, ke.compute_shared(peer)
+
+
+def check_peer_value(group: KeId | int, peer: bytes) -> None:
+    """Cheap validity checks of a peer's KE data, done before any key generation of ours:
+    exact length (RFC 7296 3.4), MODP range (RFC 6989 2.1), ECP point on the curve
+    (RFC 6989 2.3). Raises RemoteProtocolError(INVALID_SYNTAX); ``compute_shared``
+    repeats what it needs, so this is only an early, cheap door."""
+    g = _group(group)
+    expected = ke_public_len(g)
+    if len(peer) != expected:
+        raise _invalid(f"{g.name} key exchange data is {len(peer)} octets, expected {expected}")
+    if g in _MODP_PRIMES_HEX:
+        y = int.from_bytes(peer, "big")
+        if y <= 1 or y >= int(_MODP_PRIMES_HEX[g], 16) - 1:
+            raise _invalid(f"degenerate {g.name} public value")
+    elif g in _ECP_CURVES:
+        try:
+            ec.EllipticCurvePublicKey.from_encoded_point(_ECP_CURVES[g][0](), b"\x04" + peer)
+        except ValueError as exc:
+            raise _invalid(f"{g.name} public value is not a point on the curve") from exc
 
 
 def key_exchange_from_private(group: KeId | int, private: bytes) -> KeyExchange:

@@ -1,15 +1,70 @@
-"""Events an IKE SA hands to its owner (the manager, then the daemon or a test)."""
+"""What the IKE engine hands to its owner, and what an IKE SA tells its manager.
+
+Two kinds of frozen dataclasses live here:
+
+* **Events** (the ``Event`` union) leave the engine through ``IkeManager.next_event()``
+  for the daemon or a test: SAs established, rekeyed, moved, failed or gone. Outcomes
+  are a :class:`Cause` (a small fixed set, usable as a metrics label and for restart
+  decisions); ``reason`` is the sentence for the log and never parsed.
+* **Signals** (the ``Signal`` union) go from one IKE SA to the manager that owns it
+  and stop there, as aioquic reports ``ConnectionIdIssued``/``Retired`` to its server:
+  an SPI to route by, an IKE SA born from a rekey, reauthentication due, a peer's
+  INITIAL_CONTACT. The manager acts on them; nothing polls the SA's fields.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, NamedTuple
 
 from ipsecd.ike.keymat import ChildKeys
 from ipsecd.ike.payloads import Proposal, TrafficSelector
 
+if TYPE_CHECKING:
+    from ipsecd.ike.ike_sa import IkeSa
+
 Endpoint = tuple[str, int]
 
 
+class Datagram(NamedTuple):
+    """One IKE message to send; ``ike_sa_id`` lets the owner hold it back per SA (see manager.py)."""
+
+    data: bytes
+    local: Endpoint
+    remote: Endpoint
+    ike_sa_id: int = 0
+
+
+class Cause(StrEnum):
+    """Why an IKE or Child SA went away or failed to come up."""
+
+    DELETED_LOCALLY = "deleted_locally"  # by request: down, reload, shutdown
+    DELETED_BY_PEER = "deleted_by_peer"
+    PEER_DEAD = "peer_dead"  # an established SA's peer stopped answering (DPD, retransmissions)
+    TIMEOUT = "timeout"  # never came up: no answer, or a half-open SA timed out
+    AUTH_FAILED = "auth_failed"
+    NO_PROPOSAL = "no_proposal"
+    INVALID_KE = "invalid_ke"
+    TS_UNACCEPTABLE = "ts_unacceptable"
+    PEER_REFUSED = "peer_refused"  # the peer answered with another error notify
+    PROTOCOL_ERROR = "protocol_error"  # the peer sent something invalid
+    CONFIG = "config"  # our own configuration cannot do it (no PSK for the IDs, no KE method)
+    REKEYED = "rekeyed"  # replaced by a rekey: nothing was lost
+    REAUTHENTICATED = "reauthenticated"
+    REPLACED = "replaced"  # a newer SA of the same identities took over (INITIAL_CONTACT, unique)
+    DUPLICATE = "duplicate"  # both ends initiated at once; this one was redundant
+    EXPIRED = "expired"  # hard lifetime reached
+    INSTALL_FAILED = "install_failed"  # the data plane refused the Child SA
+
+
+# Causes that mean "something went wrong" when an SA never came up (metrics, restarts).
+SETUP_FAILURES = frozenset({Cause.TIMEOUT, Cause.AUTH_FAILED, Cause.NO_PROPOSAL, Cause.INVALID_KE,
+                            Cause.TS_UNACCEPTABLE, Cause.PEER_REFUSED, Cause.PROTOCOL_ERROR, Cause.CONFIG,
+                            Cause.INSTALL_FAILED})
+
+
+# ------------------------------------------------------------------ events (to the owner)
 @dataclass(frozen=True)
 class IkeSaEstablished:
     ike_sa_id: int
@@ -18,19 +73,17 @@ class IkeSaEstablished:
 
 @dataclass(frozen=True)
 class IkeSaClosed:
-    """The IKE SA is gone; ``reason`` is a sentence a user can act on.
+    """The IKE SA is gone. ``cause`` says why (act on it); ``reason`` is for people.
 
-    ``peer_dead`` is set when the peer stopped answering (DPD or retransmission
-    exhaustion on an established SA); ``dpd_action`` then carries the connection's
-    configured reaction (clear | trap | restart) for the daemon to apply.
     ``replaced_by`` names the IKE SA that took over after a rekey: nothing was lost.
+    ``established`` tells whether it was ever up (a failed setup has it False).
     """
 
     ike_sa_id: int
     name: str
+    cause: Cause
     reason: str
-    peer_dead: bool = False
-    dpd_action: str = ""
+    established: bool = False
     replaced_by: int | None = None
 
 
@@ -46,6 +99,18 @@ class IkeSaRekeyed:
     name: str
     new_ike_sa_id: int
     child_spis_in: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class IkeSaMoved:
+    """RFC 7296 2.23: an authenticated request came from a new address or port (NAT
+    rebinding, or the move to port 4500): ESP of every Child SA must follow it."""
+
+    ike_sa_id: int
+    name: str
+    local: Endpoint
+    remote: Endpoint
+    child_reqids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +155,7 @@ class ChildSaFailed:
     ike_sa_id: int
     name: str
     child: str
+    cause: Cause
     reason: str
 
 
@@ -105,8 +171,43 @@ class ChildSaDeleted:
     reqid: int
     spi_in: bytes
     spi_out: bytes
-    reqid_in_use: bool = False
+    cause: Cause
     reason: str = ""
+    reqid_in_use: bool = False
 
 
-Event = IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | ChildSaEstablished | ChildSaFailed | ChildSaDeleted
+Event = (IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | IkeSaMoved | ChildSaEstablished | ChildSaFailed
+         | ChildSaDeleted)
+
+
+# ------------------------------------------------------------------ signals (SA -> its manager)
+@dataclass(frozen=True)
+class SpiAssigned:
+    """Our IKE SPI of this SA is known: route datagrams for it here."""
+
+    spi: bytes
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """An IKE SA born from a rekey (RFC 7296 1.3.2): the manager adopts it."""
+
+    sa: IkeSa
+
+
+@dataclass(frozen=True)
+class ReauthDue:
+    """reauth_time is reached: the manager builds the replacement (RFC 7296 2.8)."""
+
+
+@dataclass(frozen=True)
+class InitialContact:
+    """The authenticated peer sent INITIAL_CONTACT (RFC 7296 2.4)."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """No exchange of ours is queued or in flight (every Child SA asked for has its answer)."""
+
+
+Signal = SpiAssigned | Spawned | ReauthDue | InitialContact | Settled

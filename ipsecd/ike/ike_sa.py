@@ -1,59 +1,70 @@
-"""The sans-I/O IKE SA: message IDs, retransmission, the exchange queue and state.
+"""The sans-I/O IKE SA: SPIs, keys, identities, lifetimes and its Child SAs.
 
 Modelled on aioquic's connection object: the owner feeds datagrams and time in
 (``receive``, ``handle_timer``) and takes datagrams, a timer and events out
 (``datagrams_to_send``, ``get_timer``, ``next_event``). Nothing here touches a
-socket or reads the clock.
+socket or reads the clock. Message IDs, the request queue, retransmission and
+the cached response live in exchanges.py (strongSwan: ike_sa.c vs task_manager_v2.c);
+each job is a task in tasks/. What the SA tells its manager (not the owner) leaves
+through ``next_signal()`` (events.Signal).
+
+Ordering contract for the owner: everything an exchange produces is queued while
+``receive``/``handle_timer`` runs. A responder that installs a Child SA (new or
+rekeyed) emits its ChildSaEstablished in the same call that queues the response;
+the owner must drain ``next_event()`` and install the inbound SA before it sends
+the datagrams of that call, so the peer's first ESP packet on the new SA never
+beats the SA into the data plane (RFC 7296 2.8).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
-from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, PayloadType, PrfId, ProtocolId, TransformType
-from ipsecd.ike.crypto import KeyExchange, Prf
+from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
+from ipsecd.ike import lifetimes
+from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
+from ipsecd.ike.context import EngineContext
+from ipsecd.ike.crypto import Prf
 from ipsecd.ike.events import (
+    Cause,
     ChildSaDeleted,
     ChildSaEstablished,
+    Datagram,
     Endpoint,
     Event,
     IkeSaClosed,
     IkeSaEstablished,
-    IkeSaRekeyed,
+    IkeSaMoved,
+    Settled,
+    Signal,
+    SpiAssigned,
 )
+from ipsecd.ike.exchanges import Exchanges
 from ipsecd.ike.keymat import IkeKeys
-from ipsecd.ike.message import Message, SkCipher, check_message, decode_message, encode_message
-from ipsecd.ike.payloads import NotifyPayload, Payload, Proposal, SaPayload
+from ipsecd.ike.message import SkCipher, check_message, decode_message
+from ipsecd.ike.payloads import Proposal
 from ipsecd.ike.proposal import proposal_to_swanctl
 from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings
-from ipsecd.ike.sk import make_sk_ciphers
-from ipsecd.ike.tasks import Retry, Skip, Task, TaskFailed
+from ipsecd.ike.state import IkeState, check_transition
+from ipsecd.ike.tasks import InitiatorTask, TaskKind
 from ipsecd.ike.tasks.child_create import ChildCreate
 from ipsecd.ike.tasks.child_rekey import ChildRekey
 from ipsecd.ike.tasks.ike_auth import IkeAuth
 from ipsecd.ike.tasks.ike_init import IkeInit
 from ipsecd.ike.tasks.ike_rekey import IkeRekey
-from ipsecd.ike.tasks.informational import (
-    DeleteChildSa,
-    DeleteIkeSa,
-    InformationalResponder,
-    Liveness,
-    TemporaryFailure,
-)
+from ipsecd.ike.tasks.informational import DeleteChildSa, DeleteIkeSa, Liveness
 from ipsecd.ike.ts import TriggerPacket
+from ipsecd.logsafe import safe
 
 log = logging.getLogger("ipsecd.ike")
+child_log = logging.getLogger("ipsecd.child")
 
 HALF_OPEN_TIMEOUT = 30.0  # responder: drop an SA whose IKE_AUTH never came
-DELETE_TIMEOUT = 10.0  # how long we wait for the answer to our Delete before closing anyway
 # RFC 7296 2.25: after TEMPORARY_FAILURE (or a refused rekey) wait before retrying:
 # RETRY_DELAY plus a random part up to RETRY_JITTER, so two peers do not collide again.
 RETRY_DELAY = 10.0
@@ -63,81 +74,17 @@ RETRY_JITTER = 5.0
 REKEYED_TIMEOUT = 60.0
 
 
-class IkeState(StrEnum):
-    CREATED = "CREATED"
-    CONNECTING = "CONNECTING"
-    ESTABLISHED = "ESTABLISHED"
-    REKEYED = "REKEYED"  # replaced by a rekey: no Child SAs left, waiting for the Delete
-    DELETING = "DELETING"
-    CLOSED = "CLOSED"
-
-
-@dataclass
-class ChildSa:
-    """A Child SA as the IKE SA knows it (the data plane holds the packet state).
-
-    ``state``: INSTALLED; REKEYING (our rekey request is in flight); REKEYED
-    (a successor exists, this one waits for its Delete); DELETING (our Delete
-    is in flight). ``rekey_at``/``expire_at`` are the soft and hard lifetimes.
-    """
-
-    event: ChildSaEstablished
-    state: str = "INSTALLED"
-    settings: ChildSettings | None = None
-    established_at: float = 0.0
-    rekey_at: float | None = None
-    expire_at: float | None = None
-
-    @property
-    def spi_in(self) -> bytes:
-        return self.event.spi_in
-
-    @property
-    def spi_out(self) -> bytes:
-        return self.event.spi_out
-
-
-@dataclass
-class _Outstanding:
-    """Our request in flight: kept for retransmission until its response arrives (RFC 7296 2.1)."""
-
-    message_id: int
-    exchange: ExchangeType
-    tasks: list[Task]
-    data: bytes
-    sent_at: float
-    tries: int = 0
-    deadline: float = 0.0
-
-
-@dataclass
-class _Cached:
-    message_id: int
-    data: bytes
-    remote: Endpoint
-    local: Endpoint
-
-
 class _SaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes every line with the connection name, IKE SA number and peer address."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        sa: Any = (self.extra or {})["sa"]
+        sa: IkeSa = (self.extra or {})["sa"]  # type: ignore[assignment]
         return f"[{sa.settings.name}|{sa.ike_sa_id}] {sa.remote[0]}: {msg}", kwargs
 
 
-@dataclass
+@dataclass(eq=False)
 class IkeSa:
-    """One IKE SA, both roles; see the module docstring for the sans-I/O contract.
-
-    Ordering contract for the owner: everything an exchange produces is queued
-    while ``receive``/``handle_timer`` runs. A responder that installs a Child SA
-    (new or rekeyed) emits its ChildSaEstablished in the same call that queues
-    the response; the owner must drain ``next_event()`` and install the inbound
-    SA before it sends the datagrams of that call (``datagrams_to_send()``), so
-    the peer's first ESP packet on the new SA never beats the SA into the kernel
-    or data plane (RFC 7296 2.8).
-    """
+    """One IKE SA, both roles; see the module docstring for the sans-I/O contract."""
 
     settings: IkeSettings
     ike_sa_id: int
@@ -145,85 +92,66 @@ class IkeSa:
     local: Endpoint
     remote: Endpoint
     now: float
-    rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
-    spi_allocator: Callable[[], bytes] | None = field(default=None, repr=False)
-    reqid_allocator: Callable[[], int] | None = field(default=None, repr=False)
+    ctx: EngineContext = field(default_factory=EngineContext, repr=False)
     candidates: Sequence[IkeSettings] = ()  # responder: connections this peer may turn out to be
-    id_allocator: Callable[[], int] | None = field(default=None, repr=False)  # ids of rekeyed IKE SAs
-    # does another IKE SA with this peer exist? (decides INITIAL_CONTACT; the manager knows)
-    has_contact: Callable[[IkeSa], bool] | None = field(default=None, repr=False)
-    # (connection, child) -> the reqid every Child SA of that child must carry, or None for a
-    # fresh one: a trap's queued packets and policies are keyed by it (the manager knows)
-    fixed_reqid: Callable[[str, str], int | None] | None = field(default=None, repr=False)
 
     state: IkeState = IkeState.CREATED
     spi_i: bytes = b""
     spi_r: bytes = bytes(8)
     nonce_i: bytes = b""
     nonce_r: bytes = b""
-    ke: KeyExchange | None = field(default=None, repr=False)
     keys: IkeKeys | None = field(default=None, repr=False)
     proposal: Proposal | None = None
     sk_out: SkCipher | None = field(default=None, repr=False)
     sk_in: SkCipher | None = field(default=None, repr=False)
     init_request: bytes = field(default=b"", repr=False)
     init_response: bytes = field(default=b"", repr=False)
-    cookie: bytes = b""
-    cookie_retries: int = 0
-    ke_retries: int = 0
     local_behind_nat: bool = False
     remote_behind_nat: bool = False
     remote_identity: IkeIdentity | None = None
-    initial_contact: bool = False
     fail_reason: str = ""
-    children: list[ChildSa] = field(default_factory=list)
+    children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0
     established_at: float | None = None
     last_received: float = 0.0
-    # Latest inbound ESP seen by the data plane; the owner updates it (note_inbound_traffic)
-    # so DPD does not probe a peer that is visibly sending.
+    # Latest inbound ESP seen by the data plane (note_inbound_traffic): DPD does not probe
+    # a peer that is visibly sending.
     last_traffic_in: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     rekey_at: float | None = None  # IKE SA soft lifetime: start a rekey
     hard_at: float | None = None  # IKE SA hard lifetime (rekey_time + over_time): delete
-    rekeyed_from: int | None = None  # the IKE SA this one replaced
     reauth_at: float | None = None  # reauth_time reached: the manager builds a replacement IKE SA
-    reauth_due: bool = False  # set by the timer, consumed by the manager
+    rekeyed_close_at: float | None = None  # REKEYED responder: close if the peer never deletes us
+    rekeyed_from: int | None = None  # the IKE SA this one replaced
     reauth_of: int | None = None  # this IKE SA reauthenticates that one, deleted once we are complete
-    successor: IkeSa | None = field(default=None, repr=False)  # the IKE SA that replaced this one
-    # RFC 7296 2.8.1: old inbound SPI -> (Ni, Nr) of the peer's rekey we answered while ours was in flight
-    rekey_collisions: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
-    rekeying_ike: IkeRekey | None = field(default=None, repr=False)  # our IKE rekey in flight
-    # RFC 7296 2.8.2: the peer's new IKE SA we answered while our own IKE rekey was in flight
-    pending_successor: IkeSa | None = field(default=None, repr=False)
-    spawned: list[IkeSa] = field(default_factory=list, repr=False)  # new IKE SAs for the manager to adopt
+    replaced_by: int | None = None  # the IKE SA that took our Child SAs after a rekey
+    closing: tuple[Cause, str] = (Cause.DELETED_LOCALLY, "deleted locally")  # why our Delete went out
 
-    _next_request_id: int = 0
-    _expected_request_id: int = 0
-    _outstanding: _Outstanding | None = None
-    _queue: deque[list[Task]] = field(default_factory=deque)
-    _delayed: list[tuple[float, list[Task]]] = field(default_factory=list, repr=False)
-    _cached_response: _Cached | None = None
-    _out: list[tuple[bytes, Endpoint, Endpoint]] = field(default_factory=list)
-    _events: deque[Event] = field(default_factory=deque)
-    _close_after_response: str | None = None
-    _reqid_counter: int = 0
+    exchanges: Exchanges = field(init=False, repr=False)
+    _events: deque[Event] = field(default_factory=deque, repr=False)
+    _signals: deque[Signal] = field(default_factory=deque, repr=False)
+    _close_after_response: tuple[Cause, str] | None = field(default=None, repr=False)
     _prf: Prf | None = field(default=None, repr=False)
-    _rekeyed_close_at: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.spi_i:
-            self.spi_i = self.rng(8) if self.initiator else b""
+        self.exchanges = Exchanges(self)
         if not self.candidates:
             self.candidates = (self.settings,)
-        self.last_received = self.now
-        self.last_traffic_in = self.now
-        self.created_at = self.now
-        self.log = _SaLog(log, {"sa": self})
-        # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
-        self.child_log = _SaLog(logging.getLogger("ipsecd.child"), {"sa": self})
+        if self.initiator and not self.spi_i:
+            self.spi_i = self.ctx.alloc_ike_spi()
+            self._signals.append(SpiAssigned(self.spi_i))
+        self.last_received = self.last_traffic_in = self.created_at = self.now
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ properties
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        return _SaLog(log, {"sa": self})
+
+    @property
+    def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
+        return _SaLog(child_log, {"sa": self})
+
     @property
     def our_spi(self) -> bytes:
         return self.spi_i if self.initiator else self.spi_r
@@ -246,67 +174,63 @@ class IkeSa:
         assert self.keys is not None
         return self.keys
 
+    @property
+    def idle(self) -> bool:
+        """No exchange of ours in flight or queued: every Child SA asked for has its answer."""
+        return self.exchanges.idle
+
+    def set_state(self, new: IkeState) -> None:
+        self.state = check_transition(self.state, new)
+
+    # ------------------------------------------------------------------ jobs the owner asks for
     def initiate(self, children: Sequence[ChildSettings] | None = None, *,
                  trigger: TriggerPacket | None = None) -> None:
         """Start IKE_SA_INIT, then IKE_AUTH with the first child; each further child
         follows in its own CREATE_CHILD_SA exchange (RFC 7296 1.3.1) once the IKE SA is up.
         ``trigger`` (an acquire's packet) goes first in the first child's selectors (RFC 7296 2.9)."""
         assert self.initiator and self.state == IkeState.CREATED
-        self.state = IkeState.CONNECTING
+        self.set_state(IkeState.CONNECTING)
         kids = list(self.settings.children if children is None else children)
-        self._queue.append([IkeInit()])
-        self._queue.append([IkeAuth(), ChildCreate(kids[0], trigger=trigger)] if kids else [IkeAuth()])
+        q = self.exchanges.queue
+        q.append([IkeInit()])
+        q.append([IkeAuth(), ChildCreate(kids[0], trigger=trigger)] if kids else [IkeAuth()])
         for kid in kids[1:]:
-            self._queue.append([ChildCreate(kid, exchange=ExchangeType.CREATE_CHILD_SA)])
-        self._send_next()
+            q.append([ChildCreate(kid, exchange=ExchangeType.CREATE_CHILD_SA)])
+        self.exchanges.send_next()
 
     def create_child(self, child: ChildSettings, *, trigger: TriggerPacket | None = None) -> None:
-        """Negotiate one more Child SA on this IKE SA (CREATE_CHILD_SA, RFC 7296 1.3.1).
-
-        Also accepted while our own IKE_SA_INIT/IKE_AUTH is still in flight: the exchange
-        then follows IKE_AUTH, as the extra children of ``initiate`` do.
-        """
+        """Negotiate one more Child SA (CREATE_CHILD_SA, RFC 7296 1.3.1); while our own
+        IKE_SA_INIT/IKE_AUTH is still in flight it follows IKE_AUTH."""
         task = ChildCreate(child, exchange=ExchangeType.CREATE_CHILD_SA, trigger=trigger)
         if self.state == IkeState.CONNECTING and self.initiator:
-            self._queue.append([task])
-            return
-        self.enqueue([task])
+            self.exchanges.queue.append([task])
+        else:
+            self.enqueue([task])
 
     def pending_child(self, child: str) -> bool:
-        """Is a CREATE of Child SA ``child`` queued, in flight or waiting for a retry here?
+        """Is a CREATE of Child SA ``child`` queued, in flight or waiting for a retry here?"""
+        return self.exchanges.pending(lambda t: t.kind is TaskKind.CHILD_CREATE and t.target == child)
 
-        The manager asks before acting on an acquire: one negotiation per trap at a time.
-        """
-        def creates(tasks: list[Task]) -> bool:
-            return any(isinstance(t, ChildCreate) and t.rekey_of is None and t.child is not None
-                       and t.child.name == child for t in tasks)
-
-        out = self._outstanding
-        return (out is not None and creates(out.tasks)) or any(creates(ts) for ts in self._queue) \
-            or any(creates(ts) for _at, ts in self._delayed)
-
-    def delete(self, reason: str = "deleted locally") -> None:
+    def delete(self, cause: Cause = Cause.DELETED_LOCALLY, reason: str = "deleted locally") -> None:
         """Close the IKE SA with a Delete; Child SAs go with it."""
         if self.state in (IkeState.CLOSED, IkeState.DELETING):
             return
         if self.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
-            self.close(reason)
+            self.close(cause, reason)
             return
-        self._queue.clear()
-        self._delayed.clear()
-        self._queue.append([DeleteIkeSa(reason)])
         # a request still in flight is abandoned: the Delete replaces it (its answer no longer matters)
-        self._outstanding = None
-        self.rekeying_ike = None
-        self._send_next()
+        self.exchanges.abandon()
+        self.closing = (cause, reason)
+        self.exchanges.add([DeleteIkeSa()])
 
-    def delete_child(self, spi_in: bytes) -> None:
-        self.enqueue([DeleteChildSa(spi_in)])
+    def delete_child(self, spi_in: bytes, cause: Cause = Cause.DELETED_LOCALLY, reason: str = "deleted locally"
+                     ) -> None:
+        self.enqueue([DeleteChildSa(spi_in, cause, reason)])
 
     def rekey_child(self, spi_in: bytes) -> None:
         """Rekey one Child SA now (soft lifetime reached: by time here, by bytes/packets via the owner)."""
-        c = self.find_child(spi_in)
-        if c is not None and c.state == "INSTALLED":
+        c = self.children.by_spi_in(spi_in)
+        if c is not None and c.state == ChildSaState.INSTALLED:
             c.rekey_at = None
             self.enqueue([ChildRekey(spi_in)])
 
@@ -315,23 +239,17 @@ class IkeSa:
         if not hard:
             self.rekey_child(spi_in)
             return
-        c = self.find_child(spi_in)
-        if c is not None and c.state != "DELETING":
+        c = self.children.by_spi_in(spi_in)
+        if c is not None and c.state != ChildSaState.DELETING:
             c.expire_at = None
-            self.child_log.info("Child SA %s reached its hard lifetime: deleting it", c.event.child)
-            self.enqueue_first([DeleteChildSa(spi_in, reason="hard lifetime expired")])
+            self.child_log.info("Child SA %s reached its hard lifetime: deleting it", c.name)
+            self.enqueue([DeleteChildSa(spi_in, Cause.EXPIRED, "hard lifetime expired")], first=True)
 
     def rekey(self) -> None:
         """Rekey the IKE SA now (RFC 7296 1.3.2)."""
-        if self.state == IkeState.ESTABLISHED and self.rekeying_ike is None \
-                and not any(isinstance(t, IkeRekey) for ts in self._queue for t in ts):
+        if self.state == IkeState.ESTABLISHED and not self.exchanges.pending(lambda t: t.kind is TaskKind.IKE_REKEY):
             self.rekey_at = None
             self.enqueue([IkeRekey()])
-
-    @property
-    def idle(self) -> bool:
-        """No exchange in flight or queued: every Child SA asked for has its answer."""
-        return self._outstanding is None and not self._queue and not self._delayed
 
     def send_liveness(self) -> None:
         self.enqueue([Liveness()])
@@ -340,6 +258,7 @@ class IkeSa:
         """The data plane saw ESP from the peer: it is alive, DPD can wait (RFC 7296 2.4)."""
         self.last_traffic_in = max(self.last_traffic_in, now)
 
+    # ------------------------------------------------------------------ the sans-I/O verbs
     def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         """Feed one datagram (without the non-ESP marker) addressed to this SA."""
         self.now = now
@@ -352,342 +271,183 @@ class IkeSa:
             msg = decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
             check_message(msg)
         except IntegrityError:
-            self._count("integrity")
+            self.count("integrity")
             self.log.debug("dropped a message whose integrity check failed")
             return
         except RemoteProtocolError as e:
-            self._count("malformed")
-            self.log.debug("dropped a malformed message: %s", e)
+            self.count("malformed")
+            self.log.debug("dropped a malformed message: %s", safe(e))
             if e.notify is not None and self.sk_in is not None and _is_request(data):
-                self._answer_error(data, e, local, remote)
+                self.exchanges.answer_error(data, e, local, remote)
+            return
+        if msg.is_initiator == self.initiator:
+            self.count("malformed")  # our own role's flag: a reflected or forged message
             return
         self.last_received = now
         if msg.is_response:
-            self._on_response(msg, data, local, remote)
+            self.exchanges.on_response(msg, data)
         else:
-            self._on_request(msg, data, local, remote)
+            self.exchanges.on_request(msg, data, local, remote)
+        self._settled()
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint, Endpoint]]:
-        """(data, local endpoint, remote endpoint); the transport adds the non-ESP marker on 4500."""
-        out, self._out = self._out, []
-        return out
+    def datagrams_to_send(self) -> list[Datagram]:
+        """(data, local endpoint, remote endpoint, id); the transport adds the non-ESP marker on 4500."""
+        out, self.exchanges.out = self.exchanges.out, []
+        return [Datagram(d, lo, re, self.ike_sa_id) for d, lo, re in out]
 
     def get_timer(self) -> float | None:
-        if self.state == IkeState.CLOSED:
+        st = self.state
+        if st == IkeState.CLOSED:
             return None
-        timers: list[float] = []
-        out = self._outstanding
-        if out is not None:
-            timers.append(out.deadline)
-            if self.settings.dpd_timeout > 0 and self.state == IkeState.ESTABLISHED:
-                timers.append(out.sent_at + self.settings.dpd_timeout)
-        if self.state in (IkeState.CREATED, IkeState.CONNECTING) and not self.initiator:
-            timers.append(self.last_received + HALF_OPEN_TIMEOUT)
-        if self.state == IkeState.ESTABLISHED:
-            timers += [t for t in (self.rekey_at, self.hard_at, self.reauth_at, self._dpd_at()) if t is not None]
-            for c in self.children:
-                timers += [t for t in (c.rekey_at, c.expire_at) if t is not None]
-            timers += [at for at, _ in self._delayed]
-        if self.state == IkeState.REKEYED and self._rekeyed_close_at is not None:
-            timers.append(self._rekeyed_close_at)
-        return min(timers) if timers else None
+        t = self.exchanges.next_deadline()
+        times = [] if t is None else [t]
+        if st in (IkeState.CREATED, IkeState.CONNECTING) and not self.initiator:
+            times.append(self.last_received + HALF_OPEN_TIMEOUT)
+        elif st == IkeState.ESTABLISHED:
+            times += lifetimes.deadlines(self)
+        elif st == IkeState.REKEYED and self.rekeyed_close_at is not None:
+            times.append(self.rekeyed_close_at)
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         self.now = now
-        if self.state == IkeState.CLOSED:
+        st = self.state
+        if st == IkeState.CLOSED:
             return
-        if self.state in (IkeState.CREATED, IkeState.CONNECTING) and not self.initiator \
+        if st in (IkeState.CREATED, IkeState.CONNECTING) and not self.initiator \
                 and now >= self.last_received + HALF_OPEN_TIMEOUT:
-            self.close("half-open IKE SA timed out waiting for IKE_AUTH")
+            self.close(Cause.TIMEOUT, "half-open IKE SA timed out waiting for IKE_AUTH")
             return
-        if self.state == IkeState.REKEYED and self._rekeyed_close_at is not None and now >= self._rekeyed_close_at:
-            self.close("rekeyed (the peer never deleted the old IKE SA)")
+        if st == IkeState.REKEYED and self.rekeyed_close_at is not None and now >= self.rekeyed_close_at:
+            self.close(Cause.REKEYED, "rekeyed (the peer never deleted the old IKE SA)")
             return
-        self._retransmit(now)
-        if self.state != IkeState.ESTABLISHED:
-            return
-        if self.hard_at is not None and now >= self.hard_at:
-            self.hard_at = None
-            self.log.info("IKE SA reached its hard lifetime (rekey_time + over_time): deleting it")
-            self.delete("IKE SA lifetime expired")
-            return
-        if self.rekey_at is not None and now >= self.rekey_at:
-            self.rekey()
-        if self.reauth_at is not None and now >= self.reauth_at:
-            self.reauth_at = None
-            self.reauth_due = True
-        for c in list(self.children):
-            if c.expire_at is not None and now >= c.expire_at:
-                self.expire_child(c.spi_in, hard=True)
-            elif c.rekey_at is not None and now >= c.rekey_at:
-                c.rekey_at = None
-                if c.state == "INSTALLED":
-                    self.child_log.info("Child SA %s reached its soft lifetime", c.event.child)
-                    self.rekey_child(c.spi_in)
-        due = [d for d in self._delayed if d[0] <= now]
-        for d in due:
-            self._delayed.remove(d)
-            self.enqueue(d[1])
-        dpd = self._dpd_at()
-        if dpd is not None and now >= dpd:
-            self.log.debug("no traffic from the peer for %.0fs: checking liveness", self.settings.dpd_delay)
-            self.send_liveness()
+        self.exchanges.retransmit(now)
+        if self.state == IkeState.ESTABLISHED:
+            lifetimes.on_timer(self, now)
+        self._settled()
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    # ------------------------------------------------- helpers used by tasks
+    def next_signal(self) -> Signal | None:
+        return self._signals.popleft() if self._signals else None
+
+    # ------------------------------------------------------------------ used by tasks
     def emit(self, event: Event) -> None:
         self._events.append(event)
 
-    def enqueue(self, tasks: list[Task]) -> None:
-        """Queue an exchange; it is sent when no request of ours is in flight (window size 1)."""
-        self._enqueue(tasks)
+    def signal(self, sig: Signal) -> None:
+        self._signals.append(sig)
 
-    def enqueue_first(self, tasks: list[Task]) -> None:
-        """Queue an exchange ahead of the others (deleting a replaced SA should not wait)."""
-        if self.state != IkeState.ESTABLISHED:
-            return
-        self._queue.appendleft(tasks)
-        if self._outstanding is None:
-            self._send_next()
+    def enqueue(self, tasks: list[InitiatorTask], *, first: bool = False) -> None:
+        """Queue an exchange; it is sent when no request of ours is in flight (window size 1).
+        ``first`` puts it ahead of the others (deleting a replaced SA should not wait)."""
+        if self.state == IkeState.ESTABLISHED:
+            self.exchanges.add(tasks, first=first)
 
-    def retry_later(self, tasks: list[Task], what: str) -> None:
+    def retry_later(self, tasks: list[InitiatorTask], what: str) -> None:
         """RFC 7296 2.25: do not retry at once; wait a randomised delay."""
-        delay = RETRY_DELAY + self._jitter(RETRY_JITTER)
+        delay = RETRY_DELAY + self.jitter(RETRY_JITTER)
         self.log.info("%s: retrying in %.1fs", what, delay)
-        self._delayed.append((self.now + delay, tasks))
+        self.exchanges.later(self.now + delay, tasks)
 
-    def alloc_spi(self) -> bytes:
-        if self.spi_allocator is not None:
-            return self.spi_allocator()
-        while True:
-            spi = self.rng(4)
-            if int.from_bytes(spi, "big") >= 256:  # SPIs 1..255 are reserved by IANA (RFC 4303 2.1)
-                return spi
+    def timeout(self, tries: int) -> float:
+        r = self.settings.retransmit
+        return float(r.timeout * (r.base ** tries))
+
+    def jitter(self, span: float) -> float:
+        """A random share of ``span`` from the context's rng (tests control it)."""
+        return 0.0 if span <= 0 else span * int.from_bytes(self.ctx.rng(4), "big") / 2**32
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def begin_responder(self, spi_i: bytes, local: Endpoint, remote: Endpoint) -> None:
+        """The peer's IKE_SA_INIT: take its SPI, choose ours (RFC 7296 2.6)."""
+        self.spi_i = spi_i
+        self.spi_r = self.ctx.alloc_ike_spi()
+        self.local, self.remote = local, remote
+        self.set_state(IkeState.CONNECTING)
+        self.signal(SpiAssigned(self.spi_r))
+
+    def peer_seen(self, local: Endpoint, remote: Endpoint) -> None:
+        """An authenticated request arrived from ``remote`` to ``local`` (RFC 7296 2.23).
+
+        Our own address always follows; the peer's only when we are not behind a NAT
+        ourselves (a host behind a NAT SHOULD NOT update: it would open a DoS), except
+        for the expected move from port 500 to 4500 of the same address.
+        """
+        if (local, remote) == (self.local, self.remote):
+            return
+        nat_switch = remote[0] == self.remote[0] and self.remote[1] != remote[1] and remote[1] == 4500
+        if not self.local_behind_nat or nat_switch or self.established_at is None:
+            self.remote = remote
+        self.local = local
+        if self.established_at is not None:
+            self.log.info("peer moved to %s[%d]", safe(remote[0]), remote[1])
+            self.emit(IkeSaMoved(self.ike_sa_id, self.settings.name, self.local, self.remote,
+                                 tuple(sorted({c.event.reqid for c in self.children}))))
+
+    def after_response(self) -> None:
+        if self._close_after_response is not None:
+            self.close(*self._close_after_response)
+
+    def close_after_response(self, cause: Cause, reason: str) -> None:
+        self._close_after_response = (cause, reason)
 
     def alloc_reqid(self, child: str | None = None) -> int:
-        """The reqid of a new Child SA: the fixed one of ``child`` if the owner set one."""
-        if child is not None and self.fixed_reqid is not None:
-            fixed = self.fixed_reqid(self.settings.name, child)
-            if fixed is not None:
-                return fixed
-        if self.reqid_allocator is not None:
-            return self.reqid_allocator()
-        self._reqid_counter += 1
-        return self._reqid_counter
+        return self.ctx.alloc_reqid(self.settings.name, child)
 
-    def find_child(self, spi_in: bytes) -> ChildSa | None:
-        for c in self.children:
-            if c.spi_in == spi_in:
-                return c
-        return None
-
-    def child_by_spi_out(self, spi_out: bytes) -> ChildSa | None:
-        for c in self.children:
-            if c.spi_out == spi_out:
-                return c
-        return None
-
-    def ike_rekey_in_progress(self) -> bool:
-        return self.rekeying_ike is not None or self.state != IkeState.ESTABLISHED
-
-    def add_child(self, event: ChildSaEstablished, settings: ChildSettings | None = None) -> None:
+    def add_child(self, event: ChildSaEstablished, settings: ChildSettings | None = None) -> ChildSa:
         c = ChildSa(event, settings=settings or self.settings.child(event.child), established_at=self.now)
-        self._arm_child(c)
-        self.children.append(c)
+        lifetimes.arm_child(self, c)
+        self.children.add(c)
         self.child_log.info("Child SA %s %s: SPIs %s_i %s_o, %s, %s mode%s", event.child,
-                      "rekeyed" if event.rekeyed_spi_in else "established", event.spi_in.hex(),
-                      event.spi_out.hex(), proposal_to_swanctl(event.proposal), event.mode,
-                      ", UDP-encapsulated" if event.encap else "")
+                            "rekeyed" if event.rekeyed_spi_in else "established", event.spi_in.hex(),
+                            event.spi_out.hex(), proposal_to_swanctl(event.proposal), event.mode,
+                            ", UDP-encapsulated" if event.encap else "")
         self.emit(event)
+        return c
 
-    def child_in_spi_for_out(self, spi_out: bytes) -> bytes | None:
-        c = self.child_by_spi_out(spi_out)
-        return c.spi_in if c is not None else None
-
-    def remove_child(self, spi_in: bytes, reason: str = "") -> None:
-        c = self.find_child(spi_in)
+    def remove_child(self, spi_in: bytes, cause: Cause, reason: str = "") -> None:
+        c = self.children.by_spi_in(spi_in)
         if c is None:
             return
         self.children.remove(c)
         e = c.event
-        in_use = any(o.event.reqid == e.reqid for o in self.children)
         self.child_log.info("Child SA %s deleted%s: SPIs %s_i %s_o", e.child, f" ({reason})" if reason else "",
-                      e.spi_in.hex(), e.spi_out.hex())
+                            e.spi_in.hex(), e.spi_out.hex())
         self.emit(ChildSaDeleted(self.ike_sa_id, self.settings.name, e.child, e.reqid, e.spi_in, e.spi_out,
-                                 reqid_in_use=in_use, reason=reason))
+                                 cause, reason, reqid_in_use=self.children.reqid_in_use(e.reqid)))
 
-    def begin_delete(self) -> None:
-        self.state = IkeState.DELETING
+    def establish(self) -> None:
+        """IKE_AUTH completed (RFC 7296 1.2): the IKE SA is up before any of its Child SAs."""
+        self.set_state(IkeState.ESTABLISHED)
+        self.established_at = self.now
+        lifetimes.arm_ike(self)
+        assert self.proposal is not None
+        self.log.info("IKE SA established: %s, %s === %s%s", proposal_to_swanctl(self.proposal),
+                      self.settings.local_id, safe(self.remote_identity), ", UDP-encapsulated" if self.encap else "")
+        self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name))
 
-    def close_after_response(self, reason: str) -> None:
-        self._close_after_response = reason
-
-    def close(self, reason: str, *, peer_dead: bool = False) -> None:
+    def close(self, cause: Cause, reason: str) -> None:
         if self.state == IkeState.CLOSED:
             return
-        pending = self.pending_successor
-        if pending is not None and pending.state == IkeState.ESTABLISHED and self.children:
-            # RFC 7296 2.8.2: the peer won a rekey collision and deleted this SA before our
-            # own rekey was answered: its new IKE SA takes the Child SAs
-            self.adopt_successor(pending, delete_old=False)
+        self.exchanges.abort_all()  # e.g. a rekey collision the peer won hands the Child SAs over
         for c in list(self.children):
-            self.remove_child(c.spi_in, reason=reason)
+            self.remove_child(c.spi_in, cause, reason)
         was_established = self.established_at is not None
         self.state = IkeState.CLOSED
-        self._outstanding = None
-        self._queue.clear()
-        self._delayed.clear()
-        successor = self.successor.ike_sa_id if self.successor is not None else None
-        (self.log.info if was_established or "deleted" in reason else self.log.warning)("IKE SA closed: %s", reason)
-        self.emit(IkeSaClosed(self.ike_sa_id, self.settings.name, reason, peer_dead=peer_dead,
-                              dpd_action=self.settings.dpd_action if peer_dead else "", replaced_by=successor))
+        self.fail_reason = self.fail_reason or reason
+        quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER)
+        (self.log.info if quiet else self.log.warning)("IKE SA closed: %s", reason)
+        self.emit(IkeSaClosed(self.ike_sa_id, self.settings.name, cause, reason, established=was_established,
+                              replaced_by=self.replaced_by))
 
-    def spawn_rekeyed(self, proposal: Proposal, keys: IkeKeys, *, initiator: bool, spi_i: bytes, spi_r: bytes,
-                      nonce_i: bytes, nonce_r: bytes) -> IkeSa:
-        """The new IKE SA of a rekey (RFC 7296 2.18): established at once, message IDs from 0,
-        the initiator of the rekey becoming its original initiator."""
-        new = IkeSa(self.settings, self.id_allocator() if self.id_allocator else self.ike_sa_id, initiator,
-                    self.local, self.remote, self.now, rng=self.rng, spi_allocator=self.spi_allocator,
-                    reqid_allocator=self.reqid_allocator, candidates=self.candidates, id_allocator=self.id_allocator,
-                    has_contact=self.has_contact, fixed_reqid=self.fixed_reqid,
-                    spi_i=spi_i, spi_r=spi_r, nonce_i=nonce_i, nonce_r=nonce_r, keys=keys, proposal=proposal,
-                    local_behind_nat=self.local_behind_nat, remote_behind_nat=self.remote_behind_nat,
-                    remote_identity=self.remote_identity, rekeyed_from=self.ike_sa_id)
-        new.sk_out, new.sk_in = make_sk_ciphers(proposal, keys, initiator)
-        new.state = IkeState.ESTABLISHED
-        new.established_at = self.now
-        new.last_traffic_in = self.last_traffic_in
-        new.reauth_at = self.reauth_at
-        new._arm_ike()
-        new.log.info("IKE SA established by rekeying IKE SA %d: %s", self.ike_sa_id, proposal_to_swanctl(proposal))
-        self.spawned.append(new)
-        return new
-
-    def adopt_successor(self, new: IkeSa, *, delete_old: bool) -> None:
-        """Hand the Child SAs and their pending work to ``new``; this SA is then only
-        waiting to be deleted (by us when ``delete_old``, otherwise by the peer)."""
-        self.pending_successor = None
-        self.successor = new
-        moved = [c for c in self.children]
-        self.children = []
-        for c in moved:
-            c.event = dataclasses.replace(c.event, ike_sa_id=new.ike_sa_id)
-            new.children.append(c)
-        for tasks in self._queue:
-            if not any(isinstance(t, (IkeRekey, Liveness, DeleteIkeSa)) for t in tasks):
-                new._queue.append(tasks)
-        self._queue.clear()
-        new._delayed += [d for d in self._delayed if not any(isinstance(t, IkeRekey) for t in d[1])]
-        self._delayed.clear()
-        new.rekey_collisions.update(self.rekey_collisions)
-        self.rekey_collisions.clear()
-        self.rekey_at = self.hard_at = None
-        self.state = IkeState.REKEYED
-        self.log.info("IKE SA rekeyed: %d Child SA(s) moved to IKE SA %d", len(moved), new.ike_sa_id)
-        self.emit(IkeSaRekeyed(self.ike_sa_id, self.settings.name, new.ike_sa_id,
-                               tuple(c.spi_in for c in moved)))
-        if delete_old:
-            self.delete("rekeyed")
-        else:
-            self._rekeyed_close_at = self.now + REKEYED_TIMEOUT
-        if new._outstanding is None:
-            new._send_next()
-
-    def status(self) -> dict[str, object]:
-        """The list-sas view of this IKE SA (schema in the README)."""
-        def ep(e: Endpoint) -> str:
-            return f"{e[0]}[{e[1]}]"
-
-        def left(t: float | None) -> int | None:
-            return None if t is None else max(int(t - self.now), 0)
-        return {
-            "name": self.settings.name,
-            "id": self.ike_sa_id,
-            "state": self.state.value,
-            "local": ep(self.local),
-            "remote": ep(self.remote),
-            "local_id": str(self.settings.local_id),
-            "remote_id": str(self.remote_identity or self.settings.remote_id),
-            "initiator": self.initiator,
-            "spi_i": self.spi_i.hex(),
-            "spi_r": self.spi_r.hex(),
-            "proposal": proposal_to_swanctl(self.proposal) if self.proposal else "",
-            "nat_local": self.local_behind_nat,
-            "nat_remote": self.remote_behind_nat,
-            "encap": self.encap,
-            "rekey_in": left(self.rekey_at),
-            "expires_in": left(self.hard_at),
-            "child_sas": [
-                {"name": c.event.child, "state": c.state, "reqid": c.event.reqid, "spi_in": c.spi_in.hex(),
-                 "spi_out": c.spi_out.hex(), "rekey_in": left(c.rekey_at), "expires_in": left(c.expire_at)}
-                for c in self.children
-            ],
-        }
-
-    # ------------------------------------------------------------ internals
-    def _timeout(self, tries: int) -> float:
-        r = self.settings.retransmit
-        return float(r.timeout * (r.base ** tries))
-
-    def _jitter(self, span: float) -> float:
-        """A random share of ``span`` from the injected rng (tests control it)."""
-        if span <= 0:
-            return 0.0
-        return span * int.from_bytes(self.rng(4), "big") / 2**32
-
-    def _arm_ike(self) -> None:
-        s = self.settings
-        if s.rekey_time > 0:
-            self.rekey_at = self.now + max(s.rekey_time - self._jitter(s.rand_time), 0.0)
-            if s.over_time > 0:
-                self.hard_at = self.now + s.rekey_time + s.over_time
-        if s.reauth_time > 0 and self.reauth_at is None:
-            # RFC 7296 2.8 reauthentication: a fresh IKE_SA_INIT/IKE_AUTH, not a rekey; a rekeyed
-            # IKE SA inherits its predecessor's deadline, or rekeys would postpone it forever
-            self.reauth_at = self.now + max(s.reauth_time - self._jitter(s.rand_time), 0.0)
-
-    def _arm_child(self, c: ChildSa) -> None:
-        s = c.settings
-        if s is None:
-            return
-        if s.rekey_time > 0:
-            c.rekey_at = self.now + max(s.rekey_time - self._jitter(s.rand_time), 0.0)
-        if s.life_time > 0:
-            c.expire_at = self.now + s.life_time
-
-    def _dpd_at(self) -> float | None:
-        d = self.settings.dpd_delay
-        if d <= 0 or self.state != IkeState.ESTABLISHED or self._outstanding is not None or self._queue:
-            return None
-        return max(self.last_received, self.last_traffic_in) + d
-
-    def _retransmit(self, now: float) -> None:
-        out = self._outstanding
-        if out is None:
-            return
-        if out.exchange == ExchangeType.INFORMATIONAL and self.state == IkeState.DELETING \
-                and now - out.sent_at >= DELETE_TIMEOUT:
-            self.close("deleted locally (peer did not confirm)")
-            return
-        established = self.established_at is not None
-        if established and self.settings.dpd_timeout > 0 and now >= out.sent_at + self.settings.dpd_timeout:
-            self.close(f"peer dead: no answer to our {out.exchange.name} request within "
-                       f"dpd_timeout {self.settings.dpd_timeout:.0f}s", peer_dead=True)
-            return
-        if now < out.deadline:
-            return
-        if out.tries >= self.settings.retransmit.tries:
-            reason = (f"peer did not answer our {out.exchange.name} request after "
-                      f"{out.tries} retransmissions: giving up")
-            self.close(f"peer dead: {reason}" if established else reason, peer_dead=established)
-            return
-        out.tries += 1
-        out.deadline = now + self._timeout(out.tries)
-        self._count("retransmits")
-        self.log.info("retransmit %d of request %d (%s)", out.tries, out.message_id, out.exchange.name)
-        self._out.append((out.data, self.local, self.remote))
+    # ------------------------------------------------------------------ internals
+    def _settled(self) -> None:
+        if self.reauth_of is not None and self.state == IkeState.ESTABLISHED and self.exchanges.idle:
+            self.signal(Settled())
 
     def _on_unprotected_notify(self, data: bytes) -> None:
         """RFC 7296 2.21.4: an unprotected INVALID_IKE_SPI answer to our request.
@@ -698,225 +458,15 @@ class IkeSa:
         try:
             msg = decode_message(data)
         except RemoteProtocolError:
-            self._count("malformed")
+            self.count("malformed")
             return
-        out = self._outstanding
         if msg.notify(NotifyType.INVALID_IKE_SPI) is None or self.state != IkeState.ESTABLISHED:
-            self._count("malformed")
+            self.count("malformed")
             return
-        self._count("invalid_ike_spi")
-        if out is None or msg.message_id != out.message_id:
-            return
-        self.log.info("peer answered request %d with an unprotected INVALID_IKE_SPI: it may have lost "
-                      "the IKE SA, checking sooner", out.message_id)
-        out.tries = max(out.tries, self.settings.retransmit.tries - 1)
-        out.deadline = min(out.deadline, self.now)
-
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
-
-    def _enqueue(self, tasks: list[Task]) -> None:
-        if self.state != IkeState.ESTABLISHED:
-            return
-        self._queue.append(tasks)
-        if self._outstanding is None:
-            self._send_next()
-
-    def _send_next(self, reuse_id: int | None = None) -> None:
-        while self._queue and self._outstanding is None and self.state != IkeState.CLOSED:
-            tasks = self._queue[0]
-            exchange = tasks[0].exchange
-            payloads: list[Payload] = []
-            try:
-                for t in tasks:
-                    payloads += t.build_i(self)
-            except Skip:
-                self._queue.popleft()
-                continue
-            except TaskFailed as e:
-                self._queue.popleft()
-                if e.fatal:
-                    self.close(e.reason)
-                    return
-                self.log.warning("%s", e.reason)
-                continue
-            self._queue.popleft()
-            message_id = self._next_request_id if reuse_id is None else reuse_id
-            if reuse_id is None:
-                self._next_request_id += 1
-            msg = Message(self.spi_i, self.spi_r, exchange, message_id, is_initiator=self.initiator,
-                          is_response=False, payloads=payloads, encrypted=exchange != ExchangeType.IKE_SA_INIT)
-            if exchange != ExchangeType.IKE_SA_INIT and self.encap and self.local[1] != NATT_PORT \
-                    and self.initiator and self.remote[1] == 500:
-                # RFC 7296 2.23: after NAT detection the initiator moves to port 4500
-                self.local = (self.local[0], NATT_PORT)
-                self.remote = (self.remote[0], NATT_PORT)
-            data = encode_message(msg, self.sk_out if msg.encrypted else None)
-            if exchange == ExchangeType.IKE_SA_INIT:
-                self.init_request = data
-            self._outstanding = _Outstanding(message_id, exchange, tasks, data, sent_at=self.now,
-                                             deadline=self.now + self._timeout(0))
-            self._out.append((data, self.local, self.remote))
-            reuse_id = None
-
-    def _on_response(self, msg: Message, data: bytes, local: Endpoint, remote: Endpoint) -> None:
-        out = self._outstanding
-        if out is None or msg.message_id != out.message_id or msg.exchange != out.exchange:
-            self._count("unexpected_response")
-            return
-        if msg.is_initiator == self.initiator:
-            self._count("malformed")
-            return
-        if out.exchange == ExchangeType.IKE_SA_INIT:
-            self.init_response = data
-        self._outstanding = None
-        try:
-            for t in out.tasks:
-                t.process_i(self, msg)
-        except Retry:
-            self._queue.appendleft(out.tasks)
-            if out.exchange == ExchangeType.IKE_SA_INIT:
-                self.spi_r = bytes(8)
-                self._send_next(reuse_id=out.message_id)
-            else:
-                # RFC 7296 1.3: the failed exchange is complete; the retry is a new request
-                self._send_next()
-            return
-        except TaskFailed as e:
-            self.fail_reason = e.reason
-            if e.fatal:
-                self.close(e.reason)
-                return
-            self.log.warning("%s", e.reason)
-        except RemoteProtocolError as e:
-            self.close(f"invalid {out.exchange.name} response: {e}")
-            return
-        if out.exchange == ExchangeType.IKE_AUTH and self.state == IkeState.CONNECTING:
-            self._established()
-        if self.state == IkeState.CLOSED:
-            return
-        self._send_next()
-
-    def _on_request(self, msg: Message, data: bytes, local: Endpoint, remote: Endpoint) -> None:
-        if msg.is_initiator == self.initiator:
-            self._count("malformed")
-            return
-        cached = self._cached_response
-        if cached is not None and msg.message_id == cached.message_id:
-            # RFC 7296 2.1: a retransmitted request gets the same response again
-            self._count("retransmitted_requests")
-            self._out.append((cached.data, local, remote))
-            return
-        if msg.message_id != self._expected_request_id:
-            self._count("bad_message_id")
-            return
-        live = (IkeState.ESTABLISHED, IkeState.REKEYED, IkeState.DELETING)
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            tasks: list[Task] = [IkeInit()]
-            self.state = IkeState.CONNECTING
-        elif self.state == IkeState.CONNECTING and msg.exchange == ExchangeType.IKE_AUTH:
-            tasks = [IkeAuth(), ChildCreate()]
-        elif self.state in live and msg.exchange == ExchangeType.INFORMATIONAL:
-            tasks = [InformationalResponder()]
-        elif self.state in live and msg.exchange == ExchangeType.CREATE_CHILD_SA:
-            tasks = [self._create_child_sa_responder(msg)]
-        else:
-            self._count("unexpected_exchange")
-            return
-        if msg.encrypted:
-            # an authenticated request: the peer may have moved (NAT rebinding, switch to 4500)
-            self.local, self.remote = local, remote
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            self.spi_i = msg.spi_i
-            self.spi_r = self.rng(8)
-            self.local, self.remote = local, remote
-        payloads: list[Payload] = []
-        close_reason: str | None = None
-        try:
-            for t in tasks:
-                t.process_r(self, msg)
-            for t in tasks:
-                payloads += t.build_r(self)
-        except RemoteProtocolError as e:
-            notify = e.notify or NotifyType.INVALID_SYNTAX
-            payloads = [NotifyPayload(notify, data=e.notify_data)]
-            if msg.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
-                close_reason = self.fail_reason or str(e)
-        if msg.exchange == ExchangeType.IKE_SA_INIT and close_reason is not None:
-            self.spi_r = bytes(8)  # stateless error answer (RFC 7296 1.2, 2.6)
-        resp = Message(self.spi_i, self.spi_r, msg.exchange, msg.message_id, is_initiator=self.initiator,
-                       is_response=True, payloads=payloads, encrypted=msg.exchange != ExchangeType.IKE_SA_INIT)
-        out = encode_message(resp, self.sk_out if resp.encrypted else None)
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            self.init_request = data
-            self.init_response = out
-        self._expected_request_id += 1
-        self._cached_response = _Cached(msg.message_id, out, remote, local)
-        self._out.append((out, local, remote))
-        if close_reason is not None:
-            self.close(close_reason)
-            return
-        if msg.exchange == ExchangeType.IKE_AUTH:
-            self._established()
-        if self._close_after_response is not None:
-            self.close(self._close_after_response)
-
-    def _create_child_sa_responder(self, msg: Message) -> Task:
-        """Which job a CREATE_CHILD_SA request is (RFC 7296 1.3), or TEMPORARY_FAILURE when we
-        cannot take it now (RFC 7296 2.25.2)."""
-        sa_payload = msg.get(SaPayload)
-        ike_rekey = sa_payload is not None and any(p.protocol == ProtocolId.IKE for p in sa_payload.proposals)
-        child_rekey = msg.notify(NotifyType.REKEY_SA) is not None
-        if self.state != IkeState.ESTABLISHED:
-            return TemporaryFailure(ExchangeType.CREATE_CHILD_SA)
-        if ike_rekey:
-            out = self._outstanding
-            busy_with_child = out is not None and any(
-                isinstance(t, (ChildCreate, ChildRekey, DeleteChildSa)) for t in out.tasks)
-            if busy_with_child:
-                self.log.info("peer wants to rekey the IKE SA while we change a Child SA: TEMPORARY_FAILURE")
-                return TemporaryFailure(ExchangeType.CREATE_CHILD_SA)
-            return IkeRekey()
-        if child_rekey:
-            return ChildRekey()
-        if self.rekeying_ike is not None:
-            self.log.info("peer wants a new Child SA while we rekey the IKE SA: TEMPORARY_FAILURE")
-            return TemporaryFailure(ExchangeType.CREATE_CHILD_SA)
-        return ChildCreate(exchange=ExchangeType.CREATE_CHILD_SA)
-
-    def _answer_error(self, data: bytes, e: RemoteProtocolError, local: Endpoint, remote: Endpoint) -> None:
-        """An authenticated but invalid request still gets its NOTIFY (RFC 7296 2.21.2)."""
-        if len(data) < 28:
-            return
-        message_id = int.from_bytes(data[20:24], "big")
-        exchange = data[18]
-        if message_id != self._expected_request_id:
-            return
-        try:
-            ex = ExchangeType(exchange)
-        except ValueError:
-            return
-        assert e.notify is not None
-        resp = Message(self.spi_i, self.spi_r, ex, message_id, is_initiator=self.initiator, is_response=True,
-                       payloads=[NotifyPayload(e.notify, data=e.notify_data)], encrypted=True)
-        out = encode_message(resp, self.sk_out)
-        self._expected_request_id += 1
-        self._cached_response = _Cached(message_id, out, remote, local)
-        self._out.append((out, local, remote))
-
-    def _established(self) -> None:
-        self.state = IkeState.ESTABLISHED
-        self.established_at = self.now
-        self._arm_ike()
-        assert self.proposal is not None
-        self.log.info("IKE SA established: %s, %s === %s%s", proposal_to_swanctl(self.proposal),
-                      self.settings.local_id, self.remote_identity, ", UDP-encapsulated" if self.encap else "")
-        self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name))
-        # deliver the Child SA events after the IKE SA event, in creation order
-        kids = [e for e in self._events if isinstance(e, ChildSaEstablished)]
-        for k in kids:
-            self._events.remove(k)
-            self._events.append(k)
+        self.count("invalid_ike_spi")
+        if self.exchanges.check_sooner(msg.message_id):
+            self.log.info("peer answered request %d with an unprotected INVALID_IKE_SPI: it may have lost "
+                          "the IKE SA, checking sooner", msg.message_id)
 
 
 def _is_request(data: bytes) -> bool:
@@ -931,3 +481,6 @@ def _is_plain_informational_response(data: bytes) -> bool:
     """An INFORMATIONAL response whose first payload is not SK: only INVALID_IKE_SPI is sent so."""
     return len(data) >= 28 and data[18] == ExchangeType.INFORMATIONAL and bool(data[19] & 0x20) \
         and data[16] != PayloadType.SK
+
+
+__all__ = ["HALF_OPEN_TIMEOUT", "REKEYED_TIMEOUT", "ChildEvent", "ChildSa", "ChildSaState", "IkeSa", "IkeState"]

@@ -102,6 +102,8 @@ class IkeSettings:
     dpd_delay: float = 0.0
     dpd_timeout: float = 0.0
     dpd_action: str = "clear"
+    # swanctl's unique: no | never | replace | keep (what a second IKE SA of the same identities does)
+    unique: str = "no"
 
     def child(self, name: str) -> ChildSettings | None:
         for c in self.children:

@@ -2,18 +2,32 @@
 
 An exchange is a list of tasks. The initiator calls ``build_i`` on each to
 assemble the request and ``process_i`` on each with the response; the
-responder calls ``process_r`` then ``build_r``. A task that cannot go on
-raises :class:`TaskFailed`; IKE_SA_INIT and CREATE_CHILD_SA may raise
-:class:`Retry` to resend their request rebuilt (COOKIE, INVALID_KE_PAYLOAD).
-A ``build_i`` that finds its job already done or moot (the Child SA it was to
-rekey was deleted meanwhile) raises :class:`Skip` and nothing is sent.
+responder calls ``process_r`` on each, then ``build_r``. ``process_i`` and
+``process_r`` return a :class:`Status`: DONE, or NEED_MORE when the task needs
+another round of the same exchange (EAP inside IKE_AUTH, RFC 7296 2.16).
+
+A task serves the role(s) it implements: :class:`InitiatorTask` (queued by us)
+and/or :class:`ResponderTask` (created for a peer's request by the exchange
+dispatcher in exchanges.py). No task carries stubs for a role it cannot play.
+
+How a task says no:
+- initiator: raise :class:`TaskFailed` (``fatal`` tears the IKE SA down);
+  :class:`Retry` to resend the request rebuilt (COOKIE, INVALID_KE_PAYLOAD);
+  :class:`Skip` from ``build_i`` when the job became moot (nothing is sent).
+- responder: raise :class:`Refuse` from ``process_r`` to decline the task's job
+  with its NOTIFY (the other tasks of the exchange go on; ``fatal`` closes the IKE
+  SA after the answer, as a refused IKE_SA_INIT or IKE_AUTH must). A request that
+  is malformed as a whole raises RemoteProtocolError instead: the answer is then
+  only that error notify.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from ipsecd.iana import ExchangeType
+from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
+from ipsecd.ike.events import Cause
 from ipsecd.ike.payloads import Payload
 
 if TYPE_CHECKING:
@@ -21,12 +35,59 @@ if TYPE_CHECKING:
     from ipsecd.ike.message import Message
 
 
+class Status(Enum):
+    DONE = "done"
+    NEED_MORE = "need_more"  # keep the task for another round of the same exchange
+
+
+class TaskKind(Enum):
+    """What a task does, so the exchange layer can reason about tasks without their classes."""
+
+    IKE_INIT = "ike_init"
+    IKE_AUTH = "ike_auth"
+    CHILD_CREATE = "child_create"
+    CHILD_REKEY = "child_rekey"
+    CHILD_DELETE = "child_delete"
+    IKE_REKEY = "ike_rekey"
+    IKE_DELETE = "ike_delete"
+    LIVENESS = "liveness"
+    INFORMATIONAL = "informational"  # the responder side of any INFORMATIONAL request
+
+
+# Error notifies, as the cause reported for the SA they refused.
+_NOTIFY_CAUSES = {
+    NotifyType.NO_PROPOSAL_CHOSEN: Cause.NO_PROPOSAL,
+    NotifyType.INVALID_KE_PAYLOAD: Cause.INVALID_KE,
+    NotifyType.AUTHENTICATION_FAILED: Cause.AUTH_FAILED,
+    NotifyType.TS_UNACCEPTABLE: Cause.TS_UNACCEPTABLE,
+}
+
+
+def cause_of_notify(notify: int) -> Cause:
+    """The cause for an SA the peer refused with this error notify."""
+    for n, cause in _NOTIFY_CAUSES.items():
+        if n == notify:
+            return cause
+    return Cause.PEER_REFUSED
+
+
+def notify_name(t: int) -> str:
+    try:
+        return NotifyType(t).name
+    except ValueError:
+        return f"notify {t}"
+
+
+CHILD_KINDS = frozenset({TaskKind.CHILD_CREATE, TaskKind.CHILD_REKEY, TaskKind.CHILD_DELETE})
+
+
 class TaskFailed(Exception):
     """The task failed; ``fatal`` tears the IKE SA down, otherwise only the task's job failed."""
 
-    def __init__(self, reason: str, *, fatal: bool = True) -> None:
+    def __init__(self, reason: str, cause: Cause = Cause.PROTOCOL_ERROR, *, fatal: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.cause = cause
         self.fatal = fatal
 
 
@@ -42,10 +103,52 @@ class Skip(Exception):
     """The exchange is no longer needed: drop it from the queue without sending."""
 
 
-class Task(Protocol):
+class Refuse(Exception):
+    """A responder task declines its job; its part of the answer is this NOTIFY."""
+
+    def __init__(self, notify: NotifyType, reason: str, cause: Cause, *, data: bytes = b"",
+                 protocol: ProtocolId = ProtocolId.NONE, spi: bytes = b"", fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.notify = notify
+        self.reason = reason
+        self.cause = cause
+        self.data = data
+        self.protocol = protocol
+        self.spi = spi
+        self.fatal = fatal
+
+
+class InitiatorTask(Protocol):
     exchange: ExchangeType
+    kind: TaskKind
+
+    @property
+    def target(self) -> object:
+        """What it acts on (a child's name, an SPI), so queues can be searched without its class."""
 
     def build_i(self, sa: IkeSa) -> list[Payload]: ...
-    def process_i(self, sa: IkeSa, msg: Message) -> None: ...
-    def process_r(self, sa: IkeSa, msg: Message) -> None: ...
+    def process_i(self, sa: IkeSa, msg: Message) -> Status: ...
+
+    def collide(self, sa: IkeSa, passive: ResponderTask) -> None:
+        """The peer's request ``passive`` was answered while this task's request is in flight."""
+
+    def abort(self, sa: IkeSa) -> None:
+        """The IKE SA closes (or hands its work over) before this task's response came."""
+
+
+class ResponderTask(Protocol):
+    exchange: ExchangeType
+    kind: TaskKind
+
+    def process_r(self, sa: IkeSa, msg: Message) -> Status: ...
     def build_r(self, sa: IkeSa) -> list[Payload]: ...
+
+
+class Hooks:
+    """Default no-op ``collide``/``abort`` for initiator tasks that need neither."""
+
+    def collide(self, sa: IkeSa, passive: ResponderTask) -> None:
+        return None
+
+    def abort(self, sa: IkeSa) -> None:
+        return None

@@ -8,14 +8,14 @@ wraps it, so selection, narrowing and key derivation live in one place.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import ExchangeType, KeId, NotifyType, PayloadType, ProtocolId
-from ipsecd.ike.crypto import KeyExchange, accept_key_exchange, create_key_exchange, supported_groups
-from ipsecd.ike.events import ChildSaEstablished, ChildSaFailed
+from ipsecd.iana import ExchangeType, NotifyType, PayloadType, ProtocolId
+from ipsecd.ike.crypto import KeyExchange
+from ipsecd.ike.events import Cause, ChildSaEstablished, ChildSaFailed
+from ipsecd.ike.keyexchange import InvalidKe, KeOffer, accept, group_name
 from ipsecd.ike.keymat import derive_child_keys
 from ipsecd.ike.payloads import (
     KePayload,
@@ -27,19 +27,12 @@ from ipsecd.ike.payloads import (
     TrafficSelector,
     TsPayload,
 )
-from ipsecd.ike.proposal import (
-    groups_in,
-    ke_group_of,
-    prefer_group,
-    proposal_matches_chosen,
-    proposal_to_str,
-    select_proposal,
-    with_spi,
-)
+from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal, with_spi
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
-from ipsecd.ike.tasks import Retry, TaskFailed
+from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
 from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_spec, ts_to_str, with_trigger
+from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
@@ -73,14 +66,7 @@ def _ts_of(msg: Message, kind: PayloadType) -> list[TrafficSelector] | None:
     return None
 
 
-def _group_name(group: int) -> str:
-    try:
-        return KeId(group).name
-    except ValueError:
-        return f"group {group}"
-
-
-class ChildCreate:
+class ChildCreate(Hooks):
     """Negotiate one Child SA, in IKE_AUTH or in CREATE_CHILD_SA.
 
     ``rekey_of`` (initiator) and ``rekeyed_spi_in``/``reqid`` (responder) are set
@@ -89,7 +75,11 @@ class ChildCreate:
     responder's choice of configured children (a rekey must stay the same child).
     ``trigger`` (initiator) is the packet that made the data plane acquire this Child SA:
     its host pair goes first in TSi/TSr (RFC 7296 2.9).
+    The responder chooses in ``process_r`` and installs in ``build_r``, after the IKE SA
+    of an IKE_AUTH is established.
     """
+
+    kind = TaskKind.CHILD_CREATE
 
     def __init__(self, child: ChildSettings | None = None, *, exchange: ExchangeType = ExchangeType.IKE_AUTH,
                  rekey_of: ChildSaEstablished | None = None, reqid: int | None = None,
@@ -108,15 +98,18 @@ class ChildCreate:
         self.ts_r: list[TrafficSelector] = []
         self.chosen: Proposal | None = None
         self.transport = False
-        self.error: NotifyType | None = None
-        self.error_data = b""
         self.peer_error: NotifyType | None = None  # TEMPORARY_FAILURE / CHILD_SA_NOT_FOUND from the responder
         self.nonce_i = b""
         self.nonce_r = b""
-        self.group: KeId | None = None
-        self.ke: KeyExchange | None = None
-        self.ke_retries = 0
+        self.offer: KeOffer | None = None  # initiator, PFS
+        self.ke: KeyExchange | None = None  # responder, PFS
+        self.shared: bytes | None = None
         self.result: ChildSaEstablished | None = None
+
+    @property
+    def target(self) -> str | None:
+        """The configured child a fresh CREATE negotiates (None for a rekey)."""
+        return self.child.name if self.child is not None and self.rekey_of is None else None
 
     @property
     def pfs(self) -> bool:
@@ -126,7 +119,7 @@ class ChildCreate:
     def build_i(self, sa: IkeSa) -> list[Payload]:
         assert self.child is not None
         if not self.spi_in:  # a Retry reuses the SPI we already reserved
-            self.spi_in = sa.alloc_spi()
+            self.spi_in = sa.ctx.alloc_child_spi()
         if self.rekey_of is not None:
             # RFC 7296 1.3.3: the rekeyed SA keeps its traffic selectors
             self.ts_i, self.ts_r = list(self.rekey_of.local_ts), list(self.rekey_of.remote_ts)
@@ -144,103 +137,84 @@ class ChildCreate:
         if not self.pfs:
             proposals = tuple(without_ke(p, self.spi_in) for p in self.child.esp_proposals)
             return [*payloads, SaPayload(proposals), *_ts_payloads(self.ts_i, self.ts_r)]
-        offered = list(self.child.esp_proposals)
-        if self.group is None:
-            groups = groups_in(offered)
-            self.group = groups[0] if groups else None
-        if self.group is not None:
-            offered = prefer_group(offered, self.group)
-            if self.ke is None or self.ke.group != self.group:
-                self.ke = create_key_exchange(self.group)
-        self.nonce_i = sa.rng(NONCE_LEN)
+        if self.offer is None:
+            self.offer = KeOffer(self.child.esp_proposals)
+        offered = self.offer.order(self.child.esp_proposals)
+        self.nonce_i = sa.ctx.rng(NONCE_LEN)
         payloads += [SaPayload(tuple(with_spi(p, self.spi_in) for p in offered)), NoncePayload(self.nonce_i)]
-        if self.ke is not None and self.group is not None:
-            payloads.append(KePayload(self.group, self.ke.public_key))
+        ke = self.offer.payload()
+        if ke is not None:
+            payloads.append(ke)
         return payloads + _ts_payloads(self.ts_i, self.ts_r)
 
-    def process_i(self, sa: IkeSa, msg: Message) -> None:
+    def process_i(self, sa: IkeSa, msg: Message) -> Status:
         assert self.child is not None
+        name = self.child.name
         for n in msg.error_notifies():
-            if self.pfs and n.notify_type == NotifyType.INVALID_KE_PAYLOAD:
-                self._retry_ke(sa, n)  # raises Retry when we can offer the wanted group
-                return
-            if n.notify_type in TRANSIENT_ERRORS:
-                self.peer_error = NotifyType(n.notify_type)
-                return
-            if n.notify_type in CHILD_ERRORS:
-                reason = f"peer refused Child SA {self.child.name} with {NotifyType(n.notify_type).name}"
-                if n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN:
+            t = n.notify_type
+            if self.pfs and t == NotifyType.INVALID_KE_PAYLOAD and self.offer is not None:
+                was = self.offer.group
+                why = self.offer.retry_with(n)
+                if why is None:  # RFC 7296 1.3: retry with the group the peer named
+                    sa.log.info("peer asked for %s instead of %s for Child SA %s: retrying",
+                                group_name(self.offer.group or 0), group_name(was or 0), name)
+                    raise Retry
+                self._failed(sa, f"{why} for Child SA {name}", Cause.INVALID_KE)
+                return Status.DONE
+            if t in TRANSIENT_ERRORS:
+                self.peer_error = NotifyType(t)
+                return Status.DONE
+            if t in CHILD_ERRORS or self.pfs:
+                reason = f"peer refused Child SA {name} with {notify_name(t)}"
+                if t == NotifyType.NO_PROPOSAL_CHOSEN:
                     reason += " (no ESP proposal matched: we offered " + ", ".join(
                         proposal_to_str(p) for p in self.child.esp_proposals) + ")"
-                elif n.notify_type == NotifyType.TS_UNACCEPTABLE:
+                elif t == NotifyType.TS_UNACCEPTABLE:
                     reason += (" (traffic selectors not acceptable: we proposed "
                                f"{', '.join(map(ts_to_str, self.ts_i))} === {', '.join(map(ts_to_str, self.ts_r))})")
-                self._failed(sa, reason)
-                return
-            if self.pfs:
-                self._failed(sa, f"peer refused Child SA {self.child.name} with notify {n.notify_type}")
-                return
+                self._failed(sa, reason, cause_of_notify(t))
+                return Status.DONE
         sa_payload = msg.get(SaPayload)
         ts_i, ts_r = _ts_of(msg, PayloadType.TSi), _ts_of(msg, PayloadType.TSr)
         if sa_payload is None or ts_i is None or ts_r is None:
-            self._failed(sa, f"peer created no Child SA {self.child.name} (no SA/TS in its "
-                         f"{self.exchange.name} response)")
-            return
+            self._failed(sa, f"peer created no Child SA {name} (no SA/TS in its {self.exchange.name} response)",
+                         Cause.PEER_REFUSED)
+            return Status.DONE
         if self.pfs:
             offered = [with_spi(p, self.spi_in) for p in self.child.esp_proposals]
         else:
             offered = [without_ke(p, self.spi_in) for p in self.child.esp_proposals]
         if len(sa_payload.proposals) != 1 or not proposal_matches_chosen(offered, sa_payload.proposals[0]):
-            raise TaskFailed(f"peer chose an ESP proposal for {self.child.name} we did not offer")
+            raise TaskFailed(f"peer chose an ESP proposal for {name} we did not offer")
         chosen = sa_payload.proposals[0]
-        if len(chosen.spi) != 4:
-            raise TaskFailed("peer's ESP proposal has an SPI that is not 4 bytes")
+        if not _valid_spi(chosen.spi):
+            raise TaskFailed(f"peer's ESP SPI for {name} is not a valid SPI (RFC 4303 2.1): {chosen.spi.hex()}")
         if not all_within(ts_i, self.ts_i) or not all_within(ts_r, self.ts_r):
-            raise TaskFailed(f"peer widened the traffic selectors of {self.child.name}: "
+            raise TaskFailed(f"peer widened the traffic selectors of {name}: "
                              f"{', '.join(map(ts_to_str, ts_i))} === {', '.join(map(ts_to_str, ts_r))}")
-        shared: bytes | None = None
         if self.pfs:
             nonce = msg.get(NoncePayload)
             if nonce is None:
                 raise TaskFailed("CREATE_CHILD_SA response without a nonce")
             self.nonce_r = nonce.data
-            group = ke_group_of(chosen)
-            if group is not None:
-                # RFC 7296 1.3.1: with a KE method chosen, KEr carries the same group
-                ke = msg.get(KePayload)
-                if ke is None or ke.group != group or self.ke is None or self.ke.group != group:
-                    raise TaskFailed(f"peer's KE payload for {self.child.name} does not match the chosen "
-                                     "key exchange method", fatal=False)
-                try:
-                    shared = self.ke.compute_shared(ke.data)
-                except RemoteProtocolError as e:
-                    raise TaskFailed(f"peer's KE payload is invalid: {e}", fatal=False) from e
+            assert self.offer is not None
+            try:
+                self.shared = self.offer.shared(chosen, msg.get(KePayload))
+            except ValueError as e:
+                raise TaskFailed(f"{e} (Child SA {name})", fatal=False) from e
         self.transport = self.child.mode == "transport" and msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         if self.child.mode == "transport" and not self.transport:
-            sa.log.warning("peer declined transport mode for %s: using tunnel mode", self.child.name)
-        self._established(sa, chosen, chosen.spi, ts_i, ts_r, shared, initiator=True)
-
-    def _retry_ke(self, sa: IkeSa, n: NotifyPayload) -> None:
-        """RFC 7296 1.3: INVALID_KE_PAYLOAD in CREATE_CHILD_SA: retry with the group the peer named."""
-        assert self.child is not None
-        wanted = struct.unpack("!H", n.data[:2])[0] if len(n.data) >= 2 else 0
-        ours = groups_in(self.child.esp_proposals)
-        if wanted and wanted != self.group and wanted in ours and self.ke_retries < 2:
-            sa.log.info("peer asked for %s instead of %s for Child SA %s: retrying", _group_name(wanted),
-                        _group_name(self.group or 0), self.child.name)
-            self.group = KeId(wanted)
-            self.ke = None
-            self.ke_retries += 1
-            raise Retry
-        self._failed(sa, f"peer wants key exchange method {_group_name(wanted)} for Child SA {self.child.name}, "
-                     f"which we do not offer (we offer {', '.join(_group_name(g) for g in ours) or 'none'})")
+            sa.log.warning("peer declined transport mode for %s: using tunnel mode", name)
+        self.ts_i, self.ts_r = ts_i, ts_r
+        self._install(sa, chosen, initiator=True)
+        return Status.DONE
 
     # -- responder ---------------------------------------------------------
-    def process_r(self, sa: IkeSa, msg: Message) -> None:
+    def process_r(self, sa: IkeSa, msg: Message) -> Status:
         sa_payload = msg.get(SaPayload)
         ts_i, ts_r = _ts_of(msg, PayloadType.TSi), _ts_of(msg, PayloadType.TSr)
         if not self.pfs and sa_payload is None and ts_i is None and ts_r is None:
-            return  # childless IKE SA (RFC 6023)
+            return Status.DONE  # childless IKE SA (RFC 6023)
         if sa_payload is None or ts_i is None or ts_r is None:
             raise RemoteProtocolError("SA, TSi and TSr must come together", NotifyType.INVALID_SYNTAX)
         nonce = msg.get(NoncePayload)
@@ -259,7 +233,7 @@ class ChildCreate:
                 ts_reason.append(f"{child.name}: configured {', '.join(map(ts_to_str, remote))} === "
                                  f"{', '.join(map(ts_to_str, local))}")
                 continue
-            spi_candidates = [p for p in sa_payload.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
+            spi_candidates = [p for p in sa_payload.proposals if p.protocol == ProtocolId.ESP and _valid_spi(p.spi)]
             if self.pfs:
                 chosen = select_proposal(list(child.esp_proposals), spi_candidates,
                                          ke_hint=ke.group if ke is not None else None)
@@ -267,75 +241,64 @@ class ChildCreate:
                 chosen = select_proposal([without_ke(p) for p in child.esp_proposals],
                                          [without_ke(p, p.spi) for p in spi_candidates])
             if chosen is None:
-                self.error = NotifyType.NO_PROPOSAL_CHOSEN
-                self._failed(sa, f"no ESP proposal matched for {child.name}: peer offered "
-                             + ", ".join(proposal_to_str(p) for p in sa_payload.proposals)
-                             + ", we accept " + ", ".join(proposal_to_str(p) for p in child.esp_proposals), child)
-                return
+                raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
+                                   f"no ESP proposal matched for {child.name}: peer offered "
+                                   + safe(", ".join(proposal_to_str(p) for p in sa_payload.proposals), 1024)
+                                   + ", we accept " + ", ".join(proposal_to_str(p) for p in child.esp_proposals))
             if child.mode == "transport" and not wants_transport:
-                self.error = NotifyType.NO_PROPOSAL_CHOSEN
-                self._failed(sa, f"{child.name} is configured for transport mode, peer asked for tunnel mode",
-                             child)
-                return
-            shared: bytes | None = None
+                raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
+                                   f"{child.name} is configured for transport mode, peer asked for tunnel mode")
             if self.pfs:
-                group = ke_group_of(chosen)
-                if group is not None:
-                    if group not in supported_groups() or ke is None or ke.group != group:
-                        # RFC 7296 1.3: name the group we want; the initiator retries
-                        self.error = NotifyType.INVALID_KE_PAYLOAD
-                        self.error_data = struct.pack("!H", group)
-                        sa.log.info("peer sent KE for %s for Child SA %s, we want %s",
-                                    _group_name(ke.group) if ke else "no group", child.name, _group_name(group))
-                        return
-                    self.ke, shared = accept_key_exchange(group, ke.data)
-                    self.group = group
+                try:
+                    self.ke, self.shared = accept(chosen, ke, required=False)
+                except InvalidKe as e:
+                    # RFC 7296 1.3: name the group we want; the initiator retries
+                    sa.log.info("%s for Child SA %s", e.reason, child.name)
+                    raise Refuse(NotifyType.INVALID_KE_PAYLOAD, e.reason, Cause.INVALID_KE,
+                                 data=e.notify_data) from None
                 assert nonce is not None
                 self.nonce_i = nonce.data
-                self.nonce_r = sa.rng(NONCE_LEN)
+                self.nonce_r = sa.ctx.rng(NONCE_LEN)
             self.child = child
             self.transport = wants_transport and child.mode == "transport"
             self.ts_i, self.ts_r = ni, nr
-            self.spi_in = sa.alloc_spi()
             self.chosen = chosen
-            self._established(sa, chosen, chosen.spi, ni, nr, shared, initiator=False)
-            return
-        self.error = NotifyType.TS_UNACCEPTABLE
-        self._failed(sa, "traffic selectors not acceptable: peer proposed "
-                     f"{', '.join(map(ts_to_str, ts_i))} === {', '.join(map(ts_to_str, ts_r))}, "
-                     f"configured {'; '.join(ts_reason) or 'no children'}")
+            return Status.DONE
+        raise self._refuse(sa, NotifyType.TS_UNACCEPTABLE, Cause.TS_UNACCEPTABLE, None,
+                           "traffic selectors not acceptable: peer proposed "
+                           f"{safe(', '.join(map(ts_to_str, ts_i)), 512)} === "
+                           f"{safe(', '.join(map(ts_to_str, ts_r)), 512)}, "
+                           f"configured {'; '.join(ts_reason) or 'no children'}")
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
-        if self.error is not None:
-            return [NotifyPayload(self.error, data=self.error_data)]
         if self.chosen is None:
             return []
+        self.spi_in = sa.ctx.alloc_child_spi()
+        self._install(sa, self.chosen, initiator=False)
         payloads: list[Payload] = []
         if self.transport:
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
-        chosen = Proposal(self.chosen.num, ProtocolId.ESP, self.spi_in, self.chosen.transforms)
-        payloads.append(SaPayload((chosen,)))
+        payloads.append(SaPayload((Proposal(self.chosen.num, ProtocolId.ESP, self.spi_in, self.chosen.transforms),)))
         if self.pfs:
             payloads.append(NoncePayload(self.nonce_r))
-            if self.ke is not None and self.group is not None:
-                payloads.append(KePayload(self.group, self.ke.public_key))
+            if self.ke is not None:
+                payloads.append(KePayload(self.ke.group, self.ke.public_key))
         return payloads + _ts_payloads(self.ts_i, self.ts_r)
 
     # -- shared ------------------------------------------------------------
-    def _established(self, sa: IkeSa, chosen: Proposal, spi_out: bytes, ts_i: list[TrafficSelector],
-                     ts_r: list[TrafficSelector], shared: bytes | None, *, initiator: bool) -> None:
+    def _install(self, sa: IkeSa, chosen: Proposal, *, initiator: bool) -> None:
         assert self.child is not None
         if self.pfs:
             ni, nr = self.nonce_i, self.nonce_r  # RFC 7296 2.17: the nonces of this exchange
         else:
             ni, nr = sa.nonce_i, sa.nonce_r
         # RFC 7296 2.17: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr) when the exchange carried KE
-        keys = derive_child_keys(sa.prf, sa.keys_required.sk_d, chosen, ni, nr, shared)
-        local_ts, remote_ts = (ts_i, ts_r) if initiator else (ts_r, ts_i)
+        keys = derive_child_keys(sa.prf, sa.keys_required.sk_d, chosen, ni, nr, self.shared)
+        local_ts, remote_ts = (self.ts_i, self.ts_r) if initiator else (self.ts_r, self.ts_i)
         event = ChildSaEstablished(
             ike_sa_id=sa.ike_sa_id, name=sa.settings.name, child=self.child.name,
             reqid=self.reqid if self.reqid is not None else sa.alloc_reqid(self.child.name),
-            spi_in=self.spi_in, spi_out=spi_out,
+            spi_in=self.spi_in, spi_out=chosen.spi,
             proposal=Proposal(chosen.num, ProtocolId.ESP, b"", chosen.transforms), keys=keys,
             initiator=initiator, mode="transport" if self.transport else "tunnel", encap=sa.encap,
             local=sa.local, remote=sa.remote, local_ts=tuple(local_ts), remote_ts=tuple(remote_ts),
@@ -344,9 +307,19 @@ class ChildCreate:
         self.result = event
         sa.add_child(event, self.child)
 
-    def _failed(self, sa: IkeSa, reason: str, child: ChildSettings | None = None) -> None:
-        which = child or self.child
-        name = which.name if which is not None else "?"
+    def _failed(self, sa: IkeSa, reason: str, cause: Cause) -> None:
+        name = self.child.name if self.child is not None else "?"
         sa.child_log.warning("%s", reason)
-        sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, reason))
+        sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, cause, reason))
 
+    def _refuse(self, sa: IkeSa, notify: NotifyType, cause: Cause, child: ChildSettings | None,
+                reason: str) -> Refuse:
+        sa.child_log.warning("%s", reason)
+        name = (child or self.child).name if (child or self.child) is not None else "?"  # type: ignore[union-attr]
+        sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, cause, reason))
+        return Refuse(notify, reason, cause)
+
+
+def _valid_spi(spi: bytes) -> bool:
+    """A 4-octet ESP SPI outside the reserved 0..255 (RFC 4303 2.1)."""
+    return len(spi) == 4 and int.from_bytes(spi, "big") > 255

@@ -1,4 +1,9 @@
-"""IKE_AUTH identities and pre-shared-key authentication (RFC 7296 1.2, 2.15)."""
+"""IKE_AUTH identities and pre-shared-key authentication (RFC 7296 1.2, 2.15).
+
+The IKE SA becomes ESTABLISHED here, before the Child SA of the same exchange is
+created (the task order of IKE_AUTH is IkeAuth, then ChildCreate): the initiator
+when the response's AUTH verifies, the responder when it builds its own AUTH.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,14 @@ from typing import TYPE_CHECKING
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
 from ipsecd.ike.codec import encode_payload_body
+from ipsecd.ike.events import Cause, InitialContact
+from ipsecd.ike.identity import identity_from_payload
 from ipsecd.ike.keymat import psk_auth_data, signed_octets, verify_psk_auth
 from ipsecd.ike.payloads import AuthPayload, IdPayload, NotifyPayload, Payload
-from ipsecd.ike.settings import IkeIdentity
-from ipsecd.ike.tasks import TaskFailed
+from ipsecd.ike.proposal import select_proposal
+from ipsecd.ike.settings import IkeIdentity, IkeSettings
+from ipsecd.ike.tasks import Hooks, Refuse, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
+from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
@@ -22,54 +31,63 @@ def _id_payload(kind: PayloadType, ident: IkeIdentity) -> IdPayload:
     return IdPayload(kind, IdType(ident.id_type), ident.data)
 
 
-def peer_identity(p: IdPayload) -> IkeIdentity:
-    from ipsecd.ike.identity import identity_from_payload
+def _accepts_negotiated(conn: IkeSettings, sa: IkeSa) -> bool:
+    """A connection chosen by identity must accept what IKE_SA_INIT already negotiated:
+    switching to it must not smuggle in another connection's (weaker) algorithms."""
+    return sa.proposal is None or select_proposal(conn.ike_proposals, [sa.proposal]) is not None
 
-    return identity_from_payload(p.id_type, p.data)
 
-
-class IkeAuth:
+class IkeAuth(Hooks):
     exchange = ExchangeType.IKE_AUTH
+    kind = TaskKind.IKE_AUTH
+    target = None
+
+    def __init__(self) -> None:
+        self.initial_contact = False
 
     # -- initiator ---------------------------------------------------------
     def build_i(self, sa: IkeSa) -> list[Payload]:
-        idi = _id_payload(PayloadType.IDi, sa.settings.local_id)
-        psk = sa.settings.psk_lookup(sa.settings.local_id, sa.settings.remote_id)
+        s = sa.settings
+        idi = _id_payload(PayloadType.IDi, s.local_id)
+        psk = s.psk_lookup(s.local_id, s.remote_id)
         if psk is None:
-            raise TaskFailed(f"no PSK configured for {sa.settings.local_id} - {sa.settings.remote_id}")
+            raise TaskFailed(f"no PSK configured for {s.local_id} - {s.remote_id}", Cause.CONFIG)
         octets = signed_octets(sa.prf, sa.keys_required.sk_pi, sa.init_request, sa.nonce_r,
                                encode_payload_body(idi))
         payloads: list[Payload] = [idi]
-        if not sa.settings.remote_id.is_any:
-            payloads.append(_id_payload(PayloadType.IDr, sa.settings.remote_id))
+        if not s.remote_id.is_any:
+            payloads.append(_id_payload(PayloadType.IDr, s.remote_id))
         payloads.append(AuthPayload(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth_data(sa.prf, psk, octets)))
-        if sa.has_contact is None or not sa.has_contact(sa):
+        if not sa.ctx.has_contact(s.name, sa.remote[0], sa.ike_sa_id):
             # RFC 7296 2.4: only when no other IKE SA with this peer exists (as strongSwan), so
             # two ends that initiate at once do not wipe each other's fresh SAs
             payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         return payloads
 
-    def process_i(self, sa: IkeSa, msg: Message) -> None:
+    def process_i(self, sa: IkeSa, msg: Message) -> Status:
         errors = msg.error_notifies()
         idr = msg.get(IdPayload)
         auth = msg.get(AuthPayload)
         if errors and auth is None:
-            name = _notify_name(errors[0].notify_type)
-            raise TaskFailed(f"peer refused IKE_AUTH with {name}"
+            n = errors[0].notify_type
+            raise TaskFailed(f"peer refused IKE_AUTH with {notify_name(n)}"
                              + (": check that both sides use the same PSK and IDs"
-                                if errors[0].notify_type == NotifyType.AUTHENTICATION_FAILED else ""))
+                                if n == NotifyType.AUTHENTICATION_FAILED else ""), cause_of_notify(n))
         if idr is None or idr.kind != PayloadType.IDr or auth is None:
             raise TaskFailed("IKE_AUTH response lacks IDr or AUTH")
-        ident = peer_identity(idr)
+        ident = identity_from_payload(idr.id_type, idr.data)
         if not sa.settings.remote_id.matches(idr.id_type, idr.data):
-            raise TaskFailed(f"peer identified as {ident}, expected {sa.settings.remote_id}")
-        self._verify(sa, idr, auth, ident, sa.init_response, sa.nonce_i, sa.keys_required.sk_pr)
+            raise TaskFailed(f"peer identified as {safe(ident)}, expected {sa.settings.remote_id}", Cause.AUTH_FAILED)
+        why = _verify(sa, idr, auth, ident, sa.init_response, sa.nonce_i, sa.keys_required.sk_pr)
+        if why is not None:
+            raise TaskFailed(why, Cause.AUTH_FAILED)
         sa.remote_identity = ident
+        sa.establish()
+        return Status.DONE
 
     # -- responder ---------------------------------------------------------
-    def process_r(self, sa: IkeSa, msg: Message) -> None:
-        idi = None
-        idr = None
+    def process_r(self, sa: IkeSa, msg: Message) -> Status:
+        idi = idr = None
         for p in msg.get_all(IdPayload):
             if p.kind == PayloadType.IDi:
                 idi = p
@@ -78,56 +96,54 @@ class IkeAuth:
         auth = msg.get(AuthPayload)
         if idi is None:
             raise RemoteProtocolError("IKE_AUTH request without IDi", NotifyType.INVALID_SYNTAX)
-        ident = peer_identity(idi)
+        ident = identity_from_payload(idi.id_type, idi.data)
         sa.remote_identity = ident
         if auth is None:
-            sa.fail_reason = f"peer {ident} asked for EAP, which is not configured"
-            raise RemoteProtocolError(sa.fail_reason, NotifyType.AUTHENTICATION_FAILED)
+            raise _refuse(f"peer {safe(ident)} asked for EAP, which is not configured")
         # Pick the connection by the peer's identity (and our identity if the peer named it).
         matching = [c for c in sa.candidates if c.remote_id.matches(idi.id_type, idi.data)
                     and (idr is None or c.local_id.matches(idr.id_type, idr.data))]
         if not matching:
-            sa.fail_reason = (f"no connection accepts peer identity {ident}"
-                              f" (configured remote ids: {', '.join(str(c.remote_id) for c in sa.candidates)})")
-            raise RemoteProtocolError(sa.fail_reason, NotifyType.AUTHENTICATION_FAILED)
-        sa.settings = matching[0]
-        self._verify(sa, idi, auth, ident, sa.init_request, sa.nonce_r, sa.keys_required.sk_pi)
-        if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
-            sa.initial_contact = True
+            raise _refuse(f"no connection accepts peer identity {safe(ident)}"
+                          f" (configured remote ids: {', '.join(str(c.remote_id) for c in sa.candidates)})")
+        acceptable = [c for c in matching if _accepts_negotiated(c, sa)]
+        if not acceptable:
+            raise _refuse(f"connection {matching[0].name} accepts peer identity {safe(ident)} but not the IKE "
+                          "proposal negotiated in IKE_SA_INIT")
+        sa.settings = acceptable[0]
+        why = _verify(sa, idi, auth, ident, sa.init_request, sa.nonce_r, sa.keys_required.sk_pi)
+        if why is not None:
+            raise _refuse(why)
+        self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
+        return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
-        idr = _id_payload(PayloadType.IDr, sa.settings.local_id)
+        s = sa.settings
+        idr = _id_payload(PayloadType.IDr, s.local_id)
         assert sa.remote_identity is not None
-        psk = sa.settings.psk_lookup(sa.settings.local_id, sa.remote_identity)
+        psk = s.psk_lookup(s.local_id, sa.remote_identity)
         assert psk is not None  # checked in process_r
         octets = signed_octets(sa.prf, sa.keys_required.sk_pr, sa.init_response, sa.nonce_i,
                                encode_payload_body(idr))
+        sa.establish()
+        if self.initial_contact:
+            sa.signal(InitialContact())
         return [idr, AuthPayload(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth_data(sa.prf, psk, octets))]
 
-    # -- shared ------------------------------------------------------------
-    def _verify(self, sa: IkeSa, id_payload: IdPayload, auth: AuthPayload, ident: IkeIdentity,
-                real_message: bytes, nonce: bytes, sk_p: bytes) -> None:
-        if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
-            sa.fail_reason = f"peer {ident} uses AUTH method {auth.method}, only PSK is configured"
-            raise _auth_failed(sa)
-        psk = sa.settings.psk_lookup(sa.settings.local_id, ident)
-        if psk is None:
-            sa.fail_reason = f"no PSK configured for {sa.settings.local_id} - {ident}"
-            raise _auth_failed(sa)
-        octets = signed_octets(sa.prf, sk_p, real_message, nonce, encode_payload_body(id_payload))
-        if not verify_psk_auth(sa.prf, psk, octets, auth.data):
-            sa.fail_reason = f"authentication of {ident} failed: its AUTH payload does not match our PSK"
-            raise _auth_failed(sa)
+
+def _verify(sa: IkeSa, id_payload: IdPayload, auth: AuthPayload, ident: IkeIdentity,
+            real_message: bytes, nonce: bytes, sk_p: bytes) -> str | None:
+    """None when the peer's AUTH verifies, else why not (in words an admin can act on)."""
+    if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
+        return f"peer {safe(ident)} uses AUTH method {auth.method}, only PSK is configured"
+    psk = sa.settings.psk_lookup(sa.settings.local_id, ident)
+    if psk is None:
+        return f"no PSK configured for {sa.settings.local_id} - {safe(ident)}"
+    octets = signed_octets(sa.prf, sk_p, real_message, nonce, encode_payload_body(id_payload))
+    if not verify_psk_auth(sa.prf, psk, octets, auth.data):
+        return f"authentication of {safe(ident)} failed: its AUTH payload does not match our PSK"
+    return None
 
 
-def _auth_failed(sa: IkeSa) -> Exception:
-    if sa.initiator:
-        return TaskFailed(sa.fail_reason)
-    return RemoteProtocolError(sa.fail_reason, NotifyType.AUTHENTICATION_FAILED)
-
-
-def _notify_name(t: int) -> str:
-    try:
-        return NotifyType(t).name
-    except ValueError:
-        return f"notify {t}"
+def _refuse(reason: str) -> Refuse:
+    return Refuse(NotifyType.AUTHENTICATION_FAILED, reason, Cause.AUTH_FAILED, fatal=True)

@@ -8,13 +8,16 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import ExchangeType, HashAlgorithm, KeId, NotifyType
-from ipsecd.ike.crypto import accept_key_exchange, create_key_exchange, supported_groups
+from ipsecd.iana import ExchangeType, HashAlgorithm, NotifyType
+from ipsecd.ike.crypto import KeyExchange
+from ipsecd.ike.events import Cause
+from ipsecd.ike.keyexchange import InvalidKe, KeOffer, accept, group_name
 from ipsecd.ike.keymat import derive_ike_keys
 from ipsecd.ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
-from ipsecd.ike.proposal import groups_in, ke_group_of, proposal_matches_chosen, proposal_to_str, select_proposal
+from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal
 from ipsecd.ike.sk import make_sk_ciphers
-from ipsecd.ike.tasks import Retry, TaskFailed
+from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
+from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
     from ipsecd.ike.events import Endpoint
@@ -39,65 +42,67 @@ def _strip_spi(p: Proposal) -> Proposal:
     return Proposal(p.num, p.protocol, b"", p.transforms)
 
 
-class IkeInit:
+class IkeInit(Hooks):
     exchange = ExchangeType.IKE_SA_INIT
+    kind = TaskKind.IKE_INIT
+    target = None
 
     def __init__(self) -> None:
-        self.group: KeId | None = None
+        self.offer: KeOffer | None = None  # initiator: our group and key pair, across rebuilt requests
+        self.cookie = b""
+        self.cookie_retries = 0
         self.chosen: Proposal | None = None
+        self.ke: KeyExchange | None = None  # responder: our half
 
     # -- initiator ---------------------------------------------------------
     def build_i(self, sa: IkeSa) -> list[Payload]:
         proposals = sa.settings.ike_proposals
-        if self.group is None:
-            self.group = ke_group_of(proposals[0])
-            if self.group is None:
-                raise TaskFailed("IKE proposal without a key exchange method")
-        if sa.ke is None or sa.ke.group != self.group:
-            sa.ke = create_key_exchange(self.group)
+        if self.offer is None:
+            self.offer = KeOffer(proposals)
+        ke = self.offer.payload()
+        if ke is None:
+            raise TaskFailed("IKE proposal without a key exchange method", Cause.CONFIG)
         if not sa.nonce_i:
-            sa.nonce_i = sa.rng(NONCE_LEN)
+            sa.nonce_i = sa.ctx.rng(NONCE_LEN)
         payloads: list[Payload] = []
-        if sa.cookie:
-            payloads.append(NotifyPayload(NotifyType.COOKIE, data=sa.cookie))  # RFC 7296 2.6: first payload
+        if self.cookie:
+            payloads.append(NotifyPayload(NotifyType.COOKIE, data=self.cookie))  # RFC 7296 2.6: first payload
         payloads += [
-            SaPayload(tuple(_strip_spi(p) for p in proposals)),
-            KePayload(self.group, sa.ke.public_key),
+            SaPayload(tuple(_strip_spi(p) for p in self.offer.order(proposals))),
+            ke,
             NoncePayload(sa.nonce_i),
             *self._natd_payloads(sa, ZERO_SPI),
             NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=_sig_hash_algorithms()),
         ]
         return payloads
 
-    def process_i(self, sa: IkeSa, msg: Message) -> None:
+    def process_i(self, sa: IkeSa, msg: Message) -> Status:
+        assert self.offer is not None
         cookie = msg.notify(NotifyType.COOKIE)
         if cookie is not None:
             if not 1 <= len(cookie.data) <= 64:
                 raise TaskFailed("peer sent a malformed COOKIE")
-            if sa.cookie_retries >= 2:
-                raise TaskFailed("peer keeps asking for a cookie")
-            sa.cookie = cookie.data
-            sa.cookie_retries += 1
+            if self.cookie_retries >= 2:
+                raise TaskFailed("peer keeps asking for a cookie", Cause.PEER_REFUSED)
+            self.cookie = cookie.data
+            self.cookie_retries += 1
             raise Retry
         invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
-            if len(invalid_ke.data) < 2:
-                raise TaskFailed("peer sent INVALID_KE_PAYLOAD without a group")
-            wanted = struct.unpack("!H", invalid_ke.data[:2])[0]
-            ours = groups_in(sa.settings.ike_proposals)
-            if wanted == self.group or wanted not in ours or sa.ke_retries >= 2:
-                raise TaskFailed(f"peer wants key exchange method {_group_name(wanted)}, which we do not offer "
-                                 f"(we offer {', '.join(_group_name(g) for g in ours)})")
-            sa.log.info("peer asked for %s instead of %s: retrying", _group_name(wanted), _group_name(self.group or 0))
-            self.group = KeId(wanted)
-            sa.ke_retries += 1
+            was = self.offer.group
+            why = self.offer.retry_with(invalid_ke)
+            if why is not None:
+                raise TaskFailed(why, Cause.INVALID_KE)
+            sa.log.info("peer asked for %s instead of %s: retrying", group_name(self.offer.group or 0),
+                        group_name(was or 0))
             raise Retry
         errors = msg.error_notifies()
         if errors:
-            raise TaskFailed(f"peer refused IKE_SA_INIT with {_notify_name(errors[0].notify_type)}"
+            n = errors[0].notify_type
+            raise TaskFailed(f"peer refused IKE_SA_INIT with {notify_name(n)}"
                              + (" (no IKE proposal matched: we offered "
                                 + ", ".join(proposal_to_str(p) for p in sa.settings.ike_proposals) + ")"
-                                if errors[0].notify_type == NotifyType.NO_PROPOSAL_CHOSEN else ""))
+                                if n == NotifyType.NO_PROPOSAL_CHOSEN else ""), cause_of_notify(n))
         sa_payload = msg.get(SaPayload)
         ke = msg.get(KePayload)
         nonce = msg.get(NoncePayload)
@@ -107,22 +112,22 @@ class IkeInit:
                                                                          sa_payload.proposals[0]):
             raise TaskFailed("peer chose an IKE proposal we did not offer")
         chosen = sa_payload.proposals[0]
-        if ke.group != ke_group_of(chosen) or ke.group != self.group:
-            raise TaskFailed("peer's KE payload does not match the chosen key exchange method")
         if msg.spi_r == ZERO_SPI:
             raise TaskFailed("IKE_SA_INIT response with a zero responder SPI")
+        try:
+            shared = self.offer.shared(chosen, ke)
+        except ValueError as e:
+            raise TaskFailed(str(e)) from e
+        if shared is None:
+            raise TaskFailed("peer chose an IKE proposal without a key exchange method")
         sa.spi_r = msg.spi_r
         sa.nonce_r = nonce.data
-        assert sa.ke is not None
-        try:
-            shared = sa.ke.compute_shared(ke.data)
-        except RemoteProtocolError as e:
-            raise TaskFailed(f"peer's KE payload is invalid: {e}") from e
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        return Status.DONE
 
     # -- responder ---------------------------------------------------------
-    def process_r(self, sa: IkeSa, msg: Message) -> None:
+    def process_r(self, sa: IkeSa, msg: Message) -> Status:
         sa_payload = msg.get(SaPayload)
         ke = msg.get(KePayload)
         nonce = msg.get(NoncePayload)
@@ -137,27 +142,27 @@ class IkeInit:
         if chosen is None:
             offered = ", ".join(proposal_to_str(p) for p in sa_payload.proposals)
             configured = ", ".join(proposal_to_str(p) for p in sa.settings.ike_proposals)
-            sa.fail_reason = f"no IKE proposal matched: peer offered {offered}, we accept {configured}"
-            raise RemoteProtocolError(sa.fail_reason, NotifyType.NO_PROPOSAL_CHOSEN)
-        group = ke_group_of(chosen)
-        if group is None or group not in supported_groups() or ke.group != group:
-            # RFC 7296 1.2: tell the initiator which group we selected; keep no state
-            sa.fail_reason = f"peer sent KE for {_group_name(ke.group)}, we want {_group_name(group or 0)}"
-            raise RemoteProtocolError(sa.fail_reason, NotifyType.INVALID_KE_PAYLOAD,
-                                      struct.pack("!H", group or 0))
+            raise Refuse(NotifyType.NO_PROPOSAL_CHOSEN,
+                         f"no IKE proposal matched: peer offered {safe(offered, 1024)}, we accept {configured}",
+                         Cause.NO_PROPOSAL, fatal=True)
+        try:
+            # RFC 7296 1.2: a KE of another group gets INVALID_KE_PAYLOAD naming ours; no state kept
+            self.ke, shared = accept(chosen, ke, required=True)
+        except InvalidKe as e:
+            raise Refuse(NotifyType.INVALID_KE_PAYLOAD, e.reason, Cause.INVALID_KE, data=e.notify_data,
+                         fatal=True) from None
+        assert shared is not None
         sa.nonce_i = nonce.data
-        sa.nonce_r = sa.rng(NONCE_LEN)
-        # the responder's half is computed from the initiator's (required for KEMs like ML-KEM)
-        sa.ke, shared = accept_key_exchange(group, ke.data)
-        self.group = group
+        sa.nonce_r = sa.ctx.rng(NONCE_LEN)
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
-        assert self.chosen is not None and sa.ke is not None and self.group is not None
+        assert self.chosen is not None and self.ke is not None
         return [
             SaPayload((self.chosen,)),
-            KePayload(self.group, sa.ke.public_key),
+            KePayload(self.ke.group, self.ke.public_key),
             NoncePayload(sa.nonce_r),
             *self._natd_payloads(sa, sa.spi_r),
             NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=_sig_hash_algorithms()),
@@ -173,7 +178,7 @@ class IkeInit:
     def _natd_payloads(self, sa: IkeSa, spi_r: bytes) -> list[Payload]:
         src = natd_hash(sa.spi_i, spi_r, sa.local)
         if sa.settings.force_encap:
-            src = sa.rng(20)  # pretend to be behind a NAT so the peer encapsulates (as strongSwan's encap=yes)
+            src = sa.ctx.rng(20)  # pretend to be behind a NAT so the peer encapsulates (as strongSwan's encap=yes)
         return [
             NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=src),
             NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd_hash(sa.spi_i, spi_r, sa.remote)),
@@ -191,18 +196,3 @@ class IkeInit:
             sa.log.info("NAT detected (%s), using UDP encapsulation",
                         "local" if sa.local_behind_nat and not sa.remote_behind_nat
                         else "remote" if not sa.local_behind_nat else "both sides")
-
-
-def _group_name(group: int) -> str:
-    try:
-        return KeId(group).name
-    except ValueError:
-        return f"group {group}"
-
-
-def _notify_name(t: int) -> str:
-    try:
-        return NotifyType(t).name
-    except ValueError:
-        return f"notify {t}"
-

@@ -1,0 +1,110 @@
+"""What an IKE SA may ask of the engine that owns it: one small context object.
+
+It replaces the callables an IKE SA used to be handed (SPI, reqid and id allocators,
+the fixed-reqid lookup, the "does another SA with this peer exist" query). The
+manager creates one per engine and shares it with every SA; the SA only *asks*
+here, it never changes another SA. Everything here is O(1) per call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Our own IKE SPIs: 8 random octets, never zero (RFC 7296 3.1: zero means "unknown yet").
+IKE_SPI_LEN = 8
+CHILD_SPI_LEN = 4
+_RESERVED_SPI_MAX = 255  # ESP/AH SPIs 1..255 are reserved by IANA (RFC 4303 2.1)
+
+
+@dataclass
+class EngineContext:
+    rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
+    next_ike_id: int = 1
+    next_reqid: int = 1
+    ike_spis: set[bytes] = field(default_factory=set, repr=False)  # our IKE SPIs in use
+    child_spis: set[bytes] = field(default_factory=set, repr=False)  # our inbound ESP SPIs in use
+    # (connection, child) -> reqid every Child SA of that child carries (traps, reauth)
+    fixed_reqids: dict[tuple[str, str], int] = field(default_factory=dict)
+    fixed_owner: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # (connection, peer address) -> live IKE SA ids: decides INITIAL_CONTACT (RFC 7296 2.4)
+    contacts: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- allocation
+    def alloc_ike_id(self) -> int:
+        i = self.next_ike_id
+        self.next_ike_id += 1
+        return i
+
+    def alloc_ike_spi(self) -> bytes:
+        while True:
+            spi = self.rng(IKE_SPI_LEN)
+            if spi != bytes(IKE_SPI_LEN) and spi not in self.ike_spis:
+                self.ike_spis.add(spi)
+                return spi
+
+    def release_ike_spi(self, spi: bytes) -> None:
+        self.ike_spis.discard(spi)
+
+    def alloc_child_spi(self) -> bytes:
+        while True:
+            spi = self.rng(CHILD_SPI_LEN)
+            if int.from_bytes(spi, "big") > _RESERVED_SPI_MAX and spi not in self.child_spis:
+                self.child_spis.add(spi)
+                return spi
+
+    def release_child_spi(self, spi: bytes) -> None:
+        self.child_spis.discard(spi)
+
+    def alloc_reqid(self, connection: str | None = None, child: str | None = None) -> int:
+        """The reqid of a new Child SA: the fixed one of (connection, child) if there is one."""
+        if connection is not None and child is not None:
+            fixed = self.fixed_reqids.get((connection, child))
+            if fixed is not None:
+                return fixed
+        r = self.next_reqid
+        self.next_reqid += 1
+        return r
+
+    # ---------------------------------------------------------------- fixed reqids
+    def assign_reqid(self, connection: str, child: str, reqid: int | None = None) -> int:
+        """Reserve the stable reqid of (connection, child) (see IkeManager.assign_reqid)."""
+        key = (connection, child)
+        have = self.fixed_reqids.get(key)
+        if have is not None and (reqid is None or reqid == have):
+            return have
+        if have is not None:
+            del self.fixed_owner[have]
+        if reqid is None:
+            reqid = self.alloc_reqid()
+        elif reqid in self.fixed_owner:
+            raise ValueError(f"reqid {reqid} is already fixed for {'/'.join(self.fixed_owner[reqid])}")
+        self.fixed_reqids[key] = reqid
+        self.fixed_owner[reqid] = key
+        return reqid
+
+    def release_reqids(self, connection: str, child: str | None = None) -> list[int]:
+        gone = [k for k in self.fixed_reqids if k[0] == connection and (child is None or k[1] == child)]
+        out = []
+        for key in gone:
+            reqid = self.fixed_reqids.pop(key)
+            self.fixed_owner.pop(reqid, None)
+            out.append(reqid)
+        return out
+
+    # ---------------------------------------------------------------- peers
+    def add_contact(self, connection: str, peer: str, ike_sa_id: int) -> None:
+        self.contacts.setdefault((connection, peer), set()).add(ike_sa_id)
+
+    def drop_contact(self, connection: str, peer: str, ike_sa_id: int) -> None:
+        ids = self.contacts.get((connection, peer))
+        if ids is not None:
+            ids.discard(ike_sa_id)
+            if not ids:
+                del self.contacts[(connection, peer)]
+
+    def has_contact(self, connection: str, peer: str, ike_sa_id: int) -> bool:
+        """Does another live IKE SA of this connection with this peer address exist?"""
+        ids = self.contacts.get((connection, peer), ())
+        return any(i != ike_sa_id for i in ids)

@@ -1,0 +1,413 @@
+"""The exchanges of one IKE SA: message IDs, our request queue and window, retransmission,
+the cached response, and which responder tasks a request creates (strongSwan's
+task_manager_v2.c to our ike_sa.py's ike_sa.c).
+
+Window size 1 both ways (RFC 7296 2.3): one request of ours in flight; the peer's
+requests are taken in message-ID order and the last response is kept to answer a
+retransmitted request again (RFC 7296 2.1). A task that answers NEED_MORE stays for
+another round of the same exchange: ours as the next request, the peer's for its next
+request (IKE_AUTH with EAP, RFC 7296 2.16).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ipsecd.errors import RemoteProtocolError
+from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, ProtocolId
+from ipsecd.ike.events import Cause, Endpoint
+from ipsecd.ike.message import Message, encode_message
+from ipsecd.ike.payloads import NotifyPayload, Payload, SaPayload
+from ipsecd.ike.state import LIVE, IkeState
+from ipsecd.ike.tasks import (
+    CHILD_KINDS,
+    InitiatorTask,
+    Refuse,
+    ResponderTask,
+    Retry,
+    Skip,
+    Status,
+    TaskFailed,
+    TaskKind,
+    cause_of_notify,
+)
+from ipsecd.ike.tasks.child_create import ChildCreate
+from ipsecd.ike.tasks.child_rekey import ChildRekey
+from ipsecd.ike.tasks.ike_auth import IkeAuth
+from ipsecd.ike.tasks.ike_init import IkeInit
+from ipsecd.ike.tasks.ike_rekey import IkeRekey
+from ipsecd.ike.tasks.informational import InformationalResponder
+
+if TYPE_CHECKING:
+    from ipsecd.ike.ike_sa import IkeSa
+
+log = logging.getLogger("ipsecd.ike")
+
+DELETE_TIMEOUT = 10.0  # how long we wait for the answer to our Delete before closing anyway
+
+@dataclass(slots=True)
+class _Active:
+    """Our request in flight: kept for retransmission until its response arrives (RFC 7296 2.1)."""
+
+    message_id: int
+    exchange: ExchangeType
+    tasks: list[InitiatorTask]
+    data: bytes
+    sent_at: float
+    deadline: float
+    tries: int = 0
+
+
+@dataclass(slots=True)
+class _Cached:
+    message_id: int
+    data: bytes
+
+
+def _create_child_sa(sa: IkeSa, msg: Message) -> list[ResponderTask]:
+    """Which job a CREATE_CHILD_SA request is (RFC 7296 1.3), or TEMPORARY_FAILURE when we
+    cannot take it now (RFC 7296 2.25)."""
+    ex = sa.exchanges
+    if sa.state != IkeState.ESTABLISHED:
+        raise Refuse(NotifyType.TEMPORARY_FAILURE, "IKE SA is going away", Cause.PEER_REFUSED)
+    sa_payload = msg.get(SaPayload)
+    if sa_payload is not None and any(p.protocol == ProtocolId.IKE for p in sa_payload.proposals):
+        if ex.in_flight(CHILD_KINDS):  # RFC 7296 2.25.2
+            sa.log.info("peer wants to rekey the IKE SA while we change a Child SA: TEMPORARY_FAILURE")
+            raise Refuse(NotifyType.TEMPORARY_FAILURE, "busy with a Child SA", Cause.PEER_REFUSED)
+        return [IkeRekey()]
+    if msg.notify(NotifyType.REKEY_SA) is not None:
+        return [ChildRekey()]
+    if ex.in_flight({TaskKind.IKE_REKEY}):
+        sa.log.info("peer wants a new Child SA while we rekey the IKE SA: TEMPORARY_FAILURE")
+        raise Refuse(NotifyType.TEMPORARY_FAILURE, "rekeying the IKE SA", Cause.PEER_REFUSED)
+    return [ChildCreate(exchange=ExchangeType.CREATE_CHILD_SA)]
+
+
+# Request -> responder tasks (strongSwan's process_request switch), with the IKE SA
+# states in which each exchange is accepted at all.
+RESPONDERS: dict[ExchangeType, tuple[frozenset[IkeState], Callable[[IkeSa, Message], list[ResponderTask]]]] = {
+    ExchangeType.IKE_SA_INIT: (frozenset({IkeState.CREATED}), lambda sa, msg: [IkeInit()]),
+    ExchangeType.IKE_AUTH: (frozenset({IkeState.CONNECTING}), lambda sa, msg: [IkeAuth(), ChildCreate()]),
+    ExchangeType.INFORMATIONAL: (LIVE, lambda sa, msg: [InformationalResponder()]),
+    ExchangeType.CREATE_CHILD_SA: (LIVE, _create_child_sa),
+}
+
+
+class Exchanges:
+    """See the module docstring. Owned by one IkeSa; sends through its endpoints."""
+
+    __slots__ = ("_delay_seq", "active", "cached", "delayed", "expected_id", "next_id", "out", "passive",
+                 "queue", "sa", "stale")
+
+    def __init__(self, sa: IkeSa) -> None:
+        self.sa = sa
+        self.next_id = 0  # message ID of our next request
+        self.expected_id = 0  # message ID of the peer's next request
+        self.active: _Active | None = None
+        self.queue: deque[list[InitiatorTask]] = deque()
+        self.delayed: list[tuple[float, int, list[InitiatorTask]]] = []  # heap: (due, seq, tasks)
+        self._delay_seq = 0
+        self.passive: list[ResponderTask] = []  # the peer's tasks waiting for its next round
+        self.cached: _Cached | None = None
+        self.stale: list[InitiatorTask] = []  # abandoned in flight, told when the SA closes
+        self.out: list[tuple[bytes, Endpoint, Endpoint]] = []
+
+    # ------------------------------------------------------------------ queue
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self.queue and not self.delayed
+
+    def add(self, tasks: list[InitiatorTask], *, first: bool = False) -> None:
+        if first:
+            self.queue.appendleft(tasks)
+        else:
+            self.queue.append(tasks)
+        if self.active is None:
+            self.send_next()
+
+    def later(self, due: float, tasks: list[InitiatorTask]) -> None:
+        self._delay_seq += 1
+        heapq.heappush(self.delayed, (due, self._delay_seq, tasks))
+
+    def release_due(self, now: float) -> list[list[InitiatorTask]]:
+        out = []
+        while self.delayed and self.delayed[0][0] <= now:
+            out.append(heapq.heappop(self.delayed)[2])
+        return out
+
+    def in_flight(self, kinds: frozenset[TaskKind] | set[TaskKind]) -> bool:
+        return self.active is not None and any(t.kind in kinds for t in self.active.tasks)
+
+    def pending(self, pred: Callable[[InitiatorTask], bool]) -> bool:
+        """Is a task matching ``pred`` in flight, queued or waiting for a retry?"""
+        groups = [self.active.tasks] if self.active is not None else []
+        groups += list(self.queue) + [d[2] for d in self.delayed]
+        return any(pred(t) for ts in groups for t in ts)
+
+    def abandon(self) -> None:
+        """Drop everything of ours (a Delete replaces it); in-flight tasks hear about it at close."""
+        if self.active is not None:
+            self.stale += self.active.tasks
+        self.active = None
+        self.queue.clear()
+        self.delayed.clear()
+
+    def abort_all(self) -> None:
+        tasks = self.stale + (self.active.tasks if self.active is not None else [])
+        self.stale = []
+        self.active = None
+        self.queue.clear()
+        self.delayed.clear()
+        for t in tasks:
+            t.abort(self.sa)
+
+    def hand_over(self, new: Exchanges, keep: Callable[[InitiatorTask], bool]) -> None:
+        """Move our queued and delayed work whose every task ``keep`` accepts to ``new`` (IKE rekey)."""
+        for tasks in self.queue:
+            if all(keep(t) for t in tasks):
+                new.queue.append(tasks)
+        for due, _seq, tasks in self.delayed:
+            if all(keep(t) for t in tasks):
+                new.later(due, tasks)
+        self.queue.clear()
+        self.delayed.clear()
+
+    def next_deadline(self) -> float | None:
+        times = []
+        a = self.active
+        if a is not None:
+            times.append(a.deadline)
+            dpd_timeout = self.sa.settings.dpd_timeout
+            if dpd_timeout > 0 and self.sa.state == IkeState.ESTABLISHED:
+                times.append(a.sent_at + dpd_timeout)
+        if self.delayed:
+            times.append(self.delayed[0][0])
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ our requests
+    def send_next(self, reuse_id: int | None = None) -> None:
+        sa = self.sa
+        while self.queue and self.active is None and sa.state != IkeState.CLOSED:
+            tasks = self.queue[0]
+            exchange = tasks[0].exchange
+            payloads: list[Payload] = []
+            try:
+                for t in tasks:
+                    payloads += t.build_i(sa)
+            except Skip:
+                self.queue.popleft()
+                continue
+            except TaskFailed as e:
+                self.queue.popleft()
+                if e.fatal:
+                    sa.close(e.cause, e.reason)
+                    return
+                sa.log.warning("%s", e.reason)
+                continue
+            self.queue.popleft()
+            message_id = self.next_id if reuse_id is None else reuse_id
+            if reuse_id is None:
+                self.next_id += 1
+            reuse_id = None
+            if exchange != ExchangeType.IKE_SA_INIT and sa.encap and sa.initiator and sa.remote[1] == 500 \
+                    and sa.local[1] != NATT_PORT:
+                # RFC 7296 2.23: after NAT detection the initiator moves to port 4500
+                sa.local = (sa.local[0], NATT_PORT)
+                sa.remote = (sa.remote[0], NATT_PORT)
+            msg = Message(sa.spi_i, sa.spi_r, exchange, message_id, is_initiator=sa.initiator, is_response=False,
+                          payloads=payloads, encrypted=exchange != ExchangeType.IKE_SA_INIT)
+            data = encode_message(msg, sa.sk_out if msg.encrypted else None)
+            if exchange == ExchangeType.IKE_SA_INIT:
+                sa.init_request = data
+            self.active = _Active(message_id, exchange, tasks, data, sent_at=sa.now, deadline=sa.now + sa.timeout(0))
+            self.out.append((data, sa.local, sa.remote))
+
+    def on_response(self, msg: Message, data: bytes) -> None:
+        sa = self.sa
+        a = self.active
+        if a is None or msg.message_id != a.message_id or msg.exchange != a.exchange:
+            sa.count("unexpected_response")
+            return
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_response = data
+        self.active = None
+        more: list[InitiatorTask] = []
+        try:
+            for t in a.tasks:
+                if t.process_i(sa, msg) is Status.NEED_MORE:
+                    more.append(t)
+        except Retry:
+            self.queue.appendleft(a.tasks)
+            if a.exchange == ExchangeType.IKE_SA_INIT:
+                sa.spi_r = bytes(8)
+                self.send_next(reuse_id=a.message_id)
+            else:
+                self.send_next()  # RFC 7296 1.3: the failed exchange is complete; the retry is a new request
+            return
+        except TaskFailed as e:
+            sa.fail_reason = e.reason
+            if e.fatal:
+                sa.close(e.cause, e.reason)
+                return
+            sa.log.warning("%s", e.reason)
+        except RemoteProtocolError as e:
+            sa.close(Cause.PROTOCOL_ERROR, f"invalid {a.exchange.name} response: {e}")
+            return
+        if sa.state == IkeState.CLOSED:
+            return
+        if more:
+            self.queue.appendleft(more)
+        self.send_next()
+
+    def retransmit(self, now: float) -> None:
+        sa = self.sa
+        a = self.active
+        if a is None:
+            return
+        if a.exchange == ExchangeType.INFORMATIONAL and sa.state == IkeState.DELETING \
+                and now - a.sent_at >= DELETE_TIMEOUT:
+            sa.close(sa.closing[0], f"{sa.closing[1]} (peer did not confirm the Delete)")
+            return
+        established = sa.established_at is not None
+        timeout = sa.settings.dpd_timeout
+        if established and timeout > 0 and now >= a.sent_at + timeout:
+            sa.close(Cause.PEER_DEAD, f"peer dead: no answer to our {a.exchange.name} request within "
+                                      f"dpd_timeout {timeout:.0f}s")
+            return
+        if now < a.deadline:
+            return
+        if a.tries >= sa.settings.retransmit.tries:
+            reason = f"peer did not answer our {a.exchange.name} request after {a.tries} retransmissions"
+            if established:
+                sa.close(Cause.PEER_DEAD, f"peer dead: {reason}")
+            else:
+                sa.close(Cause.TIMEOUT, f"{reason}: giving up")
+            return
+        a.tries += 1
+        a.deadline = now + sa.timeout(a.tries)
+        sa.count("retransmits")
+        sa.log.info("retransmit %d of request %d (%s)", a.tries, a.message_id, a.exchange.name)
+        self.out.append((a.data, sa.local, sa.remote))
+
+    def check_sooner(self, message_id: int) -> bool:
+        """RFC 7296 2.21.4: an unprotected INVALID_IKE_SPI answered request ``message_id``: make
+        the next retransmission the last one, and send it now. Never closes on its own."""
+        a = self.active
+        if a is None or a.message_id != message_id:
+            return False
+        a.tries = max(a.tries, self.sa.settings.retransmit.tries - 1)
+        a.deadline = min(a.deadline, self.sa.now)
+        return True
+
+    # ------------------------------------------------------------------ the peer's requests
+    def on_request(self, msg: Message, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        sa = self.sa
+        cached = self.cached
+        if cached is not None and msg.message_id == cached.message_id:
+            sa.count("retransmitted_requests")  # RFC 7296 2.1: the same response again
+            self.out.append((cached.data, local, remote))
+            return
+        if msg.message_id != self.expected_id:
+            sa.count("bad_message_id")
+            return
+        refused: Refuse | None = None
+        if self.passive and self.passive[0].exchange == msg.exchange:
+            tasks = self.passive
+        else:
+            states, make = RESPONDERS.get(msg.exchange, (frozenset(), None))  # type: ignore[assignment]
+            if sa.state not in states or make is None:
+                sa.count("unexpected_exchange")
+                return
+            try:
+                tasks = make(sa, msg)
+            except Refuse as r:
+                tasks, refused = [], r
+        if msg.encrypted:
+            sa.peer_seen(local, remote)  # an authenticated request (RFC 7296 2.23)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa.begin_responder(msg.spi_i, local, remote)
+        payloads, more, fatal = self._answer(msg, tasks, refused)
+        spi_r = sa.spi_r
+        if msg.exchange == ExchangeType.IKE_SA_INIT and fatal is not None:
+            spi_r = bytes(8)  # a refused IKE_SA_INIT is answered statelessly (RFC 7296 1.2, 2.6)
+        resp = Message(sa.spi_i, spi_r, msg.exchange, msg.message_id, is_initiator=sa.initiator,
+                       is_response=True, payloads=payloads, encrypted=msg.exchange != ExchangeType.IKE_SA_INIT)
+        out = encode_message(resp, sa.sk_out if resp.encrypted else None)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            sa.init_request, sa.init_response = data, out
+        self.passive = more
+        self._respond(msg.message_id, out, local, remote)
+        if fatal is not None:
+            sa.close(*fatal)
+            return
+        if self.active is not None:
+            for t in tasks:
+                for mine in self.active.tasks:
+                    mine.collide(sa, t)  # RFC 7296 2.8.1/2.8.2: both ends rekeyed at once
+        sa.after_response()
+
+    def _answer(self, msg: Message, tasks: list[ResponderTask], refused: Refuse | None
+                ) -> tuple[list[Payload], list[ResponderTask], tuple[Cause, str] | None]:
+        """Run the responder tasks: (payloads of the response, tasks that need more, fatal close)."""
+        sa = self.sa
+        if refused is not None:
+            return [_notify(refused)], [], (refusal_close(refused) if refused.fatal else None)
+        refusals: dict[int, Refuse] = {}
+        more: list[ResponderTask] = []
+        try:
+            for t in tasks:
+                try:
+                    if t.process_r(sa, msg) is Status.NEED_MORE:
+                        more.append(t)
+                except Refuse as r:
+                    if r.fatal:  # the whole exchange fails: answer with this notify alone
+                        sa.fail_reason = r.reason
+                        return [_notify(r)], [], refusal_close(r)
+                    refusals[id(t)] = r
+            payloads: list[Payload] = []
+            for t in tasks:
+                no = refusals.get(id(t))
+                payloads += [_notify(no)] if no is not None else t.build_r(sa)
+            return payloads, more, None
+        except RemoteProtocolError as e:
+            notify = e.notify or NotifyType.INVALID_SYNTAX
+            fatal = None
+            if msg.exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH):
+                cause = cause_of_notify(notify)
+                fatal = (Cause.PROTOCOL_ERROR if cause is Cause.PEER_REFUSED else cause, sa.fail_reason or str(e))
+            return [NotifyPayload(notify, data=e.notify_data)], [], fatal
+
+    def _respond(self, message_id: int, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        self.expected_id += 1
+        self.cached = _Cached(message_id, data)
+        self.out.append((data, local, remote))
+
+    def answer_error(self, data: bytes, e: RemoteProtocolError, local: Endpoint, remote: Endpoint) -> None:
+        """An authenticated but invalid request still gets its NOTIFY (RFC 7296 2.21.2)."""
+        sa = self.sa
+        if len(data) < 28 or e.notify is None:
+            return
+        message_id = int.from_bytes(data[20:24], "big")
+        if message_id != self.expected_id:
+            return
+        try:
+            ex = ExchangeType(data[18])
+        except ValueError:
+            return
+        resp = Message(sa.spi_i, sa.spi_r, ex, message_id, is_initiator=sa.initiator, is_response=True,
+                       payloads=[NotifyPayload(e.notify, data=e.notify_data)], encrypted=True)
+        self._respond(message_id, encode_message(resp, sa.sk_out), local, remote)
+
+
+def _notify(r: Refuse) -> NotifyPayload:
+    return NotifyPayload(r.notify, r.protocol, r.spi, r.data)
+
+
+def refusal_close(r: Refuse) -> tuple[Cause, str]:
+    return r.cause, r.reason

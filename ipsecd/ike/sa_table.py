@@ -1,0 +1,120 @@
+"""Every IKE SA of an engine, found without a scan, and their timers.
+
+By id; by our IKE SPI (every datagram); by (initiator SPI, peer address) while
+half-open (retransmitted IKE_SA_INIT); by connection (traps, duplicates,
+INITIAL_CONTACT); by the inbound SPI of each Child SA (data-plane events). The
+indexes follow the SAs' signals and events (``index``), never a walk of the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ipsecd.ike.context import EngineContext
+from ipsecd.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    Event,
+    IkeSaClosed,
+    IkeSaEstablished,
+    IkeSaMoved,
+    IkeSaRekeyed,
+)
+from ipsecd.ike.ike_sa import IkeSa, IkeState
+from ipsecd.ike.timers import TimerHeap
+
+
+class SaTable:
+    __slots__ = ("_by_child", "_by_conn", "_by_spi", "_half_key", "_half_open", "_peer_of", "by_id", "ctx",
+                 "timers")
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+        self.by_id: dict[int, IkeSa] = {}
+        self.timers = TimerHeap()
+        self._by_spi: dict[bytes, IkeSa] = {}
+        self._half_open: dict[tuple[bytes, str], IkeSa] = {}
+        self._half_key: dict[int, tuple[bytes, str]] = {}  # IKE SA id -> its key in _half_open
+        self._by_conn: dict[str, dict[int, IkeSa]] = {}
+        self._by_child: dict[bytes, IkeSa] = {}
+        self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
+
+    # ------------------------------------------------------------------ lookups
+    def by_spi(self, spi: bytes) -> IkeSa | None:
+        return self._by_spi.get(spi)
+
+    def half_open(self, spi_i: bytes, peer: str) -> IkeSa | None:
+        return self._half_open.get((spi_i, peer))
+
+    @property
+    def half_open_count(self) -> int:
+        return len(self._half_open)
+
+    def of_connection(self, name: str) -> list[IkeSa]:
+        return list(self._by_conn.get(name, {}).values())
+
+    def child_owner(self, spi_in: bytes) -> IkeSa | None:
+        return self._by_child.get(spi_in)
+
+    def reqid_elsewhere(self, reqid: int, sa: IkeSa) -> bool:
+        """Does a Child SA of another live IKE SA of this connection carry this reqid?"""
+        return any(o is not sa and o.state != IkeState.CLOSED and o.children.reqid_in_use(reqid)
+                   for o in self._by_conn.get(sa.settings.name, {}).values())
+
+    # ------------------------------------------------------------------ changes
+    def add(self, sa: IkeSa, *, half_open: tuple[bytes, str] | None = None) -> None:
+        """Track ``sa``; ``half_open`` is the (initiator SPI, peer address) of a peer's IKE_SA_INIT."""
+        self.by_id[sa.ike_sa_id] = sa
+        self._by_conn.setdefault(sa.settings.name, {})[sa.ike_sa_id] = sa
+        self._contact(sa)
+        if sa.our_spi != bytes(8):
+            self._by_spi[sa.our_spi] = sa
+        if half_open is not None:
+            self._half_open[half_open] = sa
+            self._half_key[sa.ike_sa_id] = half_open
+
+    def route(self, spi: bytes, sa: IkeSa) -> None:
+        self._by_spi[spi] = sa
+
+    def index(self, sa: IkeSa, ev: Event) -> Event:
+        """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
+        if isinstance(ev, IkeSaEstablished):
+            self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
+        elif isinstance(ev, ChildSaEstablished):
+            self._by_child[ev.spi_in] = sa
+        elif isinstance(ev, ChildSaDeleted):
+            if self._by_child.get(ev.spi_in) is sa:
+                del self._by_child[ev.spi_in]
+            if not ev.reqid_in_use and ev.reqid in self.ctx.fixed_owner and self.reqid_elsewhere(ev.reqid, sa):
+                # A fixed reqid may be carried by Child SAs of two IKE SAs at once (both ends
+                # acquired together): the data plane must keep the survivor's policies.
+                return dataclasses.replace(ev, reqid_in_use=True)
+        elif isinstance(ev, IkeSaRekeyed):
+            new = self.by_id.get(ev.new_ike_sa_id)
+            if new is not None:
+                for spi in ev.child_spis_in:
+                    self._by_child[spi] = new
+        elif isinstance(ev, IkeSaMoved):
+            self.ctx.drop_contact(sa.settings.name, self._peer_of.get(sa.ike_sa_id, ""), sa.ike_sa_id)
+            self._contact(sa)
+        elif isinstance(ev, IkeSaClosed):
+            self.remove(sa)
+        return ev
+
+    def remove(self, sa: IkeSa) -> None:
+        self.by_id.pop(sa.ike_sa_id, None)
+        same = self._by_conn.get(sa.settings.name)
+        if same is not None:
+            same.pop(sa.ike_sa_id, None)
+            if not same:
+                del self._by_conn[sa.settings.name]
+        if self._by_spi.get(sa.our_spi) is sa:
+            del self._by_spi[sa.our_spi]
+        self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
+        self.ctx.release_ike_spi(sa.our_spi)
+        self.ctx.drop_contact(sa.settings.name, self._peer_of.pop(sa.ike_sa_id, ""), sa.ike_sa_id)
+        self.timers.set(sa.ike_sa_id, None)
+
+    def _contact(self, sa: IkeSa) -> None:
+        self._peer_of[sa.ike_sa_id] = sa.remote[0]
+        self.ctx.add_contact(sa.settings.name, sa.remote[0], sa.ike_sa_id)

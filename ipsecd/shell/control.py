@@ -1,0 +1,119 @@
+"""The handlers behind the control socket (ipsecctl), one method per command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ipsecd import __version__, keyexport
+from ipsecd.control.protocol import ControlError
+from ipsecd.ike.events import IkeSaEstablished
+from ipsecd.logsetup import LogHub
+from ipsecd.metrics import MetricsSnapshot
+from ipsecd.shell.views import sa_info
+
+if TYPE_CHECKING:
+    from ipsecd.daemon import Daemon
+
+log = logging.getLogger("ipsecd.ctl")
+UP_TIMEOUT = 10.0  # `up` waits this long for the outcome, like swanctl --initiate
+
+
+class ControlHandlers:
+    def __init__(self, daemon: Daemon, hub: LogHub) -> None:
+        self.d = daemon
+        self.hub = hub
+        self._started = time.time()
+
+    async def _dataplane_counters(self) -> dict[str, Any]:
+        if self.d.dataplane is None:
+            return {}
+        try:
+            counters: dict[str, Any] = await self.d.dataplane.counters()
+            return counters
+        except Exception as e:
+            log.debug("cannot read data-plane counters: %s", e)
+            return {}
+
+    async def list_sas(self) -> dict[str, Any]:
+        counters = (await self._dataplane_counters()).get("sas", {})
+        return {"ike_sas": [sa_info(sa, counters) for sa in self.d.shell.manager.list_sas()]}
+
+    async def list_conns(self) -> dict[str, Any]:
+        conns = []
+        for name, c in self.d.config.connections.items():
+            conns.append({
+                "name": name, "local_addrs": [str(a) for a in c.local_addrs],
+                "remote_addrs": [str(a) for a in c.remote_addrs] or ["%any"],
+                "proposals": list(c.proposals), "local_id": str(c.local.id), "remote_id": str(c.remote.id),
+                "children": {
+                    cn: {"local_ts": [str(t) for t in ch.local_ts], "remote_ts": [str(t) for t in ch.remote_ts],
+                         "esp_proposals": list(ch.esp_proposals), "mode": ch.mode, "start_action": ch.start_action}
+                    for cn, ch in c.children.items()
+                },
+            })
+        return {"connections": conns}
+
+    async def status(self) -> dict[str, Any]:
+        sas = self.d.shell.manager.list_sas()
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self._started, 1),
+            "config": str(self.d.config.source), "connections": len(self.d.config.connections),
+            "ike_sas": len(sas), "child_sas": sum(len(sa.children) for sa in sas),
+            "dataplane": self.d.dataplane is not None,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        dp = await self._dataplane_counters()
+        return {"ike": self.d.shell.manager.total_counters(), "events": dict(self.d.stats.events),
+                "net": dict(self.d.transport.counters), "dataplane": dp.get("global", {})}
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        dp = await self._dataplane_counters()
+        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=self.d.shell.manager.total_counters(),
+                               dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
+                               events=dict(self.d.stats.events), handshake_failures=dict(self.d.stats.failures),
+                               rekeys=dict(self.d.stats.rekeys))
+
+    async def up(self, name: str) -> dict[str, Any]:
+        if name not in self.d.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        sa = self.d.policy.initiate(name)
+        if sa is None:
+            raise ControlError(f"cannot initiate '{name}'")
+        if sa.established_at is None:
+            try:
+                outcome = await asyncio.wait_for(self.d.shell.outcome(sa.ike_sa_id), UP_TIMEOUT)
+            except TimeoutError:
+                raise ControlError(f"'{name}' failed: no outcome within {UP_TIMEOUT:.0f}s") from None
+            if not isinstance(outcome, IkeSaEstablished):
+                raise ControlError(f"'{name}' failed: {sa.fail_reason or outcome}")
+        return {"established": name, "ike_sa": sa.ike_sa_id}
+
+    async def down(self, name: str) -> dict[str, Any]:
+        if name not in self.d.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        return {"deleted": self.d.shell.act(lambda m, now: m.terminate(name, now))}
+
+    async def reload(self) -> dict[str, Any]:
+        return await self.d.reload()
+
+    async def export_keys(self, fmt: str) -> dict[str, Any]:
+        if not self.d.config.settings.debug.allow_key_export:
+            raise ControlError("key export is disabled: set settings.debug.allow_key_export: true to enable it")
+        if fmt != "wireshark":
+            raise ControlError(f"unknown key export format '{fmt}' (supported: wireshark)")
+        sas = self.d.shell.manager.list_sas()
+        ike = [keyexport.ike_entry(sa.spi_i, sa.spi_r, sa.proposal, sa.keys)
+               for sa in sas if sa.keys is not None and sa.proposal is not None]
+        esp = [e for sa in sas for c in sa.children for e in keyexport.esp_entries(c.event)]
+        log.warning("SA keys exported through the control socket: %d IKE, %d ESP", len(ike), len(esp))
+        return {"files": keyexport.export(ike, esp)}
+
+    def subscribe_logs(self) -> AsyncIterator[str]:
+        return self.hub.subscribe()
+

@@ -1,0 +1,121 @@
+"""The IKE side of the shell: datagrams and the clock in, datagrams out, events to the parts.
+
+As aioquic's asyncio protocol: ``on_datagram``/``on_timer`` feed the sans-I/O manager,
+``flush`` drains what it produced -- events first, to the installer, the connection
+policy and the counters, then the datagrams -- and re-arms one timer. A datagram of an
+IKE SA whose inbound Child SA is still being installed is held by the installer and
+sent once that SA is in the data plane (the ordering contract in ipsecd/ike/manager.py,
+kept per IKE SA: other SAs' datagrams never wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ipsecd.ike.events import Event, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.manager import IkeManager
+from ipsecd.shell.stats import ShellStats
+
+if TYPE_CHECKING:
+    from ipsecd.dataplane.ike_socket import IkeTransport
+    from ipsecd.shell.installer import ChildSaInstaller
+    from ipsecd.shell.policy import ConnectionPolicy
+
+log = logging.getLogger("ipsecd.ike")
+T = TypeVar("T")
+
+
+class TaskSet:
+    """Background tasks that are never lost: kept until done, and a failure is logged."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, what))
+        return task
+
+    def _done(self, task: asyncio.Future[Any], what: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+
+    def cancel_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+
+class IkeShell:
+    def __init__(self, manager: IkeManager, transport: IkeTransport, stats: ShellStats) -> None:
+        self.manager = manager
+        self.transport = transport
+        self.stats = stats
+        self.tasks = TaskSet()
+        self.installer: ChildSaInstaller | None = None
+        self.policy: ConnectionPolicy | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[int, list[asyncio.Future[Event]]] = {}
+
+    # ------------------------------------------------------------------ input
+    def on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.manager.receive_datagram(data, local, remote, time.monotonic())
+        self.flush()
+
+    def on_timer(self) -> None:
+        self._timer = None
+        self.manager.handle_timer(time.monotonic())
+        self.flush()
+
+    def act(self, job: Callable[[IkeManager, float], T]) -> T:
+        """Run one job on the manager now (initiate, terminate, rekey, ...) and flush its output."""
+        try:
+            return job(self.manager, time.monotonic())
+        finally:
+            self.flush()
+
+    # ------------------------------------------------------------------ output
+    def flush(self) -> None:
+        datagrams = self.manager.datagrams_to_send()
+        while (ev := self.manager.next_event()) is not None:
+            self.stats.on_event(ev)
+            if self.installer is not None:
+                self.installer.on_event(ev)
+            if self.policy is not None:
+                self.policy.on_event(ev)
+            if isinstance(ev, IkeSaEstablished | IkeSaClosed):
+                for fut in self._waiters.pop(ev.ike_sa_id, []):
+                    if not fut.done():
+                        fut.set_result(ev)
+        for d in datagrams:
+            if self.installer is None or not self.installer.hold(d):
+                self.transport.send(d.data, d.local, d.remote)
+        self._arm()
+
+    def _arm(self) -> None:
+        t = self.manager.get_timer()
+        if self._timer is not None:
+            if t is not None and self._timer.when() == t:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if t is not None:
+            self._timer = asyncio.get_running_loop().call_at(t, self.on_timer)
+
+    def outcome(self, ike_sa_id: int) -> asyncio.Future[Event]:
+        """Resolves with the IkeSaEstablished or IkeSaClosed of this IKE SA."""
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(ike_sa_id, []).append(fut)
+        return fut
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.tasks.cancel_all()

@@ -1,0 +1,47 @@
+"""What the daemon counts from the engine's events (metrics and ``ipsecctl stats``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ipsecd.ike.events import (
+    SETUP_FAILURES,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaClosed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+)
+from ipsecd.metrics import failure_class
+
+
+@dataclass
+class ShellStats:
+    events: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # failure_class(cause) -> count
+    rekeys: dict[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
+
+    def on_event(self, ev: Event) -> None:
+        if isinstance(ev, ChildSaEstablished):
+            self._inc(self.events, "child_sas_established")
+            if ev.rekeyed_spi_in is not None:
+                self._inc(self.rekeys, "child")
+        elif isinstance(ev, ChildSaFailed):
+            self._inc(self.events, "child_sa_failures")
+            self._inc(self.failures, failure_class(ev.cause))
+        elif isinstance(ev, IkeSaEstablished):
+            self._inc(self.events, "ike_sas_established")
+        elif isinstance(ev, IkeSaRekeyed):
+            self._inc(self.rekeys, "ike")
+        elif isinstance(ev, IkeSaClosed):
+            self._inc(self.events, "ike_sas_closed")
+            if not ev.established and ev.cause in SETUP_FAILURES:
+                self._inc(self.failures, failure_class(ev.cause))
+
+    def count(self, what: str) -> None:
+        self._inc(self.events, what)
+
+    @staticmethod
+    def _inc(d: dict[str, int], key: str) -> None:
+        d[key] = d.get(key, 0) + 1
