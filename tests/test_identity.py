@@ -1,5 +1,5 @@
 """The one Identity: strongSwan's text forms, DER DNs (checked against cryptography and strongSwan's
-own pki tool), display and log safety, match qualities."""
+own pki tool), display and log safety, match qualities, secret lookup and connection choice."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import re
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +22,13 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipsecd.iana import IdType
+from ipsecd.config import Config, IkeSecret, Settings, load_config
+from ipsecd.iana import IdType, NotifyType
 from ipsecd.identity import ANY_IDENTITY, DISPLAY_LIMIT, Identity, IdMatch
+from ipsecd.ike.events import IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.manager import IkeManager
+from ipsecd.ike.settings import IkeSettings
+from tests.ike_pair import A_ADDR, Pair, make_settings, make_settings_b
 
 I = Identity.parse  # noqa: E741
 
@@ -389,3 +395,141 @@ def test_value_semantics() -> None:
         with pytest.raises(ValueError, match="cannot be sent"):
             I(pattern).to_wire()
     assert ANY_IDENTITY.is_any and Identity(None, b"junk") == ANY_IDENTITY
+
+
+# --------------------------------------------------------------------------- secret lookup
+
+
+def _secrets(*entries: tuple[list[str], bytes]) -> Config:
+    return Config({}, tuple(IkeSecret(tuple(I(i) for i in ids), key) for ids, key in entries), Settings(), Path("x"))
+
+
+def test_psk_lookup_picks_the_best_secret() -> None:
+    cfg = _secrets((["%any"], b"fallback"), (["*@example.com"], b"group"), (["alice@example.com"], b"alice"),
+                   (["C=CH, O=corp, CN=*"], b"dn-group"), (["gw.example.com", "C=CH, O=corp, CN=bob"], b"bob"))
+    gw = I("gw.example.com")
+    assert cfg.find_psk(gw, I("alice@example.com")) == b"alice"  # exact beats the wildcard, whatever the order
+    assert cfg.find_psk(gw, I("Carol@Example.COM")) == b"group"
+    assert cfg.find_psk(gw, I("C=CH, O=corp, CN=bob")) == b"bob"
+    assert cfg.find_psk(gw, I("C=CH, O=corp, CN=eve")) == b"dn-group"
+    assert cfg.find_psk(gw, I("other.test")) == b"fallback"
+    assert _secrets((["alice@example.com"], b"x")).find_psk(gw, I("bob@example.com")) is None
+    assert _secrets(([], b"no ids = any")).find_psk(gw, I("z.test")) == b"no ids = any"
+
+
+def test_psk_lookup_prefers_the_peer_match_like_strongswan() -> None:
+    """credential_manager get_shared: the peer's match quality first, then ours (not their sum)."""
+    cfg = _secrets((["gw.example.com"], b"ours only"), (["*@example.com"], b"peer pattern"))
+    assert cfg.find_psk(I("gw.example.com"), I("alice@example.com")) == b"peer pattern"
+    cfg = _secrets((["*@example.com"], b"pattern"), (["gw.example.com", "*@example.com"], b"both"))
+    assert cfg.find_psk(I("gw.example.com"), I("alice@example.com")) == b"both"
+
+
+def test_config_reads_dn_identities(tmp_path: Path) -> None:
+    path = tmp_path / "dn.yaml"
+    path.write_text(textwrap.dedent("""\
+        connections:
+          rw:
+            local_addrs: [192.0.2.1]
+            local: {auth: psk, id: "C=CH, O=corp, CN=gw"}
+            remote: {auth: psk, id: "C=CH, O=corp, CN=*"}
+            children:
+              net: {local_ts: [10.1.0.0/24]}
+        secrets:
+          ike:
+            - id: "C=CH, O=corp, CN=gw"
+              secret: 0x00112233445566778899aabbccddeeff
+            - id: ["*@corp.example", "C=CH, O=corp, CN=alice"]
+              secret: 0xffeeddccbbaa99887766554433221100
+        """))
+    cfg = load_config(path)
+    conn = cfg.connections["rw"]
+    assert conn.local.id == I("/C=CH/O=corp/CN=gw") and conn.remote.id == I("C=CH, O=corp, CN=*")
+    assert [len(s.ids) for s in cfg.secrets] == [1, 2]  # the DN's commas do not split it
+    assert cfg.find_psk(conn.local.id, I("C=CH, O=corp, CN=alice")) == bytes.fromhex("ffeeddccbbaa99887766554433221100")
+    assert cfg.find_psk(conn.local.id, I("C=CH, O=corp, CN=bob")) == bytes.fromhex("00112233445566778899aabbccddeeff")
+
+
+# --------------------------------------------------------------------------- connection choice in IKE_AUTH
+
+
+def _conn(name: str, local_id: str, remote_id: str, psk: bytes) -> IkeSettings:
+    return make_settings_b(name=name, local_id=local_id, remote_id=remote_id, psk=psk)
+
+
+def _run(initiator: IkeSettings, *responder: IkeSettings) -> Pair:
+    pair = Pair(IkeManager([initiator], now=1000.0), IkeManager(list(responder), now=1000.0))
+    pair.a.initiate(initiator.name, pair.now)
+    pair.run_until_quiet()
+    return pair
+
+
+def _chosen(pair: Pair) -> str:
+    assert any(isinstance(e, IkeSaEstablished) for e in pair.events_a), pair.events_a
+    (sa,) = pair.b.list_sas()
+    return sa.settings.name
+
+
+def test_responder_picks_the_best_matching_connection() -> None:
+    # each connection has its own key: the wrong choice would fail authentication
+    wild = _conn("wild", "b.test", "*.test", b"wildcard key for *.test")
+    anyone = _conn("anyone", "b.test", "%any", b"key for anyone at all")
+    exact = _conn("exact", "b.test", "a.test", b"key for a.test exactly")
+    a = make_settings(name="a", local_id="a.test", remote_id="b.test", psk=b"key for a.test exactly")
+    assert _chosen(_run(a, anyone, wild, exact)) == "exact"
+    a = make_settings(name="a", local_id="c.test", remote_id="b.test", psk=b"wildcard key for *.test")
+    assert _chosen(_run(a, anyone, wild, exact)) == "wild"
+    a = make_settings(name="a", local_id="c.example", remote_id="b.test", psk=b"key for anyone at all")
+    assert _chosen(_run(a, wild, exact, anyone)) == "anyone"
+
+
+def test_responder_uses_the_idr_the_peer_asked_for() -> None:
+    one = _conn("one", "b1.test", "a.test", b"the key of the first identity")
+    two = _conn("two", "b2.test", "a.test", b"the key of the second identity")
+    a = make_settings(name="a", local_id="a.test", remote_id="b2.test", psk=b"the key of the second identity")
+    pair = _run(a, one, two)
+    assert _chosen(pair) == "two"
+    assert str(pair.a.list_sas()[0].remote_identity) == "b2.test"
+    # without IDr (the initiator accepts any responder identity) the first matching connection wins
+    a = make_settings(name="a", local_id="a.test", remote_id="%any", psk=b"the key of the first identity")
+    pair = _run(a, one, two)
+    assert _chosen(pair) == "one" and str(pair.a.list_sas()[0].remote_identity) == "b1.test"
+
+
+def test_dn_identities_and_wildcards_end_to_end() -> None:
+    b = _conn("corp", "C=CH, O=corp, CN=gw", "C=CH, O=corp, CN=*", b"a corporate pre-shared key")
+    a = make_settings(name="a", local_id="C=CH, O=corp, CN=alice", remote_id="C=CH, O=*, CN=gw",
+                      psk=b"a corporate pre-shared key")
+    pair = _run(a, b)
+    assert _chosen(pair) == "corp"
+    assert str(pair.b.list_sas()[0].remote_identity) == "C=CH, O=corp, CN=alice"
+    assert str(pair.a.list_sas()[0].remote_identity) == "C=CH, O=corp, CN=gw"
+    # A's remote id has a wildcard, so A sent no IDr (RFC 7296 2.15); B's status shows its own DN
+    assert pair.b.list_sas()[0].status()["local_id"] == "C=CH, O=corp, CN=gw"
+
+
+def test_no_connection_accepts_the_peer() -> None:
+    b = _conn("only", "b.test", "*.example.com", b"some key that nobody has")
+    a = make_settings(name="a", local_id="a.test", remote_id="b.test", psk=b"some key that nobody has")
+    pair = _run(a, b)
+    closed = [e for e in pair.events_a if isinstance(e, IkeSaClosed)]
+    assert closed and "AUTHENTICATION_FAILED" in closed[0].reason, pair.events_a
+    assert NotifyType.AUTHENTICATION_FAILED.name in closed[0].reason
+
+
+def test_default_local_identity_is_the_ike_sa_address() -> None:
+    a = dataclasses.replace(make_settings(name="a", local_id=A_ADDR, remote_id="b.test"), local_id=None)
+    b = make_settings_b(name="b", remote_id="192.0.2.0/24")
+    pair = _run(a, b)
+    assert _chosen(pair) == "b"
+    assert str(pair.b.list_sas()[0].remote_identity) == A_ADDR
+    assert pair.a.list_sas()[0].status()["local_id"] == A_ADDR
+
+
+def test_id_match_sums_both_sides() -> None:
+    conn = _conn("c", "b.test", "*.test", b"k" * 16)
+    assert conn.id_match(I("a.test"), None) == IdMatch.ONE_WILDCARD + IdMatch.ANY
+    assert conn.id_match(I("a.test"), I("B.TEST")) == IdMatch.ONE_WILDCARD + IdMatch.PERFECT
+    assert conn.id_match(I("a.test"), I("fqdn:*.test")) == IdMatch.ONE_WILDCARD * 2  # the peer's IDr as a pattern
+    assert conn.id_match(I("a.test"), I("c.test")) == IdMatch.NONE
+    assert conn.id_match(I("a.example"), None) == IdMatch.NONE

@@ -19,6 +19,7 @@ from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, PayloadType, PrfId, ProtocolId, TransformType
+from ipsecd.identity import Identity
 from ipsecd.ike.crypto import KeyExchange, Prf
 from ipsecd.ike.events import (
     ChildSaDeleted,
@@ -33,7 +34,7 @@ from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.message import Message, SkCipher, check_message, decode_message, encode_message
 from ipsecd.ike.payloads import NotifyPayload, Payload, Proposal, SaPayload
 from ipsecd.ike.proposal import proposal_to_swanctl
-from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings
+from ipsecd.ike.settings import ChildSettings, IkeSettings
 from ipsecd.ike.sk import make_sk_ciphers
 from ipsecd.ike.tasks import Retry, Skip, Task, TaskFailed
 from ipsecd.ike.tasks.child_create import ChildCreate
@@ -173,7 +174,7 @@ class IkeSa:
     ke_retries: int = 0
     local_behind_nat: bool = False
     remote_behind_nat: bool = False
-    remote_identity: IkeIdentity | None = None
+    remote_identity: Identity | None = None
     initial_contact: bool = False
     fail_reason: str = ""
     children: list[ChildSa] = field(default_factory=list)
@@ -608,7 +609,7 @@ class IkeSa:
             "state": self.state.value,
             "local": ep(self.local),
             "remote": ep(self.remote),
-            "local_id": str(self.settings.local_id),
+            "local_id": str(self.settings.local_identity(self.local[0])),
             "remote_id": str(self.remote_identity or self.settings.remote_id),
             "initiator": self.initiator,
             "spi_i": self.spi_i.hex(),
@@ -910,7 +911,8 @@ class IkeSa:
         self._arm_ike()
         assert self.proposal is not None
         self.log.info("IKE SA established: %s, %s === %s%s", proposal_to_swanctl(self.proposal),
-                      self.settings.local_id, self.remote_identity, ", UDP-encapsulated" if self.encap else "")
+                      self.settings.local_identity(self.local[0]), self.remote_identity,
+                      ", UDP-encapsulated" if self.encap else "")
         self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name))
         # deliver the Child SA events after the IKE SA event, in creation order
         kids = [e for e in self._events if isinstance(e, ChildSaEstablished)]

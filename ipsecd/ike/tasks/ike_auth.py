@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
+from ipsecd.iana import AuthMethod, ExchangeType, NotifyType, PayloadType
+from ipsecd.identity import Identity
 from ipsecd.ike.codec import encode_payload_body
 from ipsecd.ike.keymat import psk_auth_data, signed_octets, verify_psk_auth
 from ipsecd.ike.payloads import AuthPayload, IdPayload, NotifyPayload, Payload
-from ipsecd.ike.settings import IkeIdentity
 from ipsecd.ike.tasks import TaskFailed
 
 if TYPE_CHECKING:
@@ -17,15 +17,12 @@ if TYPE_CHECKING:
     from ipsecd.ike.message import Message
 
 
-def _id_payload(kind: PayloadType, ident: IkeIdentity) -> IdPayload:
-    assert ident.id_type is not None
-    return IdPayload(kind, IdType(ident.id_type), ident.data)
+def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
+    return IdPayload(kind, *ident.to_wire())
 
 
-def peer_identity(p: IdPayload) -> IkeIdentity:
-    from ipsecd.ike.identity import identity_from_payload
-
-    return identity_from_payload(p.id_type, p.data)
+def peer_identity(p: IdPayload) -> Identity:
+    return Identity.from_wire(p.id_type, p.data)
 
 
 class IkeAuth:
@@ -33,14 +30,15 @@ class IkeAuth:
 
     # -- initiator ---------------------------------------------------------
     def build_i(self, sa: IkeSa) -> list[Payload]:
-        idi = _id_payload(PayloadType.IDi, sa.settings.local_id)
-        psk = sa.settings.psk_lookup(sa.settings.local_id, sa.settings.remote_id)
+        me = sa.settings.local_identity(sa.local[0])
+        idi = _id_payload(PayloadType.IDi, me)
+        psk = sa.settings.psk_lookup(me, sa.settings.remote_id)
         if psk is None:
-            raise TaskFailed(f"no PSK configured for {sa.settings.local_id} - {sa.settings.remote_id}")
+            raise TaskFailed(f"no PSK configured for {me} - {sa.settings.remote_id}")
         octets = signed_octets(sa.prf, sa.keys_required.sk_pi, sa.init_request, sa.nonce_r,
                                encode_payload_body(idi))
         payloads: list[Payload] = [idi]
-        if not sa.settings.remote_id.is_any:
+        if not sa.settings.remote_id.contains_wildcards():  # RFC 7296 2.15: IDr only names one identity
             payloads.append(_id_payload(PayloadType.IDr, sa.settings.remote_id))
         payloads.append(AuthPayload(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth_data(sa.prf, psk, octets)))
         if sa.has_contact is None or not sa.has_contact(sa):
@@ -61,7 +59,7 @@ class IkeAuth:
         if idr is None or idr.kind != PayloadType.IDr or auth is None:
             raise TaskFailed("IKE_AUTH response lacks IDr or AUTH")
         ident = peer_identity(idr)
-        if not sa.settings.remote_id.matches(idr.id_type, idr.data):
+        if not sa.settings.remote_id.matches(ident):
             raise TaskFailed(f"peer identified as {ident}, expected {sa.settings.remote_id}")
         self._verify(sa, idr, auth, ident, sa.init_response, sa.nonce_i, sa.keys_required.sk_pr)
         sa.remote_identity = ident
@@ -83,36 +81,39 @@ class IkeAuth:
         if auth is None:
             sa.fail_reason = f"peer {ident} asked for EAP, which is not configured"
             raise RemoteProtocolError(sa.fail_reason, NotifyType.AUTHENTICATION_FAILED)
-        # Pick the connection by the peer's identity (and our identity if the peer named it).
-        matching = [c for c in sa.candidates if c.remote_id.matches(idi.id_type, idi.data)
-                    and (idr is None or c.local_id.matches(idr.id_type, idr.data))]
-        if not matching:
+        # Pick the connection that matches the peer's identity (and ours, if the peer named it)
+        # best; the first of equally good ones, as strongSwan
+        named = peer_identity(idr) if idr is not None else None
+        best = max(sa.candidates, key=lambda c: c.id_match(ident, named), default=None)
+        if best is None or not best.id_match(ident, named):
             sa.fail_reason = (f"no connection accepts peer identity {ident}"
                               f" (configured remote ids: {', '.join(str(c.remote_id) for c in sa.candidates)})")
             raise RemoteProtocolError(sa.fail_reason, NotifyType.AUTHENTICATION_FAILED)
-        sa.settings = matching[0]
+        sa.settings = best
         self._verify(sa, idi, auth, ident, sa.init_request, sa.nonce_r, sa.keys_required.sk_pi)
         if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
             sa.initial_contact = True
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
-        idr = _id_payload(PayloadType.IDr, sa.settings.local_id)
+        me = sa.settings.local_identity(sa.local[0])
+        idr = _id_payload(PayloadType.IDr, me)
         assert sa.remote_identity is not None
-        psk = sa.settings.psk_lookup(sa.settings.local_id, sa.remote_identity)
+        psk = sa.settings.psk_lookup(me, sa.remote_identity)
         assert psk is not None  # checked in process_r
         octets = signed_octets(sa.prf, sa.keys_required.sk_pr, sa.init_response, sa.nonce_i,
                                encode_payload_body(idr))
         return [idr, AuthPayload(AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE, psk_auth_data(sa.prf, psk, octets))]
 
     # -- shared ------------------------------------------------------------
-    def _verify(self, sa: IkeSa, id_payload: IdPayload, auth: AuthPayload, ident: IkeIdentity,
+    def _verify(self, sa: IkeSa, id_payload: IdPayload, auth: AuthPayload, ident: Identity,
                 real_message: bytes, nonce: bytes, sk_p: bytes) -> None:
         if auth.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
             sa.fail_reason = f"peer {ident} uses AUTH method {auth.method}, only PSK is configured"
             raise _auth_failed(sa)
-        psk = sa.settings.psk_lookup(sa.settings.local_id, ident)
+        me = sa.settings.local_identity(sa.local[0])
+        psk = sa.settings.psk_lookup(me, ident)
         if psk is None:
-            sa.fail_reason = f"no PSK configured for {sa.settings.local_id} - {ident}"
+            sa.fail_reason = f"no PSK configured for {me} - {ident}"
             raise _auth_failed(sa)
         octets = signed_octets(sa.prf, sk_p, real_message, nonce, encode_payload_body(id_payload))
         if not verify_psk_auth(sa.prf, psk, octets, auth.data):
