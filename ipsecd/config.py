@@ -37,7 +37,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ipsecd.errors import ConfigError
-from ipsecd.iana import IKE_PORT, IdType, IpProto
+from ipsecd.iana import IKE_PORT, IpProto
+from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -154,177 +155,6 @@ def parse_volume(value: str | int) -> int:
     if m is None:
         raise ValueError(f"{value!r} is not a volume (expected e.g. '500M', '2G', '64k' or a number of bytes)")
     return int(float(m[1]) * _VOLUME_UNITS[m[2].lower()])
-
-
-# --------------------------------------------------------------------------- identities
-
-
-def _hex(text: str) -> bytes:
-    try:
-        data = bytes.fromhex(text.replace(":", ""))
-    except ValueError:
-        raise ValueError(f"{text!r} is not hexadecimal") from None
-    if not data:
-        raise ValueError("empty key id")
-    return data
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An IKE identity as written in the config (RFC 7296 3.5 ID types).
-
-    ``id_type`` is None for the ``%any`` wildcard, which is never sent on the wire
-    (the same convention as the engine's ``ipsecd.ike.settings.IkeIdentity``).
-    ``text`` is a canonical form: ``Identity.parse(identity.text) == identity``.
-    """
-
-    id_type: IdType | None
-    data: bytes
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Identity:
-        """Classify ``text`` by swanctl's rules (see docs/configuration.md "Identities")."""
-        s = text.strip()
-        if not s:
-            raise ValueError("an identity must not be empty")
-        if s == "%any":
-            return ANY_IDENTITY
-        prefix, sep, rest = s.partition(":")
-        if sep and prefix.lower() in _TYPED_PREFIXES:
-            return _TYPED_PREFIXES[prefix.lower()](rest.strip())
-        try:
-            addr = ip_address(s)
-        except ValueError:
-            pass
-        else:
-            return cls.from_address(addr)
-        if s.startswith("@#"):
-            return _keyid(s[2:])
-        if s.startswith("@@"):
-            return _rfc822(s[2:])
-        if s.startswith("@"):
-            return _fqdn(s[1:])
-        if "@" in s:
-            return _rfc822(s)
-        if "=" in s:
-            raise ValueError(
-                f"{s!r} looks like a distinguished name; ipsecd does not parse DNs yet "
-                "(write 'asn1dn:#HEX' with the DER in hex, or '@name' to force an FQDN)"
-            )
-        return _fqdn(s)
-
-    @classmethod
-    def from_address(cls, addr: IPAddress) -> Identity:
-        kind = IdType.ID_IPV4_ADDR if isinstance(addr, IPv4Address) else IdType.ID_IPV6_ADDR
-        return cls(kind, addr.packed, str(addr))
-
-    @classmethod
-    def from_wire(cls, id_type: int, data: bytes) -> Identity:
-        """The identity a peer sent (IDi/IDr payload), with a printable text form.
-
-        Never fails on malformed data (peer input): an IP ID of the wrong length or
-        an empty name keeps its bytes and gets a hex text. Raises ValueError only
-        for an ID type outside IANA's registry as known to IdType.
-        """
-        kind = IdType(id_type)
-        if kind == IdType.ID_IPV4_ADDR and len(data) == 4:
-            return cls.from_address(IPv4Address(data))
-        if kind == IdType.ID_IPV6_ADDR and len(data) == 16:
-            return cls.from_address(IPv6Address(data))
-        if kind in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
-            name = data.decode("utf-8", "replace")
-            if name and name == name.strip():
-                made = _fqdn(name) if kind == IdType.ID_FQDN else _rfc822(name)
-                return cls(kind, data, made.text)
-        elif kind == IdType.ID_KEY_ID and data:
-            return cls(kind, data, f"keyid:{data.hex()}")
-        elif kind in (IdType.ID_DER_ASN1_DN, IdType.ID_DER_ASN1_GN) and data:
-            label = "asn1dn" if kind == IdType.ID_DER_ASN1_DN else "asn1gn"
-            return cls(kind, data, f"{label}:#{data.hex()}")
-        return cls(kind, data, f"{kind.name}:#{data.hex()}")
-
-    @property
-    def is_any(self) -> bool:
-        return self.id_type is None
-
-    def matches(self, other: Identity) -> bool:
-        """True if this identity (possibly the ``%any`` pattern) accepts ``other``.
-
-        Names compare case-insensitively, as DNS names and strongSwan do.
-        """
-        if self.is_any:
-            return True
-        if other.is_any or self.id_type != other.id_type:
-            return False
-        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
-            return self.data.lower() == other.data.lower()
-        return self.data == other.data
-
-    def __str__(self) -> str:
-        return self.text
-
-
-ANY_IDENTITY = Identity(None, b"", "%any")
-
-
-def _fqdn(name: str) -> Identity:
-    name = name.strip()
-    if not name:
-        raise ValueError("an FQDN identity must not be empty")
-    # The canonical text must re-parse to the same identity: prefix names that would not.
-    try:
-        ip_address(name)
-        text = "@" + name  # strongSwan's way to say "this IP-looking string is a name"
-    except ValueError:
-        plain = not (name.startswith(("@", "#", "%")) or "@" in name or "=" in name or ":" in name)
-        text = name if plain else "fqdn:" + name
-    return Identity(IdType.ID_FQDN, name.encode(), text)
-
-
-def _rfc822(addr: str) -> Identity:
-    addr = addr.strip()
-    if not addr:
-        raise ValueError("an RFC822 (email) identity must not be empty")
-    plain = "@" in addr and not addr.startswith(("@", "%")) and ":" not in addr and "=" not in addr
-    return Identity(IdType.ID_RFC822_ADDR, addr.encode(), addr if plain else "rfc822:" + addr)
-
-
-def _keyid(hexstr: str) -> Identity:
-    data = _hex(hexstr.removeprefix("#"))
-    return Identity(IdType.ID_KEY_ID, data, f"keyid:{data.hex()}")
-
-
-def _typed_ip(version: int) -> Callable[[str], Identity]:
-    def parse(text: str) -> Identity:
-        addr = ip_address(text)
-        if addr.version != version:
-            raise ValueError(f"{text!r} is not an IPv{version} address")
-        return Identity.from_address(addr)
-
-    return parse
-
-
-def _asn1(kind: IdType) -> Callable[[str], Identity]:
-    def parse(text: str) -> Identity:
-        data = _hex(text.removeprefix("#"))
-        label = "asn1dn" if kind == IdType.ID_DER_ASN1_DN else "asn1gn"
-        return Identity(kind, data, f"{label}:#{data.hex()}")
-
-    return parse
-
-
-_TYPED_PREFIXES: dict[str, Callable[[str], Identity]] = {
-    "ipv4": _typed_ip(4),
-    "ipv6": _typed_ip(6),
-    "fqdn": _fqdn,
-    "rfc822": _rfc822,
-    "email": _rfc822,
-    "userfqdn": _rfc822,
-    "keyid": _keyid,
-    "asn1dn": _asn1(IdType.ID_DER_ASN1_DN),
-    "asn1gn": _asn1(IdType.ID_DER_ASN1_GN),
-}
 
 
 # --------------------------------------------------------------------------- traffic selectors
@@ -444,8 +274,8 @@ class RetransmitConfig:
 class AuthConfig:
     """One side's authentication (swanctl ``local``/``remote`` sections).
 
-    ``id`` None only for a local side without ``id`` and without ``local_addrs``:
-    the daemon then uses the address the IKE SA actually runs on.
+    ``id`` None only for a local side without ``id``: the engine then uses the IP
+    address the IKE SA runs on, as strongSwan does (one of ``local_addrs`` if given).
     """
 
     auth: str
@@ -567,14 +397,8 @@ class Config:
     warnings: tuple[str, ...] = ()
 
     def find_psk(self, local_id: str | Identity | None, remote_id: str | Identity | None) -> bytes | None:
-        """The pre-shared key for this pair of identities, or None.
-
-        strongSwan's rule: every secret whose ids match either side is a
-        candidate; an exact id counts more than ``%any`` (or no ids), and a
-        secret naming both beats one naming only the remote, which beats one
-        naming only the local id. The first of equally good secrets wins.
-        """
-        secret = _best_secret(self.secrets, _as_identity(local_id), _as_identity(remote_id))
+        """The pre-shared key for this pair of identities, or None (see :func:`best_secret`)."""
+        secret = best_secret(self.secrets, _as_identity(local_id), _as_identity(remote_id))
         return None if secret is None else secret.secret
 
 
@@ -584,32 +408,50 @@ def _as_identity(value: str | Identity | None) -> Identity | None:
     return Identity.parse(value)
 
 
-def _id_score(ids: tuple[Identity, ...], who: Identity | None) -> int:
-    """2 exact, 1 wildcard, 0 no match (strongSwan's ID_MATCH_PERFECT / ID_MATCH_ANY / NONE)."""
+def _owner_match(secret: IkeSecret, who: Identity | None) -> int:
+    """The best match quality of ``who`` among the secret's identities (none given = %any, as swanctl)."""
     if who is None:
-        return 0
-    if not ids:
-        return 1
-    best = 0
-    for ident in ids:
-        if ident.is_any:
-            best = max(best, 1)
-        elif who.is_any or ident.matches(who):
-            best = 2
-    return best
+        return IdMatch.NONE
+    return max((ident.matches(who) for ident in secret.ids or (ANY_IDENTITY,)), default=IdMatch.NONE)
 
 
-def _best_secret(secrets: Iterable[IkeSecret], local: Identity | None, remote: Identity | None) -> IkeSecret | None:
+def best_secret(secrets: Iterable[IkeSecret], local: Identity | None, remote: Identity | None) -> IkeSecret | None:
+    """strongSwan's shared-key lookup (credential_manager get_shared over mem_cred).
+
+    A secret is a candidate when one of its identities matches our or the peer's
+    identity (match qualities as :meth:`Identity.matches`); the best match of the peer's
+    identity wins, then the best match of ours; among equals the first in the file.
+    So an exact identity beats a ``*.example.com`` pattern, which beats ``%any`` or a
+    secret without identities; and a secret naming both sides beats one naming only
+    the peer, which beats one naming only us.
+    """
     best: IkeSecret | None = None
-    best_rank = (0, 0)
+    best_rank: tuple[int, int] = (IdMatch.NONE, IdMatch.NONE)
     for secret in secrets:
-        mine, other = _id_score(secret.ids, local), _id_score(secret.ids, remote)
-        if mine == 0 and other == 0:
+        mine, other = _owner_match(secret, local), _owner_match(secret, remote)
+        if not mine and not other:
             continue
-        rank = (mine + other, other)
-        if rank > best_rank:
-            best, best_rank = secret, rank
+        if (other, mine) > best_rank:
+            best, best_rank = secret, (other, mine)
+            if best_rank == (IdMatch.PERFECT, IdMatch.PERFECT):
+                break
     return best
+
+
+def _secret_possible(secrets: Iterable[IkeSecret], local: Identity | None, remote: Identity) -> bool:
+    """Could any secret serve a connection with these identities, whichever peer comes?
+
+    The load-time check: ``remote`` may be a pattern (``%any``, ``*@example.com``),
+    so a secret counts when it matches our identity, or names an identity the pattern
+    accepts, or has %any or no identities; without a local identity (the IKE SA's
+    address decides) any secret might be ours.
+    """
+    for secret in secrets:
+        if local is None or not secret.ids or _owner_match(secret, local) or _owner_match(secret, remote):
+            return True
+        if any(remote.matches(ident) for ident in secret.ids):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- the loader
@@ -1141,8 +983,6 @@ def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
     )
     conn_dpd = ld.choice(_opt(fields, "dpd_action"), DpdAction, _DPD_ALIASES)
     local = _parse_auth(ld, fields, "local", entry.key, entry.path)
-    if local.id is None and local_addrs:
-        local = AuthConfig(local.auth, Identity.from_address(local_addrs[0]))
     remote = _parse_auth(ld, fields, "remote", entry.key, entry.path)
     children_entry = fields.get("children")
     children: dict[str, ChildConfig] = {}
@@ -1245,7 +1085,13 @@ def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | 
     ids: list[Identity] = []
     id_entry = _opt(fields, "id")
     if id_entry is not None:
-        for inode, ipath, raw in ld.items(id_entry, "identities"):
+        node = id_entry.value
+        if isinstance(node, ScalarNode) and not _is_null(node) and "=" in node.value:
+            # one DN, whose commas separate attributes, not identities (a YAML list gives several)
+            items: list[tuple[Node, str, str]] = [(node, id_entry.path, str(node.value).strip())]
+        else:
+            items = ld.items(id_entry, "identities")
+        for inode, ipath, raw in items:
             try:
                 ids.append(Identity.parse(raw))
             except ValueError as exc:
@@ -1399,9 +1245,10 @@ def _cross_check(
     ld: _Loader, conn: ConnectionConfig, entry: _Entry, secrets: tuple[IkeSecret, ...], secrets_ok: bool
 ) -> None:
     fields = _fields_quiet(entry)
-    if conn.local.id is not None and conn.local.id.is_any:
+    if conn.local.id is not None and conn.local.id.contains_wildcards():
         e = _auth_field(fields, "local", "id")
-        ld.error(e.value if e else entry.key, e.path if e else entry.path, "our own identity cannot be %any")
+        what = "%any" if conn.local.id.is_any else "a pattern (wildcards, subnets and ranges are for the remote side)"
+        ld.error(e.value if e else entry.key, e.path if e else entry.path, f"our own identity cannot be {what}")
     lf, rf = _families(conn.local_addrs), _families(conn.remote_addrs)
     if lf and rf and not lf & rf:
         e = fields.get("remote_addrs")
@@ -1411,7 +1258,11 @@ def _cross_check(
             "no address family in common with local_addrs (IPv4 vs IPv6)",
         )
     needs_psk = secrets_ok and "psk" in (conn.local.auth, conn.remote.auth)
-    if needs_psk and _best_secret(secrets, conn.local.id, conn.remote.id) is None:
+    # without a local id, ours is the address the IKE SA runs on: one of local_addrs, if given
+    mine: list[Identity | None] = [conn.local.id] if conn.local.id is not None else [
+        Identity.from_address(a) for a in conn.local_addrs] or [None]
+    remote = conn.remote.id or ANY_IDENTITY
+    if needs_psk and not any(_secret_possible(secrets, local, remote) for local in mine):
         e = _auth_field(fields, "local" if conn.local.auth == "psk" else "remote", "auth")
         local_text = f"'{conn.local.id}'" if conn.local.id is not None else "(the local address)"
         ld.error(

@@ -149,10 +149,18 @@ class IdType(IntEnum):
     ID_IPV4_ADDR = 1
     ID_FQDN = 2
     ID_RFC822_ADDR = 3
+    # 4 and 6-8 are unassigned in IKEv2; these are their IKEv1 meanings (RFC 2407 4.6.2.1), which
+    # strongSwan keeps for address-pattern identities in configs (never sent by ipsecd)
+    ID_IPV4_ADDR_SUBNET = 4
     ID_IPV6_ADDR = 5
+    ID_IPV6_ADDR_SUBNET = 6
+    ID_IPV4_ADDR_RANGE = 7
+    ID_IPV6_ADDR_RANGE = 8
     ID_DER_ASN1_DN = 9
     ID_DER_ASN1_GN = 10
     ID_KEY_ID = 11
+    ID_FC_NAME = 12  # RFC 4595
+    ID_NULL = 13  # RFC 7619
 
 
 class AuthMethod(IntEnum):

@@ -6,31 +6,22 @@ each other: this module is the only place that knows all three.
 
 from __future__ import annotations
 
-import socket
 from ipaddress import ip_address
 
-from ipsecd.config import Config, ConnectionConfig, Identity, TsConfig
+from ipsecd.config import Config, ConnectionConfig, TsConfig
 from ipsecd.esp.sa import Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, EsnId, IntegId, ProtocolId, TransformType
+from ipsecd.identity import ANY_IDENTITY, Identity
 from ipsecd.ike.events import ChildSaEstablished
-from ipsecd.ike.identity import ANY, parse_identity
 from ipsecd.ike.payloads import TrafficSelector
 from ipsecd.ike.proposal import parse_proposal, parse_proposals
-from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings, RetransmitSettings, TsSpec
+from ipsecd.ike.settings import ChildSettings, IkeSettings, RetransmitSettings, TsSpec
 
 
 def validate_proposal(kind: str, text: str) -> None:
     """The config loader's hook: raises ValueError with a readable message for a bad proposal."""
     parse_proposal(text, ProtocolId.IKE if kind == "ike" else ProtocolId.ESP)
-
-
-def _engine_identity(ident: Identity | None, fallback: str) -> IkeIdentity:
-    if ident is None:
-        return parse_identity(fallback)
-    if ident.is_any:
-        return ANY
-    return IkeIdentity(int(ident.id_type) if ident.id_type is not None else None, ident.data, ident.text)
 
 
 def _ts_spec(t: TsConfig) -> TsSpec:
@@ -39,14 +30,9 @@ def _ts_spec(t: TsConfig) -> TsSpec:
 
 def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
     local_addrs = tuple(str(a) for a in conn.local_addrs)
-    # strongSwan's default identity is the IP address the IKE SA uses
-    local_id = _engine_identity(conn.local.id, local_addrs[0] if local_addrs else socket.gethostname())
-    remote_id = _engine_identity(conn.remote.id, "%any")
 
-    def psk_lookup(me: IkeIdentity, peer: IkeIdentity) -> bytes | None:
-        mine = Identity.parse(me.text)
-        theirs = None if peer.is_any or peer.id_type is None else _config_identity(peer)
-        return config.find_psk(mine, theirs)
+    def psk_lookup(me: Identity, peer: Identity) -> bytes | None:
+        return config.find_psk(me, peer)
 
     children = tuple(
         ChildSettings(
@@ -74,8 +60,8 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
     return IkeSettings(
         name=conn.name,
         ike_proposals=tuple(parse_proposals(list(conn.proposals), ProtocolId.IKE)),
-        local_id=local_id,
-        remote_id=remote_id,
+        local_id=conn.local.id,  # None: the IP address the IKE SA uses (strongSwan's default)
+        remote_id=conn.remote.id if conn.remote.id is not None else ANY_IDENTITY,
         children=children,
         psk_lookup=psk_lookup,
         local_addrs=local_addrs,
@@ -92,13 +78,6 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         # swanctl puts dpd_action on the child; the IKE SA uses the first child's
         dpd_action=next((str(ch.dpd_action.value) for ch in conn.children.values()), "clear"),
     )
-
-
-def _config_identity(peer: IkeIdentity) -> Identity | None:
-    try:
-        return Identity.from_wire(int(peer.id_type or 0), peer.data)
-    except ValueError:
-        return None
 
 
 def trap_policies_for(conn: ConnectionConfig, child: str, reqid: int, local_addr: str | None) -> list[Policy]:

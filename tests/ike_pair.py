@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 
 from ipsecd.iana import ProtocolId
+from ipsecd.identity import Identity
 from ipsecd.ike.events import Event
-from ipsecd.ike.identity import parse_identity
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import parse_proposals
-from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings, RetransmitSettings, TsSpec
+from ipsecd.ike.settings import ChildSettings, IkeSettings, RetransmitSettings, TsSpec
 
 A_ADDR, B_ADDR = "192.0.2.1", "192.0.2.2"
 
@@ -23,17 +23,18 @@ def make_settings(name: str = "conn", *, local_id: str = "a.test", remote_id: st
                   remote_ts: Sequence[str] = ("10.2.0.0/24",), mode: str = "tunnel",
                   local_addrs: Sequence[str] = (A_ADDR,), remote_addrs: Sequence[str] = (B_ADDR,),
                   tries: int = 3, force_encap: bool = False) -> IkeSettings:
-    def psk_lookup(me: IkeIdentity, peer: IkeIdentity) -> bytes | None:
-        return psk if str(me) in (local_id,) and (peer.is_any or str(peer) == remote_id or remote_id == "%any") \
-            else None
+    me_id, peer_id = Identity.parse(local_id), Identity.parse(remote_id)
+
+    def psk_lookup(me: Identity, peer: Identity) -> bytes | None:
+        return psk if me_id.matches(me) and peer_id.matches(peer) else None
 
     def spec(t: str) -> TsSpec:
         return TsSpec(None) if t == "dynamic" else TsSpec(ip_network(t))
 
     child = ChildSettings("net", tuple(spec(t) for t in local_ts), tuple(spec(t) for t in remote_ts),
                           tuple(parse_proposals(list(esp), ProtocolId.ESP)), mode=mode)
-    return IkeSettings(name, tuple(parse_proposals(list(ike), ProtocolId.IKE)), parse_identity(local_id),
-                       parse_identity(remote_id), (child,), psk_lookup, tuple(local_addrs), tuple(remote_addrs),
+    return IkeSettings(name, tuple(parse_proposals(list(ike), ProtocolId.IKE)), me_id,
+                       peer_id, (child,), psk_lookup, tuple(local_addrs), tuple(remote_addrs),
                        retransmit=RetransmitSettings(tries=tries, timeout=1.0, base=2.0), force_encap=force_encap)
 
 

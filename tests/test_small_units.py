@@ -1,4 +1,4 @@
-"""Small pieces: identities, traffic selector narrowing, sd_notify, rate-limited logging."""
+"""Small pieces: traffic selector narrowing, sd_notify, rate-limited logging."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import logging
 import socket
 from ipaddress import ip_address
 
-from ipsecd.iana import IdType, TsType
-from ipsecd.ike.identity import identity_from_payload, parse_identity
+from ipsecd.iana import TsType
 from ipsecd.ike.payloads import TrafficSelector
 from ipsecd.ike.ts import all_within, intersect, narrow, ts_to_str
 from ipsecd.ratelimit import RateLimitedLogger
@@ -16,19 +15,6 @@ from ipsecd.sdnotify import sd_notify, watchdog_interval
 
 def ts(lo: str, hi: str, proto: int = 0, ports: tuple[int, int] = (0, 65535)) -> TrafficSelector:
     return TrafficSelector(TsType.TS_IPV4_ADDR_RANGE, proto, ports[0], ports[1], ip_address(lo), ip_address(hi))
-
-
-def test_identity_parsing() -> None:
-    assert parse_identity("192.0.2.1").id_type == IdType.ID_IPV4_ADDR
-    assert parse_identity("2001:db8::1").data == ip_address("2001:db8::1").packed
-    assert parse_identity("gw.example.org").id_type == IdType.ID_FQDN
-    assert parse_identity("@gw.example.org").data == b"gw.example.org"
-    assert parse_identity("alice@example.org").id_type == IdType.ID_RFC822_ADDR
-    assert parse_identity("keyid:0102").data == b"\x01\x02"
-    assert parse_identity("%any").is_any
-    assert str(identity_from_payload(IdType.ID_IPV4_ADDR, bytes([192, 0, 2, 9]))) == "192.0.2.9"
-    unknown = identity_from_payload(200, b"x")
-    assert not unknown.is_any and not parse_identity("x").matches(200, b"x")
 
 
 def test_narrowing_and_subset_checks() -> None:

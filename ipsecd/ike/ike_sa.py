@@ -26,6 +26,7 @@ from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
+from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
 from ipsecd.ike.context import EngineContext
@@ -49,7 +50,7 @@ from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.message import SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
 from ipsecd.ike.proposal import proposal_to_swanctl
-from ipsecd.ike.settings import ChildSettings, IkeIdentity, IkeSettings
+from ipsecd.ike.settings import ChildSettings, IkeSettings
 from ipsecd.ike.state import IkeState, check_transition
 from ipsecd.ike.tasks import InitiatorTask, TaskKind
 from ipsecd.ike.tasks.child_create import ChildCreate
@@ -108,7 +109,7 @@ class IkeSa:
     init_response: bytes = field(default=b"", repr=False)
     local_behind_nat: bool = False
     remote_behind_nat: bool = False
-    remote_identity: IkeIdentity | None = None
+    remote_identity: Identity | None = None
     fail_reason: str = ""
     children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0
@@ -151,6 +152,11 @@ class IkeSa:
     def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
         return _SaLog(child_log, {"sa": self})
+
+    @property
+    def local_identity(self) -> Identity:
+        """The identity we authenticate as: the configured one, else the address this SA uses."""
+        return self.settings.local_identity(self.local[0])
 
     @property
     def our_spi(self) -> bytes:
@@ -427,7 +433,7 @@ class IkeSa:
         lifetimes.arm_ike(self)
         assert self.proposal is not None
         self.log.info("IKE SA established: %s, %s === %s%s", proposal_to_swanctl(self.proposal),
-                      self.settings.local_id, safe(self.remote_identity), ", UDP-encapsulated" if self.encap else "")
+                      self.local_identity, safe(self.remote_identity), ", UDP-encapsulated" if self.encap else "")
         self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name))
 
     def close(self, cause: Cause, reason: str) -> None:

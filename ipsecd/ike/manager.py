@@ -416,7 +416,7 @@ class IkeManager:
             if other is sa or other.established_at is None or other.established_at >= sa.created_at \
                     or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
                 continue
-            if other.remote_identity == sa.remote_identity and other.settings.local_id == sa.settings.local_id:
+            if other.remote_identity == sa.remote_identity and other.local_identity == sa.local_identity:
                 self._act(other, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
 
     def _resolve_duplicates(self, sa: IkeSa) -> None:

@@ -10,26 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
+from ipsecd.identity import Identity, IdMatch
 from ipsecd.ike.payloads import Proposal
-
-
-@dataclass(frozen=True)
-class IkeIdentity:
-    """An IKE identity (RFC 7296 3.5). ``id_type`` None means "%any" (accept every ID)."""
-
-    id_type: int | None
-    data: bytes
-    text: str
-
-    @property
-    def is_any(self) -> bool:
-        return self.id_type is None
-
-    def matches(self, id_type: int, data: bytes) -> bool:
-        return self.is_any or (self.id_type == id_type and self.data == data)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 @dataclass(frozen=True)
@@ -80,11 +62,11 @@ class RetransmitSettings:
 class IkeSettings:
     name: str
     ike_proposals: tuple[Proposal, ...]
-    local_id: IkeIdentity
-    remote_id: IkeIdentity
+    local_id: Identity | None  # None: the IP address the IKE SA uses (strongSwan's default), see local_identity()
+    remote_id: Identity  # may be a pattern: %any, *.example.com, CN=*, a subnet
     children: tuple[ChildSettings, ...]
     # (our id, peer id) -> PSK; None when no secret matches
-    psk_lookup: Callable[[IkeIdentity, IkeIdentity], bytes | None] = field(repr=False, compare=False)
+    psk_lookup: Callable[[Identity, Identity], bytes | None] = field(repr=False, compare=False)
     local_addrs: tuple[str, ...] = ()
     remote_addrs: tuple[str, ...] = ()  # empty = %any
     remote_port: int = 500
@@ -104,6 +86,26 @@ class IkeSettings:
     dpd_action: str = "clear"
     # swanctl's unique: no | never | replace | keep (what a second IKE SA of the same identities does)
     unique: str = "no"
+
+    def local_identity(self, local_addr: str) -> Identity:
+        """The identity we send: the configured one, else the address ``local_addr`` the IKE SA uses."""
+        return self.local_id if self.local_id is not None else Identity.from_address(local_addr)
+
+    def id_match(self, peer: Identity, named_for_us: Identity | None) -> int:
+        """How well a peer's IDi (and the IDr it proposed, if any) fit this connection; 0 = not at all.
+
+        strongSwan's peer config choice (backend_manager get_peer_match): the sum of both
+        match qualities, so the responder picks the most specific connection. The peer's
+        IDr may itself be a pattern, so ours is also tried against it; an unset local id
+        (the IKE SA's address) accepts any IDr with quality ANY.
+        """
+        other = self.remote_id.matches(peer)
+        if not other:
+            return IdMatch.NONE
+        if named_for_us is None or self.local_id is None:
+            return other + IdMatch.ANY
+        me = self.local_id.matches(named_for_us) or named_for_us.matches(self.local_id)
+        return other + me if me else IdMatch.NONE
 
     def child(self, name: str) -> ChildSettings | None:
         for c in self.children:

@@ -49,7 +49,8 @@ class ControlHandlers:
             conns.append({
                 "name": name, "local_addrs": [str(a) for a in c.local_addrs],
                 "remote_addrs": [str(a) for a in c.remote_addrs] or ["%any"],
-                "proposals": list(c.proposals), "local_id": str(c.local.id), "remote_id": str(c.remote.id),
+                "proposals": list(c.proposals), "local_id": str(c.local.id or "(the IKE SA's address)"),
+                "remote_id": str(c.remote.id),
                 "children": {
                     cn: {"local_ts": [str(t) for t in ch.local_ts], "remote_ts": [str(t) for t in ch.remote_ts],
                          "esp_proposals": list(ch.esp_proposals), "mode": ch.mode, "start_action": ch.start_action}

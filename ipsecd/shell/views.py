@@ -47,7 +47,7 @@ def sa_info(sa: IkeSa, counters: Mapping[str, Any] | None = None) -> IkeSaInfo:
         "state": sa.state.value,
         "local": format_endpoint(sa.local[0], sa.local[1]),
         "remote": format_endpoint(sa.remote[0], sa.remote[1]),
-        "local_id": str(sa.settings.local_id),
+        "local_id": str(sa.local_identity),
         "remote_id": safe(sa.remote_identity or sa.settings.remote_id),
         "initiator": sa.initiator,
         "spi_i": sa.spi_i.hex(),
