@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,7 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ipsecd.config import load_config
+from ipsecd.daemon import Daemon
+from ipsecd.logsetup import LogHub
+from ipsecd.settings_from_config import validate_proposal
 from tests.ipsecd_proc import PROJECT_ROOT, Ipsecd, child_config, ipsecd_config, venv_python
 from tests.netns import Topology
 
@@ -41,6 +48,22 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert r.returncode == 2 and "missing.yaml" in r.stderr
 
 
+def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ipsecd.yaml"
+    path.write_text(yaml.safe_dump(ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])))
+    daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
+                    dataplane=False)
+    text = path.read_text().replace("    local_addrs:", "    fragmentation: force\n    local_addrs:", 1)
+    path.write_text(text)
+    line = text.splitlines().index("    fragmentation: force") + 1
+    with caplog.at_level(logging.WARNING, logger="ipsecd.cfg"):
+        # what ipsecd does did not change (fragmentation is off either way): the connection is left alone
+        assert asyncio.run(daemon.reload())["changed"] == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:{line} connections.peer.fragmentation: accepted but not implemented yet: IKE messages are "
+        "neither fragmented nor reassembled (RFC 7383) (in effect: no)"]
+
+
 @pytest.mark.netns
 def test_make_demo_script() -> None:
     r = subprocess.run([venv_python(), "-m", "ipsecd.demo"], capture_output=True, text=True, timeout=180,
@@ -65,6 +88,7 @@ def _pair(topo: Topology, tmp_path: Path, **extra_a: object) -> tuple[Ipsecd, Ip
 @pytest.mark.netns
 def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp_path: Path) -> None:
     a, b = _pair(topology, tmp_path)
+    b.config["connections"]["peer"]["mobike"] = True  # accepted, not implemented: a warning in the log
     with b, a:
         ike = a.wait_established(15, child="net")
         b.wait_established(15, child="net")
@@ -79,10 +103,13 @@ def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp
         # add a connection, reload: the running tunnel keeps its SAs and its traffic
         a.config["connections"]["spare"] = {
             **a.config["connections"]["peer"], "remote_addrs": ["192.0.2.99"],
-            "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])}}
+            "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])},
+            "unique": "replace"}
         a.write_config()
         r = a.ctl("reload")
         assert r.returncode == 0
+        assert "connections.peer.mobike: accepted but not implemented yet" in b.log_text()  # at start
+        assert "connections.spare.unique: accepted but not implemented yet" in a.log_text()  # at reload
         conns = a.ctl("list-conns", "--json").stdout
         assert "spare" in conns
         (after,) = [sa for sa in a.list_sas() if sa["name"] == "peer"]
