@@ -19,7 +19,14 @@ from ipsecd.config import load_config
 from ipsecd.daemon import Daemon
 from ipsecd.logsetup import LogHub
 from ipsecd.settings_from_config import validate_proposal
-from tests.ipsecd_proc import PROJECT_ROOT, Ipsecd, child_config, ipsecd_config, venv_python
+from tests.ipsecd_proc import (
+    PROJECT_ROOT,
+    Ipsecd,
+    child_config,
+    ipsecd_config,
+    venv_python,
+    world_readable_runtime,
+)
 from tests.netns import Topology
 
 IKE_KEYS = {"name", "state", "local", "remote", "local_id", "remote_id", "initiator", "proposal", "child_sas"}
@@ -152,23 +159,25 @@ def test_sd_notify_ready_after_sockets_are_bound(topology: Topology, tmp_path: P
 
 @pytest.mark.netns
 def test_daemon_as_unprivileged_user_with_capabilities(topology: Topology) -> None:
-    """--user drops root but keeps CAP_NET_ADMIN/BIND_SERVICE/RAW: ports 500/4500, TUN, routes still work."""
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    probe = subprocess.run([runuser, "-u", "nobody", "--", venv_python(), "-c", "import ipsecd.daemon"],
-                           capture_output=True, text=True, cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT)})
-    if probe.returncode != 0:
-        pytest.skip("user nobody cannot run this venv's interpreter (e.g. pyenv under /root): "
-                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
+    """--user drops root but keeps CAP_NET_ADMIN/BIND_SERVICE/RAW: ports 500/4500, TUN, routes still work.
+
+    It runs from a copy nobody can read (world_readable_runtime), so it works wherever the
+    checkout and its venv live, /root (0700) included.
+    """
     work = Path(tempfile.mkdtemp(prefix="ipd-user-", dir="/tmp"))
     try:
         work.chmod(0o755)
         a, b = _pair(topology, work)
+        a.runtime = world_readable_runtime(work / "runtime")
         a.extra_args = ["--user", "nobody"]
         with b, a:
             a.wait_established(15, child="net")
             topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
             users = subprocess.run(["ps", "-ww", "-eo", "user=,args="], capture_output=True, text=True).stdout
             assert any(line.split()[0] == "nobody" and "ipsecd" in line and str(a.config_path) in line
+                       for line in users.splitlines()), users
+            # the data-plane worker, started after the drop, runs the copy too
+            assert any(line.split()[0] == "nobody" and "ipsecd.dataplane.worker" in line
                        for line in users.splitlines()), users
     finally:
         shutil.rmtree(work, ignore_errors=True)
