@@ -26,11 +26,11 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -39,6 +39,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ipsecd.errors import ConfigError
 from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -313,6 +316,9 @@ class ConnectionConfig:
     ``local_addrs`` empty means any local address; ``remote_any`` is True when
     ``%any`` was given (or remote_addrs left out), and ``remote_addrs`` holds the
     concrete addresses (possibly none) to initiate to.
+
+    The defaults are swanctl's; for the keys in NOT_IMPLEMENTED a loaded config holds
+    what ipsecd really does instead (``mobike`` False, ...), not what was asked for.
     """
 
     name: str
@@ -540,6 +546,73 @@ _RETRANSMIT_KEYS = ("tries", "timeout", "base")
 _SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "metrics", "debug")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+
+@dataclass(frozen=True)
+class KeySection:
+    """The keys one kind of mapping accepts, and the key paths where such mappings sit.
+
+    ``paths`` are written as docs/configuration.md writes them: ``NAME`` and ``CHILD``
+    stand for the user's connection and child names, ``secrets.ike`` for each entry of it.
+    """
+
+    paths: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+KEY_SECTIONS: Mapping[str, KeySection] = {
+    "top": KeySection(("",), ("connections", "secrets", "settings")),
+    "conn": KeySection(("connections.NAME",), _CONN_KEYS),
+    "auth": KeySection(("connections.NAME.local", "connections.NAME.remote"), _AUTH_KEYS),
+    "retransmit": KeySection(("connections.NAME.retransmit",), _RETRANSMIT_KEYS),
+    "child": KeySection(("connections.NAME.children.CHILD",), _CHILD_KEYS),
+    "secrets": KeySection(("secrets",), ("ike",)),
+    "secret": KeySection(("secrets.ike",), _SECRET_KEYS),
+    "settings": KeySection(("settings",), _SETTINGS_KEYS),
+    "log": KeySection(("settings.log",), ("default", *LOG_SUBSYSTEMS)),
+    "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers")),
+    "metrics": KeySection(("settings.metrics",), ("listen",)),
+    "debug": KeySection(("settings.debug",), ("allow_key_export",)),
+}
+"""Every key the loader accepts, by section: ``_Loader.mapping`` checks keys against it and
+tests/test_config_keys.py checks it against docs/configuration.md, both ways."""
+
+
+@dataclass(frozen=True)
+class UnimplementedKey:
+    """A swanctl key ipsecd accepts but whose behaviour it does not have yet.
+
+    A value in ``honoured`` is what ipsecd does anyway; any other value asks for the
+    missing behaviour: the loaded config then holds ``effective`` (what really happens)
+    and, where the file wrote the key, the loader warns with file:line and ``missing``.
+    """
+
+    section: str  # a KEY_SECTIONS name; the key is a field of the same name in that section's dataclass
+    key: str
+    honoured: frozenset[object]
+    effective: object
+    missing: str  # what does not happen
+
+
+NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
+    # Each row goes when its feature lands; docs/configuration.md lists the same keys.
+    UnimplementedKey("conn", "local_port", frozenset({IKE_PORT}), IKE_PORT,
+                     "IKE is always sent from port 500 (4500 after NAT detection)"),
+    UnimplementedKey("conn", "keyingtries", frozenset({1}), 1,
+                     "initiations are neither counted nor limited: each is one attempt "
+                     "(a connection with start_action start is retried every 5 s regardless)"),
+    UnimplementedKey("conn", "unique", frozenset({Unique.NO}), Unique.NO,
+                     "a new IKE SA with the identities of an existing one is neither refused nor made to "
+                     "replace it (the peer's INITIAL_CONTACT still replaces older SAs)"),
+    UnimplementedKey("conn", "mobike", frozenset({False}), False,
+                     "MOBIKE (RFC 4555) is not negotiated, so a peer that changes address needs a new IKE SA"),
+    UnimplementedKey("conn", "fragmentation", frozenset({Fragmentation.NO}), Fragmentation.NO,
+                     "IKE messages are neither fragmented nor reassembled (RFC 7383)"),
+    UnimplementedKey("conn", "send_certreq", frozenset({False}), False,
+                     "no CERTREQ payloads are sent (there is no certificate authentication yet)"),
+    UnimplementedKey("dataplane", "workers", frozenset({1}), 1, "the data plane runs a single worker process"),
+)
+
+
 _CHILD_ONLY = set(_CHILD_KEYS) - set(_CONN_KEYS)
 _CONN_ONLY = set(_CONN_KEYS) - set(_CHILD_KEYS)
 _UNSUPPORTED = {
@@ -606,14 +679,15 @@ class _Loader:
 
     # ---- structure
 
-    def mapping(self, node: Node | None, path: str, allowed: Iterable[str], section: str) -> dict[str, _Entry]:
-        """Keys of a mapping node, unknown and duplicate keys reported. Null is an empty mapping."""
+    def mapping(self, node: Node | None, path: str, section: str) -> dict[str, _Entry]:
+        """Keys of a mapping node (those of KEY_SECTIONS[section]), unknown and duplicate keys
+        reported. Null is an empty mapping."""
         if node is None or _is_null(node):
             return {}
         if not isinstance(node, MappingNode):
             self.error(node, path, f"expected a mapping (key: value), got {_describe(node)}")
             return {}
-        return self._entries(node, path, list(allowed), section)
+        return self._entries(node, path, list(KEY_SECTIONS[section].keys), section)
 
     def named_mapping(self, node: Node | None, path: str, what: str) -> dict[str, _Entry]:
         """A mapping whose keys are user-chosen names (connections, children)."""
@@ -763,6 +837,7 @@ class _Loader:
 
 
 StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 
 
 def _join(path: str, key: str) -> str:
@@ -834,7 +909,7 @@ def _parse_auth(ld: _Loader, entries: Mapping[str, _Entry], side: str, conn_key:
     if entry is None:
         ld.error(conn_key, path, f"missing section '{side}:' (needs at least 'auth: psk')")
         return AuthConfig("psk", None if side == "local" else ANY_IDENTITY)
-    fields = ld.mapping(entry.value, path, _AUTH_KEYS, "auth")
+    fields = ld.mapping(entry.value, path, "auth")
     auth = ld.text(_opt(fields, "auth"), "an authentication method")
     if auth is None:
         if _opt(fields, "auth") is None:  # absent or empty; a wrong type was reported by text()
@@ -859,7 +934,7 @@ def _parse_auth(ld: _Loader, entries: Mapping[str, _Entry], side: str, conn_key:
 def _parse_retransmit(ld: _Loader, entry: _Entry | None) -> RetransmitConfig:
     if entry is None:
         return RetransmitConfig()
-    fields = ld.mapping(entry.value, entry.path, _RETRANSMIT_KEYS, "retransmit")
+    fields = ld.mapping(entry.value, entry.path, "retransmit")
     d = RetransmitConfig()
     return RetransmitConfig(
         tries=ld.integer(_opt(fields, "tries"), d.tries, 0, 100),
@@ -915,7 +990,7 @@ def _fmt(value: float) -> str:
 
 def _parse_child(ld: _Loader, entry: _Entry, conn_dpd: DpdAction | None) -> ChildConfig:
     name = entry.key.value
-    fields = ld.mapping(entry.value, entry.path, _CHILD_KEYS, "child")
+    fields = ld.mapping(entry.value, entry.path, "child")
     d = ChildConfig(name)
     ts: dict[str, tuple[TsConfig, ...]] = {}
     for side in ("local_ts", "remote_ts"):
@@ -964,7 +1039,7 @@ def _parse_child(ld: _Loader, entry: _Entry, conn_dpd: DpdAction | None) -> Chil
 
 def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
     name = entry.key.value
-    fields = ld.mapping(entry.value, entry.path, _CONN_KEYS, "conn")
+    fields = ld.mapping(entry.value, entry.path, "conn")
     d = ConnectionConfig(name, AuthConfig("psk", None), AuthConfig("psk", ANY_IDENTITY))
     local_addrs, _ = _parse_addrs(ld, _opt(fields, "local_addrs"))
     remote_addrs, remote_any = _parse_addrs(ld, _opt(fields, "remote_addrs"))
@@ -989,7 +1064,7 @@ def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
     if children_entry is not None:
         for cname, centry in ld.named_mapping(children_entry.value, children_entry.path, "child").items():
             children[cname] = _parse_child(ld, centry, conn_dpd)
-    return ConnectionConfig(
+    conn = ConnectionConfig(
         name=name,
         local=local,
         remote=remote,
@@ -1017,6 +1092,31 @@ def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
         retransmit=_parse_retransmit(ld, _opt(fields, "retransmit")),
         children=children,
     )
+    return _not_implemented(ld, "conn", fields, conn)
+
+
+def _not_implemented(ld: _Loader, section: str, fields: Mapping[str, _Entry], parsed: DataclassT) -> DataclassT:
+    """What ipsecd really does for the NOT_IMPLEMENTED keys of ``section``, warning where the file asked for more.
+
+    Only a key written in the file warns: an absent one just takes its effective value
+    (swanctl's default ``mobike: yes`` must not warn on every connection).
+    """
+    for row in NOT_IMPLEMENTED:
+        if row.section != section or getattr(parsed, row.key) in row.honoured:
+            continue
+        entry = _opt(fields, row.key)
+        if entry is not None:
+            ld.warn(entry.value, entry.path,
+                    f"accepted but not implemented yet: {row.missing} (in effect: {_show(row.effective)})")
+        parsed = replace(parsed, **{row.key: row.effective})
+    return parsed
+
+
+def _show(value: object) -> str:
+    """A value as the config file would write it."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _nonneg_int(raw: str) -> int:
@@ -1079,7 +1179,7 @@ def _read_secret_file(ld: _Loader, entry: _Entry) -> bytes | None:
 
 
 def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | None:
-    fields = ld.mapping(node, path, _SECRET_KEYS, "secret")
+    fields = ld.mapping(node, path, "secret")
     if not fields and not isinstance(node, MappingNode):
         return None
     ids: list[Identity] = []
@@ -1126,7 +1226,7 @@ def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | 
 def _parse_secrets(ld: _Loader, entry: _Entry | None) -> tuple[IkeSecret, ...]:
     if entry is None:
         return ()
-    fields = ld.mapping(entry.value, entry.path, ("ike",), "secrets")
+    fields = ld.mapping(entry.value, entry.path, "secrets")
     ike = _opt(fields, "ike")
     if ike is None:
         return ()
@@ -1177,7 +1277,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
     d = Settings()
     if entry is None:
         return d
-    fields = ld.mapping(entry.value, entry.path, _SETTINGS_KEYS, "settings")
+    fields = ld.mapping(entry.value, entry.path, "settings")
 
     def level(raw: str) -> str:
         low = raw.strip().lower()
@@ -1188,34 +1288,25 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
     log = dict(d.log)
     log_entry = _opt(fields, "log")
     if log_entry is not None:
-        levels = ld.mapping(log_entry.value, log_entry.path, ("default", *LOG_SUBSYSTEMS), "log")
+        levels = ld.mapping(log_entry.value, log_entry.path, "log")
         default = ld.integer(_opt(levels, "default"), 1, -1, 4)
         log = {name: ld.integer(_opt(levels, name), default, -1, 4) for name in LOG_SUBSYSTEMS}
     dp_entry = _opt(fields, "dataplane")
-    dp = ld.mapping(
-        dp_entry.value if dp_entry else None,
-        _join(entry.path, "dataplane"),
-        ("tun_name", "mtu", "workers"),
-        "dataplane",
-    )
+    dp = ld.mapping(dp_entry.value if dp_entry else None, _join(entry.path, "dataplane"), "dataplane")
     metrics_entry = _opt(fields, "metrics")
-    metrics = ld.mapping(
-        metrics_entry.value if metrics_entry else None, _join(entry.path, "metrics"), ("listen",), "metrics"
-    )
+    metrics = ld.mapping(metrics_entry.value if metrics_entry else None, _join(entry.path, "metrics"), "metrics")
     debug_entry = _opt(fields, "debug")
-    debug = ld.mapping(
-        debug_entry.value if debug_entry else None, _join(entry.path, "debug"), ("allow_key_export",), "debug"
-    )
+    debug = ld.mapping(debug_entry.value if debug_entry else None, _join(entry.path, "debug"), "debug")
     return Settings(
         control_socket=_or(ld.convert(_opt(fields, "control_socket"), "a path", _parse_socket_path), d.control_socket),
         log_level=_or(ld.convert(_opt(fields, "log_level"), "a log level", level), d.log_level),
         log=log,
         keep_alive=_or(ld.duration(_opt(fields, "keep_alive")), d.keep_alive),
-        dataplane=DataplaneSettings(
+        dataplane=_not_implemented(ld, "dataplane", dp, DataplaneSettings(
             tun_name=_or(ld.convert(_opt(dp, "tun_name"), "an interface name", _parse_ifname), "ipsec0"),
             mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
             workers=ld.integer(_opt(dp, "workers"), 1, 1, 64),
-        ),
+        )),
         metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
     )
@@ -1350,7 +1441,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
         raise ConfigError(f"{display}: invalid YAML: {exc}") from None
 
     ld = _Loader(display, source.resolve().parent, proposal_validator)
-    top = ld.mapping(root, "", ("connections", "secrets", "settings"), "top")
+    top = ld.mapping(root, "", "top")
     if root is None or _is_null(root):
         ld.warnings.append(ConfigIssue(display, 0, "", "the file is empty: no connections"))
     before = len(ld.issues)
@@ -1373,7 +1464,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
         secrets=secrets,
         settings=settings,
         source=source,
-        warnings=tuple(str(w) for w in ld.warnings),
+        warnings=tuple(str(w) for w in sorted(ld.warnings, key=lambda i: i.line)),
     )
 
 

@@ -90,6 +90,7 @@ class Daemon:
             self.shell.tasks.spawn(self._watchdog(wd), "watchdog")
         log.info("ipsecd %s started: %d connection(s) from %s", __version__, len(self.config.connections),
                  self.config.source)
+        self._warn_config()
         self._warn_legacy()
         self.policy.start()
         await self._stopping.wait()
@@ -147,6 +148,11 @@ class Daemon:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
+    def _warn_config(self) -> None:
+        """The loader's warnings (keys accepted but not implemented, weak keys), as --check-config prints them."""
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+
     def _warn_legacy(self) -> None:
         """Legacy algorithms run only because the config names them: say so once at start."""
         for conn in self.shell.manager.connections:
@@ -169,6 +175,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             raise ControlError(f"reload failed: {e}") from e
         old, self.config = self.config, new
+        self._warn_config()
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]

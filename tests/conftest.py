@@ -1,4 +1,5 @@
-"""Shared pytest setup: namespace and interop tests need root, iproute2 and (for interop) strongSwan."""
+"""Shared pytest setup: namespace and interop tests need root, iproute2 and (for interop) strongSwan;
+under make test as root a skip for anything missing fails the run (tests/strict_skips.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import pytest
 
 from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
+from tests.strict_skips import pytest_runtest_makereport  # noqa: F401  (make test: skips fail)
 
 
 def _why_no_netns() -> str | None:

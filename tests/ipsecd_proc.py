@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -20,11 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import Requirement
 
 from tests.netns import Netns, established_sa, kill_group, read_log
 
@@ -36,6 +40,69 @@ def venv_python() -> str:
     """The venv interpreter: the one running the tests if it is the project's, else .venv/bin/python."""
     candidate = PROJECT_ROOT / ".venv" / "bin" / "python"
     return str(candidate) if candidate.exists() else sys.executable
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a daemon is started: ``python -m ipsecd`` in ``root`` (the tree ipsecd is imported from)."""
+
+    python: str
+    root: Path
+    pythonpath: str
+
+
+def project_runtime() -> Runtime:
+    """The tree under test with the project's venv."""
+    return Runtime(venv_python(), PROJECT_ROOT, str(PROJECT_ROOT))
+
+
+def world_readable_runtime(dest: Path, user: str = "nobody") -> Runtime:
+    """A copy of ipsecd and its runtime packages under ``dest`` that ``user`` can read, for ``--user``.
+
+    After the drop the daemon and its data-plane worker still import modules, and the worker
+    is a new ``python -m`` process: as ``user`` they must reach the code. A checkout or venv
+    under a private directory (/root is 0700 on many machines) cannot be reached; a copy of
+    the package and of the distributions pyproject.toml requires (and what they require)
+    can, without opening up anybody's home. ``dest`` must itself be reachable (e.g. in /tmp).
+    """
+    src, site = dest / "src", dest / "site"
+    shutil.copytree(PROJECT_ROOT / "ipsecd", src / "ipsecd", ignore=shutil.ignore_patterns("__pycache__"))
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo, done = [Requirement(r) for r in deps], set()
+    while todo:
+        req = todo.pop()
+        if req.name.lower() in done or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        done.add(req.name.lower())
+        dist = importlib.metadata.distribution(req.name)
+        for f in dist.files or ():
+            if f.parts[0] == ".." or "__pycache__" in f.parts:
+                continue  # console scripts outside site-packages; caches
+            target = site / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(str(dist.locate_file(f))), target)
+        todo += [Requirement(r) for r in dist.requires or ()]
+    for d, _dirs, files in os.walk(dest):  # whatever the umask was
+        os.chmod(d, 0o755)
+        for name in files:
+            path = os.path.join(d, name)
+            os.chmod(path, os.stat(path).st_mode | 0o444)
+    return Runtime(_interpreter_for(user), src, os.pathsep.join((str(src), str(site))))
+
+
+def _interpreter_for(user: str) -> str:
+    """The venv's base interpreter, or the system's of the same version, whichever ``user`` can run."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [os.path.realpath(venv_python()), f"/usr/bin/{version}", f"/usr/local/bin/{version}"]
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in dict.fromkeys(candidates):
+        probe = subprocess.run([runuser, "-u", user, "--", python, "-c",
+                                "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, cwd="/", timeout=60)
+        if probe.returncode == 0 and probe.stdout.strip() == want:
+            return python
+    raise RuntimeError(f"no Python {want} that user {user} can run among {candidates}")
 
 
 @functools.cache
@@ -115,7 +182,8 @@ class Ipsecd:
             self._short_dir = tempfile.mkdtemp(prefix="ipd-ctl-")
             sock = Path(self._short_dir) / "ipsecd.sock"
         self.socket = str(sock)
-        self.python = venv_python()
+        self.python = venv_python()  # ipsecctl's
+        self.runtime = project_runtime()  # the daemon's
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> None:
@@ -124,10 +192,10 @@ class Ipsecd:
     def start(self, timeout: float = 15.0) -> Ipsecd:
         """Write the YAML, start the daemon in the namespace, wait for its control socket."""
         self.write_config()
-        cmd = [self.python, "-m", "ipsecd", "--config", str(self.config_path),
+        cmd = [self.runtime.python, "-m", "ipsecd", "--config", str(self.config_path),
                "--control-socket", self.socket, *self.extra_args]
-        self.proc = self.ns.popen(cmd, self.log_path, cwd=PROJECT_ROOT,
-                                  env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT)})
+        self.proc = self.ns.popen(cmd, self.log_path, cwd=self.runtime.root,
+                                  env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": self.runtime.pythonpath})
         end = time.monotonic() + timeout
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,8 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.ipsecd_proc import PROJECT_ROOT, Ipsecd, child_config, ipsecd_config, venv_python
+from ipsecd.config import load_config
+from ipsecd.daemon import Daemon
+from ipsecd.logsetup import LogHub
+from ipsecd.settings_from_config import validate_proposal
+from tests.ipsecd_proc import (
+    PROJECT_ROOT,
+    Ipsecd,
+    child_config,
+    ipsecd_config,
+    venv_python,
+    world_readable_runtime,
+)
 from tests.netns import Topology
 
 IKE_KEYS = {"name", "state", "local", "remote", "local_id", "remote_id", "initiator", "proposal", "child_sas"}
@@ -41,6 +55,22 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert r.returncode == 2 and "missing.yaml" in r.stderr
 
 
+def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ipsecd.yaml"
+    path.write_text(yaml.safe_dump(ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])))
+    daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
+                    dataplane=False)
+    text = path.read_text().replace("    local_addrs:", "    fragmentation: force\n    local_addrs:", 1)
+    path.write_text(text)
+    line = text.splitlines().index("    fragmentation: force") + 1
+    with caplog.at_level(logging.WARNING, logger="ipsecd.cfg"):
+        # what ipsecd does did not change (fragmentation is off either way): the connection is left alone
+        assert asyncio.run(daemon.reload())["changed"] == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:{line} connections.peer.fragmentation: accepted but not implemented yet: IKE messages are "
+        "neither fragmented nor reassembled (RFC 7383) (in effect: no)"]
+
+
 @pytest.mark.netns
 def test_make_demo_script() -> None:
     r = subprocess.run([venv_python(), "-m", "ipsecd.demo"], capture_output=True, text=True, timeout=180,
@@ -65,6 +95,7 @@ def _pair(topo: Topology, tmp_path: Path, **extra_a: object) -> tuple[Ipsecd, Ip
 @pytest.mark.netns
 def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp_path: Path) -> None:
     a, b = _pair(topology, tmp_path)
+    b.config["connections"]["peer"]["mobike"] = True  # accepted, not implemented: a warning in the log
     with b, a:
         ike = a.wait_established(15, child="net")
         b.wait_established(15, child="net")
@@ -79,10 +110,13 @@ def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp
         # add a connection, reload: the running tunnel keeps its SAs and its traffic
         a.config["connections"]["spare"] = {
             **a.config["connections"]["peer"], "remote_addrs": ["192.0.2.99"],
-            "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])}}
+            "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])},
+            "unique": "replace"}
         a.write_config()
         r = a.ctl("reload")
         assert r.returncode == 0
+        assert "connections.peer.mobike: accepted but not implemented yet" in b.log_text()  # at start
+        assert "connections.spare.unique: accepted but not implemented yet" in a.log_text()  # at reload
         conns = a.ctl("list-conns", "--json").stdout
         assert "spare" in conns
         (after,) = [sa for sa in a.list_sas() if sa["name"] == "peer"]
@@ -125,23 +159,25 @@ def test_sd_notify_ready_after_sockets_are_bound(topology: Topology, tmp_path: P
 
 @pytest.mark.netns
 def test_daemon_as_unprivileged_user_with_capabilities(topology: Topology) -> None:
-    """--user drops root but keeps CAP_NET_ADMIN/BIND_SERVICE/RAW: ports 500/4500, TUN, routes still work."""
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    probe = subprocess.run([runuser, "-u", "nobody", "--", venv_python(), "-c", "import ipsecd.daemon"],
-                           capture_output=True, text=True, cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT)})
-    if probe.returncode != 0:
-        pytest.skip("user nobody cannot run this venv's interpreter (e.g. pyenv under /root): "
-                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
+    """--user drops root but keeps CAP_NET_ADMIN/BIND_SERVICE/RAW: ports 500/4500, TUN, routes still work.
+
+    It runs from a copy nobody can read (world_readable_runtime), so it works wherever the
+    checkout and its venv live, /root (0700) included.
+    """
     work = Path(tempfile.mkdtemp(prefix="ipd-user-", dir="/tmp"))
     try:
         work.chmod(0o755)
         a, b = _pair(topology, work)
+        a.runtime = world_readable_runtime(work / "runtime")
         a.extra_args = ["--user", "nobody"]
         with b, a:
             a.wait_established(15, child="net")
             topology.a.ping(topology.b_lan, count=2, src=topology.a_lan)
             users = subprocess.run(["ps", "-ww", "-eo", "user=,args="], capture_output=True, text=True).stdout
             assert any(line.split()[0] == "nobody" and "ipsecd" in line and str(a.config_path) in line
+                       for line in users.splitlines()), users
+            # the data-plane worker, started after the drop, runs the copy too
+            assert any(line.split()[0] == "nobody" and "ipsecd.dataplane.worker" in line
                        for line in users.splitlines()), users
     finally:
         shutil.rmtree(work, ignore_errors=True)
