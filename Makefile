@@ -4,9 +4,9 @@ VENV ?= .venv
 # Debian's interpreter when there is one: a venv on it stays usable after `ipsecd --user` drops root
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 PY := $(VENV)/bin/python
-APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
-	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps
+	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps openssl
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 PYDEPS_STAMP := $(VENV)/.pydeps
 PYTEST_ARGS ?=
@@ -17,7 +17,8 @@ BENCH_ARGS ?= --rekey
 
 all: test
 
-# System packages: strongSwan is the interop peer, iproute2/iptables build the test networks.
+# System packages: strongSwan is the interop peer, iproute2/iptables build the test networks,
+# strongswan-pki (pki --verify) and openssl judge our certificate validation and signatures.
 $(SYSDEPS_STAMP):
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
