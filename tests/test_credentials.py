@@ -18,9 +18,9 @@ from ipsecd.iana import IdType
 from tests.pki import KEY_KINDS, Issued, KeyFile, KeyPool, TestPki, crl_bytes, write_swanctl
 
 
-@pytest.fixture(scope="module")
-def pool() -> KeyPool:
-    return KeyPool()
+@pytest.fixture
+def pool(key_pool: KeyPool) -> KeyPool:
+    return key_pool
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from tests.pki import CLIENT_AUTH, IKE_INTERMEDIATE, SERVER_AUTH, Issued, KeyPoo
 STRICT = PathPolicy(revocation=RevocationPolicy.STRICT)
 
 
-@pytest.fixture(scope="module")
-def pool() -> KeyPool:
-    return KeyPool()
+@pytest.fixture
+def pool(key_pool: KeyPool) -> KeyPool:
+    return key_pool
 
 
 @pytest.fixture

@@ -42,9 +42,9 @@ def h(s: str) -> bytes:
     return bytes.fromhex("".join(s.split()))
 
 
-@pytest.fixture(scope="module")
-def keys() -> KeyPool:
-    return KeyPool()
+@pytest.fixture
+def keys(key_pool: KeyPool) -> KeyPool:
+    return key_pool
 
 
 def methods_for(kind: str) -> list[SignatureChoice]:

@@ -194,9 +194,9 @@ def payloads_of(raws: list[RawPayload], kind: PayloadType) -> list[bytes]:
 # ---------------------------------------------------------------- the test
 
 
-@pytest.fixture(scope="module")
-def pool() -> KeyPool:
-    return KeyPool()
+@pytest.fixture
+def pool(key_pool: KeyPool) -> KeyPool:
+    return key_pool
 
 
 @pytest.mark.parametrize("name", ["rfc7427-pss-ed25519", "rfc7427-ecdsa-ed448", "rfc7427-rsa-pkcs1-p521",
