@@ -89,6 +89,7 @@ class OwnCredential:
     chain: tuple[x509.Certificate, ...]  # intermediates, the certificate's issuer first
     file: Path
     authorities: frozenset[bytes]  # CERTREQ hashes of every CA above cert, the root included when known
+    root: x509.Certificate | None = None  # the self-signed CA above the chain, if the store has it (never sent)
 
     def cert_chain_der(self) -> list[bytes]:
         """CERT payload data, in order: our certificate, then the intermediates."""
@@ -173,7 +174,7 @@ class CredentialStore:
             if key is not None:
                 chain, root = store._issuers_of(entry.cert)
                 authorities = frozenset(spki_sha1(c) for c in (*chain, *([root] if root else [])))
-                own.append(OwnCredential(entry.cert, key, chain, entry.file, authorities))
+                own.append(OwnCredential(entry.cert, key, chain, entry.file, authorities, root))
         return cls(store.directory, store.certs, store.cas, store.crls, store.keys, tuple(own))
 
     def _issuers_of(self, cert: x509.Certificate) -> tuple[tuple[x509.Certificate, ...], x509.Certificate | None]:
@@ -215,7 +216,10 @@ class CredentialStore:
     ) -> OwnCredential | None:
         """Our credential under a CA the peer asked for; CERTREQ hashes we do not know are ignored.
 
-        ``certreqs``: the data of each CERTREQ payload, each a concatenation of SHA-1 hashes.
+        ``certreqs``: the Certification Authority data of each CERTREQ payload with encoding
+        X509_CERTIFICATE_SIGNATURE (others are to be ignored, RFC 7296 3.7), each a
+        concatenation of SHA-1 hashes.  None when no hash names a CA of ours: the caller
+        then falls back to its configured certificate (and sends it if send_cert says so).
         """
         wanted = set(parse_certreq(certreqs))
         matching = [
@@ -303,6 +307,37 @@ class CredentialStore:
             for source, entries in (("x509", self.certs), ("x509ca", self.cas))
             for e in entries
         ]
+
+
+def gateway_warnings(own: OwnCredential, now: datetime) -> list[str]:
+    """Why remote-access clients would refuse ``own`` as a gateway certificate (empty: none known).
+
+    From what the clients require (shared notes on Windows, macOS/iOS, Android): Windows
+    wants EKU serverAuth and the gateway name in a SAN (error 13801), Apple matches its
+    remote ID against the SANs, neither verifies EdDSA (no RFC 7427), and a client that
+    sends no CERTREQ still needs every intermediate, so the chain must reach a root.
+    """
+    cert, name = own.cert, cert_name(own.cert)
+    out: list[str] = []
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if not start <= now <= end:
+        out.append(f"{name} is not valid now (valid {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC)")
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    if eku is not None and x509.ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        out.append(f"{name} has an extendedKeyUsage without serverAuth: Windows clients refuse it")
+    elif eku is None:
+        out.append(f"{name} has no extendedKeyUsage: Windows clients need serverAuth")
+    sans = _extension(cert, x509.SubjectAlternativeName)
+    if sans is None or not any(isinstance(n, x509.DNSName | x509.IPAddress) for n in sans):
+        out.append(f"{name} has no DNS or IP subjectAltName: Windows (error 13801) and Apple clients match the "
+                   "gateway name against it")
+    if isinstance(cert.public_key(), ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        out.append(f"{name} has an EdDSA key: Windows and Apple clients cannot verify it (no RFC 7427)")
+    top = (cert, *own.chain)[-1]
+    if own.root is None and top.subject != top.issuer:
+        out.append(f"the chain of {name} stops at {cert_name(top)}: its issuer is in neither x509/ nor x509ca/, "
+                   "clients that do not already have it cannot build the path")
+    return out
 
 
 def parse_certreq(certreqs: Iterable[bytes]) -> list[bytes]:

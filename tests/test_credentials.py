@@ -13,9 +13,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
-from ipsecd.credentials import CredentialError, CredentialStore, load_store, parse_certreq, spki_sha1
+from ipsecd.credentials import (
+    CredentialError,
+    CredentialStore,
+    gateway_warnings,
+    load_store,
+    parse_certreq,
+    spki_sha1,
+)
 from ipsecd.iana import IdType
-from tests.pki import KEY_KINDS, Issued, KeyFile, KeyPool, TestPki, crl_bytes, write_swanctl
+from tests.pki import CLIENT_AUTH, KEY_KINDS, Issued, KeyFile, KeyPool, TestPki, crl_bytes, write_swanctl
 
 
 @pytest.fixture
@@ -312,3 +319,25 @@ def test_describe_gives_plain_data_for_list_certs(tmp_path: Path, pki: TestPki) 
     assert ours["not_after"] == gw.cert.not_valid_after_utc.isoformat()
     ca = rows["x509ca"]
     assert (ca.key_type, ca.key_size, ca.has_private_key, ca.is_ca) == ("RSA", 3072, False, True)
+
+
+def test_gateway_warnings_for_remote_access_clients(tmp_path: Path, pki: TestPki) -> None:
+    root = pki.root()
+    inter = pki.intermediate(root, "intermediate")
+    good = pki.end_entity(inter, "vpn.example.com")  # SAN DNS, EKU serverAuth
+    bare = pki.issue("bare.example.com", root, sans=[], ekus=None)
+    client_eku = pki.end_entity(root, "client.example.com", "ed25519", ekus=[CLIENT_AUTH],
+                                not_after=pki.now - timedelta(days=1))
+    write_swanctl(tmp_path, own=[good, bare, client_eku], certs=[inter], cas=[root])
+    store, _ = load_store(tmp_path)
+    by_cn = {o.cert.subject.rfc4514_string(): gateway_warnings(o, pki.now) for o in store.own}
+    assert by_cn["CN=vpn.example.com"] == []
+    assert [w.split(":")[0] for w in by_cn["CN=bare.example.com"]] == [
+        "'CN=bare.example.com' has no extendedKeyUsage", "'CN=bare.example.com' has no DNS or IP subjectAltName"]
+    joined = " ".join(by_cn["CN=client.example.com"])
+    assert "not valid now" in joined and "without serverAuth" in joined and "EdDSA" in joined
+    # without the intermediate in the tree, the chain cannot reach a root
+    (tmp_path / "x509" / "intermediate.pem").unlink()
+    store, _ = load_store(tmp_path)
+    (vpn,) = [o for o in store.own if o.cert == good.cert]
+    assert vpn.root is None and any("stops at 'CN=vpn.example.com'" in w for w in gateway_warnings(vpn, pki.now))
