@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from ipsecd import der
 from ipsecd.iana import IdType
 from ipsecd.logsafe import safe
+from ipsecd.x509util import extension
 
 Identity = tuple[IdType, bytes]
 
@@ -112,12 +113,8 @@ def _dn_attributes(dn: bytes) -> list[tuple[str, int, bytes]]:
 
 
 def _sans(cert: x509.Certificate) -> list[x509.GeneralName]:
-    try:
-        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        return []
-    except ValueError:  # a malformed extension: path validation refuses the certificate anyway
-        return []
+    sans = extension(cert, x509.SubjectAlternativeName)  # malformed: path validation refuses it anyway
+    return list(sans) if sans is not None else []
 
 
 def _san_identity(name: x509.GeneralName) -> Identity | None:
@@ -137,10 +134,8 @@ def _san_identity(name: x509.GeneralName) -> Identity | None:
 
 
 def _matches_key_id(cert: x509.Certificate, data: bytes) -> bool:
-    try:
-        ski: bytes | None = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except (x509.ExtensionNotFound, ValueError):
-        ski = None
+    ski_ext = extension(cert, x509.SubjectKeyIdentifier)
+    ski = ski_ext.digest if ski_ext is not None else None
     spki = der.spki_from_tbs(cert.tbs_certificate_bytes)
     bare = der.read_single(spki).children()[1].expect(der.BIT_STRING, "subjectPublicKey").value[1:]
     return data in (ski, hashlib.sha1(spki).digest(), hashlib.sha1(bare).digest())

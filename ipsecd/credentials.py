@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -38,6 +38,7 @@ from ipsecd.certidentity import cert_matches_identity
 from ipsecd.errors import IpsecdError
 from ipsecd.logsafe import safe
 from ipsecd.pathvalidation import DEFAULT_PATH_POLICY, Outcome, PathPolicy, PathResult, cert_name, validate_path
+from ipsecd.x509util import crl_signed_by, extension, is_ca, issued_by
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
@@ -132,21 +133,6 @@ def _public_der(key: Any) -> bytes:
     return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class CredentialStore:
     directory: Path | None
@@ -179,11 +165,11 @@ class CredentialStore:
 
     def _issuers_of(self, cert: x509.Certificate) -> tuple[tuple[x509.Certificate, ...], x509.Certificate | None]:
         """Intermediates above ``cert`` (by name and signature, from x509/ then x509ca/) and the root if found."""
-        pool = [e.cert for e in (*self.certs, *self.cas) if _is_ca(e.cert)]
+        pool = [e.cert for e in (*self.certs, *self.cas) if is_ca(e.cert)]
         chain: list[x509.Certificate] = []
         current = cert
         while len(chain) <= MAX_CHAIN and current.subject != current.issuer:
-            issuer = next((c for c in pool if c.subject == current.issuer and _issued_by(current, c)), None)
+            issuer = next((c for c in pool if c.subject == current.issuer and issued_by(current, c)), None)
             if issuer is None or issuer in chain:
                 return tuple(chain), None
             if issuer.subject == issuer.issuer:  # the root: trusted by the peer or useless to it
@@ -258,16 +244,16 @@ class CredentialStore:
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
         """CA certificates of x509/: offered to path validation besides what the peer sends."""
-        return tuple(e.cert for e in self.certs if _is_ca(e.cert))
+        return tuple(e.cert for e in self.certs if is_ca(e.cert))
 
     def crls_for_issuer(self, issuer: x509.Certificate) -> tuple[x509.CertificateRevocationList, ...]:
         """CRLs named as issued by ``issuer`` (name, and key identifier when both carry one)."""
-        ski = _extension(issuer, x509.SubjectKeyIdentifier)
+        ski = extension(issuer, x509.SubjectKeyIdentifier)
         out = []
         for entry in self.crls:
             if entry.crl.issuer != issuer.subject:
                 continue
-            aki = _extension(entry.crl, x509.AuthorityKeyIdentifier)
+            aki = extension(entry.crl, x509.AuthorityKeyIdentifier)
             if aki is not None and ski is not None and aki.key_identifier not in (None, ski.digest):
                 continue
             out.append(entry.crl)
@@ -322,12 +308,12 @@ def gateway_warnings(own: OwnCredential, now: datetime) -> list[str]:
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     if not start <= now <= end:
         out.append(f"{name} is not valid now (valid {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC)")
-    eku = _extension(cert, x509.ExtendedKeyUsage)
+    eku = extension(cert, x509.ExtendedKeyUsage)
     if eku is not None and x509.ExtendedKeyUsageOID.SERVER_AUTH not in eku:
         out.append(f"{name} has an extendedKeyUsage without serverAuth: Windows clients refuse it")
     elif eku is None:
         out.append(f"{name} has no extendedKeyUsage: Windows clients need serverAuth")
-    sans = _extension(cert, x509.SubjectAlternativeName)
+    sans = extension(cert, x509.SubjectAlternativeName)
     if sans is None or not any(isinstance(n, x509.DNSName | x509.IPAddress) for n in sans):
         out.append(f"{name} has no DNS or IP subjectAltName: Windows (error 13801) and Apple clients match the "
                    "gateway name against it")
@@ -349,13 +335,6 @@ def parse_certreq(certreqs: Iterable[bytes]) -> list[bytes]:
     return out
 
 
-def _extension(obj: Any, kind: Any) -> Any:
-    try:
-        return obj.extensions.get_extension_for_class(kind).value
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-
-
 def key_description(key: Any) -> tuple[str, int]:
     """("RSA" | "ECDSA P-256" | "Ed25519" | ..., size in bits)."""
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
@@ -371,7 +350,7 @@ def key_description(key: Any) -> tuple[str, int]:
 
 
 def _describe(cert: x509.Certificate, source: str, file: Path, has_key: bool) -> CertInfo:
-    sans = _extension(cert, x509.SubjectAlternativeName)
+    sans = extension(cert, x509.SubjectAlternativeName)
     labels: dict[type, str] = {x509.DNSName: "DNS", x509.RFC822Name: "email", x509.IPAddress: "IP",
               x509.UniformResourceIdentifier: "URI", x509.DirectoryName: "DN"}
     san_text = tuple(
@@ -391,7 +370,7 @@ def _describe(cert: x509.Certificate, source: str, file: Path, has_key: bool) ->
         key_type=key_type,
         key_size=key_size,
         has_private_key=has_key,
-        is_ca=_is_ca(cert),
+        is_ca=is_ca(cert),
         serial=f"{cert.serial_number:x}",
         fingerprint_sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
         key_id=spki_sha1(cert).hex(),
@@ -426,7 +405,7 @@ def load_store(
         for p in _files(directory / "private")
         for k in _load(p, lambda data, path=p: [_read_key(data, _passphrase(passphrases, path))], problems)
     ]
-    issuers = [e.cert for e in (*cas, *certs) if _is_ca(e.cert)]
+    issuers = [e.cert for e in (*cas, *certs) if is_ca(e.cert)]
     crls = [
         CrlEntry(crl, p)
         for p in _files(directory / "x509crl")
@@ -435,7 +414,7 @@ def load_store(
     store = CredentialStore.build(certs, cas, crls, keys, directory)
     mine = {o.file for o in store.own}
     for entry in store.certs:
-        if not _is_ca(entry.cert) and entry.file not in mine:
+        if not is_ca(entry.cert) and entry.file not in mine:
             problems.append(LoadProblem(
                 entry.file,
                 f"certificate {cert_name(entry.cert)} has no private key in private/: loaded but unused "
@@ -482,7 +461,7 @@ def _read_certs(data: bytes) -> list[x509.Certificate]:
 def _read_ca_certs(data: bytes) -> list[x509.Certificate]:
     certs = _read_certs(data)
     for cert in certs:
-        if not _is_ca(cert):
+        if not is_ca(cert):
             raise ValueError(
                 f"{cert_name(cert)} is not a CA certificate (basicConstraints cA missing or false); "
                 "x509ca/ holds trust anchors"
@@ -536,15 +515,8 @@ def _read_crl(data: bytes, issuers: Sequence[x509.Certificate]) -> x509.Certific
     except ValueError as e:
         raise ValueError(f"not a CRL in PEM or DER ({e})") from None
     named = [c for c in issuers if c.subject == crl.issuer]
-    if named and not any(_crl_signed_by(crl, c) for c in named):
+    if named and not any(crl_signed_by(crl, c) for c in named):
         raise ValueError(
             f"CRL signature does not verify with the certificate of its issuer {cert_name(named[0])}"
         )
     return crl  # issuer unknown here: it may come from a peer, validation checks the signature
-
-
-def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    try:
-        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        return False

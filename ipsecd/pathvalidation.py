@@ -41,16 +41,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import pairwise
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from ipsecd.certidentity import cert_matches_identity, identity_text
 from ipsecd.logsafe import safe
+from ipsecd.x509util import crl_signed_by, extension, is_ca, issued_by
 
 
 class Outcome(StrEnum):
@@ -110,7 +111,6 @@ _EKU_NAMES = {
     ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
     ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
 }
-_E = TypeVar("_E", bound=x509.ExtensionType)
 _EE_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 
@@ -336,12 +336,11 @@ def _never(_cert: x509.Certificate) -> bool:
 
 
 def _not_a_ca(cert: x509.Certificate) -> bool:
-    bc = _extension(cert, x509.BasicConstraints)
-    return bc is None or not bc.ca
+    return not is_ca(cert)
 
 
 def _cannot_sign_certificates(cert: x509.Certificate) -> bool:
-    ku = _extension(cert, x509.KeyUsage)
+    ku = extension(cert, x509.KeyUsage)
     return ku is None or not ku.key_cert_sign
 
 
@@ -411,11 +410,7 @@ def _issuer_missing(path: list[x509.Certificate]) -> PathResult:
 
 def _signature_failure(path: list[x509.Certificate], anchors: Sequence[x509.Certificate]) -> PathResult | None:
     for child, issuer in pairwise(path):
-        try:
-            child.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-            pass
-        else:
+        if issued_by(child, issuer):
             continue
         want, have = _aki(child), _ski(issuer)
         if issuer in anchors and want is not None and have is not None and want != have:
@@ -435,20 +430,13 @@ def _self_issued(cert: x509.Certificate) -> bool:
     return cert.subject == cert.issuer
 
 
-def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-
-
 def _aki(cert: x509.Certificate) -> bytes | None:
-    aki = _extension(cert, x509.AuthorityKeyIdentifier)
+    aki = extension(cert, x509.AuthorityKeyIdentifier)
     return aki.key_identifier if aki is not None else None
 
 
 def _ski(cert: x509.Certificate) -> bytes | None:
-    ski = _extension(cert, x509.SubjectKeyIdentifier)
+    ski = extension(cert, x509.SubjectKeyIdentifier)
     return ski.digest if ski is not None else None
 
 
@@ -502,10 +490,8 @@ def _crl_status(
     newest = max(usable, key=lambda crl: crl.last_update_utc)
     entry = newest.get_revoked_certificate_by_serial_number(cert.serial_number)
     if entry is not None:
-        try:
-            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
-        except (x509.ExtensionNotFound, ValueError):
-            reason = "unspecified"
+        crl_reason = extension(entry, x509.CRLReason)
+        reason = crl_reason.reason.value if crl_reason is not None else "unspecified"
         return RevocationStatus.REVOKED, (
             f"certificate {cert_name(cert)} (serial {cert.serial_number:x}) was revoked "
             f"{entry.revocation_date_utc:%Y-%m-%d %H:%M:%S} UTC ({reason}) by the CRL of {cert_name(issuer)}"
@@ -535,18 +521,11 @@ def _crl_usable(
 def _crl_unusable_reason(
     crl: x509.CertificateRevocationList, cert: x509.Certificate, issuer: x509.Certificate, now: datetime
 ) -> str:
-    try:
-        signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]  # X25519 etc.: TypeError
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        signed = False
-    if not signed:
+    if not crl_signed_by(crl, issuer):
         return "its signature does not verify with the issuer's key"
-    try:
-        ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.crl_sign:  # RFC 5280 6.3.3 (f)
-            return "the issuer's keyUsage does not allow cRLSign"
-    except x509.ExtensionNotFound:
-        pass
+    ku = extension(issuer, x509.KeyUsage)
+    if ku is not None and not ku.crl_sign:  # RFC 5280 6.3.3 (f)
+        return "the issuer's keyUsage does not allow cRLSign"
     if crl.last_update_utc > now:
         return f"thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M:%S} UTC is in the future"
     try:
@@ -560,12 +539,8 @@ def _crl_unusable_reason(
             idp = ext.value
             if idp.indirect_crl or idp.only_some_reasons or idp.only_contains_attribute_certs:
                 return "indirect or partial CRLs are not supported"
-            if (idp.only_contains_user_certs and _is_ca(cert)) or (idp.only_contains_ca_certs and not _is_ca(cert)):
+            if (idp.only_contains_user_certs and is_ca(cert)) or (idp.only_contains_ca_certs and not is_ca(cert)):
                 return "it does not cover this kind of certificate"
         elif ext.critical and not isinstance(ext.value, _CRL_EXTENSIONS_UNDERSTOOD):
             return f"unknown critical extension {ext.oid.dotted_string}"
     return ""
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    return not _not_a_ca(cert)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
-from tests.pki import KeyPool
+from tests.pki import KeyPool, TestPki
 
 
 def _why_no_netns() -> str | None:
@@ -35,3 +35,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def key_pool() -> KeyPool:
     """Test keys shared by the whole run: RSA-4096 takes about a second to make (tests/pki.py)."""
     return KeyPool()
+
+
+@pytest.fixture
+def pki(key_pool: KeyPool) -> TestPki:
+    """A test PKI around the current time, with keys from the shared pool."""
+    return TestPki(keys=key_pool)

@@ -13,15 +13,10 @@ from cryptography.x509.oid import NameOID
 from ipsecd import der
 from ipsecd.certidentity import cert_identities, cert_matches_identity, dn_matches, identity_text
 from ipsecd.iana import IdType
-from tests.pki import KeyPool, TestPki, name
+from tests.pki import TestPki, name
 
 DN, FQDN, EMAIL, V4, V6, KEYID = (IdType.ID_DER_ASN1_DN, IdType.ID_FQDN, IdType.ID_RFC822_ADDR,
                                   IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR, IdType.ID_KEY_ID)
-
-
-@pytest.fixture
-def pki(key_pool: KeyPool) -> TestPki:
-    return TestPki(keys=key_pool)
 
 
 @pytest.fixture

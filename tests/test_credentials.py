@@ -22,17 +22,7 @@ from ipsecd.credentials import (
     spki_sha1,
 )
 from ipsecd.iana import IdType
-from tests.pki import CLIENT_AUTH, KEY_KINDS, Issued, KeyFile, KeyPool, TestPki, crl_bytes, write_swanctl
-
-
-@pytest.fixture
-def pool(key_pool: KeyPool) -> KeyPool:
-    return key_pool
-
-
-@pytest.fixture
-def pki(pool: KeyPool) -> TestPki:
-    return TestPki(keys=pool)
+from tests.pki import CLIENT_AUTH, KEY_KINDS, Issued, KeyFile, TestPki, crl_bytes, write_swanctl
 
 
 def _spki(key: object) -> bytes:

@@ -28,16 +28,6 @@ STRICT = PathPolicy(revocation=RevocationPolicy.STRICT)
 
 
 @pytest.fixture
-def pool(key_pool: KeyPool) -> KeyPool:
-    return key_pool
-
-
-@pytest.fixture
-def pki(pool: KeyPool) -> TestPki:
-    return TestPki(keys=pool)
-
-
-@pytest.fixture
 def ca(pki: TestPki) -> tuple[Issued, Issued]:
     root = pki.root()
     return root, pki.intermediate(root, "intermediate")
@@ -407,8 +397,8 @@ def _strongswan_trusts(tmp_path: Path, leaf: Issued, cas: list[Issued], crls: li
     return result.returncode == 0 and "certificate trusted" in result.stdout
 
 
-def test_verdicts_agree_with_strongswan(tmp_path: Path, pool: KeyPool) -> None:
-    pki = TestPki(keys=pool)  # pki --verify has no time option: certificates around the real now
+def test_verdicts_agree_with_strongswan(tmp_path: Path, pki: TestPki, key_pool: KeyPool) -> None:
+    # pki --verify has no time option: the fixture's certificates are around the real now
     root = pki.root("oracle root", "rsa3072")
     inter = pki.intermediate(root, "oracle intermediate", "p384")
     stranger = pki.root("oracle stranger")
@@ -418,9 +408,9 @@ def test_verdicts_agree_with_strongswan(tmp_path: Path, pool: KeyPool) -> None:
                              not_after=pki.now - timedelta(days=1))
     future = pki.end_entity(root, "future.example.com", not_before=pki.now + timedelta(days=1))
     foreign = pki.end_entity(stranger, "foreign.example.com")
-    forged = pki.issue("forged.example.com", root, signer=pool.get("p256", "forger"))
+    forged = pki.issue("forged.example.com", root, signer=key_pool.get("p256", "forger"))
     revocation = pki.crl(root, revoked=[direct.cert.serial_number])
-    bad_crl = pki.crl(root, revoked=[direct.cert.serial_number], signer=pool.get("p256", "forger"))
+    bad_crl = pki.crl(root, revoked=[direct.cert.serial_number], signer=key_pool.get("p256", "forger"))
     cases = [
         # (leaf, anchors (for pki: --cacert), intermediates offered to us, crls, expected ours)
         (good, [root], [inter], [], Outcome.OK),
@@ -443,9 +433,8 @@ def test_verdicts_agree_with_strongswan(tmp_path: Path, pool: KeyPool) -> None:
         assert _strongswan_trusts(case_dir, leaf, [*anchors, *inters], crls) is ours.ok, (leaf.cn, ours)
 
 
-def test_strongswan_accepts_eddsa_cas_where_we_cannot(tmp_path: Path, pool: KeyPool) -> None:
+def test_strongswan_accepts_eddsa_cas_where_we_cannot(tmp_path: Path, pki: TestPki) -> None:
     """The one documented divergence: an Ed25519 CA (library limitation, see the module docstring)."""
-    pki = TestPki(keys=pool)
     root = pki.root("ed root", "ed25519")
     leaf = pki.end_entity(root, "ed.example.com", "ed25519")
     assert _strongswan_trusts(tmp_path, leaf, [root], [])

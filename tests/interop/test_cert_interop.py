@@ -36,7 +36,7 @@ from ipsecd.ike.codec import RawPayload, split_payloads
 from ipsecd.ike.signature import KeyKind, SigAlg, SignatureError, SignaturePolicy, verify_auth
 from ipsecd.pathvalidation import validate_path
 from tests.netns import Topology
-from tests.pki import CLIENT_AUTH, Issued, KeyFile, KeyPool, TestPki, swanctl_secrets, write_swanctl
+from tests.pki import CLIENT_AUTH, Issued, KeyFile, TestPki, swanctl_secrets, write_swanctl
 from tests.strongswan import PLUGINS, Charon, ConnParams
 
 pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.timeout(120)]
@@ -194,16 +194,10 @@ def payloads_of(raws: list[RawPayload], kind: PayloadType) -> list[bytes]:
 # ---------------------------------------------------------------- the test
 
 
-@pytest.fixture
-def pool(key_pool: KeyPool) -> KeyPool:
-    return key_pool
-
-
 @pytest.mark.parametrize("name", ["rfc7427-pss-ed25519", "rfc7427-ecdsa-ed448", "rfc7427-rsa-pkcs1-p521",
                                   "classic-like-windows"])
 def test_strongswan_auth_payloads_verify_with_ipsecd(topology: Topology, charon_factory: Callable[..., Charon],
-                                                     tmp_path: Path, pool: KeyPool, name: str) -> None:
-    pki = TestPki(keys=pool)
+                                                     tmp_path: Path, pki: TestPki, name: str) -> None:
     sc = scenario(name, pki)
     charons = {}
     for side, me, peer, ns, addr, peer_addr, ts, peer_ts in (
