@@ -38,14 +38,11 @@ from ipsecd.certidentity import cert_matches_identity
 from ipsecd.errors import IpsecdError
 from ipsecd.logsafe import safe
 from ipsecd.pathvalidation import DEFAULT_PATH_POLICY, Outcome, PathPolicy, PathResult, cert_name, validate_path
-from ipsecd.x509util import crl_signed_by, extension, is_ca, issued_by
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+from ipsecd.x509util import SIGNING_CURVES, PrivateKey, crl_signed_by, extension, is_ca, issued_by
 
 DEFAULT_DIRECTORY = Path("/etc/ipsecd")
 CERTREQ_HASH_LEN = 20  # SHA-1 (RFC 7296 3.7)
 MAX_CHAIN = 8  # intermediates sent above our certificate
-_SUPPORTED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 # swanctl directories ipsecd does not read: keys or certificates there would be silently unused
 _UNREAD_SWANCTL_DIRS = ("rsa", "ecdsa", "pkcs8", "pkcs12", "x509aa", "x509ac", "x509ocsp", "pubkey", "bliss")
 
@@ -501,7 +498,7 @@ def _read_key(data: bytes, passphrase: bytes | None) -> PrivateKey:
         if key.key_size < 2048:
             raise ValueError(f"RSA-{key.key_size} key: at least 2048 bits are required")
     elif isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.name not in _SUPPORTED_CURVES:
+        if key.curve.name not in SIGNING_CURVES:
             raise ValueError(f"ECDSA key on {key.curve.name}: P-256, P-384 or P-521 are supported")
     elif not isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         raise ValueError(f"{type(key).__name__.removeprefix('_')} keys are not supported (RSA, ECDSA, Ed25519, Ed448)")

@@ -51,7 +51,7 @@ from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyB
 
 from ipsecd.certidentity import cert_matches_identity, identity_text
 from ipsecd.logsafe import safe
-from ipsecd.x509util import crl_signed_by, extension, is_ca, issued_by
+from ipsecd.x509util import SIGNING_CURVES, crl_signed_by, extension, is_ca, issued_by
 
 
 class Outcome(StrEnum):
@@ -111,7 +111,6 @@ _EKU_NAMES = {
     ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
     ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
 }
-_EE_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 
 @dataclass(frozen=True)
@@ -235,7 +234,7 @@ class _Recorder:
                     f"{cert_name(cert)} has an RSA-{key.key_size} key, at least {self.policy.min_rsa_bits} is required",
                 )
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            if key.curve.name not in _EE_CURVES:
+            if key.curve.name not in SIGNING_CURVES:
                 self.refuse(Outcome.UNSUPPORTED_ALGORITHM, f"{cert_name(cert)} has a key on curve {key.curve.name}")
         elif not isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             self.refuse(Outcome.UNSUPPORTED_ALGORITHM, f"{cert_name(cert)} has a {type(key).__name__}")

@@ -10,6 +10,12 @@ from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+# The key types IKE signature authentication uses (RFC 7296 3.8, RFC 4754, RFC 8420).
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+SIGNING_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})  # P-256/384/521
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 

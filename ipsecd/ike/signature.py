@@ -47,9 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ipsecd import der
 from ipsecd.errors import LocalProtocolError, RemoteProtocolError
 from ipsecd.iana import AuthMethod, HashAlgorithm, NotifyType
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+from ipsecd.x509util import PrivateKey, PublicKey
 
 
 class KeyKind(StrEnum):
