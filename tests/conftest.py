@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
+from tests.pki import KeyPool, TestPki
 from tests.strict_skips import pytest_runtest_makereport  # noqa: F401  (make test: skips fail)
 
 
@@ -30,3 +31,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=no_netns))
         elif no_charon and "interop" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=no_charon))
+
+
+@pytest.fixture(scope="session")
+def key_pool() -> KeyPool:
+    """Test keys shared by the whole run: RSA-4096 takes about a second to make (tests/pki.py)."""
+    return KeyPool()
+
+
+@pytest.fixture
+def pki(key_pool: KeyPool) -> TestPki:
+    """A test PKI around the current time, with keys from the shared pool."""
+    return TestPki(keys=key_pool)
