@@ -354,3 +354,41 @@ class RadiusCode(IntEnum):
 RADIUS_AUTH_PORT = 1812
 RADIUS_ACCT_PORT = 1813
 VENDOR_MICROSOFT = 311  # SMI Network Management Private Enterprise Code, RFC 2548
+
+
+class RadiusAttr(IntEnum):
+    """RADIUS Attribute Types (RFC 2865 5, RFC 2869, RFC 3579) carried as raw octets by ipsecd."""
+
+    STATE = 24
+    CLASS = 25
+    VENDOR_SPECIFIC = 26
+    EAP_MESSAGE = 79
+    MESSAGE_AUTHENTICATOR = 80
+
+
+class MicrosoftAttr(IntEnum):
+    """Microsoft vendor-specific RADIUS attributes (RFC 2548 2.4)."""
+
+    MS_MPPE_SEND_KEY = 16
+    MS_MPPE_RECV_KEY = 17
+
+
+class AcctStatusType(IntEnum):
+    """Acct-Status-Type values (RFC 2866 5.1)."""
+
+    START = 1
+    STOP = 2
+    INTERIM_UPDATE = 3
+
+
+class AcctTerminateCause(IntEnum):
+    """Acct-Terminate-Cause values (RFC 2866 5.10), the ones an IPsec gateway reports."""
+
+    USER_REQUEST = 1
+    LOST_CARRIER = 2
+    IDLE_TIMEOUT = 4
+    SESSION_TIMEOUT = 5
+    ADMIN_RESET = 6
+    NAS_ERROR = 9
+    NAS_REQUEST = 10
+    NAS_REBOOT = 11
