@@ -6,7 +6,8 @@ PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo pytho
 PY := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
-	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps
+	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps \
+	freeradius freeradius-utils
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 PYDEPS_STAMP := $(VENV)/.pydeps
 PYTEST_ARGS ?=
@@ -17,7 +18,8 @@ BENCH_ARGS ?= --rekey
 
 all: test
 
-# System packages: strongSwan is the interop peer, iproute2/iptables build the test networks.
+# System packages: strongSwan is the interop peer, iproute2/iptables build the test networks,
+# FreeRADIUS is the RADIUS server of the EAP namespace tests.
 $(SYSDEPS_STAMP):
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
