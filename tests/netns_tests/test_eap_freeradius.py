@@ -159,3 +159,26 @@ def test_second_server_takes_over_when_the_first_is_stopped(lab: Lab) -> None:
     assert isinstance(peer, Success)
     assert io.client.counters.failovers == 1 and io.client.counters.retransmitted == 1
     assert isinstance(gw.extra, RadiusAnswer) and gw.extra.server == f"{SECOND_IP}:1812"
+
+
+def test_eap_tls13_via_radius(lab: Lab, tmp_path: Path) -> None:
+    """RFC 9190 against FreeRADIUS with tls_max_version 1.3: commitment message, exporter keys."""
+    server = issue(lab.ca, "radius13.example", server=True)
+    r13 = FreeRadius(lab.topo.b, tmp_path / "r13", SECOND_IP, secret=SECRET, nas="192.0.2.0/24", users={},
+                     ca=lab.ca, server=server, tls_max="1.3")
+    r13.start()
+    try:
+        creds = TlsCredentials(lab.client_cert.cert, lab.client_cert.key, trust_anchors=[lab.ca.cert])
+        peers: list[EapTlsPeer] = []
+
+        def make(ident: bytes) -> EapTlsPeer:
+            peers.append(EapTlsPeer(ident, creds))
+            return peers[-1]
+
+        gw, peer, _ = run(lab, [SECOND_IP], b"alice@example", make, EapType.TLS)
+    finally:
+        r13.stop()
+    assert isinstance(gw, Success), gw
+    assert isinstance(peer, Success), peer
+    assert gw.msk == peer.msk and len(gw.msk) == 64
+    assert peers[0]._conn.get_protocol_version_name() == "TLSv1.3"
