@@ -53,6 +53,13 @@ def test_domain_prefix_is_not_hashed() -> None:
     assert m.challenge_hash(PEER_CHALLENGE, AUTH_CHALLENGE, b"CORP\\User") == CHALLENGE
 
 
+def challenge(identifier: int, ms_id: int, chal: bytes, name: bytes = b"srv") -> EapPacket:
+    """An EAP-MSCHAPv2 Challenge request, built by hand (not by the code under test)."""
+    body = bytes([16]) + chal + name
+    header = bytes([1, ms_id]) + (4 + len(body)).to_bytes(2, "big")
+    return EapPacket.request(identifier, EapType.MSCHAPV2, header + body)
+
+
 def _fixed(*chunks: bytes) -> Callable[[int], bytes]:
     it = iter(chunks)
     return lambda n: next(it)[:n]
@@ -60,9 +67,7 @@ def _fixed(*chunks: bytes) -> Callable[[int], bytes]:
 
 def test_peer_answers_the_rfc_challenge_with_the_rfc_response() -> None:
     peer = m.MschapV2Peer(USER, PASSWORD, rng=_fixed(PEER_CHALLENGE))
-    body = bytes([16]) + AUTH_CHALLENGE + b"srv"
-    req = EapPacket.request(1, EapType.MSCHAPV2, bytes([1, 9]) + (4 + len(body)).to_bytes(2, "big") + body)
-    step = peer.process(req)
+    step = peer.process(challenge(1, 9, AUTH_CHALLENGE))
     assert isinstance(step, Send)
     data = step.packet.data
     assert data[:2] == bytes([2, 9]) and int.from_bytes(data[2:4], "big") == len(data)
@@ -150,8 +155,7 @@ def test_retries_like_windows_then_give_up_after_the_limit() -> None:
         data = step.packet.data
         if data[0] == m.OpCode.FAILURE:  # turn the retry into a challenge for a fresh peer
             chal = bytes.fromhex(m._fields(data[4:])["C"])
-            body = bytes([16]) + chal + b"x"
-            data = bytes([1, data[1]]) + (4 + len(body)).to_bytes(2, "big") + body
+            data = challenge(0, data[1], chal).data
         resp = peer.process(EapPacket.request(step.packet.identifier, EapType.MSCHAPV2, data))
         assert isinstance(resp, Send)
         attempts += 1
@@ -172,11 +176,8 @@ def test_retry_with_the_right_password_succeeds() -> None:
     step = auth.process(resp.packet.encode())
     assert isinstance(step, Send) and step.packet.data[0] == m.OpCode.FAILURE
     chal = bytes.fromhex(m._fields(step.packet.data[4:])["C"])
-    body = bytes([16]) + chal + b"x"
-    challenge = EapPacket.request(step.packet.identifier, EapType.MSCHAPV2,
-                                  bytes([1, step.packet.data[1]]) + (4 + len(body)).to_bytes(2, "big") + body)
     peer = m.MschapV2Peer(b"alice", "right")
-    resp = peer.process(challenge)
+    resp = peer.process(challenge(step.packet.identifier, step.packet.data[1], chal))
     assert isinstance(resp, Send)
     step = auth.process(resp.packet.encode())
     assert isinstance(step, Send) and step.packet.data[0] == m.OpCode.SUCCESS
@@ -188,9 +189,7 @@ def test_retry_with_the_right_password_succeeds() -> None:
 
 def test_peer_rejects_a_server_that_does_not_know_the_password() -> None:
     peer = client(b"alice", "pw")
-    body = bytes([16]) + bytes(16) + b"evil"
-    chal = EapPacket.request(1, EapType.MSCHAPV2, bytes([1, 1]) + (4 + len(body)).to_bytes(2, "big") + body)
-    assert isinstance(peer.process(chal.encode()), Send)
+    assert isinstance(peer.process(challenge(1, 1, bytes(16), b"evil").encode()), Send)
     fake = EapPacket.request(2, EapType.MSCHAPV2, bytes([3, 1, 0, 46]) + b"S=" + b"0" * 40)
     out = peer.process(fake.encode())
     assert isinstance(out, Failure) and out.reason == FailureReason.SERVER_NOT_AUTHENTICATED
@@ -198,9 +197,7 @@ def test_peer_rejects_a_server_that_does_not_know_the_password() -> None:
 
 def test_peer_refuses_success_before_the_server_proved_itself() -> None:
     peer = client(b"alice", "pw")
-    body = bytes([16]) + bytes(16) + b"evil"
-    chal = EapPacket.request(1, EapType.MSCHAPV2, bytes([1, 1]) + (4 + len(body)).to_bytes(2, "big") + body)
-    assert isinstance(peer.process(chal.encode()), Send)
+    assert isinstance(peer.process(challenge(1, 1, bytes(16), b"evil").encode()), Send)
     out = peer.process(EapPacket.success(1).encode())
     assert isinstance(out, Failure) and out.reason == FailureReason.SERVER_NOT_AUTHENTICATED
 
