@@ -6,7 +6,8 @@ PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo pytho
 PY := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
-	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps tshark openssl
+	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps tshark openssl \
+	freeradius freeradius-utils
 # tshark asks whether non-root users may capture: answer no (the tests only read pcap files), so apt never prompts
 DEBCONF_SELECTIONS := wireshark-common wireshark-common/install-setuid boolean false
 SYSDEPS_STAMP := $(VENV)/.sysdeps
@@ -21,7 +22,8 @@ all: test
 
 # System packages: strongSwan is the interop peer, iproute2/iptables build the test networks,
 # tshark checks the Wireshark key export; strongswan-pki (pki --verify) and openssl judge our
-# certificate validation and signatures. Re-checked when this file (APT_PACKAGES) changes.
+# certificate validation and signatures; FreeRADIUS is the RADIUS server of the EAP namespace
+# tests. Re-checked when this file (APT_PACKAGES) changes.
 $(SYSDEPS_STAMP): Makefile
 	@if [ "$$(id -u)" = 0 ]; then \
 		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

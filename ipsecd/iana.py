@@ -325,3 +325,78 @@ class IpProto(IntEnum):
     AH = 51
     IPV6_ICMP = 58
     NO_NEXT_HEADER = 59
+
+
+class EapCode(IntEnum):
+    """EAP Codes (RFC 3748 4; IANA "Extensible Authentication Protocol (EAP) Registry")."""
+
+    REQUEST = 1
+    RESPONSE = 2
+    SUCCESS = 3
+    FAILURE = 4
+
+
+class EapType(IntEnum):
+    """EAP Method Types (RFC 3748 5, IANA "Method Types"), the subset ipsecd knows by name."""
+
+    IDENTITY = 1
+    NOTIFICATION = 2
+    NAK = 3  # Legacy Nak, in responses only
+    MD5_CHALLENGE = 4
+    TLS = 13  # RFC 5216, RFC 9190
+    MSCHAPV2 = 26  # draft-kamath-pppext-eap-mschapv2
+    EXPANDED = 254  # RFC 3748 5.7: Vendor-Id (3) + Vendor-Type (4) follow
+
+
+class RadiusCode(IntEnum):
+    """RADIUS Packet Type Codes (RFC 2865 3, RFC 2866 3)."""
+
+    ACCESS_REQUEST = 1
+    ACCESS_ACCEPT = 2
+    ACCESS_REJECT = 3
+    ACCOUNTING_REQUEST = 4
+    ACCOUNTING_RESPONSE = 5
+    ACCESS_CHALLENGE = 11
+
+
+RADIUS_AUTH_PORT = 1812
+RADIUS_ACCT_PORT = 1813
+VENDOR_MICROSOFT = 311  # SMI Network Management Private Enterprise Code, RFC 2548
+
+
+class RadiusAttr(IntEnum):
+    """RADIUS Attribute Types (RFC 2865 5, RFC 2869, RFC 3579) carried as raw octets by ipsecd."""
+
+    STATE = 24
+    CLASS = 25
+    VENDOR_SPECIFIC = 26
+    EAP_MESSAGE = 79
+    MESSAGE_AUTHENTICATOR = 80
+
+
+class MicrosoftAttr(IntEnum):
+    """Microsoft vendor-specific RADIUS attributes (RFC 2548 2.4)."""
+
+    MS_MPPE_SEND_KEY = 16
+    MS_MPPE_RECV_KEY = 17
+
+
+class AcctStatusType(IntEnum):
+    """Acct-Status-Type values (RFC 2866 5.1)."""
+
+    START = 1
+    STOP = 2
+    INTERIM_UPDATE = 3
+
+
+class AcctTerminateCause(IntEnum):
+    """Acct-Terminate-Cause values (RFC 2866 5.10), the ones an IPsec gateway reports."""
+
+    USER_REQUEST = 1
+    LOST_CARRIER = 2
+    IDLE_TIMEOUT = 4
+    SESSION_TIMEOUT = 5
+    ADMIN_RESET = 6
+    NAS_ERROR = 9
+    NAS_REQUEST = 10
+    NAS_REBOOT = 11
