@@ -12,11 +12,11 @@ SAs, each with one Child SA in IKE_AUTH, against
   every setting that differs from ipsecd's).
 
 Namespaces A (initiator, 192.0.2.1, CPU 0) and B (responder, 192.0.2.2, CPU 1).  A run
-takes one fresh responder through the checkpoints (``--tunnels``, cumulative): each
-stage is a new initiator charon that opens the SAs between the previous checkpoint and
-this one and is then SIGKILLed -- no Delete is sent, so the responder keeps holding
-every SA and the generator itself never carries more than one stage.  Responders
-alternate between runs (A B, B A, ...).  Per stage:
+takes one fresh responder and one fresh initiator charon through the checkpoints
+(``--tunnels``, cumulative).  The initiator starts idle; for each stage the harness asks
+the plugin's control socket for one SA per request, ``--in-flight`` requests at a time
+(a closed loop, like the plugin's ``init_limit``), then lets both sides settle.
+Responders alternate between runs (A B, B A, ...).  Per stage:
 
 - SAs/s: established IKE SAs over the window from the initiator log's first
   "initiating IKE_SA" to its last "established" (charon's own millisecond timestamps);
@@ -43,10 +43,12 @@ import re
 import secrets
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,7 +74,8 @@ RESPONDER_NOTES = (
     "ikesa_table_size 4096, dos_protection no (all clients share one address: the per-IP "
     "half-open block and cookies would throttle the generator, ipsecd has neither), "
     "16 threads (default); it floats to UDP 4500 after IKE_SA_INIT (libipsec fakes NAT), ipsecd stays on 500",
-    "initiator: charon + load-tester, fake_kernel, reuse_ikesa no, retransmit defaults (4 s, 5 tries)",
+    "initiator: charon + load-tester, fake_kernel, reuse_ikesa no, retransmit defaults (4 s, 5 tries), "
+    "one SA per control-socket request",
 )
 
 
@@ -243,24 +246,22 @@ Responder = IpsecdResponder | CharonResponder
 
 
 # ---------------------------------------------------------------- the initiator
-def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, count: int, tag: str,
-                   in_flight: int) -> str:
-    """strongswan.conf for one stage's load generator.
+def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, tag: str, in_flight: int) -> str:
+    """strongswan.conf for a run's load generator.
 
-    ``initiators * iterations == count``; ``init_limit`` bounds the half-open IKE SAs
-    (the generator is closed-loop: at most ``in_flight`` handshakes outstanding);
-    ``delay`` 1 ms is also the throttle's poll interval (0 would spin).  ``initiator_id``
-    is unique per stage (``tag``) and per SA (``c%d``), so no SA can replace another;
-    ``responder_id`` has a wildcard, so charon sends no INITIAL_CONTACT either (a
-    bare ``%any`` would reach snprintf as a format string).  ``child_rekey = 0``: no
-    Child SA rekeys during a run.
+    ``initiators = 0``: no load at start; :meth:`LoadInitiator.drive` asks for SAs on
+    the plugin's control socket, each request holding a charon thread until its SA is
+    up (hence ``in_flight + 16`` threads).  ``initiator_id`` is unique per run (``tag``)
+    and per SA (``c%d``), so no SA can replace another; ``responder_id`` has a
+    wildcard, so charon sends no INITIAL_CONTACT either (a bare ``%any`` would reach
+    snprintf as a format string).  ``child_rekey = 0``: no Child SA rekeys in a run.
     """
-    initiators = 4 if count % 4 == 0 else 1
     return f"""charon {{
   load_modular = no
   load = load-tester random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 kernel-netlink socket-default
   reuse_ikesa = no
   ikesa_table_size = 4096
+  threads = {in_flight + 16}
   install_routes = no
   install_virtual_ip = no
   syslog {{
@@ -283,10 +284,7 @@ def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, 
   plugins {{
     load-tester {{
       enable = yes
-      initiators = {initiators}
-      iterations = {count // initiators}
-      delay = 1
-      init_limit = {in_flight}
+      initiators = 0
       fake_kernel = yes
       initiator = {initiator}
       responder = {responder}
@@ -301,6 +299,7 @@ def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, 
       initiator_tsr = {GATEWAY_TS}
       child_rekey = 0
       socket = unix://{log_path.parent / "charon.ldt"}
+      shutdown_when_complete = no
     }}
   }}
 }}
@@ -374,17 +373,25 @@ class LogWatch:
 
 
 class LoadInitiator:
-    """One stage's charon + load-tester in A, pinned to the initiator core; SIGKILLed after."""
+    """The run's charon + load-tester in A, pinned to the initiator core, driven through
+    the plugin's control socket; SIGKILLed at the end of the run.
+
+    One process serves every stage of a run: its fake kernel numbers SPIs 1, 2, 3 ...
+    from each start, so a fresh initiator per stage would hand the responder outbound
+    SPIs it already has (charon's libipsec refuses those Child SAs), and pausing between
+    stages (to read memory after a settle) needs the generator to be idle, not gone.
+    """
 
     def __init__(self, ns: Netns, workdir: Path, plugin: Path, conf: str) -> None:
         self.ns, self.workdir, self.plugin = ns, workdir, plugin
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path = workdir / "strongswan.conf"
         self.log_path = workdir / "charon.log"
+        self.socket = workdir / "charon.ldt"
         self.conf_path.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 15.0) -> None:
         run = self.workdir / "run"
         run.mkdir(exist_ok=True)
         # charon always writes /run/charon.pid: a private /run in ip netns exec's mount namespace.
@@ -392,6 +399,12 @@ class LoadInitiator:
                f"STRONGSWAN_CONF={shlex.quote(str(self.conf_path))} LD_PRELOAD={shlex.quote(str(self.plugin))} "
                f"{CHARON}")
         self.proc = self.ns.popen(["bash", "-c", cmd], self.workdir / "charon.stdout")
+        end = time.monotonic() + timeout
+        while not self.socket.exists():
+            if not self.alive() or time.monotonic() > end:
+                raise RuntimeError(f"initiator charon: no control socket {self.socket}\n"
+                                   f"{read_tail(self.log_path)}{read_tail(self.workdir / 'charon.stdout')}")
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:
@@ -401,6 +414,59 @@ class LoadInitiator:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def drive(self, count: int, in_flight: int, deadline: float) -> dict[str, int]:
+        """Open ``count`` IKE SAs with at most ``in_flight`` outstanding (a closed loop).
+
+        Each request on the control socket is ``"1 0"``: the plugin initiates one IKE SA
+        and answers ``.`` then ``+`` (established), ``-`` (failed), ``*`` per
+        retransmission, ``!`` if it could not even start.  No new request after
+        ``deadline``; outstanding ones are abandoned 30 s after it.
+        """
+        lock = threading.Lock()
+        left = [count]
+        tally = {"+": 0, "-": 0, "*": 0, "!": 0, "lost": 0}
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if left[0] <= 0 or time.monotonic() > deadline:
+                        return
+                    left[0] -= 1
+                answer = b""
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    # The plugin's listen backlog is 10: a full one refuses (EAGAIN), so retry.
+                    while not self._connect(s, deadline):
+                        if time.monotonic() > deadline:
+                            with lock:
+                                left[0] += 1
+                            return
+                    s.settimeout(max(1.0, deadline + 30 - time.monotonic()))
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"1 0\n")
+                        while chunk := s.recv(64):
+                            answer += chunk
+                with lock:
+                    for ch in "+-*!":
+                        tally[ch] += answer.count(ch.encode())
+                    if not answer.endswith(b"\n"):
+                        tally["lost"] += 1
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(in_flight, count))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return tally
+
+    def _connect(self, s: socket.socket, deadline: float) -> bool:
+        try:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            s.connect(str(self.socket))
+            return True
+        except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+            time.sleep(0.005)
+            return False
+
     def kill(self) -> None:
         """SIGKILL: a SIGTERMed charon deletes its IKE SAs, and the responder must keep them."""
         if self.proc is not None:
@@ -408,6 +474,13 @@ class LoadInitiator:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
+
+
+def read_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""
 
 
 # ---------------------------------------------------------------- profiling (py-spy)
@@ -541,59 +614,44 @@ class Bench:
     psk: str
     in_flight: int = 64
     settle: float = 3.0
-    stall: float = 200.0
     profile_dir: Path | None = None
     profiles: list[str] = field(default_factory=list)
 
 
-def run_stage(b: Bench, resp: Responder, topo: Topology, run: int, index: int, checkpoint: int, count: int,
-              base_rss: dict[str, int], held_before: int, deadline: float) -> Stage:
+def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, run: int, index: int,
+              checkpoint: int, count: int, base_rss: dict[str, int], held_before: int, deadline: float) -> Stage:
+    """Open ``count`` more SAs, then settle; the figures of :class:`Stage` for them."""
     st = Stage(resp.name, run, checkpoint, count)
     pids = resp.pids()
+    watch.update()
+    seen, retx0 = set(watch.initiated), watch.retransmits
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-    sys0 = cpu_times()
-    sub = b.workdir / f"{resp.name}-r{run}-s{index}"
-    conf = initiator_conf(sub / "charon.log", responder=topo.b_addr, initiator=topo.a_addr, psk=b.psk,
-                          count=count, tag=f"r{run}s{index}", in_flight=b.in_flight)
-    init = LoadInitiator(topo.a, sub, b.plugin, conf)
-    watch = LogWatch(init.log_path)
+    init_cpu0, sys0 = cpu_seconds(init.pid), cpu_times()
     prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and resp.name == "ipsecd" else None
     if prof:
         prof.start(pids)
-    init.start()
-    last_progress, last_done = time.monotonic(), 0
     try:
-        while True:
-            time.sleep(0.25)
-            watch.update()
-            now = time.monotonic()
-            if watch.done != last_done:
-                last_progress, last_done = now, watch.done
-            if watch.done >= count:
-                break
-            if not init.alive():
-                raise RuntimeError(f"initiator charon exited ({init.proc and init.proc.returncode}); "
-                                   f"log {init.log_path}")
-            if now > deadline or now - last_progress > b.stall:
-                st.partial = True
-                break
+        tally = init.drive(count, b.in_flight, deadline)
         # Idle shares over the load itself, not the settle: they say who was the bottleneck.
         st.idle = idle_shares(sys0, cpu_times())
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            st.initiator_cpu_s = cpu_seconds(init.pid)
+        st.initiator_cpu_s = cpu_seconds(init.pid) - init_cpu0
     finally:
-        init.kill()
         if prof:
             b.profiles += [summarize_profile(f) for f in prof.stop().values() if f.exists()]
+    if not init.alive():
+        raise RuntimeError(f"initiator charon died\n{read_tail(init.log_path)}")
     time.sleep(b.settle)
     watch.update()
     st.cpu_s = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
-    st.established, st.children = len(watch.established), len(watch.children & watch.established.keys())
-    st.failed = len(watch.initiated.keys() - watch.established.keys()) if not st.partial else len(watch.failed)
-    st.retransmits, st.errors = watch.retransmits, watch.errors
-    st.latencies_ms = watch.latencies_ms()
-    win = watch.window()
-    st.window_s = win[1] - win[0] if win else 0.0
+    mine = set(watch.initiated) - seen
+    up = {u: t for u, t in watch.established.items() if u in mine}
+    st.established, st.children = len(up), len(watch.children & up.keys())
+    st.partial = tally["+"] + tally["-"] + tally["!"] < count
+    st.failed = len(mine) - len(up) + tally["!"] + (st.established - st.children)
+    st.retransmits = watch.retransmits - retx0
+    st.errors = list(watch.errors)
+    st.latencies_ms = sorted((t - watch.initiated[u]) * 1000 for u, t in up.items())
+    st.window_s = (max(up.values()) - min(watch.initiated[u] for u in mine)) if up else 0.0
     st.held_after = held_before + st.established
     st.rss_growth_kib = {k: rss_kib(p) - base_rss[k] for k, p in pids.items()}
     return st
@@ -601,15 +659,20 @@ def run_stage(b: Bench, resp: Responder, topo: Topology, run: int, index: int, c
 
 def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_seconds: float,
                   log: list[str]) -> list[Stage]:
-    """One fresh responder taken through every checkpoint (bounded by ``max_seconds``)."""
+    """One fresh responder and initiator taken through every checkpoint (bounded by ``max_seconds``)."""
     stages: list[Stage] = []
     with Topology("pair", ipv6=False) as topo:
         workdir = b.workdir / f"{name}-r{run}"
-        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir, b.psk)
+        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir / "resp", b.psk)
+        conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
+                              psk=b.psk, tag=f"r{run}", in_flight=b.in_flight)
+        init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf)
+        watch = LogWatch(init.log_path)
         try:
             resp.start()
             for pid in resp.pids().values():
                 pin(pid, RESPONDER_CPU)
+            init.start()
             time.sleep(b.settle)
             base = {k: rss_kib(p) for k, p in resp.pids().items()}
             deadline = time.monotonic() + max_seconds
@@ -618,7 +681,7 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                 if time.monotonic() > deadline:
                     log.append(f"{name} run {run}: time cap reached before {cp} tunnels")
                     break
-                st = run_stage(b, resp, topo, run, i, cp, cp - prev, base, held, deadline)
+                st = run_stage(b, resp, init, watch, run, i, cp, cp - prev, base, held, deadline)
                 print(f"[bench] {st.line()}", file=sys.stderr)
                 stages.append(st)
                 held, prev = st.held_after, cp
@@ -626,14 +689,17 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                     break
             if stages:
                 ike, kids = resp.held()
-                if ike != held or kids != held:
+                want = sum(st.children for st in stages)
+                if ike != held or kids != want:
                     log.append(f"{name} run {run}: responder holds {ike} IKE SAs / {kids} Child SAs, "
-                               f"initiator saw {held} established")
+                               f"initiator saw {held} / {want} established")
                 for e in {e for st in stages for e in st.errors}:
                     log.append(f"{name} run {run}: initiator logged: {e}")
         finally:
+            init.kill()
             resp.stop()
     return stages
+
 
 
 # ---------------------------------------------------------------- report
@@ -726,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cumulative checkpoints (default 1000,5000,10000,20000; 5k = 5000)")
     p.add_argument("--runs", type=int, default=3, help="runs per responder, alternating (default 3)")
     p.add_argument("--responders", default=",".join(RESPONDERS), help=f"comma list from {','.join(RESPONDERS)}")
-    p.add_argument("--in-flight", type=int, default=64, help="load-tester init_limit: handshakes outstanding (64)")
+    p.add_argument("--in-flight", type=int, default=64, help="handshakes outstanding at any time (64)")
     p.add_argument("--max-seconds", type=float, default=600.0,
                    help="wall-time cap per responder run; a stage cut short is reported as partial (600)")
     p.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading VmRSS (3)")
@@ -746,6 +812,12 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         print("cannot run: needs two CPUs (initiator and responder are pinned apart)", file=sys.stderr)
         return 2
+    # Started in the background by a non-interactive shell, SIGINT is ignored; SIGTERM would
+    # skip every cleanup.  Both unwind through the finally blocks (namespaces, daemons) instead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The harness's request threads are part of the generator: keep them off the responder core.
+    os.sched_setaffinity(0, {INITIATOR_CPU})
     plugin = build_plugin()
     workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.

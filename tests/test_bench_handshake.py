@@ -71,10 +71,8 @@ def test_options_and_order() -> None:
 
 def test_initiator_conf(tmp_path: Path) -> None:
     conf = initiator_conf(tmp_path / "charon.log", responder="192.0.2.2", initiator="192.0.2.1", psk="k" * 32,
-                          count=1000, tag="r1s0", in_flight=64)
-    for line in ("initiators = 4", "iterations = 250", "init_limit = 64", "fake_kernel = yes",
-                 "initiator_id = r1s0-c%d-r%d.example", "responder_id = *.example", "reuse_ikesa = no",
+                          tag="r1", in_flight=64)
+    for line in ("initiators = 0", "threads = 80", "fake_kernel = yes", f"socket = unix://{tmp_path}/charon.ldt",
+                 "initiator_id = r1-c%d-r%d.example", "responder_id = *.example", "reuse_ikesa = no",
                  "proposal = aes128gcm16-prfsha256-x25519", "time_add_ms = yes"):
         assert line in conf
-    assert "iterations = 201" in initiator_conf(tmp_path / "l", responder="b", initiator="a", psk="k",
-                                                 count=201, tag="t", in_flight=8)
