@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
 	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps tshark openssl \
-	freeradius freeradius-utils
+	freeradius freeradius-utils \
+	gcc make pkg-config libssl-dev libgmp-dev perl bzip2 debian-archive-keyring util-linux
 # tshark asks whether non-root users may capture: answer no (the tests only read pcap files), so apt never prompts
 DEBCONF_SELECTIONS := wireshark-common wireshark-common/install-setuid boolean false
 SYSDEPS_STAMP := $(VENV)/.sysdeps
@@ -15,8 +16,11 @@ PYDEPS_STAMP := $(VENV)/.pydeps
 PYTEST_ARGS ?=
 # --rekey adds packets lost across ~20 Child SA rekeys per pairing (about 5 more minutes)
 BENCH_ARGS ?= --rekey
+# handshake load (tests/bench_handshake.py): each responder run is capped at --max-seconds
+HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
+LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 
-.PHONY: all deps sysdeps pydeps test unit lint demo bench clean
+.PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench clean
 
 all: test
 
@@ -46,9 +50,15 @@ sysdeps: $(SYSDEPS_STAMP)
 pydeps: $(PYDEPS_STAMP)
 deps: sysdeps pydeps
 
+# strongSwan's load-tester plugin, built from the Debian archive's 5.9.8 source (not committed;
+# the script is idempotent and keeps its cache in build/loadtester)
+loadtester: sysdeps
+	@if [ "$$(id -u)" = 0 ] || [ -f $(LOADTESTER) ]; then bash tests/loadtester/build.sh >/dev/null; \
+	else echo "not root: skipping the load-tester build (the handshake load test will build it)"; fi
+
 # As root (CI), a test skipped because something is missing fails the run (tests/strict_skips.py):
 # everything a test needs is installed above, so such a skip is a bug, not a shrug.
-test: deps
+test: deps loadtester
 	IPSECD_STRICT_SKIPS=$$([ "$$(id -u)" = 0 ] && echo 1 || echo 0) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 unit: pydeps
@@ -62,10 +72,11 @@ demo: deps
 	$(PY) -m ipsecd.demo
 
 # wireguard-go is the second data-plane anchor of the benchmark (keys are made at run time, never kept)
-bench: deps
+bench: deps loadtester
 	@if [ "$$(id -u)" = 0 ]; then for p in wireguard-go wireguard-tools; do dpkg -s $$p >/dev/null 2>&1 || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
+	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,854 @@
+"""Handshake load benchmark: ``python -m tests.bench_handshake [--tunnels 1000,5000] [--runs 3] ...``.
+
+Not a pytest test (its numbers are for people; ``tests/interop/test_bench_handshake.py``
+keeps it from rotting).  strongSwan's own load generator -- the ``load-tester`` plugin,
+built by ``tests/loadtester/build.sh`` and LD_PRELOADed into Debian's charon -- opens IKE
+SAs, each with one Child SA in IKE_AUTH, against
+
+- ``ipsecd``: our daemon as a responder (``remote_addrs: %any``, any peer identity, PSK),
+  its IKE process and data-plane worker both pinned to the responder core;
+- ``strongswan``: charon 5.9.8 as a responder with kernel-libipsec, i.e. it installs
+  every Child SA into a userspace data plane as ipsecd does (see RESPONDER_NOTES for
+  every setting that differs from ipsecd's).
+
+Namespaces A (initiator, 192.0.2.1, CPU 0) and B (responder, 192.0.2.2, CPU 1).  A run
+takes one fresh responder and one fresh initiator charon through the checkpoints
+(``--tunnels``, cumulative).  The initiator starts idle; for each stage the harness asks
+the plugin's control socket for one SA per request, ``--in-flight`` requests at a time
+(a closed loop, like the plugin's ``init_limit``), then lets both sides settle.
+Responders alternate between runs (A B, B A, ...).  Per stage:
+
+- SAs/s: established IKE SAs over the window from the initiator log's first
+  "initiating IKE_SA" to its last "established" (charon's own millisecond timestamps);
+- CPU ms per SA for each responder process: /proc/PID/stat utime+stime from just before
+  the stage to after the settle, divided by the SAs established in it;
+- latency p50/p99: "initiating" -> "established" per IKE SA, as the initiator logged it;
+- failed (initiated, never established), retransmissions (the initiator's log);
+- KiB per tunnel: VmRSS growth of each responder process since it was started and
+  settled, after this stage's settle, divided by the tunnels held;
+- idle share of the machine and of each core over the stage (/proc/stat).
+After the last stage the responder's own count of established IKE SAs and installed
+Child SAs is compared with what the initiator saw.  Timings never fail anything; the
+run's wall time is bounded by ``--max-seconds`` per responder run (a stage cut short is
+reported as partial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
+from tests.netns import Netns, Topology, why_no_netns
+from tests.strongswan import CHARON, Charon, ChildParams, ConnParams, why_no_strongswan
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = ROOT / "tests" / "loadtester" / "build.sh"
+RESPONDERS = ("ipsecd", "strongswan")
+IKE_PROPOSAL, ESP_PROPOSAL = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
+RESPONDER_ID = "srv.example"
+# Every client proposes the same inner host (a stand-in for a virtual IP), the gateway a LAN.
+CLIENT_TS, CLIENT_NET, GATEWAY_TS = "10.1.0.1/32", "10.1.0.0/16", "10.2.0.0/24"
+INITIATOR_CPU, RESPONDER_CPU = 0, 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+RESPONDER_NOTES = (
+    "ipsecd: default settings (log.default 1 to a file, flushed per line), dataplane.workers 1",
+    "strongswan: kernel-libipsec (userspace ESP), log default 1 to a file (flush_line no), "
+    "ikesa_table_size 4096, dos_protection no (all clients share one address: the per-IP "
+    "half-open block and cookies would throttle the generator, ipsecd has neither), "
+    "16 threads (default); it floats to UDP 4500 after IKE_SA_INIT (libipsec fakes NAT), ipsecd stays on 500",
+    "initiator: charon + load-tester, fake_kernel, reuse_ikesa no, retransmit defaults (4 s, 5 tries), "
+    "one SA per control-socket request",
+)
+
+
+# ---------------------------------------------------------------- the load-tester plugin
+def build_plugin(timeout: float = 1800.0) -> Path:
+    """Build (or find the cached) load-tester plugin; returns the .so path."""
+    res = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"{BUILD_SCRIPT} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    path = Path(res.stdout.strip().splitlines()[-1])
+    if not path.is_file():
+        raise RuntimeError(f"{BUILD_SCRIPT} printed {path}, which does not exist")
+    return path
+
+
+# ---------------------------------------------------------------- /proc readers
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    """Per /proc/stat cpu line: (idle + iowait, total) jiffies."""
+    out: dict[str, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            name, *vals = line.split()
+            nums = [int(v) for v in vals[:8]]  # user nice system idle iowait irq softirq steal
+            out[name] = (nums[3] + nums[4], sum(nums))
+    return out
+
+
+def idle_shares(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    shares = {}
+    for name, (idle, total) in after.items():
+        d_total = total - before[name][1]
+        shares[name] = (idle - before[name][0]) / d_total if d_total > 0 else 0.0
+    return shares
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Pin every thread of ``pid`` to ``cpu``; threads started later inherit it."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), {cpu})
+
+
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+# ---------------------------------------------------------------- responders
+class IpsecdResponder:
+    """ipsecd in B for any client: one connection, remote id %any, one PSK."""
+
+    name = "ipsecd"
+
+    def __init__(self, topo: Topology, workdir: Path, psk: str) -> None:
+        self.daemon = Ipsecd(topo.b, workdir, ipsecd_config(
+            local_addrs=[topo.b_addr], remote_addrs="%any", local_id=RESPONDER_ID, remote_id="%any", psk=psk,
+            proposals=[IKE_PROPOSAL], children={"net": child_config(
+                local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])}))
+        self.log_path = self.daemon.log_path
+
+    def start(self) -> None:
+        why = why_no_ipsecd()
+        if why:
+            raise RuntimeError(why)
+        self.daemon.start()
+
+    def pids(self) -> dict[str, int]:
+        assert self.daemon.proc is not None
+        ike = self.daemon.proc.pid
+        workers = child_pids(ike)
+        if len(workers) != 1:
+            raise RuntimeError(f"expected one data-plane worker under ipsecd {ike}, found {workers}")
+        return {"ike": ike, "worker": workers[0]}
+
+    def held(self) -> tuple[int, int]:
+        """(established IKE SAs, installed Child SAs) as ipsecd reports them."""
+        data = json.loads(self.daemon.ctl("list-sas", "--json", timeout=300).stdout)
+        ikes = [s for s in data["ike_sas"] if s.get("state") == "ESTABLISHED"]
+        kids = sum(1 for s in ikes for c in s.get("child_sas", []) if c.get("state") == "INSTALLED")
+        return len(ikes), kids
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+
+class _TunedCharon(Charon):
+    """charon as a gateway operator would run it: stock log level, a big IKE SA table."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        self.conf_path.write_text(f"""charon {{
+  load_modular = no
+  load = random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 kernel-libipsec kernel-netlink socket-default vici
+  ikesa_table_size = 4096
+  dos_protection = no
+  syslog {{
+    daemon {{
+      default = -1
+    }}
+  }}
+  filelog {{
+    main {{
+      path = {self.log_path}
+      append = no
+      default = 1
+    }}
+  }}
+  plugins {{
+    vici {{
+      socket = unix://{self.vici_socket}
+    }}
+  }}
+}}
+""")
+
+
+class CharonResponder:
+    name = "strongswan"
+
+    def __init__(self, topo: Topology, workdir: Path, psk: str) -> None:
+        self.charon = _TunedCharon(topo.b, workdir, ConnParams(
+            local_addrs=[topo.b_addr], remote_addrs=["%any"], local_id=RESPONDER_ID, remote_id="%any", psk=psk,
+            proposals=[IKE_PROPOSAL], children=[ChildParams(
+                local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])]))
+        self.log_path = self.charon.log_path
+
+    def start(self) -> None:
+        why = why_no_strongswan()
+        if why:
+            raise RuntimeError(why)
+        self.charon.start()
+
+    def pids(self) -> dict[str, int]:
+        assert self.charon.proc is not None
+        return {"charon": self.charon.proc.pid}
+
+    def held(self) -> tuple[int, int]:
+        sas = self.charon.list_sas()
+        ikes = [s for s in sas if s.get("state") == "ESTABLISHED"]
+        kids = sum(1 for s in ikes for c in s.get("child-sas", []) if c.get("state") == "INSTALLED")
+        return len(ikes), kids
+
+    def stop(self) -> None:
+        self.charon.stop()
+
+
+Responder = IpsecdResponder | CharonResponder
+
+
+# ---------------------------------------------------------------- the initiator
+def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, tag: str, in_flight: int) -> str:
+    """strongswan.conf for a run's load generator.
+
+    ``initiators = 0``: no load at start; :meth:`LoadInitiator.drive` asks for SAs on
+    the plugin's control socket, each request holding a charon thread until its SA is
+    up (hence ``in_flight + 16`` threads).  ``initiator_id`` is unique per run (``tag``)
+    and per SA (``c%d``), so no SA can replace another; ``responder_id`` has a
+    wildcard, so charon sends no INITIAL_CONTACT either (a bare ``%any`` would reach
+    snprintf as a format string).  ``child_rekey = 0``: no Child SA rekeys in a run.
+    """
+    return f"""charon {{
+  load_modular = no
+  load = load-tester random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 kernel-netlink socket-default
+  reuse_ikesa = no
+  ikesa_table_size = 4096
+  threads = {in_flight + 16}
+  install_routes = no
+  install_virtual_ip = no
+  syslog {{
+    daemon {{
+      default = -1
+    }}
+  }}
+  filelog {{
+    main {{
+      path = {log_path}
+      append = no
+      flush_line = yes
+      time_format = %s
+      time_add_ms = yes
+      ike_name = yes
+      default = 0
+      ike = 1
+    }}
+  }}
+  plugins {{
+    load-tester {{
+      enable = yes
+      initiators = 0
+      fake_kernel = yes
+      initiator = {initiator}
+      responder = {responder}
+      proposal = {IKE_PROPOSAL}
+      esp = {ESP_PROPOSAL}
+      initiator_auth = psk
+      responder_auth = psk
+      preshared_key = {psk}
+      initiator_id = {tag}-c%d-r%d.example
+      responder_id = *.example
+      initiator_tsi = {CLIENT_TS}
+      initiator_tsr = {GATEWAY_TS}
+      child_rekey = 0
+      socket = unix://{log_path.parent / "charon.ldt"}
+      shutdown_when_complete = no
+    }}
+  }}
+}}
+"""
+
+
+_LINE = re.compile(r"^(\d+\.\d{3}) \d+\[\w+\] <[^|>]*\|?(\d+)> (.*)$")
+_INIT = re.compile(r"^initiating IKE_SA ")
+_EST = re.compile(r"^IKE_SA \S+ established between")
+_CHILD = re.compile(r"^CHILD_SA \S+ established with SPIs")
+_RETX = re.compile(r"^retransmit \d+ of request")
+_FAIL = re.compile(r"establishing IKE_SA failed|giving up after|notify error|failed to establish CHILD_SA|"
+                   r"authentication of .* failed|no acceptable|MAC verification failed")
+
+
+@dataclass
+class LogWatch:
+    """Reads the initiator's log incrementally: per IKE SA unique id, when it was initiated
+    and established, whether its Child SA came up, retransmissions and failures."""
+
+    path: Path
+    initiated: dict[int, float] = field(default_factory=dict)
+    established: dict[int, float] = field(default_factory=dict)
+    children: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    retransmits: int = 0
+    errors: list[str] = field(default_factory=list)
+    _offset: int = 0
+    _partial: bytes = b""
+
+    def update(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            m = _LINE.match(raw.decode(errors="replace"))
+            if m is None:
+                continue
+            t, uid, msg = float(m.group(1)), int(m.group(2)), m.group(3)
+            if _INIT.match(msg):
+                self.initiated.setdefault(uid, t)
+            elif _EST.match(msg):
+                self.established.setdefault(uid, t)
+            elif _CHILD.match(msg):
+                self.children.add(uid)
+            elif _RETX.match(msg):
+                self.retransmits += 1
+            elif _FAIL.search(msg):
+                self.failed.add(uid)
+                if len(self.errors) < 5:
+                    self.errors.append(msg)
+
+    @property
+    def done(self) -> int:
+        return len(self.established.keys() | self.failed)
+
+    def latencies_ms(self) -> list[float]:
+        return sorted((t - self.initiated[u]) * 1000 for u, t in self.established.items() if u in self.initiated)
+
+    def window(self) -> tuple[float, float] | None:
+        if not self.initiated or not self.established:
+            return None
+        return min(self.initiated.values()), max(self.established.values())
+
+
+class LoadInitiator:
+    """The run's charon + load-tester in A, pinned to the initiator core, driven through
+    the plugin's control socket; SIGKILLed at the end of the run.
+
+    One process serves every stage of a run: its fake kernel numbers SPIs 1, 2, 3 ...
+    from each start, so a fresh initiator per stage would hand the responder outbound
+    SPIs it already has (charon's libipsec refuses those Child SAs), and pausing between
+    stages (to read memory after a settle) needs the generator to be idle, not gone.
+    """
+
+    def __init__(self, ns: Netns, workdir: Path, plugin: Path, conf: str) -> None:
+        self.ns, self.workdir, self.plugin = ns, workdir, plugin
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf_path = workdir / "strongswan.conf"
+        self.log_path = workdir / "charon.log"
+        self.socket = workdir / "charon.ldt"
+        self.conf_path.write_text(conf)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        run = self.workdir / "run"
+        run.mkdir(exist_ok=True)
+        # charon always writes /run/charon.pid: a private /run in ip netns exec's mount namespace.
+        cmd = (f"mount --bind {shlex.quote(str(run))} /run && exec taskset -c {INITIATOR_CPU} env "
+               f"STRONGSWAN_CONF={shlex.quote(str(self.conf_path))} LD_PRELOAD={shlex.quote(str(self.plugin))} "
+               f"{CHARON}")
+        self.proc = self.ns.popen(["bash", "-c", cmd], self.workdir / "charon.stdout")
+        end = time.monotonic() + timeout
+        while not self.socket.exists():
+            if not self.alive() or time.monotonic() > end:
+                raise RuntimeError(f"initiator charon: no control socket {self.socket}\n"
+                                   f"{read_tail(self.log_path)}{read_tail(self.workdir / 'charon.stdout')}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def drive(self, count: int, in_flight: int, deadline: float) -> dict[str, int]:
+        """Open ``count`` IKE SAs with at most ``in_flight`` outstanding (a closed loop).
+
+        Each request on the control socket is ``"1 0"``: the plugin initiates one IKE SA
+        and answers ``.`` then ``+`` (established), ``-`` (failed), ``*`` per
+        retransmission, ``!`` if it could not even start.  No new request after
+        ``deadline``; outstanding ones are abandoned 30 s after it.
+        """
+        lock = threading.Lock()
+        left = [count]
+        tally = {"+": 0, "-": 0, "*": 0, "!": 0, "lost": 0}
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if left[0] <= 0 or time.monotonic() > deadline:
+                        return
+                    left[0] -= 1
+                answer = b""
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    # The plugin's listen backlog is 10: a full one refuses (EAGAIN), so retry.
+                    while not self._connect(s, deadline):
+                        if time.monotonic() > deadline:
+                            with lock:
+                                left[0] += 1
+                            return
+                    s.settimeout(max(1.0, deadline + 30 - time.monotonic()))
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"1 0\n")
+                        while chunk := s.recv(64):
+                            answer += chunk
+                with lock:
+                    for ch in "+-*!":
+                        tally[ch] += answer.count(ch.encode())
+                    if not answer.endswith(b"\n"):
+                        tally["lost"] += 1
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(in_flight, count))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return tally
+
+    def _connect(self, s: socket.socket, deadline: float) -> bool:
+        try:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            s.connect(str(self.socket))
+            return True
+        except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+            time.sleep(0.005)
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: a SIGTERMed charon deletes its IKE SAs, and the responder must keep them."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+
+
+def read_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""
+
+
+# ---------------------------------------------------------------- profiling (py-spy)
+_FRAME_LINE = re.compile(r":\d+\)$")
+
+
+class Profiler:
+    """py-spy on each ipsecd process for the length of a stage (``--profile DIR``).
+
+    Sampling is non-blocking (the daemon is never paused) at 100 Hz; py-spy itself is
+    not pinned, so a profiled run's figures are not for comparison.
+    """
+
+    def __init__(self, outdir: Path, tag: str) -> None:
+        self.outdir, self.tag = outdir, tag
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, pids: dict[str, int]) -> None:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        for name, pid in pids.items():
+            out = self.outdir / f"{self.tag}-{name}.txt"
+            self.procs[name] = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+                 "--rate", "100", "--nonblocking", "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> dict[str, Path]:
+        """SIGINT makes py-spy write its file; returns name -> collapsed-stack file."""
+        out = {}
+        for name, proc in self.procs.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            out[name] = self.outdir / f"{self.tag}-{name}.txt"
+        return out
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Top functions of a py-spy raw (collapsed) profile: self and inclusive shares of samples."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, num = line.rpartition(" ")
+        if not stack or not num.isdigit():
+            continue
+        count = int(num)
+        total += count
+        frames = [_FRAME_LINE.sub(")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + count
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples; self % | inclusive % | function (file)"]
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f} | {100 * incl[f] / total:5.1f} | {f}")
+    lines.append("  top inclusive:")
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * own.get(f, 0) / total:5.1f} | {100 * n / total:5.1f} | {f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- one stage
+@dataclass
+class Stage:
+    """What one stage measured (one responder, one run, one checkpoint)."""
+
+    responder: str
+    run: int
+    checkpoint: int
+    asked: int
+    established: int = 0
+    children: int = 0
+    failed: int = 0
+    retransmits: int = 0
+    window_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    rss_growth_kib: dict[str, int] = field(default_factory=dict)
+    held_after: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    idle: dict[str, float] = field(default_factory=dict)
+    initiator_cpu_s: float = 0.0
+    partial: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.established / self.window_s if self.window_s > 0 else 0.0
+
+    def cpu_ms_per_sa(self, proc: str | None = None) -> float:
+        total = self.cpu_s.get(proc, 0.0) if proc else sum(self.cpu_s.values())
+        return 1000 * total / self.established if self.established else float("nan")
+
+    def initiator_ms_per_sa(self) -> float:
+        return 1000 * self.initiator_cpu_s / self.established if self.established else float("nan")
+
+    def kib_per_tunnel(self, proc: str | None = None) -> float:
+        total = self.rss_growth_kib.get(proc, 0) if proc else sum(self.rss_growth_kib.values())
+        return total / self.held_after if self.held_after else float("nan")
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        idx = min(len(self.latencies_ms) - 1, max(0, round(q * len(self.latencies_ms)) - 1))
+        return self.latencies_ms[idx]
+
+    def line(self) -> str:
+        cpu = " ".join(f"{k} {self.cpu_ms_per_sa(k):.2f}" for k in self.cpu_s)
+        kib = " ".join(f"{k} {self.kib_per_tunnel(k):.1f}" for k in self.rss_growth_kib)
+        part = f" PARTIAL ({self.established} of {self.asked} in the time cap)" if self.partial else ""
+        return (f"{self.responder} run {self.run} -> {self.checkpoint}: {self.established}/{self.asked} up "
+                f"({self.children} Child SAs), {self.rate:.1f} SAs/s, CPU ms/SA {cpu} (total "
+                f"{self.cpu_ms_per_sa():.2f}), p50 {self.pct(0.5):.0f} ms p99 {self.pct(0.99):.0f} ms, "
+                f"failed {self.failed}, retransmits {self.retransmits}, KiB/tunnel {kib}, "
+                f"initiator {self.initiator_ms_per_sa():.2f} ms/SA, "
+                f"idle {100 * self.idle.get('cpu', 0):.0f}% (cpu{INITIATOR_CPU} "
+                f"{100 * self.idle.get(f'cpu{INITIATOR_CPU}', 0):.0f}%, cpu{RESPONDER_CPU} "
+                f"{100 * self.idle.get(f'cpu{RESPONDER_CPU}', 0):.0f}%){part}")
+
+
+@dataclass
+class Bench:
+    """Options shared by every stage of a benchmark."""
+
+    plugin: Path
+    workdir: Path
+    psk: str
+    in_flight: int = 64
+    settle: float = 3.0
+    profile_dir: Path | None = None
+    profiles: list[str] = field(default_factory=list)
+
+
+def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, run: int, index: int,
+              checkpoint: int, count: int, base_rss: dict[str, int], held_before: int, deadline: float) -> Stage:
+    """Open ``count`` more SAs, then settle; the figures of :class:`Stage` for them."""
+    st = Stage(resp.name, run, checkpoint, count)
+    pids = resp.pids()
+    watch.update()
+    seen, retx0 = set(watch.initiated), watch.retransmits
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    init_cpu0, sys0 = cpu_seconds(init.pid), cpu_times()
+    prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and resp.name == "ipsecd" else None
+    if prof:
+        prof.start(pids)
+    try:
+        tally = init.drive(count, b.in_flight, deadline)
+        # Idle shares over the load itself, not the settle: they say who was the bottleneck.
+        st.idle = idle_shares(sys0, cpu_times())
+        st.initiator_cpu_s = cpu_seconds(init.pid) - init_cpu0
+    finally:
+        if prof:
+            b.profiles += [summarize_profile(f) for f in prof.stop().values() if f.exists()]
+    if not init.alive():
+        raise RuntimeError(f"initiator charon died\n{read_tail(init.log_path)}")
+    time.sleep(b.settle)
+    watch.update()
+    st.cpu_s = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+    mine = set(watch.initiated) - seen
+    up = {u: t for u, t in watch.established.items() if u in mine}
+    st.established, st.children = len(up), len(watch.children & up.keys())
+    st.partial = tally["+"] + tally["-"] + tally["!"] < count
+    st.failed = len(mine) - len(up) + tally["!"] + (st.established - st.children)
+    st.retransmits = watch.retransmits - retx0
+    st.errors = list(watch.errors)
+    st.latencies_ms = sorted((t - watch.initiated[u]) * 1000 for u, t in up.items())
+    st.window_s = (max(up.values()) - min(watch.initiated[u] for u in mine)) if up else 0.0
+    st.held_after = held_before + st.established
+    st.rss_growth_kib = {k: rss_kib(p) - base_rss[k] for k, p in pids.items()}
+    return st
+
+
+def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_seconds: float,
+                  log: list[str]) -> list[Stage]:
+    """One fresh responder and initiator taken through every checkpoint (bounded by ``max_seconds``)."""
+    stages: list[Stage] = []
+    with Topology("pair", ipv6=False) as topo:
+        workdir = b.workdir / f"{name}-r{run}"
+        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir / "resp", b.psk)
+        conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
+                              psk=b.psk, tag=f"r{run}", in_flight=b.in_flight)
+        init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf)
+        watch = LogWatch(init.log_path)
+        try:
+            resp.start()
+            for pid in resp.pids().values():
+                pin(pid, RESPONDER_CPU)
+            init.start()
+            time.sleep(b.settle)
+            base = {k: rss_kib(p) for k, p in resp.pids().items()}
+            deadline = time.monotonic() + max_seconds
+            held, prev = 0, 0
+            for i, cp in enumerate(checkpoints):
+                if time.monotonic() > deadline:
+                    log.append(f"{name} run {run}: time cap reached before {cp} tunnels")
+                    break
+                st = run_stage(b, resp, init, watch, run, i, cp, cp - prev, base, held, deadline)
+                print(f"[bench] {st.line()}", file=sys.stderr)
+                stages.append(st)
+                held, prev = st.held_after, cp
+                if st.partial:
+                    break
+            if stages:
+                ike, kids = resp.held()
+                want = sum(st.children for st in stages)
+                if ike != held or kids != want:
+                    log.append(f"{name} run {run}: responder holds {ike} IKE SAs / {kids} Child SAs, "
+                               f"initiator saw {held} / {want} established")
+                for e in {e for st in stages for e in st.errors}:
+                    log.append(f"{name} run {run}: initiator logged: {e}")
+        finally:
+            init.kill()
+            resp.stop()
+    return stages
+
+
+
+# ---------------------------------------------------------------- report
+def _mmm(values: list[float], fmt: str) -> str:
+    vals = [v for v in values if v == v]  # drop NaN
+    if not vals:
+        return "-"
+    return " / ".join(format(v, fmt) for v in (min(vals), statistics.median(vals), max(vals)))
+
+
+def _median(values: list[float]) -> float | None:
+    vals = [v for v in values if v == v]
+    return statistics.median(vals) if vals else None
+
+
+def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[str], in_flight: int) -> str:
+    lines = [f"handshake load: strongSwan load-tester -> responder, {runs} run(s) per responder, alternating; "
+             f"{in_flight} handshakes in flight; initiator on CPU {INITIATOR_CPU}, responder on CPU "
+             f"{RESPONDER_CPU}; values min / median / max over runs", ""]
+    names = [n for n in RESPONDERS if any(s.responder == n for s in stages)]
+    prev = 0
+    for cp in checkpoints:
+        at = [s for s in stages if s.checkpoint == cp]
+        if not at:
+            continue
+        lines.append(f"checkpoint {cp} tunnels (stage {prev} -> {cp})")
+        prev = cp
+        med: dict[str, dict[str, float | None]] = {}
+        for n in names:
+            ss = [s for s in at if s.responder == n]
+            if not ss:
+                continue
+            procs = list(ss[0].cpu_s)
+            part = sum(s.partial for s in ss)
+            tag = f"  [{part} partial]" if part else ""
+            lines.append(f"  {n}{tag}")
+            lines.append(f"    SAs/s                {_mmm([s.rate for s in ss], '.1f')}")
+            for p in procs:
+                lines.append(f"    CPU ms/SA {p:<10} {_mmm([s.cpu_ms_per_sa(p) for s in ss], '.3f')}")
+            if len(procs) > 1:
+                lines.append(f"    CPU ms/SA total      {_mmm([s.cpu_ms_per_sa() for s in ss], '.3f')}")
+            lines.append(f"    latency p50 ms       {_mmm([s.pct(0.5) for s in ss], '.0f')}")
+            lines.append(f"    latency p99 ms       {_mmm([s.pct(0.99) for s in ss], '.0f')}")
+            lines.append(f"    failed               {_mmm([float(s.failed) for s in ss], '.0f')}")
+            lines.append(f"    retransmits          {_mmm([float(s.retransmits) for s in ss], '.0f')}")
+            for p in procs:
+                lines.append(f"    KiB/tunnel {p:<9} {_mmm([s.kib_per_tunnel(p) for s in ss], '.1f')}")
+            if len(procs) > 1:
+                lines.append(f"    KiB/tunnel total     {_mmm([s.kib_per_tunnel() for s in ss], '.1f')}")
+            lines.append(f"    initiator CPU ms/SA  {_mmm([s.initiator_ms_per_sa() for s in ss], '.3f')}")
+            for title, key in (("machine", "cpu"), ("initiator cpu", f"cpu{INITIATOR_CPU}"),
+                               ("responder cpu", f"cpu{RESPONDER_CPU}")):
+                lines.append(f"    idle % {title:<13} {_mmm([100 * s.idle.get(key, 0) for s in ss], '.0f')}")
+            med[n] = {"rate": _median([s.rate for s in ss]), "cpu": _median([s.cpu_ms_per_sa() for s in ss]),
+                      "p99": _median([s.pct(0.99) for s in ss]), "kib": _median([s.kib_per_tunnel() for s in ss])}
+        if "ipsecd" in med and "strongswan" in med:
+            ratios = []
+            for key, title in (("rate", "SAs/s"), ("cpu", "CPU/SA"), ("p99", "p99"), ("kib", "KiB/tunnel")):
+                ours, theirs = med["ipsecd"][key], med["strongswan"][key]
+                if ours is not None and theirs:
+                    ratios.append(f"{title} {ours / theirs:.2f}x")
+            lines.append(f"  ipsecd / strongSwan (medians): {', '.join(ratios)}")
+        lines.append("")
+    lines.extend(f"setting: {n}" for n in RESPONDER_NOTES)
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+def parse_tunnels(text: str) -> list[int]:
+    try:
+        cps = [int(x.replace("k", "000")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tunnels wants increasing counts like 1000,5000 (got {text!r})") from None
+    if not cps or any(c <= 0 for c in cps) or cps != sorted(set(cps)):
+        raise argparse.ArgumentTypeError(f"--tunnels wants increasing positive counts (got {text!r})")
+    return cps
+
+
+def order(runs: int, names: list[str]) -> Iterator[tuple[int, str]]:
+    """A B, B A, A B ...: neither responder always runs first on a machine that drifts."""
+    for run in range(1, runs + 1):
+        for name in (names if run % 2 else list(reversed(names))):
+            yield run, name
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.bench_handshake", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tunnels", type=parse_tunnels, default=parse_tunnels("1000,5000,10000,20000"),
+                   help="cumulative checkpoints (default 1000,5000,10000,20000; 5k = 5000)")
+    p.add_argument("--runs", type=int, default=3, help="runs per responder, alternating (default 3)")
+    p.add_argument("--responders", default=",".join(RESPONDERS), help=f"comma list from {','.join(RESPONDERS)}")
+    p.add_argument("--in-flight", type=int, default=64, help="handshakes outstanding at any time (64)")
+    p.add_argument("--max-seconds", type=float, default=600.0,
+                   help="wall-time cap per responder run; a stage cut short is reported as partial (600)")
+    p.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading VmRSS (3)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    p.add_argument("--json", type=Path, help="also write every stage's figures to this file")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy each ipsecd process during every stage; raw stacks and a summary into DIR")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.responders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RESPONDERS]
+    if unknown:
+        p.error(f"unknown responder(s): {', '.join(unknown)} (from {','.join(RESPONDERS)})")
+    why = why_no_netns() or why_no_strongswan()
+    if why:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("cannot run: needs two CPUs (initiator and responder are pinned apart)", file=sys.stderr)
+        return 2
+    # Started in the background by a non-interactive shell, SIGINT is ignored; SIGTERM would
+    # skip every cleanup.  Both unwind through the finally blocks (namespaces, daemons) instead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The harness's request threads are part of the generator: keep them off the responder core.
+    os.sched_setaffinity(0, {INITIATOR_CPU})
+    plugin = build_plugin()
+    workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
+    # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
+    b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
+              profile_dir=args.profile)
+    stages: list[Stage] = []
+    notes: list[str] = []
+    try:
+        for run, name in order(args.runs, names):
+            print(f"[bench] run {run}/{args.runs}: {name}", file=sys.stderr)
+            try:
+                stages += run_responder(b, name, run, args.tunnels, args.max_seconds, notes)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                notes.append(f"{name} run {run} failed: {first}")
+                print(f"[bench] {name} run {run} failed: {e}", file=sys.stderr)
+        print(report(stages, args.tunnels, args.runs, notes, args.in_flight))
+        if b.profiles:
+            text = "\n\n".join(b.profiles)
+            print("\n" + text)
+            assert args.profile is not None
+            (args.profile / "summary.txt").write_text(text + "\n")
+        if args.json:
+            args.json.write_text(json.dumps([{**s.__dict__, "rate": s.rate} for s in stages], indent=1))
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

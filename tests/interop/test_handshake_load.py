@@ -1,0 +1,62 @@
+"""Smoke of the handshake load benchmark (tests/bench_handshake.py), so the harness does not rot.
+
+strongSwan's load-tester (built into build/loadtester by tests/loadtester/build.sh on
+first use) opens 200 IKE SAs, each with a Child SA, against ipsecd as a responder, with
+up to 64 handshakes in flight, driven through the plugin's control socket.  Every one
+must come up, as the initiator's log and ipsecd itself both say.  Timings are printed,
+never judged.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.bench_handshake import (
+    RESPONDER_CPU,
+    Bench,
+    IpsecdResponder,
+    LoadInitiator,
+    LogWatch,
+    build_plugin,
+    initiator_conf,
+    pin,
+    read_tail,
+    rss_kib,
+    run_stage,
+)
+from tests.ipsecd_proc import why_no_ipsecd
+from tests.netns import Topology
+
+# The budget covers a first-time plugin build (~30 s-3 min); the load itself is capped at 60 s.
+pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.timeout(900),
+              pytest.mark.skipif(why_no_ipsecd() is not None, reason=why_no_ipsecd() or "")]
+
+COUNT = 200
+
+
+def test_200_handshakes_against_ipsecd(topology: Topology, tmp_path: Path) -> None:
+    b = Bench(build_plugin(), tmp_path, secrets.token_hex(16), in_flight=64, settle=1.0)
+    resp = IpsecdResponder(topology, tmp_path / "ipsecd", b.psk)
+    conf = initiator_conf(tmp_path / "init" / "charon.log", responder=topology.b_addr,
+                          initiator=topology.a_addr, psk=b.psk, tag="smoke", in_flight=b.in_flight)
+    init = LoadInitiator(topology.a, tmp_path / "init", b.plugin, conf)
+    try:
+        resp.start()
+        for pid in resp.pids().values():
+            pin(pid, RESPONDER_CPU)
+        init.start()
+        base = {k: rss_kib(p) for k, p in resp.pids().items()}
+        st = run_stage(b, resp, init, LogWatch(init.log_path), 1, 0, COUNT, COUNT, base, 0, time.monotonic() + 60)
+        print(st.line())
+        assert not st.partial, f"not done within 60 s: {st.line()}\n{read_tail(init.log_path)}\n" \
+                               f"{resp.daemon.log_tail()}"
+        assert (st.established, st.children, st.failed) == (COUNT, COUNT, 0), f"{st.line()}\n{st.errors}"
+        assert len(st.latencies_ms) == COUNT
+        assert resp.held() == (COUNT, COUNT)
+    finally:
+        init.kill()
+        resp.stop()

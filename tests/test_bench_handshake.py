@@ -1,0 +1,78 @@
+"""The handshake benchmark's own logic, without namespaces: log parsing, figures, options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from tests.bench_handshake import LogWatch, Stage, initiator_conf, order, parse_tunnels, report
+
+# What charon (filelog time_format %s, time_add_ms, ike_name) writes for two SAs, one of
+# them retransmitted and finally given up.  (Long lines shortened.)
+LOG = """\
+1796189180.381 07[IKE] <load-test|1> initiating IKE_SA load-test[1] to 192.0.2.2
+1796189180.382 08[IKE] <load-test|2> initiating IKE_SA load-test[2] to 192.0.2.2
+1796189180.393 11[IKE] <load-test|1> authentication of 'r1s0-c1-r1.example' (myself) with pre-shared key
+1796189180.431 12[IKE] <load-test|1> IKE_SA load-test[1] established between 192.0.2.1[c1]...192.0.2.2[srv]
+1796189180.431 12[IKE] <load-test|1> CHILD_SA load-test{1} established with SPIs 01000000_i c1d2e3f4_o
+1796189184.382 13[IKE] <load-test|2> retransmit 1 of request with message ID 0
+1796189200.382 14[IKE] <load-test|2> giving up after 5 retransmits
+1796189200.383 14[IKE] <load-test|2> establishing IKE_SA failed, peer not responding
+"""
+
+
+def test_log_watch_reads_incrementally(tmp_path: Path) -> None:
+    path = tmp_path / "charon.log"
+    w = LogWatch(path)
+    w.update()  # no file yet: nothing, no error
+    assert w.done == 0
+    half = LOG.index("1796189180.431") + 20  # cut mid-line: the partial line waits for the rest
+    path.write_text(LOG[:half])
+    w.update()
+    assert w.initiated == {1: 1796189180.381, 2: 1796189180.382} and not w.established
+    with path.open("a") as f:
+        f.write(LOG[half:])
+    w.update()
+    assert w.established == {1: 1796189180.431}
+    assert w.children == {1}
+    assert w.failed == {2}
+    assert w.retransmits == 1
+    assert w.done == 2
+    assert w.latencies_ms() == pytest.approx([50.0])
+    assert w.window() == (1796189180.381, 1796189180.431)
+    assert any("giving up" in e for e in w.errors)
+
+
+def test_stage_figures() -> None:
+    st = Stage("ipsecd", 1, 1000, 1000, established=1000, window_s=4.0, held_after=1000,
+               cpu_s={"ike": 2.0, "worker": 0.5}, rss_growth_kib={"ike": 8000, "worker": 2000},
+               latencies_ms=[float(i) for i in range(1, 101)], initiator_cpu_s=0.5)
+    assert st.rate == 250.0
+    assert st.cpu_ms_per_sa("ike") == 2.0 and st.cpu_ms_per_sa() == 2.5
+    assert st.kib_per_tunnel() == 10.0
+    assert st.pct(0.5) == 50.0 and st.pct(0.99) == 99.0
+    assert st.initiator_ms_per_sa() == 0.5
+    assert "250.0 SAs/s" in st.line()
+    other = Stage("strongswan", 1, 1000, 1000, established=1000, window_s=1.0, held_after=1000,
+                  cpu_s={"charon": 0.5}, rss_growth_kib={"charon": 10000}, latencies_ms=[10.0])
+    text = report([st, other], [1000], 1, [], 64)
+    assert "SAs/s 0.25x" in text and "CPU/SA 5.00x" in text
+
+
+def test_options_and_order() -> None:
+    assert parse_tunnels("1000,5k") == [1000, 5000]
+    for bad in ("5000,1000", "0", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_tunnels(bad)
+    assert list(order(3, ["a", "b"])) == [(1, "a"), (1, "b"), (2, "b"), (2, "a"), (3, "a"), (3, "b")]
+
+
+def test_initiator_conf(tmp_path: Path) -> None:
+    conf = initiator_conf(tmp_path / "charon.log", responder="192.0.2.2", initiator="192.0.2.1", psk="k" * 32,
+                          tag="r1", in_flight=64)
+    for line in ("initiators = 0", "threads = 80", "fake_kernel = yes", f"socket = unix://{tmp_path}/charon.ldt",
+                 "initiator_id = r1-c%d-r%d.example", "responder_id = *.example", "reuse_ikesa = no",
+                 "proposal = aes128gcm16-prfsha256-x25519", "time_add_ms = yes"):
+        assert line in conf
