@@ -22,7 +22,6 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane.client import trap_policies
 from ipsecd.dataplane.worker import Drop
 from ipsecd.esp.sa import DropReason
 from ipsecd.esp.spd import Selector
@@ -34,6 +33,7 @@ from ipsecd.ike.payloads import TrafficSelector, TsPayload
 from ipsecd.ike.proposal import parse_proposals
 from ipsecd.ike.settings import ChildSettings, IkeSettings, TsSpec
 from ipsecd.ike.ts import TriggerPacket, narrow, ts_to_str
+from ipsecd.settings_from_config import protect_policies
 from tests.dp_static_peer import static_params
 from tests.ike_pair import Pair, make_pair, make_settings, make_settings_b
 from tests.test_dataplane_unit import Side, _side, install, pump, udp4
@@ -60,7 +60,7 @@ def sides() -> Iterator[tuple[Side, Side]]:
 
 def _trap(side: Side, name: str = "a-out", ident: int = 50) -> None:
     """A trap on A for what static_params' SA carries (equal policies, same reqid)."""
-    pols = trap_policies(REQID, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")], name)
+    pols = protect_policies(REQID, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")], name)
     side.worker.handle(m.InstallTrap(REQID, tuple(pols), id=ident))
     assert side.messages() == [m.Ack(ident)]
 
@@ -179,7 +179,7 @@ def test_queue_total_bound_across_traps() -> None:
     a = _side(acquire_queue_total=2500)
     try:
         _trap(a)
-        other = trap_policies(2, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.3.0.0/24")])
+        other = protect_policies(2, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.3.0.0/24")])
         a.worker.handle(m.InstallTrap(2, tuple(other), id=51))
         for dst in ("10.2.0.7", "10.3.0.7", "10.2.0.8"):
             a.tun.send(udp4("10.1.0.5", dst, bytes(1000)))
@@ -216,7 +216,7 @@ def test_queued_packets_expire() -> None:
 
 def test_install_trap_refuses_foreign_policies(sides: tuple[Side, Side]) -> None:
     a, _b = sides
-    wrong = trap_policies(9, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
+    wrong = protect_policies(9, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
     a.worker.handle(m.InstallTrap(REQID, tuple(wrong), id=80))
     (ack,) = a.messages()
     assert isinstance(ack, m.Ack) and not ack.ok and "sa_ref" in ack.error
@@ -224,7 +224,7 @@ def test_install_trap_refuses_foreign_policies(sides: tuple[Side, Side]) -> None
 
 
 def test_trap_messages_round_trip() -> None:
-    pols = tuple(trap_policies(3, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")]))
+    pols = tuple(protect_policies(3, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")]))
     msgs: list[m.Message] = [m.InstallTrap(3, pols, id=1), m.RemoveTrap(3, id=2)]
     assert m.FrameDecoder().feed(b"".join(m.encode(x) for x in msgs)) == msgs
 
@@ -478,7 +478,7 @@ def test_trap_routes_outlive_the_sa_routes(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(netconf, "_ipr", fake)
     nc = netconf.NetConf("tun", ifindex=7)
-    pols = trap_policies(5, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
+    pols = protect_policies(5, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
     nc.add_routes(5, pols, 1400, owner=netconf.TrapRoutes(5))
     nc.add_routes(5, pols, 1380)  # the SA of the trap: same prefix, same reqid
     nc.remove_routes(5)  # SA deleted: the trap still routes into the TUN

@@ -43,7 +43,7 @@ from ipsecd.dataplane.udp import (
 from ipsecd.errors import IpsecdError
 from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
-from ipsecd.esp.spd import Action, Policy, Selector
+from ipsecd.esp.spd import Action, Policy
 
 log = logging.getLogger("ipsecd.esp")
 
@@ -519,17 +519,6 @@ class DataPlane:
         if not self._stopping:
             log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
             self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
-
-
-def trap_policies(reqid: int, local: list[Selector] | tuple[Selector, ...],
-                  remote: list[Selector] | tuple[Selector, ...], name: str = "") -> list[Policy]:
-    """The PROTECT policies of a trap: every same-family pair of configured selectors.
-
-    Built the way ``child_sa_params`` builds an SA's policies from negotiated selectors,
-    so a trap whose SA was not narrowed holds equal policies (and equal routes).
-    """
-    return [Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=reqid, name=name)
-            for lsel in local for rsel in remote if lsel.version == rsel.version]
 
 
 def _prefsrc(policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
