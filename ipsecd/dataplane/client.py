@@ -95,14 +95,6 @@ class DataPlaneOptions:
 
 
 @dataclass
-class _Child:
-    inbound_spi: int | None
-    outbound_spi: int | None
-    policies: tuple[Policy, ...]
-    mtu: int
-
-
-@dataclass
 class DataPlane:
     """Asyncio front of one data-plane worker (see module docstring)."""
 
@@ -124,7 +116,7 @@ class DataPlane:
         self._ids = itertools.count(1)
         self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
         self._callbacks: list[Callable[[m.Event], None]] = []
-        self._children: dict[int, _Child] = {}
+        self._mtus: dict[int, int] = {}  # reqid -> inner MTU of its installed Child SA
         self._traps: dict[int, tuple[Policy, ...]] = {}
         self._hello: asyncio.Future[m.Hello] | None = None
         self._stopping = False
@@ -267,7 +259,7 @@ class DataPlane:
             self._sock = None
         self._fail_pending(DataPlaneError("data plane stopped"))
         await asyncio.to_thread(self.netconf.cleanup)
-        self._children.clear()
+        self._mtus.clear()
         self._traps.clear()
 
     # ------------------------------------------------------------------ SAs and policies
@@ -299,9 +291,7 @@ class DataPlane:
             lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
                                   mss_clamp, id=i)
         )
-        self._children[reqid] = _Child(
-            inbound.spi if inbound else None, outbound.spi if outbound else None, tuple(policies), mtu
-        )
+        self._mtus[reqid] = mtu
         if o.mtu is None and outbound is not None and mtu != self._link_mtu:
             await asyncio.to_thread(self.netconf.set_mtu, mtu)
             self._link_mtu = mtu
@@ -313,18 +303,15 @@ class DataPlane:
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
-        mtu = self._children[reqid].mtu if reqid in self._children else (self.options.mtu or DEFAULT_TUN_MTU)
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
         await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
 
     async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
                                mss_clamp: int | None = 0) -> None:
         """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
-        child = self._children.get(reqid)
-        mtu = child.mtu if child is not None else (self.options.mtu or DEFAULT_TUN_MTU)
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
         await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
                                                   mss_clamp, id=i))
-        if child is not None:
-            child.outbound_spi = outbound.spi
 
     async def delete_inbound(self, spis: tuple[int, ...]) -> None:
         """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
@@ -342,7 +329,7 @@ class DataPlane:
     async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
         """Remove the SAs and policies of ``reqid`` and the routes only it used."""
         await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
-        self._children.pop(reqid, None)
+        self._mtus.pop(reqid, None)
         await asyncio.to_thread(self.netconf.remove_routes, reqid)
 
     # ------------------------------------------------------------------ traps (on-demand SAs)
@@ -374,26 +361,10 @@ class DataPlane:
         await self._request(lambda i: m.RemoveTrap(reqid, id=i))
         await asyncio.to_thread(self.netconf.remove_routes, TrapRoutes(reqid))
 
-    def outbound_spi(self, reqid: int) -> int | None:
-        """The SPI ``reqid``'s traffic leaves on now (the last outbound half installed), if any.
-
-        Two Child SAs may share a trapped reqid for a moment (both ends acquired at once);
-        when one goes, the owner compares this with the departing SA's outbound SPI to know
-        whether to switch to the survivor.
-        """
-        child = self._children.get(reqid)
-        return child.outbound_spi if child is not None else None
-
     @property
     def traps(self) -> dict[int, tuple[Policy, ...]]:
         """The armed traps: reqid -> policies (a copy)."""
         return dict(self._traps)
-
-    async def install_policy(self, policy: Policy) -> None:
-        await self._request(lambda i: m.InstallPolicy(policy, id=i))
-
-    async def remove_policy(self, policy: Policy) -> None:
-        await self._request(lambda i: m.RemovePolicy(policy, id=i))
 
     async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
                             interval: float = 20.0) -> None:
@@ -425,7 +396,7 @@ class DataPlane:
         self._callbacks.append(callback)
 
     async def events(self) -> AsyncIterator[m.Event]:
-        """Worker events: Acquire, UnknownSpi, LifetimeReached, WorkerError, WorkerExited."""
+        """Worker events: Acquire, UnknownSpiReport, LifetimeReached, WorkerError, WorkerExited."""
         while True:
             ev = await self._events.get()
             yield ev
@@ -502,7 +473,7 @@ class DataPlane:
             fut = self._pending.get(msg.id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
-        elif isinstance(msg, m.Acquire | m.UnknownSpi | m.LifetimeReached | m.WorkerError):
+        elif isinstance(msg, m.Acquire | m.UnknownSpiReport | m.LifetimeReached | m.WorkerError):
             if isinstance(msg, m.WorkerError):
                 log.error("data plane: %s", msg.message)
             self._emit(msg)

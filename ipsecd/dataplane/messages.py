@@ -43,7 +43,9 @@ from ipsecd.esp.sa import Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
 
-PROTOCOL_VERSION = 3  # 3: explicit JSON encoding instead of pickle
+# 3: explicit JSON encoding instead of pickle; UnknownSpiReport replaces the per-SPI
+#    UnknownSpi event; InstallPolicy/RemovePolicy removed
+PROTOCOL_VERSION = 3
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -76,7 +78,7 @@ class WorkerConfig:
     acquire_queue_bytes: int = 64 * 1024
     acquire_queue_total: int = 4 * 1024 * 1024
     acquire_queue_timeout: float = 10.0
-    unknown_spi_interval: float = 1.0  # seconds between unknown_spi events for one SPI
+    unknown_spi_interval: float = 1.0  # seconds between UnknownSpiReport events
     lifetime_check_interval: float = 0.25
 
 
@@ -135,18 +137,6 @@ class DeleteSa:
     reqid: int | None = None
     inbound_spis: tuple[int, ...] = ()
     policies: bool = True
-    id: int = 0
-
-
-@dataclass(frozen=True)
-class InstallPolicy:
-    policy: Policy
-    id: int = 0
-
-
-@dataclass(frozen=True)
-class RemovePolicy:
-    policy: Policy
     id: int = 0
 
 
@@ -244,12 +234,25 @@ class Acquire:
 
 @dataclass(frozen=True)
 class UnknownSpi:
-    """ESP arrived for an SPI we do not have (IKE may answer INVALID_SPI, RFC 7296 2.21.4)."""
+    """One SPI of an UnknownSpiReport: who sent to it, how many packets in the interval."""
 
     spi: int
     src: str
     port: int
     count: int
+
+
+@dataclass(frozen=True)
+class UnknownSpiReport:
+    """ESP arrived for SPIs we do not have (IKE may answer INVALID_SPI, RFC 7296 2.21.4).
+
+    At most one report per ``unknown_spi_interval``, whatever the number of packets or of
+    SPIs: a flood of spoofed ESP with fresh SPIs costs one message per interval, not one per
+    packet. ``packets`` counts all of them; ``samples`` names the first few distinct SPIs.
+    """
+
+    packets: int
+    samples: tuple[UnknownSpi, ...]
 
 
 @dataclass(frozen=True)
@@ -286,8 +289,6 @@ Message = (
     | InstallSa
     | UpdateSaPeer
     | DeleteSa
-    | InstallPolicy
-    | RemovePolicy
     | InstallTrap
     | RemoveTrap
     | GetCounters
@@ -297,11 +298,11 @@ Message = (
     | Ack
     | Counters
     | Acquire
-    | UnknownSpi
+    | UnknownSpiReport
     | LifetimeReached
     | WorkerError
 )
-Event = Acquire | UnknownSpi | LifetimeReached | WorkerError | WorkerExited
+Event = Acquire | UnknownSpiReport | LifetimeReached | WorkerError | WorkerExited
 
 # What a frame may name (its second element).
 WIRE_MESSAGES: tuple[type, ...] = typing.get_args(Message)
@@ -523,7 +524,7 @@ def _enum_decoder(cls: type[Enum]) -> _Dec:
     return decode
 
 
-_CODEC = _Codec(WIRE_MESSAGES, (WorkerConfig, Lifetime, SaParams, Selector, Policy, SaCounterSnapshot))
+_CODEC = _Codec(WIRE_MESSAGES, (WorkerConfig, Lifetime, SaParams, Selector, Policy, SaCounterSnapshot, UnknownSpi))
 
 
 def _reject_constant(name: str) -> None:
