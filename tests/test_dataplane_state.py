@@ -3,8 +3,8 @@ and a fake clock -- ``now`` is whatever the test says. Sockets are stand-in stri
 
 Covers what used to need real sleeps against the worker: trap-queue bounds and expiry, the
 acquire repetition interval, unknown-SPI reports, volume and sequence lifetimes, the NAT
-keepalive schedule; plus when the flow cache is dropped, and a count of the work one control
-message and one timer tick cost at 10 and at 20,000 SAs.
+keepalive schedule; plus batched requests, when the flow cache is dropped, and a count of
+the work one control message and one timer tick cost at 10 and at 20,000 SAs.
 """
 
 from __future__ import annotations
@@ -273,9 +273,9 @@ def test_rekeyed_outbound_sa_is_watched_afresh() -> None:
 
 def test_keepalive_schedule() -> None:
     st = make_state()
-    st.handle(m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=1), 0.0)
-    st.handle(m.SetKeepalive(ip_address("2001:db8::2"), 4501, 30.0, id=2), 0.0)
-    assert messages(st) == [m.Ack(1), m.Ack(2)]
+    st.handle(m.Batch((m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=1),
+                       m.SetKeepalive(ip_address("2001:db8::2"), 4501, 30.0, id=2))), 0.0)
+    assert messages(st) == [m.BatchAck((m.Ack(1), m.Ack(2)))]
     assert st.get_timer() == 20.0
     st.handle_timer(19.9)
     assert st.take_outputs() == []
@@ -294,6 +294,24 @@ def test_keepalive_schedule() -> None:
 
 
 # ---------------------------------------------------------------------------- control messages
+
+
+def test_batch_applies_in_order_and_answers_each() -> None:
+    st = make_state()
+    a_in, a_out, pols = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
+    batch = m.Batch((
+        m.InstallSa(1, a_in, a_out, tuple(pols), id=1),
+        m.InstallSa(2, a_in, None, (), id=2),  # the same inbound SPI again: refused, nothing else stops
+        m.UpdateSaPeer(1, ip_address("192.0.2.9"), 4501, id=3),
+        m.DeleteSa(1, id=4),
+        m.UpdateSaPeer(1, ip_address("192.0.2.9"), 4501, id=5),  # after the delete: no SA any more
+    ))
+    st.handle(batch, 0.0)
+    (ack,) = messages(st)
+    assert isinstance(ack, m.BatchAck)
+    assert [(a.id, a.ok) for a in ack.acks] == [(1, True), (2, False), (3, True), (4, True), (5, False)]
+    assert "already installed" in ack.acks[1].error
+    assert not st.out and not st.sad.inbound and len(st.spd) == 0
 
 
 def test_flow_cache_dropped_only_when_the_spd_changes() -> None:
@@ -355,12 +373,12 @@ def _gateway(n: int) -> State:
     lifetime = m.Lifetime(soft_bytes=500_000_000, hard_bytes=600_000_000)
     gc.disable()  # building 20,000 SAs is a test fixture, not what is measured: no GC passes over it
     try:
-        for i in range(n):
-            st.handle(_road_warrior(i, lifetime), 0.0)
-            st.handle(m.SetKeepalive(IPv4Address(0xC6120000 + i), 4500, 25.0 + i % 7, id=i), 0.0)
+        st.handle(m.Batch(tuple(_road_warrior(i, lifetime) for i in range(n))), 0.0)
+        st.handle(m.Batch(tuple(m.SetKeepalive(IPv4Address(0xC6120000 + i), 4500, 25.0 + i % 7, id=i)
+                                for i in range(n))), 0.0)
     finally:
         gc.enable()
-    acks = messages(st)
+    acks = [a for x in messages(st) if isinstance(x, m.BatchAck) for a in x.acks]
     assert len(acks) == 2 * n and all(a.ok for a in acks) and len(st.out) == n
     arm_trap(st, reqid=1, remote="10.9.0.0/24")
     return st

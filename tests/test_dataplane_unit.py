@@ -4,11 +4,12 @@ ephemeral ports, so nothing here needs root or collides with other tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -48,8 +49,12 @@ def _sample_messages() -> list[m.Message]:
         m.GetCounters(id=7),
         m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=8),
         m.Shutdown(id=9),
+        m.Batch((m.InstallSa(9, sa_in, None, tuple(pols), id=13), m.DeleteSa(9, id=14), m.RemoveTrap(7, id=15),
+                 m.UpdateSaPeer(9, ip_address("2001:db8::1"), 4500, ip_address("::"), id=16),
+                 m.SetKeepalive(ip_address("192.0.2.2"), 4500, 0, id=17))),
         m.Hello(m.PROTOCOL_VERSION, 42),
         m.Ack(3, False, "nope"),
+        m.BatchAck((m.Ack(13), m.Ack(14, False, "KeyError: 'x'"))),
         m.Counters(7, (m.SaCounterSnapshot(1, "in", 7, 10, 1, {"icv": 2}, 5),), {"short": 1}, {"tun_rx_packets": 3}),
         m.Acquire(7, ip_address("10.1.0.1"), ip_address("10.2.0.1"), 6, 1234, 80),
         m.UnknownSpiReport(5, (m.UnknownSpi(0xDEAD, "192.0.2.9", 4500, 3), m.UnknownSpi(1, "::1", 0, 2))),
@@ -90,6 +95,10 @@ def test_decoder_refuses_frames_naming_other_classes() -> None:
                  "__class__", "InstallPolicy"):
         with pytest.raises(m.ProtocolError, match="not allowed"):
             m.decode_body(_frame(name))
+    # inside a Batch only the batchable requests may be named
+    for name in ("Shutdown", "Configure", "GetCounters", "Batch", "Popen"):
+        with pytest.raises(m.ProtocolError, match="not allowed here"):
+            m.decode_body(_frame("Batch", [[name, 1]]))
     # a pickle of an allowed message, or of anything else, is not a frame any more
     for obj in (m.Shutdown(), socket.socket, pickle.loads):
         with pytest.raises(m.ProtocolError):
@@ -430,3 +439,68 @@ def test_transport_mode_in_process() -> None:
     (got,) = b.read_tun()
     assert got[9] == 17 and got.endswith(b"transport") and got[12:20] == p[12:20]
 
+
+# ---------------------------------------------------------------------------- the client's channel
+
+
+def test_channel_batches_concurrent_requests_in_order() -> None:
+    """A login storm's concurrent requests leave as a few Batch frames, applied in request
+    order; each caller gets its own answer; a lone request is a frame of its own."""
+    from ipsecd.dataplane.channel import MAX_BATCH, DataPlaneError, WorkerChannel
+    from ipsecd.dataplane.state import DataplaneState, SendControl
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        events: list[m.Event] = []
+        channel = WorkerChannel(ours, events.append)
+        channel.start()
+        state: DataplaneState[str] = DataplaneState(m.WorkerConfig(tun_name="t"), {(True, 4): "udp4"})
+        frames: list[m.Message] = []
+
+        async def worker() -> None:  # the worker's side: its real state behind a socket
+            decoder = m.FrameDecoder()
+            while data := await loop.sock_recv(theirs, 1 << 20):
+                for msg in decoder.feed(data):
+                    frames.append(msg)
+                    state.handle(msg, 0.0)
+                    for out in state.take_outputs():
+                        assert isinstance(out, SendControl)
+                        await loop.sock_sendall(theirs, m.encode(out.message))
+
+        task = asyncio.create_task(worker())
+        await loop.sock_sendall(theirs, m.encode(m.Hello(m.PROTOCOL_VERSION, 1)))
+        assert (await channel.hello).pid == 1
+        n = 300
+
+        def keepalive(k: int) -> Callable[[int], m.Message]:
+            return lambda i: m.SetKeepalive(ip_address(f"192.0.2.{k % 250 + 1}"), 4500 + k, 20.0, id=i)
+
+        calls = [channel.request(keepalive(k)) for k in range(n)]
+        calls.append(channel.request(lambda i: m.UpdateSaPeer(7, ip_address("192.0.2.1"), 4500, id=i)))
+        calls.append(channel.request(lambda i: m.GetCounters(id=i)))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(r == m.Ack(i + 1) for i, r in enumerate(results[:n]))
+        assert isinstance(results[n], DataPlaneError) and "reqid 7" in str(results[n])
+        assert isinstance(results[n + 1], m.Counters)
+        assert len(state.keepalives) == n
+        batches = [f for f in frames if isinstance(f, m.Batch)]
+        assert len(frames) <= n // MAX_BATCH + 3 and batches
+        assert all(len(b.requests) <= MAX_BATCH for b in batches)
+        sent = [r for f in frames for r in (f.requests if isinstance(f, m.Batch) else (f,))]
+        assert [getattr(r, "id", 0) for r in sent] == list(range(1, n + 3))  # in request order
+        assert isinstance(frames[-1], m.GetCounters)  # never inside a Batch
+        assert channel.requests_sent == n + 2 and channel.frames_sent == len(frames)
+        frames.clear()
+        assert await channel.request(keepalive(1)) == m.Ack(n + 3)
+        assert [type(f) for f in frames] == [m.SetKeepalive]  # alone: no Batch around it
+        await loop.sock_sendall(theirs, m.encode(m.WorkerError("boom")))
+        await asyncio.sleep(0.01)
+        assert events == [m.WorkerError("boom")]
+        await channel.close()  # the worker side sees EOF
+        await task
+        theirs.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

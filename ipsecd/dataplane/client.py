@@ -8,8 +8,9 @@ touches packets runs in the worker process (worker.py); this object
   socket joins port 4500's reuseport group in a known position (udp.py) and a failure to
   open anything surfaces in ``start()`` as an exception rather than as a dead child,
 * starts ``python -m ipsecd.dataplane.worker`` with those fds and a socketpair for the
-  versioned messages of messages.py, then closes its own copies (a crashed worker then
-  takes the TUN, and every route through it, with it: no black hole survives),
+  versioned messages of messages.py (spoken through channel.py, which batches concurrent
+  requests), then closes its own copies (a crashed worker then takes the TUN, and every
+  route through it, with it: no black hole survives),
 * does the netlink work (netconf.py) in a thread: pyroute2 0.9 runs its own event loop,
 * turns the worker's exit into a ``WorkerExited`` event; restarting is the daemon's call.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import socket
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.channel import REQUEST_TIMEOUT, DataPlaneError, WorkerChannel
 from ipsecd.dataplane.netconf import NetConf, TrapRoutes, local_address_in, path_mtu
 from ipsecd.dataplane.tun import open_tun
 from ipsecd.dataplane.udp import (
@@ -40,7 +41,6 @@ from ipsecd.dataplane.udp import (
     open_raw_esp,
     port_in_use,
 )
-from ipsecd.errors import IpsecdError
 from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
@@ -49,13 +49,9 @@ log = logging.getLogger("ipsecd.esp")
 
 DEFAULT_TUN_MTU = 1400
 DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets
-REQUEST_TIMEOUT = 10.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
-
-class DataPlaneError(IpsecdError):
-    """The worker refused a request, is not running, or did not answer in time."""
-
+__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions", "trap_policies"]
 
 @dataclass(frozen=True)
 class DataPlaneOptions:
@@ -110,18 +106,14 @@ class DataPlane:
         o = self.options
         self.netconf = NetConf(o.tun_name, o.route_table, o.rule_priority, o.mark)
         self._proc: asyncio.subprocess.Process | None = None
-        self._sock: socket.socket | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pending: dict[int, asyncio.Future[m.Message]] = {}
-        self._ids = itertools.count(1)
+        self._channel: WorkerChannel | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
         self._callbacks: list[Callable[[m.Event], None]] = []
         self._mtus: dict[int, int] = {}  # reqid -> inner MTU of its installed Child SA
         self._traps: dict[int, tuple[Policy, ...]] = {}
-        self._hello: asyncio.Future[m.Hello] | None = None
         self._stopping = False
         self._link_mtu = 0
-        self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -131,9 +123,9 @@ class DataPlane:
     async def start(self) -> None:
         """Open TUN and sockets, configure the link and rules, start the worker, handshake."""
         o = self.options
-        loop = asyncio.get_running_loop()
         fds: list[int] = []
         socks: list[socket.socket] = []
+        ours: socket.socket | None = None
         try:
             tun_fd, self.tun_name = open_tun(o.tun_name)
             fds.append(tun_fd)
@@ -150,7 +142,6 @@ class DataPlane:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             socks.append(theirs)
             ours.setblocking(False)
-            self._sock = ours
             argv = [o.python, "-m", "ipsecd.dataplane.worker", "--control", str(theirs.fileno()),
                     "--tun", str(tun_fd), "--log-level", o.worker_log_level]
             argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
@@ -166,9 +157,8 @@ class DataPlane:
                 s.close()
             for fd in fds:
                 os.close(fd)
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            if ours is not None:
+                ours.close()
             await asyncio.to_thread(self.netconf.cleanup)
             raise
         # The worker holds its own copies now; ours must go, or the TUN and the 4500 socket
@@ -177,11 +167,11 @@ class DataPlane:
             s.close()
         for fd in fds:
             os.close(fd)
-        self._hello = loop.create_future()
-        self._tasks.append(asyncio.create_task(self._read_loop(), name="dataplane-reader"))
-        self._tasks.append(asyncio.create_task(self._watch(), name="dataplane-watch"))
+        self._channel = WorkerChannel(ours, self._emit)
+        self._channel.start()
+        self._watcher = asyncio.create_task(self._watch(), name="dataplane-watch")
         try:
-            hello = await asyncio.wait_for(self._hello, REQUEST_TIMEOUT)
+            hello = await asyncio.wait_for(self._channel.hello, REQUEST_TIMEOUT)
             if hello.version != m.PROTOCOL_VERSION:
                 raise DataPlaneError(f"worker speaks protocol {hello.version}, expected {m.PROTOCOL_VERSION}")
             await self._request(
@@ -239,25 +229,25 @@ class DataPlane:
         """Shut the worker down (gracefully, then by signal) and remove routes and rules."""
         self._stopping = True
         proc = self._proc
+        channel = self._channel
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send(m.Shutdown(id=next(self._ids))), 1.0)
+            if channel is not None and not channel.closed:
+                channel.send(m.Shutdown())
             try:
                 await asyncio.wait_for(proc.wait(), 3.0)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._watcher is not None:
+            self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._fail_pending(DataPlaneError("data plane stopped"))
+                await self._watcher
+            self._watcher = None
+        if channel is not None:
+            await channel.close()
+            channel.fail_pending(DataPlaneError("data plane stopped"))
+            self._channel = None
         await asyncio.to_thread(self.netconf.cleanup)
         self._mtus.clear()
         self._traps.clear()
@@ -417,76 +407,18 @@ class DataPlane:
             self._events.put_nowait(ev)
 
     # ------------------------------------------------------------------ transport
-    async def _send(self, msg: m.Message) -> None:
-        sock = self._sock
-        if sock is None or not self.running:
-            raise DataPlaneError("data plane worker is not running")
-        async with self._write_lock:
-            await asyncio.get_running_loop().sock_sendall(sock, m.encode(msg))
-
     async def _request(self, build: Callable[[int], m.Message]) -> m.Message:
-        ident = next(self._ids)
-        fut: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = fut
-        try:
-            await self._send(build(ident))
-            reply = await asyncio.wait_for(fut, REQUEST_TIMEOUT)
-        except TimeoutError as e:
-            raise DataPlaneError("data plane worker did not answer") from e
-        finally:
-            self._pending.pop(ident, None)
-        if isinstance(reply, m.Ack) and not reply.ok:
-            raise DataPlaneError(reply.error)
-        return reply
-
-    def _fail_pending(self, exc: Exception) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._pending.clear()
-
-    async def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        loop = asyncio.get_running_loop()
-        decoder = m.FrameDecoder()
-        while True:
-            try:
-                data = await loop.sock_recv(sock, 1 << 20)
-            except OSError:
-                data = b""
-            if not data:
-                return
-            try:
-                msgs = decoder.feed(data)
-            except m.ProtocolError as e:
-                log.error("undecodable message from the data plane: %s", e)
-                return
-            for msg in msgs:
-                self._dispatch(msg)
-
-    def _dispatch(self, msg: m.Message) -> None:
-        if isinstance(msg, m.Hello):
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(msg)
-        elif isinstance(msg, m.Ack | m.Counters):
-            fut = self._pending.get(msg.id)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        elif isinstance(msg, m.Acquire | m.UnknownSpiReport | m.LifetimeReached | m.WorkerError):
-            if isinstance(msg, m.WorkerError):
-                log.error("data plane: %s", msg.message)
-            self._emit(msg)
-        else:
-            log.warning("unexpected message from the data plane: %s", type(msg).__name__)
+        channel = self._channel
+        if channel is None or not self.running:
+            raise DataPlaneError("data plane worker is not running")
+        return await channel.request(build)
 
     async def _watch(self) -> None:
         proc = self._proc
         assert proc is not None
         rc = await proc.wait()
-        self._fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
-        if self._hello is not None and not self._hello.done():
-            self._hello.set_exception(DataPlaneError(f"data plane worker exited ({rc}) before starting"))
+        if self._channel is not None:
+            self._channel.fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
         if not self._stopping:
             log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
             self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))

@@ -7,8 +7,9 @@ encoding is explicit, derived once at import from the dataclasses' type annotati
 
 * a frame may only name a message type of ``WIRE_MESSAGES``; nested values are never
   tagged with a type, their type follows from the field's annotation (``SaParams`` for
-  ``InstallSa.inbound``...). Nothing on the wire names a class or module that the decoder
-  would look up, so no frame can make it import or call anything else;
+  ``InstallSa.inbound``...), except the requests inside a ``Batch``, which are tagged with
+  a name out of ``BATCH_REQUESTS``. Nothing on the wire names a class or module that the
+  decoder would look up, so no frame can make it import or call anything else;
 * every value is checked against its annotation while decoding (an ``int`` field takes
   only an integer, an enum only one of its values, ``bytes`` only hex text...), and the
   dataclasses' own checks run (``SaParams`` validates algorithms and key lengths).
@@ -19,7 +20,8 @@ Versioning: every body starts with ``PROTOCOL_VERSION``; the worker's first mess
 ``Hello`` and the control side refuses a worker of another version (both come from one
 installation, so a mismatch means a half-upgraded install, not something to negotiate).
 Requests carry an ``id``; the worker answers each with ``Ack`` (or ``Counters``) bearing
-the same id. Events have no id.
+the same id, a ``Batch`` of requests with one ``BatchAck`` holding their ``Ack`` in order.
+Events have no id.
 
 Keys travel inside ``SaParams`` over this socket only; ``SaParams.__repr__`` hides them,
 so logging a message never prints a key.
@@ -43,8 +45,8 @@ from ipsecd.esp.sa import Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
 
-# 3: explicit JSON encoding instead of pickle; UnknownSpiReport replaces the per-SPI
-#    UnknownSpi event; InstallPolicy/RemovePolicy removed
+# 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
+#    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
 PROTOCOL_VERSION = 3
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
@@ -185,6 +187,21 @@ class Shutdown:
     id: int = 0
 
 
+BatchRequest = InstallSa | UpdateSaPeer | DeleteSa | InstallTrap | RemoveTrap | SetKeepalive
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Several requests in one frame (a login storm's installs and deletes).
+
+    The worker applies them in order, exactly as if they had come one by one, and answers
+    with one ``BatchAck``: whoever waits for a request's Ack knows that it, and every request
+    queued before it, is in effect.
+    """
+
+    requests: tuple[BatchRequest, ...]
+
+
 # ------------------------------------------------------------------ worker -> control
 
 
@@ -199,6 +216,11 @@ class Ack:
     id: int
     ok: bool = True
     error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchAck:
+    acks: tuple[Ack, ...]  # one per request of the Batch, in its order
 
 
 @dataclass(frozen=True)
@@ -294,8 +316,10 @@ Message = (
     | GetCounters
     | SetKeepalive
     | Shutdown
+    | Batch
     | Hello
     | Ack
+    | BatchAck
     | Counters
     | Acquire
     | UnknownSpiReport
@@ -304,8 +328,9 @@ Message = (
 )
 Event = Acquire | UnknownSpiReport | LifetimeReached | WorkerError | WorkerExited
 
-# What a frame may name (its second element).
+# What a frame may name (its second element), and what a Batch may carry.
 WIRE_MESSAGES: tuple[type, ...] = typing.get_args(Message)
+BATCH_REQUESTS: tuple[type, ...] = typing.get_args(BatchRequest)
 
 
 # ------------------------------------------------------------------ encoding

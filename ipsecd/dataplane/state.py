@@ -243,9 +243,11 @@ class DataplaneState(Generic[S]):
 
     # ------------------------------------------------------------------ control messages
     def handle(self, msg: m.Message, now: float) -> None:
-        """Apply one control message; every request is answered (Ack or Counters)."""
+        """Apply one control message; every request is answered (Ack, BatchAck or Counters)."""
         try:
-            if isinstance(msg, m.GetCounters):
+            if isinstance(msg, m.Batch):
+                self._emit(m.BatchAck(tuple(self._apply(r, now) for r in msg.requests)))
+            elif isinstance(msg, m.GetCounters):
                 self._emit(self.counters(msg.id))
             else:
                 self._emit(self._apply(msg, now))
