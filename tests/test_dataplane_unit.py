@@ -504,3 +504,63 @@ def test_channel_batches_concurrent_requests_in_order() -> None:
         theirs.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_channel_splits_a_batch_too_large_and_fails_only_what_cannot_be_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipsecd.dataplane.channel import DataPlaneError, WorkerChannel
+
+    monkeypatch.setattr(m, "MAX_FRAME", 1000)
+    sa_in, sa_out, pols = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
+    assert 500 < len(m.encode(m.InstallSa(1, sa_in, sa_out, tuple(pols)))) < 1000  # one fits a frame, two do not
+
+    async def scenario() -> list[m.Message]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        channel = WorkerChannel(ours, lambda ev: None)
+        channel.start()
+        got: list[m.Message] = []
+
+        async def worker() -> None:  # acknowledges everything
+            decoder = m.FrameDecoder()
+            while data := await loop.sock_recv(theirs, 1 << 20):
+                for msg in decoder.feed(data):
+                    got.append(msg)
+                    reqs = msg.requests if isinstance(msg, m.Batch) else (msg,)
+                    acks = tuple(m.Ack(r.id) for r in reqs)  # type: ignore[union-attr]
+                    reply = m.BatchAck(acks) if isinstance(msg, m.Batch) else acks[0]
+                    await loop.sock_sendall(theirs, m.encode(reply))
+
+        task = asyncio.create_task(worker())
+        huge = tuple(pols) * 40  # alone larger than a frame
+        calls = [channel.request(lambda i: m.InstallSa(1, sa_in, sa_out, tuple(pols), id=i)) for _ in range(3)]
+        calls.insert(1, channel.request(lambda i: m.InstallSa(2, None, None, huge, id=i)))
+        calls += [channel.request(lambda i: m.DeleteSa(3, id=i)) for _ in range(3)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[1], DataPlaneError) and "exceeds" in str(results[1])
+        assert [r for i, r in enumerate(results) if i != 1] == [m.Ack(i) for i in (1, 3, 4, 5, 6, 7)]
+        await channel.close()
+        await task
+        theirs.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 20))
+    sent = [r for f in got for r in (f.requests if isinstance(f, m.Batch) else (f,))]
+    assert [r.id for r in sent] == [1, 3, 4, 5, 6, 7]  # type: ignore[union-attr]  # order kept
+
+
+def test_worker_answers_a_request_whose_reply_does_not_fit_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _side(), _side()
+    try:
+        install(a, b)
+        body = len(m.encode(a.worker.counters(9))) - 4
+        monkeypatch.setattr(m, "MAX_FRAME", body - 1)  # the Counters no longer fits, an Ack still does
+        a.worker.handle(m.GetCounters(id=9))
+        (ack,) = a.messages()
+        assert isinstance(ack, m.Ack) and ack.id == 9 and not ack.ok and "exceeds" in ack.error
+    finally:
+        for s in (a, b):
+            s.worker._epoll.close()
+            for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
+                sock.close()

@@ -98,16 +98,26 @@ class WorkerChannel:
         if not self.hello.done():
             self.hello.set_exception(exc)
 
-    def _next_frame(self) -> tuple[bytes, list[m.Message]]:
-        """The next frame: a lone message, or a Batch of the batchable requests queued in a row."""
+    def _take(self) -> list[m.Message]:
+        """The next frame's messages: a lone message, or the batchable requests queued in a row."""
         q = self._queue
-        first = q.popleft()
-        msgs = [first]
-        if type(first) in _BATCHABLE:
+        msgs = [q.popleft()]
+        if type(msgs[0]) in _BATCHABLE:
             while q and len(msgs) < MAX_BATCH and type(q[0]) in _BATCHABLE:
                 msgs.append(q.popleft())
-        frame = m.encode(msgs[0] if len(msgs) == 1 else m.Batch(tuple(msgs)))  # type: ignore[arg-type]
-        return frame, msgs
+        return msgs
+
+    def _encode(self, msgs: list[m.Message]) -> bytes:
+        """One frame for ``msgs``. A Batch too large for a frame keeps its first half (``msgs``
+        is shortened in place) and puts the rest back at the head of the queue."""
+        while len(msgs) > 1:
+            try:
+                return m.encode(m.Batch(tuple(msgs)))  # type: ignore[arg-type]
+            except m.ProtocolError:
+                half = len(msgs) // 2
+                self._queue.extendleft(reversed(msgs[half:]))
+                del msgs[half:]
+        return m.encode(msgs[0])
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,7 +125,12 @@ class WorkerChannel:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                frame, msgs = self._next_frame()
+                msgs = self._take()
+                try:
+                    frame = self._encode(msgs)
+                except Exception as e:  # ProtocolError, or a bug: these requests fail, the others go on
+                    self._fail(msgs, DataPlaneError(f"cannot send to the data plane worker: {e}"))
+                    continue
                 try:
                     await loop.sock_sendall(self._sock, frame)
                 except OSError as e:

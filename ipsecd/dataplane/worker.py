@@ -69,7 +69,7 @@ from ipsecd.esp.sa import DropReason, EspDrop
 from ipsecd.esp.spd import Action
 from ipsecd.ratelimit import RateLimitedLogger
 
-__all__ = ["Drop", "EspSender", "Worker", "main"]
+__all__ = ["ControlLink", "Drop", "EspSender", "Worker", "main"]
 
 log = logging.getLogger("ipsecd.esp")
 
@@ -102,9 +102,8 @@ class Worker:
         # the state's tables the receive path reads per packet (never replaced, only changed)
         self._sad_in = self.state.sad.inbound
         self._transport_spis = self.state.transport_spis
-        self._decoder = m.FrameDecoder()
-        self._pending_out = bytearray()
         self._epoll = select.epoll()
+        self._link = ControlLink(control, self._epoll, self.state.drops)
         self._handlers: dict[int, Callable[[], None]] = {}
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
@@ -133,7 +132,7 @@ class Worker:
     def start(self) -> None:
         """Register the fds and greet the control process (run() does this; tests call it)."""
         self._register()
-        self._send(m.Hello(m.PROTOCOL_VERSION, os.getpid()))
+        self._link.send(m.Hello(m.PROTOCOL_VERSION, os.getpid()))
 
     def step(self, max_wait: float | None = None) -> int:
         """Run due timers, wait for readiness (at most until the next timer) and serve it;
@@ -156,7 +155,7 @@ class Worker:
         control_fd = self.control.fileno()
         for fd, ev in events:
             if fd == control_fd and ev & select.EPOLLOUT:
-                self._flush_control()
+                self._link.flush()
                 if not ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     continue
             handler = handlers.get(fd)
@@ -196,13 +195,13 @@ class Worker:
                 sender.add(out.path, out.esp)
             elif isinstance(out, SendControl):
                 sender.flush()
-                self._send(out.message)
+                self._link.send(out.message)
             elif isinstance(out, WriteTun):
                 self._write_tun(out.packet)
             elif isinstance(out, SendKeepalive):
                 self._send_keepalive(out)
         sender.flush()
-        if self.state.stopping:
+        if self.state.stopping or not self._link.open:
             self.running = False
 
     def _send_keepalive(self, out: SendKeepalive) -> None:
@@ -428,52 +427,78 @@ class Worker:
     # ------------------------------------------------------------------ control channel
     def _on_control(self) -> None:
         try:
-            data = self.control.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            log.info("control socket closed: worker exits")
-            self.running = False
-            return
-        try:
-            msgs = self._decoder.feed(data)
+            msgs = self._link.receive()
         except m.ProtocolError as e:
             log.error("bad control message: %s", e)
-            self._send(m.WorkerError(f"bad control message: {e}", fatal=True))
+            self._link.send(m.WorkerError(f"bad control message: {e}", fatal=True))
+            self.running = False
+            return
+        if msgs is None:
+            log.info("control socket closed: worker exits")
             self.running = False
             return
         for msg in msgs:
             self.state.handle(msg, self.now)
             self._run_outputs()  # a trap's queue leaves before any later TUN read
 
-    def _send(self, msg: m.Message) -> None:
-        """Queue a message for the control process; never blocks the packet loop."""
-        frame = m.encode(msg)
-        if len(self._pending_out) + len(frame) > _MAX_PENDING_OUT:
-            self._count_drop(Drop.CONTROL_OVERFLOW)
-            return
-        self._pending_out += frame
-        self._flush_control()
 
-    def _flush_control(self) -> None:
-        buf = self._pending_out
+class ControlLink:
+    """The worker's end of the control socket: frames in, and frames out without ever
+    blocking the packet loop (what the socket does not take now waits for EPOLLOUT)."""
+
+    def __init__(self, sock: socket.socket, epoll: select.epoll, drops: dict[str, int]) -> None:
+        self.sock = sock
+        self.open = True  # False once the control process is gone (EOF, EPIPE)
+        self._epoll = epoll
+        self._drops = drops
+        self._decoder = m.FrameDecoder()
+        self._pending = bytearray()
+
+    def receive(self) -> list[m.Message] | None:
+        """The messages that arrived; None when the control process is gone. Raises ProtocolError."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.open = False
+            return None
+        return self._decoder.feed(data)
+
+    def send(self, msg: m.Message) -> None:
+        try:
+            frame = m.encode(msg)
+        except m.ProtocolError as e:  # e.g. Counters of more SAs than a frame holds: answer, never hang
+            log.error("cannot send %s to the control process: %s", type(msg).__name__, e)
+            ident = getattr(msg, "id", 0)
+            if not ident:
+                return
+            frame = m.encode(m.Ack(ident, False, f"reply not sent: {e}"))
+        if len(self._pending) + len(frame) > _MAX_PENDING_OUT:
+            self._drops[Drop.CONTROL_OVERFLOW] = self._drops.get(Drop.CONTROL_OVERFLOW, 0) + 1
+            return
+        self._pending += frame
+        self.flush()
+
+    def flush(self) -> None:
+        buf = self._pending
         while buf:
             try:
-                sent = self.control.send(buf)
+                sent = self.sock.send(buf)
             except BlockingIOError:
                 break
             except OSError as e:
                 if e.errno in (errno.EPIPE, errno.ECONNRESET):
-                    self.running = False
+                    self.open = False
                     buf.clear()
                     return
                 raise
             del buf[:sent]
         mask = select.EPOLLIN | (select.EPOLLOUT if buf else 0)
         with contextlib.suppress(OSError, ValueError, FileNotFoundError):
-            self._epoll.modify(self.control.fileno(), mask)
+            self._epoll.modify(self.sock.fileno(), mask)
 
 
 class EspSender:
