@@ -509,11 +509,18 @@ class DataplaneState(Generic[S]):
 
     # ------------------------------------------------------------------ timers
     def get_timer(self) -> float | None:
-        """When ``handle_timer`` is due next; None when nothing is scheduled."""
+        """When ``handle_timer`` is due next; None when nothing is scheduled. Cheap: the shell
+        asks once per turn of its loop."""
         due = self.keepalives.next_due()
-        lifetimes = self._lifetime_checked + self.config.lifetime_check_interval if self.lifetimes.pending() else None
-        for t in (self.traps.next_expiry(), self.unknown.due, lifetimes):
-            if t is not None and (due is None or t < due):
+        t = self.traps.next_expiry()
+        if t is not None and (due is None or t < due):
+            due = t
+        t = self.unknown.due
+        if t is not None and (due is None or t < due):
+            due = t
+        if self.lifetimes.pending():
+            t = self._lifetime_checked + self.config.lifetime_check_interval
+            if due is None or t < due:
                 due = t
         return due
 

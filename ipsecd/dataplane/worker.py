@@ -139,10 +139,12 @@ class Worker:
         returns the event count."""
         state = self.state
         now = time.monotonic()
-        state.handle_timer(now)  # O(1) when nothing is due
-        if state.outputs:
-            self._run_outputs()
         due = state.get_timer()
+        if due is not None and due <= now:
+            state.handle_timer(now)
+            if state.outputs:
+                self._run_outputs()
+            due = state.get_timer()
         timeout = -1.0 if due is None else max(0.0, due - now)
         if max_wait is not None:
             timeout = max_wait if timeout < 0 else min(timeout, max_wait)
