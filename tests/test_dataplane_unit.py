@@ -236,15 +236,19 @@ def _side(**cfg: object) -> Side:
     return side
 
 
+def close(*sides: Side) -> None:
+    for s in sides:
+        s.worker._epoll.close()
+        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
+            sock.close()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[Side, Side]]:
     a, b = _side(), _side()
     install(a, b)
     yield a, b
-    for s in (a, b):
-        s.worker._epoll.close()
-        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
-            sock.close()
+    close(a, b)
 
 
 def install(a: Side, b: Side, mtu: int = 1400, lifetime: m.Lifetime | None = None) -> None:
@@ -560,7 +564,4 @@ def test_worker_answers_a_request_whose_reply_does_not_fit_a_frame(monkeypatch: 
         (ack,) = a.messages()
         assert isinstance(ack, m.Ack) and ack.id == 9 and not ack.ok and "exceeds" in ack.error
     finally:
-        for s in (a, b):
-            s.worker._epoll.close()
-            for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
-                sock.close()
+        close(a, b)

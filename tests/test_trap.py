@@ -38,7 +38,7 @@ from tests.dp_static_peer import static_params
 from tests.ike_pair import Pair, make_pair, make_settings, make_settings_b
 from tests.test_dataplane_state import arm_trap, make_state
 from tests.test_dataplane_state import install as install_state
-from tests.test_dataplane_unit import Side, _side, install, pump, udp4
+from tests.test_dataplane_unit import Side, _side, close, install, pump, udp4
 
 REQID = 1  # the reqid tests/dp_static_peer.static_params installs its SA under
 
@@ -46,18 +46,11 @@ REQID = 1  # the reqid tests/dp_static_peer.static_params installs its SA under
 # =========================================================================== worker
 
 
-def _close(*sides: Side) -> None:
-    for s in sides:
-        s.worker._epoll.close()
-        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
-            sock.close()
-
-
 @pytest.fixture
 def sides() -> Iterator[tuple[Side, Side]]:
     a, b = _side(acquire_interval=0.0), _side()
     yield a, b
-    _close(a, b)
+    close(a, b)
 
 
 def _trap(side: Side, name: str = "a-out", ident: int = 50) -> None:
@@ -174,7 +167,7 @@ def test_queue_bounds_drop_the_oldest() -> None:
         pump(a, b)
         assert b.read_tun() == kept  # what survived, in order
     finally:
-        _close(a, b)
+        close(a, b)
 
 
 def test_queue_total_bound_across_traps() -> None:
@@ -190,7 +183,7 @@ def test_queue_total_bound_across_traps() -> None:
         assert a.worker.state.traps.queued_bytes <= 2500
         assert {e.reqid for e in _acquires(a)} == {1, 2}
     finally:
-        _close(a)
+        close(a)
 
 
 def test_queued_packets_expire() -> None:

@@ -68,9 +68,6 @@ class LifetimeWatch:
         self._in_packets: list[_Mark] = []
         self._gen = 0
 
-    def __len__(self) -> int:
-        return len(self._watched)
-
     def watch(self, w: Watched) -> None:
         """Start (or, on a rekey of the same key, restart) watching an SA."""
         key = (w.direction, w.reqid if w.direction == "out" else w.spi)

@@ -354,28 +354,21 @@ def _dec_float(v: object) -> float:
     raise _bad("a number", v)
 
 
-def _dec_bytes(v: object) -> bytes:
-    if type(v) is not str:
-        raise _bad("hex text", v)
-    return bytes.fromhex(v)
+def _dec_text(convert: Callable[[str], Any], what: str) -> _Dec:
+    """A decoder for values that travel as text: bytes as hex, addresses."""
+
+    def decode(v: object) -> Any:
+        if type(v) is not str:
+            raise _bad(what, v)
+        return convert(v)
+
+    return decode
 
 
-def _dec_address(v: object) -> Address:
-    if type(v) is not str:
-        raise _bad("an IP address", v)
-    return ip_address(v)
-
-
-def _dec_v4(v: object) -> IPv4Address:
-    if type(v) is not str:
-        raise _bad("an IPv4 address", v)
-    return IPv4Address(v)
-
-
-def _dec_v6(v: object) -> IPv6Address:
-    if type(v) is not str:
-        raise _bad("an IPv6 address", v)
-    return IPv6Address(v)
+_dec_bytes = _dec_text(bytes.fromhex, "hex text")
+_dec_address = _dec_text(ip_address, "an IP address")
+_dec_v4 = _dec_text(IPv4Address, "an IPv4 address")
+_dec_v6 = _dec_text(IPv6Address, "an IPv6 address")
 
 
 def _dec_counts(v: object) -> dict[str, int]:

@@ -235,8 +235,8 @@ class DataplaneState(Generic[S]):
     def _emit(self, msg: m.Message) -> None:
         self.outputs.append(SendControl(msg))
 
-    def _drop(self, reason: str, n: int = 1) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + n
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
 
     def _stat(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n

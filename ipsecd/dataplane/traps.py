@@ -45,9 +45,6 @@ class TrapQueues:
         self._stats = stats
         self._expiry: list[tuple[float, int]] = []  # (when a trap's oldest packet expires, reqid)
 
-    def __contains__(self, reqid: int) -> bool:
-        return reqid in self.traps
-
     def get(self, reqid: int) -> Trap | None:
         return self.traps.get(reqid)
 
@@ -69,8 +66,8 @@ class TrapQueues:
             self._drop(ACQUIRE_REMOVED)
         return trap.policies
 
-    def _drop(self, reason: str, n: int = 1) -> None:
-        self._drops[reason] = self._drops.get(reason, 0) + n
+    def _drop(self, reason: str) -> None:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
 
     def enqueue(self, trap: Trap, reqid: int, pkt: bytes, now: float, cfg: m.WorkerConfig) -> None:
         """Queue one packet behind its trap, keeping every bound (oldest packets go first)."""
