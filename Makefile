@@ -12,8 +12,11 @@ PYDEPS_STAMP := $(VENV)/.pydeps
 PYTEST_ARGS ?=
 # --rekey adds packets lost across ~20 Child SA rekeys per pairing (about 5 more minutes)
 BENCH_ARGS ?= --rekey
+# make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
+FUZZ_SECONDS ?= 180
+FUZZ_ARGS ?=
 
-.PHONY: all deps sysdeps pydeps test unit lint demo bench clean
+.PHONY: all deps sysdeps pydeps test unit lint demo bench fuzz clean
 
 all: test
 
@@ -58,5 +61,9 @@ bench: deps
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
+# Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs
+fuzz: pydeps
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz
