@@ -19,6 +19,7 @@ read ``--json`` output with jq.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
@@ -32,6 +33,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 """Requests are tiny; a longer line is a confused or hostile client, answered and dropped."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Responses can be large (thousands of SAs), so the client's line limit is generous."""
+MAX_DEPTH = 32
+"""Deepest nesting of arrays/objects accepted in one line. Real messages nest 5 deep; Python's
+json module recurses per level, so 60,000 ``[`` in a 64 KiB line would raise RecursionError."""
 
 COMMANDS = ("status", "list-conns", "list-sas", "stats", "up", "down", "reload", "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
@@ -109,11 +113,38 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # brackets inside strings do not nest
+_OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
+
+
+def nesting_depth(line: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep arrays and objects nest in a JSON text, counting no further than ``limit + 1``.
+
+    A linear scan outside strings that stops as soon as ``limit`` is exceeded, so it runs
+    before (and instead of) a recursive parse of hostile input.
+    """
+    depth = worst = 0
+    for byte in _JSON_STRING.sub(b"", line):
+        if byte in _OPEN:
+            depth += 1
+            if depth > worst:
+                worst = depth
+                if worst > limit:
+                    break
+        elif byte in _CLOSE:
+            depth -= 1
+    return worst
+
+
 def _object(line: bytes) -> dict[str, Any]:
+    if nesting_depth(line) > MAX_DEPTH:
+        raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels")
     try:
         msg = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # the scan above should make this unreachable; never let it escape
+        raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(msg, dict):
         raise ProtocolError("a message must be a JSON object")
     return msg
