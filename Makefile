@@ -14,6 +14,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?= --rekey
 # make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
+# make bench: the IKE_SA_INIT flood scenario (tests/bench_flood.py --help)
+FLOOD_ARGS ?= --runs 3
 FUZZ_ARGS ?=
 
 .PHONY: all deps sysdeps pydeps test unit lint demo bench fuzz clean
@@ -60,6 +62,7 @@ bench: deps
 	@if [ "$$(id -u)" = 0 ]; then for p in wireguard-go wireguard-tools; do dpkg -s $$p >/dev/null 2>&1 || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
+	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 
 # Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs
 fuzz: pydeps

@@ -59,3 +59,39 @@ def test_no_request_is_sent_beyond_the_message_id_window() -> None:
         elif tag == "a->b" and not h.is_response and h.message_id > 0:
             assert h.message_id <= answered.get(key, -1) + 1, (
                 f"datagram {i}: request {h.message_id} sent while {answered.get(key, -1) + 1} is unanswered")
+
+
+# ------------------------------------------------------------------ the front door (placeholders)
+BLOCK_THRESHOLD = 5  # strongSwan charon.block_threshold: half-open IKE SAs per peer address
+
+
+@pytest.mark.xfail(strict=True, reason="front door not in the engine yet: there is no per-source half-open limit "
+                   "(strongSwan's block_threshold, 5 by default); one address that answers COOKIE notifies can "
+                   "hold up to max_half_open (5000) half-open IKE SAs, each with a key exchange done")
+def test_one_source_answering_cookies_is_limited_to_a_few_half_open_sas() -> None:
+    import os
+
+    from tests.flood import build_init, public_values, stamp
+    from tests.ike_pair import A_ADDR, B_ADDR, make_settings_b
+
+    responder = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",))).b
+    attacker = (A_ADDR, 500)
+    template, pool = build_init(), public_values(4)
+    for i in range(300):
+        spi, nonce = os.urandom(8), os.urandom(32)
+        request = bytes(stamp(template, spi, pool[i % 4], nonce))
+        responder.receive_datagram(request, (B_ADDR, 500), attacker, 1000.0 + i * 0.001)
+        for answer, _, _ in responder.datagrams_to_send():
+            cookie = _cookie(answer)
+            if cookie is not None:  # do what a real client does (RFC 7296 2.6)
+                again = bytes(stamp(build_init(cookie=cookie), spi, pool[i % 4], nonce))
+                responder.receive_datagram(again, (B_ADDR, 500), attacker, 1000.0 + i * 0.001)
+                responder.datagrams_to_send()
+    half_open = [sa for sa in responder.list_sas() if sa.remote[0] == A_ADDR]
+    assert len(half_open) <= BLOCK_THRESHOLD, f"{len(half_open)} half-open IKE SAs from one address"
+
+
+def _cookie(answer: bytes) -> bytes | None:
+    from tests.flood import _cookie_of
+
+    return _cookie_of(answer)
