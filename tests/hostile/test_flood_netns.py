@@ -129,7 +129,7 @@ def test_big_requests_arrive_reassembled(sink_pair: tuple[Topology, Path], tmp_p
 
 FLOOD_RATE, FLOOD_SECONDS = 20_000, 10
 MIN_ACHIEVED = 15_000  # below this the sender, not ipsecd, was the limit: the scenario did not happen
-MAX_SETUP = 2.0  # seconds, from charon's log
+MAX_SETUP = 1.0  # seconds, from charon's log: no retransmission needed (charon retries after 1 s here)
 MAX_RSS_GROWTH_MB = 64
 
 
@@ -138,9 +138,9 @@ MAX_RSS_GROWTH_MB = 64
 @pytest.mark.skipif(why_no_ipsecd() is not None or why_no_strongswan() is not None,
                     reason=why_no_ipsecd() or why_no_strongswan() or "")
 @pytest.mark.xfail(strict=False, reason="front door not in the engine yet: ipsecd decodes every IKE_SA_INIT in "
-                   "Python (2,000-3,000/s on this 2-core machine), its socket buffer overflows at 20,000/s and "
-                   "the legitimate peer's requests are lost with the flood; it sets up only once the flood ends "
-                   "(make bench prints the numbers)")
+                   "Python (2,000-6,000/s on this 2-core machine), its socket buffer overflows at 20,000/s and "
+                   "most of the legitimate peer's requests are lost with the flood: it needs retransmissions "
+                   "(set-up 0.5-12 s, median 1.8 s in make bench), now and then it gets through at once")
 def test_legitimate_peer_establishes_during_a_spoofed_flood(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         sc = Scenario(tmp_path, stack)
