@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
+from tests.netns import lossy_topology, nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
 
 
 def _why_no_netns() -> str | None:

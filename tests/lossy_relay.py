@@ -113,13 +113,52 @@ def zero_udp_checksum(frame: bytes) -> bytes:
     return frame[:off] + b"\x00\x00" + frame[off + 2:]
 
 
+@dataclass
+class Impairer:
+    """The decisions, without sockets: per frame, drop it (None) or send it after so many seconds."""
+
+    imp: Impairment
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.imp.seed)
+
+    def _selected(self, kind: str | None) -> bool:
+        m = self.imp.match
+        return kind is not None and (m == "all" or kind in m.split("+"))
+
+    def decide(self, frame: bytes) -> float | None:
+        st = self.stats
+        st.frames += 1
+        kind = classify(frame)
+        if not self._selected(kind):
+            return 0.0
+        assert kind is not None
+        st.selected += 1
+        counts = st.by_kind.setdefault(kind, [0, 0])
+        counts[0] += 1
+        # draw every number for every selected frame, so one decision never shifts the others
+        drop, reorder, jitter = self.rng.random(), self.rng.random(), self.rng.uniform(-1.0, 1.0)
+        if drop < self.imp.loss or st.selected - 1 in self.imp.drop:
+            st.dropped += 1
+            counts[1] += 1
+            return None
+        wait = max(0.0, self.imp.delay + jitter * self.imp.jitter)
+        if reorder < self.imp.reorder:
+            st.reordered += 1
+            wait += self.imp.reorder_delay
+        if wait > 0.0:
+            st.delayed += 1
+        return wait
+
+
 class Relay:
     """Copies frames between two interfaces, impairing the selected ones."""
 
     def __init__(self, left: str, right: str, imp: Impairment, stats_path: Path | None = None) -> None:
         self.imp = imp
-        self.rng = random.Random(imp.seed)
-        self.stats = Stats()
+        self.impairer = Impairer(imp)
+        self.stats = self.impairer.stats
         self.stats_path = stats_path
         self.socks: dict[str, socket.socket] = {}
         for name in (left, right):
@@ -133,36 +172,14 @@ class Relay:
         self._n = 0
         self._running = True
 
-    def _selected(self, kind: str | None) -> bool:
-        m = self.imp.match
-        return kind is not None and (m == "all" or kind in m.split("+"))
-
     def handle(self, frame: bytes, out: socket.socket, now: float) -> None:
-        st = self.stats
-        st.frames += 1
-        kind = classify(frame)
+        wait = self.impairer.decide(frame)
+        if wait is None:
+            return
         frame = zero_udp_checksum(frame)
-        if not self._selected(kind):
-            self._send(out, frame)
-            return
-        assert kind is not None
-        st.selected += 1
-        counts = st.by_kind.setdefault(kind, [0, 0])
-        counts[0] += 1
-        # draw every number for every selected frame, so one decision never shifts the others
-        drop, reorder, jitter = self.rng.random(), self.rng.random(), self.rng.uniform(-1.0, 1.0)
-        if drop < self.imp.loss or st.selected - 1 in self.imp.drop:
-            st.dropped += 1
-            counts[1] += 1
-            return
-        wait = max(0.0, self.imp.delay + jitter * self.imp.jitter)
-        if reorder < self.imp.reorder:
-            st.reordered += 1
-            wait += self.imp.reorder_delay
         if wait <= 0.0:
             self._send(out, frame)
             return
-        st.delayed += 1
         self._n += 1
         heapq.heappush(self._queue, (now + wait, self._n, out, frame))
 

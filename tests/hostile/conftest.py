@@ -7,5 +7,4 @@ from tests.interop.conftest import (  # noqa: F401  (fixtures and the report hoo
     ipsecd_factory,
     pytest_runtest_makereport,
 )
-from tests.netns import lossy_topology  # noqa: F401
 from tests.test_control import loop, running, short_dir  # noqa: F401  (fixtures re-exported)
