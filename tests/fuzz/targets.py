@@ -48,7 +48,17 @@ from ipsecd.errors import RemoteProtocolError
 from ipsecd.esp.packet import build_ipv4_header, build_ipv6_header
 from ipsecd.esp.sa import EspDrop, InboundSa, Mode, SaParams
 from ipsecd.esp.spd import Selector
-from ipsecd.iana import EncrId, ExchangeType, HeaderFlag, IntegId, IpProto, PayloadType
+from ipsecd.iana import (
+    GENERIC_PAYLOAD_HEADER_LEN,
+    IKE_HEADER_LEN,
+    IKE_VERSION,
+    EncrId,
+    ExchangeType,
+    HeaderFlag,
+    IntegId,
+    IpProto,
+    PayloadType,
+)
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.message import Message, check_message, decode_message, encode_message
 from ipsecd.ike.sk import make_sk_ciphers
@@ -58,8 +68,8 @@ Target = Callable[[bytes], None]
 
 A = (A_ADDR, 500)
 B = (B_ADDR, 500)
-HEADER_LEN = 28  # RFC 7296 3.1
-GENERIC_LEN = 4  # RFC 7296 3.2
+HEADER_LEN = IKE_HEADER_LEN  # RFC 7296 3.1
+GENERIC_LEN = GENERIC_PAYLOAD_HEADER_LEN  # RFC 7296 3.2
 
 
 class FuzzBug(AssertionError):
@@ -69,7 +79,7 @@ class FuzzBug(AssertionError):
 # ----------------------------------------------------------------- helpers
 def ike_header(spi_i: bytes, spi_r: bytes, first: int, exchange: int, flags: int, msg_id: int, length: int) -> bytes:
     """The RFC 7296 3.1 fixed header, version 2.0."""
-    return spi_i + spi_r + bytes((first, 0x20, exchange, flags)) + struct.pack("!II", msg_id, length)
+    return spi_i + spi_r + bytes((first, IKE_VERSION, exchange, flags)) + struct.pack("!II", msg_id, length)
 
 
 def seal(sk_out: object, spi_i: bytes, spi_r: bytes, exchange: int, flags: int, msg_id: int,
@@ -90,45 +100,45 @@ def unseal(sk_in: object, datagram: bytes) -> tuple[int, bytes] | None:
     return datagram[HEADER_LEN], sk_in.open(datagram[:start], datagram[start:])  # type: ignore[attr-defined]
 
 
-@dataclass
 class SwallowedErrors(logging.Handler):
-    """Catches exceptions the IKE manager logs with a traceback instead of raising (its safety net).
+    """Collects exceptions the IKE manager logs with a traceback instead of raising (its safety net).
 
     A swallowed exception keeps the daemon up, but it is still a bug: the fuzzer must
     see it. Any record under ``ipsecd`` that carries exc_info counts, whatever the
     engine's counter names are.
     """
 
-    caught: list[BaseException] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        logging.Handler.__init__(self, logging.DEBUG)
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.caught: list[BaseException] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and record.exc_info[1] is not None:
             self.caught.append(record.exc_info[1])
 
-    def __hash__(self) -> int:
-        return id(self)
 
-    def check(self, where: str) -> None:
-        if self.caught:
-            first = self.caught[0]
-            self.caught.clear()
-            raise FuzzBug(f"{where}: the engine swallowed {type(first).__name__}: {first}") from first
+@contextlib.contextmanager
+def engine_errors(where: str) -> Iterator[None]:
+    """Run the body with the ``ipsecd`` logger at DEBUG into a SwallowedErrors; raise FuzzBug for what it caught.
 
-
-_SWALLOWED = SwallowedErrors()
-
-
-def watch_engine_logs() -> SwallowedErrors:
-    """Install the handler on the ``ipsecd`` logger at DEBUG (idempotent) and return it."""
+    The logger's level, handlers and propagation are restored afterwards, so the target
+    can run inside a test session without changing its logging.
+    """
     root = logging.getLogger("ipsecd")
-    if _SWALLOWED not in root.handlers:
-        root.addHandler(_SWALLOWED)
+    handler = SwallowedErrors()
+    level, propagate = root.level, root.propagate
+    root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    root.propagate = False
-    return _SWALLOWED
+    root.propagate = False  # no lastResort printing of every warning while fuzzing
+    try:
+        yield
+        if handler.caught:
+            first = handler.caught[0]
+            raise FuzzBug(f"{where}: the engine swallowed {type(first).__name__}: {first}") from first
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        root.propagate = propagate
 
 
 def _check_counters(mgr: IkeManager, where: str) -> None:
@@ -293,7 +303,10 @@ class ResponderTarget:
     def __call__(self, data: bytes) -> None:
         if not data:
             return
-        swallowed = watch_engine_logs()
+        with engine_errors("responder"):
+            self._run(data)
+
+    def _run(self, data: bytes) -> None:
         mode = data[0] % 3
         if mode == 0:
             pair = make_pair(seed=self.seed)
@@ -313,7 +326,6 @@ class ResponderTarget:
             pair.now += 1.0
             pair.b.handle_timer(pair.now)
             pair.a.handle_timer(pair.now)
-        swallowed.check("responder")
         _check_counters(pair.b, "responder")
         _check_counters(pair.a, "initiator")
 

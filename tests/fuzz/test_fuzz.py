@@ -83,17 +83,18 @@ def test_swallowed_engine_errors_are_bugs() -> None:
     """The IKE manager catches every exception per datagram and logs it: the targets must still fail."""
     import logging
 
-    from tests.fuzz.targets import FuzzBug, watch_engine_logs
+    from tests.fuzz.targets import FuzzBug, engine_errors
 
-    watcher = watch_engine_logs()
-    watcher.check("before")
-    try:
-        raise KeyError("planted")
-    except KeyError:
-        logging.getLogger("ipsecd.ike").debug("internal error", exc_info=True)
-    with pytest.raises(FuzzBug, match="planted"):
-        watcher.check("responder")
-    watcher.check("after")  # reported once
+    root = logging.getLogger("ipsecd")
+    before = (root.level, root.propagate, list(root.handlers))
+    with pytest.raises(FuzzBug, match="planted"), engine_errors("responder"):
+        try:
+            raise KeyError("planted")
+        except KeyError:
+            logging.getLogger("ipsecd.ike").debug("internal error", exc_info=True)
+    with engine_errors("quiet"):
+        logging.getLogger("ipsecd.ike").debug("no traceback, no bug")
+    assert (root.level, root.propagate, list(root.handlers)) == before  # logging left as it was
 
 
 def test_atheris_smoke(tmp_path: Path) -> None:
