@@ -50,6 +50,7 @@ from ipsecd.iana import (
     ExchangeType,
     HeaderFlag,
     IntegId,
+    IpProto,
     KeId,
     NotifyType,
     PayloadType,
@@ -62,7 +63,7 @@ from ipsecd.iana import (
 MODES = ("spoofed", "big", "cookies")
 BIG_KINDS = ("proposals", "vendor-ids")
 DEFAULT_SPOOF = "198.18.0.0/15"
-IPPROTO_UDP = 17
+IPPROTO_UDP = IpProto.UDP
 IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
 UDP_HEADER = struct.Struct("!HHHH")
 FRAGMENT_DATA = 1480  # per IPv4 fragment on a 1500-byte MTU, a multiple of 8

@@ -41,12 +41,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ipsecd.iana import IKE_PORT, NATT_PORT, NON_ESP_MARKER, IpProto
+
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_HLEN = 14
-IKE_PORTS = (500, 4500)
-PROTO_UDP, PROTO_ESP = 17, 50
-NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 2.2: IKE on 4500 starts with four zero octets
+IKE_PORTS = (IKE_PORT, NATT_PORT)
+PROTO_UDP, PROTO_ESP = IpProto.UDP, IpProto.ESP
 MATCHES = ("ike", "esp", "ike+esp", "all")
 
 
@@ -92,7 +93,8 @@ def classify(frame: bytes) -> str | None:
         sport, dport = struct.unpack_from("!HH", frame, ip + ihl)
         if sport in IKE_PORTS or dport in IKE_PORTS:
             body = frame[ip + ihl + 8: ip + ihl + 12]
-            if 4500 in (sport, dport) and len(body) == 4 and body != NON_ESP_MARKER:
+            # RFC 3948 2.2: IKE on 4500 starts with the non-ESP marker, ESP with its SPI
+            if NATT_PORT in (sport, dport) and len(body) == 4 and body != NON_ESP_MARKER:
                 return "esp"  # RFC 3948 ESP in UDP
             if len(body) == 1 and body == b"\xff":
                 return "ip"  # NAT-T keepalive
