@@ -34,9 +34,7 @@ class RateLimitedLogger:
                 key = OVERFLOW_KEY
         start, shown, suppressed = self._windows.get(key, (t, 0, 0))
         if t - start >= self.interval:
-            if suppressed:
-                self.logger.log(level, "%s: %d more suppressed in the last %.0fs", safe(key, 64), suppressed,
-                                t - start)
+            self._summary(level, key, suppressed, t - start)
             start, shown, suppressed = t, 0, 0
         if shown < self.burst:
             self.logger.log(level, msg, *args)
@@ -49,7 +47,9 @@ class RateLimitedLogger:
         """Close the windows that have ended, with their "suppressed" summaries, to make room."""
         for k, (start, _, suppressed) in list(self._windows.items()):
             if now - start >= self.interval:
-                if suppressed:
-                    self.logger.log(level, "%s: %d more suppressed in the last %.0fs", safe(k, 64), suppressed,
-                                    now - start)
+                self._summary(level, k, suppressed, now - start)
                 del self._windows[k]
+
+    def _summary(self, level: int, key: str, suppressed: int, span: float) -> None:
+        if suppressed:
+            self.logger.log(level, "%s: %d more suppressed in the last %.0fs", safe(key, 64), suppressed, span)

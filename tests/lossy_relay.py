@@ -51,8 +51,10 @@ PROTO_UDP, PROTO_ESP = IpProto.UDP, IpProto.ESP
 MATCHES = ("ike", "esp", "ike+esp", "all")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Impairment:
+    """What the relay does to the selected frames; also the ``lossy`` layout's settings (tests/netns.py)."""
+
     loss: float = 0.0
     reorder: float = 0.0
     reorder_delay: float = 0.05
@@ -68,6 +70,12 @@ class Impairment:
                 raise ValueError(f"{name} must be within 0..1")
         if self.match not in MATCHES:
             raise ValueError(f"match must be one of {', '.join(MATCHES)}")
+
+    def argv(self) -> list[str]:
+        """The command-line options that make ``main`` build this Impairment again."""
+        return ["--loss", str(self.loss), "--reorder", str(self.reorder), "--reorder-delay", str(self.reorder_delay),
+                "--delay", str(self.delay), "--jitter", str(self.jitter), "--match", self.match,
+                "--seed", str(self.seed), "--drop", ",".join(str(i) for i in self.drop)]
 
 
 @dataclass

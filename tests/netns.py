@@ -54,6 +54,8 @@ from typing import IO, Any, Literal
 
 import pytest
 
+from tests.lossy_relay import Impairment
+
 Command = Sequence[str] | str
 _counter = itertools.count(1)
 _live: set[Topology] = set()
@@ -176,15 +178,15 @@ class Netns:
 
 
 # ------------------------------------------------------------ traffic helpers
-def wait_listening(ns: Netns, port: int, timeout: float = 5.0) -> None:
-    """Wait until a TCP socket listens on ``port`` in ``ns``: a client started earlier gets refused."""
+def wait_listening(ns: Netns, port: int, timeout: float = 5.0, *, udp: bool = False) -> None:
+    """Wait until a TCP (or UDP) socket listens on ``port`` in ``ns``: a client started earlier gets refused."""
     end = time.monotonic() + timeout
     while True:
-        res = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False)
+        res = ns.run(["ss", "-Hlun" if udp else "-Hltn", f"sport = :{port}"], check=False)
         if res.stdout.strip():
             return
         if time.monotonic() > end:
-            raise TimeoutError(f"nothing listens on TCP {port} in {ns.name}")
+            raise TimeoutError(f"nothing listens on {'UDP' if udp else 'TCP'} {port} in {ns.name}")
         time.sleep(0.05)
 
 
@@ -297,25 +299,6 @@ Layout = Literal["pair", "nat", "lossy"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True)
-class RelaySettings:
-    """What the ``lossy`` layout's relay does to the selected frames (see tests/lossy_relay.py)."""
-
-    loss: float = 0.2
-    reorder: float = 0.1
-    reorder_delay: float = 0.05
-    delay: float = 0.0
-    jitter: float = 0.0
-    match: str = "ike+esp"
-    seed: int = 1
-    drop: tuple[int, ...] = ()  # the n-th selected frames (from 0) that are always dropped
-
-    def argv(self) -> list[str]:
-        return ["--loss", str(self.loss), "--reorder", str(self.reorder), "--reorder-delay", str(self.reorder_delay),
-                "--delay", str(self.delay), "--jitter", str(self.jitter), "--match", self.match,
-                "--seed", str(self.seed), "--drop", ",".join(str(i) for i in self.drop)]
-
-
 class Topology:
     """A set of namespaces joined by veth, built on enter and removed on exit.
 
@@ -331,15 +314,15 @@ class Topology:
     A_LAN_NET, B_LAN_NET = "10.1.0.0/24", "10.2.0.0/24"
 
     def __init__(self, layout: Layout = "pair", *, ipv6: bool = True, nat_ports: str | None = None,
-                 prefix: str | None = None, relay: RelaySettings | None = None, **impairment: Any) -> None:
+                 prefix: str | None = None, relay: Impairment | None = None, **impairment: Any) -> None:
         """``nat_ports`` (e.g. "40000-40999") makes the NAT remap source ports too.
 
-        For ``lossy``: ``relay`` or the RelaySettings fields as keywords, e.g.
-        ``Topology("lossy", loss=0.2, reorder=0.1)``.
+        For ``lossy``: ``relay`` or the fields of tests.lossy_relay.Impairment as keywords,
+        e.g. ``Topology("lossy", loss=0.2, reorder=0.1)``; without them the relay harms nothing.
         """
         if impairment and layout != "lossy":
             raise TypeError(f"{', '.join(impairment)}: only for the lossy layout")
-        self.relay = (relay or RelaySettings(**impairment)) if layout == "lossy" else None
+        self.relay = (relay or Impairment(**impairment)) if layout == "lossy" else None
         self.mid: Netns | None = None
         self._relay_dir: str | None = None
         self._relay_proc: subprocess.Popen[bytes] | None = None

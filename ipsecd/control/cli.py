@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from ipsecd.control.keyfiles import write_private_files
+from ipsecd.control.keyfiles import UnsafeDirectory, check_name, write_private_files
 from ipsecd.control.protocol import (
     DEFAULT_SOCKET,
     EXPORT_FORMATS,
@@ -213,8 +213,10 @@ def _write_export(files: Any, out_dir: str | None, out: TextIO) -> None:
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ControlError("unexpected export-keys answer from the daemon (no 'files')")
     for name in files:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ControlError(f"daemon sent an unsafe file name {name!r}")
+        try:
+            check_name(name)
+        except UnsafeDirectory:
+            raise ControlError(f"daemon sent an unsafe file name {name!r}") from None
     if out_dir is None:
         for name, content in files.items():
             if len(files) > 1:

@@ -43,6 +43,13 @@ class UnsafeDirectory(ControlError):
     """The output directory (or an entry in it) could be controlled by another user."""
 
 
+def check_name(name: object) -> str:
+    """``name`` if it is a plain file name (no directory part, not . or ..), else UnsafeDirectory."""
+    if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise UnsafeDirectory(f"unsafe file name {name!r}")
+    return name
+
+
 def directory_problem(st: os.stat_result, euid: int) -> str | None:
     """Why a directory with this ``fstat`` is unsafe for our secret files, or None if it is fine."""
     if not stat.S_ISDIR(st.st_mode):
@@ -92,8 +99,7 @@ def _check_existing(dir_fd: int, name: str, shown: Path) -> None:
 
 def write_private_file(dir_fd: int, name: str, content: str, shown: Path | None = None) -> None:
     """Write ``content`` to ``name`` in the open directory: new file, mode 0600, atomically renamed."""
-    if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise UnsafeDirectory(f"unsafe file name {name!r}")
+    check_name(name)
     where = shown if shown is not None else Path(name)
     _check_existing(dir_fd, name, where)
     data = content.encode()
@@ -124,9 +130,8 @@ def write_private_file(dir_fd: int, name: str, content: str, shown: Path | None 
 
 def write_private_files(path: str | os.PathLike[str], files: Mapping[str, str]) -> list[Path]:
     """Write every (name, content) into directory ``path`` under the rules above; returns the paths."""
-    for name in files:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or "\0" in name:
-            raise UnsafeDirectory(f"daemon sent an unsafe file name {name!r}")
+    for name in files:  # all of them before the first file is written
+        check_name(name)
     fd = open_private_dir(path)
     written = []
     try:

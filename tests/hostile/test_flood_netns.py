@@ -27,7 +27,7 @@ from ipsecd.ike.payloads import KePayload, SaPayload, VendorIdPayload
 from tests.bench_flood import SPOOF, Scenario
 from tests.flood import MAX_PROPOSALS, MAX_TRANSFORMS, VENDOR_IDS
 from tests.ipsecd_proc import PROJECT_ROOT, why_no_ipsecd
-from tests.netns import Topology, topology_or_skip
+from tests.netns import Topology, topology_or_skip, wait_listening
 from tests.strongswan import why_no_strongswan
 
 pytestmark = [pytest.mark.netns]
@@ -53,15 +53,8 @@ def sink_pair(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
         t.b.run(["ip", "route", "add", SPOOF, "via", t.a_addr])
         out = tmp_path / "received.jsonl"
         t.b.popen([sys.executable, "-c", _SINK, t.b_addr, str(out), "3"])
-        _wait_udp(t, 500)
+        wait_listening(t.b, 500, udp=True)
         yield t, out
-
-
-def _wait_udp(t: Topology, port: int) -> None:
-    end = time.monotonic() + 10
-    while not t.b.run(["ss", "-Hlun", f"sport = :{port}"], check=False).stdout.strip():
-        assert time.monotonic() < end, f"nothing listens on UDP {port}"
-        time.sleep(0.05)
 
 
 def _flood(t: Topology, tmp_path: Path, *args: str) -> dict[str, object]:
