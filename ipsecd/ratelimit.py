@@ -25,11 +25,14 @@ class RateLimitedLogger:
     burst: int = 5
     max_keys: int = MAX_KEYS
     _windows: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+    _next_sweep: float = float("-inf")  # sweeping the full table is O(max_keys): at most once a second
 
     def log(self, level: int, key: str, msg: str, *args: object, now: float | None = None) -> None:
         t = time.monotonic() if now is None else now
         if key not in self._windows and len(self._windows) >= self.max_keys:
-            self._expire(level, t)
+            if t >= self._next_sweep:
+                self._next_sweep = t + 1.0
+                self._expire(level, t)
             if len(self._windows) >= self.max_keys:
                 key = OVERFLOW_KEY
         start, shown, suppressed = self._windows.get(key, (t, 0, 0))
