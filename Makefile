@@ -19,8 +19,13 @@ BENCH_ARGS ?= --rekey
 # handshake load (tests/bench_handshake.py): each responder run is capped at --max-seconds
 HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
+# make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
+FUZZ_SECONDS ?= 180
+# make bench: the IKE_SA_INIT flood scenario (tests/bench_flood.py --help)
+FLOOD_ARGS ?= --runs 3
+FUZZ_ARGS ?=
 
-.PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench clean
+.PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench fuzz clean
 
 all: test
 
@@ -77,6 +82,11 @@ bench: deps loadtester
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
+	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
+
+# Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs
+fuzz: pydeps
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz
