@@ -17,6 +17,7 @@ data plane never disagree about which SAs exist.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -108,7 +109,7 @@ class ChildSaInstaller:
         elif isinstance(ev, IkeSaMoved) and self.dataplane is not None:
             log.info("peer of %s moved to %s[%d]", ev.name, ev.remote[0], ev.remote[1])
             for reqid in ev.child_reqids:
-                self._serial(reqid, lambda reqid=reqid: self._move(reqid, ev), f"peer update of {ev.name}")
+                self._serial(reqid, functools.partial(self._move, reqid, ev), f"peer update of {ev.name}")
 
     def hold(self, d: Datagram) -> bool:
         """Keep ``d`` back while its IKE SA's inbound Child SA is not installed yet."""
