@@ -41,6 +41,7 @@ from ipaddress import ip_address
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.context import EngineContext
+from ipsecd.ike.cp import AttributeProvider, release_leases
 from ipsecd.ike.events import (
     Cause,
     Datagram,
@@ -60,6 +61,7 @@ from ipsecd.ike.message import Message, decode_header, decode_message, encode_me
 from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
+from ipsecd.ike.tasks.unique import replaced
 from ipsecd.ike.ts import TriggerPacket
 from ipsecd.logsafe import safe
 from ipsecd.ratelimit import RateLimitedLogger
@@ -80,6 +82,7 @@ class IkeManager:
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
     cookie_threshold: int = 100  # half-open SAs before we demand cookies (RFC 7296 2.6)
     max_half_open: int = 5000
+    attributes: AttributeProvider | None = field(default=None, repr=False)  # address pools (RFC 7296 2.19)
 
     counters: dict[str, int] = field(default_factory=dict)
     ctx: EngineContext = field(init=False, repr=False)
@@ -89,7 +92,7 @@ class IkeManager:
     _events: deque[Event] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
-        self.ctx = EngineContext(rng=self.rng)
+        self.ctx = EngineContext(rng=self.rng, attributes=self.attributes)
         self.table = SaTable(self.ctx)
         self._front = FrontDoor(self.rng(32), self.counters)
         self._rl = RateLimitedLogger(log)
@@ -223,6 +226,7 @@ class IkeManager:
         remote = (conn.remote_addrs[0], conn.remote_port) if conn.remote_addrs else (old.remote[0], 500)
         new = IkeSa(conn, self.ctx.alloc_ike_id(), True, (old.local[0], 500), remote, now, ctx=self.ctx,
                     reauth_of=old.ike_sa_id)
+        new.vips.local = list(old.vips.local)  # ask for the virtual IPs we have (RFC 7296 3.15.3)
         old.log.info("reauthenticating: IKE SA %d will replace this one", new.ike_sa_id)
         self.table.add(new)
         new.initiate(kids)
@@ -388,8 +392,12 @@ class IkeManager:
             ev = self.table.index(sa, ev)
             if isinstance(ev, IkeSaEstablished):
                 self._resolve_duplicates(sa)
+                for other in replaced(sa):  # unique: replace (tasks/unique.py)
+                    self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED, "replaced by IKE SA "
+                                                                           f"{sa.ike_sa_id} (unique: replace)"))
             elif isinstance(ev, IkeSaClosed):
                 self._count_sa(sa)
+                release_leases(sa)
             self._events.append(ev)
         if sa.state != IkeState.CLOSED:
             self.table.timers.set(sa.ike_sa_id, sa.get_timer())
@@ -434,7 +442,7 @@ class IkeManager:
             return
         same = [o for o in self.table.of_connection(sa.settings.name)
                 if o.state == IkeState.ESTABLISHED and o.rekeyed_from is None and o.reauth_of is None
-                and o.remote[0] == sa.remote[0]]
+                and o.remote[0] == sa.remote[0] and o.remote_identity == sa.remote_identity]
         theirs = [o for o in same if not o.initiator]
         for o in same:
             if o.initiator and any(t.nonce_i < o.nonce_i for t in theirs):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ipsecd.ike.context import EngineContext
+from ipsecd.ike.context import EngineContext, SessionKey
+from ipsecd.ike.cp import client_identity
 from ipsecd.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -25,8 +26,8 @@ from ipsecd.ike.timers import TimerHeap
 
 
 class SaTable:
-    __slots__ = ("_by_child", "_by_conn", "_by_spi", "_half_key", "_half_open", "_peer_of", "by_id", "ctx",
-                 "timers")
+    __slots__ = ("_by_child", "_by_conn", "_by_spi", "_half_key", "_half_open", "_peer_of", "_session_of", "by_id",
+                 "ctx", "timers")
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -38,6 +39,7 @@ class SaTable:
         self._by_conn: dict[str, dict[int, IkeSa]] = {}
         self._by_child: dict[bytes, IkeSa] = {}
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
+        self._session_of: dict[int, SessionKey] = {}  # IKE SA id -> its identity pair in ctx.sessions
 
     # ------------------------------------------------------------------ lookups
     def by_spi(self, spi: bytes) -> IkeSa | None:
@@ -80,6 +82,7 @@ class SaTable:
         """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
         if isinstance(ev, IkeSaEstablished):
             self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
+            self._session(sa)
         elif isinstance(ev, ChildSaEstablished):
             self._by_child[ev.spi_in] = sa
         elif isinstance(ev, ChildSaDeleted):
@@ -94,6 +97,7 @@ class SaTable:
             if new is not None:
                 for spi in ev.child_spis_in:
                     self._by_child[spi] = new
+                self._session(new)
         elif isinstance(ev, IkeSaMoved):
             self.ctx.drop_contact(sa.settings.name, self._peer_of.get(sa.ike_sa_id, ""), sa.ike_sa_id)
             self._contact(sa)
@@ -113,8 +117,18 @@ class SaTable:
         self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
         self.ctx.release_ike_spi(sa.our_spi)
         self.ctx.drop_contact(sa.settings.name, self._peer_of.pop(sa.ike_sa_id, ""), sa.ike_sa_id)
+        key = self._session_of.pop(sa.ike_sa_id, None)
+        if key is not None:
+            self.ctx.drop_session(key, sa.ike_sa_id)
         self.timers.set(sa.ike_sa_id, None)
 
     def _contact(self, sa: IkeSa) -> None:
         self._peer_of[sa.ike_sa_id] = sa.remote[0]
         self.ctx.add_contact(sa.settings.name, sa.remote[0], sa.ike_sa_id)
+
+    def _session(self, sa: IkeSa) -> None:
+        who = client_identity(sa)
+        if who is not None:
+            key = (sa.settings.name, sa.local_identity, who)
+            self._session_of[sa.ike_sa_id] = key
+            self.ctx.add_session(key, sa.ike_sa_id)
