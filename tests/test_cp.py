@@ -1,4 +1,4 @@
-"""The configuration payload's values (RFC 7296 3.15, RFC 8598): our codec, and scapy's dissector as a second opinion."""
+"""Configuration payload values (RFC 7296 3.15, RFC 8598): our codec, with scapy as a second opinion."""
 
 from __future__ import annotations
 
