@@ -33,7 +33,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Responses can be large (thousands of SAs), so the client's line limit is generous."""
 
-COMMANDS = ("status", "list-conns", "list-sas", "stats", "up", "down", "reload", "export-keys", "log")
+COMMANDS = ("status", "list-conns", "list-sas", "list-pools", "stats", "up", "down", "reload", "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
 
 
@@ -168,6 +168,8 @@ class IkeSaInfo(TypedDict):
     nat_local: bool  # we are behind a NAT
     nat_remote: bool  # the peer is behind a NAT
     encap: bool
+    local_vips: list[str]  # virtual IPs the gateway assigned to us (client)
+    remote_vips: list[str]  # virtual IPs we leased to the peer (gateway)
     rekey_in: int | None
     expires_in: int | None
     child_sas: list[ChildSaInfo]
@@ -175,6 +177,27 @@ class IkeSaInfo(TypedDict):
 
 class ListSasResult(TypedDict):
     ike_sas: list[IkeSaInfo]
+
+
+class LeaseInfo(TypedDict):
+    address: str
+    status: str  # "online" (an IKE SA uses it) | "offline" (kept for its identity)
+    identity: str
+    since: float  # Unix time of the last change
+
+
+class PoolInfo(TypedDict, total=False):
+    name: str
+    base: str  # the first address served
+    last: str
+    size: int
+    online: int
+    offline: int
+    leases: list[LeaseInfo]  # only with {"leases": true}
+
+
+class ListPoolsResult(TypedDict):
+    pools: list[PoolInfo]
 
 
 class ExportKeysResult(TypedDict):
@@ -193,6 +216,8 @@ class ControlHandler(Protocol):
     async def list_sas(self) -> dict[str, Any]: ...
 
     async def list_conns(self) -> dict[str, Any]: ...
+
+    async def list_pools(self, leases: bool, name: str | None) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 
