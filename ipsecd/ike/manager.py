@@ -412,13 +412,14 @@ class IkeManager:
     def _initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under
         these identities: drop ours silently. Identities, not addresses, decide: many clients
-        share one NAT address. ``unique: never`` ignores the notify (as strongSwan).
+        share one NAT address. ``unique: never`` ignores the notify (as strongSwan); ``replace``
+        deletes them with a Delete once the new SA is up (a second device of the user hears of it).
 
         Only SAs that were up before this one started count as "older": an SA that
         completed meanwhile comes from a simultaneous initiation, which the duplicate
         rule (_resolve_duplicates) settles with the peer's agreement.
         """
-        if sa.settings.unique == "never":
+        if sa.settings.unique in ("never", "replace"):  # replace deletes them with a Delete instead (unique.py)
             return
         for other in self.table.of_connection(sa.settings.name):
             if other is sa or other.established_at is None or other.established_at >= sa.created_at \
