@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             prepare_runtime_dir(Path(sock).parent, args.user, args.group)
+            if config.pools and not config.settings.lease_db.parent.exists():
+                # the lease file's directory, as systemd's StateDirectory= would (an existing one is left alone)
+                prepare_runtime_dir(config.settings.lease_db.parent, args.user, args.group)
             drop_privileges(args.user, args.group)
         except (PrivilegeDropError, OSError) as e:
             print(f"ipsecd: cannot drop privileges to {args.user}: {e}", file=sys.stderr)
