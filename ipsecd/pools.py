@@ -350,6 +350,10 @@ class PoolManager:
             pool.offline = OrderedDict(sorted(pool.offline.items(), key=lambda kv: pool.leases[kv[0]].updated))
             self.pools[spec.name] = pool
         self._stored = [r for r in self._stored if r.pool not in self.pools]  # a pool added back later
+        for name, gone in old.items():  # a removed pool keeps its leases for when it comes back
+            if name not in self.pools:
+                self._stored += [StoredLease(name, _addr(gone.spec, a), r.identity, r.updated)
+                                 for a, r in gone.leases.items()]
 
     def close(self) -> None:
         self.store.close()

@@ -388,3 +388,15 @@ def test_established_events_and_notify_sanity() -> None:
     o.up(0)
     assert [type(e) for e in o.gw_events][:1] == [IkeSaEstablished]
     assert NotifyPayload(NotifyType.INTERNAL_ADDRESS_FAILURE).notify_type == 36
+
+
+def test_no_later_child_sa_for_a_client_without_its_virtual_ip() -> None:
+    o = office(0)
+    o.add(client_settings(0, vips=()))
+    o.up(0)
+    reqid = o.clients[0].assign_reqid("rw", "net")
+    assert o.clients[0].acquire(reqid, o.now) is not None  # a CREATE_CHILD_SA on the IKE SA we have
+    o.pump()
+    failed = o.events(0, ChildSaFailed)
+    assert len(failed) == 2 and "TS_UNACCEPTABLE" in failed[1].reason
+    assert not o.gw.list_sas()[0].children

@@ -266,3 +266,14 @@ def test_a_failing_write_keeps_the_leases_in_memory(tmp_path: Path, caplog: pyte
         assert addr(m.acquire(["rw"], ALICE, 4, None, P1)) == "10.3.0.1"
         assert addr(m.acquire(["rw"], BOB, 4, None, P1)) == "10.3.0.2"
     assert sum("cannot write the lease database" in r.message for r in caplog.records) == 1
+
+
+def test_a_pool_removed_by_a_reload_keeps_its_leases_for_its_return() -> None:
+    m = manager(spec("rw", "10.3.0.0/29"), spec("other", "10.4.0.0/29"))
+    lease = m.acquire(["rw"], ALICE, 4, None, P1)
+    assert lease is not None
+    m.release(lease)
+    m.update([spec("other", "10.4.0.0/29")])
+    m.update([spec("rw", "10.3.0.0/29"), spec("other", "10.4.0.0/29")])
+    assert addr(m.acquire(["rw"], BOB, 4, None, P2)) == "10.3.0.2"
+    assert addr(m.acquire(["rw"], ALICE, 4, None, P1)) == "10.3.0.1"

@@ -217,7 +217,10 @@ class ChildCreate(Hooks):
             return Status.DONE  # childless IKE SA (RFC 6023)
         if sa_payload is None or ts_i is None or ts_r is None:
             raise RemoteProtocolError("SA, TSi and TSr must come together", NotifyType.INVALID_SYNTAX)
-        if sa.vips.failed and not self.pfs:
+        if sa.vips.failed:
+            if self.pfs:  # a later CREATE_CHILD_SA: a peer without its virtual IP gets no Child SA either
+                raise self._refuse(sa, NotifyType.TS_UNACCEPTABLE, Cause.TS_UNACCEPTABLE, None,
+                                   "no Child SA: the peer has no virtual IP")
             # RFC 7296 3.10.1: INTERNAL_ADDRESS_FAILURE (or FAILED_CP_REQUIRED) in IKE_AUTH: no Child SA
             self._failed(sa, "no Child SA: the peer got no virtual IP", Cause.PEER_REFUSED)
             return Status.DONE
