@@ -6,6 +6,7 @@ each other: this module is the only place that knows all three.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import ip_address
 
 from ipsecd.config import Config, ConnectionConfig, TsConfig
@@ -99,8 +100,6 @@ def trap_policies_for(conn: ConnectionConfig, child: str, reqid: int, local_addr
     so an unnarrowed SA's policies equal the trap's. ``dynamic`` is the tunnel endpoint:
     ``local_addr`` on our side, the first remote address on the peer's.
     """
-    from ipsecd.dataplane.client import trap_policies
-
     ch = conn.children[child]
     remote_addr = str(conn.remote_addrs[0]) if conn.remote_addrs else None
 
@@ -115,8 +114,17 @@ def trap_policies_for(conn: ConnectionConfig, child: str, reqid: int, local_addr
                 out.append(Selector.from_prefix(t.prefix, t.proto, ports))
         return out
 
-    return trap_policies(reqid, sels(ch.local_ts, local_addr), sels(ch.remote_ts, remote_addr),
-                         f"{conn.name}/{child}")
+    return protect_policies(reqid, sels(ch.local_ts, local_addr), sels(ch.remote_ts, remote_addr),
+                            f"{conn.name}/{child}")
+
+
+def protect_policies(reqid: int, local: Sequence[Selector], remote: Sequence[Selector], name: str = ""
+                     ) -> list[Policy]:
+    """The one place policies are built, for traps and for SAs alike: PROTECT every same-family
+    pair of local and remote selectors with the reqid's SA, so an unnarrowed SA's policies
+    equal its trap's (and its routes)."""
+    return [Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=reqid, name=name)
+            for lsel in local for rsel in remote if lsel.version == rsel.version]
 
 
 def _selector(ts: TrafficSelector) -> Selector:
@@ -144,8 +152,4 @@ def child_sa_params(ev: ChildSaEstablished) -> tuple[SaParams, SaParams, list[Po
                        **common)  # type: ignore[arg-type]
     outbound = SaParams(spi=int.from_bytes(ev.spi_out, "big"), encr_key=enc_out, integ_key=integ_out,
                         **common)  # type: ignore[arg-type]
-    policies = [
-        Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=ev.reqid, name=f"{ev.name}/{ev.child}")
-        for lsel in local_ts for rsel in remote_ts if lsel.version == rsel.version
-    ]
-    return inbound, outbound, policies
+    return inbound, outbound, protect_policies(ev.reqid, local_ts, remote_ts, f"{ev.name}/{ev.child}")

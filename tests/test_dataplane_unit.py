@@ -4,10 +4,12 @@ ephemeral ports, so nothing here needs root or collides with other tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import pickle
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -40,18 +42,23 @@ def _sample_messages() -> list[m.Message]:
         m.InstallSa(7, sa_in, sa_out, tuple(pols), 1400, m.Lifetime(soft_bytes=10), id=2),
         m.UpdateSaPeer(7, ip_address("198.51.100.7"), 40000, id=3),
         m.DeleteSa(7, (0x1234,), id=4),
-        m.InstallPolicy(pols[0], id=5),
-        m.RemovePolicy(pols[0], id=6),
+        m.DeleteSa(None, (), policies=False, id=5),
+        m.InstallSa(8, None, None, (), 1280, m.Lifetime(), None, id=6),
         m.InstallTrap(7, tuple(pols), id=10),
         m.RemoveTrap(7, id=12),
         m.GetCounters(id=7),
         m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=8),
         m.Shutdown(id=9),
+        m.Batch((m.InstallSa(9, sa_in, None, tuple(pols), id=13), m.DeleteSa(9, id=14), m.RemoveTrap(7, id=15),
+                 m.UpdateSaPeer(9, ip_address("2001:db8::1"), 4500, ip_address("::"), id=16),
+                 m.SetKeepalive(ip_address("192.0.2.2"), 4500, 0, id=17))),
         m.Hello(m.PROTOCOL_VERSION, 42),
         m.Ack(3, False, "nope"),
+        m.BatchAck((m.Ack(13), m.Ack(14, False, "KeyError: 'x'"))),
         m.Counters(7, (m.SaCounterSnapshot(1, "in", 7, 10, 1, {"icv": 2}, 5),), {"short": 1}, {"tun_rx_packets": 3}),
         m.Acquire(7, ip_address("10.1.0.1"), ip_address("10.2.0.1"), 6, 1234, 80),
-        m.UnknownSpi(0xDEAD, "192.0.2.9", 4500, 3),
+        m.UnknownSpiReport(5, (m.UnknownSpi(0xDEAD, "192.0.2.9", 4500, 3), m.UnknownSpi(1, "::1", 0, 2))),
+        m.UnknownSpiReport(0, ()),
         m.LifetimeReached(7, 1, "out", "soft", "bytes", 100, 2),
         m.WorkerError("boom"),
     ]
@@ -70,15 +77,74 @@ def test_messages_round_trip_and_keys_not_in_repr() -> None:
     assert install.inbound.encr_key.hex() not in repr(install)
 
 
-def test_decoder_refuses_foreign_types_versions_and_huge_frames() -> None:
-    evil = pickle.dumps(m.Envelope(m.PROTOCOL_VERSION, socket.socket))  # type: ignore[arg-type]
-    with pytest.raises(m.ProtocolError, match="not allowed"):
-        m.decode_body(evil)
-    old = pickle.dumps(m.Envelope(0, m.Shutdown()))
+def _frame(*items: object) -> bytes:
+    return json.dumps([m.PROTOCOL_VERSION, *items]).encode()
+
+
+def test_every_wire_message_round_trips() -> None:
+    """Each message type of the wire set is in the sample (so each has been round-tripped)."""
+    assert {type(x) for x in _sample_messages()} == set(m.WIRE_MESSAGES)
+    assert m.WorkerExited not in m.WIRE_MESSAGES  # made by the client, never on the wire
+    with pytest.raises(m.ProtocolError, match="not a wire message"):
+        m.encode(m.WorkerExited(1))  # type: ignore[arg-type]
+
+
+def test_decoder_refuses_frames_naming_other_classes() -> None:
+    """Issue 13: nothing on the wire is resolved as a class or module name."""
+    for name in ("Popen", "socket", "os.system", "subprocess.Popen", "Envelope", "WorkerExited", "SaParams",
+                 "__class__", "InstallPolicy"):
+        with pytest.raises(m.ProtocolError, match="not allowed"):
+            m.decode_body(_frame(name))
+    # inside a Batch only the batchable requests may be named
+    for name in ("Shutdown", "Configure", "GetCounters", "Batch", "Popen"):
+        with pytest.raises(m.ProtocolError, match="not allowed here"):
+            m.decode_body(_frame("Batch", [[name, 1]]))
+    # a pickle of an allowed message, or of anything else, is not a frame any more
+    for obj in (m.Shutdown(), socket.socket, pickle.loads):
+        with pytest.raises(m.ProtocolError):
+            m.decode_body(pickle.dumps(obj))
+
+
+def test_decoder_checks_every_value_against_its_type() -> None:
+    good = m.encode(m.DeleteSa(7, (1, 2), id=3))[4:]
+    assert m.decode_body(good) == m.DeleteSa(7, (1, 2), id=3)
+    bad_values = [
+        ("DeleteSa", "7", [1], True, 3),  # reqid: text for an int
+        ("DeleteSa", 7, [1, "2"], True, 3),  # a text SPI in the tuple
+        ("DeleteSa", 7, [1], 1, 3),  # int for a bool
+        ("DeleteSa", True, [1], True, 3),  # bool for an int
+        ("DeleteSa", 7, [1], True),  # a field missing
+        ("DeleteSa", 7, [1], True, 3, 4),  # one too many
+        ("SetKeepalive", "not an address", 4500, 20.0, 1),
+        ("SetKeepalive", "192.0.2.1", 4500, "20", 1),
+        ("UpdateSaPeer", 1, ["192.0.2.1"], 4500, None, 1),  # a list for an address
+        ("Counters", 1, [], {"short": "1"}, {}),  # dict values must be integers
+        ("Counters", 1, [[1, "in", 1, 0, 0, {}, "x"]], {}, {}),  # a snapshot's seq as text
+        ("Acquire", 1, "10.0.0.1", "10.0.0.2", 6, None, 1.5),
+        ("UnknownSpiReport", 1, [[1, "192.0.2.1", 4500]]),
+        ("Hello", 3),
+    ]
+    for items in bad_values:
+        with pytest.raises(m.ProtocolError):
+            m.decode_body(_frame(*items))
+    sa_in, _out, pols = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
+    fields = json.loads(m.encode(m.InstallSa(1, sa_in, None, tuple(pols)))[4:])
+    fields[3][1] = 99  # an EncrId that does not exist
+    with pytest.raises(m.ProtocolError, match="EncrId"):
+        m.decode_body(json.dumps(fields).encode())
+    fields[3][1] = 20
+    fields[3][2] = "00" * 5  # a key of the wrong length: SaParams refuses it
+    with pytest.raises(m.ProtocolError, match="SaParams"):
+        m.decode_body(json.dumps(fields).encode())
+
+
+def test_decoder_refuses_versions_garbage_and_huge_frames() -> None:
     with pytest.raises(m.ProtocolError, match="version"):
-        m.decode_body(old)
-    with pytest.raises(m.ProtocolError):
-        m.decode_body(b"\x80\x05garbage")
+        m.decode_body(json.dumps([m.PROTOCOL_VERSION - 1, "Shutdown", 0]).encode())
+    for body in (b"\x80\x05garbage", b"", b"{}", b"[3]", b'"Shutdown"', b"[3, 1]", b"[NaN, \"Shutdown\", 0]",
+                 b"[" * 100000, b"\xff\xfe", b'[3, "Hello", ' + b"9" * 5000 + b", 1]"):
+        with pytest.raises(m.ProtocolError):
+            m.decode_body(body)
     with pytest.raises(m.ProtocolError, match="exceeds"):
         m.FrameDecoder().feed(struct.pack("!I", m.MAX_FRAME + 1))
 
@@ -170,15 +236,19 @@ def _side(**cfg: object) -> Side:
     return side
 
 
+def close(*sides: Side) -> None:
+    for s in sides:
+        s.worker._epoll.close()
+        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
+            sock.close()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[Side, Side]]:
     a, b = _side(), _side()
     install(a, b)
     yield a, b
-    for s in (a, b):
-        s.worker._epoll.close()
-        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
-            sock.close()
+    close(a, b)
 
 
 def install(a: Side, b: Side, mtu: int = 1400, lifetime: m.Lifetime | None = None) -> None:
@@ -229,9 +299,9 @@ def test_worker_batches_with_gso_and_splits_gro(pair: tuple[Side, Side]) -> None
         a.tun.send(p)
     pump(a, b)
     assert b.read_tun() == pkts  # order kept
-    assert a.worker.stats["udp_tx_sendmsg"] == 1  # one syscall for 20 datagrams
-    assert b.worker.stats["udp_rx_recvmsg"] < 20
-    assert b.worker.stats.get("udp_gro_batches", 0) >= 1
+    assert a.worker.state.stats["udp_tx_sendmsg"] == 1  # one syscall for 20 datagrams
+    assert b.worker.state.stats["udp_rx_recvmsg"] < 20
+    assert b.worker.state.stats.get("udp_gro_batches", 0) >= 1
 
 
 def test_worker_bad_packets_counted_and_tunnel_survives(pair: tuple[Side, Side]) -> None:
@@ -252,39 +322,37 @@ def test_worker_bad_packets_counted_and_tunnel_survives(pair: tuple[Side, Side])
         for j in junk:
             tx.sendto(j, ("127.0.0.1", b.port))
     pump(a, b)
-    d = b.worker.drops
+    d = b.worker.state.drops
     assert d[DropReason.SHORT] == 2 and d[DropReason.UNKNOWN_SPI] == 1 and d[Drop.IKE_ON_WORKER] == 1
     assert d[DropReason.REPLAY] == 1 and d[DropReason.ICV] == 1
-    assert b.worker.stats["natt_keepalives_rx"] == 1
+    assert b.worker.state.stats["natt_keepalives_rx"] == 1
     assert b.read_tun() == []
     events = b.messages()
-    unknown = [e for e in events if isinstance(e, m.UnknownSpi)]
-    assert unknown == [m.UnknownSpi(0xBADBAD, "127.0.0.1", tx_port(events), 1)]
+    reports = [e for e in events if isinstance(e, m.UnknownSpiReport)]
+    assert reports == [m.UnknownSpiReport(1, (m.UnknownSpi(0xBADBAD, "127.0.0.1", tx_port(reports), 1),))]
     p2 = udp4("10.1.0.5", "10.2.0.7", b"second")
     a.tun.send(p2)
     pump(a, b)
     assert b.read_tun() == [p2]
 
 
-def tx_port(events: list[m.Message]) -> int:
-    return next(e.port for e in events if isinstance(e, m.UnknownSpi))
+def tx_port(reports: list[m.UnknownSpiReport]) -> int:
+    return reports[0].samples[0].port
 
 
 def test_worker_no_policy_no_sa_acquire_rate_limited() -> None:
     a = _side()
     pol = Policy(Selector.from_prefix("10.1.0.0/24"), Selector.from_prefix("10.9.0.0/24"), Action.PROTECT, sa_ref=9)
-    a.worker.handle(m.InstallPolicy(pol, id=1))
-    a.worker.handle(
-        m.InstallPolicy(Policy(Selector.any(), Selector.from_prefix("10.8.0.0/16"), Action.DISCARD), id=2)
-    )
-    assert a.messages() == [m.Ack(1), m.Ack(2)]
+    drop = Policy(Selector.any(), Selector.from_prefix("10.8.0.0/16"), Action.DISCARD)
+    a.worker.handle(m.InstallSa(9, None, None, (pol, drop), id=1))  # policies before (without) any SA
+    assert a.messages() == [m.Ack(1)]
     for _ in range(3):
         a.tun.send(udp4("10.1.0.5", "10.9.0.1"))
     a.tun.send(udp4("10.1.0.5", "10.7.0.1"))
     a.tun.send(udp4("10.1.0.5", "10.8.0.1"))
     a.tun.send(b"\x45garbage")
     pump(a)
-    d = a.worker.drops
+    d = a.worker.state.drops
     assert d[DropReason.NO_SA] == 3 and d[DropReason.NO_POLICY] == 2 and d[DropReason.DISCARD_POLICY] == 1
     acq = [e for e in a.messages() if isinstance(e, m.Acquire)]
     assert acq == [m.Acquire(9, ip_address("10.1.0.5"), ip_address("10.9.0.1"), 17, 1111, 2222)]
@@ -332,7 +400,7 @@ def test_worker_lifetimes_soft_then_hard() -> None:
     events = [e for e in a.messages() if isinstance(e, m.LifetimeReached)]
     kinds = [(e.direction, e.kind, e.what) for e in events]
     assert ("out", "soft", "packets") in kinds and ("out", "hard", "packets") in kinds
-    assert 1 not in a.worker.out  # hard limit: the outbound SA is gone
+    assert 1 not in a.worker.state.out  # hard limit: the outbound SA is gone
     assert len(b.read_tun()) == 4
 
 
@@ -345,10 +413,10 @@ def test_worker_update_peer_delete_and_bad_requests(pair: tuple[Side, Side]) -> 
     assert a.messages() == [m.Ack(6)]
     a.worker.handle(m.DeleteSa(1, id=7))
     assert a.messages() == [m.Ack(7)]
-    assert not a.worker.out and not a.worker.sad.inbound and len(a.worker.spd) == 0
+    assert not a.worker.state.out and not a.worker.state.sad.inbound and len(a.worker.state.spd) == 0
     a.tun.send(udp4("10.1.0.5", "10.2.0.7"))
     pump(a, b)
-    assert a.worker.drops[DropReason.NO_POLICY] == 1
+    assert a.worker.state.drops[DropReason.NO_POLICY] == 1
     a.worker.handle(m.GetCounters(id=8))
     (c,) = a.messages()
     assert isinstance(c, m.Counters) and c.id == 8 and c.drops == {"no_policy": 1}
@@ -376,25 +444,124 @@ def test_transport_mode_in_process() -> None:
     assert got[9] == 17 and got.endswith(b"transport") and got[12:20] == p[12:20]
 
 
-def test_enum_members_pickled_by_name_are_accepted_but_nothing_else() -> None:
-    """Python 3.11.0-3.11.3 (Debian 12's 3.11.2) pickle enum members as getattr(cls, name)."""
-    import io
-    import pickle
+# ---------------------------------------------------------------------------- the client's channel
 
-    from ipsecd.dataplane.messages import ProtocolError, _Unpickler
-    from ipsecd.esp.sa import Mode
 
-    class ByName:
-        def __init__(self, cls: object, name: str) -> None:
-            self.args = (cls, name)
+def test_channel_batches_concurrent_requests_in_order() -> None:
+    """A login storm's concurrent requests leave as a few Batch frames, applied in request
+    order; each caller gets its own answer; a lone request is a frame of its own."""
+    from ipsecd.dataplane.channel import MAX_BATCH, DataPlaneError, WorkerChannel
+    from ipsecd.dataplane.state import DataplaneState, SendControl
 
-        def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-            return getattr, self.args
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        events: list[m.Event] = []
+        channel = WorkerChannel(ours, events.append)
+        channel.start()
+        state: DataplaneState[str] = DataplaneState(m.WorkerConfig(tun_name="t"), {(True, 4): "udp4"})
+        frames: list[m.Message] = []
 
-    def load(obj: object) -> object:
-        return _Unpickler(io.BytesIO(pickle.dumps(obj))).load()
+        async def worker() -> None:  # the worker's side: its real state behind a socket
+            decoder = m.FrameDecoder()
+            while data := await loop.sock_recv(theirs, 1 << 20):
+                for msg in decoder.feed(data):
+                    frames.append(msg)
+                    state.handle(msg, 0.0)
+                    for out in state.take_outputs():
+                        assert isinstance(out, SendControl)
+                        await loop.sock_sendall(theirs, m.encode(out.message))
 
-    assert load(ByName(Mode, "TUNNEL")) is Mode.TUNNEL
-    for bad in (ByName(Mode, "__class__"), ByName(Mode, "_missing_")):
-        with pytest.raises(ProtocolError):
-            load(bad)
+        task = asyncio.create_task(worker())
+        await loop.sock_sendall(theirs, m.encode(m.Hello(m.PROTOCOL_VERSION, 1)))
+        assert (await channel.hello).pid == 1
+        n = 300
+
+        def keepalive(k: int) -> Callable[[int], m.Message]:
+            return lambda i: m.SetKeepalive(ip_address(f"192.0.2.{k % 250 + 1}"), 4500 + k, 20.0, id=i)
+
+        calls = [channel.request(keepalive(k)) for k in range(n)]
+        calls.append(channel.request(lambda i: m.UpdateSaPeer(7, ip_address("192.0.2.1"), 4500, id=i)))
+        calls.append(channel.request(lambda i: m.GetCounters(id=i)))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(r == m.Ack(i + 1) for i, r in enumerate(results[:n]))
+        assert isinstance(results[n], DataPlaneError) and "reqid 7" in str(results[n])
+        assert isinstance(results[n + 1], m.Counters)
+        assert len(state.keepalives) == n
+        batches = [f for f in frames if isinstance(f, m.Batch)]
+        assert len(frames) <= n // MAX_BATCH + 3 and batches
+        assert all(len(b.requests) <= MAX_BATCH for b in batches)
+        sent = [r for f in frames for r in (f.requests if isinstance(f, m.Batch) else (f,))]
+        assert [getattr(r, "id", 0) for r in sent] == list(range(1, n + 3))  # in request order
+        assert isinstance(frames[-1], m.GetCounters)  # never inside a Batch
+        assert channel.requests_sent == n + 2 and channel.frames_sent == len(frames)
+        frames.clear()
+        assert await channel.request(keepalive(1)) == m.Ack(n + 3)
+        assert [type(f) for f in frames] == [m.SetKeepalive]  # alone: no Batch around it
+        await loop.sock_sendall(theirs, m.encode(m.WorkerError("boom")))
+        await asyncio.sleep(0.01)
+        assert events == [m.WorkerError("boom")]
+        await channel.close()  # the worker side sees EOF
+        await task
+        theirs.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_channel_splits_a_batch_too_large_and_fails_only_what_cannot_be_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipsecd.dataplane.channel import DataPlaneError, WorkerChannel
+
+    monkeypatch.setattr(m, "MAX_FRAME", 1000)
+    sa_in, sa_out, pols = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
+    assert 500 < len(m.encode(m.InstallSa(1, sa_in, sa_out, tuple(pols)))) < 1000  # one fits a frame, two do not
+
+    async def scenario() -> list[m.Message]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        channel = WorkerChannel(ours, lambda ev: None)
+        channel.start()
+        got: list[m.Message] = []
+
+        async def worker() -> None:  # acknowledges everything
+            decoder = m.FrameDecoder()
+            while data := await loop.sock_recv(theirs, 1 << 20):
+                for msg in decoder.feed(data):
+                    got.append(msg)
+                    reqs = msg.requests if isinstance(msg, m.Batch) else (msg,)
+                    acks = tuple(m.Ack(r.id) for r in reqs)  # type: ignore[union-attr]
+                    reply = m.BatchAck(acks) if isinstance(msg, m.Batch) else acks[0]
+                    await loop.sock_sendall(theirs, m.encode(reply))
+
+        task = asyncio.create_task(worker())
+        huge = tuple(pols) * 40  # alone larger than a frame
+        calls = [channel.request(lambda i: m.InstallSa(1, sa_in, sa_out, tuple(pols), id=i)) for _ in range(3)]
+        calls.insert(1, channel.request(lambda i: m.InstallSa(2, None, None, huge, id=i)))
+        calls += [channel.request(lambda i: m.DeleteSa(3, id=i)) for _ in range(3)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[1], DataPlaneError) and "exceeds" in str(results[1])
+        assert [r for i, r in enumerate(results) if i != 1] == [m.Ack(i) for i in (1, 3, 4, 5, 6, 7)]
+        await channel.close()
+        await task
+        theirs.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 20))
+    sent = [r for f in got for r in (f.requests if isinstance(f, m.Batch) else (f,))]
+    assert [r.id for r in sent] == [1, 3, 4, 5, 6, 7]  # type: ignore[union-attr]  # order kept
+
+
+def test_worker_answers_a_request_whose_reply_does_not_fit_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _side(), _side()
+    try:
+        install(a, b)
+        body = len(m.encode(a.worker.counters(9))) - 4
+        monkeypatch.setattr(m, "MAX_FRAME", body - 1)  # the Counters no longer fits, an Ack still does
+        a.worker.handle(m.GetCounters(id=9))
+        (ack,) = a.messages()
+        assert isinstance(ack, m.Ack) and ack.id == 9 and not ack.ok and "exceeds" in ack.error
+    finally:
+        close(a, b)

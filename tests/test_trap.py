@@ -3,9 +3,9 @@
 Two halves, both in-process:
 
 * the data-plane worker (a datagram socketpair stands in for the TUN): packets hitting a
-  trap before its SA exists are queued (bounded by count, bytes, total and age), an Acquire
-  names the first one, and the queue leaves ESP-protected, in order, right after InstallSa;
-  the trap outlives its SAs;
+  trap before its SA exists are queued (bounded by count, bytes, total and age -- the age on
+  the worker's state with a fake clock), an Acquire names the first one, and the queue
+  leaves ESP-protected, in order, right after InstallSa; the trap outlives its SAs;
 * the IKE engine (two managers back to back, fake clock): an acquire puts the packet's
   host pair first in TSi/TSr, the Child SA carries the trap's fixed reqid on both ends,
   our responder narrows that to the configured subnets, and repeated acquires start one
@@ -15,14 +15,13 @@ Two halves, both in-process:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import ip_address, ip_network
 
 import pytest
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane.client import trap_policies
+from ipsecd.dataplane.state import SendEsp
 from ipsecd.dataplane.worker import Drop
 from ipsecd.esp.sa import DropReason
 from ipsecd.esp.spd import Selector
@@ -34,9 +33,12 @@ from ipsecd.ike.payloads import TrafficSelector, TsPayload
 from ipsecd.ike.proposal import parse_proposals
 from ipsecd.ike.settings import ChildSettings, IkeSettings, TsSpec
 from ipsecd.ike.ts import TriggerPacket, narrow, ts_to_str
+from ipsecd.settings_from_config import protect_policies
 from tests.dp_static_peer import static_params
 from tests.ike_pair import Pair, make_pair, make_settings, make_settings_b
-from tests.test_dataplane_unit import Side, _side, install, pump, udp4
+from tests.test_dataplane_state import arm_trap, make_state
+from tests.test_dataplane_state import install as install_state
+from tests.test_dataplane_unit import Side, _side, close, install, pump, udp4
 
 REQID = 1  # the reqid tests/dp_static_peer.static_params installs its SA under
 
@@ -44,23 +46,16 @@ REQID = 1  # the reqid tests/dp_static_peer.static_params installs its SA under
 # =========================================================================== worker
 
 
-def _close(*sides: Side) -> None:
-    for s in sides:
-        s.worker._epoll.close()
-        for sock in (s.tun, s.ctrl, s.udp, s.worker.control, *s._keep):  # type: ignore[attr-defined]
-            sock.close()
-
-
 @pytest.fixture
 def sides() -> Iterator[tuple[Side, Side]]:
     a, b = _side(acquire_interval=0.0), _side()
     yield a, b
-    _close(a, b)
+    close(a, b)
 
 
 def _trap(side: Side, name: str = "a-out", ident: int = 50) -> None:
     """A trap on A for what static_params' SA carries (equal policies, same reqid)."""
-    pols = trap_policies(REQID, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")], name)
+    pols = protect_policies(REQID, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")], name)
     side.worker.handle(m.InstallTrap(REQID, tuple(pols), id=ident))
     assert side.messages() == [m.Ack(ident)]
 
@@ -85,17 +80,17 @@ def test_queued_packets_leave_protected_in_order_after_install(sides: tuple[Side
     for p in pkts:
         a.tun.send(p)
     pump(a)
-    assert a.worker.stats["acquire_queued"] == 5
-    assert DropReason.NO_SA not in a.worker.drops  # held, not dropped
+    assert a.worker.state.stats["acquire_queued"] == 5
+    assert DropReason.NO_SA not in a.worker.state.drops  # held, not dropped
     acq = _acquires(a)
     assert acq and acq[0] == m.Acquire(REQID, ip_address("10.1.0.5"), ip_address("10.2.0.7"), 17, 1111, 2222)
     install(a, b)  # InstallSa for the trapped reqid sends the queue at once
-    assert a.worker.stats["acquire_queue_sent"] == 5
+    assert a.worker.state.stats["acquire_queue_sent"] == 5
     pump(a, b)
     assert b.read_tun() == pkts
     (out,) = [s for s in a.worker.counters().sas if s.direction == "out"]
     assert out.packets == 5 and out.seq == 5  # ESP-protected on the new SA, sequence 1..5
-    assert not a.worker.drops
+    assert not a.worker.state.drops
     # later packets take the normal path
     later = udp4("10.1.0.5", "10.2.0.7", b"after")
     a.tun.send(later)
@@ -107,10 +102,10 @@ def test_trap_outlives_its_sa_and_remove_trap_disarms(sides: tuple[Side, Side]) 
     a, b = sides
     _trap(a)
     install(a, b)
-    assert len(a.worker.spd) == 2  # the trap's entry and the SA's own (equal) entry
+    assert len(a.worker.state.spd) == 2  # the trap's entry and the SA's own (equal) entry
     a.worker.handle(m.DeleteSa(REQID, id=60))  # the SA goes (close_action / dpd_action = trap)
     assert m.Ack(60) in a.messages()
-    assert len(a.worker.spd) == 1 and not a.worker.out
+    assert len(a.worker.state.spd) == 1 and not a.worker.state.out
     p = udp4("10.1.0.5", "10.2.0.9", b"again")
     a.tun.send(p)
     pump(a)
@@ -123,11 +118,11 @@ def test_trap_outlives_its_sa_and_remove_trap_disarms(sides: tuple[Side, Side]) 
     pump(a)
     a.worker.handle(m.RemoveTrap(REQID, id=62))
     assert m.Ack(62) in a.messages()
-    assert a.worker.drops[Drop.ACQUIRE_REMOVED] == 1
-    assert len(a.worker.spd) == 0 and not a.worker.traps and a.worker._queued_bytes == 0
+    assert a.worker.state.drops[Drop.ACQUIRE_REMOVED] == 1
+    assert len(a.worker.state.spd) == 0 and not a.worker.state.traps.traps and a.worker.state.traps.queued_bytes == 0
     a.tun.send(udp4("10.1.0.5", "10.2.0.9"))
     pump(a)
-    assert a.worker.drops[DropReason.NO_POLICY] == 1
+    assert a.worker.state.drops[DropReason.NO_POLICY] == 1
 
 
 def test_remove_trap_keeps_the_live_sas_policies(sides: tuple[Side, Side]) -> None:
@@ -135,13 +130,13 @@ def test_remove_trap_keeps_the_live_sas_policies(sides: tuple[Side, Side]) -> No
     _trap(a)
     install(a, b)
     a.worker.handle(m.RemoveTrap(REQID, id=70))
-    assert len(a.worker.spd) == 1  # the SA's own entry
+    assert len(a.worker.state.spd) == 1  # the SA's own entry
     p = udp4("10.1.0.5", "10.2.0.7", b"still")
     a.tun.send(p)
     pump(a, b)
     assert b.read_tun() == [p]
     a.worker.handle(m.DeleteSa(REQID, id=71))
-    assert len(a.worker.spd) == 0
+    assert len(a.worker.state.spd) == 0
 
 
 def test_queue_bounds_drop_the_oldest() -> None:
@@ -152,79 +147,76 @@ def test_queue_bounds_drop_the_oldest() -> None:
         for p in small:
             a.tun.send(p)
         pump(a)
-        assert a.worker.drops[Drop.ACQUIRE_OVERFLOW] == 2  # count bound: 4
-        assert [pkt for _t, pkt in a.worker.traps[REQID].queue] == small[2:]
+        assert a.worker.state.drops[Drop.ACQUIRE_OVERFLOW] == 2  # count bound: 4
+        assert [pkt for _t, pkt in a.worker.state.traps.traps[REQID].queue] == small[2:]
         big = [udp4("10.1.0.5", "10.2.0.7", bytes([i]) * 1000) for i in range(3)]
         for p in big:
             a.tun.send(p)
         a.tun.send(udp4("10.1.0.5", "10.2.0.7", bytes(4000)))  # larger than the whole byte bound
         pump(a)
-        trap = a.worker.traps[REQID]
+        trap = a.worker.state.traps.traps[REQID]
         assert trap.nbytes <= 3000 and len(trap.queue) <= 4
-        assert trap.nbytes == sum(len(p) for _t, p in trap.queue) == a.worker._queued_bytes
+        assert trap.nbytes == sum(len(p) for _t, p in trap.queue) == a.worker.state.traps.queued_bytes
         kept = [pkt for _t, pkt in trap.queue]
         # big[2] pushed out the rest of the small ones and big[0] (3 x 1028 > 3000 bytes);
         # the 4 KB packet can never fit and was refused at once
         assert kept == big[1:]
-        assert a.worker.drops[Drop.ACQUIRE_OVERFLOW] == 2 + 4 + 1 + 1
+        assert a.worker.state.drops[Drop.ACQUIRE_OVERFLOW] == 2 + 4 + 1 + 1
         a.messages()
         install(a, b)
         pump(a, b)
         assert b.read_tun() == kept  # what survived, in order
     finally:
-        _close(a, b)
+        close(a, b)
 
 
 def test_queue_total_bound_across_traps() -> None:
     a = _side(acquire_queue_total=2500)
     try:
         _trap(a)
-        other = trap_policies(2, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.3.0.0/24")])
+        other = protect_policies(2, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.3.0.0/24")])
         a.worker.handle(m.InstallTrap(2, tuple(other), id=51))
         for dst in ("10.2.0.7", "10.3.0.7", "10.2.0.8"):
             a.tun.send(udp4("10.1.0.5", dst, bytes(1000)))
         pump(a)
-        assert a.worker.drops[Drop.ACQUIRE_FULL] == 1
-        assert a.worker._queued_bytes <= 2500
+        assert a.worker.state.drops[Drop.ACQUIRE_FULL] == 1
+        assert a.worker.state.traps.queued_bytes <= 2500
         assert {e.reqid for e in _acquires(a)} == {1, 2}
     finally:
-        _close(a)
+        close(a)
 
 
 def test_queued_packets_expire() -> None:
-    a, b = _side(acquire_queue_timeout=0.05), _side()
-    try:
-        _trap(a)
-        a.tun.send(udp4("10.1.0.5", "10.2.0.7", b"stale"))
-        pump(a)
-        time.sleep(0.08)
-        a.tun.send(udp4("10.1.0.5", "10.2.0.7", b"fresh"))
-        pump(a, rounds=2)
-        assert a.worker.drops[Drop.ACQUIRE_EXPIRED] == 1  # the timer removed the old one
-        assert len(a.worker.traps[REQID].queue) == 1
-        time.sleep(0.08)
-        a.worker.step(0.0)
-        assert a.worker.drops[Drop.ACQUIRE_EXPIRED] == 2
-        assert not a.worker._waiting and a.worker._queued_bytes == 0
-        a.messages()
-        install(a, b)
-        pump(a, b)
-        assert b.read_tun() == []
-    finally:
-        _close(a, b)
+    """Fake clock on the worker's state: a queued packet older than acquire_queue_timeout is
+    dropped by the timer (which runs only when the oldest one is due), younger ones wait."""
+    st = make_state(acquire_queue_timeout=0.05)
+    arm_trap(st)
+    st.outbound(udp4("10.1.0.5", "10.2.0.7", b"stale"), 100.0)
+    assert st.get_timer() == pytest.approx(100.05)
+    st.outbound(udp4("10.1.0.5", "10.2.0.7", b"fresh"), 100.08)
+    st.handle_timer(100.08)
+    assert st.drops[Drop.ACQUIRE_EXPIRED] == 1  # the timer removed the old one
+    assert len(st.traps.traps[REQID].queue) == 1
+    assert st.get_timer() == pytest.approx(100.13)
+    st.handle_timer(100.16)
+    assert st.drops[Drop.ACQUIRE_EXPIRED] == 2
+    assert st.traps.queued_bytes == 0 and st.get_timer() is None
+    st.take_outputs()
+    install_state(st, now=100.2)
+    assert not [o for o in st.take_outputs() if isinstance(o, SendEsp)]
 
 
 def test_install_trap_refuses_foreign_policies(sides: tuple[Side, Side]) -> None:
     a, _b = sides
-    wrong = trap_policies(9, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
+    wrong = protect_policies(9, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
     a.worker.handle(m.InstallTrap(REQID, tuple(wrong), id=80))
     (ack,) = a.messages()
     assert isinstance(ack, m.Ack) and not ack.ok and "sa_ref" in ack.error
-    assert len(a.worker.spd) == 0
+    assert len(a.worker.state.spd) == 0
 
 
 def test_trap_messages_round_trip() -> None:
-    pols = tuple(trap_policies(3, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")]))
+    pols = tuple(protect_policies(3, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")]))
     msgs: list[m.Message] = [m.InstallTrap(3, pols, id=1), m.RemoveTrap(3, id=2)]
     assert m.FrameDecoder().feed(b"".join(m.encode(x) for x in msgs)) == msgs
 
@@ -478,7 +470,7 @@ def test_trap_routes_outlive_the_sa_routes(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(netconf, "_ipr", fake)
     nc = netconf.NetConf("tun", ifindex=7)
-    pols = trap_policies(5, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
+    pols = protect_policies(5, [Selector.from_prefix("10.1.0.0/24")], [Selector.from_prefix("10.2.0.0/24")])
     nc.add_routes(5, pols, 1400, owner=netconf.TrapRoutes(5))
     nc.add_routes(5, pols, 1380)  # the SA of the trap: same prefix, same reqid
     nc.remove_routes(5)  # SA deleted: the trap still routes into the TUN

@@ -8,8 +8,9 @@ touches packets runs in the worker process (worker.py); this object
   socket joins port 4500's reuseport group in a known position (udp.py) and a failure to
   open anything surfaces in ``start()`` as an exception rather than as a dead child,
 * starts ``python -m ipsecd.dataplane.worker`` with those fds and a socketpair for the
-  versioned messages of messages.py, then closes its own copies (a crashed worker then
-  takes the TUN, and every route through it, with it: no black hole survives),
+  versioned messages of messages.py (spoken through channel.py, which batches concurrent
+  requests), then closes its own copies (a crashed worker then takes the TUN, and every
+  route through it, with it: no black hole survives),
 * does the netlink work (netconf.py) in a thread: pyroute2 0.9 runs its own event loop,
 * turns the worker's exit into a ``WorkerExited`` event; restarting is the daemon's call.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import socket
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.channel import REQUEST_TIMEOUT, DataPlaneError, WorkerChannel
 from ipsecd.dataplane.netconf import NetConf, TrapRoutes, local_address_in, path_mtu
 from ipsecd.dataplane.tun import open_tun
 from ipsecd.dataplane.udp import (
@@ -40,22 +41,17 @@ from ipsecd.dataplane.udp import (
     open_raw_esp,
     port_in_use,
 )
-from ipsecd.errors import IpsecdError
 from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
-from ipsecd.esp.spd import Action, Policy, Selector
+from ipsecd.esp.spd import Action, Policy
 
 log = logging.getLogger("ipsecd.esp")
 
 DEFAULT_TUN_MTU = 1400
 DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets
-REQUEST_TIMEOUT = 10.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
-
-class DataPlaneError(IpsecdError):
-    """The worker refused a request, is not running, or did not answer in time."""
-
+__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions"]
 
 @dataclass(frozen=True)
 class DataPlaneOptions:
@@ -95,14 +91,6 @@ class DataPlaneOptions:
 
 
 @dataclass
-class _Child:
-    inbound_spi: int | None
-    outbound_spi: int | None
-    policies: tuple[Policy, ...]
-    mtu: int
-
-
-@dataclass
 class DataPlane:
     """Asyncio front of one data-plane worker (see module docstring)."""
 
@@ -118,18 +106,14 @@ class DataPlane:
         o = self.options
         self.netconf = NetConf(o.tun_name, o.route_table, o.rule_priority, o.mark)
         self._proc: asyncio.subprocess.Process | None = None
-        self._sock: socket.socket | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pending: dict[int, asyncio.Future[m.Message]] = {}
-        self._ids = itertools.count(1)
+        self._channel: WorkerChannel | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
         self._callbacks: list[Callable[[m.Event], None]] = []
-        self._children: dict[int, _Child] = {}
+        self._mtus: dict[int, int] = {}  # reqid -> inner MTU of its installed Child SA
         self._traps: dict[int, tuple[Policy, ...]] = {}
-        self._hello: asyncio.Future[m.Hello] | None = None
         self._stopping = False
         self._link_mtu = 0
-        self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -139,9 +123,9 @@ class DataPlane:
     async def start(self) -> None:
         """Open TUN and sockets, configure the link and rules, start the worker, handshake."""
         o = self.options
-        loop = asyncio.get_running_loop()
         fds: list[int] = []
         socks: list[socket.socket] = []
+        ours: socket.socket | None = None
         try:
             tun_fd, self.tun_name = open_tun(o.tun_name)
             fds.append(tun_fd)
@@ -158,7 +142,6 @@ class DataPlane:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             socks.append(theirs)
             ours.setblocking(False)
-            self._sock = ours
             argv = [o.python, "-m", "ipsecd.dataplane.worker", "--control", str(theirs.fileno()),
                     "--tun", str(tun_fd), "--log-level", o.worker_log_level]
             argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
@@ -174,9 +157,8 @@ class DataPlane:
                 s.close()
             for fd in fds:
                 os.close(fd)
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            if ours is not None:
+                ours.close()
             await asyncio.to_thread(self.netconf.cleanup)
             raise
         # The worker holds its own copies now; ours must go, or the TUN and the 4500 socket
@@ -185,11 +167,11 @@ class DataPlane:
             s.close()
         for fd in fds:
             os.close(fd)
-        self._hello = loop.create_future()
-        self._tasks.append(asyncio.create_task(self._read_loop(), name="dataplane-reader"))
-        self._tasks.append(asyncio.create_task(self._watch(), name="dataplane-watch"))
+        self._channel = WorkerChannel(ours, self._emit)
+        self._channel.start()
+        self._watcher = asyncio.create_task(self._watch(), name="dataplane-watch")
         try:
-            hello = await asyncio.wait_for(self._hello, REQUEST_TIMEOUT)
+            hello = await asyncio.wait_for(self._channel.hello, REQUEST_TIMEOUT)
             if hello.version != m.PROTOCOL_VERSION:
                 raise DataPlaneError(f"worker speaks protocol {hello.version}, expected {m.PROTOCOL_VERSION}")
             await self._request(
@@ -247,27 +229,27 @@ class DataPlane:
         """Shut the worker down (gracefully, then by signal) and remove routes and rules."""
         self._stopping = True
         proc = self._proc
+        channel = self._channel
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send(m.Shutdown(id=next(self._ids))), 1.0)
+            if channel is not None and not channel.closed:
+                channel.send(m.Shutdown())
             try:
                 await asyncio.wait_for(proc.wait(), 3.0)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._watcher is not None:
+            self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._fail_pending(DataPlaneError("data plane stopped"))
+                await self._watcher
+            self._watcher = None
+        if channel is not None:
+            await channel.close()
+            channel.fail_pending(DataPlaneError("data plane stopped"))
+            self._channel = None
         await asyncio.to_thread(self.netconf.cleanup)
-        self._children.clear()
+        self._mtus.clear()
         self._traps.clear()
 
     # ------------------------------------------------------------------ SAs and policies
@@ -299,9 +281,7 @@ class DataPlane:
             lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
                                   mss_clamp, id=i)
         )
-        self._children[reqid] = _Child(
-            inbound.spi if inbound else None, outbound.spi if outbound else None, tuple(policies), mtu
-        )
+        self._mtus[reqid] = mtu
         if o.mtu is None and outbound is not None and mtu != self._link_mtu:
             await asyncio.to_thread(self.netconf.set_mtu, mtu)
             self._link_mtu = mtu
@@ -313,18 +293,15 @@ class DataPlane:
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
-        mtu = self._children[reqid].mtu if reqid in self._children else (self.options.mtu or DEFAULT_TUN_MTU)
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
         await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
 
     async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
                                mss_clamp: int | None = 0) -> None:
         """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
-        child = self._children.get(reqid)
-        mtu = child.mtu if child is not None else (self.options.mtu or DEFAULT_TUN_MTU)
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
         await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
                                                   mss_clamp, id=i))
-        if child is not None:
-            child.outbound_spi = outbound.spi
 
     async def delete_inbound(self, spis: tuple[int, ...]) -> None:
         """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
@@ -342,7 +319,7 @@ class DataPlane:
     async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
         """Remove the SAs and policies of ``reqid`` and the routes only it used."""
         await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
-        self._children.pop(reqid, None)
+        self._mtus.pop(reqid, None)
         await asyncio.to_thread(self.netconf.remove_routes, reqid)
 
     # ------------------------------------------------------------------ traps (on-demand SAs)
@@ -374,26 +351,10 @@ class DataPlane:
         await self._request(lambda i: m.RemoveTrap(reqid, id=i))
         await asyncio.to_thread(self.netconf.remove_routes, TrapRoutes(reqid))
 
-    def outbound_spi(self, reqid: int) -> int | None:
-        """The SPI ``reqid``'s traffic leaves on now (the last outbound half installed), if any.
-
-        Two Child SAs may share a trapped reqid for a moment (both ends acquired at once);
-        when one goes, the owner compares this with the departing SA's outbound SPI to know
-        whether to switch to the survivor.
-        """
-        child = self._children.get(reqid)
-        return child.outbound_spi if child is not None else None
-
     @property
     def traps(self) -> dict[int, tuple[Policy, ...]]:
         """The armed traps: reqid -> policies (a copy)."""
         return dict(self._traps)
-
-    async def install_policy(self, policy: Policy) -> None:
-        await self._request(lambda i: m.InstallPolicy(policy, id=i))
-
-    async def remove_policy(self, policy: Policy) -> None:
-        await self._request(lambda i: m.RemovePolicy(policy, id=i))
 
     async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
                             interval: float = 20.0) -> None:
@@ -425,7 +386,7 @@ class DataPlane:
         self._callbacks.append(callback)
 
     async def events(self) -> AsyncIterator[m.Event]:
-        """Worker events: Acquire, UnknownSpi, LifetimeReached, WorkerError, WorkerExited."""
+        """Worker events: Acquire, UnknownSpiReport, LifetimeReached, WorkerError, WorkerExited."""
         while True:
             ev = await self._events.get()
             yield ev
@@ -446,90 +407,21 @@ class DataPlane:
             self._events.put_nowait(ev)
 
     # ------------------------------------------------------------------ transport
-    async def _send(self, msg: m.Message) -> None:
-        sock = self._sock
-        if sock is None or not self.running:
-            raise DataPlaneError("data plane worker is not running")
-        async with self._write_lock:
-            await asyncio.get_running_loop().sock_sendall(sock, m.encode(msg))
-
     async def _request(self, build: Callable[[int], m.Message]) -> m.Message:
-        ident = next(self._ids)
-        fut: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = fut
-        try:
-            await self._send(build(ident))
-            reply = await asyncio.wait_for(fut, REQUEST_TIMEOUT)
-        except TimeoutError as e:
-            raise DataPlaneError("data plane worker did not answer") from e
-        finally:
-            self._pending.pop(ident, None)
-        if isinstance(reply, m.Ack) and not reply.ok:
-            raise DataPlaneError(reply.error)
-        return reply
-
-    def _fail_pending(self, exc: Exception) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._pending.clear()
-
-    async def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        loop = asyncio.get_running_loop()
-        decoder = m.FrameDecoder()
-        while True:
-            try:
-                data = await loop.sock_recv(sock, 1 << 20)
-            except OSError:
-                data = b""
-            if not data:
-                return
-            try:
-                msgs = decoder.feed(data)
-            except m.ProtocolError as e:
-                log.error("undecodable message from the data plane: %s", e)
-                return
-            for msg in msgs:
-                self._dispatch(msg)
-
-    def _dispatch(self, msg: m.Message) -> None:
-        if isinstance(msg, m.Hello):
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(msg)
-        elif isinstance(msg, m.Ack | m.Counters):
-            fut = self._pending.get(msg.id)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        elif isinstance(msg, m.Acquire | m.UnknownSpi | m.LifetimeReached | m.WorkerError):
-            if isinstance(msg, m.WorkerError):
-                log.error("data plane: %s", msg.message)
-            self._emit(msg)
-        else:
-            log.warning("unexpected message from the data plane: %s", type(msg).__name__)
+        channel = self._channel
+        if channel is None or not self.running:
+            raise DataPlaneError("data plane worker is not running")
+        return await channel.request(build)
 
     async def _watch(self) -> None:
         proc = self._proc
         assert proc is not None
         rc = await proc.wait()
-        self._fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
-        if self._hello is not None and not self._hello.done():
-            self._hello.set_exception(DataPlaneError(f"data plane worker exited ({rc}) before starting"))
+        if self._channel is not None:
+            self._channel.fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
         if not self._stopping:
             log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
             self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
-
-
-def trap_policies(reqid: int, local: list[Selector] | tuple[Selector, ...],
-                  remote: list[Selector] | tuple[Selector, ...], name: str = "") -> list[Policy]:
-    """The PROTECT policies of a trap: every same-family pair of configured selectors.
-
-    Built the way ``child_sa_params`` builds an SA's policies from negotiated selectors,
-    so a trap whose SA was not narrowed holds equal policies (and equal routes).
-    """
-    return [Policy(local=lsel, remote=rsel, action=Action.PROTECT, sa_ref=reqid, name=name)
-            for lsel in local for rsel in remote if lsel.version == rsel.version]
 
 
 def _prefsrc(policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:

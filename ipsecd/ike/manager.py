@@ -41,7 +41,7 @@ from ipaddress import ip_address
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.context import EngineContext
-from ipsecd.ike.cp import AttributeProvider, release_leases
+from ipsecd.ike.cp import AttributeProvider, client_identity, release_leases
 from ipsecd.ike.events import (
     Cause,
     Datagram,
@@ -412,21 +412,22 @@ class IkeManager:
     def _initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under
         these identities: drop ours silently. Identities, not addresses, decide: many clients
-        share one NAT address. ``unique: never`` ignores the notify (as strongSwan); ``replace``
-        deletes them with a Delete once the new SA is up (a second device of the user hears of it).
+        share one NAT address; with EAP the EAP identity counts (cp.client_identity). ``unique:
+        never`` ignores the notify (as strongSwan); ``replace`` deletes them with a Delete once the
+        new SA is up instead (a second device of the user hears of it).
 
         Only SAs that were up before this one started count as "older": an SA that
         completed meanwhile comes from a simultaneous initiation, which the duplicate
         rule (_resolve_duplicates) settles with the peer's agreement.
         """
-        if sa.settings.unique in ("never", "replace"):  # replace deletes them with a Delete instead (unique.py)
+        who = client_identity(sa)
+        if sa.settings.unique in ("never", "replace") or who is None:
             return
-        for other in self.table.of_connection(sa.settings.name):
+        for other in self.table.with_identities(sa.local_identity, who):
             if other is sa or other.established_at is None or other.established_at >= sa.created_at \
                     or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
                 continue
-            if other.remote_identity == sa.remote_identity and other.local_identity == sa.local_identity:
-                self._act(other, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
+            self._act(other, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
 
     def _resolve_duplicates(self, sa: IkeSa) -> None:
         """Simultaneous initiation: both ends started the same connection at once.
@@ -441,12 +442,13 @@ class IkeManager:
         """
         if sa.rekeyed_from is not None or sa.reauth_of is not None:
             return
-        same = [o for o in self.table.of_connection(sa.settings.name)
-                if o.state == IkeState.ESTABLISHED and o.rekeyed_from is None and o.reauth_of is None
-                and o.remote[0] == sa.remote[0] and o.remote_identity == sa.remote_identity]
-        theirs = [o for o in same if not o.initiator]
-        for o in same:
-            if o.initiator and any(t.nonce_i < o.nonce_i for t in theirs):
+        ours = [o for o in self.table.initiated(sa.settings.name, sa.remote[0]) if _plain_established(o)]
+        if not ours:
+            return  # a gateway with many peer-initiated SAs from one address never gets here
+        theirs = [o for o in self.table.with_peer(sa.settings.name, sa.remote[0])
+                  if not o.initiator and _plain_established(o)]
+        for o in ours:  # the same peer is the same identity too, not just the same address
+            if any(t.nonce_i < o.nonce_i and t.remote_identity == o.remote_identity for t in theirs):
                 log.info("IKE SA %d duplicates one the peer initiated at the same time (%s): deleting ours",
                          o.ike_sa_id, o.settings.name)
                 self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,
@@ -472,6 +474,11 @@ class IkeManager:
         self._count(reason)
         self._rl.log(logging.INFO, reason, "dropped datagram from %s[%d]: %s", safe(remote[0]), remote[1],
                      safe(detail), now=self.now)
+
+
+def _plain_established(sa: IkeSa) -> bool:
+    """Established, and neither born from a rekey nor a reauthentication (RFC 7296 2.8)."""
+    return sa.state == IkeState.ESTABLISHED and sa.rekeyed_from is None and sa.reauth_of is None
 
 
 def _candidates(connections: Sequence[IkeSettings], local_ip: str, remote_ip: str) -> list[IkeSettings]:

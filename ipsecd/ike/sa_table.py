@@ -9,8 +9,10 @@ indexes follow the SAs' signals and events (``index``), never a walk of the tabl
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
-from ipsecd.ike.context import EngineContext, SessionKey
+from ipsecd.identity import Identity
+from ipsecd.ike.context import EngineContext
 from ipsecd.ike.cp import client_identity
 from ipsecd.ike.events import (
     ChildSaDeleted,
@@ -26,8 +28,8 @@ from ipsecd.ike.timers import TimerHeap
 
 
 class SaTable:
-    __slots__ = ("_by_child", "_by_conn", "_by_spi", "_half_key", "_half_open", "_peer_of", "_session_of", "by_id",
-                 "ctx", "timers")
+    __slots__ = ("_by_child", "_by_conn", "_by_ids", "_by_spi", "_half_key", "_half_open", "_ids_of", "_initiated",
+                 "_peer_of", "by_id", "ctx", "timers")
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -39,7 +41,13 @@ class SaTable:
         self._by_conn: dict[str, dict[int, IkeSa]] = {}
         self._by_child: dict[bytes, IkeSa] = {}
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
-        self._session_of: dict[int, SessionKey] = {}  # IKE SA id -> its identity pair in ctx.sessions
+        # (connection, peer address) -> the IKE SAs we initiated there (simultaneous initiation)
+        self._initiated: dict[tuple[str, str], dict[int, IkeSa]] = {}
+        # (our identity, the peer's client identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness);
+        # the IKE SAs ask it through the context (swanctl's unique in IKE_AUTH)
+        self._by_ids: dict[tuple[Identity, Identity], dict[int, IkeSa]] = {}
+        self._ids_of: dict[int, tuple[Identity, Identity]] = {}
+        ctx.sessions = self._by_ids
 
     # ------------------------------------------------------------------ lookups
     def by_spi(self, spi: bytes) -> IkeSa | None:
@@ -54,6 +62,19 @@ class SaTable:
 
     def of_connection(self, name: str) -> list[IkeSa]:
         return list(self._by_conn.get(name, {}).values())
+
+    def initiated(self, connection: str, peer: str) -> list[IkeSa]:
+        """The IKE SAs of ``connection`` we initiated to ``peer`` (few: a site-to-site peer)."""
+        return list(self._initiated.get((connection, peer), {}).values())
+
+    def with_identities(self, local: Identity, remote: Identity) -> list[IkeSa]:
+        """Established IKE SAs between these two identities (``remote``: the client identity, the
+        EAP identity when there is one, cp.client_identity)."""
+        return list(self._by_ids.get((local, remote), {}).values())
+
+    def with_peer(self, connection: str, peer: str) -> list[IkeSa]:
+        """Every IKE SA of ``connection`` with ``peer`` (all clients behind one NAT: use sparingly)."""
+        return [self.by_id[i] for i in self.ctx.contacts.get((connection, peer), ()) if i in self.by_id]
 
     def child_owner(self, spi_in: bytes) -> IkeSa | None:
         return self._by_child.get(spi_in)
@@ -82,7 +103,7 @@ class SaTable:
         """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
         if isinstance(ev, IkeSaEstablished):
             self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
-            self._session(sa)
+            self._index_ids(sa)
         elif isinstance(ev, ChildSaEstablished):
             self._by_child[ev.spi_in] = sa
         elif isinstance(ev, ChildSaDeleted):
@@ -97,9 +118,9 @@ class SaTable:
             if new is not None:
                 for spi in ev.child_spis_in:
                     self._by_child[spi] = new
-                self._session(new)
+                self._index_ids(new)  # born established: no IkeSaEstablished of its own
         elif isinstance(ev, IkeSaMoved):
-            self.ctx.drop_contact(sa.settings.name, self._peer_of.get(sa.ike_sa_id, ""), sa.ike_sa_id)
+            self._drop_peer(sa)
             self._contact(sa)
         elif isinstance(ev, IkeSaClosed):
             self.remove(sa)
@@ -116,19 +137,37 @@ class SaTable:
             del self._by_spi[sa.our_spi]
         self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
         self.ctx.release_ike_spi(sa.our_spi)
-        self.ctx.drop_contact(sa.settings.name, self._peer_of.pop(sa.ike_sa_id, ""), sa.ike_sa_id)
-        key = self._session_of.pop(sa.ike_sa_id, None)
+        self._drop_peer(sa)
+        key = self._ids_of.pop(sa.ike_sa_id, None)
         if key is not None:
-            self.ctx.drop_session(key, sa.ike_sa_id)
+            _discard(self._by_ids, key, sa.ike_sa_id)
         self.timers.set(sa.ike_sa_id, None)
 
     def _contact(self, sa: IkeSa) -> None:
         self._peer_of[sa.ike_sa_id] = sa.remote[0]
         self.ctx.add_contact(sa.settings.name, sa.remote[0], sa.ike_sa_id)
+        if sa.initiator and sa.rekeyed_from is None:
+            self._initiated.setdefault((sa.settings.name, sa.remote[0]), {})[sa.ike_sa_id] = sa
 
-    def _session(self, sa: IkeSa) -> None:
+    def _index_ids(self, sa: IkeSa) -> None:
         who = client_identity(sa)
         if who is not None:
-            key = (sa.settings.name, sa.local_identity, who)
-            self._session_of[sa.ike_sa_id] = key
-            self.ctx.add_session(key, sa.ike_sa_id)
+            key = (sa.local_identity, who)
+            self._ids_of[sa.ike_sa_id] = key
+            self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
+
+    def _drop_peer(self, sa: IkeSa) -> None:
+        peer = self._peer_of.pop(sa.ike_sa_id, "")
+        self.ctx.drop_contact(sa.settings.name, peer, sa.ike_sa_id)
+        _discard(self._initiated, (sa.settings.name, peer), sa.ike_sa_id)
+
+
+K = TypeVar("K")
+
+
+def _discard(index: dict[K, dict[int, IkeSa]], key: K, ike_sa_id: int) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.pop(ike_sa_id, None)
+        if not ids:
+            del index[key]

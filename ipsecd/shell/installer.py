@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,8 @@ class ChildSaInstaller:
         self.dataplane = dataplane  # ipsecd.dataplane.client.DataPlane, or None (--no-dataplane)
         self.config = config
         self.children: dict[bytes, ChildSaEstablished] = {}  # inbound SPI -> the Child SA
+        self._spi_in_of: dict[bytes, bytes] = {}  # outbound SPI -> inbound SPI
+        self._encap_peers: Counter[tuple[str, int]] = Counter()  # UDP-encapsulated Child SAs per peer endpoint
         self.ready = asyncio.Event()  # IKE may finish a Child SA while the worker still starts
         self.install_failures = 0
         self._holding: dict[int, int] = {}  # IKE SA id -> inbound installs under way
@@ -74,6 +77,9 @@ class ChildSaInstaller:
     def on_event(self, ev: Event) -> None:
         if isinstance(ev, ChildSaEstablished):
             self.children[ev.spi_in] = ev
+            self._spi_in_of[ev.spi_out] = ev.spi_in
+            if ev.encap:
+                self._encap_peers[ev.remote] += 1
             if self.dataplane is not None:
                 # this IKE SA's next datagrams (our answer, or the Delete of a rekeyed SA) wait
                 # until the new SA can receive
@@ -81,6 +87,12 @@ class ChildSaInstaller:
                 self._serial(ev.reqid, self._install(ev), f"install of Child SA {ev.name}/{ev.child}")
         elif isinstance(ev, ChildSaDeleted):
             gone = self.children.pop(ev.spi_in, None)
+            if gone is not None:
+                self._spi_in_of.pop(gone.spi_out, None)
+                if gone.encap:
+                    self._encap_peers[gone.remote] -= 1
+                    if self._encap_peers[gone.remote] <= 0:
+                        del self._encap_peers[gone.remote]
             self.shell.manager.release_spi(ev.spi_in)
             if self.dataplane is None:
                 return
@@ -195,7 +207,7 @@ class ChildSaInstaller:
     async def _uninstall(self, ev: ChildSaDeleted, gone: ChildSaEstablished | None) -> None:
         self._pending_out.pop(ev.reqid, None)
         await self.dataplane.delete_child_sa(ev.reqid)
-        if gone is not None and gone.encap and not any(c.remote == gone.remote for c in self.children.values()):
+        if gone is not None and gone.encap and gone.remote not in self._encap_peers:
             await self.dataplane.set_keepalive(gone.remote[0], gone.remote[1], 0)
 
     async def _move(self, reqid: int, ev: IkeSaMoved) -> None:
@@ -207,8 +219,7 @@ class ChildSaInstaller:
     def on_lifetime(self, ev: dp.LifetimeReached) -> None:
         """Volume lifetimes reached in the worker become rekeys or deletes in IKE (RFC 4301 4.4.2.1)."""
         spi = ev.spi.to_bytes(4, "big")
-        spi_in = spi if ev.direction == "in" else next(
-            (c.spi_in for c in self.children.values() if c.spi_out == spi), None)
+        spi_in = spi if ev.direction == "in" else self._spi_in_of.get(spi)
         if spi_in is None:
             return
         if ev.kind == "soft":

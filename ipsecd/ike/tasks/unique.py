@@ -9,9 +9,9 @@
 * ``replace``: once the new one is established the older ones are deleted (:func:`replaced`,
   acted on by the manager).
 
-"The same identities" is the connection, our identity and the client's identity (the EAP
-identity when there is one, :func:`client_identity`), never the peer's address: many
-laptops share one NAT address, and one laptop changes address.
+"The same identities" is our identity and the client's identity (the EAP identity when
+there is one, :func:`client_identity`), as strongSwan compares them, never the peer's
+address: many laptops share one NAT address, and one laptop changes address.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def duplicates(sa: IkeSa) -> list[int]:
     who = client_identity(sa)
     if who is None:
         return []
-    return sorted(i for i in sa.ctx.session_ids((sa.settings.name, sa.local_identity, who)) if i != sa.ike_sa_id)
+    return sorted(i for i in sa.ctx.session_ids(sa.local_identity, who) if i != sa.ike_sa_id)
 
 
 def replaced(sa: IkeSa) -> list[int]:
