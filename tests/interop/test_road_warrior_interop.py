@@ -301,4 +301,4 @@ def test_ipsecd_client_of_a_strongswan_gateway(topology: Topology, charon_factor
     assert "nameserver fd00:2::53" in dns_log.read_text()
     client.down("home")
     wait_for("the virtual IP to go", lambda: v4 not in topo.a.run(["ip", "addr", "show", "dev", "ipsec0"]).stdout)
-    assert "resolvconf -d ipsec0.ipsecd" in dns_log.read_text()
+    wait_for("resolvconf -d", lambda: "resolvconf -d ipsec0.ipsecd" in dns_log.read_text())
