@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config
-from tests.netns import Netns, Topology, why_no_netns
+from tests.netns import Netns, Topology, fake_resolvconf, interface_addresses, wait_for, why_no_netns
 from tests.strongswan import PLUGINS, Charon, ChildParams, ConnParams
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
@@ -124,14 +124,6 @@ def client_vips(ch: Charon) -> list[str]:
 def resolv_text(tmp_path: Path, i: int) -> str:
     path = tmp_path / f"c{i}-resolv.conf"
     return path.read_text() if path.exists() else ""
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- strongSwan clients, ipsecd gateway
@@ -253,12 +245,6 @@ def test_unique_with_two_laptops_of_one_user(office_factory: Any, charon_factory
 
 # --------------------------------------------------------------------------- ipsecd client, strongSwan gateway
 
-FAKE_RESOLVCONF = """#!/bin/sh
-echo "resolvconf $*" >> "{log}"
-cat >> "{log}"
-"""
-
-
 def test_ipsecd_client_of_a_strongswan_gateway(topology: Topology, charon_factory: MakeCharon,
                                                ipsecd_factory: MakeIpsecd, tmp_path: Path) -> None:
     topo = topology
@@ -270,16 +256,12 @@ def test_ipsecd_client_of_a_strongswan_gateway(topology: Topology, charon_factor
         extra={"pools": "rw4,rw6"},
         pools={"rw4": {"addrs": "10.3.0.0/24", "dns": "10.2.0.53"}, "rw6": {"addrs": "fd00:3::/120",
                                                                          "dns": "fd00:2::53"}}), name="gw")
-    bindir, dns_log = tmp_path / "bin", tmp_path / "resolvconf.log"
-    bindir.mkdir()
-    (bindir / "resolvconf").write_text(FAKE_RESOLVCONF.format(log=dns_log))
-    (bindir / "resolvconf").chmod(0o755)
-    import os
+    env, dns_log = fake_resolvconf(tmp_path)
     doc = ipsecd_config(name="home", local_addrs=[topo.a_addr], remote_addrs=[topo.b_addr], local_id="alice.test",
                         remote_id="gw.test", psk=PSK, children={"lan": child_config(
                             local_ts=["dynamic"], remote_ts=list(LAN_TS), start_action="start")})
     doc["connections"]["home"]["vips"] = ["0.0.0.0", "::"]
-    client = ipsecd_factory(topo.a, doc, name="client", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    client = ipsecd_factory(topo.a, doc, name="client", env=env)
 
     ike = client.wait_established(20, child="lan")
     swan = gw.wait_established(10, child="lan")
@@ -292,7 +274,7 @@ def test_ipsecd_client_of_a_strongswan_gateway(topology: Topology, charon_factor
     assert sorted(swan_child["remote-ts"]) == sorted(child["local_ts"])
     v4 = next(a for a in ike["local_vips"] if ":" not in a)
     v6 = next(a for a in ike["local_vips"] if ":" in a)
-    wait_for("the virtual IPs on ipsec0", lambda: v4 in topo.a.run(["ip", "addr", "show", "dev", "ipsec0"]).stdout)
+    wait_for("the virtual IPs on ipsec0", lambda: v4 in interface_addresses(topo.a, "ipsec0"))
     topo.a.ping(LAN4, count=3)
     topo.a.ping(LAN6, count=3)
     topo.b.ping(v4, count=3, src=LAN4)
@@ -300,5 +282,5 @@ def test_ipsecd_client_of_a_strongswan_gateway(topology: Topology, charon_factor
     wait_for("resolvconf", lambda: dns_log.exists() and "nameserver 10.2.0.53" in dns_log.read_text())
     assert "nameserver fd00:2::53" in dns_log.read_text()
     client.down("home")
-    wait_for("the virtual IP to go", lambda: v4 not in topo.a.run(["ip", "addr", "show", "dev", "ipsec0"]).stdout)
+    wait_for("the virtual IP to go", lambda: v4 not in interface_addresses(topo.a, "ipsec0"))
     wait_for("resolvconf -d", lambda: "resolvconf -d ipsec0.ipsecd" in dns_log.read_text())

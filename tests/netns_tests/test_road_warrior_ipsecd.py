@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
-from tests.netns import Topology
+from tests.netns import Topology, fake_resolvconf, interface_addresses, wait_for
 
 pytestmark = [
     pytest.mark.netns,
@@ -29,10 +29,6 @@ pytestmark = [
 
 Make = Callable[..., Ipsecd]
 LAN6 = "fd00:2::1"
-FAKE_RESOLVCONF = """#!/bin/sh
-echo "resolvconf $*" >> "{log}"
-cat >> "{log}"
-"""
 
 
 def gateway_config(tmp_path: Path, local_addr: str, *, addrs4: str = "10.3.0.0/29",
@@ -58,28 +54,6 @@ def client_config(gw_addr: str, *, local_id: str = "alice.test", remote_ts: tupl
     return doc
 
 
-def fake_resolvconf(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    bindir, log = tmp_path / "bin", tmp_path / "resolvconf.log"
-    bindir.mkdir()
-    (bindir / "resolvconf").write_text(FAKE_RESOLVCONF.format(log=log))
-    (bindir / "resolvconf").chmod(0o755)
-    import os
-    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, log
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def tun_addresses(topo_ns: Any) -> set[str]:
-    out = topo_ns.run(["ip", "-j", "addr", "show", "dev", "ipsec0"]).stdout
-    return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}
-
-
 def test_ipsecd_client_gets_virtual_ips_dns_and_traffic_flows(topology: Topology, tmp_path: Path,
                                                               ipsecd_factory: Make) -> None:
     topo = topology
@@ -96,7 +70,8 @@ def test_ipsecd_client_gets_virtual_ips_dns_and_traffic_flows(topology: Topology
     (gw_ike,) = gw.list_sas()
     assert gw_ike["remote_vips"] == ["10.3.0.1", "fd00:3::1"] and gw_ike["remote_id"] == "alice.test"
     assert gw_ike["child_sas"][0]["remote_ts"] == ["10.3.0.1/32", "fd00:3::1/128"]
-    wait_for("virtual IPs on the client's TUN", lambda: {"10.3.0.1", "fd00:3::1"} <= tun_addresses(topo.a))
+    vips = {"10.3.0.1", "fd00:3::1"}
+    wait_for("virtual IPs on the client's TUN", lambda: vips <= interface_addresses(topo.a, "ipsec0"))
     out = client.ctl("list-sas").stdout
     assert "@ 192.0.2.2[4500]" in out or "@ 192.0.2.2[500]" in out
     assert "[10.3.0.1 fd00:3::1]" in out
@@ -119,7 +94,7 @@ def test_ipsecd_client_gets_virtual_ips_dns_and_traffic_flows(topology: Topology
     assert "10.3.0.1                                online  'alice.test'" in gw.ctl("list-pools", "--leases").stdout
 
     client.down("home")
-    wait_for("virtual IPs gone from the TUN", lambda: not {"10.3.0.1", "fd00:3::1"} & tun_addresses(topo.a))
+    wait_for("virtual IPs gone from the TUN", lambda: not vips & interface_addresses(topo.a, "ipsec0"))
     wait_for("resolvconf -d", lambda: "resolvconf -d ipsec0.ipsecd" in dns_log.read_text())
     wait_for("the gateway's SA gone", lambda: not gw.list_sas())
     pools = json.loads(gw.ctl("list-pools", "--json").stdout)["pools"]
@@ -142,7 +117,7 @@ def test_everything_through_the_gateway_keeps_the_ike_path(topology: Topology, t
     client = ipsecd_factory(topo.a, doc, name="client")
     ike = client.wait_established(20, child="lan")
     assert ike["child_sas"][0]["remote_ts"] == ["0.0.0.0/0"]
-    wait_for("virtual IP on the TUN", lambda: "10.3.0.1" in tun_addresses(topo.a))
+    wait_for("virtual IP on the TUN", lambda: "10.3.0.1" in interface_addresses(topo.a, "ipsec0"))
     topo.a.ping(topo.b_lan, count=3)  # through the tunnel
     before = client.list_sas()[0]["child_sas"][0]["packets_out"]
     topo.a.ping(topo.b_addr, count=3)  # the gateway's own address: outside (the throw route)
