@@ -207,7 +207,7 @@ class Daemon:
     def _reload_pools(self, new: Config) -> None:
         """Pools take the new ranges and attributes; their leases carry over (ipsecd/pools.py)."""
         if new.pools and isinstance(self.pools.store, MemoryLeaseStore):  # the first pools: open the file now
-            self.pools.store = SqliteLeaseStore(new.settings.lease_db)
+            self.pools.use_store(SqliteLeaseStore(new.settings.lease_db))
         elif new.settings.lease_db != self.config.settings.lease_db and new.pools:
             log.warning("settings.lease_db changed to %s: the leases stay in %s until ipsecd restarts",
                         new.settings.lease_db, self.config.settings.lease_db)

@@ -355,6 +355,16 @@ class PoolManager:
                 self._stored += [StoredLease(name, _addr(gone.spec, a), r.identity, r.updated)
                                  for a, r in gone.leases.items()]
 
+    def use_store(self, store: LeaseStore) -> None:
+        """Persist from now on in ``store`` (a reload brought the first pools): the leases it holds
+        are taken for the pools configured later (``update``); current leases are written to it."""
+        self.store.close()
+        self.store = store
+        self._stored = store.load()
+        for pool in self.pools.values():
+            for addr, rec in pool.leases.items():
+                store.save(pool.spec.name, _addr(pool.spec, addr), rec.identity, len(rec.holders), rec.updated)
+
     def close(self) -> None:
         self.store.close()
 

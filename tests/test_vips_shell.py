@@ -223,3 +223,25 @@ def test_no_lease_file_without_pools_and_an_unusable_one_is_an_error(tmp_path: P
     path.write_text(path.read_text().replace(str(tmp_path / "state"), str(tmp_path / "blocker")))
     with pytest.raises(ConfigError, match="cannot open the lease database"):
         Daemon(load_config(path), str(tmp_path / "s.sock"), LogHub(), dataplane=False)
+
+
+def test_the_first_pools_come_by_reload_and_find_the_stored_leases(tmp_path: Path) -> None:
+    # an earlier run left a lease in the file
+    path = _gateway_config(tmp_path)
+    first = Daemon(load_config(path), str(tmp_path / "s.sock"), LogHub(), dataplane=False)
+    lease = first.pools.acquire(["rw4"], Identity.parse("alice@corp.example"), 4, None, ("192.0.2.9", 4500))
+    assert lease is not None
+    first.pools.release(lease)
+    first.pools.close()
+    # this run starts without pools, then a reload adds them
+    plain = yaml.safe_load(path.read_text())
+    del plain["pools"]
+    plain["connections"]["peer"].pop("pools")
+    path.write_text(yaml.safe_dump(plain))
+    daemon = Daemon(load_config(path), str(tmp_path / "s.sock"), LogHub(), dataplane=False)
+    _gateway_config(tmp_path)
+    asyncio.run(daemon.reload())
+    again = daemon.pools.acquire(["rw4"], Identity.parse("alice@corp.example"), 4, None, ("192.0.2.9", 4500))
+    assert again is not None and str(again.address) == "10.3.0.1"
+    assert asyncio.run(daemon.handlers.list_pools(True, None))["pools"][0]["online"] == 1
+    daemon.pools.close()
