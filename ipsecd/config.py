@@ -39,6 +39,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ipsecd.errors import ConfigError
 from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
+from ipsecd.pools import ADDRESS_KEYS, DEFAULT_LEASE_DB, SUBNET_KEYS, attribute_value, parse_range
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -345,6 +346,29 @@ class ConnectionConfig:
     send_certreq: bool = True
     retransmit: RetransmitConfig = field(default_factory=RetransmitConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)
+    pools: tuple[str, ...] = ()  # gateway: lease virtual IPs from these (top-level ``pools``), in order
+    vips: tuple[IPAddress, ...] = ()  # client: virtual IPs to ask for; 0.0.0.0 / :: = any of that family
+
+
+Attribute = tuple[int, bytes]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One swanctl ``pools.NAME`` section: the addresses served and the attributes sent with
+    them, each already as (attribute type, wire value) -- ipsecd.pools.pool_spec joins them."""
+
+    name: str
+    addrs: tuple[IPAddress, IPAddress]  # first and last address served
+    dns: tuple[Attribute, ...] = ()
+    nbns: tuple[Attribute, ...] = ()
+    dhcp: tuple[Attribute, ...] = ()
+    netmask: tuple[Attribute, ...] = ()
+    server: tuple[Attribute, ...] = ()
+    subnet: tuple[Attribute, ...] = ()
+    split_include: tuple[Attribute, ...] = ()
+    split_exclude: tuple[Attribute, ...] = ()
+    numbered: tuple[Attribute, ...] = ()  # swanctl's ``"25": corp.example``: any attribute by number
 
 
 @dataclass(frozen=True)
@@ -392,6 +416,7 @@ class Settings:
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
+    lease_db: Path = DEFAULT_LEASE_DB  # SQLite file of the pools' leases (opened only when pools exist)
 
 
 @dataclass(frozen=True)
@@ -401,6 +426,7 @@ class Config:
     settings: Settings
     source: Path
     warnings: tuple[str, ...] = ()
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
 
     def find_psk(self, local_id: str | Identity | None, remote_id: str | Identity | None) -> bytes | None:
         """The pre-shared key for this pair of identities, or None (see :func:`best_secret`)."""
@@ -518,6 +544,8 @@ _CONN_KEYS = (
     "local",
     "remote",
     "children",
+    "pools",
+    "vips",
 )
 _CHILD_KEYS = (
     "local_ts",
@@ -543,7 +571,8 @@ _CHILD_KEYS = (
 _AUTH_KEYS = ("auth", "id")
 _SECRET_KEYS = ("id", "secret", "secret_file")
 _RETRANSMIT_KEYS = ("tries", "timeout", "base")
-_SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "metrics", "debug")
+_SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "metrics", "debug", "lease_db")
+_POOL_KEYS = ("addrs", *ADDRESS_KEYS, *SUBNET_KEYS)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -560,7 +589,7 @@ class KeySection:
 
 
 KEY_SECTIONS: Mapping[str, KeySection] = {
-    "top": KeySection(("",), ("connections", "secrets", "settings")),
+    "top": KeySection(("",), ("connections", "secrets", "settings", "pools")),
     "conn": KeySection(("connections.NAME",), _CONN_KEYS),
     "auth": KeySection(("connections.NAME.local", "connections.NAME.remote"), _AUTH_KEYS),
     "retransmit": KeySection(("connections.NAME.retransmit",), _RETRANSMIT_KEYS),
@@ -572,6 +601,7 @@ KEY_SECTIONS: Mapping[str, KeySection] = {
     "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers")),
     "metrics": KeySection(("settings.metrics",), ("listen",)),
     "debug": KeySection(("settings.debug",), ("allow_key_export",)),
+    "pool": KeySection(("pools.POOL",), _POOL_KEYS),  # and attribute numbers: "25": corp.example
 }
 """Every key the loader accepts, by section: ``_Loader.mapping`` checks keys against it and
 tests/test_config_keys.py checks it against docs/configuration.md, both ways."""
@@ -600,9 +630,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
     UnimplementedKey("conn", "keyingtries", frozenset({1}), 1,
                      "initiations are neither counted nor limited: each is one attempt "
                      "(a connection with start_action start is retried every 5 s regardless)"),
-    UnimplementedKey("conn", "unique", frozenset({Unique.NO}), Unique.NO,
-                     "a new IKE SA with the identities of an existing one is neither refused nor made to "
-                     "replace it (the peer's INITIAL_CONTACT still replaces older SAs)"),
     UnimplementedKey("conn", "mobike", frozenset({False}), False,
                      "MOBIKE (RFC 4555) is not negotiated, so a peer that changes address needs a new IKE SA"),
     UnimplementedKey("conn", "fragmentation", frozenset({Fragmentation.NO}), Fragmentation.NO,
@@ -616,8 +643,8 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
 _CHILD_ONLY = set(_CHILD_KEYS) - set(_CONN_KEYS)
 _CONN_ONLY = set(_CONN_KEYS) - set(_CHILD_KEYS)
 _UNSUPPORTED = {
-    "top": "pools authorities include",
-    "conn": "vips pools aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless send_cert "
+    "top": "authorities include",
+    "conn": "aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless send_cert "
     "mediation mediated_by mediation_peer keyingtries_limit",
     "auth": "certs pubkeys eap_id aaa_id xauth_id groups cert_policy cacerts ca_id revocation round",
     "child": "ah_proposals updown hostaccess policies policies_fwd_out set_mark_in set_mark_out mark_in mark_out "
@@ -725,7 +752,7 @@ class _Loader:
                 continue
             name = key.value
             kpath = _join(path, name)
-            if allowed is not None and name not in allowed:
+            if allowed is not None and name not in allowed and not (section == "pool" and name.isdigit()):
                 hint = _hint_for(section, name, kpath)
                 if hint is None:
                     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
@@ -1091,8 +1118,87 @@ def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
         send_certreq=ld.boolean(_opt(fields, "send_certreq"), d.send_certreq),
         retransmit=_parse_retransmit(ld, _opt(fields, "retransmit")),
         children=children,
+        pools=_parse_names(ld, _opt(fields, "pools"), "pool names"),
+        vips=_parse_vips(ld, _opt(fields, "vips")),
     )
     return _not_implemented(ld, "conn", fields, conn)
+
+
+def _parse_names(ld: _Loader, entry: _Entry | None, what: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for node, path, raw in ld.items(entry, what) if entry is not None else []:
+        if raw in out:
+            ld.error(node, path, f"{raw!r} is listed twice")
+        else:
+            out.append(raw)
+    return tuple(out)
+
+
+def _parse_vips(ld: _Loader, entry: _Entry | None) -> tuple[IPAddress, ...]:
+    """swanctl's ``vips``: addresses to ask the gateway for; 0.0.0.0 / :: ask for any of that family."""
+    out: list[IPAddress] = []
+    for node, path, raw in ld.items(entry, "IP addresses") if entry is not None else []:
+        try:
+            addr = ip_address(raw.replace("%any6", "::").replace("%any4", "0.0.0.0").replace("%any", "0.0.0.0"))
+        except ValueError:
+            ld.error(node, path, f"{raw!r} is not an IP address (0.0.0.0 or :: ask for any address of that family)")
+            continue
+        if any(a.version == addr.version for a in out):
+            ld.error(node, path, f"a second IPv{addr.version} virtual IP: one address of each family can be asked for")
+            continue
+        out.append(addr)
+    return tuple(out)
+
+
+def _parse_pool(ld: _Loader, entry: _Entry) -> PoolConfig | None:
+    name = entry.key.value
+    fields = ld.mapping(entry.value, entry.path, "pool")
+    addrs_entry = _opt(fields, "addrs")
+    if addrs_entry is None:
+        ld.error(entry.key, entry.path, "missing 'addrs': the addresses the pool hands out "
+                 "(a subnet like 10.3.0.0/24 or a range like 10.3.0.10-10.3.0.99)")
+        return None
+    addrs = ld.convert(addrs_entry, "a subnet or an address range", parse_range)
+    attrs: dict[str, list[tuple[int, bytes]]] = {}
+    for key, fentry in fields.items():
+        if key == "addrs" or _is_null(fentry.value):
+            continue
+        for node, path, raw in ld.items(fentry, "values"):
+            try:
+                attrs.setdefault(key if not key.isdigit() else "numbered", []).append(attribute_value(key, raw))
+            except ValueError as exc:
+                ld.error(node, path, str(exc))
+    if addrs is None:
+        return None
+
+    def of(key: str) -> tuple[Attribute, ...]:
+        return tuple(attrs.get(key, ()))
+
+    return PoolConfig(name=name, addrs=addrs, dns=of("dns"), nbns=of("nbns"), dhcp=of("dhcp"), netmask=of("netmask"),
+                      server=of("server"), subnet=of("subnet"), split_include=of("split_include"),
+                      split_exclude=of("split_exclude"), numbered=of("numbered"))
+
+
+def _parse_pools(ld: _Loader, entry: _Entry | None) -> dict[str, PoolConfig]:
+    if entry is None:
+        return {}
+    out: dict[str, PoolConfig] = {}
+    named = ld.named_mapping(entry.value, entry.path, "pool")
+    for name, pentry in named.items():
+        pool = _parse_pool(ld, pentry)
+        if pool is None:
+            continue
+        lo, hi = pool.addrs
+        for other in out.values():
+            olo, ohi = other.addrs
+            if lo.version == olo.version and int(lo) <= int(ohi) and int(olo) <= int(hi):
+                where = _fields_quiet(pentry).get("addrs")
+                ld.error(where.value if where else pentry.key, _join(pentry.path, "addrs"),
+                         f"overlaps pool {other.name} ({olo} - {ohi}): two users would get the same address")
+                break
+        else:
+            out[name] = pool
+    return out
 
 
 def _not_implemented(ld: _Loader, section: str, fields: Mapping[str, _Entry], parsed: DataclassT) -> DataclassT:
@@ -1265,6 +1371,12 @@ def _parse_mtu(raw: str) -> int | None:
     return value
 
 
+def _parse_abs_path(raw: str) -> Path:
+    if not raw.strip().startswith("/"):
+        raise ValueError(f"{raw!r} must be an absolute path")
+    return Path(raw.strip())
+
+
 def _parse_socket_path(raw: str) -> Path:
     if not raw.startswith("/"):
         raise ValueError(f"{raw!r} must be an absolute path")
@@ -1309,6 +1421,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         )),
         metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
+        lease_db=_or(ld.convert(_opt(fields, "lease_db"), "a path", _parse_abs_path), d.lease_db),
     )
 
 
@@ -1394,6 +1507,30 @@ def _cross_check(
                 ld.error(e.value, e.path, "no address family in common with local_ts (IPv4 vs IPv6)")
 
 
+def _check_virtual_ips(ld: _Loader, conn: ConnectionConfig, entry: _Entry, pools_entry: _Entry | None) -> None:
+    """``pools`` name defined pools; ``vips`` belong to a client, which initiates and installs no traps."""
+    fields = _fields_quiet(entry)
+    defined = set(_fields_quiet(pools_entry)) if pools_entry is not None else set()
+    pe = fields.get("pools")
+    for name in conn.pools:
+        if name not in defined:
+            close = difflib.get_close_matches(name, sorted(defined), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else (
+                " (defined: " + ", ".join(sorted(defined)) + ")" if defined else " (there is no 'pools' section)")
+            ld.error(pe.value if pe else entry.key, pe.path if pe else entry.path, f"no pool named {name!r}{hint}")
+    ve = fields.get("vips")
+    if not conn.vips or ve is None:
+        return
+    if not conn.remote_addrs:
+        ld.error(ve.value, ve.path, "a client asks for virtual IPs when it initiates: this connection has no "
+                 "remote_addrs to initiate to")
+    trapped = [f"{c.name}.{k}" for c in conn.children.values() for k in ("start_action", "close_action", "dpd_action")
+               if str(getattr(c, k)) == "trap"]
+    if trapped:
+        ld.error(ve.value, ve.path, f"not supported together with trap ({', '.join(trapped)}): a trap's policies "
+                 "would need the virtual IP before it is assigned")
+
+
 def _fields_quiet(entry: _Entry) -> dict[str, _Entry]:
     """Re-read a mapping's entries for locating nodes; problems were reported on the first pass."""
     if not isinstance(entry.value, MappingNode):
@@ -1448,6 +1585,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
     secrets = _parse_secrets(ld, _opt(top, "secrets"))
     secrets_ok = len(ld.issues) == before
     settings = _parse_settings(ld, _opt(top, "settings"))
+    pools = _parse_pools(ld, _opt(top, "pools"))
     connections: dict[str, ConnectionConfig] = {}
     conns_entry = top.get("connections")
     if conns_entry is not None:
@@ -1457,6 +1595,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
         for name, entry in named.items():
             _cross_check(ld, connections[name], entry, secrets, secrets_ok)
             _check_interfaces(ld, connections[name], entry, settings)
+            _check_virtual_ips(ld, connections[name], entry, top.get("pools"))
     if ld.issues:
         raise ConfigValidationError(sorted(ld.issues, key=lambda i: i.line))
     return Config(
@@ -1465,6 +1604,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
         settings=settings,
         source=source,
         warnings=tuple(str(w) for w in sorted(ld.warnings, key=lambda i: i.line)),
+        pools=pools,
     )
 
 

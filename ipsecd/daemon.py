@@ -29,13 +29,15 @@ from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import is_legacy, proposal_to_str
 from ipsecd.logsetup import LogHub, setup_logging
 from ipsecd.metrics import MetricsServer
+from ipsecd.pools import MemoryLeaseStore, PoolManager, SqliteLeaseStore
 from ipsecd.sdnotify import sd_notify, watchdog_interval
-from ipsecd.settings_from_config import ike_settings, validate_proposal
+from ipsecd.settings_from_config import ike_settings, pool_specs, validate_proposal
 from ipsecd.shell.control import ControlHandlers
 from ipsecd.shell.ike_shell import IkeShell
 from ipsecd.shell.installer import ChildSaInstaller
 from ipsecd.shell.policy import ConnectionPolicy
 from ipsecd.shell.stats import ShellStats
+from ipsecd.shell.vips import DnsConfigurator, VirtualIpShell
 
 log = logging.getLogger("ipsecd.cfg")
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
@@ -53,14 +55,17 @@ class Daemon:
         self.config = config
         self.want_dataplane = dataplane
         self.dataplane: Any = None
+        self.pools = open_pools(config)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
-                             now=time.monotonic(), source_for=source_address_for)
+                             now=time.monotonic(), source_for=source_address_for, attributes=self.pools)
         self.stats = ShellStats()
         self.transport = IkeTransport(self._on_datagram)
         self.shell = IkeShell(manager, self.transport, self.stats)
         self.installer = ChildSaInstaller(self.shell, None, lambda: self.config)
         self.policy = ConnectionPolicy(self.shell, None, lambda: self.config)
         self.shell.installer, self.shell.policy = self.installer, self.policy
+        self.shell.vips = VirtualIpShell(self.shell, None, DnsConfigurator(config.settings.dataplane.tun_name)
+                                         if dataplane else None)
         self.handlers = ControlHandlers(self, hub)
         self.control = ControlServer(control_socket, self.handlers)
         self.metrics: MetricsServer | None = None
@@ -104,6 +109,8 @@ class Daemon:
         self.dataplane.on_event(self._on_dataplane_event)
         # IKE is already listening: a Child SA negotiated meanwhile waits for installer.ready
         self.installer.dataplane = self.policy.dataplane = self.dataplane
+        if self.shell.vips is not None:
+            self.shell.vips.dataplane = self.dataplane
         await self.dataplane.start()
         self.installer.ready.set()
         if any(c.dpd_delay > 0 for c in self.config.connections.values()):
@@ -133,11 +140,14 @@ class Daemon:
             await asyncio.wait_for(self._until_no_sas(), wait)
         if self.metrics is not None:
             await self.metrics.close()
+        if self.shell.vips is not None:
+            await self.shell.vips.close()
         await self.control.close()
         self.transport.close()
         self.shell.close()
         if self.dataplane is not None:
             await self.dataplane.stop()
+        self.pools.close()
 
     async def _until_no_sas(self) -> None:
         while self.shell.manager.sas:
@@ -174,6 +184,11 @@ class Daemon:
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration:\n%s", e)
             raise ControlError(f"reload failed: {e}") from e
+        try:
+            self._reload_pools(new)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            raise ControlError(f"reload failed: {e}") from e
         old, self.config = self.config, new
         self._warn_config()
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
@@ -187,6 +202,23 @@ class Daemon:
         self.policy.start(changed, delay=0.5)
         log.info("configuration reloaded: %d added, %d removed, %d changed", len(added), len(removed), len(changed))
         return {"added": added, "removed": removed, "changed": changed}
+
+
+    def _reload_pools(self, new: Config) -> None:
+        """Pools take the new ranges and attributes; their leases carry over (ipsecd/pools.py)."""
+        if new.pools and isinstance(self.pools.store, MemoryLeaseStore):  # the first pools: open the file now
+            self.pools.use_store(SqliteLeaseStore(new.settings.lease_db))
+        elif new.settings.lease_db != self.config.settings.lease_db and new.pools:
+            log.warning("settings.lease_db changed to %s: the leases stay in %s until ipsecd restarts",
+                        new.settings.lease_db, self.config.settings.lease_db)
+        self.pools.update(pool_specs(new))
+
+
+def open_pools(config: Config) -> PoolManager:
+    """The pool manager of the virtual IPs; the lease file is opened only when pools are configured
+    (raises ConfigError when it cannot be: leases that would silently not persist are refused)."""
+    store = SqliteLeaseStore(config.settings.lease_db) if config.pools else MemoryLeaseStore()
+    return PoolManager(pool_specs(config), store)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             prepare_runtime_dir(Path(sock).parent, args.user, args.group)
+            if config.pools and not config.settings.lease_db.parent.exists():
+                # the lease file's directory, as systemd's StateDirectory= would (an existing one is left alone)
+                prepare_runtime_dir(config.settings.lease_db.parent, args.user, args.group)
             drop_privileges(args.user, args.group)
         except (PrivilegeDropError, OSError) as e:
             print(f"ipsecd: cannot drop privileges to {args.user}: {e}", file=sys.stderr)
@@ -245,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(run())
-    except OSError as e:
+    except (OSError, ConfigError) as e:
         print(f"ipsecd: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

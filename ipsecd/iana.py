@@ -218,6 +218,32 @@ class ConfigAttribute(IntEnum):
     INTERNAL_IP4_SUBNET = 13
     SUPPORTED_ATTRIBUTES = 14
     INTERNAL_IP6_SUBNET = 15
+    MIP6_HOME_PREFIX = 16
+    INTERNAL_IP6_LINK = 17
+    INTERNAL_IP6_PREFIX = 18
+    HOME_AGENT_ADDRESS = 19
+    P_CSCF_IP4_ADDRESS = 20
+    P_CSCF_IP6_ADDRESS = 21
+    FTT_KAT = 22
+    EXTERNAL_SOURCE_IP4_NAT_INFO = 23
+    TIMEOUT_PERIOD_FOR_LIVENESS_CHECK = 24
+    INTERNAL_DNS_DOMAIN = 25  # RFC 8598
+    INTERNAL_DNSSEC_TA = 26  # RFC 8598
+
+
+CONFIG_ATTRIBUTE_PRIVATE_USE = range(16384, 32768)  # RFC 7296 3.15.1
+
+
+class PrivateConfigAttribute(IntEnum):
+    """Configuration attributes from the private-use range that clients send in practice.
+
+    Not assigned by IANA: the numbers are the vendors' (and strongSwan's names for them).
+    """
+
+    INTERNAL_IP4_SERVER = 23456  # Windows asks for these (its "SRV"); nobody answers them usefully
+    INTERNAL_IP6_SERVER = 23457
+    UNITY_SPLIT_INCLUDE = 28676  # Cisco Unity: what swanctl's split_include sends
+    UNITY_LOCAL_LAN = 28678  # Cisco Unity: what swanctl's split_exclude sends
 
 
 class NotifyType(IntEnum):

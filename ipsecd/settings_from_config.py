@@ -18,6 +18,7 @@ from ipsecd.ike.events import ChildSaEstablished
 from ipsecd.ike.payloads import TrafficSelector
 from ipsecd.ike.proposal import parse_proposal, parse_proposals
 from ipsecd.ike.settings import ChildSettings, IkeSettings, RetransmitSettings, TsSpec
+from ipsecd.pools import PoolSpec
 
 
 def validate_proposal(kind: str, text: str) -> None:
@@ -78,7 +79,18 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         dpd_timeout=conn.dpd_timeout,
         # swanctl puts dpd_action on the child; the IKE SA uses the first child's
         dpd_action=next((str(ch.dpd_action.value) for ch in conn.children.values()), "clear"),
+        unique=str(conn.unique.value),
+        pools=conn.pools,
+        vips=tuple(str(v) for v in conn.vips),
     )
+
+
+def pool_specs(config: Config) -> list[PoolSpec]:
+    """The configured address pools as the pool manager takes them."""
+    return [PoolSpec(p.name, p.addrs[0], p.addrs[1],
+                     p.dns + p.nbns + p.dhcp + p.netmask + p.server + p.subnet + p.split_include + p.split_exclude
+                     + p.numbered)
+            for p in config.pools.values()]
 
 
 def trap_policies_for(conn: ConnectionConfig, child: str, reqid: int, local_addr: str | None) -> list[Policy]:

@@ -168,10 +168,12 @@ class Ipsecd:
     """
 
     def __init__(self, ns: Netns, workdir: str | os.PathLike[str], config: dict[str, Any],
-                 extra_args: Sequence[str] = (), command_prefix: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), command_prefix: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         """``command_prefix`` runs the daemon through e.g. ``taskset -c 1`` (it must exec, keeping the PID)."""
         self.ns = ns
         self.command_prefix = list(command_prefix)
+        self.env = dict(env or {})  # added to the daemon's environment (e.g. PATH with fake tools)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -197,7 +199,7 @@ class Ipsecd:
         cmd = [*self.command_prefix, self.runtime.python, "-m", "ipsecd", "--config", str(self.config_path),
                "--control-socket", self.socket, *self.extra_args]
         self.proc = self.ns.popen(cmd, self.log_path, cwd=self.runtime.root,
-                                  env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": self.runtime.pythonpath})
+                                  env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": self.runtime.pythonpath, **self.env})
         end = time.monotonic() + timeout
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:

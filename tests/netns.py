@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -544,3 +544,36 @@ def lossy_topology() -> Iterator[Topology]:
     """A -- relay -- B: 20 % of IKE and ESP frames lost, 10 % reordered (see tests/lossy_relay.py)."""
     with topology_or_skip("lossy", loss=0.2, reorder=0.1) as topo:
         yield topo
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def interface_addresses(ns: Netns, ifname: str) -> set[str]:
+    """The addresses on ``ifname`` in ``ns`` (e.g. a client's virtual IPs on ipsec0)."""
+    out = ns.run(["ip", "-j", "addr", "show", "dev", ifname]).stdout
+    return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}
+
+
+_FAKE_RESOLVCONF = """#!/bin/sh
+echo "resolvconf $*" >> "{log}"
+cat >> "{log}"
+"""
+
+
+def fake_resolvconf(directory: Path) -> tuple[dict[str, str], Path]:
+    """A ``resolvconf`` that only records its calls (arguments, then stdin) in a log file.
+
+    Returns the environment that puts it first on PATH (for the daemon under test) and the log.
+    """
+    bindir, log = directory / "bin", directory / "resolvconf.log"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "resolvconf").write_text(_FAKE_RESOLVCONF.format(log=log))
+    (bindir / "resolvconf").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, log

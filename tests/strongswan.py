@@ -233,6 +233,8 @@ class ConnParams:
     mobike: bool = False
     fragmentation: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # swanctl's top-level pools section: {name: {key: value}}, e.g. {"rw4": {"addrs": "10.3.0.0/24"}}
+    pools: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _kv(indent: str, key: str, value: object) -> str:
@@ -271,6 +273,10 @@ def swanctl_conf(conn: ConnParams) -> str:
             c += _kv("        ", key, val)
         c += "      }\n"
     c += "    }\n  }\n}\n"
+    if conn.pools:
+        c += "pools {\n" + "".join(
+            f"  {name} {{\n" + "".join(_kv("    ", k, v) for k, v in attrs.items()) + "  }\n"
+            for name, attrs in conn.pools.items()) + "}\n"
     c += "secrets {\n  ike-1 {\n"
     c += _kv("    ", "id-1", conn.local_id)
     c += _kv("    ", "id-2", conn.remote_id)

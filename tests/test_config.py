@@ -135,7 +135,7 @@ def test_road_warrior_values() -> None:
     assert conn.remote_any and conn.remote_addrs == ()
     assert conn.remote.id is not None and conn.remote.id.is_any
     assert conn.local.id == Identity(IdType.ID_FQDN, b"vpn.example.com")
-    assert conn.unique is Unique.NO and not conn.mobike  # neither replace nor MOBIKE is implemented yet
+    assert conn.unique is Unique.REPLACE and not conn.mobike  # MOBIKE is not implemented yet
     assert config.warnings == ()
     assert conn.children["office"].remote_ts == (TsConfig(None),)
     assert config.find_psk("vpn.example.com", "alice@example.com") is not None
@@ -277,7 +277,7 @@ BAD = [
             "{f}:3 connections.b.zzz: unknown key (expected one of: "
             + "local_addrs, remote_addrs, local_port, remote_port, proposals, version, encap, dpd_delay, "
             "dpd_timeout, dpd_action, rekey_time, over_time, reauth_time, rand_time, keyingtries, unique, mobike, "
-            "fragmentation, send_certreq, retransmit, local, remote, children" + ")"
+            "fragmentation, send_certreq, retransmit, local, remote, children, pools, vips" + ")"
         ],
     ),
     (
@@ -298,8 +298,8 @@ BAD = [
     ),
     (
         "unsupported swanctl option",
-        edit("    local_addrs:", "    vips: [0.0.0.0]\n    local_addrs:"),
-        ["{f}:3 connections.b.vips: swanctl option not supported by ipsecd yet"],
+        edit("    local_addrs:", "    aggressive: no\n    local_addrs:"),
+        ["{f}:3 connections.b.aggressive: swanctl option not supported by ipsecd yet"],
     ),
     (
         "wrong type: mapping for list",
@@ -756,13 +756,13 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
 ) -> None:
     text = edit(
         "    local_addrs:",
-        "    local_port: 4500\n    keyingtries: '%forever'\n    unique: replace\n    mobike: yes\n"
+        "    local_port: 4500\n    keyingtries: '%forever'\n    mobike: yes\n"
         "    fragmentation: accept\n    send_certreq: yes\n    local_addrs:",
     ) + "settings:\n  dataplane: {workers: 4}\n"
     path = write(tmp_path, text)
     cfg = load_config(path)
     conn = cfg.connections["b"]
-    assert (conn.local_port, conn.keyingtries, conn.unique, conn.mobike) == (500, 1, Unique.NO, False)
+    assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, False)
     assert conn.fragmentation is Fragmentation.NO and conn.send_certreq is False
     assert cfg.settings.dataplane.workers == 1
     prefix = "accepted but not implemented yet: "
@@ -771,15 +771,13 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
         "(in effect: 500)",
         f"{path}:4 connections.b.keyingtries: {prefix}initiations are neither counted nor limited: each is one "
         "attempt (a connection with start_action start is retried every 5 s regardless) (in effect: 1)",
-        f"{path}:5 connections.b.unique: {prefix}a new IKE SA with the identities of an existing one is neither "
-        "refused nor made to replace it (the peer's INITIAL_CONTACT still replaces older SAs) (in effect: no)",
-        f"{path}:6 connections.b.mobike: {prefix}MOBIKE (RFC 4555) is not negotiated, so a peer that changes "
+        f"{path}:5 connections.b.mobike: {prefix}MOBIKE (RFC 4555) is not negotiated, so a peer that changes "
         "address needs a new IKE SA (in effect: no)",
-        f"{path}:7 connections.b.fragmentation: {prefix}IKE messages are neither fragmented nor reassembled "
+        f"{path}:6 connections.b.fragmentation: {prefix}IKE messages are neither fragmented nor reassembled "
         "(RFC 7383) (in effect: no)",
-        f"{path}:8 connections.b.send_certreq: {prefix}no CERTREQ payloads are sent (there is no certificate "
+        f"{path}:7 connections.b.send_certreq: {prefix}no CERTREQ payloads are sent (there is no certificate "
         "authentication yet) (in effect: no)",
-        f"{path}:26 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
+        f"{path}:25 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
     ]
     assert check_config_main(path) == 0
     out = capsys.readouterr()

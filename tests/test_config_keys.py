@@ -38,6 +38,7 @@ from ipsecd.config import (
     DebugSettings,
     IkeSecret,
     MetricsSettings,
+    PoolConfig,
     RetransmitConfig,
     Settings,
     load_config,
@@ -53,7 +54,7 @@ _NAME = re.compile(r"`([^`]+)`")
 SECTION_CLASSES: dict[str, type] = {
     "top": Config, "secrets": Config, "conn": ConnectionConfig, "auth": AuthConfig, "retransmit": RetransmitConfig,
     "child": ChildConfig, "secret": IkeSecret, "settings": Settings, "dataplane": DataplaneSettings,
-    "metrics": MetricsSettings, "debug": DebugSettings,
+    "metrics": MetricsSettings, "debug": DebugSettings, "pool": PoolConfig,
 }  # fmt: skip
 # Keys whose value is not a field of the same name: the attribute whose use shows they are honoured.
 READ_AS: dict[tuple[str, str], tuple[type, str]] = {

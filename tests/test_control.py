@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ipsecd.control.cli import main, render_sas, render_value
+from ipsecd.control.cli import main, render_pools, render_sas, render_value
 from ipsecd.control.protocol import (
     MAX_REQUEST_BYTES,
     ControlError,
@@ -67,6 +67,7 @@ SAS: dict[str, Any] = {
             "remote_id": "alice@example.com",
             "initiator": False,
             "proposal": "",
+            "remote_vips": ["10.3.0.1", "fd00:3::1"],
             "child_sas": [],
         },
     ]
@@ -84,7 +85,22 @@ hq-branch: ESTABLISHED, IKEv2, initiator
     remote 10.2.0.0/24 10.3.0.0/24
 rw: CONNECTING, IKEv2, responder
   local  'vpn.example.com' @ 192.0.2.10[500]
-  remote 'alice@example.com' @ 203.0.113.9[500]
+  remote 'alice@example.com' @ 203.0.113.9[500] [10.3.0.1 fd00:3::1]
+"""
+
+POOLS: dict[str, Any] = {"pools": [
+    {"name": "rw4", "base": "10.3.0.1", "last": "10.3.0.254", "size": 254, "online": 1, "offline": 1,
+     "leases": [{"address": "10.3.0.1", "status": "online", "identity": "alice@example.com", "since": 1.0},
+                {"address": "10.3.0.2", "status": "offline", "identity": "bob@example.com", "since": 2.0}]},
+    {"name": "rw6", "base": "fd00:3::1", "last": "fd00:3::fffe", "size": 65534, "online": 0, "offline": 0,
+     "leases": []},
+]}
+
+POOLS_TABLE = """\
+rw4                  10.3.0.1                                   1 /   1 / 254
+  10.3.0.1                                online  'alice@example.com'
+  10.3.0.2                                offline 'bob@example.com'
+rw6                  fd00:3::1                                  0 /   0 / 65534
 """
 
 
@@ -106,6 +122,14 @@ class FakeHandler:
 
     async def list_conns(self) -> dict[str, Any]:
         return {"connections": [{"name": "hq-branch", "remote_addrs": ["198.51.100.1"], "children": ["lan-lan"]}]}
+
+    async def list_pools(self, leases: bool, name: str | None) -> dict[str, Any]:
+        self.calls.append(("list-pools", (leases, name)))
+        pools = [dict(p) for p in POOLS["pools"] if name is None or p["name"] == name]
+        if not leases:
+            for p in pools:
+                p.pop("leases")
+        return {"pools": pools}
 
     async def status(self) -> dict[str, Any]:
         return {"version": "0.1.0", "uptime": 12, "ike_sas": 1, "dataplane": {"workers": 1, "tun": "ipsec0"}}
@@ -477,3 +501,20 @@ def test_formatters() -> None:
     assert format_spi(0xC1A2B3D4) == "c1a2b3d4"
     assert format_spi(b"\x00\x00\x00\x01") == "00000001"
     assert format_endpoint("192.0.2.1", 500) == "192.0.2.1[500]"
+
+
+def test_list_pools(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl(running, "list-pools", "--leases") == 0
+    assert capsys.readouterr().out == POOLS_TABLE
+    assert ctl(running, "list-pools") == 0
+    assert capsys.readouterr().out == "".join(line + "\n" for line in POOLS_TABLE.splitlines() if line[0] != " ")
+    assert ctl(running, "list-pools", "--name", "rw6", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["pools"][0]["name"] == "rw6"
+    assert running.handler.calls[-3:] == [("list-pools", (True, None)), ("list-pools", (False, None)),
+                                          ("list-pools", (False, "rw6"))]
+    assert render_pools({"pools": []}) == "no pools\n"
+
+
+def test_list_pools_bad_arguments(running: Running) -> None:
+    (answer,) = raw_exchange(running.path, b'{"v": 1, "cmd": "list-pools", "args": {"leases": "yes"}}\n', 1)
+    assert answer["ok"] is False and "list-pools" in answer["error"]

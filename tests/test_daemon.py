@@ -111,12 +111,12 @@ def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp
         a.config["connections"]["spare"] = {
             **a.config["connections"]["peer"], "remote_addrs": ["192.0.2.99"],
             "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])},
-            "unique": "replace"}
+            "keyingtries": 3}
         a.write_config()
         r = a.ctl("reload")
         assert r.returncode == 0
         assert "connections.peer.mobike: accepted but not implemented yet" in b.log_text()  # at start
-        assert "connections.spare.unique: accepted but not implemented yet" in a.log_text()  # at reload
+        assert "connections.spare.keyingtries: accepted but not implemented yet" in a.log_text()  # at reload
         conns = a.ctl("list-conns", "--json").stdout
         assert "spare" in conns
         (after,) = [sa for sa in a.list_sas() if sa["name"] == "peer"]

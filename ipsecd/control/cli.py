@@ -136,8 +136,8 @@ def render_sas(result: dict[str, Any]) -> str:
     for sa in sas:
         role = "initiator" if sa.get("initiator") else "responder"
         out.append(f"{sa.get('name', '?')}: {sa.get('state', '?')}, IKEv2, {role}")
-        out.append(f"  local  '{sa.get('local_id', '?')}' @ {sa.get('local', '?')}")
-        out.append(f"  remote '{sa.get('remote_id', '?')}' @ {sa.get('remote', '?')}")
+        out.append(f"  local  '{sa.get('local_id', '?')}' @ {sa.get('local', '?')}{_vips(sa.get('local_vips'))}")
+        out.append(f"  remote '{sa.get('remote_id', '?')}' @ {sa.get('remote', '?')}{_vips(sa.get('remote_vips'))}")
         if sa.get("proposal"):
             out.append(f"  {sa['proposal']}")
         for child in sa.get("child_sas") or []:
@@ -154,6 +154,28 @@ def render_sas(result: dict[str, Any]) -> str:
             )
             out.append(f"    local  {_ts_text(child.get('local_ts'))}")
             out.append(f"    remote {_ts_text(child.get('remote_ts'))}")
+    return "\n".join(out) + "\n"
+
+
+def _vips(value: Any) -> str:
+    """swanctl's " [10.3.0.1]" after an endpoint that has virtual IPs."""
+    if isinstance(value, list) and value:
+        return " [" + " ".join(str(v) for v in value) + "]"
+    return ""
+
+
+def render_pools(result: dict[str, Any]) -> str:
+    """list-pools in the layout of ``swanctl --list-pools [--leases]``: name, base, online / offline / size."""
+    pools = result.get("pools") or []
+    if not pools:
+        return "no pools\n"
+    out: list[str] = []
+    for p in pools:
+        out.append(f"{p.get('name', '?'):<20} {p.get('base', '?'):<40} "
+                   f"{p.get('online', '?'):>3} / {p.get('offline', '?'):>3} / {p.get('size', '?'):>3}")
+        for lease in p.get("leases") or []:
+            out.append(f"  {lease.get('address', '?'):<39} {lease.get('status', '?'):<7} "
+                       f"'{lease.get('identity', '?')}'")
     return "\n".join(out) + "\n"
 
 
@@ -238,6 +260,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             return EXIT_OK
         if cmd in ("up", "down"):
             result = client.call(cmd, {"name": args.name})
+        elif cmd == "list-pools":
+            pool_args: dict[str, Any] = {"leases": bool(args.leases)}
+            if args.name:
+                pool_args["name"] = args.name
+            result = client.call(cmd, pool_args)
         elif cmd == "export-keys":
             result = client.call(cmd, {"format": args.format})
             _write_export(result.get("files") if isinstance(result, dict) else None, args.out, out)
@@ -250,6 +277,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         result = printable(result)
         if cmd == "list-sas":
             out.write(render_sas(result if isinstance(result, dict) else {}))
+        elif cmd == "list-pools":
+            out.write(render_pools(result if isinstance(result, dict) else {}))
         elif cmd in ("status", "list-conns", "stats"):
             out.write(render_value(result))
         else:
@@ -280,6 +309,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--json", action="store_true", help="print the daemon's JSON answer unchanged")
+    p = sub.add_parser("list-pools", help="virtual IP pools and their leases",
+                       description="address pools: base, online / offline / size (swanctl --list-pools)")
+    p.add_argument("--leases", action="store_true", help="list every lease: address, online/offline, identity")
+    p.add_argument("--name", metavar="POOL", help="only this pool")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer unchanged")
     for name, text in (("up", "initiate a connection"), ("down", "close a connection's SAs")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("name", metavar="NAME", help="connection name from the configuration")

@@ -37,7 +37,7 @@ MAX_DEPTH = 32
 """Deepest nesting of arrays/objects accepted in one line. Real messages nest 5 deep; Python's
 json module recurses per level, so 60,000 ``[`` in a 64 KiB line would raise RecursionError."""
 
-COMMANDS = ("status", "list-conns", "list-sas", "stats", "up", "down", "reload", "export-keys", "log")
+COMMANDS = ("status", "list-conns", "list-sas", "list-pools", "stats", "up", "down", "reload", "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
 
 
@@ -204,6 +204,8 @@ class IkeSaInfo(TypedDict):
     nat_local: bool  # we are behind a NAT
     nat_remote: bool  # the peer is behind a NAT
     encap: bool
+    local_vips: list[str]  # virtual IPs the gateway assigned to us (client)
+    remote_vips: list[str]  # virtual IPs we leased to the peer (gateway)
     rekey_in: int | None
     expires_in: int | None
     child_sas: list[ChildSaInfo]
@@ -211,6 +213,27 @@ class IkeSaInfo(TypedDict):
 
 class ListSasResult(TypedDict):
     ike_sas: list[IkeSaInfo]
+
+
+class LeaseInfo(TypedDict):
+    address: str
+    status: str  # "online" (an IKE SA uses it) | "offline" (kept for its identity)
+    identity: str
+    since: float  # Unix time of the last change
+
+
+class PoolInfo(TypedDict, total=False):
+    name: str
+    base: str  # the first address served
+    last: str
+    size: int
+    online: int
+    offline: int
+    leases: list[LeaseInfo]  # only with {"leases": true}
+
+
+class ListPoolsResult(TypedDict):
+    pools: list[PoolInfo]
 
 
 class ExportKeysResult(TypedDict):
@@ -229,6 +252,8 @@ class ControlHandler(Protocol):
     async def list_sas(self) -> dict[str, Any]: ...
 
     async def list_conns(self) -> dict[str, Any]: ...
+
+    async def list_pools(self, leases: bool, name: str | None) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 

@@ -250,6 +250,11 @@ class ControlServer:
                 raise ControlError(f"'{request.cmd}' needs a connection name")
             method = h.up if request.cmd == "up" else h.down
             return lambda: method(name)
+        if request.cmd == "list-pools":
+            leases, pool = args.get("leases", False), args.get("name")
+            if not isinstance(leases, bool) or not (pool is None or isinstance(pool, str)):
+                raise ControlError("'list-pools' takes {\"leases\": true|false, \"name\": \"POOL\"}")
+            return lambda: h.list_pools(leases, pool)
         if request.cmd == "export-keys":
             fmt = args.get("format", "wireshark")
             if fmt not in EXPORT_FORMATS:

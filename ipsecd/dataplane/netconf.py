@@ -44,6 +44,7 @@ DEFAULT_PATH_MTU = 1500
 _ENOENT = 2
 _ESRCH = 3
 _EEXIST = 17
+_EADDRNOTAVAIL = 99
 
 Network = IPv4Network | IPv6Network
 
@@ -160,6 +161,36 @@ class NetConf:
                 ipr.addr("add", index=self.ifindex, address=addr, prefixlen=iface.prefixlen)
             except NetlinkError as e:
                 if e.code != _EEXIST:
+                    raise
+
+    def remove_address(self, network: str) -> None:
+        """Take an address off the TUN again (the virtual IP's IKE SA is gone); gone already is fine."""
+        iface = ip_network(network, strict=False)
+        with _ipr() as ipr:
+            try:
+                ipr.addr("del", index=self.ifindex, address=network.split("/")[0], prefixlen=iface.prefixlen)
+            except NetlinkError as e:
+                if e.code not in (_ENOENT, _ESRCH, _EADDRNOTAVAIL):
+                    raise
+
+    def add_bypass(self, addr: str) -> None:
+        """A ``throw`` route for ``addr`` in our table: traffic to it skips the tunnel routes and
+        goes by the main table. A client tunnelling everything (0.0.0.0/0) keeps its gateway
+        reachable outside the tunnel, as strongSwan's libipsec routes its peer."""
+        net = ip_network(addr)
+        with _ipr() as ipr:
+            try:
+                ipr.route("add", dst=str(net), table=self.table, type="throw")
+            except NetlinkError as e:
+                if e.code != _EEXIST:
+                    raise
+
+    def remove_bypass(self, addr: str) -> None:
+        with _ipr() as ipr:
+            try:
+                ipr.route("del", dst=str(ip_network(addr)), table=self.table, type="throw")
+            except NetlinkError as e:
+                if e.code not in (_ENOENT, _ESRCH):
                     raise
 
     # ---------------------------------------------------------------- rules

@@ -9,8 +9,13 @@ here, it never changes another SA. Everything here is O(1) per call.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ipsecd.identity import Identity
+    from ipsecd.ike.cp import AttributeProvider
 
 # Our own IKE SPIs: 8 random octets, never zero (RFC 7296 3.1: zero means "unknown yet").
 IKE_SPI_LEN = 8
@@ -30,6 +35,11 @@ class EngineContext:
     fixed_owner: dict[int, tuple[str, str]] = field(default_factory=dict)
     # (connection, peer address) -> live IKE SA ids: decides INITIAL_CONTACT (RFC 7296 2.4)
     contacts: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+    # (our identity, the peer's client identity) -> established IKE SAs by id: the SA table's
+    # index, read here for swanctl's unique (tasks/unique.py)
+    sessions: Mapping[tuple[Identity, Identity], Mapping[int, object]] = field(default_factory=dict, repr=False)
+    # the address pools of virtual IPs (RFC 7296 2.19), asked by the CP task; None: no pools
+    attributes: AttributeProvider | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- allocation
     def alloc_ike_id(self) -> int:
@@ -108,3 +118,7 @@ class EngineContext:
         """Does another live IKE SA of this connection with this peer address exist?"""
         ids = self.contacts.get((connection, peer), ())
         return any(i != ike_sa_id for i in ids)
+
+    def session_ids(self, local: Identity, peer: Identity) -> list[int]:
+        """The established IKE SAs between these identities (swanctl's unique), O(1)."""
+        return list(self.sessions.get((local, peer), ()))

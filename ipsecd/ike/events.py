@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, NamedTuple
 
 from ipsecd.ike.keymat import ChildKeys
@@ -151,6 +152,19 @@ class ChildSaEstablished:
 
 
 @dataclass(frozen=True)
+class VirtualIpsAssigned:
+    """The gateway assigned us virtual IPs (RFC 7296 2.19) in IKE_AUTH, with its DNS servers and
+    DNS domains (RFC 8598). Emitted before the Child SAs of that exchange: the owner puts the
+    addresses on the TUN first, so the Child SA's routes can use them as source."""
+
+    ike_sa_id: int
+    name: str
+    addresses: tuple[IPv4Address | IPv6Address, ...]
+    dns: tuple[IPv4Address | IPv6Address, ...] = ()
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ChildSaFailed:
     ike_sa_id: int
     name: str
@@ -177,7 +191,7 @@ class ChildSaDeleted:
 
 
 Event = (IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | IkeSaMoved | ChildSaEstablished | ChildSaFailed
-         | ChildSaDeleted)
+         | ChildSaDeleted | VirtualIpsAssigned)
 
 
 # ------------------------------------------------------------------ signals (SA -> its manager)

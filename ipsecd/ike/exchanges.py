@@ -39,9 +39,11 @@ from ipsecd.ike.tasks import (
 from ipsecd.ike.tasks.child_create import ChildCreate
 from ipsecd.ike.tasks.child_rekey import ChildRekey
 from ipsecd.ike.tasks.ike_auth import IkeAuth
+from ipsecd.ike.tasks.ike_config import IkeConfig
 from ipsecd.ike.tasks.ike_init import IkeInit
 from ipsecd.ike.tasks.ike_rekey import IkeRekey
 from ipsecd.ike.tasks.informational import InformationalResponder
+from ipsecd.ike.tasks.unique import UniqueCheck
 
 if TYPE_CHECKING:
     from ipsecd.ike.ike_sa import IkeSa
@@ -90,10 +92,12 @@ def _create_child_sa(sa: IkeSa, msg: Message) -> list[ResponderTask]:
 
 
 # Request -> responder tasks (strongSwan's process_request switch), with the IKE SA
-# states in which each exchange is accepted at all.
+# states in which each exchange is accepted at all. In IKE_AUTH the CP task comes before
+# ChildCreate: the virtual IP it leases is what "dynamic" narrows to (RFC 7296 2.9, 2.19).
 RESPONDERS: dict[ExchangeType, tuple[frozenset[IkeState], Callable[[IkeSa, Message], list[ResponderTask]]]] = {
     ExchangeType.IKE_SA_INIT: (frozenset({IkeState.CREATED}), lambda sa, msg: [IkeInit()]),
-    ExchangeType.IKE_AUTH: (frozenset({IkeState.CONNECTING}), lambda sa, msg: [IkeAuth(), ChildCreate()]),
+    ExchangeType.IKE_AUTH: (frozenset({IkeState.CONNECTING}),
+                            lambda sa, msg: [IkeAuth(), UniqueCheck(), IkeConfig(), ChildCreate()]),
     ExchangeType.INFORMATIONAL: (LIVE, lambda sa, msg: [InformationalResponder()]),
     ExchangeType.CREATE_CHILD_SA: (LIVE, _create_child_sa),
 }

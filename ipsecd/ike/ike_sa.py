@@ -30,6 +30,7 @@ from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
 from ipsecd.ike.context import EngineContext
+from ipsecd.ike.cp import VirtualIps
 from ipsecd.ike.crypto import Prf
 from ipsecd.ike.events import (
     Cause,
@@ -56,6 +57,7 @@ from ipsecd.ike.tasks import InitiatorTask, TaskKind
 from ipsecd.ike.tasks.child_create import ChildCreate
 from ipsecd.ike.tasks.child_rekey import ChildRekey
 from ipsecd.ike.tasks.ike_auth import IkeAuth
+from ipsecd.ike.tasks.ike_config import IkeConfig
 from ipsecd.ike.tasks.ike_init import IkeInit
 from ipsecd.ike.tasks.ike_rekey import IkeRekey
 from ipsecd.ike.tasks.informational import DeleteChildSa, DeleteIkeSa, Liveness
@@ -110,6 +112,7 @@ class IkeSa:
     local_behind_nat: bool = False
     remote_behind_nat: bool = False
     remote_identity: Identity | None = None
+    vips: VirtualIps = field(default_factory=VirtualIps)  # virtual IPs leased to the peer / assigned to us
     fail_reason: str = ""
     children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0
@@ -199,7 +202,8 @@ class IkeSa:
         kids = list(self.settings.children if children is None else children)
         q = self.exchanges.queue
         q.append([IkeInit()])
-        q.append([IkeAuth(), ChildCreate(kids[0], trigger=trigger)] if kids else [IkeAuth()])
+        auth: list[InitiatorTask] = [IkeAuth(), IkeConfig()] if self.settings.vips else [IkeAuth()]
+        q.append([*auth, ChildCreate(kids[0], trigger=trigger)] if kids else auth)
         for kid in kids[1:]:
             q.append([ChildCreate(kid, exchange=ExchangeType.CREATE_CHILD_SA)])
         self.exchanges.send_next()

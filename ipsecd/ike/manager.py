@@ -41,6 +41,7 @@ from ipaddress import ip_address
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.context import EngineContext
+from ipsecd.ike.cp import AttributeProvider, client_identity, release_leases
 from ipsecd.ike.events import (
     Cause,
     Datagram,
@@ -60,6 +61,7 @@ from ipsecd.ike.message import Message, decode_header, decode_message, encode_me
 from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
+from ipsecd.ike.tasks.unique import replaced
 from ipsecd.ike.ts import TriggerPacket
 from ipsecd.logsafe import safe
 from ipsecd.ratelimit import RateLimitedLogger
@@ -80,6 +82,7 @@ class IkeManager:
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
     cookie_threshold: int = 100  # half-open SAs before we demand cookies (RFC 7296 2.6)
     max_half_open: int = 5000
+    attributes: AttributeProvider | None = field(default=None, repr=False)  # address pools (RFC 7296 2.19)
 
     counters: dict[str, int] = field(default_factory=dict)
     ctx: EngineContext = field(init=False, repr=False)
@@ -89,7 +92,7 @@ class IkeManager:
     _events: deque[Event] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
-        self.ctx = EngineContext(rng=self.rng)
+        self.ctx = EngineContext(rng=self.rng, attributes=self.attributes)
         self.table = SaTable(self.ctx)
         self._front = FrontDoor(self.rng(32), self.counters)
         self._rl = RateLimitedLogger(log)
@@ -223,6 +226,7 @@ class IkeManager:
         remote = (conn.remote_addrs[0], conn.remote_port) if conn.remote_addrs else (old.remote[0], 500)
         new = IkeSa(conn, self.ctx.alloc_ike_id(), True, (old.local[0], 500), remote, now, ctx=self.ctx,
                     reauth_of=old.ike_sa_id)
+        new.vips.local = list(old.vips.local)  # ask for the virtual IPs we have (RFC 7296 3.15.3)
         old.log.info("reauthenticating: IKE SA %d will replace this one", new.ike_sa_id)
         self.table.add(new)
         new.initiate(kids)
@@ -388,8 +392,12 @@ class IkeManager:
             ev = self.table.index(sa, ev)
             if isinstance(ev, IkeSaEstablished):
                 self._resolve_duplicates(sa)
+                for other in replaced(sa):  # unique: replace (tasks/unique.py)
+                    self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED, "replaced by IKE SA "
+                                                                           f"{sa.ike_sa_id} (unique: replace)"))
             elif isinstance(ev, IkeSaClosed):
                 self._count_sa(sa)
+                release_leases(sa)
             self._events.append(ev)
         if sa.state != IkeState.CLOSED:
             self.table.timers.set(sa.ike_sa_id, sa.get_timer())
@@ -404,15 +412,18 @@ class IkeManager:
     def _initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under
         these identities: drop ours silently. Identities, not addresses, decide: many clients
-        share one NAT address. ``unique: never`` ignores the notify (as strongSwan).
+        share one NAT address; with EAP the EAP identity counts (cp.client_identity). ``unique:
+        never`` ignores the notify (as strongSwan); ``replace`` deletes them with a Delete once the
+        new SA is up instead (a second device of the user hears of it).
 
         Only SAs that were up before this one started count as "older": an SA that
         completed meanwhile comes from a simultaneous initiation, which the duplicate
         rule (_resolve_duplicates) settles with the peer's agreement.
         """
-        if sa.settings.unique == "never" or sa.remote_identity is None:
+        who = client_identity(sa)
+        if sa.settings.unique in ("never", "replace") or who is None:
             return
-        for other in self.table.with_identities(sa.local_identity, sa.remote_identity):
+        for other in self.table.with_identities(sa.local_identity, who):
             if other is sa or other.established_at is None or other.established_at >= sa.created_at \
                     or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
                 continue
@@ -436,8 +447,8 @@ class IkeManager:
             return  # a gateway with many peer-initiated SAs from one address never gets here
         theirs = [o for o in self.table.with_peer(sa.settings.name, sa.remote[0])
                   if not o.initiator and _plain_established(o)]
-        for o in ours:
-            if any(t.nonce_i < o.nonce_i for t in theirs):
+        for o in ours:  # the same peer is the same identity too, not just the same address
+            if any(t.nonce_i < o.nonce_i and t.remote_identity == o.remote_identity for t in theirs):
                 log.info("IKE SA %d duplicates one the peer initiated at the same time (%s): deleting ours",
                          o.ike_sa_id, o.settings.name)
                 self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from ipsecd.identity import Identity
 from ipsecd.ike.context import EngineContext
+from ipsecd.ike.cp import client_identity
 from ipsecd.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -42,9 +43,11 @@ class SaTable:
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
         # (connection, peer address) -> the IKE SAs we initiated there (simultaneous initiation)
         self._initiated: dict[tuple[str, str], dict[int, IkeSa]] = {}
-        # (our identity, peer identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness)
+        # (our identity, the peer's client identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness);
+        # the IKE SAs ask it through the context (swanctl's unique in IKE_AUTH)
         self._by_ids: dict[tuple[Identity, Identity], dict[int, IkeSa]] = {}
         self._ids_of: dict[int, tuple[Identity, Identity]] = {}
+        ctx.sessions = self._by_ids
 
     # ------------------------------------------------------------------ lookups
     def by_spi(self, spi: bytes) -> IkeSa | None:
@@ -65,7 +68,8 @@ class SaTable:
         return list(self._initiated.get((connection, peer), {}).values())
 
     def with_identities(self, local: Identity, remote: Identity) -> list[IkeSa]:
-        """Established IKE SAs between these two identities."""
+        """Established IKE SAs between these two identities (``remote``: the client identity, the
+        EAP identity when there is one, cp.client_identity)."""
         return list(self._by_ids.get((local, remote), {}).values())
 
     def with_peer(self, connection: str, peer: str) -> list[IkeSa]:
@@ -99,10 +103,7 @@ class SaTable:
         """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
         if isinstance(ev, IkeSaEstablished):
             self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
-            if sa.remote_identity is not None:
-                key = (sa.local_identity, sa.remote_identity)
-                self._ids_of[sa.ike_sa_id] = key
-                self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
+            self._index_ids(sa)
         elif isinstance(ev, ChildSaEstablished):
             self._by_child[ev.spi_in] = sa
         elif isinstance(ev, ChildSaDeleted):
@@ -117,6 +118,7 @@ class SaTable:
             if new is not None:
                 for spi in ev.child_spis_in:
                     self._by_child[spi] = new
+                self._index_ids(new)  # born established: no IkeSaEstablished of its own
         elif isinstance(ev, IkeSaMoved):
             self._drop_peer(sa)
             self._contact(sa)
@@ -146,6 +148,13 @@ class SaTable:
         self.ctx.add_contact(sa.settings.name, sa.remote[0], sa.ike_sa_id)
         if sa.initiator and sa.rekeyed_from is None:
             self._initiated.setdefault((sa.settings.name, sa.remote[0]), {})[sa.ike_sa_id] = sa
+
+    def _index_ids(self, sa: IkeSa) -> None:
+        who = client_identity(sa)
+        if who is not None:
+            key = (sa.local_identity, who)
+            self._ids_of[sa.ike_sa_id] = key
+            self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
 
     def _drop_peer(self, sa: IkeSa) -> None:
         peer = self._peer_of.pop(sa.ike_sa_id, "")

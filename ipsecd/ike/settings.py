@@ -86,6 +86,10 @@ class IkeSettings:
     dpd_action: str = "clear"
     # swanctl's unique: no | never | replace | keep (what a second IKE SA of the same identities does)
     unique: str = "no"
+    # Virtual IPs (RFC 7296 2.19): as a gateway, the address pools to lease from (by name, in
+    # order); as a client, the addresses to ask for ("0.0.0.0", "::": any of that family).
+    pools: tuple[str, ...] = ()
+    vips: tuple[str, ...] = ()
 
     def local_identity(self, local_addr: str) -> Identity:
         """The identity we send: the configured one, else the address ``local_addr`` the IKE SA uses."""

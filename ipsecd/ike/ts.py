@@ -68,6 +68,16 @@ def ts_from_spec(spec: TsSpec, dynamic_addr: str) -> TrafficSelector:
     return TrafficSelector(ts_type, spec.proto, spec.port_lo, spec.port_hi, net[0], net[-1])
 
 
+def ts_from_specs(specs: Sequence[TsSpec], dynamic: Sequence[str]) -> list[TrafficSelector]:
+    """Configured selectors as ranges; each "dynamic" becomes one selector per entry of ``dynamic``
+    (the outer address, or a side's virtual IPs, RFC 7296 2.19)."""
+    out: list[TrafficSelector] = []
+    for spec in specs:
+        for addr in dynamic if spec.network is None else ("",):
+            out.append(ts_from_spec(spec, addr))
+    return out
+
+
 def host_ts(addr: str) -> TrafficSelector:
     a = ip_address(addr)
     ts_type = TsType.TS_IPV4_ADDR_RANGE if a.version == 4 else TsType.TS_IPV6_ADDR_RANGE

@@ -59,6 +59,12 @@ class ControlHandlers:
             })
         return {"connections": conns}
 
+    async def list_pools(self, leases: bool, name: str | None) -> dict[str, Any]:
+        """swanctl --list-pools [--leases]: every pool's base, size, online and offline leases."""
+        if name is not None and name not in self.d.config.pools:
+            raise ControlError(f"no pool named '{name}'")
+        return {"pools": self.d.pools.describe(leases=leases, name=name)}
+
     async def status(self) -> dict[str, Any]:
         sas = self.d.shell.manager.list_sas()
         return {

@@ -157,6 +157,8 @@ class ChildSaInstaller:
         lifetime = volume_lifetime(child)
         try:
             await asyncio.wait_for(self.ready.wait(), 30)
+            if self.shell.vips is not None:  # a client: its virtual IP is the routes' source
+                await self.shell.vips.ready(ev.ike_sa_id)
             if ev.rekeyed_spi_in is not None and not ev.initiator:
                 # a rekey we answered: receive on the new SA at once, keep sending on the old
                 # one until the rekey initiator deletes it

@@ -56,6 +56,8 @@ def sa_info(sa: IkeSa, counters: Mapping[str, Any] | None = None) -> IkeSaInfo:
         "nat_local": sa.local_behind_nat,
         "nat_remote": sa.remote_behind_nat,
         "encap": sa.encap,
+        "local_vips": [str(a) for a in sa.vips.local],
+        "remote_vips": [str(a) for a in sa.vips.remote],
         "rekey_in": _left(sa.rekey_at, now),
         "expires_in": _left(sa.hard_at, now),
         "child_sas": [child_info(c, now, counters) for c in sa.children],

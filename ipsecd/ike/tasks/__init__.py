@@ -45,6 +45,8 @@ class TaskKind(Enum):
 
     IKE_INIT = "ike_init"
     IKE_AUTH = "ike_auth"
+    IKE_CONFIG = "ike_config"  # the CP payload in IKE_AUTH: virtual IPs (RFC 7296 2.19)
+    UNIQUE = "unique"  # swanctl's unique: keep refuses a second IKE SA of the same identities
     CHILD_CREATE = "child_create"
     CHILD_REKEY = "child_rekey"
     CHILD_DELETE = "child_delete"

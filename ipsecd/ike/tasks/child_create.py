@@ -9,6 +9,7 @@ wraps it, so selection, narrowing and key derivation live in one place.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
@@ -31,7 +32,7 @@ from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
 from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
-from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_spec, ts_to_str, with_trigger
+from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_specs, ts_to_str, with_trigger
 from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
@@ -125,9 +126,8 @@ class ChildCreate(Hooks):
             self.ts_i, self.ts_r = list(self.rekey_of.local_ts), list(self.rekey_of.remote_ts)
         else:
             self.ts_i, self.ts_r = with_trigger(
-                self.trigger,
-                [ts_from_spec(s, sa.local[0]) for s in self.child.local_ts],
-                [ts_from_spec(s, sa.remote[0]) for s in self.child.remote_ts])
+                self.trigger, ts_from_specs(self.child.local_ts, dynamic(sa, local=True)),
+                ts_from_specs(self.child.remote_ts, dynamic(sa, local=False)))
         payloads: list[Payload] = []
         if self.rekey_of is not None:
             # RFC 7296 1.3.3: REKEY_SA names the SA by the SPI we receive on
@@ -217,6 +217,13 @@ class ChildCreate(Hooks):
             return Status.DONE  # childless IKE SA (RFC 6023)
         if sa_payload is None or ts_i is None or ts_r is None:
             raise RemoteProtocolError("SA, TSi and TSr must come together", NotifyType.INVALID_SYNTAX)
+        if sa.vips.failed:
+            if self.pfs:  # a later CREATE_CHILD_SA: a peer without its virtual IP gets no Child SA either
+                raise self._refuse(sa, NotifyType.TS_UNACCEPTABLE, Cause.TS_UNACCEPTABLE, None,
+                                   "no Child SA: the peer has no virtual IP")
+            # RFC 7296 3.10.1: INTERNAL_ADDRESS_FAILURE (or FAILED_CP_REQUIRED) in IKE_AUTH: no Child SA
+            self._failed(sa, "no Child SA: the peer got no virtual IP", Cause.PEER_REFUSED)
+            return Status.DONE
         nonce = msg.get(NoncePayload)
         ke = msg.get(KePayload)
         if self.pfs and nonce is None:
@@ -224,10 +231,11 @@ class ChildCreate(Hooks):
         wants_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         ts_reason = []
         candidates = self.candidates if self.candidates is not None else sa.settings.children
+        mine, theirs = dynamic(sa, local=True), dynamic(sa, local=False)
         for child in candidates:
             # TSi describes the initiator's side: our remote side
-            local = [ts_from_spec(s, sa.local[0]) for s in child.local_ts]
-            remote = [ts_from_spec(s, sa.remote[0]) for s in child.remote_ts]
+            local = ts_from_specs(child.local_ts, mine)
+            remote = ts_from_specs(child.remote_ts, theirs)
             ni, nr = narrow(ts_i, remote), narrow(ts_r, local)
             if not ni or not nr:
                 ts_reason.append(f"{child.name}: configured {', '.join(map(ts_to_str, remote))} === "
@@ -318,6 +326,20 @@ class ChildCreate(Hooks):
         name = (child or self.child).name if (child or self.child) is not None else "?"  # type: ignore[union-attr]
         sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, cause, reason))
         return Refuse(notify, reason, cause)
+
+
+def dynamic(sa: IkeSa, *, local: bool) -> list[str]:
+    """What a side's "dynamic" selector stands for: its virtual IPs when it has them (RFC 7296
+    2.19; a gateway narrows the client's side to its lease), else its outer address. A client
+    that is still asking for virtual IPs proposes any address of each family it asked for,
+    which the gateway narrows to the lease (strongSwan's clients propose the same)."""
+    if local:
+        if sa.vips.local:
+            return [str(a) for a in sa.vips.local]
+        if sa.settings.vips:
+            return sorted({"0.0.0.0/0" if ip_address(v).version == 4 else "::/0" for v in sa.settings.vips})
+        return [sa.local[0]]
+    return [str(a) for a in sa.vips.remote] or [sa.remote[0]]
 
 
 def _valid_spi(spi: bytes) -> bool:

@@ -203,6 +203,7 @@ def adopt_successor(old: IkeSa, new: IkeSa, *, delete_old: bool) -> None:
     """Hand the Child SAs and their pending work to ``new``; ``old`` then only waits to be
     deleted (by us when ``delete_old``, otherwise by the peer)."""
     old.replaced_by = new.ike_sa_id
+    new.vips, old.vips = old.vips, type(old.vips)()  # the leases stay with the session, not the SA
     moved = list(old.children)
     old.children.take_all()
     for c in moved:
