@@ -33,7 +33,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Responses can be large (thousands of SAs), so the client's line limit is generous."""
 
-COMMANDS = ("status", "list-conns", "list-sas", "stats", "up", "down", "reload", "export-keys", "log")
+COMMANDS = ("status", "list-conns", "list-sas", "list-certs", "stats", "up", "down", "reload", "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
 
 
@@ -170,6 +170,9 @@ class IkeSaInfo(TypedDict):
     encap: bool
     rekey_in: int | None
     expires_in: int | None
+    remote_auth: str  # how the peer authenticated: psk, pubkey, eap-mschapv2, eap-tls, eap-radius ("" not yet)
+    remote_eap_id: str | None  # its EAP identity, after EAP
+    remote_cert: str | None  # the subject of its validated certificate
     child_sas: list[ChildSaInfo]
 
 
@@ -193,6 +196,8 @@ class ControlHandler(Protocol):
     async def list_sas(self) -> dict[str, Any]: ...
 
     async def list_conns(self) -> dict[str, Any]: ...
+
+    async def list_certs(self) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ipsecd.credentials import CredentialStore
 
 # Our own IKE SPIs: 8 random octets, never zero (RFC 7296 3.1: zero means "unknown yet").
 IKE_SPI_LEN = 8
@@ -30,6 +33,14 @@ class EngineContext:
     fixed_owner: dict[int, tuple[str, str]] = field(default_factory=dict)
     # (connection, peer address) -> live IKE SA ids: decides INITIAL_CONTACT (RFC 7296 2.4)
     contacts: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+    # certificates, trust anchors, CRLs and keys; the owner swaps in a new store on reload
+    credentials: CredentialStore = field(default_factory=lambda: CredentialStore(None), repr=False)
+    # wall-clock seconds minus the engine's (monotonic) now: certificates are valid in real time
+    wall_offset: float = 0.0
+
+    def wall_time(self, now: float) -> datetime:
+        """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""
+        return datetime.fromtimestamp(now + self.wall_offset, UTC)
 
     # ---------------------------------------------------------------- allocation
     def alloc_ike_id(self) -> int:

@@ -28,6 +28,7 @@ from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
 from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
+from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, report_login
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.crypto import Prf
@@ -41,6 +42,7 @@ from ipsecd.ike.events import (
     IkeSaClosed,
     IkeSaEstablished,
     IkeSaMoved,
+    LoginResult,
     Settled,
     Signal,
     SpiAssigned,
@@ -110,6 +112,11 @@ class IkeSa:
     local_behind_nat: bool = False
     remote_behind_nat: bool = False
     remote_identity: Identity | None = None
+    my_identity: Identity | None = None  # the identity IKE_AUTH sent (set there: may come from our certificate)
+    auth_ext: AuthExtensions = field(default_factory=AuthExtensions, repr=False)  # what the peer announced
+    authenticating: bool = False  # IKE_AUTH is in its EAP rounds: the Child SA of IKE_AUTH waits
+    login: PeerLogin | None = None  # how the peer authenticated (method, EAP identity, certificate)
+    login_method: str | None = None  # responder: the peer's login is under way by this method, not yet reported
     fail_reason: str = ""
     children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0
@@ -155,8 +162,17 @@ class IkeSa:
 
     @property
     def local_identity(self) -> Identity:
-        """The identity we authenticate as: the configured one, else the address this SA uses."""
+        """The identity we authenticate as: what IKE_AUTH sent, else the configured one, else our address."""
+        if self.my_identity is not None:
+            return self.my_identity
         return self.settings.local_identity(self.local[0])
+
+    @property
+    def login_key(self) -> tuple[str, object]:
+        """Who the peer is for uniqueness: its EAP identity after EAP, else its IKE identity."""
+        if self.login is not None and self.login.eap_identity:
+            return ("eap", self.login.eap_identity)
+        return ("ike", self.remote_identity)
 
     @property
     def our_spi(self) -> bytes:
@@ -260,6 +276,12 @@ class IkeSa:
     def send_liveness(self) -> None:
         self.enqueue([Liveness()])
 
+    def resume_auth(self, token: int, answer: object) -> bool:
+        """The outside answer an AuthRequest asked for (RADIUS); False if it is stale."""
+        if self.state == IkeState.CLOSED:
+            return False
+        return self.exchanges.resume(token, answer)
+
     def note_inbound_traffic(self, now: float) -> None:
         """The data plane saw ESP from the peer: it is alive, DPD can wait (RFC 7296 2.4)."""
         self.last_traffic_in = max(self.last_traffic_in, now)
@@ -327,6 +349,7 @@ class IkeSa:
         if st == IkeState.REKEYED and self.rekeyed_close_at is not None and now >= self.rekeyed_close_at:
             self.close(Cause.REKEYED, "rekeyed (the peer never deleted the old IKE SA)")
             return
+        self.exchanges.release_response(now)
         self.exchanges.retransmit(now)
         if self.state == IkeState.ESTABLISHED:
             lifetimes.on_timer(self, now)
@@ -443,6 +466,7 @@ class IkeSa:
         for c in list(self.children):
             self.remove_child(c.spi_in, cause, reason)
         was_established = self.established_at is not None
+        report_login(self, LoginResult.ABANDONED, reason)  # a login under way that never concluded
         self.state = IkeState.CLOSED
         self.fail_reason = self.fail_reason or reason
         quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER)

@@ -42,9 +42,10 @@ class SaTable:
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
         # (connection, peer address) -> the IKE SAs we initiated there (simultaneous initiation)
         self._initiated: dict[tuple[str, str], dict[int, IkeSa]] = {}
-        # (our identity, peer identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness)
-        self._by_ids: dict[tuple[Identity, Identity], dict[int, IkeSa]] = {}
-        self._ids_of: dict[int, tuple[Identity, Identity]] = {}
+        # (our identity, the peer's IkeSa.login_key: its EAP identity after EAP, else its IKE
+        # identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness)
+        self._by_ids: dict[tuple[Identity, object], dict[int, IkeSa]] = {}
+        self._ids_of: dict[int, tuple[Identity, object]] = {}
 
     # ------------------------------------------------------------------ lookups
     def by_spi(self, spi: bytes) -> IkeSa | None:
@@ -64,8 +65,8 @@ class SaTable:
         """The IKE SAs of ``connection`` we initiated to ``peer`` (few: a site-to-site peer)."""
         return list(self._initiated.get((connection, peer), {}).values())
 
-    def with_identities(self, local: Identity, remote: Identity) -> list[IkeSa]:
-        """Established IKE SAs between these two identities."""
+    def with_identities(self, local: Identity, remote: object) -> list[IkeSa]:
+        """Established IKE SAs between our identity and the peer's (an ``IkeSa.login_key``)."""
         return list(self._by_ids.get((local, remote), {}).values())
 
     def with_peer(self, connection: str, peer: str) -> list[IkeSa]:
@@ -100,7 +101,7 @@ class SaTable:
         if isinstance(ev, IkeSaEstablished):
             self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
             if sa.remote_identity is not None:
-                key = (sa.local_identity, sa.remote_identity)
+                key = (sa.local_identity, sa.login_key)
                 self._ids_of[sa.ike_sa_id] = key
                 self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
         elif isinstance(ev, ChildSaEstablished):

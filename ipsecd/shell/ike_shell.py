@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ipsecd.dataplane.ike_socket import IkeTransport
     from ipsecd.shell.installer import ChildSaInstaller
     from ipsecd.shell.policy import ConnectionPolicy
+    from ipsecd.shell.radius import RadiusService
 
 log = logging.getLogger("ipsecd.ike")
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class IkeShell:
         self.tasks = TaskSet()
         self.installer: ChildSaInstaller | None = None
         self.policy: ConnectionPolicy | None = None
+        self.radius: RadiusService | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Event]]] = {}
 
@@ -85,6 +87,8 @@ class IkeShell:
         datagrams = self.manager.datagrams_to_send()
         while (ev := self.manager.next_event()) is not None:
             self.stats.on_event(ev)
+            if self.radius is not None:  # before the installer: accounting reads a Child SA's counters first
+                self.radius.on_event(ev)
             if self.installer is not None:
                 self.installer.on_event(ev)
             if self.policy is not None:
