@@ -4,7 +4,7 @@ VENV ?= .venv
 # Debian's interpreter when there is one: a venv on it stays usable after `ipsecd --user` drops root
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 PY := $(VENV)/bin/python
-APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
+APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins libcharon-extauth-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
 	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps tshark openssl \
 	freeradius freeradius-utils \

@@ -1677,11 +1677,11 @@ def _check_auth(ld: _Loader, conn: ConnectionConfig, entry: _Entry, eap_secrets:
     """What certificate and EAP authentication need besides their own keys."""
     fields = _fields_quiet(entry)
     local, remote = conn.local, conn.remote
-    if local.is_eap and remote.is_eap:
+    if local.is_eap and remote.is_eap and not local.auth == remote.auth == "eap-tls":
         e = _auth_field(fields, "remote", "auth")
         ld.error(e.value if e else entry.key, e.path if e else entry.path,
-                 "EAP on both sides: EAP authenticates the client (initiator) to the gateway, so one side must "
-                 "authenticate with pubkey or psk")
+                 "EAP on both sides is EAP-only authentication (RFC 5998), which needs a mutual method: "
+                 "eap-tls on both sides; otherwise one side authenticates with pubkey or psk")
     if remote.auth == "eap-radius" and not settings.eap_radius.servers:
         e = _auth_field(fields, "remote", "auth")
         ld.error(e.value if e else entry.key, e.path if e else entry.path,

@@ -413,10 +413,10 @@ BAD = [
     ),
     (
         "eap on both sides",
-        edit("      auth: psk\n      id: a.test", "      auth: eap-tls\n      id: a.test")
+        edit("      auth: psk\n      id: a.test", "      auth: eap\n      id: a.test")
         .replace("      auth: psk\n      id: b.test", "      auth: eap-tls\n      id: b.test"),
-        ["{f}:9 connections.b.remote.auth: EAP on both sides: EAP authenticates the client (initiator) to the "
-         "gateway, so one side must authenticate with pubkey or psk"],
+        ["{f}:9 connections.b.remote.auth: EAP on both sides is EAP-only authentication (RFC 5998), which needs a "
+         "mutual method: eap-tls on both sides; otherwise one side authenticates with pubkey or psk"],
     ),
     (
         "radius server without address",

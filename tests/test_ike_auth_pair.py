@@ -398,10 +398,12 @@ def test_eap_tls_client_certificate_must_hold_the_eap_identity(pki: TestPki, cer
 
 
 def test_eap_only_with_a_mutual_method(pki: TestPki, certs: SimpleNamespace) -> None:
-    """RFC 5998: the client announces EAP-only; with EAP-TLS the gateway sends no AUTH of its own."""
+    """RFC 5998, configured as strongSwan: eap-tls on both sides of both ends; the gateway sends no AUTH."""
     client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
     pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-tls",
                      store_a=store_of([client], cas=[certs.root]))
+    pair.a.update_connections([dataclasses.replace(pair.a.connections[0], remote_auth=AuthSettings("eap-tls"))])
+    pair.b.update_connections([dataclasses.replace(pair.b.connections[0], local_auth=AuthSettings("eap-tls"))])
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _up(pair)
@@ -409,6 +411,19 @@ def test_eap_only_with_a_mutual_method(pki: TestPki, certs: SimpleNamespace) -> 
     notes = [p.notify_type for p in requests[0] if hasattr(p, "notify_type")]
     assert NotifyType.EAP_ONLY_AUTHENTICATION in notes
     assert not [p for p in responses[0] if isinstance(p, AuthPayload | CertPayload)]
+
+
+def test_eap_only_needs_the_gateway_configured_for_it(pki: TestPki, certs: SimpleNamespace) -> None:
+    """A client that announces EAP_ONLY (strongSwan, Apple always do) still gets our certificate AUTH:
+    it may expect one (remote.auth pubkey), as a strongSwan client does by default."""
+    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
+    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-tls",
+                     store_a=store_of([client], cas=[certs.root]))
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet()
+    _up(pair)
+    responses = _ike_auth(pair, "b->a")
+    assert [p for p in responses[0] if isinstance(p, AuthPayload)]
 
 
 def test_eap_only_is_not_honoured_with_mschapv2(pki: TestPki, certs: SimpleNamespace) -> None:

@@ -28,7 +28,7 @@ from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
 from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
-from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, report_login
+from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, PendingLogin, report_login
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.crypto import Prf
@@ -116,7 +116,7 @@ class IkeSa:
     auth_ext: AuthExtensions = field(default_factory=AuthExtensions, repr=False)  # what the peer announced
     authenticating: bool = False  # IKE_AUTH is in its EAP rounds: the Child SA of IKE_AUTH waits
     login: PeerLogin | None = None  # how the peer authenticated (method, EAP identity, certificate)
-    login_method: str | None = None  # responder: the peer's login is under way by this method, not yet reported
+    login_pending: PendingLogin | None = None  # responder: the peer's login is under way, not yet reported
     fail_reason: str = ""
     children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0

@@ -87,6 +87,14 @@ class PeerLogin:
 
 
 @dataclass
+class PendingLogin:
+    """A peer's login under way (responder); reported once by :func:`report_login`."""
+
+    method: str
+    refused: tuple[LoginResult, str] | None = None  # refused once, the peer may try again (wrong password)
+
+
+@dataclass
 class AuthContext:
     """The IKE SA and both ID payloads as sent: what every AUTH of this IKE_AUTH is computed over."""
 
@@ -121,13 +129,19 @@ class AuthContext:
 
 
 def report_login(sa: IkeSa, result: LoginResult, reason: str = "", eap_identity: bytes | None = None) -> None:
-    """Responder: the peer's login ended (a Login event for the metrics), once per IKE SA."""
-    if sa.initiator or sa.login_method is None:
+    """Responder: the peer's login ended (a Login event for the metrics), once per IKE SA.
+
+    A peer that goes away after a refused attempt (a wrong password it does not retry)
+    counts with that refusal, not as abandoned."""
+    pending = sa.login_pending
+    if sa.initiator or pending is None:
         return
+    if result == LoginResult.ABANDONED and pending.refused is not None:
+        result, reason = pending.refused[0], f"{pending.refused[1]}; the client gave up"
     eap = eap_identity or (sa.login.eap_identity if sa.login is not None else None)
-    sa.emit(Login(sa.ike_sa_id, sa.settings.name, sa.login_method, result, safe(sa.remote_identity),
+    sa.emit(Login(sa.ike_sa_id, sa.settings.name, pending.method, result, safe(sa.remote_identity),
                   safe(eap) if eap else "", reason))
-    sa.login_method = None
+    sa.login_pending = None
 
 
 def own_credential(sa: IkeSa, identity: Identity) -> OwnCredential | None:
@@ -174,5 +188,6 @@ def certreq_data(sa: IkeSa) -> bytes:
         return b""
 
 
-__all__ = ["AuthContext", "AuthExtensions", "AuthFailure", "Authenticator", "NoResume", "PeerLogin", "Status",
+__all__ = ["AuthContext", "AuthExtensions", "AuthFailure", "Authenticator", "NoResume", "PeerLogin", "PendingLogin",
+           "Status",
            "certreq_data", "missing_credential", "own_credential", "report_login"]

@@ -79,6 +79,7 @@ class EapServer:
         self.success: Success | None = None
         self.failure: Failure | None = None
         self.verified = False  # the client's AUTH from the MSK verified
+        self.refused: tuple[LoginResult, str] | None = None  # the last attempt refused (the client may retry)
         self._out: EapPacket | None = None
         self._delay = 0.0
 
@@ -142,8 +143,10 @@ class EapServer:
         sa = self.ctx.sa
         if isinstance(step, Send):
             self._out, self._delay = step.packet, step.delay
-            if step.delay > 0:
-                sa.log.info("EAP login of '%s' refused, the client may try again", safe(self.session.identity or b""))
+            if step.refused is not None:
+                self.refused = (LOGIN_RESULTS.get(step.refused.reason, LoginResult.PROTOCOL), step.refused.message)
+                sa.log.warning("EAP login of %s refused: %s; the client may try again", safe(self.ctx.peer),
+                               step.refused.message)
         elif isinstance(step, Pending):
             self.pending = step.request
             return Status.WAIT

@@ -24,6 +24,7 @@ from ipsecd.ike.authenticators import (
     Authenticator,
     AuthFailure,
     PeerLogin,
+    PendingLogin,
     certreq_data,
     own_credential,
     report_login,
@@ -175,13 +176,17 @@ class IkeAuth(Hooks):
         ctx.peer_id = idr
         sa.remote_identity = ident
         if auth is None:
-            if not isinstance(self.mine, EapClient):
-                raise TaskFailed(f"peer {safe(ident)} sent no AUTH payload", Cause.AUTH_FAILED)
-            self.eap_only = self.mine.require_mutual = True  # RFC 5998: EAP must authenticate it
+            # RFC 5998: a gateway without AUTH of its own is accepted only when configured so
+            # (remote.auth: eap-tls, as strongSwan), and only after a mutual method
+            if not isinstance(self.mine, EapClient) or not sa.settings.remote_auth.eap:
+                raise TaskFailed(f"peer {safe(ident)} sent no AUTH payload (EAP-only authentication, RFC 5998); "
+                                 f"remote.auth is {sa.settings.remote_auth.method}", Cause.AUTH_FAILED)
+            self.eap_only = self.mine.require_mutual = True
             return
         if sa.settings.remote_auth.eap:
-            raise TaskFailed("remote.auth is EAP, but the peer is the gateway: it cannot log in to us with EAP",
-                             Cause.CONFIG)
+            raise TaskFailed(f"peer {safe(ident)} authenticated with AUTH method {int(auth.method)}, but remote.auth "
+                             f"is {sa.settings.remote_auth.method} (EAP-only: the gateway proves itself by EAP)",
+                             Cause.AUTH_FAILED)
         self.theirs = _verifier(ctx, True)
         try:
             self.theirs.process(msg)
@@ -227,29 +232,32 @@ class IkeAuth(Hooks):
         ext.certreq_seen = bool(msg.get_all(CertReqPayload))
         ext.eap_only = msg.notify(NotifyType.EAP_ONLY_AUTHENTICATION) is not None
         named = Identity.from_wire(idr.id_type, idr.data) if idr is not None else None
-        sa.login_method = "eap" if auth is None else (
-            PSK if auth.method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE else PUBKEY)
+        sa.login_pending = PendingLogin("eap" if auth is None else (
+            PSK if auth.method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE else PUBKEY))
         sa.settings = _choose_connection(sa, ident, named, auth)
         self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         me = sa.my_identity = my_identity(sa)
         ctx = self.ctx = AuthContext(sa, my_id=_id_payload(PayloadType.IDr, me), peer_id=idi)
         self.theirs = _verifier(ctx, auth is not None)
         status = self.theirs.start() if isinstance(self.theirs, EapServer) else self.theirs.process(msg)
-        # RFC 5998: no AUTH of ours when the client allows it and the method proves us itself
-        self.eap_only = isinstance(self.theirs, EapServer) and ext.eap_only and \
-            sa.settings.remote_auth.method == "eap-tls"
         self._ours = [ctx.my_id]  # type: ignore[list-item]
+        # RFC 5998, as strongSwan: no AUTH of ours when configured so (local.auth is EAP: the
+        # method proves us, and the config allows only mutual EAP-TLS there) and the client allows it
+        self.eap_only = sa.settings.local_auth.eap
+        if self.eap_only and not (ext.eap_only and isinstance(self.theirs, EapServer)):
+            raise AuthFailure(f"local.auth {sa.settings.local_auth.method} asks for EAP-only authentication "
+                              "(RFC 5998), but the client did not announce EAP_ONLY_AUTHENTICATION",
+                              LoginResult.NO_CONFIG)
         if not self.eap_only:
-            if sa.settings.local_auth.eap:
-                raise AuthFailure("local.auth is EAP, but we are the gateway here: the client cannot run EAP "
-                                  "for us", LoginResult.NO_CONFIG)
             self.mine = _builder(ctx)
             self.mine.build(self._ours)
         return status
 
     def _progress(self, sa: IkeSa, status: Status) -> Status:
         if isinstance(self.theirs, EapServer):
-            sa.login_method = self.theirs.method
+            if sa.login_pending is not None:
+                sa.login_pending.method = self.theirs.method
+                sa.login_pending.refused = self.theirs.refused or sa.login_pending.refused
             if status is Status.WAIT:
                 sa.emit(AuthRequest(sa.ike_sa_id, sa.settings.name, sa.exchanges.expected_id, self.theirs.pending))
         if status is Status.DONE:
@@ -272,9 +280,12 @@ class IkeAuth(Hooks):
                 return out
         if not self.theirs_done:
             return out
-        sa.login = PeerLogin(sa.login_method or "", theirs.identity if isinstance(theirs, EapServer) else None,
-                             getattr(theirs, "certificate", None),
-                             theirs.success.extra if isinstance(theirs, EapServer) and theirs.success else None)
+        method = sa.login_pending.method if sa.login_pending is not None else ""
+        if isinstance(theirs, EapServer):
+            extra = theirs.success.extra if theirs.success is not None else None
+            sa.login = PeerLogin(method, theirs.identity, None, extra)
+        else:
+            sa.login = PeerLogin(method, None, getattr(theirs, "certificate", None))
         report_login(sa, LoginResult.SUCCESS)
         sa.establish()
         if self.initial_contact:
