@@ -87,6 +87,11 @@ def test_there_are_examples() -> None:
         "road-warrior-responder.yaml",
         "host-to-host-transport.yaml",
         "route-based.yaml",
+        "ra-eap-mschapv2.yaml",
+        "ra-certificates.yaml",
+        "ra-eap-tls.yaml",
+        "ra-eap-radius.yaml",
+        "ra-client-eap.yaml",
     } <= names
 
 
@@ -98,8 +103,12 @@ def test_example_loads(path: Path) -> None:
     assert config.source == path
     assert {k for k, _ in calls} == {"ike", "esp"}
     for conn in config.connections.values():
-        assert "psk" in (conn.local.auth, conn.remote.auth)
-        assert config.find_psk(conn.local.id, conn.remote.id) is not None or conn.remote.id == ANY_IDENTITY
+        if "psk" in (conn.local.auth, conn.remote.auth):
+            assert config.find_psk(conn.local.id, conn.remote.id) is not None or conn.remote.id == ANY_IDENTITY
+        if conn.remote.auth in ("eap-mschapv2", "eap-dynamic"):
+            assert config.eap_secrets
+        if conn.local.auth == "eap-mschapv2":
+            assert conn.local.eap_id is not None and config.find_eap_secret(conn.local.eap_id) is not None
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(CONFIGS)))
