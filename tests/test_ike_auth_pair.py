@@ -544,3 +544,17 @@ def test_a_stale_radius_answer_is_dropped(pki: TestPki, certs: SimpleNamespace) 
     (req,) = [e for e in pair.events_b if isinstance(e, AuthRequest)]
     assert not pair.b.auth_answer(req.ike_sa_id, req.token + 1, object(), pair.now)
     assert not pair.b.auth_answer(999, req.token, object(), pair.now)
+
+
+def test_the_login_survives_an_ike_rekey(pki: TestPki, certs: SimpleNamespace) -> None:
+    """After RFC 7296 1.3.2 the new IKE SA is the same login: EAP identity, method, our identity."""
+    pair = _eap_pair(pki, certs, "eap-mschapv2", "eap-mschapv2")
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet()
+    (old,) = pair.b.list_sas()
+    pair.a.rekey_ike(pair.a.list_sas()[0].ike_sa_id, pair.now)
+    pair.run_until_quiet()
+    (new,) = pair.b.list_sas()
+    assert new.ike_sa_id != old.ike_sa_id and new.rekeyed_from == old.ike_sa_id
+    assert new.login == old.login and new.login is not None and new.login.eap_identity == b"alice"
+    assert new.login_key == ("eap", b"alice") and new.local_identity == old.local_identity
