@@ -1682,6 +1682,17 @@ def _check_auth(ld: _Loader, conn: ConnectionConfig, entry: _Entry, eap_secrets:
         ld.error(e.value if e else entry.key, e.path if e else entry.path,
                  "EAP on both sides is EAP-only authentication (RFC 5998), which needs a mutual method: "
                  "eap-tls on both sides; otherwise one side authenticates with pubkey or psk")
+    # keys only some methods read: refused where nothing would read them
+    if local.certs and local.auth not in ("pubkey", "eap-tls", "eap") and remote.auth not in ("eap-tls",
+                                                                                             "eap-dynamic"):
+        e = _auth_field(fields, "local", "certs")
+        ld.error(e.key if e else entry.key, e.path if e else entry.path,
+                 f"unused with local.auth {local.auth}: certificates are for pubkey or EAP-TLS")
+    if remote.cacerts and remote.auth not in ("pubkey", "eap-tls", "eap-dynamic"):
+        e = _auth_field(fields, "remote", "cacerts")
+        ld.error(e.key if e else entry.key, e.path if e else entry.path,
+                 f"unused with remote.auth {remote.auth}: the peer presents no certificate to us"
+                 + (" (the RADIUS server checks it)" if remote.auth == "eap-radius" else ""))
     if remote.auth == "eap-radius" and not settings.eap_radius.servers:
         e = _auth_field(fields, "remote", "auth")
         ld.error(e.value if e else entry.key, e.path if e else entry.path,

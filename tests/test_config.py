@@ -416,6 +416,17 @@ BAD = [
          "remote.cacerts and remote.id)"],
     ),
     (
+        "certs nobody reads",
+        edit("      auth: psk\n      id: a.test", "      auth: psk\n      certs: [a.pem]\n      id: a.test"),
+        ["{f}:7 connections.b.local.certs: unused with local.auth psk: certificates are for pubkey or EAP-TLS"],
+    ),
+    (
+        "cacerts nobody reads",
+        edit("      auth: psk\n      id: b.test", "      auth: psk\n      cacerts: [ca.pem]\n      id: b.test"),
+        ["{f}:10 connections.b.remote.cacerts: unused with remote.auth psk: the peer presents no certificate to "
+         "us"],
+    ),
+    (
         "eap_id without eap",
         edit("      auth: psk\n      id: b.test", "      auth: pubkey\n      eap_id: '%any'\n      id: b.test"),
         ["{f}:10 connections.b.remote.eap_id: needs an EAP method in connections.b.remote.auth, not 'pubkey'"],

@@ -18,6 +18,7 @@ from cryptography import x509
 from ipsecd.eap.method import NtHash
 from ipsecd.eap.mschapv2 import nt_password_hash
 from ipsecd.iana import AuthMethod, CertEncoding, ExchangeType, NotifyType
+from ipsecd.ike.authenticators import login_key
 from ipsecd.ike.events import (
     AuthRequest,
     Cause,
@@ -557,4 +558,4 @@ def test_the_login_survives_an_ike_rekey(pki: TestPki, certs: SimpleNamespace) -
     (new,) = pair.b.list_sas()
     assert new.ike_sa_id != old.ike_sa_id and new.rekeyed_from == old.ike_sa_id
     assert new.login == old.login and new.login is not None and new.login.eap_identity == b"alice"
-    assert new.login_key == ("eap", b"alice") and new.local_identity == old.local_identity
+    assert login_key(new) == ("eap", b"alice") and new.local_identity == old.local_identity

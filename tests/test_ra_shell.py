@@ -114,11 +114,19 @@ def test_eap_radius_through_the_shell_with_accounting(pki: TestPki) -> None:
         await asyncio.sleep(0)
         io = service.io
         assert isinstance(io, FakeIo)
-        (start,) = io.records
+        (start,) = io.records  # Start once the IKE SA is up
         assert start.status == AcctStatusType.START and start.user_name == b"alice"
         assert start.framed_ip == "10.3.0.7" and start.classes == (b"class-1",)
         (session,) = service.sessions.values()
         (spi_in, spi_out), = session.spis.items()
+        counters.sas = {spi_in.hex(): {"bytes": 400, "packets": 4}, spi_out.hex(): {"bytes": 200, "packets": 2}}
+        # Interim-Update every accounting_interval, with the counters of that moment
+        service.settings = dataclasses.replace(service.settings, accounting_interval=0.05)
+        service._schedule_interim()
+        await asyncio.sleep(0.12)
+        service.settings = dataclasses.replace(service.settings, accounting_interval=0.0)
+        interims = [r for r in io.records if r.status == AcctStatusType.INTERIM_UPDATE]
+        assert interims and (interims[0].input_octets, interims[0].output_packets) == (400, 2)
         counters.sas = {spi_in.hex(): {"bytes": 1000, "packets": 10}, spi_out.hex(): {"bytes": 500, "packets": 5}}
         shell.act(lambda m, now: m.terminate("conn", now))
         await _settle(client, shell, transport)

@@ -168,13 +168,6 @@ class IkeSa:
         return self.settings.local_identity(self.local[0])
 
     @property
-    def login_key(self) -> tuple[str, object]:
-        """Who the peer is for uniqueness: its EAP identity after EAP, else its IKE identity."""
-        if self.login is not None and self.login.eap_identity:
-            return ("eap", self.login.eap_identity)
-        return ("ike", self.remote_identity)
-
-    @property
     def our_spi(self) -> bytes:
         return self.spi_i if self.initiator else self.spi_r
 

@@ -41,6 +41,7 @@ from ipaddress import ip_address
 from ipsecd.credentials import CredentialStore
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType
+from ipsecd.ike.authenticators import login_key
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.events import (
     Cause,
@@ -432,7 +433,7 @@ class IkeManager:
         """
         if sa.settings.unique == "never" or sa.remote_identity is None:
             return
-        for other in self.table.with_identities(sa.local_identity, sa.login_key):
+        for other in self.table.with_identities(sa.local_identity, login_key(sa)):
             if other is sa or other.established_at is None or other.established_at >= sa.created_at \
                     or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
                 continue

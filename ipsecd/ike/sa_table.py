@@ -12,6 +12,7 @@ import dataclasses
 from typing import TypeVar
 
 from ipsecd.identity import Identity
+from ipsecd.ike.authenticators import login_key
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.events import (
     ChildSaDeleted,
@@ -42,7 +43,7 @@ class SaTable:
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
         # (connection, peer address) -> the IKE SAs we initiated there (simultaneous initiation)
         self._initiated: dict[tuple[str, str], dict[int, IkeSa]] = {}
-        # (our identity, the peer's IkeSa.login_key: its EAP identity after EAP, else its IKE
+        # (our identity, the peer's login_key(): its EAP identity after EAP, else its IKE
         # identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness)
         self._by_ids: dict[tuple[Identity, object], dict[int, IkeSa]] = {}
         self._ids_of: dict[int, tuple[Identity, object]] = {}
@@ -66,7 +67,7 @@ class SaTable:
         return list(self._initiated.get((connection, peer), {}).values())
 
     def with_identities(self, local: Identity, remote: object) -> list[IkeSa]:
-        """Established IKE SAs between our identity and the peer's (an ``IkeSa.login_key``)."""
+        """Established IKE SAs between our identity and the peer's (an ``authenticators.login_key``)."""
         return list(self._by_ids.get((local, remote), {}).values())
 
     def with_peer(self, connection: str, peer: str) -> list[IkeSa]:
@@ -101,7 +102,7 @@ class SaTable:
         if isinstance(ev, IkeSaEstablished):
             self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
             if sa.remote_identity is not None:
-                key = (sa.local_identity, sa.login_key)
+                key = (sa.local_identity, login_key(sa))
                 self._ids_of[sa.ike_sa_id] = key
                 self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
         elif isinstance(ev, ChildSaEstablished):

@@ -128,6 +128,14 @@ class AuthContext:
         return Identity.from_wire(self.my_id.id_type, self.my_id.data)
 
 
+def login_key(sa: IkeSa) -> tuple[str, object]:
+    """Who the peer is for uniqueness and INITIAL_CONTACT: its EAP identity after EAP, else its
+    IKE identity (strongSwan's other_eap_id: a Windows client's IKE identity is its private address)."""
+    if sa.login is not None and sa.login.eap_identity:
+        return ("eap", sa.login.eap_identity)
+    return ("ike", sa.remote_identity)
+
+
 def report_login(sa: IkeSa, result: LoginResult, reason: str = "", eap_identity: bytes | None = None) -> None:
     """Responder: the peer's login ended (a Login event for the metrics), once per IKE SA.
 
@@ -190,4 +198,4 @@ def certreq_data(sa: IkeSa) -> bytes:
 
 __all__ = ["AuthContext", "AuthExtensions", "AuthFailure", "Authenticator", "NoResume", "PeerLogin", "PendingLogin",
            "Status",
-           "certreq_data", "missing_credential", "own_credential", "report_login"]
+           "certreq_data", "login_key", "missing_credential", "own_credential", "report_login"]

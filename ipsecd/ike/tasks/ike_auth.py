@@ -228,8 +228,8 @@ class IkeAuth(Hooks):
         sa.remote_identity = ident
         auth = msg.get(AuthPayload)
         ext = sa.auth_ext
-        ext.certreqs = _x509_certreqs(msg)  # unknown CAs are ignored later (Windows sends ~38)
-        ext.certreq_seen = bool(msg.get_all(CertReqPayload))
+        ext.certreqs += _x509_certreqs(msg)  # unknown CAs are ignored later (Windows sends ~38)
+        ext.certreq_seen = ext.certreq_seen or bool(msg.get_all(CertReqPayload))
         ext.eap_only = msg.notify(NotifyType.EAP_ONLY_AUTHENTICATION) is not None
         named = Identity.from_wire(idr.id_type, idr.data) if idr is not None else None
         sa.login_pending = PendingLogin("eap" if auth is None else (
