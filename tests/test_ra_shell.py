@@ -211,6 +211,10 @@ def test_the_credential_report(tmp_path: Path, pki: TestPki) -> None:
     assert any("no DNS or IP subjectAltName" in w for w in report.warnings)
     _store, report = load_credentials(_config(tmp_path, GATEWAY.format(cacerts="other.pem")), now)
     assert report.errors == ["connection rw: remote.cacerts other.pem not found in x509ca/"]
+    key = tmp_path / "creds" / "private" / "vpn.example.com.key.pem"
+    key.chmod(0o640)
+    _store, report = load_credentials(config, now)
+    assert f"{key}: private key readable by group or others (mode 0640): chmod 600 {key}" in report.warnings
 
 
 def test_a_missing_credential_directory(tmp_path: Path) -> None:

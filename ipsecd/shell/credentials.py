@@ -13,6 +13,7 @@ reports, in sentences naming the file or the connection:
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -53,6 +54,14 @@ def load_credentials(config: Config, now: datetime, *, check_only: bool = False)
         return CredentialStore(directory), report
     store, problems = load_store(directory, config.key_passphrases())
     report.warnings += [str(p) for p in problems]
+    for entry in store.keys:
+        try:
+            mode = entry.file.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            report.warnings.append(f"{entry.file}: private key readable by group or others (mode "
+                                   f"{stat.S_IMODE(mode):04o}): chmod 600 {entry.file}")
     for conn in config.connections.values():
         _check_connection(conn, store, now, report)
     return store, report
