@@ -21,8 +21,13 @@ HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
 # the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)
 HANDSHAKE_CERT_ARGS ?= --auth pubkey --runs 3 --tunnels 1000,5000 --max-seconds 600
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
+# make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
+FUZZ_SECONDS ?= 180
+# make bench: the IKE_SA_INIT flood scenario (tests/bench_flood.py --help)
+FLOOD_ARGS ?= --runs 3
+FUZZ_ARGS ?=
 
-.PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench clean
+.PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench fuzz clean
 
 all: test
 
@@ -80,6 +85,11 @@ bench: deps loadtester
 	$(PY) -m tests.bench $(BENCH_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
+	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
+
+# Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs
+fuzz: pydeps
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.netns import nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
+from tests.netns import lossy_topology, nat_topology, topology  # noqa: F401  (fixtures shared by namespace tests)
 from tests.pki import KeyPool, TestPki
 from tests.strict_skips import pytest_runtest_makereport  # noqa: F401  (make test: skips fail)
 

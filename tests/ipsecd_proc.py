@@ -168,8 +168,10 @@ class Ipsecd:
     """
 
     def __init__(self, ns: Netns, workdir: str | os.PathLike[str], config: dict[str, Any],
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), command_prefix: Sequence[str] = ()) -> None:
+        """``command_prefix`` runs the daemon through e.g. ``taskset -c 1`` (it must exec, keeping the PID)."""
         self.ns = ns
+        self.command_prefix = list(command_prefix)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -192,7 +194,7 @@ class Ipsecd:
     def start(self, timeout: float = 15.0) -> Ipsecd:
         """Write the YAML, start the daemon in the namespace, wait for its control socket."""
         self.write_config()
-        cmd = [self.runtime.python, "-m", "ipsecd", "--config", str(self.config_path),
+        cmd = [*self.command_prefix, self.runtime.python, "-m", "ipsecd", "--config", str(self.config_path),
                "--control-socket", self.socket, *self.extra_args]
         self.proc = self.ns.popen(cmd, self.log_path, cwd=self.runtime.root,
                                   env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": self.runtime.pythonpath})

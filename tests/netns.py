@@ -22,6 +22,13 @@ Layouts (addresses are documentation/private ranges that exist only in these nam
     A eth0 10.99.1.2/24 <-> NAT eth0 10.99.1.1/24 | NAT eth1 192.0.2.1/24 <-> B eth0 192.0.2.2/24
     A default route via NAT; NAT masquerades out of eth1; B sees A as 192.0.2.1.
 
+``lossy``::
+
+    A eth0 192.0.2.1/24 <-> MID eth0 | MID eth1 <-> B eth0 192.0.2.2/24   (IPv4 only)
+    MID has no addresses: tests/lossy_relay.py copies frames between its two interfaces
+    and drops, reorders and delays the IKE/ESP ones (``loss``, ``reorder``, ``delay``,
+    ``jitter``, ``match``, ``seed``); A and B see each other as in ``pair``.
+
 The LAN addresses are /32 aliases on ``lo`` because this kernel has no ``dummy`` links.
 """
 
@@ -38,6 +45,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +53,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import pytest
+
+from tests.lossy_relay import Impairment
 
 Command = Sequence[str] | str
 _counter = itertools.count(1)
@@ -168,15 +178,15 @@ class Netns:
 
 
 # ------------------------------------------------------------ traffic helpers
-def wait_listening(ns: Netns, port: int, timeout: float = 5.0) -> None:
-    """Wait until a TCP socket listens on ``port`` in ``ns``: a client started earlier gets refused."""
+def wait_listening(ns: Netns, port: int, timeout: float = 5.0, *, udp: bool = False) -> None:
+    """Wait until a TCP (or UDP) socket listens on ``port`` in ``ns``: a client started earlier gets refused."""
     end = time.monotonic() + timeout
     while True:
-        res = ns.run(["ss", "-Hltn", f"sport = :{port}"], check=False)
+        res = ns.run(["ss", "-Hlun" if udp else "-Hltn", f"sport = :{port}"], check=False)
         if res.stdout.strip():
             return
         if time.monotonic() > end:
-            raise TimeoutError(f"nothing listens on TCP {port} in {ns.name}")
+            raise TimeoutError(f"nothing listens on {'UDP' if udp else 'TCP'} {port} in {ns.name}")
         time.sleep(0.05)
 
 
@@ -285,7 +295,8 @@ def tcp_transfer(server: Netns, server_addr: str, client: Netns, client_addr: st
         kill_group(sink, grace=1.0)
 
 
-Layout = Literal["pair", "nat"]
+Layout = Literal["pair", "nat", "lossy"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Topology:
@@ -303,8 +314,18 @@ class Topology:
     A_LAN_NET, B_LAN_NET = "10.1.0.0/24", "10.2.0.0/24"
 
     def __init__(self, layout: Layout = "pair", *, ipv6: bool = True, nat_ports: str | None = None,
-                 prefix: str | None = None) -> None:
-        """``nat_ports`` (e.g. "40000-40999") makes the NAT remap source ports too."""
+                 prefix: str | None = None, relay: Impairment | None = None, **impairment: Any) -> None:
+        """``nat_ports`` (e.g. "40000-40999") makes the NAT remap source ports too.
+
+        For ``lossy``: ``relay`` or the fields of tests.lossy_relay.Impairment as keywords,
+        e.g. ``Topology("lossy", loss=0.2, reorder=0.1)``; without them the relay harms nothing.
+        """
+        if impairment and layout != "lossy":
+            raise TypeError(f"{', '.join(impairment)}: only for the lossy layout")
+        self.relay = (relay or Impairment(**impairment)) if layout == "lossy" else None
+        self.mid: Netns | None = None
+        self._relay_dir: str | None = None
+        self._relay_proc: subprocess.Popen[bytes] | None = None
         self.layout = layout
         self.ipv6 = ipv6 and layout == "pair"
         self.nat_ports = nat_ports
@@ -312,10 +333,12 @@ class Topology:
         self.a = Netns(f"{self.prefix}-a")
         self.b = Netns(f"{self.prefix}-b")
         self.nat: Netns | None = Netns(f"{self.prefix}-nat") if layout == "nat" else None
+        if layout == "lossy":
+            self.mid = Netns(f"{self.prefix}-mid")
         self.a_lan, self.b_lan = self.A_LAN, self.B_LAN
         self.a_lan_net, self.b_lan_net = self.A_LAN_NET, self.B_LAN_NET
         self.a_if = self.b_if = "eth0"
-        if layout == "pair":
+        if layout in ("pair", "lossy"):
             self.a_addr, self.b_addr = "192.0.2.1", "192.0.2.2"
             self.a_seen_from_b = self.a_addr
         else:
@@ -328,7 +351,7 @@ class Topology:
 
     @property
     def namespaces(self) -> list[Netns]:
-        return [n for n in (self.a, self.nat, self.b) if n is not None]
+        return [n for n in (self.a, self.nat, self.mid, self.b) if n is not None]
 
     # ------------------------------------------------------------ build / tear down
     def __enter__(self) -> Topology:
@@ -375,6 +398,8 @@ class Topology:
                 # nodad: without it the addresses stay "tentative" for ~2 s and bind() fails.
                 self.a.run(["ip", "addr", "add", f"{self.a_addr6}/64", "dev", "eth0", "nodad"])
                 self.b.run(["ip", "addr", "add", f"{self.b_addr6}/64", "dev", "eth0", "nodad"])
+        elif self.layout == "lossy":
+            self._build_lossy()
         else:
             nat = self.nat
             assert nat is not None
@@ -394,6 +419,40 @@ class Topology:
             nat.run(rule)
         self._wait_link()
 
+    def _build_lossy(self) -> None:
+        mid, relay = self.mid, self.relay
+        assert mid is not None and relay is not None
+        self._veth(self.a, "eth0", mid, "eth0")
+        self._veth(mid, "eth1", self.b, "eth0")
+        self.a.run(["ip", "addr", "add", f"{self.a_addr}/24", "dev", "eth0"])
+        self.b.run(["ip", "addr", "add", f"{self.b_addr}/24", "dev", "eth0"])
+        mid.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])  # no chatter of its own
+        self._relay_dir = tempfile.mkdtemp(prefix=f"{self.prefix}-relay-")
+        stats = Path(self._relay_dir, "stats.json")
+        self._relay_proc = mid.popen([sys.executable, "-m", "tests.lossy_relay", "--left", "eth0", "--right", "eth1",
+                                      "--stats", str(stats), *relay.argv()],
+                                     Path(self._relay_dir, "relay.log"), cwd=PROJECT_ROOT)
+        end = time.monotonic() + 10
+        while not stats.exists():
+            if self._relay_proc.poll() is not None or time.monotonic() > end:
+                log = read_log(Path(self._relay_dir, "relay.log"))
+                raise RuntimeError(f"topology {self.prefix}: the lossy relay did not start\n{log}")
+            time.sleep(0.05)
+
+    def relay_stats(self) -> dict[str, Any]:
+        """The relay's counters (frames, selected, dropped, reordered, by_kind), at most 1 s old."""
+        if self._relay_dir is None:
+            raise RuntimeError("relay_stats() needs the lossy layout")
+        data: dict[str, Any] = json.loads(Path(self._relay_dir, "stats.json").read_text())
+        return data
+
+    def stop_relay(self) -> dict[str, Any]:
+        """Stop the relay (it writes its final counters) and return them; the path stays down."""
+        if self._relay_proc is not None:
+            kill_group(self._relay_proc, grace=3.0)
+            self._relay_proc = None
+        return self.relay_stats()
+
     def _wait_link(self, timeout: float = 5.0) -> None:
         """Wait until the outer path answers: veth carrier comes up asynchronously."""
         end = time.monotonic() + timeout
@@ -409,6 +468,10 @@ class Topology:
         """Kill every process, then delete every namespace created; safe to call twice."""
         for ns in self.namespaces:
             ns.kill_all()
+        self._relay_proc = None
+        if self._relay_dir is not None:
+            shutil.rmtree(self._relay_dir, ignore_errors=True)
+            self._relay_dir = None
         for ns in reversed(self._created):
             for _ in range(20):
                 res = subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, text=True)
@@ -474,3 +537,10 @@ def read_log(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+@pytest.fixture
+def lossy_topology() -> Iterator[Topology]:
+    """A -- relay -- B: 20 % of IKE and ESP frames lost, 10 % reordered (see tests/lossy_relay.py)."""
+    with topology_or_skip("lossy", loss=0.2, reorder=0.1) as topo:
+        yield topo

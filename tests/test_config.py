@@ -8,7 +8,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsecd.config import (
@@ -885,6 +885,7 @@ _TREES = st.recursive(
 )
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)  # generation slows on a busy machine
 @given(st.dictionaries(_KEYS, _TREES, max_size=4))
 def test_arbitrary_documents_only_raise_config_error(tmp_path_factory: pytest.TempPathFactory, doc: object) -> None:
     import yaml

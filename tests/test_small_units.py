@@ -52,3 +52,16 @@ def test_rate_limited_logger(caplog) -> None:
     assert lines[:3] == ["bad packet 0", "bad packet 1", "bad packet 2"]
     assert any("97 more suppressed" in m for m in lines)
     assert len(lines) == 5
+
+
+def test_rate_limited_logger_bounds_a_flood_of_distinct_keys(caplog) -> None:
+    """Keys built from peer data (addresses, names) must not reset the windows: the log stays bounded."""
+    rl = RateLimitedLogger(logging.getLogger("ipsecd.test"), interval=10, burst=5)
+    with caplog.at_level(logging.INFO, logger="ipsecd.test"):
+        for i in range(20_000):
+            rl.log(logging.INFO, f"from 198.51.{i >> 8 & 255}.{i & 255}", "bad packet %d", i, now=1.0 + i * 1e-4)
+    assert len(caplog.records) <= (rl.max_keys + 1) * rl.burst
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ipsecd.test"):
+        rl.log(logging.INFO, "from 203.0.113.1", "a new key after the window", now=30.0)
+    assert any("more suppressed" in r.getMessage() for r in caplog.records)  # the overflow is reported

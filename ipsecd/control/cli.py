@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ipsecd.control.keyfiles import UnsafeDirectory, check_name, write_private_files
 from ipsecd.control.protocol import (
     DEFAULT_SOCKET,
     EXPORT_FORMATS,
@@ -27,6 +28,7 @@ from ipsecd.control.protocol import (
     Request,
     Response,
 )
+from ipsecd.logsafe import safe
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -104,6 +106,22 @@ class ControlClient:
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def printable(value: Any) -> Any:
+    """``value`` with every string (keys too) made safe for a terminal.
+
+    Results carry text peers chose (their IKE identities, later EAP identities): an
+    ESC sequence or a newline in one must not repaint the operator's terminal or forge
+    lines of the table. ``--json`` output needs no such care: JSON escapes them.
+    """
+    if isinstance(value, str):
+        return safe(value, limit=0)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
 
 
 def _counter(value: Any) -> str:
@@ -226,23 +244,18 @@ def _write_export(files: Any, out_dir: str | None, out: TextIO) -> None:
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ControlError("unexpected export-keys answer from the daemon (no 'files')")
     for name in files:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ControlError(f"daemon sent an unsafe file name {name!r}")
+        try:
+            check_name(name)
+        except UnsafeDirectory:
+            raise ControlError(f"daemon sent an unsafe file name {name!r}") from None
     if out_dir is None:
         for name, content in files.items():
             if len(files) > 1:
                 print(f"==> {name} <==", file=out)
             out.write(content if content.endswith("\n") or not content else content + "\n")
         return
-    directory = Path(out_dir)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name, content in files.items():
-        target = directory / name
-        # Keys: never world-readable, not even for the moment between create and chmod.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(content)
+    # Keys: never world-readable, never written through a planted link (see keyfiles.py).
+    for target in write_private_files(out_dir, files):
         print(f"wrote {target}", file=out)
 
 
@@ -251,7 +264,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         cmd = args.command
         if cmd == "log":
             for record in client.follow_logs():
-                print(record, file=out, flush=True)
+                # a record may span lines (tracebacks); anything else unprintable is escaped
+                print("\n".join(safe(line, limit=0) for line in record.split("\n")), file=out, flush=True)
             return EXIT_OK
         if cmd in ("up", "down"):
             result = client.call(cmd, {"name": args.name})
@@ -263,7 +277,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             result = client.call(cmd)
         if getattr(args, "json", False):
             out.write(json.dumps(result) + "\n")
-        elif cmd == "list-sas":
+            return EXIT_OK
+        result = printable(result)
+        if cmd == "list-sas":
             out.write(render_sas(result if isinstance(result, dict) else {}))
         elif cmd == "list-certs":
             out.write(render_certs(result if isinstance(result, dict) else {}))

@@ -19,6 +19,7 @@ read ``--json`` output with jq.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
@@ -32,6 +33,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 """Requests are tiny; a longer line is a confused or hostile client, answered and dropped."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Responses can be large (thousands of SAs), so the client's line limit is generous."""
+MAX_DEPTH = 32
+"""Deepest nesting of arrays/objects accepted in one line. Real messages nest 5 deep; Python's
+json module recurses per level, so 60,000 ``[`` in a 64 KiB line would raise RecursionError."""
 
 COMMANDS = ("status", "list-conns", "list-sas", "list-certs", "stats", "up", "down", "reload", "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
@@ -60,7 +64,7 @@ class Request:
     @classmethod
     def decode(cls, line: bytes) -> Request:
         """Parse one request line; every way it can be wrong is a ProtocolError saying which."""
-        msg = _object(line)
+        msg = _object(line, prescan=True)
         v = msg.get("v", PROTOCOL_VERSION)
         if v != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {v!r} (this ipsecd speaks {PROTOCOL_VERSION})")
@@ -109,11 +113,43 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def _object(line: bytes) -> dict[str, Any]:
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # brackets inside strings do not nest
+_OPEN = frozenset(b"[{")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(line: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep arrays and objects nest in a JSON text, counting no further than ``limit + 1``.
+
+    A linear scan outside strings that stops as soon as ``limit`` is exceeded, so it runs
+    before (and instead of) a recursive parse of hostile input: well under 50 ms for the
+    worst 64 KiB request.
+    """
+    depth = worst = 0
+    for byte in _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKET):
+        if byte in _OPEN:
+            depth += 1
+            if depth > worst:
+                worst = depth
+                if worst > limit:
+                    break
+        else:
+            depth -= 1
+    return worst
+
+
+def _object(line: bytes, *, prescan: bool = False) -> dict[str, Any]:
+    """One JSON object from a line. ``prescan``: refuse deep nesting before parsing (requests,
+    which are small and come from any local client); responses, up to 64 MiB, rely on the
+    parser's own recursion limit, turned into the same error."""
+    if prescan and nesting_depth(line) > MAX_DEPTH:
+        raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels")
     try:
         msg = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # deeper than the interpreter allows: never let it escape
+        raise ProtocolError("nested deeper than the JSON parser allows") from None
     if not isinstance(msg, dict):
         raise ProtocolError("a message must be a JSON object")
     return msg

@@ -2,9 +2,16 @@
 
 Access control is the file system: the socket is mode 0660 in a 0750 directory,
 so root and the daemon's group may talk to it and nobody else can even reach
-it. No request can crash the server: a malformed line gets an error answer and
-the connection stays usable; a failing handler is logged and answered as an
-internal error.
+it. An existing directory is checked before binding (see ``_prepare_dir``): one
+that holds only the socket is the daemon's own and gets its owner and mode fixed;
+a shared one must be safe as it is, or the daemon refuses to start.
+
+No request can crash the server: a malformed line (too long, too deeply nested,
+not JSON) gets an error answer and the connection stays usable; a failing
+handler is logged and answered as an internal error. Local clients cannot pin
+the daemon either: at most ``max_clients`` connections at once (log followers
+included), and a connection that sends no complete request for ``idle_timeout``
+seconds is closed.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +37,20 @@ from ipsecd.control.protocol import (
     Request,
     Response,
 )
+from ipsecd.logsafe import safe
+from ipsecd.ratelimit import RateLimitedLogger
 
 log = logging.getLogger("ipsecd.ctl")
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
+MAX_CLIENTS = 32
+"""Concurrent control connections. ipsecctl holds one for a single command; a monitoring
+script or two and a few ``log --follow`` sessions stay far below it."""
+IDLE_TIMEOUT = 60.0
+"""Seconds a connection may wait between requests (``up`` may run longer: that is not idle)."""
+_AUDITED = frozenset({"up", "down", "reload", "export-keys"})
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 async def stop_serving(server: asyncio.AbstractServer | None, clients: set[asyncio.Task[None]]) -> None:
@@ -56,12 +73,16 @@ async def stop_serving(server: asyncio.AbstractServer | None, clients: set[async
 class ControlServer:
     """Serves one ControlHandler on a Unix socket at ``path``."""
 
-    def __init__(self, path: str | os.PathLike[str], handler: ControlHandler) -> None:
+    def __init__(self, path: str | os.PathLike[str], handler: ControlHandler, *, max_clients: int = MAX_CLIENTS,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.path = Path(path)
         self.handler = handler
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._inode: tuple[int, int] | None = None
+        self._rl = RateLimitedLogger(log)
 
     async def start(self) -> None:
         """Bind the socket (replacing a stale one) and start accepting clients."""
@@ -83,10 +104,7 @@ class ControlServer:
     # ---- socket file handling
 
     def _prepare_path(self) -> None:
-        parent = self.path.parent
-        if not parent.exists():
-            parent.mkdir(parents=True, mode=DIR_MODE)
-            os.chmod(parent, DIR_MODE)  # mkdir's mode is filtered by the umask
+        self._prepare_dir(self.path.parent)
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -97,6 +115,43 @@ class ControlServer:
             raise ControlError(f"another process is already serving {self.path} (is ipsecd already running?)")
         log.info("removing stale control socket %s", self.path)
         self.path.unlink()
+
+    def _prepare_dir(self, parent: Path) -> None:
+        """Make sure nobody but us (and root) can replace the socket in ``parent``.
+
+        A directory holding nothing but (a stale) socket is the daemon's own runtime
+        directory, whatever a previous run or an admin left: it gets our owner (when we
+        are root) and loses every mode bit beyond 0750 (a 0777 one would let any local
+        user swap the socket for a fake daemon). A directory holding other files is shared
+        (``/run``, ``/tmp``): it is left alone if it is safe as it is - owned by us or
+        root, and not writable by others unless sticky - and refused otherwise.
+        """
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=DIR_MODE)
+            os.chmod(parent, DIR_MODE)  # mkdir's mode is filtered by the umask
+            return
+        st = os.stat(parent)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ControlError(f"{parent} is not a directory")
+        euid, mode = os.geteuid(), stat.S_IMODE(st.st_mode)
+        dedicated = set(os.listdir(parent)) <= {self.path.name}
+        if dedicated:
+            if st.st_uid != euid:
+                if euid != 0:
+                    raise ControlError(f"control socket directory {parent} is owned by uid {st.st_uid}, not by us "
+                                       f"(uid {euid}): remove it or chown it")
+                os.chown(parent, euid, os.getegid())
+                log.warning("control socket directory %s was owned by uid %d: now ours", parent, st.st_uid)
+            if mode & ~DIR_MODE:
+                os.chmod(parent, mode & DIR_MODE)
+                log.warning("control socket directory %s had mode %04o: now %04o", parent, mode, mode & DIR_MODE)
+            return
+        if st.st_uid not in (euid, 0):
+            raise ControlError(f"control socket directory {parent} is owned by uid {st.st_uid}: that user could "
+                               "replace the socket; use a directory of root's or ipsecd's own")
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            raise ControlError(f"control socket directory {parent} is writable by others (mode {mode:04o}) and "
+                               "not sticky: anyone could replace the socket; use a dedicated directory")
 
     def _remove_own_socket(self) -> None:
         # Only unlink the file we bound: a second daemon may have replaced it meanwhile.
@@ -113,6 +168,14 @@ class ControlServer:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._clients) >= self.max_clients:
+            self._rl.log(logging.WARNING, "ctl_clients", "control socket: %d clients connected, refusing another "
+                         "(%s)", len(self._clients), _peer(writer))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_send(writer, Response(
+                    False, error=f"too many control connections ({self.max_clients}); try again later")), 1.0)
+            writer.close()
+            return
         self._clients.add(task)
         try:
             await self._requests(reader, writer)
@@ -131,7 +194,11 @@ class ControlServer:
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             try:
-                line = await reader.readline()
+                async with asyncio.timeout(self.idle_timeout):
+                    line = await reader.readline()
+            except TimeoutError:
+                await _send(writer, Response(False, error=f"no request for {self.idle_timeout:g} s: closing"))
+                return
             except ValueError:  # longer than MAX_REQUEST_BYTES: the stream cannot be resynchronised
                 await _send(writer, Response(False, error=f"request longer than {MAX_REQUEST_BYTES} bytes"))
                 return
@@ -144,6 +211,8 @@ class ControlServer:
             except ProtocolError as exc:
                 await _send(writer, Response(False, error=f"malformed request: {exc}"))
                 continue
+            if request.cmd in _AUDITED:
+                log.info("control: %s %s by %s", request.cmd, safe(request.args, 80), _peer(writer))
             if request.cmd == "log":
                 await self._follow_logs(request, reader, writer)
                 return
@@ -160,8 +229,9 @@ class ControlServer:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("control command %r failed", request.cmd)
-            return Response(False, error=f"internal error while handling '{request.cmd}' (see the ipsecd log)").encode()
+            log.exception("control command %s failed", safe(request.cmd, 64))
+            return Response(False, error=f"internal error while handling '{safe(request.cmd, 64)}' "
+                            "(see the ipsecd log)").encode()
 
     def _handler_call(self, request: Request) -> Callable[[], Awaitable[Any]]:
         h, args = self.handler, request.args
@@ -186,7 +256,7 @@ class ControlServer:
             if fmt not in EXPORT_FORMATS:
                 raise ControlError(f"unknown export format {fmt!r} (expected: {', '.join(EXPORT_FORMATS)})")
             return lambda: h.export_keys(fmt)
-        raise ControlError(f"unknown command {request.cmd!r}")
+        raise ControlError(f"unknown command '{safe(request.cmd, 64)}'")
 
     async def _follow_logs(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if request.args.get("follow") is not True:
@@ -227,6 +297,16 @@ async def _drain_until_eof(reader: asyncio.StreamReader) -> None:
 async def _send(writer: asyncio.StreamWriter, response: Response) -> None:
     writer.write(response.encode())
     await writer.drain()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """Who is on the other end (SO_PEERCRED), for the audit line of commands that change things."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except (AttributeError, OSError, struct.error):
+        return "an unknown client"
+    return f"uid {uid} (pid {pid})"
 
 
 def _socket_alive(path: Path) -> bool:

@@ -17,6 +17,7 @@ data plane never disagree about which SAs exist.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -84,7 +85,7 @@ class ChildSaInstaller:
                 # this IKE SA's next datagrams (our answer, or the Delete of a rekeyed SA) wait
                 # until the new SA can receive
                 self._hold_for(ev.ike_sa_id)
-                self._serial(ev.reqid, self._install(ev), f"install of Child SA {ev.name}/{ev.child}")
+                self._serial(ev.reqid, lambda: self._install(ev), f"install of Child SA {ev.name}/{ev.child}")
         elif isinstance(ev, ChildSaDeleted):
             gone = self.children.pop(ev.spi_in, None)
             if gone is not None:
@@ -101,13 +102,14 @@ class ChildSaInstaller:
                 # outbound to the new SA before our answer to that Delete leaves, or the peer
                 # drops the old inbound SA while we still send on it.
                 self._hold_for(ev.ike_sa_id)
-                self._serial(ev.reqid, self._retire(ev), f"switch to the new outbound SA of {ev.name}/{ev.child}")
+                self._serial(ev.reqid, lambda: self._retire(ev),
+                             f"switch to the new outbound SA of {ev.name}/{ev.child}")
             else:
-                self._serial(ev.reqid, self._uninstall(ev, gone), f"removal of Child SA {ev.name}/{ev.child}")
+                self._serial(ev.reqid, lambda: self._uninstall(ev, gone), f"removal of Child SA {ev.name}/{ev.child}")
         elif isinstance(ev, IkeSaMoved) and self.dataplane is not None:
             log.info("peer of %s moved to %s[%d]", ev.name, ev.remote[0], ev.remote[1])
             for reqid in ev.child_reqids:
-                self._serial(reqid, self._move(reqid, ev), f"peer update of {ev.name}")
+                self._serial(reqid, functools.partial(self._move, reqid, ev), f"peer update of {ev.name}")
 
     def hold(self, d: Datagram) -> bool:
         """Keep ``d`` back while its IKE SA's inbound Child SA is not installed yet."""
@@ -129,14 +131,15 @@ class ChildSaInstaller:
             self.shell.transport.send(d.data, d.local, d.remote)
 
     # ------------------------------------------------------------------ data-plane jobs
-    def _serial(self, reqid: int, job: Coroutine[Any, Any, None], what: str) -> None:
-        """Run ``job`` after every earlier job of the same reqid."""
+    def _serial(self, reqid: int, job: Callable[[], Coroutine[Any, Any, None]], what: str) -> None:
+        """Run ``job()`` after every earlier job of the same reqid (the coroutine is made only then,
+        so a job cancelled at shutdown leaves no coroutine that was never awaited)."""
         before = self._last.get(reqid)
 
         async def run() -> None:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
-            await job
+            await job()
 
         task = self.shell.tasks.spawn(run(), what)
         self._last[reqid] = task

@@ -1,0 +1,97 @@
+"""Findings in the IKE engine (ipsecd/ike, not this branch's to change), as deterministic in-memory tests.
+
+Each is ``xfail(strict=True)``: it fails today and turns into an XPASS (a failure that
+says "remove the mark") once the engine is fixed. The namespace versions with a real
+lossy path are in test_lossy_netns.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ipsecd.ike.events import IkeSaClosed, IkeSaRekeyed
+from ipsecd.ike.message import decode_header
+from tests.ike_pair import Pair, make_pair, make_settings
+
+REKEY, OVER, CHILD_REKEY = 25.0, 2.5, 24.0  # issue 13: rekey_time 25s, default over_time (10 %)
+LOST = 4  # after IKE_SA_INIT and IKE_AUTH (datagrams 0-3): A's Child SA rekey request
+
+
+def _issue_pair() -> Pair:
+    """rand_time 0 pins the timers: Child SA rekey at 24 s, IKE SA rekey at 25 s, hard lifetime 27.5 s."""
+    base = make_settings(tries=5)
+    child = replace(base.children[0], rekey_time=CHILD_REKEY, rand_time=0.0, life_time=60.0)
+    a = replace(base, rekey_time=REKEY, over_time=OVER, rand_time=0.0, children=(child,),
+                retransmit=replace(base.retransmit, timeout=4.0, base=1.8))
+    pair = make_pair(a, deliver=lambda i, d, tag: i != LOST, seed=3)
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet(5)
+    return pair
+
+
+@pytest.mark.xfail(strict=True, reason="engine: the IKE SA rekey due at 25 s waits behind the Child SA rekey that "
+                   "is waiting for its first retransmission (28 s); rekey_time + over_time (27.5 s) passes and the "
+                   "IKE SA is deleted with its Child SA (issue 13)")
+def test_ike_sa_rekey_queued_behind_a_retransmission_beats_the_hard_lifetime() -> None:
+    pair = _issue_pair()
+    pair.advance(40)
+    assert pair.sent[LOST][0] == "a->b" and decode_header(pair.sent[LOST][1]).message_id == 2
+    closed = [e for e in pair.events_a if isinstance(e, IkeSaClosed) and e.replaced_by is None]
+    assert closed == [], closed
+    assert any(isinstance(e, IkeSaRekeyed) for e in pair.events_a)
+
+
+@pytest.mark.xfail(strict=True, reason="engine: on the hard lifetime the IKE SA sends its Delete as request 3 while "
+                   "request 2 (the lost Child SA rekey) is unanswered; the peer, still expecting 2, ignores it "
+                   "(RFC 7296 2.3 window of 1), so the Delete is retransmitted until it gives up (~11 s with the "
+                   "tunnel gone on one side only)")
+def test_no_request_is_sent_beyond_the_message_id_window() -> None:
+    pair = _issue_pair()
+    pair.advance(60)
+    answered: dict[bytes, int] = {}  # IKE SPIs -> highest message ID A got a response for
+    for i, (tag, data) in enumerate(pair.sent):
+        h = decode_header(data)
+        key = h.spi_i + h.spi_r
+        if tag == "b->a" and h.is_response:
+            answered[key] = max(answered.get(key, -1), h.message_id)
+        elif tag == "a->b" and not h.is_response and h.message_id > 0:
+            assert h.message_id <= answered.get(key, -1) + 1, (
+                f"datagram {i}: request {h.message_id} sent while {answered.get(key, -1) + 1} is unanswered")
+
+
+# ------------------------------------------------------------------ the front door (placeholders)
+BLOCK_THRESHOLD = 5  # strongSwan charon.block_threshold: half-open IKE SAs per peer address
+
+
+@pytest.mark.xfail(strict=True, reason="front door not in the engine yet: there is no per-source half-open limit "
+                   "(strongSwan's block_threshold, 5 by default); one address that answers COOKIE notifies can "
+                   "hold up to max_half_open (5000) half-open IKE SAs, each with a key exchange done")
+def test_one_source_answering_cookies_is_limited_to_a_few_half_open_sas() -> None:
+    import os
+
+    from tests.flood import build_init, public_values, stamp
+    from tests.ike_pair import A_ADDR, B_ADDR, make_settings_b
+
+    responder = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",))).b
+    attacker = (A_ADDR, 500)
+    template, pool = build_init(), public_values(4)
+    for i in range(300):
+        spi, nonce = os.urandom(8), os.urandom(32)
+        request = bytes(stamp(template, spi, pool[i % 4], nonce))
+        responder.receive_datagram(request, (B_ADDR, 500), attacker, 1000.0 + i * 0.001)
+        for answer, _, _, _ in responder.datagrams_to_send():
+            cookie = _cookie(answer)
+            if cookie is not None:  # do what a real client does (RFC 7296 2.6)
+                again = bytes(stamp(build_init(cookie=cookie), spi, pool[i % 4], nonce))
+                responder.receive_datagram(again, (B_ADDR, 500), attacker, 1000.0 + i * 0.001)
+                responder.datagrams_to_send()
+    half_open = [sa for sa in responder.list_sas() if sa.remote[0] == A_ADDR]
+    assert len(half_open) <= BLOCK_THRESHOLD, f"{len(half_open)} half-open IKE SAs from one address"
+
+
+def _cookie(answer: bytes) -> bytes | None:
+    from tests.flood import _cookie_of
+
+    return _cookie_of(answer)
