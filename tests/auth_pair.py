@@ -59,8 +59,10 @@ def with_auth(base: IkeSettings, local: str | AuthSettings, remote: str | AuthSe
 def pair_of(sa: IkeSettings | list[IkeSettings], sb: IkeSettings | list[IkeSettings], pki: TestPki,
             store_a: CredentialStore | None = None, store_b: CredentialStore | None = None) -> Pair:
     offset = pki.now.timestamp() - 1000.0
-    a = IkeManager(sa if isinstance(sa, list) else [sa], now=1000.0, credentials=store_a, wall_offset=offset)
-    b = IkeManager(sb if isinstance(sb, list) else [sb], now=1000.0, credentials=store_b, wall_offset=offset)
+    a = IkeManager(sa if isinstance(sa, list) else [sa], now=1000.0)
+    b = IkeManager(sb if isinstance(sb, list) else [sb], now=1000.0)
+    a.set_credentials(store_a or CredentialStore(None), offset)
+    b.set_credentials(store_b or CredentialStore(None), offset)
     return Pair(a, b)
 
 

@@ -104,8 +104,8 @@ def test_eap_radius_through_the_shell_with_accounting(pki: TestPki) -> None:
         shell.radius = service
         client = IkeManager([with_auth(dataclasses.replace(make_settings(), local_id=None),
                                        AuthSettings("eap-mschapv2", eap_id=eap_id("alice")), "pubkey",
-                                       eap_secret=secrets({"alice": "alice pw"}))], now=0.0,
-                            credentials=store_of(cas=[root]), wall_offset=pki.now.timestamp())
+                                       eap_secret=secrets({"alice": "alice pw"}))], now=0.0)
+        client.set_credentials(store_of(cas=[root]), pki.now.timestamp())
         client.initiate("conn", 0.0)
         await _settle(client, shell, transport)
         assert any(isinstance(e, IkeSaEstablished) for e in iter(client.next_event, None))
@@ -156,8 +156,8 @@ def test_no_radius_server_answers_fails_the_login(pki: TestPki) -> None:
         service.io = FakeIo(FakeRadius({}, answer_after=100))  # type: ignore[assignment]
         client = IkeManager([with_auth(dataclasses.replace(make_settings(), local_id=None),
                                        AuthSettings("eap-mschapv2", eap_id=eap_id("alice")), "pubkey",
-                                       eap_secret=secrets({"alice": "x"}))], now=0.0,
-                            credentials=store_of(cas=[root]), wall_offset=pki.now.timestamp())
+                                       eap_secret=secrets({"alice": "x"}))], now=0.0)
+        client.set_credentials(store_of(cas=[root]), pki.now.timestamp())
         client.initiate("conn", 0.0)
         await _settle(client, shell, transport)
         assert stats.logins == {("eap-radius", LoginResult.SERVER_UNREACHABLE.value): 1}

@@ -269,12 +269,6 @@ class IkeSa:
     def send_liveness(self) -> None:
         self.enqueue([Liveness()])
 
-    def resume_auth(self, token: int, answer: object) -> bool:
-        """The outside answer an AuthRequest asked for (RADIUS); False if it is stale."""
-        if self.state == IkeState.CLOSED:
-            return False
-        return self.exchanges.resume(token, answer)
-
     def note_inbound_traffic(self, now: float) -> None:
         """The data plane saw ESP from the peer: it is alive, DPD can wait (RFC 7296 2.4)."""
         self.last_traffic_in = max(self.last_traffic_in, now)

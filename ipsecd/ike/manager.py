@@ -82,8 +82,6 @@ class IkeManager:
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
     cookie_threshold: int = 100  # half-open SAs before we demand cookies (RFC 7296 2.6)
     max_half_open: int = 5000
-    credentials: CredentialStore | None = field(default=None, repr=False)  # certificates, anchors, CRLs, keys
-    wall_offset: float = 0.0  # wall-clock time minus ``now`` (certificate validity is in real time)
 
     counters: dict[str, int] = field(default_factory=dict)
     ctx: EngineContext = field(init=False, repr=False)
@@ -93,9 +91,7 @@ class IkeManager:
     _events: deque[Event] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
-        self.ctx = EngineContext(rng=self.rng, wall_offset=self.wall_offset)
-        if self.credentials is not None:
-            self.ctx.credentials = self.credentials
+        self.ctx = EngineContext(rng=self.rng)
         self.table = SaTable(self.ctx)
         self._front = FrontDoor(self.rng(32), self.counters)
         self._rl = RateLimitedLogger(log)
@@ -109,19 +105,14 @@ class IkeManager:
         self.connections = connections
         self._conns = {c.name: c for c in connections}
 
-    def set_credentials(self, store: CredentialStore, wall_offset: float | None = None) -> None:
-        """Swap in a new credential store (reload): IKE SAs that are up keep running, the next
-        authentication uses the new certificates, anchors and CRLs."""
-        self.ctx.credentials = store
-        if wall_offset is not None:
-            self.ctx.wall_offset = wall_offset
+    def set_credentials(self, store: CredentialStore, wall_offset: float) -> None:
+        """Swap in a credential store (reload keeps SAs); ``wall_offset``: real time minus ``now``."""
+        self.ctx.credentials, self.ctx.wall_offset = store, wall_offset
 
     def auth_answer(self, ike_sa_id: int, token: int, answer: object, now: float) -> bool:
-        """The answer to an AuthRequest event (a RADIUS reply): the IKE SA goes on with IKE_AUTH.
-        False when the SA is gone or no longer waits for it (the answer is then dropped)."""
-        resumed: list[bool] = []
-        self._act(self.sas.get(ike_sa_id), now, lambda sa: resumed.append(sa.resume_auth(token, answer)))
-        return resumed == [True]
+        """An AuthRequest's answer (a RADIUS reply): IKE_AUTH goes on; False if none waits for it."""
+        ok: list[bool] = []
+        return self._act(self.sas.get(ike_sa_id), now, lambda s: ok.append(s.exchanges.resume(token, answer))) and ok[0]
 
     # -- traps (on-demand Child SAs, RFC 4301 5.1 / RFC 7296 1.3)
     def assign_reqid(self, name: str, child: str, reqid: int | None = None) -> int:
@@ -423,9 +414,8 @@ class IkeManager:
 
     def _initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under
-        these identities: drop ours silently. Identities, not addresses, decide: many clients
-        share one NAT address; after EAP the EAP identity (strongSwan's other_eap_id: a Windows
-        client's IKE identity is just its private address). ``unique: never`` ignores the notify.
+        these identities (after EAP: its EAP identity, see login_key): drop ours silently. Identities,
+        not addresses, decide: many clients share one NAT address. ``unique: never`` ignores it.
 
         Only SAs that were up before this one started count as "older": an SA that
         completed meanwhile comes from a simultaneous initiation, which the duplicate
