@@ -39,6 +39,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ipsecd.errors import ConfigError
 from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
+from ipsecd.identity import eap_identity as parse_eap_identity
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -499,7 +500,7 @@ class Config:
     def find_eap_secret(self, eap_identity: bytes | str | Identity) -> str | NtHashSecret | None:
         """The EAP password (or NT hash) of this EAP identity: the secret whose ``id`` matches it
         best (exact beats a pattern, which beats ``%any`` or no ``id``); among equals the first."""
-        who = eap_identity if isinstance(eap_identity, Identity) else _eap_identity(eap_identity)
+        who = eap_identity if isinstance(eap_identity, Identity) else parse_eap_identity(eap_identity)
         if who is None:
             return None
         best, rank = None, int(IdMatch.NONE)
@@ -512,15 +513,6 @@ class Config:
     def key_passphrases(self) -> dict[str, bytes]:
         """Private key file (name in private/, or a path) -> passphrase, for the credential store."""
         return {k.file: k.secret for k in self.key_secrets}
-
-
-def _eap_identity(value: bytes | str) -> Identity | None:
-    """An EAP identity as an Identity (strongSwan's identification_create_from_data): None if unusable."""
-    try:
-        text = value.decode("utf-8") if isinstance(value, bytes) else value
-        return Identity.parse(text) if text and "\x00" not in text else None
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 def _as_identity(value: str | Identity | None) -> Identity | None:

@@ -326,6 +326,14 @@ def _eap_pair(pki: TestPki, certs: SimpleNamespace, client: str | AuthSettings, 
     return pair_of(sa, sb, pki, store_a, store_of([certs.gw], [certs.inter], [certs.root]))
 
 
+def _eap_tls_pair(pki: TestPki, certs: SimpleNamespace, gateway: str = "eap-tls",
+                  eap_identity: str = "alice@example.com", local_certs: tuple[str, ...] = ()) -> Pair:
+    """An EAP-TLS client with a certificate for alice@example.com (SAN rfc822Name), logging in as ``eap_identity``."""
+    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
+    return _eap_pair(pki, certs, AuthSettings("eap-tls", certs=local_certs, eap_id=eap_id(eap_identity)), gateway,
+                     store_a=store_of([client], cas=[certs.root]))
+
+
 def test_eap_mschapv2_like_windows(pki: TestPki, certs: SimpleNamespace) -> None:
     pair = _eap_pair(pki, certs, "eap-mschapv2", "eap-mschapv2")
     pair.a.initiate("conn", pair.now)
@@ -379,9 +387,7 @@ def test_eap_mschapv2_unknown_user(pki: TestPki, certs: SimpleNamespace) -> None
 
 
 def test_eap_tls(pki: TestPki, certs: SimpleNamespace) -> None:
-    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
-    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-tls",
-                     store_a=store_of([client], cas=[certs.root]))
+    pair = _eap_tls_pair(pki, certs)
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _up(pair)
@@ -389,10 +395,7 @@ def test_eap_tls(pki: TestPki, certs: SimpleNamespace) -> None:
 
 
 def test_eap_tls_client_certificate_must_hold_the_eap_identity(pki: TestPki, certs: SimpleNamespace) -> None:
-    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
-    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", certs=("alice.pem",), eap_id=eap_id("bob@example.com")),
-                     "eap-tls",
-                     store_a=store_of([client], cas=[certs.root]))
+    pair = _eap_tls_pair(pki, certs, eap_identity="bob@example.com", local_certs=("alice.pem",))
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _failed(pair, LoginResult.CERTIFICATE, "NAME_MISMATCH", "bob@example.com")
@@ -400,9 +403,7 @@ def test_eap_tls_client_certificate_must_hold_the_eap_identity(pki: TestPki, cer
 
 def test_eap_only_with_a_mutual_method(pki: TestPki, certs: SimpleNamespace) -> None:
     """RFC 5998, configured as strongSwan: eap-tls on both sides of both ends; the gateway sends no AUTH."""
-    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
-    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-tls",
-                     store_a=store_of([client], cas=[certs.root]))
+    pair = _eap_tls_pair(pki, certs)
     pair.a.update_connections([dataclasses.replace(pair.a.connections[0], remote_auth=AuthSettings("eap-tls"))])
     pair.b.update_connections([dataclasses.replace(pair.b.connections[0], local_auth=AuthSettings("eap-tls"))])
     pair.a.initiate("conn", pair.now)
@@ -417,9 +418,7 @@ def test_eap_only_with_a_mutual_method(pki: TestPki, certs: SimpleNamespace) -> 
 def test_eap_only_needs_the_gateway_configured_for_it(pki: TestPki, certs: SimpleNamespace) -> None:
     """A client that announces EAP_ONLY (strongSwan, Apple always do) still gets our certificate AUTH:
     it may expect one (remote.auth pubkey), as a strongSwan client does by default."""
-    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
-    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-tls",
-                     store_a=store_of([client], cas=[certs.root]))
+    pair = _eap_tls_pair(pki, certs)
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _up(pair)
@@ -437,9 +436,7 @@ def test_eap_only_is_not_honoured_with_mschapv2(pki: TestPki, certs: SimpleNames
 
 
 def test_eap_dynamic_moves_to_tls_on_a_nak(pki: TestPki, certs: SimpleNamespace) -> None:
-    client = pki.issue("alice", certs.root, "p256", sans=["email:alice@example.com"], ekus=[CLIENT_AUTH])
-    pair = _eap_pair(pki, certs, AuthSettings("eap-tls", eap_id=eap_id("alice@example.com")), "eap-dynamic",
-                     store_a=store_of([client], cas=[certs.root]))
+    pair = _eap_tls_pair(pki, certs, gateway="eap-dynamic")
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _up(pair)

@@ -182,15 +182,11 @@ def missing_credential(sa: IkeSa, identity: Identity) -> str:
     return f"no certificate holding our identity '{identity}' with its private key in {where} (set local.certs)"
 
 
-def trust_anchor_names(sa: IkeSa) -> tuple[str, ...] | None:
-    return sa.settings.remote_auth.cacerts
-
-
 def certreq_data(sa: IkeSa) -> bytes:
     """The Certification Authority field of the CERTREQ we send: our trust anchors for this
     connection (RFC 7296 3.7); empty when there are none (or cacerts names a missing file)."""
     try:
-        return sa.ctx.credentials.certreq_data(trust_anchor_names(sa))
+        return sa.ctx.credentials.certreq_data(sa.settings.remote_auth.cacerts)
     except CredentialError as e:
         sa.log.warning("no CERTREQ sent: %s", e)
         return b""

@@ -19,20 +19,11 @@ from ipsecd.eap.radius_method import EAP_RADIUS, EapRadiusRelay
 from ipsecd.eap.session import MethodOffer
 from ipsecd.eap.tls import EapTlsPeer, EapTlsServer, TlsCredentials
 from ipsecd.iana import EapType
-from ipsecd.identity import Identity
+from ipsecd.identity import Identity, eap_identity
 from ipsecd.ike.authenticators import AuthContext, own_credential
 from ipsecd.logsafe import safe
 
 MUTUAL_METHODS = frozenset({EapType.TLS})  # prove the server too, and derive an MSK (RFC 5998 4)
-
-
-def eap_identity(data: bytes) -> Identity | None:
-    """An EAP identity read as an IKE identity (strongSwan: identification_create_from_data); None if it is not one."""
-    try:
-        text = data.decode("utf-8")
-        return Identity.parse(text) if text and "\x00" not in text else None
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 def client_credential(ctx: AuthContext, eap_id: bytes) -> OwnCredential | None:
