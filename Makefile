@@ -4,7 +4,7 @@ VENV ?= .venv
 # Debian's interpreter when there is one: a venv on it stays usable after `ipsecd --user` drops root
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 PY := $(VENV)/bin/python
-APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins \
+APT_PACKAGES := strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins libcharon-extauth-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins \
 	iproute2 iptables iputils-ping iperf3 tcpdump python3-venv procps tshark openssl \
 	freeradius freeradius-utils \
@@ -18,6 +18,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?= --rekey
 # handshake load (tests/bench_handshake.py): each responder run is capped at --max-seconds
 HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
+# the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)
+HANDSHAKE_CERT_ARGS ?= --auth pubkey --runs 3 --tunnels 1000,5000 --max-seconds 600
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 # make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
@@ -82,6 +84,7 @@ bench: deps loadtester
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
+	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 
 # Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs

@@ -39,6 +39,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ipsecd.errors import ConfigError
 from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
+from ipsecd.identity import eap_identity as parse_eap_identity
 from ipsecd.pools import ADDRESS_KEYS, DEFAULT_LEASE_DB, SUBNET_KEYS, attribute_value, parse_range
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ ProposalValidator = Callable[[str, str], None]
 """``validator(kind, text)``; kind is "ike" or "esp"; raises ValueError saying what is wrong."""
 
 DEFAULT_CONTROL_SOCKET = Path("/run/ipsecd/ipsecd.sock")
+DEFAULT_CREDENTIALS = Path("/etc/ipsecd")
 LOG_SUBSYSTEMS = ("ike", "child", "esp", "net", "cfg", "ctl")
 """Per-subsystem verbosity knobs (strongSwan's ``charon.filelog.*`` levels -1..4)."""
 
@@ -110,6 +112,14 @@ class Fragmentation(StrEnum):
     ACCEPT = "accept"
     FORCE = "force"
     NO = "no"
+
+
+class SendCert(StrEnum):
+    """When to send our certificate chain in IKE_AUTH (swanctl ``send_cert``)."""
+
+    ALWAYS = "always"  # even without a CERTREQ: Apple clients send none
+    IFASKED = "ifasked"  # only when the peer sent a CERTREQ (swanctl's default)
+    NEVER = "never"
 
 
 # strongSwan's older spellings, accepted so that pasted ipsec.conf habits keep working.
@@ -274,16 +284,34 @@ class RetransmitConfig:
         return self.timeout * self.base**attempt
 
 
+LOCAL_AUTH_METHODS = ("pubkey", "psk", "eap-mschapv2", "eap-tls", "eap")
+"""``local.auth``: how we authenticate; ``eap`` answers whichever supported method the server picks."""
+REMOTE_AUTH_METHODS = ("pubkey", "psk", "eap-mschapv2", "eap-tls", "eap-radius", "eap-dynamic")
+"""``remote.auth``: how the peer must authenticate; ``eap-dynamic`` offers MSCHAPv2, then TLS."""
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """One side's authentication (swanctl ``local``/``remote`` sections).
 
     ``id`` None only for a local side without ``id``: the engine then uses the IP
-    address the IKE SA runs on, as strongSwan does (one of ``local_addrs`` if given).
+    address the IKE SA runs on, as strongSwan does (one of ``local_addrs`` if given),
+    or with ``certs`` the subject of the first certificate.
+    ``certs`` (local only) name our certificates in the credential directory's x509/;
+    ``cacerts`` (remote only) restrict the trust anchors to these files of x509ca/
+    (empty: every anchor); ``eap_id`` is the EAP identity: ours (local), or the one the
+    peer must use, ``%any`` asking for it with EAP-Identity (remote).
     """
 
     auth: str
     id: Identity | None
+    certs: tuple[str, ...] = ()
+    cacerts: tuple[str, ...] = ()
+    eap_id: Identity | None = None
+
+    @property
+    def is_eap(self) -> bool:
+        return self.auth.startswith("eap")
 
 
 @dataclass(frozen=True)
@@ -344,6 +372,7 @@ class ConnectionConfig:
     mobike: bool = True
     fragmentation: Fragmentation = Fragmentation.YES
     send_certreq: bool = True
+    send_cert: SendCert = SendCert.IFASKED
     retransmit: RetransmitConfig = field(default_factory=RetransmitConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)
     pools: tuple[str, ...] = ()  # gateway: lease virtual IPs from these (top-level ``pools``), in order
@@ -384,6 +413,63 @@ class IkeSecret:
 
 
 @dataclass(frozen=True)
+class NtHashSecret:
+    """An MSCHAPv2 password as its NT hash (swanctl ``secrets.ntlm``): 16 octets, never shown."""
+
+    value: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EapSecret:
+    """A user's EAP password (``secrets.eap``) or NT hash (``secrets.ntlm``), by EAP identity."""
+
+    ids: tuple[Identity, ...]
+    secret: str | NtHashSecret = field(repr=False)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class KeySecret:
+    """The passphrase of an encrypted private key file (``secrets.private``/``rsa``/``ecdsa``)."""
+
+    file: str
+    secret: bytes = field(repr=False)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class RadiusServerConfig:
+    """One ``settings.eap-radius.servers.NAME``: tried in the order written (failover)."""
+
+    name: str
+    address: IPAddress
+    secret: bytes = field(repr=False)
+    auth_port: int = 1812
+    acct_port: int = 1813
+
+
+@dataclass(frozen=True)
+class EapRadiusSettings:
+    """``settings.eap-radius``, strongSwan's eap-radius plugin settings by their names.
+
+    Each try on a server waits ``retransmit_timeout * retransmit_base**n``; after
+    ``retransmit_tries`` tries the next server is asked.
+    """
+
+    servers: tuple[RadiusServerConfig, ...] = ()
+    accounting: bool = False
+    accounting_interval: float = 0.0  # Interim-Update period; 0 = Start and Stop only
+    nas_identifier: str = "ipsecd"
+    retransmit_timeout: float = 2.0
+    retransmit_base: float = 2.0
+    retransmit_tries: int = 3
+
+    def timeouts(self) -> tuple[float, ...]:
+        """The wait after each try on one server, as the RADIUS client takes them."""
+        return tuple(self.retransmit_timeout * self.retransmit_base**n for n in range(self.retransmit_tries))
+
+
+@dataclass(frozen=True)
 class DataplaneSettings:
     tun_name: str = "ipsec0"
     mtu: int | None = None  # None = auto (from the path MTU minus ESP overhead)
@@ -414,6 +500,8 @@ class Settings:
     log: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOG_SUBSYSTEMS, 1))
     keep_alive: float = 20.0  # NAT-T keepalive interval when we are behind a NAT (RFC 3948 2.3); 0 = off
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
+    credentials: Path = DEFAULT_CREDENTIALS  # swanctl's layout: x509/, x509ca/, x509crl/, private/
+    eap_radius: EapRadiusSettings = field(default_factory=EapRadiusSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
     lease_db: Path = DEFAULT_LEASE_DB  # SQLite file of the pools' leases (opened only when pools exist)
@@ -427,11 +515,30 @@ class Config:
     source: Path
     warnings: tuple[str, ...] = ()
     pools: dict[str, PoolConfig] = field(default_factory=dict)
+    eap_secrets: tuple[EapSecret, ...] = ()
+    key_secrets: tuple[KeySecret, ...] = ()
 
     def find_psk(self, local_id: str | Identity | None, remote_id: str | Identity | None) -> bytes | None:
         """The pre-shared key for this pair of identities, or None (see :func:`best_secret`)."""
         secret = best_secret(self.secrets, _as_identity(local_id), _as_identity(remote_id))
         return None if secret is None else secret.secret
+
+    def find_eap_secret(self, eap_identity: bytes | str | Identity) -> str | NtHashSecret | None:
+        """The EAP password (or NT hash) of this EAP identity: the secret whose ``id`` matches it
+        best (exact beats a pattern, which beats ``%any`` or no ``id``); among equals the first."""
+        who = eap_identity if isinstance(eap_identity, Identity) else parse_eap_identity(eap_identity)
+        if who is None:
+            return None
+        best, rank = None, int(IdMatch.NONE)
+        for secret in self.eap_secrets:
+            quality = max((ident.matches(who) for ident in secret.ids or (ANY_IDENTITY,)), default=IdMatch.NONE)
+            if quality > rank:
+                best, rank = secret, quality
+        return None if best is None else best.secret
+
+    def key_passphrases(self) -> dict[str, bytes]:
+        """Private key file (name in private/, or a path) -> passphrase, for the credential store."""
+        return {k.file: k.secret for k in self.key_secrets}
 
 
 def _as_identity(value: str | Identity | None) -> Identity | None:
@@ -540,6 +647,7 @@ _CONN_KEYS = (
     "mobike",
     "fragmentation",
     "send_certreq",
+    "send_cert",
     "retransmit",
     "local",
     "remote",
@@ -568,10 +676,17 @@ _CHILD_KEYS = (
     "mss_clamp",
     "interface",
 )
-_AUTH_KEYS = ("auth", "id")
+_AUTH_KEYS = ("auth", "id", "certs", "cacerts", "eap_id")
 _SECRET_KEYS = ("id", "secret", "secret_file")
+_EAP_SECRET_KEYS = ("id", "secret")
+_KEY_SECRET_KEYS = ("file", "secret")
+_SECRET_SECTIONS = ("ike", "eap", "ntlm", "private", "rsa", "ecdsa")
+_RADIUS_KEYS = ("servers", "secret", "accounting", "accounting_interval", "nas_identifier", "retransmit_timeout",
+                "retransmit_base", "retransmit_tries")
+_RADIUS_SERVER_KEYS = ("address", "secret", "auth_port", "acct_port")
 _RETRANSMIT_KEYS = ("tries", "timeout", "base")
-_SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "metrics", "debug", "lease_db")
+_SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "credentials", "eap-radius",
+                  "metrics", "debug", "lease_db")
 _POOL_KEYS = ("addrs", *ADDRESS_KEYS, *SUBNET_KEYS)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -594,11 +709,15 @@ KEY_SECTIONS: Mapping[str, KeySection] = {
     "auth": KeySection(("connections.NAME.local", "connections.NAME.remote"), _AUTH_KEYS),
     "retransmit": KeySection(("connections.NAME.retransmit",), _RETRANSMIT_KEYS),
     "child": KeySection(("connections.NAME.children.CHILD",), _CHILD_KEYS),
-    "secrets": KeySection(("secrets",), ("ike",)),
+    "secrets": KeySection(("secrets",), _SECRET_SECTIONS),
     "secret": KeySection(("secrets.ike",), _SECRET_KEYS),
+    "eap_secret": KeySection(("secrets.eap", "secrets.ntlm"), _EAP_SECRET_KEYS),
+    "key_secret": KeySection(("secrets.private", "secrets.rsa", "secrets.ecdsa"), _KEY_SECRET_KEYS),
     "settings": KeySection(("settings",), _SETTINGS_KEYS),
     "log": KeySection(("settings.log",), ("default", *LOG_SUBSYSTEMS)),
     "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers")),
+    "eap_radius": KeySection(("settings.eap-radius",), _RADIUS_KEYS),
+    "radius_server": KeySection(("settings.eap-radius.servers.NAME",), _RADIUS_SERVER_KEYS),
     "metrics": KeySection(("settings.metrics",), ("listen",)),
     "debug": KeySection(("settings.debug",), ("allow_key_export",)),
     "pool": KeySection(("pools.POOL",), _POOL_KEYS),  # and attribute numbers: "25": corp.example
@@ -634,8 +753,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
                      "MOBIKE (RFC 4555) is not negotiated, so a peer that changes address needs a new IKE SA"),
     UnimplementedKey("conn", "fragmentation", frozenset({Fragmentation.NO}), Fragmentation.NO,
                      "IKE messages are neither fragmented nor reassembled (RFC 7383)"),
-    UnimplementedKey("conn", "send_certreq", frozenset({False}), False,
-                     "no CERTREQ payloads are sent (there is no certificate authentication yet)"),
     UnimplementedKey("dataplane", "workers", frozenset({1}), 1, "the data plane runs a single worker process"),
 )
 
@@ -644,13 +761,15 @@ _CHILD_ONLY = set(_CHILD_KEYS) - set(_CONN_KEYS)
 _CONN_ONLY = set(_CONN_KEYS) - set(_CHILD_KEYS)
 _UNSUPPORTED = {
     "top": "authorities include",
-    "conn": "aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless send_cert "
+    "conn": "aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless "
     "mediation mediated_by mediation_peer keyingtries_limit",
-    "auth": "certs pubkeys eap_id aaa_id xauth_id groups cert_policy cacerts ca_id revocation round",
+    "auth": "pubkeys aaa_id xauth_id groups cert_policy ca_id revocation round",
     "child": "ah_proposals updown hostaccess policies policies_fwd_out set_mark_in set_mark_out mark_in mark_out "
     "ipcomp inactivity reqid priority copy_df copy_ecn copy_dscp hw_offload sha256_96 label tfc_padding "
     "if_id_in if_id_out",
-    "secrets": "eap xauth ntlm private rsa ecdsa pkcs8 pkcs12 token",
+    "secrets": "xauth pkcs8 pkcs12 token",
+    "eap_radius": "server port sockets class_group eap_start filter_id id_prefix station_id_with_port "
+    "accounting_requires_vip accounting_close_on_timeout dae forward xauth",
 }
 
 
@@ -784,6 +903,13 @@ class _Loader:
         return out
 
     # ---- scalars: each returns None after reporting, so callers fall back to the default
+
+    def path(self, raw: str) -> Path:
+        """A file or directory name: absolute, or relative to the configuration file (as secret_file)."""
+        if not raw.strip():
+            raise ValueError("expected a path, got an empty string")
+        p = Path(raw.strip())
+        return p if p.is_absolute() else self.base_dir / p
 
     def text(self, entry: _Entry | None, what: str = "a string") -> str | None:
         if entry is None:
@@ -930,32 +1056,67 @@ def _parse_proposals(ld: _Loader, entry: _Entry | None, kind: str) -> tuple[str,
     return tuple(out) or ("default",)
 
 
+_AUTH_HINTS = {
+    "rsa": "use 'pubkey' (the key type comes from the certificate)",
+    "ecdsa": "use 'pubkey' (the key type comes from the certificate)",
+    "ed25519": "use 'pubkey' (the key type comes from the certificate)",
+    "null": "NULL authentication (RFC 7619) is not supported",
+}
+
+
+def _auth_method(ld: _Loader, entry: _Entry, side: str) -> str | None:
+    raw = ld.text(entry, "an authentication method")
+    if raw is None:
+        return None
+    auth = raw.strip().lower()
+    allowed = LOCAL_AUTH_METHODS if side == "local" else REMOTE_AUTH_METHODS
+    if auth in allowed:
+        return auth
+    expected = f"expected one of: {', '.join(allowed)}"
+    if auth in _AUTH_HINTS:
+        why = _AUTH_HINTS[auth]
+    elif side == "local" and auth in ("eap-radius", "eap-dynamic"):
+        why = f"'{auth}' is for the remote side (we ask the peer); as a client use 'eap' or name a method"
+    elif side == "remote" and auth == "eap":
+        why = "name the method the peer must use: eap-mschapv2, eap-tls, eap-radius or eap-dynamic"
+    elif auth.startswith(("eap-", "xauth")) or ("-" in auth and auth.split("-")[0] in ("pubkey", "rsa", "ecdsa")):
+        why = f"'{auth}' is not supported"
+    else:
+        why = f"unknown authentication method {auth!r}"
+    ld.error(entry.value, entry.path, f"{why} ({expected})")
+    return None
+
+
 def _parse_auth(ld: _Loader, entries: Mapping[str, _Entry], side: str, conn_key: Node, conn_path: str) -> AuthConfig:
     entry = entries.get(side)
     path = _join(conn_path, side)
     if entry is None:
-        ld.error(conn_key, path, f"missing section '{side}:' (needs at least 'auth: psk')")
+        ld.error(conn_key, path, f"missing section '{side}:' (e.g. 'auth: pubkey' or 'auth: psk')")
         return AuthConfig("psk", None if side == "local" else ANY_IDENTITY)
     fields = ld.mapping(entry.value, path, "auth")
-    auth = ld.text(_opt(fields, "auth"), "an authentication method")
-    if auth is None:
-        if _opt(fields, "auth") is None:  # absent or empty; a wrong type was reported by text()
-            ld.error(
-                entry.key,
-                _join(path, "auth"),
-                "missing (ipsecd supports 'psk' so far; swanctl's default 'pubkey' is not implemented yet)",
-            )
-        auth = "psk"
-    else:
-        auth = auth.strip().lower()
-        if auth != "psk":
-            known = auth in ("pubkey", "rsa", "ecdsa", "null", "xauth") or auth.startswith(("eap", "xauth-"))
-            msg = f"'{auth}' is not supported yet" if known else f"unknown authentication method {auth!r}"
-            ld.error(fields["auth"].value, fields["auth"].path, f"{msg} (expected psk)")
+    auth_entry = _opt(fields, "auth")
+    auth = (_auth_method(ld, auth_entry, side) if auth_entry is not None else "pubkey") or "psk"
     ident = ld.convert(_opt(fields, "id"), "an identity", Identity.parse)
     if ident is None and side == "remote":
         ident = ANY_IDENTITY
-    return AuthConfig(auth, ident)
+    certs_entry, cacerts_entry = _opt(fields, "certs"), _opt(fields, "cacerts")
+    certs = tuple(raw for _n, _p, raw in ld.items(certs_entry, "certificate files")) if certs_entry else ()
+    cacerts = tuple(raw for _n, _p, raw in ld.items(cacerts_entry, "CA certificate files")) if cacerts_entry else ()
+    eap_id = ld.convert(_opt(fields, "eap_id"), "an EAP identity", Identity.parse)
+    for key, given, ok, why in (
+        ("certs", certs, side == "local",
+         "only for local: ipsecd does not pin peer certificates (use remote.cacerts and remote.id)"),
+        ("cacerts", cacerts, side == "remote", "only for remote: the CAs the peer's certificate must chain to"),
+        ("eap_id", eap_id, auth.startswith("eap"), f"needs an EAP method in {path}.auth, not '{auth}'"),
+    ):
+        e = _opt(fields, key)
+        if given and not ok and e is not None:
+            ld.error(e.key, e.path, why)
+    if eap_id is not None and side == "local" and eap_id.contains_wildcards():
+        e = fields["eap_id"]
+        ld.error(e.value, e.path, "our own EAP identity cannot be %any or a pattern")
+    return AuthConfig(auth, ident, certs if side == "local" else (), cacerts if side == "remote" else (),
+                      eap_id if auth.startswith("eap") else None)
 
 
 def _parse_retransmit(ld: _Loader, entry: _Entry | None) -> RetransmitConfig:
@@ -1116,6 +1277,7 @@ def _parse_connection(ld: _Loader, entry: _Entry) -> ConnectionConfig:
             ld.choice(_opt(fields, "fragmentation"), Fragmentation, {"true": "yes", "false": "no"}), d.fragmentation
         ),
         send_certreq=ld.boolean(_opt(fields, "send_certreq"), d.send_certreq),
+        send_cert=_or(ld.choice(_opt(fields, "send_cert"), SendCert), d.send_cert),
         retransmit=_parse_retransmit(ld, _opt(fields, "retransmit")),
         children=children,
         pools=_parse_names(ld, _opt(fields, "pools"), "pool names"),
@@ -1288,20 +1450,7 @@ def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | 
     fields = ld.mapping(node, path, "secret")
     if not fields and not isinstance(node, MappingNode):
         return None
-    ids: list[Identity] = []
-    id_entry = _opt(fields, "id")
-    if id_entry is not None:
-        node = id_entry.value
-        if isinstance(node, ScalarNode) and not _is_null(node) and "=" in node.value:
-            # one DN, whose commas separate attributes, not identities (a YAML list gives several)
-            items: list[tuple[Node, str, str]] = [(node, id_entry.path, str(node.value).strip())]
-        else:
-            items = ld.items(id_entry, "identities")
-        for inode, ipath, raw in items:
-            try:
-                ids.append(Identity.parse(raw))
-            except ValueError as exc:
-                ld.error(inode, ipath, str(exc))
+    ids = _parse_ids(ld, _opt(fields, "id"))
     secret_entry, file_entry = _opt(fields, "secret"), _opt(fields, "secret_file")
     if secret_entry is not None and file_entry is not None:
         ld.error(file_entry.key, file_entry.path, "give either 'secret' or 'secret_file', not both")
@@ -1329,27 +1478,101 @@ def _parse_secret(ld: _Loader, node: Node, path: str, name: str) -> IkeSecret | 
     return IkeSecret(tuple(ids), data, name)
 
 
-def _parse_secrets(ld: _Loader, entry: _Entry | None) -> tuple[IkeSecret, ...]:
-    if entry is None:
-        return ()
-    fields = ld.mapping(entry.value, entry.path, "secrets")
-    ike = _opt(fields, "ike")
-    if ike is None:
-        return ()
-    out: list[IkeSecret] = []
-    if isinstance(ike.value, SequenceNode):
-        for i, item in enumerate(ike.value.value):
-            secret = _parse_secret(ld, item, f"{ike.path}[{i}]", f"{ike.path}[{i}]")
-            if secret is not None:
-                out.append(secret)
-    elif isinstance(ike.value, MappingNode):  # swanctl style: named sections
-        for sname, sentry in ld.named_mapping(ike.value, ike.path, "secret").items():
-            secret = _parse_secret(ld, sentry.value, sentry.path, sname)
-            if secret is not None:
-                out.append(secret)
+def _each_entry(ld: _Loader, entry: _Entry) -> list[tuple[Node, str, str]]:
+    """(node, path, name) of every entry of a secrets list, or of swanctl-style named sections."""
+    if isinstance(entry.value, SequenceNode):
+        return [(item, f"{entry.path}[{i}]", f"{entry.path}[{i}]") for i, item in enumerate(entry.value.value)]
+    if isinstance(entry.value, MappingNode):
+        return [(e.value, e.path, name) for name, e in ld.named_mapping(entry.value, entry.path, "secret").items()]
+    ld.error(entry.value, entry.path, f"expected a list of secrets, got {_describe(entry.value)}")
+    return []
+
+
+def _parse_ids(ld: _Loader, id_entry: _Entry | None) -> list[Identity]:
+    ids: list[Identity] = []
+    if id_entry is None:
+        return ids
+    node = id_entry.value
+    if isinstance(node, ScalarNode) and not _is_null(node) and "=" in node.value:
+        # one DN, whose commas separate attributes, not identities (a YAML list gives several)
+        items: list[tuple[Node, str, str]] = [(node, id_entry.path, str(node.value).strip())]
     else:
-        ld.error(ike.value, ike.path, f"expected a list of secrets, got {_describe(ike.value)}")
-    return tuple(out)
+        items = ld.items(id_entry, "identities")
+    for inode, ipath, raw in items:
+        try:
+            ids.append(Identity.parse(raw))
+        except ValueError as exc:
+            ld.error(inode, ipath, str(exc))
+    return ids
+
+
+def _parse_eap_secret(ld: _Loader, node: Node, path: str, name: str, ntlm: bool) -> EapSecret | None:
+    fields = ld.mapping(node, path, "eap_secret")
+    if not fields and not isinstance(node, MappingNode):
+        return None
+    ids = _parse_ids(ld, _opt(fields, "id"))
+    entry = _opt(fields, "secret")
+    if entry is None:
+        ld.error(node, path, "missing 'secret'")
+        return None
+    data = ld.convert(entry, "a string", _decode_secret)
+    if data is None:
+        return None
+    if ntlm:
+        if len(data) != 16:
+            ld.error(entry.value, entry.path, f"an NT hash is 16 bytes (0x followed by 32 hex digits), not {len(data)}")
+            return None
+        return EapSecret(tuple(ids), NtHashSecret(data), name)
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        ld.error(entry.value, entry.path, "an EAP password must be text (UTF-8)")
+        return None
+    if not password:
+        ld.error(entry.value, entry.path, "the password is empty")
+        return None
+    return EapSecret(tuple(ids), password, name)
+
+
+def _parse_key_secret(ld: _Loader, node: Node, path: str, name: str) -> KeySecret | None:
+    fields = ld.mapping(node, path, "key_secret")
+    if not fields and not isinstance(node, MappingNode):
+        return None
+    file = ld.text(_opt(fields, "file"), "a file name in private/")
+    entry = _opt(fields, "secret")
+    if file is None or entry is None:
+        ld.error(node, path, "needs 'file' (a key file in private/) and 'secret' (its passphrase)")
+        return None
+    data = ld.convert(entry, "a string", _decode_secret)
+    return None if data is None else KeySecret(file.strip(), data, name)
+
+
+def _parse_secrets(ld: _Loader, entry: _Entry | None) -> tuple[tuple[IkeSecret, ...], tuple[EapSecret, ...],
+                                                               tuple[KeySecret, ...]]:
+    if entry is None:
+        return (), (), ()
+    fields = ld.mapping(entry.value, entry.path, "secrets")
+    ike: list[IkeSecret] = []
+    eap: list[EapSecret] = []
+    keys: list[KeySecret] = []
+    for section in _SECRET_SECTIONS:
+        sentry = _opt(fields, section)
+        if sentry is None:
+            continue
+        for node, path, name in _each_entry(ld, sentry):
+            if section == "ike":
+                ike_secret = _parse_secret(ld, node, path, name)
+                if ike_secret is not None:
+                    ike.append(ike_secret)
+            elif section in ("eap", "ntlm"):
+                eap_secret = _parse_eap_secret(ld, node, path, name, section == "ntlm")
+                if eap_secret is not None:
+                    eap.append(eap_secret)
+            else:
+                key_secret = _parse_key_secret(ld, node, path, name)
+                if key_secret is not None:
+                    keys.append(key_secret)
+    return tuple(ike), tuple(eap), tuple(keys)
 
 
 def _parse_listen(raw: str) -> str:
@@ -1383,6 +1606,51 @@ def _parse_socket_path(raw: str) -> Path:
     if len(os.fsencode(raw)) > 107:
         raise ValueError(f"{raw!r} is too long for a Unix socket path (107 bytes at most)")
     return Path(raw)
+
+
+def _parse_radius_server(ld: _Loader, entry: _Entry, default_secret: bytes | None) -> RadiusServerConfig | None:
+    fields = ld.mapping(entry.value, entry.path, "radius_server")
+    address = ld.convert(_opt(fields, "address"), "an IP address", ip_address)
+    secret = ld.convert(_opt(fields, "secret"), "a string", _decode_secret) if _opt(fields, "secret") else None
+    secret = secret if secret is not None else default_secret
+    auth_port = ld.integer(_opt(fields, "auth_port"), 1812, 1, 65535)
+    acct_port = ld.integer(_opt(fields, "acct_port"), 1813, 1, 65535)
+    if address is None:
+        if _opt(fields, "address") is None:
+            ld.error(entry.key, entry.path, "missing 'address' (the RADIUS server's IP address)")
+        return None
+    if not secret:
+        ld.error(entry.key, entry.path, "no 'secret' for this server and no settings.eap-radius.secret")
+        return None
+    return RadiusServerConfig(entry.key.value, address, secret, auth_port, acct_port)
+
+
+def _parse_eap_radius(ld: _Loader, entry: _Entry | None) -> EapRadiusSettings:
+    d = EapRadiusSettings()
+    if entry is None:
+        return d
+    fields = ld.mapping(entry.value, entry.path, "eap_radius")
+    secret = ld.convert(_opt(fields, "secret"), "a string", _decode_secret) if _opt(fields, "secret") else None
+    servers: list[RadiusServerConfig] = []
+    servers_entry = _opt(fields, "servers")
+    if servers_entry is not None:
+        for _name, sentry in ld.named_mapping(servers_entry.value, servers_entry.path, "server").items():
+            server = _parse_radius_server(ld, sentry, secret)
+            if server is not None:
+                servers.append(server)
+    nas = ld.text(_opt(fields, "nas_identifier"), "a string")
+    if nas is not None and not 0 < len(nas.encode()) <= 253:
+        ld.error(fields["nas_identifier"].value, fields["nas_identifier"].path, "must be 1 to 253 bytes")
+        nas = None
+    return EapRadiusSettings(
+        servers=tuple(servers),
+        accounting=ld.boolean(_opt(fields, "accounting"), d.accounting),
+        accounting_interval=_or(ld.duration(_opt(fields, "accounting_interval")), d.accounting_interval),
+        nas_identifier=nas or d.nas_identifier,
+        retransmit_timeout=ld.number(_opt(fields, "retransmit_timeout"), d.retransmit_timeout, 0.1),
+        retransmit_base=ld.number(_opt(fields, "retransmit_base"), d.retransmit_base, 1.0),
+        retransmit_tries=ld.integer(_opt(fields, "retransmit_tries"), d.retransmit_tries, 1, 10),
+    )
 
 
 def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
@@ -1419,6 +1687,8 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
             mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
             workers=ld.integer(_opt(dp, "workers"), 1, 1, 64),
         )),
+        credentials=_or(ld.convert(_opt(fields, "credentials"), "a directory", ld.path), d.credentials),
+        eap_radius=_parse_eap_radius(ld, _opt(fields, "eap-radius")),
         metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
         lease_db=_or(ld.convert(_opt(fields, "lease_db"), "a path", _parse_abs_path), d.lease_db),
@@ -1529,6 +1799,44 @@ def _check_virtual_ips(ld: _Loader, conn: ConnectionConfig, entry: _Entry, pools
     if trapped:
         ld.error(ve.value, ve.path, f"not supported together with trap ({', '.join(trapped)}): a trap's policies "
                  "would need the virtual IP before it is assigned")
+def _check_auth(ld: _Loader, conn: ConnectionConfig, entry: _Entry, eap_secrets: tuple[EapSecret, ...],
+                settings: Settings, secrets_ok: bool) -> None:
+    """What certificate and EAP authentication need besides their own keys."""
+    fields = _fields_quiet(entry)
+    local, remote = conn.local, conn.remote
+    if local.is_eap and remote.is_eap and not local.auth == remote.auth == "eap-tls":
+        e = _auth_field(fields, "remote", "auth")
+        ld.error(e.value if e else entry.key, e.path if e else entry.path,
+                 "EAP on both sides is EAP-only authentication (RFC 5998), which needs a mutual method: "
+                 "eap-tls on both sides; otherwise one side authenticates with pubkey or psk")
+    # keys only some methods read: refused where nothing would read them
+    if local.certs and local.auth not in ("pubkey", "eap-tls", "eap") and remote.auth not in ("eap-tls",
+                                                                                             "eap-dynamic"):
+        e = _auth_field(fields, "local", "certs")
+        ld.error(e.key if e else entry.key, e.path if e else entry.path,
+                 f"unused with local.auth {local.auth}: certificates are for pubkey or EAP-TLS")
+    if remote.cacerts and remote.auth not in ("pubkey", "eap-tls", "eap-dynamic"):
+        e = _auth_field(fields, "remote", "cacerts")
+        ld.error(e.key if e else entry.key, e.path if e else entry.path,
+                 f"unused with remote.auth {remote.auth}: the peer presents no certificate to us"
+                 + (" (the RADIUS server checks it)" if remote.auth == "eap-radius" else ""))
+    if remote.auth == "eap-radius" and not settings.eap_radius.servers:
+        e = _auth_field(fields, "remote", "auth")
+        ld.error(e.value if e else entry.key, e.path if e else entry.path,
+                 "eap-radius needs a RADIUS server in settings.eap-radius.servers")
+    if local.auth in ("eap-mschapv2", "eap") and secrets_ok:
+        me = local.eap_id or local.id
+        if me is None or not any(not s.ids or any(i.matches(me) for i in s.ids) for s in eap_secrets):
+            e = _auth_field(fields, "local", "auth")
+            who = f"'{me}'" if me is not None else "(set local.eap_id)"
+            if local.auth == "eap-mschapv2":
+                ld.error(e.value if e else entry.key, e.path if e else entry.path,
+                         f"eap-mschapv2 as a client needs our password: no secret in secrets.eap matches {who}")
+    if remote.auth in ("eap-mschapv2", "eap-dynamic") and secrets_ok and not eap_secrets:
+        e = _auth_field(fields, "remote", "auth")
+        ld.warn(e.value if e else entry.key, e.path if e else entry.path,
+                f"{remote.auth} checks user passwords, but secrets.eap and secrets.ntlm are empty: every "
+                "MSCHAPv2 login will fail")
 
 
 def _fields_quiet(entry: _Entry) -> dict[str, _Entry]:
@@ -1582,7 +1890,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
     if root is None or _is_null(root):
         ld.warnings.append(ConfigIssue(display, 0, "", "the file is empty: no connections"))
     before = len(ld.issues)
-    secrets = _parse_secrets(ld, _opt(top, "secrets"))
+    secrets, eap_secrets, key_secrets = _parse_secrets(ld, _opt(top, "secrets"))
     secrets_ok = len(ld.issues) == before
     settings = _parse_settings(ld, _opt(top, "settings"))
     pools = _parse_pools(ld, _opt(top, "pools"))
@@ -1594,6 +1902,7 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
             connections[name] = _parse_connection(ld, entry)
         for name, entry in named.items():
             _cross_check(ld, connections[name], entry, secrets, secrets_ok)
+            _check_auth(ld, connections[name], entry, eap_secrets, settings, secrets_ok)
             _check_interfaces(ld, connections[name], entry, settings)
             _check_virtual_ips(ld, connections[name], entry, top.get("pools"))
     if ld.issues:
@@ -1605,18 +1914,32 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
         source=source,
         warnings=tuple(str(w) for w in sorted(ld.warnings, key=lambda i: i.line)),
         pools=pools,
+        eap_secrets=eap_secrets,
+        key_secrets=key_secrets,
     )
 
 
-def check_config_main(path: str | Path, *, proposal_validator: ProposalValidator | None = None) -> int:
-    """``ipsecd --check-config FILE``: 0 and a summary if valid, 1 and every error on stderr if not."""
+def check_config_main(path: str | Path, *, proposal_validator: ProposalValidator | None = None,
+                      extra_check: Callable[[Config], tuple[list[str], list[str], list[str]]] | None = None) -> int:
+    """``ipsecd --check-config FILE``: 0 and a summary if valid, 1 and every error on stderr if not.
+
+    ``extra_check(config)`` adds (errors, warnings, notes) the file alone cannot tell
+    (the daemon passes the credential store's check); notes go to stdout.
+    """
     try:
         config = load_config(path, proposal_validator=proposal_validator)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    for warning in config.warnings:
+    errors, warnings, notes = extra_check(config) if extra_check is not None else ([], [], [])
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    for warning in [*config.warnings, *warnings]:
         print(f"warning: {warning}", file=sys.stderr)
+    if errors:
+        return 1
     n = len(config.connections)
     print(f"configuration OK: {n} connection{'' if n == 1 else 's'}")
+    for note in notes:
+        print(f"note: {note}")
     return 0

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ from ipsecd.pools import MemoryLeaseStore, PoolManager, SqliteLeaseStore
 from ipsecd.sdnotify import sd_notify, watchdog_interval
 from ipsecd.settings_from_config import ike_settings, pool_specs, validate_proposal
 from ipsecd.shell.control import ControlHandlers
+from ipsecd.shell.credentials import CredentialReport, load_credentials
 from ipsecd.shell.ike_shell import IkeShell
 from ipsecd.shell.installer import ChildSaInstaller
 from ipsecd.shell.policy import ConnectionPolicy
+from ipsecd.shell.radius import RadiusService
 from ipsecd.shell.stats import ShellStats
 from ipsecd.shell.vips import DnsConfigurator, VirtualIpShell
 
@@ -66,6 +69,9 @@ class Daemon:
         self.shell.installer, self.shell.policy = self.installer, self.policy
         self.shell.vips = VirtualIpShell(self.shell, None, DnsConfigurator(config.settings.dataplane.tun_name)
                                          if dataplane else None)
+        self.radius = RadiusService(self.shell, lambda: self.dataplane)
+        self.shell.radius = self.radius
+        self.credentials, self.credential_report = self._load_credentials(config)
         self.handlers = ControlHandlers(self, hub)
         self.control = ControlServer(control_socket, self.handlers)
         self.metrics: MetricsServer | None = None
@@ -96,6 +102,8 @@ class Daemon:
         log.info("ipsecd %s started: %d connection(s) from %s", __version__, len(self.config.connections),
                  self.config.source)
         self._warn_config()
+        self._log_credentials()
+        await self.radius.configure(self.config.settings.eap_radius)
         self._warn_legacy()
         self.policy.start()
         await self._stopping.wait()
@@ -144,6 +152,7 @@ class Daemon:
             await self.shell.vips.close()
         await self.control.close()
         self.transport.close()
+        self.radius.close()
         self.shell.close()
         if self.dataplane is not None:
             await self.dataplane.stop()
@@ -162,6 +171,22 @@ class Daemon:
         """The loader's warnings (keys accepted but not implemented, weak keys), as --check-config prints them."""
         for warning in self.config.warnings:
             log.warning("%s", warning)
+
+    def _load_credentials(self, config: Config) -> tuple[Any, CredentialReport]:
+        """Read settings.credentials and hand the store to the engine (SAs that are up keep theirs)."""
+        store, report = load_credentials(config, datetime.now(UTC))
+        self.shell.manager.set_credentials(store, time.time() - time.monotonic())
+        return store, report
+
+    def _log_credentials(self) -> None:
+        report = self.credential_report
+        for text in report.errors:
+            log.error("credentials: %s", text)
+        for text in report.warnings:
+            log.warning("credentials: %s", text)
+        log.info("credentials from %s: %d certificate(s), %d trust anchor(s), %d CRL(s), %d key(s)",
+                 self.credentials.directory, len(self.credentials.certs), len(self.credentials.cas),
+                 len(self.credentials.crls), len(self.credentials.keys))
 
     def _warn_legacy(self) -> None:
         """Legacy algorithms run only because the config names them: say so once at start."""
@@ -191,6 +216,10 @@ class Daemon:
             raise ControlError(f"reload failed: {e}") from e
         old, self.config = self.config, new
         self._warn_config()
+        # a new credential store: the next logins use it, established SAs are not touched
+        self.credentials, self.credential_report = self._load_credentials(new)
+        self._log_credentials()
+        await self.radius.configure(new.settings.eap_radius)
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]
@@ -219,6 +248,10 @@ def open_pools(config: Config) -> PoolManager:
     (raises ConfigError when it cannot be: leases that would silently not persist are refused)."""
     store = SqliteLeaseStore(config.settings.lease_db) if config.pools else MemoryLeaseStore()
     return PoolManager(pool_specs(config), store)
+def _check_credentials(config: Config) -> tuple[list[str], list[str], list[str]]:
+    """--check-config: (errors, warnings, notes) about settings.credentials for this configuration."""
+    _store, report = load_credentials(config, datetime.now(UTC), check_only=True)
+    return report.errors, report.warnings, report.notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         from ipsecd.config import check_config_main
 
         path = args.config if args.check_config is True else args.check_config
-        return check_config_main(path, proposal_validator=validate_proposal)
+        return check_config_main(path, proposal_validator=validate_proposal, extra_check=_check_credentials)
     try:
         config = load_config(args.config, proposal_validator=validate_proposal)
     except ConfigError as e:

@@ -589,3 +589,14 @@ def _match_address(kind: IdType, pattern: bytes, peer: bytes) -> int:
 
 ANY_IDENTITY = Identity(None)
 """``%any``: accepts every identity (strongSwan's ID_ANY)."""
+
+
+def eap_identity(data: bytes | str) -> Identity | None:
+    """An EAP identity (free octets, RFC 3748 5.1) read as an IKE identity, as strongSwan's
+    identification_create_from_data does, for secret lookup and certificate matching; None
+    when it is not text or names no identity."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return Identity.parse(text) if text and "\x00" not in text else None
+    except (UnicodeDecodeError, ValueError):
+        return None

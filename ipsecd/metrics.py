@@ -27,7 +27,7 @@ from typing import Any
 
 from ipsecd import __version__
 from ipsecd.control.server import stop_serving
-from ipsecd.ike.events import Cause
+from ipsecd.ike.events import Cause, LoginResult
 
 log = logging.getLogger("ipsecd.ctl")
 
@@ -42,6 +42,8 @@ IKE_STATES = ("CONNECTING", "ESTABLISHED", "DELETING")
 """Always exported (0 when empty) so dashboards and alerts see a series before the first SA exists."""
 CHILD_STATES = ("INSTALLED",)
 REKEY_KINDS = ("ike", "child")
+LOGIN_METHODS = ("psk", "pubkey", "eap-mschapv2", "eap-tls", "eap-radius", "eap")
+"""The method label of ipsecd_logins_total; ``eap`` is an EAP login that ended before a method ran."""
 IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "retransmits", "retransmitted_requests"})
 """IKE counters that count work, not discarded messages: exported as ipsecd_ike_events_total."""
 
@@ -61,6 +63,7 @@ class MetricsSnapshot:
     events: Mapping[str, int] = field(default_factory=dict)  # Daemon.event_counts
     handshake_failures: Mapping[str, int] = field(default_factory=dict)  # failure_class(cause) -> count
     rekeys: Mapping[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
+    logins: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (method, LoginResult) -> count
     version: str = __version__
 
 
@@ -79,6 +82,13 @@ _FAILURE_CLASSES = {
 def failure_class(cause: Cause) -> str:
     """The metrics label for a failed IKE or Child SA (``IkeSaClosed``/``ChildSaFailed`` cause)."""
     return _FAILURE_CLASSES.get(cause, "other")
+
+
+def login_labels(method: str, result: str) -> tuple[str, str]:
+    """(method, result) labels of a Login event, mapped into the fixed sets."""
+    m = method if method in LOGIN_METHODS else "eap" if method.startswith("eap") else "other"
+    r = result if result in {x.value for x in LoginResult} else "other"
+    return m, r
 
 
 # --------------------------------------------------------------------------- rendering
@@ -174,8 +184,15 @@ def render(snapshot: MetricsSnapshot) -> str:
     _reasons(failures, "reason", snapshot.handshake_failures)
     rekeys = _Family("ipsecd_rekeys_total", "counter", "Completed rekeyings by SA kind.")
     _reasons(rekeys, "kind", snapshot.rekeys, REKEY_KINDS)
+    logins = _Family("ipsecd_logins_total", "counter",
+                     "Peers' authentications as responder (client logins), by method and result.")
+    for method in LOGIN_METHODS:
+        logins.add(0, method=method, result=LoginResult.SUCCESS.value)
+    for (method, result), n in snapshot.logins.items():
+        logins.add(_count(n), method=method, result=result)
     out: list[str] = []
-    for fam in (up, info, ike_sas, child_sas, octets, packets, drops, ike_drops, ike_events, events, failures, rekeys):
+    for fam in (up, info, ike_sas, child_sas, octets, packets, drops, ike_drops, ike_events, events, failures, rekeys,
+                logins):
         fam.render(out)
     return "\n".join(out) + "\n"
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from ipaddress import ip_address
 
-from ipsecd.config import Config, ConnectionConfig, TsConfig
+from ipsecd.config import AuthConfig, Config, ConnectionConfig, NtHashSecret, TsConfig
+from ipsecd.eap.method import NtHash, Secret
 from ipsecd.esp.sa import Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, EsnId, IntegId, ProtocolId, TransformType
@@ -17,7 +18,7 @@ from ipsecd.identity import ANY_IDENTITY, Identity
 from ipsecd.ike.events import ChildSaEstablished
 from ipsecd.ike.payloads import TrafficSelector
 from ipsecd.ike.proposal import parse_proposal, parse_proposals
-from ipsecd.ike.settings import ChildSettings, IkeSettings, RetransmitSettings, TsSpec
+from ipsecd.ike.settings import AuthSettings, ChildSettings, IkeSettings, RetransmitSettings, TsSpec
 from ipsecd.pools import PoolSpec
 
 
@@ -30,11 +31,19 @@ def _ts_spec(t: TsConfig) -> TsSpec:
     return TsSpec(t.prefix, t.proto, t.port_lo, t.port_hi)
 
 
+def auth_settings(auth: AuthConfig) -> AuthSettings:
+    return AuthSettings(method=auth.auth, certs=auth.certs, cacerts=auth.cacerts or None, eap_id=auth.eap_id)
+
+
 def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
     local_addrs = tuple(str(a) for a in conn.local_addrs)
 
     def psk_lookup(me: Identity, peer: Identity) -> bytes | None:
         return config.find_psk(me, peer)
+
+    def eap_secret(eap_identity: bytes) -> Secret | None:
+        found = config.find_eap_secret(eap_identity)
+        return NtHash(found.value) if isinstance(found, NtHashSecret) else found
 
     children = tuple(
         ChildSettings(
@@ -82,6 +91,11 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         unique=str(conn.unique.value),
         pools=conn.pools,
         vips=tuple(str(v) for v in conn.vips),
+        local_auth=auth_settings(conn.local),
+        remote_auth=auth_settings(conn.remote),
+        send_cert=str(conn.send_cert.value),
+        send_certreq=conn.send_certreq,
+        eap_secret=eap_secret,
     )
 
 

@@ -5,11 +5,17 @@ keeps it from rotting).  strongSwan's own load generator -- the ``load-tester`` 
 built by ``tests/loadtester/build.sh`` and LD_PRELOADed into Debian's charon -- opens IKE
 SAs, each with one Child SA in IKE_AUTH, against
 
-- ``ipsecd``: our daemon as a responder (``remote_addrs: %any``, any peer identity, PSK),
-  its IKE process and data-plane worker both pinned to the responder core;
+- ``ipsecd``: our daemon as a responder (``remote_addrs: %any``, any peer identity, PSK;
+  with ``--auth pubkey`` certificates both ways), its IKE process and data-plane worker
+  both pinned to the responder core;
 - ``strongswan``: charon 5.9.8 as a responder with kernel-libipsec, i.e. it installs
   every Child SA into a userspace data plane as ipsecd does (see RESPONDER_NOTES for
   every setting that differs from ipsecd's).
+
+``--auth pubkey`` measures a certificate login: the plugin issues each client an RSA-3072
+certificate on the fly (SHA-256, signed by a CA made for the benchmark, ``issuer_cert``/
+``issuer_key``) and signs AUTH with RFC 7427; the responder checks the chain and the
+signature, and signs with its own RSA-3072 certificate of the same CA.
 
 Namespaces A (initiator, 192.0.2.1, CPU 0) and B (responder, 192.0.2.2, CPU 1).  A run
 takes one fresh responder and one fresh initiator charon through the checkpoints
@@ -56,6 +62,7 @@ from pathlib import Path
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
 from tests.netns import Netns, Topology, why_no_netns
+from tests.pki import KeyFile, TestPki, write_swanctl
 from tests.strongswan import CHARON, Charon, ChildParams, ConnParams, why_no_strongswan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,17 +150,48 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+# ---------------------------------------------------------------- certificates (--auth pubkey)
+@dataclass(frozen=True)
+class BenchPki:
+    """Made for one benchmark in its work directory (never kept): the load-tester's issuer
+    (it signs the clients' certificates on the fly) and the responder's credential tree."""
+
+    issuer_cert: Path
+    issuer_key: Path
+    creds: Path  # swanctl layout: x509/srv.example.pem, private/, x509ca/ (the issuer)
+
+    @classmethod
+    def make(cls, directory: Path) -> BenchPki:
+        pki = TestPki()
+        ca = pki.root("load-test CA", "rsa3072")
+        server = pki.end_entity(ca, RESPONDER_ID, "rsa3072")
+        directory.mkdir(parents=True, exist_ok=True)
+        issuer_cert, issuer_key = directory / "issuer.pem", directory / "issuer.key"
+        issuer_cert.write_bytes(ca.cert_bytes())
+        issuer_key.write_bytes(ca.key_bytes(form="traditional"))  # the plugin reads an RSA key (PKCS#1)
+        issuer_key.chmod(0o600)
+        creds = write_swanctl(directory / "creds", own=[KeyFile(server, form="traditional")], cas=[ca])
+        return cls(issuer_cert, issuer_key, creds)
+
+
 # ---------------------------------------------------------------- responders
 class IpsecdResponder:
-    """ipsecd in B for any client: one connection, remote id %any, one PSK."""
+    """ipsecd in B for any client: one connection, remote id %any, one PSK (or certificates)."""
 
     name = "ipsecd"
 
-    def __init__(self, topo: Topology, workdir: Path, psk: str) -> None:
-        self.daemon = Ipsecd(topo.b, workdir, ipsecd_config(
+    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None) -> None:
+        config = ipsecd_config(
             local_addrs=[topo.b_addr], remote_addrs="%any", local_id=RESPONDER_ID, remote_id="%any", psk=psk,
             proposals=[IKE_PROPOSAL], children={"net": child_config(
-                local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])}))
+                local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])})
+        if pki is not None:
+            conn = config["connections"]["peer"]
+            conn["local"] = {"auth": "pubkey", "id": RESPONDER_ID, "certs": [f"{RESPONDER_ID}.pem"]}
+            conn["remote"] = {"auth": "pubkey", "id": "%any"}
+            config["secrets"] = {}
+            config["settings"] = {"credentials": str(pki.creds)}
+        self.daemon = Ipsecd(topo.b, workdir, config)
         self.log_path = self.daemon.log_path
 
     def start(self) -> None:
@@ -184,11 +222,16 @@ class IpsecdResponder:
 class _TunedCharon(Charon):
     """charon as a gateway operator would run it: stock log level, a big IKE SA table."""
 
+    pki: BenchPki | None = None
+
     def write_config(self) -> None:
         super().write_config()
+        certs = "pem pkcs1 x509 pubkey constraints " if self.pki is not None else ""
+        plugins = f"random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 {certs}kernel-libipsec kernel-netlink " \
+                  "socket-default vici"
         self.conf_path.write_text(f"""charon {{
   load_modular = no
-  load = random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 kernel-libipsec kernel-netlink socket-default vici
+  load = {plugins}
   ikesa_table_size = 4096
   dos_protection = no
   syslog {{
@@ -215,18 +258,31 @@ class _TunedCharon(Charon):
 class CharonResponder:
     name = "strongswan"
 
-    def __init__(self, topo: Topology, workdir: Path, psk: str) -> None:
+    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None) -> None:
+        self.pki = pki
         self.charon = _TunedCharon(topo.b, workdir, ConnParams(
             local_addrs=[topo.b_addr], remote_addrs=["%any"], local_id=RESPONDER_ID, remote_id="%any", psk=psk,
             proposals=[IKE_PROPOSAL], children=[ChildParams(
                 local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])]))
+        self.charon.pki = pki
         self.log_path = self.charon.log_path
 
     def start(self) -> None:
         why = why_no_strongswan()
         if why:
             raise RuntimeError(why)
-        self.charon.start()
+        if self.pki is None:
+            self.charon.start()
+            return
+        # certificates: the same connection with pubkey both ways, loaded with the credential tree
+        self.charon.start(load=False)
+        conf = self.pki.creds / "bench.conf"
+        text = (self.charon.swanctl_path.read_text() if self.charon.swanctl_path.exists() else "")
+        text = re.sub(r"local \{\n\s*auth = psk\n", "local {\n      auth = pubkey\n      certs = "
+                      f"{RESPONDER_ID}.pem\n", text)
+        text = re.sub(r"remote \{\n\s*auth = psk\n", "remote {\n      auth = pubkey\n", text)
+        conf.write_text(text.split("secrets {")[0])
+        self.charon.swanctl("--load-all", "--file", str(conf))
 
     def pids(self) -> dict[str, int]:
         assert self.charon.proc is not None
@@ -246,7 +302,8 @@ Responder = IpsecdResponder | CharonResponder
 
 
 # ---------------------------------------------------------------- the initiator
-def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, tag: str, in_flight: int) -> str:
+def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, tag: str, in_flight: int,
+                   pki: BenchPki | None = None) -> str:
     """strongswan.conf for a run's load generator.
 
     ``initiators = 0``: no load at start; :meth:`LoadInitiator.drive` asks for SAs on
@@ -255,10 +312,18 @@ def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, 
     and per SA (``c%d``), so no SA can replace another; ``responder_id`` has a
     wildcard, so charon sends no INITIAL_CONTACT either (a bare ``%any`` would reach
     snprintf as a format string).  ``child_rekey = 0``: no Child SA rekeys in a run.
+    With ``pki`` the plugin authenticates with certificates it issues itself (``issuer_*``).
     """
+    if pki is None:
+        auth = f"initiator_auth = psk\n      responder_auth = psk\n      preshared_key = {psk}"
+    else:
+        auth = (f"initiator_auth = pubkey\n      responder_auth = pubkey\n      issuer_cert = {pki.issuer_cert}\n"
+                f"      issuer_key = {pki.issuer_key}\n      digest = sha256")
+    plugins = "load-tester random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 pem pkcs1 x509 pubkey " \
+              "kernel-netlink socket-default"
     return f"""charon {{
   load_modular = no
-  load = load-tester random nonce openssl gcm aes sha1 sha2 hmac kdf curve25519 kernel-netlink socket-default
+  load = {plugins}
   reuse_ikesa = no
   ikesa_table_size = 4096
   threads = {in_flight + 16}
@@ -290,9 +355,7 @@ def initiator_conf(log_path: Path, *, responder: str, initiator: str, psk: str, 
       responder = {responder}
       proposal = {IKE_PROPOSAL}
       esp = {ESP_PROPOSAL}
-      initiator_auth = psk
-      responder_auth = psk
-      preshared_key = {psk}
+      {auth}
       initiator_id = {tag}-c%d-r%d.example
       responder_id = *.example
       initiator_tsi = {CLIENT_TS}
@@ -613,6 +676,7 @@ class Bench:
     workdir: Path
     psk: str
     in_flight: int = 64
+    pki: BenchPki | None = None  # --auth pubkey
     settle: float = 3.0
     profile_dir: Path | None = None
     profiles: list[str] = field(default_factory=list)
@@ -663,9 +727,10 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
     stages: list[Stage] = []
     with Topology("pair", ipv6=False) as topo:
         workdir = b.workdir / f"{name}-r{run}"
-        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir / "resp", b.psk)
+        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir / "resp", b.psk,
+                                                                                   b.pki)
         conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
-                              psk=b.psk, tag=f"r{run}", in_flight=b.in_flight)
+                              psk=b.psk, tag=f"r{run}", in_flight=b.in_flight, pki=b.pki)
         init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf)
         watch = LogWatch(init.log_path)
         try:
@@ -715,8 +780,10 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[str], in_flight: int) -> str:
-    lines = [f"handshake load: strongSwan load-tester -> responder, {runs} run(s) per responder, alternating; "
+def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[str], in_flight: int,
+           auth: str = "psk") -> str:
+    how = "certificates (RSA-3072, RFC 7427) both ways" if auth == "pubkey" else "PSK"
+    lines = [f"handshake load ({how}): strongSwan load-tester -> responder, {runs} run(s) per responder, alternating; "
              f"{in_flight} handshakes in flight; initiator on CPU {INITIATOR_CPU}, responder on CPU "
              f"{RESPONDER_CPU}; values min / median / max over runs", ""]
     names = [n for n in RESPONDERS if any(s.responder == n for s in stages)]
@@ -796,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=600.0,
                    help="wall-time cap per responder run; a stage cut short is reported as partial (600)")
     p.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading VmRSS (3)")
+    p.add_argument("--auth", choices=("psk", "pubkey"), default="psk",
+                   help="psk, or pubkey: a certificate login (the client's chain checked, RSA-3072 both ways)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     p.add_argument("--json", type=Path, help="also write every stage's figures to this file")
     p.add_argument("--profile", type=Path, metavar="DIR",
@@ -822,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
     b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
-              profile_dir=args.profile)
+              profile_dir=args.profile, pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None)
     stages: list[Stage] = []
     notes: list[str] = []
     try:
@@ -834,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 notes.append(f"{name} run {run} failed: {first}")
                 print(f"[bench] {name} run {run} failed: {e}", file=sys.stderr)
-        print(report(stages, args.tunnels, args.runs, notes, args.in_flight))
+        print(report(stages, args.tunnels, args.runs, notes, args.in_flight, args.auth))
         if b.profiles:
             text = "\n\n".join(b.profiles)
             print("\n" + text)

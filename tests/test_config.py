@@ -24,6 +24,7 @@ from ipsecd.config import (
     Fragmentation,
     IkeSecret,
     RetransmitConfig,
+    SendCert,
     Settings,
     StartAction,
     TsConfig,
@@ -86,6 +87,11 @@ def test_there_are_examples() -> None:
         "road-warrior-responder.yaml",
         "host-to-host-transport.yaml",
         "route-based.yaml",
+        "ra-eap-mschapv2.yaml",
+        "ra-certificates.yaml",
+        "ra-eap-tls.yaml",
+        "ra-eap-radius.yaml",
+        "ra-client-eap.yaml",
     } <= names
 
 
@@ -97,8 +103,12 @@ def test_example_loads(path: Path) -> None:
     assert config.source == path
     assert {k for k, _ in calls} == {"ike", "esp"}
     for conn in config.connections.values():
-        assert "psk" in (conn.local.auth, conn.remote.auth)
-        assert config.find_psk(conn.local.id, conn.remote.id) is not None or conn.remote.id == ANY_IDENTITY
+        if "psk" in (conn.local.auth, conn.remote.auth):
+            assert config.find_psk(conn.local.id, conn.remote.id) is not None or conn.remote.id == ANY_IDENTITY
+        if conn.remote.auth in ("eap-mschapv2", "eap-dynamic"):
+            assert config.eap_secrets
+        if conn.local.auth == "eap-mschapv2":
+            assert conn.local.eap_id is not None and config.find_eap_secret(conn.local.eap_id) is not None
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -167,9 +177,10 @@ def test_defaults_match_swanctl(tmp_path: Path) -> None:
     assert conn.rekey_time == 4 * 3600 and conn.over_time == pytest.approx(1440) and conn.rand_time == conn.over_time
     assert conn.reauth_time == 0 and conn.keyingtries == 1 and conn.unique is Unique.NO
     assert not conn.encap
-    # swanctl's defaults ask for MOBIKE, fragmentation and CERTREQs, which ipsecd does not do yet:
+    # swanctl's defaults ask for MOBIKE and fragmentation, which ipsecd does not do yet:
     # the loaded values say what happens (NOT_IMPLEMENTED), silently since the file did not ask
-    assert not conn.mobike and not conn.send_certreq and conn.fragmentation is Fragmentation.NO
+    assert not conn.mobike and conn.fragmentation is Fragmentation.NO
+    assert conn.send_certreq and conn.send_cert is SendCert.IFASKED
     assert config.warnings == ()
     swanctl = ConnectionConfig("x", conn.local, conn.remote)
     assert swanctl.mobike and swanctl.send_certreq and swanctl.fragmentation is Fragmentation.YES
@@ -277,7 +288,7 @@ BAD = [
             "{f}:3 connections.b.zzz: unknown key (expected one of: "
             + "local_addrs, remote_addrs, local_port, remote_port, proposals, version, encap, dpd_delay, "
             "dpd_timeout, dpd_action, rekey_time, over_time, reauth_time, rand_time, keyingtries, unique, mobike, "
-            "fragmentation, send_certreq, retransmit, local, remote, children, pools, vips" + ")"
+            "fragmentation, send_certreq, send_cert, retransmit, local, remote, children, pools, vips" + ")"
         ],
     ),
     (
@@ -377,29 +388,80 @@ BAD = [
     ),
     (
         "unsupported auth",
-        edit("      auth: psk\n      id: a.test", "      auth: pubkey\n      id: a.test"),
-        ["{f}:6 connections.b.local.auth: 'pubkey' is not supported yet (expected psk)"],
+        edit("      auth: psk\n      id: a.test", "      auth: eap-md5\n      id: a.test"),
+        ["{f}:6 connections.b.local.auth: 'eap-md5' is not supported (expected one of: pubkey, psk, eap-mschapv2, "
+         "eap-tls, eap)"],
     ),
     (
-        "missing auth",
-        edit("      auth: psk\n      id: a.test", "      id: a.test"),
-        [
-            "{f}:5 connections.b.local.auth: missing (ipsecd supports 'psk' so far; "
-            "swanctl's default 'pubkey' is not implemented yet)"
-        ],
+        "key type as auth",
+        edit("      auth: psk\n      id: b.test", "      auth: rsa\n      id: b.test"),
+        ["{f}:9 connections.b.remote.auth: use 'pubkey' (the key type comes from the certificate) (expected one of: "
+         "pubkey, psk, eap-mschapv2, eap-tls, eap-radius, eap-dynamic)"],
     ),
     (
-        "empty auth",
-        edit("      auth: psk\n      id: a.test", "      auth:\n      id: a.test"),
-        [
-            "{f}:5 connections.b.local.auth: missing (ipsecd supports 'psk' so far; "
-            "swanctl's default 'pubkey' is not implemented yet)"
-        ],
+        "server method on the client side",
+        edit("      auth: psk\n      id: a.test", "      auth: eap-radius\n      id: a.test"),
+        ["{f}:6 connections.b.local.auth: 'eap-radius' is for the remote side (we ask the peer); as a client use "
+         "'eap' or name a method (expected one of: pubkey, psk, eap-mschapv2, eap-tls, eap)"],
+    ),
+    (
+        "eap-radius without a server",
+        edit("      auth: psk\n      id: b.test", "      auth: eap-radius\n      id: b.test"),
+        ["{f}:9 connections.b.remote.auth: eap-radius needs a RADIUS server in settings.eap-radius.servers"],
+    ),
+    (
+        "certs on the remote side",
+        edit("      auth: psk\n      id: b.test", "      auth: pubkey\n      certs: [b.pem]\n      id: b.test"),
+        ["{f}:10 connections.b.remote.certs: only for local: ipsecd does not pin peer certificates (use "
+         "remote.cacerts and remote.id)"],
+    ),
+    (
+        "certs nobody reads",
+        edit("      auth: psk\n      id: a.test", "      auth: psk\n      certs: [a.pem]\n      id: a.test"),
+        ["{f}:7 connections.b.local.certs: unused with local.auth psk: certificates are for pubkey or EAP-TLS"],
+    ),
+    (
+        "cacerts nobody reads",
+        edit("      auth: psk\n      id: b.test", "      auth: psk\n      cacerts: [ca.pem]\n      id: b.test"),
+        ["{f}:10 connections.b.remote.cacerts: unused with remote.auth psk: the peer presents no certificate to "
+         "us"],
+    ),
+    (
+        "eap_id without eap",
+        edit("      auth: psk\n      id: b.test", "      auth: pubkey\n      eap_id: '%any'\n      id: b.test"),
+        ["{f}:10 connections.b.remote.eap_id: needs an EAP method in connections.b.remote.auth, not 'pubkey'"],
+    ),
+    (
+        "eap on both sides",
+        edit("      auth: psk\n      id: a.test", "      auth: eap\n      id: a.test")
+        .replace("      auth: psk\n      id: b.test", "      auth: eap-tls\n      id: b.test"),
+        ["{f}:9 connections.b.remote.auth: EAP on both sides is EAP-only authentication (RFC 5998), which needs a "
+         "mutual method: eap-tls on both sides; otherwise one side authenticates with pubkey or psk"],
+    ),
+    (
+        "radius server without address",
+        BASE + "settings:\n  eap-radius:\n    secret: s\n    servers:\n      r1: {auth_port: 1812}\n",
+        ["{f}:23 settings.eap-radius.servers.r1: missing 'address' (the RADIUS server's IP address)"],
+    ),
+    (
+        "radius server without secret",
+        BASE + "settings:\n  eap-radius:\n    servers:\n      r1: {address: 192.0.2.9}\n",
+        ["{f}:22 settings.eap-radius.servers.r1: no 'secret' for this server and no settings.eap-radius.secret"],
+    ),
+    (
+        "ntlm secret of the wrong size",
+        BASE + "  ntlm:\n    - id: alice\n      secret: 0x0011\n",
+        ["{f}:21 secrets.ntlm[0].secret: an NT hash is 16 bytes (0x followed by 32 hex digits), not 2"],
+    ),
+    (
+        "key passphrase without a file",
+        BASE + "  private:\n    gw: {secret: pass}\n",
+        ["{f}:20 secrets.private.gw: needs 'file' (a key file in private/) and 'secret' (its passphrase)"],
     ),
     (
         "missing remote section",
         edit("    remote:\n      auth: psk\n      id: b.test\n", ""),
-        ["{f}:2 connections.b.remote: missing section 'remote:' (needs at least 'auth: psk')"],
+        ["{f}:2 connections.b.remote: missing section 'remote:' (e.g. 'auth: pubkey' or 'auth: psk')"],
     ),
     (
         "bad identity",
@@ -757,13 +819,13 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
     text = edit(
         "    local_addrs:",
         "    local_port: 4500\n    keyingtries: '%forever'\n    mobike: yes\n"
-        "    fragmentation: accept\n    send_certreq: yes\n    local_addrs:",
+        "    fragmentation: accept\n    local_addrs:",
     ) + "settings:\n  dataplane: {workers: 4}\n"
     path = write(tmp_path, text)
     cfg = load_config(path)
     conn = cfg.connections["b"]
     assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, False)
-    assert conn.fragmentation is Fragmentation.NO and conn.send_certreq is False
+    assert conn.fragmentation is Fragmentation.NO
     assert cfg.settings.dataplane.workers == 1
     prefix = "accepted but not implemented yet: "
     assert list(cfg.warnings) == [
@@ -775,9 +837,7 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
         "address needs a new IKE SA (in effect: no)",
         f"{path}:6 connections.b.fragmentation: {prefix}IKE messages are neither fragmented nor reassembled "
         "(RFC 7383) (in effect: no)",
-        f"{path}:7 connections.b.send_certreq: {prefix}no CERTREQ payloads are sent (there is no certificate "
-        "authentication yet) (in effect: no)",
-        f"{path}:25 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
+        f"{path}:24 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
     ]
     assert check_config_main(path) == 0
     out = capsys.readouterr()
@@ -789,7 +849,7 @@ def test_unimplemented_keys_are_quiet_when_asking_for_what_happens(tmp_path: Pat
     text = edit(
         "    local_addrs:",
         "    local_port: 500\n    keyingtries: 1\n    unique: no\n    mobike: no\n"
-        "    fragmentation: no\n    send_certreq: no\n    local_addrs:",
+        "    fragmentation: no\n    local_addrs:",
     ) + "settings:\n  dataplane: {workers: 1}\n"
     cfg = load_config(write(tmp_path, text))
     assert cfg.warnings == ()

@@ -36,9 +36,13 @@ from ipsecd.config import (
     ConnectionConfig,
     DataplaneSettings,
     DebugSettings,
+    EapRadiusSettings,
+    EapSecret,
     IkeSecret,
+    KeySecret,
     MetricsSettings,
     PoolConfig,
+    RadiusServerConfig,
     RetransmitConfig,
     Settings,
     load_config,
@@ -54,7 +58,8 @@ _NAME = re.compile(r"`([^`]+)`")
 SECTION_CLASSES: dict[str, type] = {
     "top": Config, "secrets": Config, "conn": ConnectionConfig, "auth": AuthConfig, "retransmit": RetransmitConfig,
     "child": ChildConfig, "secret": IkeSecret, "settings": Settings, "dataplane": DataplaneSettings,
-    "metrics": MetricsSettings, "debug": DebugSettings, "pool": PoolConfig,
+    "metrics": MetricsSettings, "debug": DebugSettings, "pool": PoolConfig, "eap_secret": EapSecret,
+    "key_secret": KeySecret, "eap_radius": EapRadiusSettings, "radius_server": RadiusServerConfig,
 }  # fmt: skip
 # Keys whose value is not a field of the same name: the attribute whose use shows they are honoured.
 READ_AS: dict[tuple[str, str], tuple[type, str]] = {
@@ -62,12 +67,25 @@ READ_AS: dict[tuple[str, str], tuple[type, str]] = {
     ("secret", "id"): (Config, "find_psk"),  # secrets are only ever looked up through find_psk
     ("secret", "secret"): (Config, "find_psk"),
     ("secret", "secret_file"): (Config, "find_psk"),
+    ("secrets", "eap"): (Config, "find_eap_secret"),  # the sections of secrets, each read through one lookup
+    ("secrets", "ntlm"): (Config, "find_eap_secret"),
+    ("secrets", "private"): (Config, "key_passphrases"),
+    ("secrets", "rsa"): (Config, "key_passphrases"),
+    ("secrets", "ecdsa"): (Config, "key_passphrases"),
+    ("eap_secret", "id"): (Config, "find_eap_secret"),
+    ("eap_secret", "secret"): (Config, "find_eap_secret"),
+    ("key_secret", "file"): (Config, "key_passphrases"),
+    ("key_secret", "secret"): (Config, "key_passphrases"),
+    ("settings", "eap-radius"): (Settings, "eap_radius"),
+    ("eap_radius", "secret"): (RadiusServerConfig, "secret"),  # the default of each server's secret
+    ("eap_radius", "retransmit_timeout"): (EapRadiusSettings, "timeouts"),
+    ("eap_radius", "retransmit_base"): (EapRadiusSettings, "timeouts"),
+    ("eap_radius", "retransmit_tries"): (EapRadiusSettings, "timeouts"),
     **{("log", key): (Settings, "log") for key in KEY_SECTIONS["log"].keys},  # one dict of levels
 }
 # Keys for which the loader refuses every value ipsecd does not do, so nothing downstream needs to read them.
 LOADER_ENFORCED: dict[tuple[str, str], str] = {
     ("conn", "version"): "only 2 is accepted: the engine speaks IKEv2 only",
-    ("auth", "auth"): "only psk is accepted: the engine authenticates with pre-shared keys only",
 }
 
 
@@ -179,10 +197,12 @@ def _issues_at(tmp_path: Path, key_path: str) -> list[str]:
     (required keys); the issues reported at its path."""
     doc = yaml.safe_load(yaml.safe_dump(BASE))
     concrete = key_path.replace("connections.NAME", "connections.c").replace(".CHILD", ".net")
+    concrete = concrete.replace("servers.NAME", "servers.r1")
     parts = concrete.split(".")
-    if parts[:2] == ["secrets", "ike"]:
-        node, parts = doc["secrets"]["ike"][0], parts[2:]
-        concrete = "secrets.ike[0]." + ".".join(parts)
+    if parts[0] == "secrets" and len(parts) > 2:  # a key of a list entry: the first entry's
+        entries = doc["secrets"].setdefault(parts[1], [{}])
+        node, concrete = entries[0], f"secrets.{parts[1]}[0]." + ".".join(parts[2:])
+        parts = parts[2:]
     else:
         node = doc
     for part in parts[:-1]:

@@ -130,6 +130,8 @@ class FakeHandler:
             for p in pools:
                 p.pop("leases")
         return {"pools": pools}
+    async def list_certs(self) -> dict[str, Any]:
+        return CERTS
 
     async def status(self) -> dict[str, Any]:
         return {"version": "0.1.0", "uptime": 12, "ike_sas": 1, "dataplane": {"workers": 1, "tun": "ipsec0"}}
@@ -358,6 +360,38 @@ def test_list_sas_json_is_passed_through(running: Running, capsys: pytest.Captur
 def test_list_sas_table(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
     assert ctl(running, "list-sas") == 0
     assert capsys.readouterr().out == SAS_TABLE
+
+
+CERTS: dict[str, Any] = {
+    "directory": "/etc/ipsecd",
+    "certificates": [{
+        "source": "x509", "file": "/etc/ipsecd/x509/gw.pem", "subject": "CN=vpn.example.com",
+        "issuer": "CN=Example CA", "sans": ["DNS:vpn.example.com"], "not_before": "2025-01-01T00:00:00+00:00",
+        "not_after": "2026-01-01T00:00:00+00:00", "key_type": "ECDSA P-256", "key_size": 256,
+        "has_private_key": True, "is_ca": False, "serial": "1001", "fingerprint_sha256": "ab" * 32,
+        "key_id": "cd" * 20}],
+    "crls": [{"file": "/etc/ipsecd/x509crl/ca.crl", "issuer": "CN=Example CA", "revoked": 2,
+              "this_update": "2025-01-01T00:00:00+00:00", "next_update": "2025-01-08T00:00:00+00:00"}],
+    "problems": ["/etc/ipsecd/x509/old.pem: certificate 'CN=old' has no private key in private/"],
+}
+
+
+def test_list_certs(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl(running, "list-certs", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == CERTS
+    assert ctl(running, "list-certs") == 0
+    assert capsys.readouterr().out == (
+        "credentials in /etc/ipsecd\n"
+        "  x509/gw.pem: certificate, has private key\n"
+        '    subject:  "CN=vpn.example.com"\n'
+        '    issuer:   "CN=Example CA"\n'
+        "    altNames: DNS:vpn.example.com\n"
+        "    validity: 2025-01-01T00:00:00+00:00 to 2026-01-01T00:00:00+00:00\n"
+        f"    pubkey:   ECDSA P-256 256 bits, keyid {'cd' * 20}\n"
+        "    serial:   1001\n"
+        '  x509crl/ca.crl: CRL of "CN=Example CA", 2 revoked, next update 2025-01-08T00:00:00+00:00\n'
+        "  problem: /etc/ipsecd/x509/old.pem: certificate 'CN=old' has no private key in private/\n"
+    )
 
 
 def test_render_sas_empty_and_partial() -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from ipsecd.control.keyfiles import UnsafeDirectory, check_name, write_private_files
@@ -138,6 +139,13 @@ def render_sas(result: dict[str, Any]) -> str:
         out.append(f"{sa.get('name', '?')}: {sa.get('state', '?')}, IKEv2, {role}")
         out.append(f"  local  '{sa.get('local_id', '?')}' @ {sa.get('local', '?')}{_vips(sa.get('local_vips'))}")
         out.append(f"  remote '{sa.get('remote_id', '?')}' @ {sa.get('remote', '?')}{_vips(sa.get('remote_vips'))}")
+        if sa.get("remote_auth"):
+            how = [str(sa["remote_auth"])]
+            if sa.get("remote_eap_id"):
+                how.append(f"EAP identity '{sa['remote_eap_id']}'")
+            if sa.get("remote_cert"):
+                how.append(f"certificate \"{sa['remote_cert']}\"")
+            out.append(f"  remote authenticated with {', '.join(how)}")
         if sa.get("proposal"):
             out.append(f"  {sa['proposal']}")
         for child in sa.get("child_sas") or []:
@@ -176,6 +184,29 @@ def render_pools(result: dict[str, Any]) -> str:
         for lease in p.get("leases") or []:
             out.append(f"  {lease.get('address', '?'):<39} {lease.get('status', '?'):<7} "
                        f"'{lease.get('identity', '?')}'")
+    return "\n".join(out) + "\n"
+
+
+def render_certs(result: dict[str, Any]) -> str:
+    """list-certs as text, one block per certificate, like ``swanctl --list-certs``."""
+    out: list[str] = [f"credentials in {result.get('directory', '?')}"]
+    for c in result.get("certificates") or []:
+        kind = "CA certificate" if c.get("is_ca") else "certificate"
+        key = ", has private key" if c.get("has_private_key") else ""
+        out.append(f"  {c.get('source', '?')}/{Path(str(c.get('file', '?'))).name}: {kind}{key}")
+        out.append(f"    subject:  \"{c.get('subject', '?')}\"")
+        out.append(f"    issuer:   \"{c.get('issuer', '?')}\"")
+        for san in c.get("sans") or []:
+            out.append(f"    altNames: {san}")
+        out.append(f"    validity: {c.get('not_before', '?')} to {c.get('not_after', '?')}")
+        out.append(f"    pubkey:   {c.get('key_type', '?')} {c.get('key_size', '?')} bits, "
+                   f"keyid {c.get('key_id', '?')}")
+        out.append(f"    serial:   {c.get('serial', '?')}")
+    for crl in result.get("crls") or []:
+        out.append(f"  x509crl/{Path(str(crl.get('file', '?'))).name}: CRL of \"{crl.get('issuer', '?')}\", "
+                   f"{crl.get('revoked', 0)} revoked, next update {crl.get('next_update') or 'none'}")
+    for problem in result.get("problems") or []:
+        out.append(f"  problem: {problem}")
     return "\n".join(out) + "\n"
 
 
@@ -279,6 +310,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(render_sas(result if isinstance(result, dict) else {}))
         elif cmd == "list-pools":
             out.write(render_pools(result if isinstance(result, dict) else {}))
+        elif cmd == "list-certs":
+            out.write(render_certs(result if isinstance(result, dict) else {}))
         elif cmd in ("status", "list-conns", "stats"):
             out.write(render_value(result))
         else:
@@ -305,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "daemon status"),
         ("list-conns", "configured connections"),
         ("list-sas", "established IKE and Child SAs"),
+        ("list-certs", "loaded certificates, trust anchors and CRLs"),
         ("stats", "counters"),
     ):
         p = sub.add_parser(name, help=text, description=text)

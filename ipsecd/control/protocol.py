@@ -37,7 +37,8 @@ MAX_DEPTH = 32
 """Deepest nesting of arrays/objects accepted in one line. Real messages nest 5 deep; Python's
 json module recurses per level, so 60,000 ``[`` in a 64 KiB line would raise RecursionError."""
 
-COMMANDS = ("status", "list-conns", "list-sas", "list-pools", "stats", "up", "down", "reload", "export-keys", "log")
+COMMANDS = ("status", "list-conns", "list-sas", "list-pools", "list-certs", "stats", "up", "down", "reload",
+            "export-keys", "log")
 EXPORT_FORMATS = ("wireshark",)
 
 
@@ -208,6 +209,9 @@ class IkeSaInfo(TypedDict):
     remote_vips: list[str]  # virtual IPs we leased to the peer (gateway)
     rekey_in: int | None
     expires_in: int | None
+    remote_auth: str  # how the peer authenticated: psk, pubkey, eap-mschapv2, eap-tls, eap-radius ("" not yet)
+    remote_eap_id: str | None  # its EAP identity, after EAP
+    remote_cert: str | None  # the subject of its validated certificate
     child_sas: list[ChildSaInfo]
 
 
@@ -254,6 +258,7 @@ class ControlHandler(Protocol):
     async def list_conns(self) -> dict[str, Any]: ...
 
     async def list_pools(self, leases: bool, name: str | None) -> dict[str, Any]: ...
+    async def list_certs(self) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 

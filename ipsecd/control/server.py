@@ -239,6 +239,7 @@ class ControlServer:
             "status": h.status,
             "list-conns": h.list_conns,
             "list-sas": h.list_sas,
+            "list-certs": h.list_certs,
             "stats": h.stats,
             "reload": h.reload,
         }

@@ -4,10 +4,11 @@ A method is a small sans-I/O state machine.  The authenticator side (the gateway
 ipsecd relaying to RADIUS) implements :class:`AuthenticatorMethod`, the peer side (the
 road warrior) :class:`PeerMethod`.  Each call returns one :data:`Step`:
 
-``Send(packet, delay)``
+``Send(packet, delay, refused)``
     the next EAP packet to put into the EAP payload; ``delay`` > 0 asks the shell to
     hold it that many seconds (after a wrong password, to slow down guessing, as
-    strongSwan's 2 s ``RETRY_DELAY``).
+    strongSwan's 2 s ``RETRY_DELAY``); ``refused`` says why the attempt was refused
+    when the peer may try again (for the log, and for the login's outcome if it gives up).
 ``Pending(request)``
     the method needs an answer from outside (a RADIUS round trip).  The shell fulfils
     ``request`` asynchronously and calls ``resume(answer)`` with the result; nothing
@@ -86,6 +87,7 @@ SecretLookup = Callable[[bytes], Secret | None]
 class Send:
     packet: EapPacket
     delay: float = 0.0
+    refused: Failure | None = None  # the method refused this attempt, the peer may try again (MSCHAPv2 E=691)
 
 
 @dataclass(frozen=True)

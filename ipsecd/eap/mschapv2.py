@@ -271,7 +271,8 @@ class MschapV2Authenticator(AuthenticatorMethod):
         ms_id = self._ms_id
         self._ms_id = (self._ms_id + 1) & 0xFF  # RFC 2759 6: a retry uses the next ID
         body = f"E={ERROR_AUTHENTICATION_FAILURE} R=1 C={self._challenge.hex().upper()} V=3 M=try again".encode()
-        return Send(_ms_packet(EapPacket.request, self._identifier, OpCode.FAILURE, ms_id, body), self._retry_delay)
+        return Send(_ms_packet(EapPacket.request, self._identifier, OpCode.FAILURE, ms_id, body), self._retry_delay,
+                    self._last_failure)
 
     def _protocol_error(self, message: str) -> Failure:
         self._state = _State.DONE

@@ -162,15 +162,15 @@ class EapAuthenticator:
                           f"{offered}; allowed here: {ours}")
 
     # ------------------------------------------------------------ outcomes
-    def _send(self, packet: EapPacket, delay: float = 0.0) -> Send:
+    def _send(self, packet: EapPacket, delay: float = 0.0, refused: Failure | None = None) -> Send:
         self._last_id = packet.identifier
-        return Send(packet, delay)
+        return Send(packet, delay, refused)
 
     def _finish(self, step: Step) -> Step:
         if isinstance(step, Send):
             if step.packet.code in (EapCode.SUCCESS, EapCode.FAILURE):
                 raise LocalProtocolError("a method must end with Success/Failure, not send one")
-            return self._send(step.packet, step.delay)
+            return self._send(step.packet, step.delay, step.refused)
         if isinstance(step, Success):
             self._done = True
             final = step.final or EapPacket.success(self._last_id or 0)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from ipsecd.credentials import CredentialStore
 
 if TYPE_CHECKING:
     from ipsecd.identity import Identity
@@ -40,6 +43,14 @@ class EngineContext:
     sessions: Mapping[tuple[Identity, Identity], Mapping[int, object]] = field(default_factory=dict, repr=False)
     # the address pools of virtual IPs (RFC 7296 2.19), asked by the CP task; None: no pools
     attributes: AttributeProvider | None = field(default=None, repr=False)
+    # certificates, trust anchors, CRLs and keys; the owner swaps in a new store on reload
+    credentials: CredentialStore = field(default_factory=lambda: CredentialStore(None), repr=False)
+    # wall-clock seconds minus the engine's (monotonic) now: certificates are valid in real time
+    wall_offset: float = 0.0
+
+    def wall_time(self, now: float) -> datetime:
+        """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""
+        return datetime.fromtimestamp(now + self.wall_offset, UTC)
 
     # ---------------------------------------------------------------- allocation
     def alloc_ike_id(self) -> int:

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6
 from typing import TYPE_CHECKING, Protocol, Union
 
 from ipsecd.iana import ConfigAttribute, PrivateConfigAttribute
-from ipsecd.identity import Identity
+from ipsecd.identity import Identity, eap_identity
 
 if TYPE_CHECKING:
     from ipsecd.ike.events import Endpoint
@@ -203,8 +203,12 @@ def client_identity(sa: IkeSa) -> Identity | None:
     client's IDi is just its address, RFC 7296 2.16), else the authenticated IKE identity.
     strongSwan keys by the same (``get_other_eap_id``). One place, so another key (a
     RADIUS Class, a certificate serial) can be added here."""
-    eap = getattr(sa, "eap_identity", None)
-    return eap if isinstance(eap, Identity) else sa.remote_identity
+    login = sa.login
+    if login is not None and login.eap_identity:
+        eap = eap_identity(login.eap_identity)
+        if eap is not None:
+            return eap
+    return sa.remote_identity
 
 
 def release_leases(sa: IkeSa) -> None:

@@ -59,6 +59,22 @@ class Cause(StrEnum):
     INSTALL_FAILED = "install_failed"  # the data plane refused the Child SA
 
 
+class LoginResult(StrEnum):
+    """How a peer's authentication in IKE_AUTH ended: a small fixed set (a metrics label)."""
+
+    SUCCESS = "success"
+    BAD_AUTH = "bad_auth"  # its AUTH payload (PSK MAC or signature) did not verify, or a method we do not accept
+    CERTIFICATE = "certificate"  # its certificate was refused: path validation, revocation, identity
+    NO_CREDENTIAL = "no_credential"  # we lack what the method needs: no PSK, certificate or key
+    WRONG_PASSWORD = "wrong_password"
+    UNKNOWN_USER = "unknown_user"
+    REJECTED = "rejected"  # RADIUS Access-Reject, or an account restriction
+    SERVER_UNREACHABLE = "server_unreachable"  # no RADIUS server answered
+    NO_CONFIG = "no_config"  # no connection accepts the peer's identity and method
+    PROTOCOL = "protocol"  # malformed or unexpected EAP, TLS failure
+    ABANDONED = "abandoned"  # the peer went away mid-way (the SA timed out or was deleted)
+
+
 # Causes that mean "something went wrong" when an SA never came up (metrics, restarts).
 SETUP_FAILURES = frozenset({Cause.TIMEOUT, Cause.AUTH_FAILED, Cause.NO_PROPOSAL, Cause.INVALID_KE,
                             Cause.TS_UNACCEPTABLE, Cause.PEER_REFUSED, Cause.PROTOCOL_ERROR, Cause.CONFIG,
@@ -190,8 +206,42 @@ class ChildSaDeleted:
     reqid_in_use: bool = False
 
 
+@dataclass(frozen=True)
+class Login:
+    """The peer's authentication as responder (a client logging in) concluded.
+
+    ``method`` is what the peer used (psk, pubkey, eap-mschapv2, eap-tls, eap-radius,
+    eap: EAP that ended before a method was chosen), ``result`` how it ended (a metrics
+    label), ``reason`` the admin's sentence (peer text already escaped).
+    """
+
+    ike_sa_id: int
+    name: str
+    method: str
+    result: LoginResult
+    peer: str  # the IKE identity, escaped
+    eap_identity: str = ""  # escaped; "" without EAP
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """The IKE SA's authentication waits for an answer from outside the engine.
+
+    Today: an EAP-RADIUS round trip (``request`` is an ipsecd.eap.radius.AccessRequest).
+    The owner performs it and hands the answer (a RadiusAnswer) to
+    ``IkeManager.auth_answer(ike_sa_id, token, answer, now)``; meanwhile the peer's
+    retransmissions of its request are dropped (RFC 7296 2.1: we owe it one response).
+    """
+
+    ike_sa_id: int
+    name: str
+    token: int
+    request: object
+
+
 Event = (IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | IkeSaMoved | ChildSaEstablished | ChildSaFailed
-         | ChildSaDeleted | VirtualIpsAssigned)
+         | ChildSaDeleted | VirtualIpsAssigned | Login | AuthRequest)
 
 
 # ------------------------------------------------------------------ signals (SA -> its manager)

@@ -6,7 +6,10 @@ Window size 1 both ways (RFC 7296 2.3): one request of ours in flight; the peer'
 requests are taken in message-ID order and the last response is kept to answer a
 retransmitted request again (RFC 7296 2.1). A task that answers NEED_MORE stays for
 another round of the same exchange: ours as the next request, the peer's for its next
-request (IKE_AUTH with EAP, RFC 7296 2.16).
+request (IKE_AUTH with EAP, RFC 7296 2.16). A task that answers WAIT (EAP relayed to
+RADIUS) holds the whole response until ``resume`` brings the outside answer; the peer's
+retransmissions meanwhile are dropped, as is a retransmission while a response is held
+back on purpose (``respond_after``: the pause after a wrong EAP password).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, ProtocolId
@@ -29,6 +32,7 @@ from ipsecd.ike.tasks import (
     InitiatorTask,
     Refuse,
     ResponderTask,
+    Resumable,
     Retry,
     Skip,
     Status,
@@ -71,6 +75,20 @@ class _Cached:
     data: bytes
 
 
+@dataclass(slots=True)
+class _Run:
+    """One peer request being answered: how far its tasks got, kept while one of them waits."""
+
+    msg: Message
+    data: bytes
+    tasks: list[ResponderTask]
+    local: Endpoint
+    remote: Endpoint
+    index: int = 0  # the task processing now (or waiting)
+    more: list[ResponderTask] = field(default_factory=list)
+    refusals: dict[int, Refuse] = field(default_factory=dict)
+
+
 def _create_child_sa(sa: IkeSa, msg: Message) -> list[ResponderTask]:
     """Which job a CREATE_CHILD_SA request is (RFC 7296 1.3), or TEMPORARY_FAILURE when we
     cannot take it now (RFC 7296 2.25)."""
@@ -106,8 +124,8 @@ RESPONDERS: dict[ExchangeType, tuple[frozenset[IkeState], Callable[[IkeSa, Messa
 class Exchanges:
     """See the module docstring. Owned by one IkeSa; sends through its endpoints."""
 
-    __slots__ = ("_delay_seq", "active", "cached", "delayed", "expected_id", "next_id", "out", "passive",
-                 "queue", "sa", "stale")
+    __slots__ = ("_delay_seq", "active", "cached", "delayed", "expected_id", "held", "held_response", "next_id",
+                 "out", "passive", "queue", "respond_after", "sa", "stale")
 
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa
@@ -121,6 +139,9 @@ class Exchanges:
         self.cached: _Cached | None = None
         self.stale: list[InitiatorTask] = []  # abandoned in flight, told when the SA closes
         self.out: list[tuple[bytes, Endpoint, Endpoint]] = []
+        self.held: _Run | None = None  # a peer request whose answer waits for the outside (RADIUS)
+        self.held_response: tuple[float, bytes, Endpoint, Endpoint] | None = None  # (due, data, local, remote)
+        self.respond_after = 0.0  # a task asks to hold our next response this long (the EAP retry pause)
 
     # ------------------------------------------------------------------ queue
     @property
@@ -192,6 +213,8 @@ class Exchanges:
                 times.append(a.sent_at + dpd_timeout)
         if self.delayed:
             times.append(self.delayed[0][0])
+        if self.held_response is not None:
+            times.append(self.held_response[0])
         return min(times) if times else None
 
     # ------------------------------------------------------------------ our requests
@@ -312,8 +335,14 @@ class Exchanges:
     # ------------------------------------------------------------------ the peer's requests
     def on_request(self, msg: Message, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         sa = self.sa
+        if self.held is not None and msg.message_id == self.held.msg.message_id:
+            sa.count("requests_while_waiting")  # RFC 7296 2.1: its one answer is still being worked out
+            return
         cached = self.cached
         if cached is not None and msg.message_id == cached.message_id:
+            if self.held_response is not None:
+                sa.count("requests_while_holding")  # the answer goes out when its pause is over
+                return
             sa.count("retransmitted_requests")  # RFC 7296 2.1: the same response again
             self.out.append((cached.data, local, remote))
             return
@@ -336,7 +365,32 @@ class Exchanges:
             sa.peer_seen(local, remote)  # an authenticated request (RFC 7296 2.23)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             sa.begin_responder(msg.spi_i, local, remote)
-        payloads, more, fatal = self._answer(msg, tasks, refused)
+        run = _Run(msg, data, tasks, local, remote)
+        if refused is not None:
+            self._complete(run, [_notify(refused)], [], refusal_close(refused) if refused.fatal else None)
+            return
+        self._proceed(run, None)
+
+    def resume(self, token: int, answer: object) -> bool:
+        """The outside answer the held request's waiting task asked for; False if none waits for ``token``."""
+        run = self.held
+        if run is None or run.msg.message_id != token:
+            return False
+        self.held = None
+        task = cast(Resumable, run.tasks[run.index])
+        self._proceed(run, lambda: task.resume(self.sa, answer))
+        return True
+
+    def _proceed(self, run: _Run, resumed: Callable[[], Status] | None) -> None:
+        answer = self._answer(run, resumed)
+        if answer is None:
+            self.held = run  # a task waits for the outside: no response yet
+            return
+        self._complete(run, *answer)
+
+    def _complete(self, run: _Run, payloads: list[Payload], more: list[ResponderTask],
+                  fatal: tuple[Cause, str] | None) -> None:
+        sa, msg = self.sa, run.msg
         spi_r = sa.spi_r
         if msg.exchange == ExchangeType.IKE_SA_INIT and fatal is not None:
             spi_r = bytes(8)  # a refused IKE_SA_INIT is answered statelessly (RFC 7296 1.2, 2.6)
@@ -344,41 +398,46 @@ class Exchanges:
                        is_response=True, payloads=payloads, encrypted=msg.exchange != ExchangeType.IKE_SA_INIT)
         out = encode_message(resp, sa.sk_out if resp.encrypted else None)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
-            sa.init_request, sa.init_response = data, out
+            sa.init_request, sa.init_response = run.data, out
         self.passive = more
-        self._respond(msg.message_id, out, local, remote)
+        delay, self.respond_after = self.respond_after, 0.0
+        self._respond(msg.message_id, out, run.local, run.remote, delay if fatal is None else 0.0)
         if fatal is not None:
             sa.close(*fatal)
             return
         if self.active is not None:
-            for t in tasks:
+            for t in run.tasks:
                 for mine in self.active.tasks:
                     mine.collide(sa, t)  # RFC 7296 2.8.1/2.8.2: both ends rekeyed at once
         sa.after_response()
 
-    def _answer(self, msg: Message, tasks: list[ResponderTask], refused: Refuse | None
-                ) -> tuple[list[Payload], list[ResponderTask], tuple[Cause, str] | None]:
-        """Run the responder tasks: (payloads of the response, tasks that need more, fatal close)."""
-        sa = self.sa
-        if refused is not None:
-            return [_notify(refused)], [], (refusal_close(refused) if refused.fatal else None)
-        refusals: dict[int, Refuse] = {}
-        more: list[ResponderTask] = []
+    def _answer(self, run: _Run, resumed: Callable[[], Status] | None
+                ) -> tuple[list[Payload], list[ResponderTask], tuple[Cause, str] | None] | None:
+        """Run the responder tasks from ``run.index``: (payloads of the response, tasks that need
+        more, fatal close), or None when a task waits (``resumed`` continues the waiting one)."""
+        sa, msg = self.sa, run.msg
         try:
-            for t in tasks:
+            while run.index < len(run.tasks):
+                t = run.tasks[run.index]
                 try:
-                    if t.process_r(sa, msg) is Status.NEED_MORE:
-                        more.append(t)
+                    status = resumed() if resumed is not None else t.process_r(sa, msg)
+                    resumed = None
+                    if status is Status.WAIT:
+                        return None
+                    if status is Status.NEED_MORE:
+                        run.more.append(t)
                 except Refuse as r:
+                    resumed = None
                     if r.fatal:  # the whole exchange fails: answer with this notify alone
                         sa.fail_reason = r.reason
                         return [_notify(r)], [], refusal_close(r)
-                    refusals[id(t)] = r
+                    run.refusals[id(t)] = r
+                run.index += 1
             payloads: list[Payload] = []
-            for t in tasks:
-                no = refusals.get(id(t))
+            for t in run.tasks:
+                no = run.refusals.get(id(t))
                 payloads += [_notify(no)] if no is not None else t.build_r(sa)
-            return payloads, more, None
+            return payloads, run.more, None
         except RemoteProtocolError as e:
             notify = e.notify or NotifyType.INVALID_SYNTAX
             fatal = None
@@ -387,10 +446,20 @@ class Exchanges:
                 fatal = (Cause.PROTOCOL_ERROR if cause is Cause.PEER_REFUSED else cause, sa.fail_reason or str(e))
             return [NotifyPayload(notify, data=e.notify_data)], [], fatal
 
-    def _respond(self, message_id: int, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+    def _respond(self, message_id: int, data: bytes, local: Endpoint, remote: Endpoint, delay: float = 0.0) -> None:
         self.expected_id += 1
         self.cached = _Cached(message_id, data)
-        self.out.append((data, local, remote))
+        if delay > 0:
+            self.held_response = (self.sa.now + delay, data, local, remote)
+        else:
+            self.out.append((data, local, remote))
+
+    def release_response(self, now: float) -> None:
+        """Send a response held back on purpose once its pause is over."""
+        held = self.held_response
+        if held is not None and now >= held[0]:
+            self.held_response = None
+            self.out.append(held[1:])
 
     def answer_error(self, data: bytes, e: RemoteProtocolError, local: Endpoint, remote: Endpoint) -> None:
         """An authenticated but invalid request still gets its NOTIFY (RFC 7296 2.21.2)."""

@@ -28,6 +28,7 @@ from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
 from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
+from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, PendingLogin, report_login
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.cp import VirtualIps
@@ -42,6 +43,7 @@ from ipsecd.ike.events import (
     IkeSaClosed,
     IkeSaEstablished,
     IkeSaMoved,
+    LoginResult,
     Settled,
     Signal,
     SpiAssigned,
@@ -113,6 +115,11 @@ class IkeSa:
     remote_behind_nat: bool = False
     remote_identity: Identity | None = None
     vips: VirtualIps = field(default_factory=VirtualIps)  # virtual IPs leased to the peer / assigned to us
+    my_identity: Identity | None = None  # the identity IKE_AUTH sent (set there: may come from our certificate)
+    auth_ext: AuthExtensions = field(default_factory=AuthExtensions, repr=False)  # what the peer announced
+    authenticating: bool = False  # IKE_AUTH is in its EAP rounds: the Child SA of IKE_AUTH waits
+    login: PeerLogin | None = None  # how the peer authenticated (method, EAP identity, certificate)
+    login_pending: PendingLogin | None = None  # responder: the peer's login is under way, not yet reported
     fail_reason: str = ""
     children: ChildTable = field(default_factory=ChildTable, repr=False)
     created_at: float = 0.0
@@ -158,7 +165,9 @@ class IkeSa:
 
     @property
     def local_identity(self) -> Identity:
-        """The identity we authenticate as: the configured one, else the address this SA uses."""
+        """The identity we authenticate as: what IKE_AUTH sent, else the configured one, else our address."""
+        if self.my_identity is not None:
+            return self.my_identity
         return self.settings.local_identity(self.local[0])
 
     @property
@@ -331,6 +340,7 @@ class IkeSa:
         if st == IkeState.REKEYED and self.rekeyed_close_at is not None and now >= self.rekeyed_close_at:
             self.close(Cause.REKEYED, "rekeyed (the peer never deleted the old IKE SA)")
             return
+        self.exchanges.release_response(now)
         self.exchanges.retransmit(now)
         if self.state == IkeState.ESTABLISHED:
             lifetimes.on_timer(self, now)
@@ -447,6 +457,7 @@ class IkeSa:
         for c in list(self.children):
             self.remove_child(c.spi_in, cause, reason)
         was_established = self.established_at is not None
+        report_login(self, LoginResult.ABANDONED, reason)  # a login under way that never concluded
         self.state = IkeState.CLOSED
         self.fail_reason = self.fail_reason or reason
         quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER)

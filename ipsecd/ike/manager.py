@@ -38,10 +38,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
+from ipsecd.credentials import CredentialStore
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType
+from ipsecd.ike import relations
 from ipsecd.ike.context import EngineContext
-from ipsecd.ike.cp import AttributeProvider, client_identity, release_leases
+from ipsecd.ike.cp import AttributeProvider, release_leases
 from ipsecd.ike.events import (
     Cause,
     Datagram,
@@ -105,6 +107,15 @@ class IkeManager:
     def update_connections(self, connections: Sequence[IkeSettings]) -> None:
         self.connections = connections
         self._conns = {c.name: c for c in connections}
+
+    def set_credentials(self, store: CredentialStore, wall_offset: float) -> None:
+        """Swap in a credential store (reload keeps SAs); ``wall_offset``: real time minus ``now``."""
+        self.ctx.credentials, self.ctx.wall_offset = store, wall_offset
+
+    def auth_answer(self, ike_sa_id: int, token: int, answer: object, now: float) -> bool:
+        """An AuthRequest's answer (a RADIUS reply): IKE_AUTH goes on; False if none waits for it."""
+        ok: list[bool] = []
+        return self._act(self.sas.get(ike_sa_id), now, lambda s: ok.append(s.exchanges.resume(token, answer))) and ok[0]
 
     # -- traps (on-demand Child SAs, RFC 4301 5.1 / RFC 7296 1.3)
     def assign_reqid(self, name: str, child: str, reqid: int | None = None) -> int:
@@ -385,13 +396,18 @@ class IkeManager:
             elif isinstance(sig, ReauthDue):
                 self.reauthenticate(sa.ike_sa_id, sa.now)
             elif isinstance(sig, InitialContact):
-                self._initial_contact(sa)
+                for old in relations.replaced_by_initial_contact(self.table, sa):
+                    self._act(old, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
             elif isinstance(sig, Settled):
                 self._finish_reauth(sa)
         while (ev := sa.next_event()) is not None:
             ev = self.table.index(sa, ev)
             if isinstance(ev, IkeSaEstablished):
-                self._resolve_duplicates(sa)
+                for o in relations.redundant_duplicates(self.table, sa):
+                    log.info("IKE SA %d duplicates one the peer initiated at the same time (%s): deleting ours",
+                             o.ike_sa_id, o.settings.name)
+                    self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,
+                                                            "duplicate of a simultaneously initiated IKE SA"))
                 for other in replaced(sa):  # unique: replace (tasks/unique.py)
                     self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED, "replaced by IKE SA "
                                                                            f"{sa.ike_sa_id} (unique: replace)"))
@@ -408,51 +424,6 @@ class IkeManager:
         """Per-SA counters outlive the SA (stats and metrics sum over every SA ever)."""
         for k, v in sa.counters.items():
             self.counters[k] = self.counters.get(k, 0) + v
-
-    def _initial_contact(self, sa: IkeSa) -> None:
-        """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under
-        these identities: drop ours silently. Identities, not addresses, decide: many clients
-        share one NAT address; with EAP the EAP identity counts (cp.client_identity). ``unique:
-        never`` ignores the notify (as strongSwan); ``replace`` deletes them with a Delete once the
-        new SA is up instead (a second device of the user hears of it).
-
-        Only SAs that were up before this one started count as "older": an SA that
-        completed meanwhile comes from a simultaneous initiation, which the duplicate
-        rule (_resolve_duplicates) settles with the peer's agreement.
-        """
-        who = client_identity(sa)
-        if sa.settings.unique in ("never", "replace") or who is None:
-            return
-        for other in self.table.with_identities(sa.local_identity, who):
-            if other is sa or other.established_at is None or other.established_at >= sa.created_at \
-                    or other.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
-                continue
-            self._act(other, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
-
-    def _resolve_duplicates(self, sa: IkeSa) -> None:
-        """Simultaneous initiation: both ends started the same connection at once.
-
-        Rule (both ends reach it on their own, as both know every SA's IKE_SA_INIT
-        nonces): when one established IKE SA of a connection was initiated by us
-        and another, to the same peer, by the peer, the one whose IKE_SA_INIT
-        initiator nonce (Ni) is higher is redundant. The end that initiated it
-        deletes it with an ordinary Delete (its Child SAs go on both ends); the
-        other end just waits for that Delete. SAs born from a rekey do not count,
-        nor do two SAs we initiated ourselves (``up`` twice is the user's choice).
-        """
-        if sa.rekeyed_from is not None or sa.reauth_of is not None:
-            return
-        ours = [o for o in self.table.initiated(sa.settings.name, sa.remote[0]) if _plain_established(o)]
-        if not ours:
-            return  # a gateway with many peer-initiated SAs from one address never gets here
-        theirs = [o for o in self.table.with_peer(sa.settings.name, sa.remote[0])
-                  if not o.initiator and _plain_established(o)]
-        for o in ours:  # the same peer is the same identity too, not just the same address
-            if any(t.nonce_i < o.nonce_i and t.remote_identity == o.remote_identity for t in theirs):
-                log.info("IKE SA %d duplicates one the peer initiated at the same time (%s): deleting ours",
-                         o.ike_sa_id, o.settings.name)
-                self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,
-                                                        "duplicate of a simultaneously initiated IKE SA"))
 
     def _finish_reauth(self, sa: IkeSa) -> None:
         """The replacement is up with all its Child SAs: now the old IKE SA may go."""
@@ -474,11 +445,6 @@ class IkeManager:
         self._count(reason)
         self._rl.log(logging.INFO, reason, "dropped datagram from %s[%d]: %s", safe(remote[0]), remote[1],
                      safe(detail), now=self.now)
-
-
-def _plain_established(sa: IkeSa) -> bool:
-    """Established, and neither born from a rekey nor a reauthentication (RFC 7296 2.8)."""
-    return sa.state == IkeState.ESTABLISHED and sa.rekeyed_from is None and sa.reauth_of is None
 
 
 def _candidates(connections: Sequence[IkeSettings], local_ip: str, remote_ip: str) -> list[IkeSettings]:

@@ -10,8 +10,47 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
+from ipsecd.eap.method import Secret
+from ipsecd.iana import AuthMethod
 from ipsecd.identity import Identity, IdMatch
 from ipsecd.ike.payloads import Proposal
+from ipsecd.ike.signature import SignaturePolicy
+
+PSK = "psk"
+PUBKEY = "pubkey"
+EAP_METHODS = ("eap-mschapv2", "eap-tls", "eap-radius", "eap-dynamic", "eap")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How one side authenticates (swanctl's ``local``/``remote`` auth round).
+
+    ``method``: psk | pubkey | eap-mschapv2 | eap-tls | eap-radius | eap-dynamic | eap.
+    ``certs`` (ours) name files in the credential store's x509/; ``cacerts`` (the peer's)
+    restrict its trust anchors (None: all); ``eap_id`` is the EAP identity: ours, or the
+    peer's, where ``%any`` asks for it with EAP-Identity and None means the IKE identity.
+    """
+
+    method: str = PSK
+    certs: tuple[str, ...] = ()
+    cacerts: tuple[str, ...] | None = None
+    eap_id: Identity | None = None
+
+    @property
+    def eap(self) -> bool:
+        return self.method in EAP_METHODS
+
+    def accepts_auth_payload(self, auth_method: int | None) -> bool:
+        """Does a peer that sends this AUTH method (None: no AUTH, i.e. EAP) fit this round?"""
+        if auth_method is None:
+            return self.eap
+        if auth_method == AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
+            return self.method == PSK
+        return self.method == PUBKEY
+
+
+def _no_secret(_identity: bytes) -> Secret | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +129,13 @@ class IkeSettings:
     # order); as a client, the addresses to ask for ("0.0.0.0", "::": any of that family).
     pools: tuple[str, ...] = ()
     vips: tuple[str, ...] = ()
+    local_auth: AuthSettings = AuthSettings()
+    remote_auth: AuthSettings = AuthSettings()
+    send_cert: str = "ifasked"  # always | ifasked | never
+    send_certreq: bool = True
+    signature: SignaturePolicy = field(default_factory=SignaturePolicy)
+    # EAP identity -> password or NT hash (secrets.eap / secrets.ntlm), both roles
+    eap_secret: Callable[[bytes], Secret | None] = field(default=_no_secret, repr=False, compare=False)
 
     def local_identity(self, local_addr: str) -> Identity:
         """The identity we send: the configured one, else the address ``local_addr`` the IKE SA uses."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ipsecd import __version__, keyexport
 from ipsecd.control.protocol import ControlError
 from ipsecd.ike.events import IkeSaEstablished
+from ipsecd.logsafe import safe
 from ipsecd.logsetup import LogHub
 from ipsecd.metrics import MetricsSnapshot
 from ipsecd.shell.views import sa_info
@@ -64,6 +65,18 @@ class ControlHandlers:
         if name is not None and name not in self.d.config.pools:
             raise ControlError(f"no pool named '{name}'")
         return {"pools": self.d.pools.describe(leases=leases, name=name)}
+    async def list_certs(self) -> dict[str, Any]:
+        """The loaded credential store: every certificate of x509/ and x509ca/, CRLs, and its problems."""
+        store, report = self.d.credentials, self.d.credential_report
+        return {
+            "directory": str(store.directory),
+            "certificates": [c.to_dict() for c in store.describe()],
+            "crls": [{"file": str(e.file), "issuer": safe(e.crl.issuer.rfc4514_string()),
+                      "this_update": e.crl.last_update_utc.isoformat(),
+                      "next_update": e.crl.next_update_utc.isoformat() if e.crl.next_update_utc else None,
+                      "revoked": len(e.crl)} for e in store.crls],
+            "problems": [*report.errors, *report.warnings, *report.notes],
+        }
 
     async def status(self) -> dict[str, Any]:
         sas = self.d.shell.manager.list_sas()
@@ -77,6 +90,7 @@ class ControlHandlers:
     async def stats(self) -> dict[str, Any]:
         dp = await self._dataplane_counters()
         return {"ike": self.d.shell.manager.total_counters(), "events": dict(self.d.stats.events),
+                "logins": {f"{m}/{r}": n for (m, r), n in sorted(self.d.stats.logins.items())},
                 "net": dict(self.d.transport.counters), "dataplane": dp.get("global", {})}
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
@@ -84,7 +98,7 @@ class ControlHandlers:
         return MetricsSnapshot(sas=await self.list_sas(), ike_counters=self.d.shell.manager.total_counters(),
                                dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
                                events=dict(self.d.stats.events), handshake_failures=dict(self.d.stats.failures),
-                               rekeys=dict(self.d.stats.rekeys))
+                               rekeys=dict(self.d.stats.rekeys), logins=dict(self.d.stats.logins))
 
     async def up(self, name: str) -> dict[str, Any]:
         if name not in self.d.config.connections:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ipsecd.dataplane.ike_socket import IkeTransport
     from ipsecd.shell.installer import ChildSaInstaller
     from ipsecd.shell.policy import ConnectionPolicy
+    from ipsecd.shell.radius import RadiusService
     from ipsecd.shell.vips import VirtualIpShell
 
 log = logging.getLogger("ipsecd.ike")
@@ -62,6 +63,7 @@ class IkeShell:
         self.installer: ChildSaInstaller | None = None
         self.policy: ConnectionPolicy | None = None
         self.vips: VirtualIpShell | None = None  # a client's virtual IPs and DNS (before the installer)
+        self.radius: RadiusService | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Event]]] = {}
 
@@ -89,6 +91,8 @@ class IkeShell:
             self.stats.on_event(ev)
             if self.vips is not None:
                 self.vips.on_event(ev)
+            if self.radius is not None:  # before the installer: accounting reads a Child SA's counters first
+                self.radius.on_event(ev)
             if self.installer is not None:
                 self.installer.on_event(ev)
             if self.policy is not None:

@@ -12,8 +12,9 @@ from ipsecd.ike.events import (
     IkeSaClosed,
     IkeSaEstablished,
     IkeSaRekeyed,
+    Login,
 )
-from ipsecd.metrics import failure_class
+from ipsecd.metrics import failure_class, login_labels
 
 
 @dataclass
@@ -21,6 +22,7 @@ class ShellStats:
     events: dict[str, int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # failure_class(cause) -> count
     rekeys: dict[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
+    logins: dict[tuple[str, str], int] = field(default_factory=dict)  # (method, result) -> count
 
     def on_event(self, ev: Event) -> None:
         if isinstance(ev, ChildSaEstablished):
@@ -34,6 +36,9 @@ class ShellStats:
             self._inc(self.events, "ike_sas_established")
         elif isinstance(ev, IkeSaRekeyed):
             self._inc(self.rekeys, "ike")
+        elif isinstance(ev, Login):
+            key = login_labels(ev.method, ev.result.value)
+            self.logins[key] = self.logins.get(key, 0) + 1
         elif isinstance(ev, IkeSaClosed):
             self._inc(self.events, "ike_sas_closed")
             if not ev.established and ev.cause in SETUP_FAILURES:

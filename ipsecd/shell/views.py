@@ -60,5 +60,8 @@ def sa_info(sa: IkeSa, counters: Mapping[str, Any] | None = None) -> IkeSaInfo:
         "remote_vips": [str(a) for a in sa.vips.remote],
         "rekey_in": _left(sa.rekey_at, now),
         "expires_in": _left(sa.hard_at, now),
+        "remote_auth": sa.login.method if sa.login is not None else "",
+        "remote_eap_id": safe(sa.login.eap_identity) if sa.login is not None and sa.login.eap_identity else None,
+        "remote_cert": sa.login.certificate if sa.login is not None else None,
         "child_sas": [child_info(c, now, counters) for c in sa.children],
     }

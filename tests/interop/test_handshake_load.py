@@ -18,6 +18,7 @@ import pytest
 from tests.bench_handshake import (
     RESPONDER_CPU,
     Bench,
+    BenchPki,
     IpsecdResponder,
     LoadInitiator,
     LogWatch,
@@ -57,6 +58,29 @@ def test_200_handshakes_against_ipsecd(topology: Topology, tmp_path: Path) -> No
         assert (st.established, st.children, st.failed) == (COUNT, COUNT, 0), f"{st.line()}\n{st.errors}"
         assert len(st.latencies_ms) == COUNT
         assert resp.held() == (COUNT, COUNT)
+    finally:
+        init.kill()
+        resp.stop()
+
+
+def test_certificate_logins_against_ipsecd(topology: Topology, tmp_path: Path) -> None:
+    """--auth pubkey: the plugin's on-the-fly client certificates, RFC 7427 both ways."""
+    count = 60
+    b = Bench(build_plugin(), tmp_path, secrets.token_hex(16), in_flight=16, settle=1.0,
+              pki=BenchPki.make(tmp_path / "pki"))
+    resp = IpsecdResponder(topology, tmp_path / "ipsecd", b.psk, b.pki)
+    conf = initiator_conf(tmp_path / "init" / "charon.log", responder=topology.b_addr,
+                          initiator=topology.a_addr, psk=b.psk, tag="certs", in_flight=b.in_flight, pki=b.pki)
+    init = LoadInitiator(topology.a, tmp_path / "init", b.plugin, conf)
+    try:
+        resp.start()
+        init.start()
+        base = {k: rss_kib(p) for k, p in resp.pids().items()}
+        st = run_stage(b, resp, init, LogWatch(init.log_path), 1, 0, count, count, base, 0, time.monotonic() + 60)
+        print(st.line())
+        assert (st.established, st.children, st.failed) == (count, count, 0), \
+            f"{st.line()}\n{st.errors}\n{read_tail(init.log_path)}\n{resp.daemon.log_tail()}"
+        assert "RFC 7427" in resp.daemon.log_text()
     finally:
         init.kill()
         resp.stop()

@@ -4,7 +4,10 @@ An exchange is a list of tasks. The initiator calls ``build_i`` on each to
 assemble the request and ``process_i`` on each with the response; the
 responder calls ``process_r`` on each, then ``build_r``. ``process_i`` and
 ``process_r`` return a :class:`Status`: DONE, or NEED_MORE when the task needs
-another round of the same exchange (EAP inside IKE_AUTH, RFC 7296 2.16).
+another round of the same exchange (EAP inside IKE_AUTH, RFC 7296 2.16). A responder
+task may also answer WAIT: its part of the response needs an answer from outside the
+engine (RADIUS); it implements :class:`Resumable`, and the exchange sends nothing until
+``resume(sa, answer)`` has run (exchanges.py).
 
 A task serves the role(s) it implements: :class:`InitiatorTask` (queued by us)
 and/or :class:`ResponderTask` (created for a peer's request by the exchange
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 class Status(Enum):
     DONE = "done"
     NEED_MORE = "need_more"  # keep the task for another round of the same exchange
+    # responder only: the answer needs something from outside the engine (a RADIUS round
+    # trip); the exchange holds its response until the task's ``resume`` is called
+    WAIT = "wait"
 
 
 class TaskKind(Enum):
@@ -144,6 +150,12 @@ class ResponderTask(Protocol):
 
     def process_r(self, sa: IkeSa, msg: Message) -> Status: ...
     def build_r(self, sa: IkeSa) -> list[Payload]: ...
+
+
+class Resumable(Protocol):
+    """A responder task that can answer WAIT."""
+
+    def resume(self, sa: IkeSa, answer: object) -> Status: ...
 
 
 class Hooks:

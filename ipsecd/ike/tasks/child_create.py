@@ -77,7 +77,10 @@ class ChildCreate(Hooks):
     ``trigger`` (initiator) is the packet that made the data plane acquire this Child SA:
     its host pair goes first in TSi/TSr (RFC 7296 2.9).
     The responder chooses in ``process_r`` and installs in ``build_r``, after the IKE SA
-    of an IKE_AUTH is established.
+    of an IKE_AUTH is established. With EAP, IKE_AUTH takes several rounds: SA, TSi and
+    TSr come in the first request and the first response goes without them; the Child
+    SA is chosen and installed in the last round, once the peer is authenticated, and
+    answered in the last response (RFC 7296 2.16).
     """
 
     kind = TaskKind.CHILD_CREATE
@@ -106,6 +109,8 @@ class ChildCreate(Hooks):
         self.ke: KeyExchange | None = None  # responder, PFS
         self.shared: bytes | None = None
         self.result: ChildSaEstablished | None = None
+        self.offered = False  # initiator: SA/TS went out (only in the first IKE_AUTH request)
+        self.request: Message | None = None  # responder: the IKE_AUTH request with SA/TS, while EAP runs
 
     @property
     def target(self) -> str | None:
@@ -119,6 +124,9 @@ class ChildCreate(Hooks):
     # -- initiator ---------------------------------------------------------
     def build_i(self, sa: IkeSa) -> list[Payload]:
         assert self.child is not None
+        if self.offered and self.exchange == ExchangeType.IKE_AUTH:
+            return []  # a later round of IKE_AUTH (EAP): SA and TS went in the first request
+        self.offered = True
         if not self.spi_in:  # a Retry reuses the SPI we already reserved
             self.spi_in = sa.ctx.alloc_child_spi()
         if self.rekey_of is not None:
@@ -149,6 +157,8 @@ class ChildCreate(Hooks):
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
         assert self.child is not None
+        if self.exchange == ExchangeType.IKE_AUTH and sa.authenticating:
+            return Status.NEED_MORE  # the answer comes with the last IKE_AUTH response
         name = self.child.name
         for n in msg.error_notifies():
             t = n.notify_type
@@ -211,6 +221,12 @@ class ChildCreate(Hooks):
 
     # -- responder ---------------------------------------------------------
     def process_r(self, sa: IkeSa, msg: Message) -> Status:
+        if self.exchange == ExchangeType.IKE_AUTH:
+            if self.request is None:
+                self.request = msg
+            if sa.authenticating:
+                return Status.NEED_MORE  # chosen once the peer is authenticated (RFC 7296 2.16)
+            msg = self.request
         sa_payload = msg.get(SaPayload)
         ts_i, ts_r = _ts_of(msg, PayloadType.TSi), _ts_of(msg, PayloadType.TSr)
         if not self.pfs and sa_payload is None and ts_i is None and ts_r is None:

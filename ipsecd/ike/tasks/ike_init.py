@@ -8,13 +8,16 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import ExchangeType, HashAlgorithm, NotifyType
+from ipsecd.iana import CertEncoding, ExchangeType, NotifyType
+from ipsecd.ike.authenticators import certreq_data
 from ipsecd.ike.crypto import KeyExchange
 from ipsecd.ike.events import Cause
 from ipsecd.ike.keyexchange import InvalidKe, KeOffer, accept, group_name
 from ipsecd.ike.keymat import derive_ike_keys
-from ipsecd.ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
+from ipsecd.ike.message import Message
+from ipsecd.ike.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
 from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal
+from ipsecd.ike.signature import announced_hash_algorithms, parse_hash_algorithms
 from ipsecd.ike.sk import make_sk_ciphers
 from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
 from ipsecd.logsafe import safe
@@ -22,7 +25,6 @@ from ipsecd.logsafe import safe
 if TYPE_CHECKING:
     from ipsecd.ike.events import Endpoint
     from ipsecd.ike.ike_sa import IkeSa
-    from ipsecd.ike.message import Message
 
 NONCE_LEN = 32
 ZERO_SPI = bytes(8)
@@ -33,9 +35,19 @@ def natd_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ip_address(ep[0]).packed + struct.pack("!H", ep[1])).digest()
 
 
-def _sig_hash_algorithms() -> bytes:
-    return b"".join(struct.pack("!H", h) for h in (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384,
-                                                    HashAlgorithm.SHA2_512))
+def _hash_notify(sa: IkeSa) -> list[Payload]:
+    # RFC 7427 4 and RFC 8420 2: the hashes we verify, Identity (5) included for EdDSA
+    return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                          data=announced_hash_algorithms(sa.settings.signature))]
+
+
+def _peer_extensions(sa: IkeSa, msg: Message) -> None:
+    """What the peer's IKE_SA_INIT tells the authenticators: RFC 7427 hashes, CERTREQs."""
+    notify = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    sa.auth_ext.hashes = parse_hash_algorithms(notify.data) if notify is not None else None
+    certreqs = msg.get_all(CertReqPayload)
+    sa.auth_ext.certreq_seen = bool(certreqs)
+    sa.auth_ext.certreqs = [p.data for p in certreqs if p.encoding == CertEncoding.X509_CERTIFICATE_SIGNATURE]
 
 
 def _strip_spi(p: Proposal) -> Proposal:
@@ -72,7 +84,7 @@ class IkeInit(Hooks):
             ke,
             NoncePayload(sa.nonce_i),
             *self._natd_payloads(sa, ZERO_SPI),
-            NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=_sig_hash_algorithms()),
+            *_hash_notify(sa),
         ]
         return payloads
 
@@ -124,6 +136,7 @@ class IkeInit(Hooks):
         sa.nonce_r = nonce.data
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        _peer_extensions(sa, msg)
         return Status.DONE
 
     # -- responder ---------------------------------------------------------
@@ -156,17 +169,26 @@ class IkeInit(Hooks):
         sa.nonce_r = sa.ctx.rng(NONCE_LEN)
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        try:
+            _peer_extensions(sa, msg)
+        except RemoteProtocolError as e:
+            raise Refuse(NotifyType.INVALID_SYNTAX, str(e), Cause.PROTOCOL_ERROR, fatal=True) from None
         return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
         assert self.chosen is not None and self.ke is not None
-        return [
+        payloads: list[Payload] = [
             SaPayload((self.chosen,)),
             KePayload(self.ke.group, self.ke.public_key),
             NoncePayload(sa.nonce_r),
             *self._natd_payloads(sa, sa.spi_r),
-            NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=_sig_hash_algorithms()),
+            *_hash_notify(sa),
         ]
+        if sa.settings.send_certreq and sa.settings.remote_auth.method == "pubkey":
+            data = certreq_data(sa)  # RFC 7296 3.7: the trust anchors we would accept the peer's chain from
+            if data:
+                payloads.append(CertReqPayload(CertEncoding.X509_CERTIFICATE_SIGNATURE, data))
+        return payloads
 
     # -- shared ------------------------------------------------------------
     def _derive(self, sa: IkeSa, chosen: Proposal, shared: bytes) -> None:

@@ -187,7 +187,8 @@ def spawn_rekeyed(old: IkeSa, proposal: Proposal, keys: IkeKeys, *, initiator: b
     new = type(old)(old.settings, old.ctx.alloc_ike_id(), initiator, old.local, old.remote, old.now, ctx=old.ctx,
                 candidates=old.candidates, spi_i=spi_i, spi_r=spi_r, nonce_i=nonce_i, nonce_r=nonce_r, keys=keys,
                 proposal=proposal, local_behind_nat=old.local_behind_nat, remote_behind_nat=old.remote_behind_nat,
-                remote_identity=old.remote_identity, rekeyed_from=old.ike_sa_id)
+                remote_identity=old.remote_identity, rekeyed_from=old.ike_sa_id,
+                my_identity=old.my_identity, login=old.login)  # who authenticated, how (EAP identity)
     new.sk_out, new.sk_in = make_sk_ciphers(proposal, keys, initiator)
     new.set_state(IkeState.ESTABLISHED)
     new.established_at = old.now
