@@ -9,6 +9,7 @@ stdout stays clean for ``--json`` consumers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ipsecd.config import load_config
 from ipsecd.control.keyfiles import UnsafeDirectory, check_name, write_private_files
 from ipsecd.control.protocol import (
     DEFAULT_SOCKET,
@@ -28,12 +30,17 @@ from ipsecd.control.protocol import (
     Request,
     Response,
 )
+from ipsecd.credentials import load_store
+from ipsecd.errors import ConfigError
 from ipsecd.logsafe import safe
+from ipsecd.profiles import Platform, ProfileError, gateway_view, generate, profile_request
+from ipsecd.settings_from_config import validate_proposal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
+DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
 class CannotConnect(ControlError):
@@ -319,6 +326,29 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _client_profile(args: argparse.Namespace, out: TextIO) -> int:
+    """``client-profile``: no daemon needed; the configuration file and credentials are the truth."""
+    try:
+        config = load_config(args.config, proposal_validator=validate_proposal)
+        store, _problems = load_store(config.settings.credentials, config.key_passphrases())
+        view = gateway_view(config, args.name, store, server=args.server)
+        p12 = Path(args.p12).read_bytes() if args.p12 else None
+        req = profile_request(config, view, args.user, include_password=args.include_password, p12=p12)
+        if args.display_name:
+            req = dataclasses.replace(req, display_name=args.display_name)
+        profile = generate(view, req, args.platform)
+        for warning in profile.warnings:
+            print(f"ipsecctl: warning: {warning}", file=sys.stderr)
+        _write_export(profile.files, args.out, out)
+    except (ConfigError, ProfileError, ControlError) as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipsecctl",
@@ -361,6 +391,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=EXPORT_FORMATS, default="wireshark")
     p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
+    p = sub.add_parser(
+        "client-profile",
+        help="print a ready-to-import VPN profile for a client (reads the configuration file)",
+        description="generate a Windows PowerShell script, Apple .mobileconfig, Android .sswan or Linux "
+                    "swanctl.conf + NetworkManager keyfile that matches the gateway's connection CONN",
+    )
+    p.add_argument("name", metavar="CONN", help="the gateway's connection (from the configuration)")
+    p.add_argument("--user", required=True, help="the user's EAP identity (or IKE identity for certificates/PSK)")
+    p.add_argument("--platform", required=True, choices=[x.value for x in Platform])
+    p.add_argument("--config", "-c", default=os.environ.get("IPSECD_CONFIG") or DEFAULT_CONFIG,
+                   help=f"ipsecd's configuration (default: $IPSECD_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--server", help="the name clients dial (default: the connection's local.id if a DNS name)")
+    p.add_argument("--include-password", action="store_true",
+                   help="put the user's EAP password (or the PSK) from the configuration into the profile")
+    p.add_argument("--p12", metavar="FILE", help="embed the user's PKCS#12 (certificate logins; Apple needs it)")
+    p.add_argument("--display-name", help="the connection's name on the client")
+    p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
     return parser
 
 
@@ -371,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "client-profile":
+        return _client_profile(args, sys.stdout)
     if args.command == "log" and not args.follow:
         print("ipsecctl: log needs --follow (ipsecd keeps no log history; see journalctl -u ipsecd)", file=sys.stderr)
         return EXIT_USAGE
