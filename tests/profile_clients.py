@@ -28,9 +28,14 @@ def generate_profile(gw: Ipsecd, conn: str, user: str, platform: str, out: Path,
     return {p.name: p.read_text() for p in sorted(out.iterdir())}
 
 
-def profile_client(make: Callable[..., Charon], ns: Netns, gw: Ipsecd, conn: str, user: str, workdir: Path, *,
-                   server: str, name: str, user_cert: Issued | None = None, charon_settings: str = "") -> Charon:
-    """A charon in ``ns`` whose whole configuration is the Linux profile for ``user``."""
+def profile_client(make: Callable[..., Charon], ns: Netns, gw: Ipsecd, conn: str, user: str, workdir: Path,
+                   *,
+                   server: str, name: str, user_cert: Issued | None = None, charon_settings: str | None = None) -> Charon:
+    """A charon in ``ns`` whose whole configuration is the Linux profile for ``user``.
+
+    ``charon_settings``: strongswan.conf lines for charon (plugins, logging); default: the
+    remote-access plugin set.
+    """
     files = generate_profile(gw, conn, user, "linux", workdir / f"{name}-profile", server=server)
     conf_dir = workdir / f"{name}-swanctl"
     write_swanctl(conf_dir, own=[user_cert] if user_cert is not None else [])
@@ -41,7 +46,7 @@ def profile_client(make: Callable[..., Charon], ns: Netns, gw: Ipsecd, conn: str
         elif fname.endswith(".pem"):
             shutil.copy(src, conf_dir / "x509ca" / fname)
     ch = make(ns, ConnParams(local_addrs=[], name=conn), name=name, start=False,
-              extra_charon=f"  load = {RA_PLUGINS}\n{charon_settings}")
+              extra_charon=charon_settings if charon_settings is not None else f"  load = {RA_PLUGINS}\n")
     ch.start(load=False)
     loaded = ch.swanctl("--load-all", "--file", str(conf_dir / "swanctl.conf"))
     assert "failed" not in loaded.stdout, loaded.stdout
