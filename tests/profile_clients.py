@@ -28,9 +28,9 @@ def generate_profile(gw: Ipsecd, conn: str, user: str, platform: str, out: Path,
     return {p.name: p.read_text() for p in sorted(out.iterdir())}
 
 
-def profile_client(make: Callable[..., Charon], ns: Netns, gw: Ipsecd, conn: str, user: str, workdir: Path,
-                   *,
-                   server: str, name: str, user_cert: Issued | None = None, charon_settings: str | None = None) -> Charon:
+def profile_client(make: Callable[..., Charon], ns: Netns, gw: Ipsecd, conn: str, user: str, workdir: Path, *,
+                   server: str, name: str, user_cert: Issued | None = None,
+                   charon_settings: str | None = None) -> Charon:
     """A charon in ``ns`` whose whole configuration is the Linux profile for ``user``.
 
     ``charon_settings``: strongswan.conf lines for charon (plugins, logging); default: the
