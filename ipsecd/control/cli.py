@@ -303,6 +303,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             if args.name:
                 pool_args["name"] = args.name
             result = client.call(cmd, pool_args)
+        elif cmd == "redirect":
+            if bool(args.name) == bool(args.all):
+                raise ControlError("redirect needs a connection name or --all (not both)")
+            result = client.call(cmd, {"name": args.name, "to": None if args.stop else args.to})
         elif cmd == "export-keys":
             result = client.call(cmd, {"format": args.format})
             _write_export(result.get("files") if isinstance(result, dict) else None, args.out, out)
@@ -391,6 +395,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=EXPORT_FORMATS, default="wireshark")
     p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
+    p = sub.add_parser(
+        "redirect",
+        help="send clients to another gateway (RFC 5685)",
+        description="answer new clients of CONN (or --all) with a redirect to GW, and tell established clients "
+                    "that support it (strongSwan, Apple, Android) to move there; --stop ends it",
+    )
+    p.add_argument("name", metavar="CONN", nargs="?", help="the connection whose clients move")
+    p.add_argument("--all", action="store_true", help="every connection")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="GW", help="the new gateway: an IPv4/IPv6 address or a DNS name")
+    target.add_argument("--stop", action="store_true", help="stop redirecting new clients")
     p = sub.add_parser(
         "client-profile",
         help="print a ready-to-import VPN profile for a client (reads the configuration file)",

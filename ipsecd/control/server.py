@@ -256,6 +256,12 @@ class ControlServer:
             if not isinstance(leases, bool) or not (pool is None or isinstance(pool, str)):
                 raise ControlError("'list-pools' takes {\"leases\": true|false, \"name\": \"POOL\"}")
             return lambda: h.list_pools(leases, pool)
+        if request.cmd == "redirect":
+            conn, to = args.get("name"), args.get("to")
+            if not (conn is None or (isinstance(conn, str) and conn)) or not (to is None or isinstance(to, str)):
+                raise ControlError("'redirect' takes {\"name\": \"CONN\" or null for all, \"to\": \"GATEWAY\" or null "
+                                   "to stop}")
+            return lambda: h.redirect(conn, to)
         if request.cmd == "export-keys":
             fmt = args.get("format", "wireshark")
             if fmt not in EXPORT_FORMATS:

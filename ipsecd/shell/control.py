@@ -120,6 +120,21 @@ class ControlHandlers:
             raise ControlError(f"no connection named '{name}'")
         return {"deleted": self.d.shell.act(lambda m, now: m.terminate(name, now))}
 
+    async def redirect(self, name: str | None, to: str | None) -> dict[str, Any]:
+        """RFC 5685: new clients of ``name`` (None: every connection) go to ``to``; established ones that
+        support it are told to move. ``to`` None stops redirecting."""
+        if name is not None and name not in self.d.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        try:
+            told = self.d.shell.act(lambda m, now: m.redirect(name, to, now))
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        which = f"connection '{name}'" if name is not None else "every connection"
+        if to is None:
+            return {"message": f"no longer redirecting {which}"}
+        return {"redirected": told, "to": to,
+                "message": f"redirecting new clients of {which} to {to}; {told} established client(s) told to move"}
+
     async def reload(self) -> dict[str, Any]:
         return await self.d.reload()
 
