@@ -14,6 +14,8 @@ gateway, a LAN host behind it. One topology, parametrised, for every step of the
   first) and the gateway fragment what does not fit;
 * ``drop_fragments``: the router, which does no NAT, drops every non-first IPv4 fragment
   in FORWARD, so no fragmented datagram crosses (RFC 7383's reason to exist);
+* ``gateways=2``: a second gateway ``gw2`` (198.51.101.2) on another router port, with the
+  LAN host's addresses on its loopback, for IKE redirect (RFC 5685);
 * ``uplinks=2``: each client gets a second uplink (eth1) that the NAT maps to a second
   public address, for MOBIKE: ``use_uplink(i, 1)`` moves client i's default route there,
   ``uplink_down(i, 0)`` pulls the cable of the first.
@@ -44,6 +46,7 @@ GW_ID = "vpn.example.com"
 CONN = "rw"
 NAT_OUT, NAT_OUT2, ROUTER_NAT = "192.0.2.1", "192.0.2.3", "192.0.2.254"
 GW_OUT, ROUTER_GW = "198.51.100.2", "198.51.100.1"
+GW2_OUT, ROUTER_GW2 = "198.51.101.2", "198.51.101.1"  # the second gateway (gateways=2), for redirects
 GW_LAN4, GW_LAN6 = "10.10.0.1", "fd00:10::1"
 LAN4, LAN6 = "10.10.0.2", "fd00:10::2"  # the LAN host behind the gateway
 LAN_TS = ("10.10.0.0/24", "fd00:10::/64")
@@ -54,22 +57,23 @@ class RemoteAccessSite(Topology):
     """Clients c0..cN-1 behind one NAT, a router, the gateway (``gw``) and a LAN host (``lan``)."""
 
     def __init__(self, clients: int, *, mtu: int | None = None, drop_fragments: bool = False,
-                 uplinks: int = 1) -> None:
+                 uplinks: int = 1, gateways: int = 1) -> None:
         super().__init__("nat", ipv6=False)
-        if uplinks not in (1, 2):
-            raise ValueError("uplinks: 1 or 2")
+        if uplinks not in (1, 2) or gateways not in (1, 2):
+            raise ValueError("uplinks, gateways: 1 or 2")
         self.mtu, self.drop_fragments, self.uplinks = mtu, drop_fragments, uplinks
         self.clients = [Netns(f"{self.prefix}-c{i}") for i in range(clients)]
         self.router = Netns(f"{self.prefix}-r")
         self.lan = Netns(f"{self.prefix}-lan")
         self.gw = self.b
+        self.gw2 = Netns(f"{self.prefix}-gw2") if gateways == 2 else None
         self.b_seen_from_a = GW_OUT
 
     @property
     def namespaces(self) -> list[Netns]:
         assert self.nat is not None
-        return [*getattr(self, "clients", []), self.nat, *(
-            [self.router, self.lan] if hasattr(self, "lan") else []), self.b]
+        extra = [self.router, self.lan, *([self.gw2] if self.gw2 is not None else [])] if hasattr(self, "gw2") else []
+        return [*getattr(self, "clients", []), self.nat, *extra, self.b]
 
     @staticmethod
     def client_addr(i: int, uplink: int = 0) -> str:
@@ -109,6 +113,13 @@ class RemoteAccessSite(Topology):
         nat.run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.98.0.0/16", "-o", "eth1", "-j", "SNAT",
                  "--to-source", NAT_OUT2])
         nat.run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"])
+        if self.gw2 is not None:
+            self._veth(self.router, "eth2", self.gw2, "eth0")
+            self.router.run(["ip", "addr", "add", f"{ROUTER_GW2}/24", "dev", "eth2"])
+            self.gw2.run(["ip", "addr", "add", f"{GW2_OUT}/24", "dev", "eth0"])
+            self.gw2.run(["ip", "route", "add", "default", "via", ROUTER_GW2])
+            self.gw2.run(["ip", "addr", "add", f"{LAN4}/32", "dev", "lo"])
+            self.gw2.run(["ip", "addr", "add", f"{LAN6}/128", "dev", "lo"])
         if self.mtu is not None:
             for ns, dev in ((nat, "eth1"), (self.router, "eth0"), (self.router, "eth1"), (self.gw, "eth0")):
                 ns.run(["ip", "link", "set", "dev", dev, "mtu", str(self.mtu)])

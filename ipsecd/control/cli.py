@@ -325,6 +325,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(render_certs(result if isinstance(result, dict) else {}))
         elif cmd in ("status", "list-conns", "stats"):
             out.write(render_value(result))
+        elif cmd == "redirect" and isinstance(result, dict) and isinstance(result.get("message"), str):
+            print(result["message"], file=out)
         else:
             _print_message(result, out)
     return EXIT_OK

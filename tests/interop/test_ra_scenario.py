@@ -30,6 +30,7 @@ from tests.ra_site import (  # noqa: F401  (ra_site is a fixture)
     DNS4,
     DNS6,
     DOMAIN,
+    GW2_OUT,
     GW_ID,
     GW_OUT,
     LAN4,
@@ -175,3 +176,37 @@ def test_ten_clients_behind_one_nat_connect_together(ra_site: MakeSite, charon_f
         site.clients[i].ping(LAN4, count=1, deadline=8)
     stats: dict[str, Any] = json.loads(gw.ctl("stats", "--json").stdout)["ike"]
     assert not stats.get("cookies_sent") and not stats.get("half_open_limit"), stats
+
+
+def test_redirect_to_a_second_gateway(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
+                                      ipsecd_factory: MakeIpsecd, tmp_path: Path, pki: TestPki) -> None:
+    """RFC 5685: established clients are told to move (INFORMATIONAL), new ones are sent on in IKE_SA_INIT."""
+    site = ra_site(2, gateways=2)
+    creds = site_pki(pki)
+    assert site.gw2 is not None
+    gw1 = ipsecd_factory(site.gw, site_gateway_doc(tmp_path / "gw1", creds, n_users=2, pool6=None), name="gw1")
+    gw2 = ipsecd_factory(site.gw2, site_gateway_doc(tmp_path / "gw2", creds, n_users=2, pool4="10.4.0.0/28",
+                                                    pool6=None, local_addrs=[GW2_OUT]), name="gw2")
+    first = site_client(charon_factory, site, gw1, 0, tmp_path)
+    first.initiate(CONN, ike=CONN, timeout=30)
+    assert _vips(first)[0].startswith("10.3.0.")
+
+    out = gw1.ctl("redirect", CONN, "--to", GW2_OUT).stdout
+    assert "1 established client(s) told to move" in out, out
+    wait_for("the client to move to gw2", lambda: [s.get("remote-host") for s in first.list_sas()] == [GW2_OUT],
+             timeout=30)
+    wait_for("gw1 to lose the client", lambda: not gw1.list_sas(), timeout=20)
+    assert _vips(first)[0].startswith("10.4.0.")  # gw2's pool
+    (sa2,) = gw2.list_sas()
+    assert sa2["remote_eap_id"] == "user0"
+    site.clients[0].ping(LAN4, count=2, deadline=8)  # through gw2 now
+    assert "redirecting the client to 198.51.101.2 (RFC 5685)" in gw1.log_text()
+
+    # gw1 is draining: a new client is sent on in its IKE_SA_INIT and ends up at gw2
+    second = site_client(charon_factory, site, gw1, 1, tmp_path)
+    second.initiate(CONN, ike=CONN, timeout=30, check=False)
+    wait_for("the second client at gw2", lambda: [s.get("remote-host") for s in second.list_sas()
+                                                  if s.get("state") == "ESTABLISHED"] == [GW2_OUT], timeout=30)
+    assert "redirected" in second.log_text().lower()
+    assert not gw1.list_sas() and len(gw2.list_sas()) == 2
+    gw1.ctl("redirect", "--all", "--stop")
