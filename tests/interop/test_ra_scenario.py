@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from tests.ipsecd_proc import Ipsecd, why_no_ipsecd
-from tests.netns import wait_for
+from tests.netns import kill_group, wait_for
 from tests.pki import TestPki
 from tests.profile_clients import generate_profile
 from tests.ra_site import (  # noqa: F401  (ra_site is a fixture)
@@ -37,6 +37,7 @@ from tests.ra_site import (  # noqa: F401  (ra_site is a fixture)
     LAN6,
     LAN_TS,
     NAT_OUT,
+    NAT_OUT2,
     RemoteAccessSite,
     ra_site,
     resolv_path,
@@ -55,6 +56,31 @@ pytestmark = [
 MakeSite = Callable[..., RemoteAccessSite]
 MakeCharon = Callable[..., Charon]
 MakeIpsecd = Callable[..., Ipsecd]
+
+
+def test_the_site_knobs_work(ra_site: MakeSite, tmp_path: Path) -> None:  # noqa: F811
+    """What the fragmentation and MOBIKE steps build on: a 1280-byte path that drops fragments, a second uplink."""
+    site = ra_site(1, mtu=1280, drop_fragments=True, uplinks=2)
+    c0 = site.clients[0]
+
+    def ping(size: int) -> int:
+        # -M dont: let the NAT fragment what does not fit the 1280-byte link (it reassembles first: conntrack)
+        return c0.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "dont", "-s", str(size), GW_OUT],
+                      check=False).returncode
+
+    assert ping(1200) == 0
+    assert ping(1400) != 0  # fragmented after the NAT, the router drops the fragments
+    site.use_uplink(0, 1)
+    log = tmp_path / "tcpdump.txt"
+    capture = site.gw.popen(["tcpdump", "-n", "-l", "-i", "eth0", "icmp"], log)
+    try:
+        wait_for("tcpdump", lambda: "listening" in _read(log), timeout=10)
+        assert ping(100) == 0
+        wait_for("the ping from the second public address", lambda: f"{NAT_OUT2} >" in _read(log), timeout=10)
+    finally:
+        kill_group(capture)
+    site.uplink_down(0, 0)
+    assert ping(100) == 0
 
 
 def _vips(ch: Charon) -> list[str]:
