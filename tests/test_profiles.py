@@ -248,7 +248,8 @@ def test_passwords_only_when_asked_and_known(tmp_path: Path, pki: TestPki) -> No
         _generate(path, "linux", "alice\n}")
 
 
-def test_ipsecctl_client_profile(tmp_path: Path, pki: TestPki, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ipsecctl_client_profile(tmp_path: Path, pki: TestPki, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     path = _gateway(tmp_path, pki)
     assert cli.main(["client-profile", "rw", "--user", "alice", "--platform", "android", "--config", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["local"] == {"eap_id": "alice"}
@@ -259,6 +260,15 @@ def test_ipsecctl_client_profile(tmp_path: Path, pki: TestPki, capsys: pytest.Ca
     assert cli.main(["client-profile", "nope", "--user", "alice", "--platform", "linux", "--config", str(path)]) == 1
     assert "no connection 'nope'" in capsys.readouterr().err
     assert cli.main(["client-profile", "rw", "--user", "alice", "--platform", "beos", "--config", str(path)]) == 2
+    # without --config: the file the running daemon loaded (its status), else the default path
+    monkeypatch.setattr(cli, "_daemon_config", lambda socket_path: str(path))
+    assert cli.main(["client-profile", "rw", "--user", "alice", "--platform", "android"]) == 0
+    assert json.loads(capsys.readouterr().out)["remote"]["addr"] == GW
+    monkeypatch.setattr(cli, "_daemon_config", lambda socket_path: None)
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", str(tmp_path / "missing.yaml"))
+    assert cli.main(["client-profile", "rw", "--user", "alice", "--platform", "android"]) == 1
+    assert "missing.yaml: cannot read configuration" in capsys.readouterr().err
+    assert cli._daemon_config(str(tmp_path / "no-daemon.sock")) is None
     buf = io.StringIO()
     assert cli._client_profile(cli._parser().parse_args(
         ["client-profile", "rw", "--user", "alice", "--platform", "windows", "--config", str(path)]), buf) == 0

@@ -332,10 +332,22 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _daemon_config(path: str) -> str | None:
+    """The configuration file the running daemon loaded (its ``status``), or None if none answers."""
+    try:
+        with ControlClient(path, 5.0) as client:
+            result = client.call("status")
+    except (ControlError, OSError, ValueError):
+        return None
+    config = result.get("config") if isinstance(result, dict) else None
+    return config if isinstance(config, str) and config else None
+
+
 def _client_profile(args: argparse.Namespace, out: TextIO) -> int:
     """``client-profile``: no daemon needed; the configuration file and credentials are the truth."""
     try:
-        config = load_config(args.config, proposal_validator=validate_proposal)
+        config = load_config(args.config or _daemon_config(args.socket) or DEFAULT_CONFIG,
+                             proposal_validator=validate_proposal)
         store, _problems = load_store(config.settings.credentials, config.key_passphrases())
         view = gateway_view(config, args.name, store, server=args.server)
         p12 = Path(args.p12).read_bytes() if args.p12 else None
@@ -417,8 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="CONN", help="the gateway's connection (from the configuration)")
     p.add_argument("--user", required=True, help="the user's EAP identity (or IKE identity for certificates/PSK)")
     p.add_argument("--platform", required=True, choices=[x.value for x in Platform])
-    p.add_argument("--config", "-c", default=os.environ.get("IPSECD_CONFIG") or DEFAULT_CONFIG,
-                   help=f"ipsecd's configuration (default: $IPSECD_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--config", "-c", help="ipsecd's configuration (default: the file the running daemon loaded, "
+                                          f"else {DEFAULT_CONFIG})")
     p.add_argument("--server", help="the name clients dial (default: the connection's local.id if a DNS name)")
     p.add_argument("--include-password", action="store_true",
                    help="put the user's EAP password (or the PSK) from the configuration into the profile")
