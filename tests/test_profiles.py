@@ -279,3 +279,23 @@ def test_ipsecctl_client_profile(tmp_path: Path, pki: TestPki, capsys: pytest.Ca
 def test_every_platform_for_the_example_gateway(tmp_path: Path, pki: TestPki, platform: str) -> None:
     prof = _generate(_gateway(tmp_path, pki), platform)
     assert prof.files and all("PRIVATE KEY" not in text for text in prof.files.values())
+
+
+def test_full_tunnel_and_psk(tmp_path: Path, pki: TestPki) -> None:
+    path = _gateway(tmp_path, pki, remote={"auth": "psk", "id": "%any"}, local_ts=["0.0.0.0/0", "::/0"])
+    apple = plistlib.loads(_generate(path, "apple", "bob@example.com", include_password=True)
+                           .files["rw.mobileconfig"].encode())
+    vpn = next(p for p in apple["PayloadContent"] if p["PayloadType"] == VPN_PAYLOAD)
+    assert vpn["IPv4"] == {"OverridePrimary": 1}  # everything through the tunnel
+    assert (vpn["IKEv2"]["AuthenticationMethod"], vpn["IKEv2"]["SharedSecret"]) == (
+        "SharedSecret", "a-psk-of-32-characters-0123456789")
+    conf = _generate(path, "linux", "bob@example.com", include_password=True).files["rw.swanctl.conf"]
+    assert "remote_ts = 0.0.0.0/0, ::/0" in conf and "auth = psk" in conf
+    assert "id-2 = vpn.example.com" in conf and "secret = a-psk-of-32-characters-0123456789" in conf
+    assert "PRE-SHARED KEY" in _generate(path, "linux", "bob@example.com").files["rw.swanctl.conf"]
+    with pytest.raises(ProfileError, match="no PSK profiles"):
+        _generate(path, "android", "bob@example.com")
+    path2 = _gateway(tmp_path / "2", pki, local_ts=["0.0.0.0/0"])
+    ps1 = _generate(path2, "windows").files["rw.ps1"]
+    assert "-SplitTunneling" not in ps1 and "Add-VpnConnectionRoute" not in ps1
+    assert "split-tunneling" not in json.loads(_generate(path2, "android").files["rw.sswan"])
