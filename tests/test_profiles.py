@@ -240,6 +240,15 @@ def test_certificate_login_profiles(tmp_path: Path, pki: TestPki) -> None:
     assert "-AuthenticationMethod MachineCertificate" in _generate(path, "windows", "carol@example.com").files["rw.ps1"]
 
 
+def test_gateway_that_does_not_ask_for_the_eap_identity(tmp_path: Path, pki: TestPki) -> None:
+    path = _gateway(tmp_path, pki, remote={"auth": "eap-mschapv2", "id": "%any"})
+    conf = _generate(path, "linux").files["rw.swanctl.conf"]
+    assert "      id = alice\n      eap_id = alice\n" in conf  # IKE identity = EAP identity
+    assert json.loads(_generate(path, "android").files["rw.sswan"])["local"] == {"eap_id": "alice", "id": "alice"}
+    for platform in ("windows", "apple"):
+        assert any("eap_id is not %any" in w for w in _generate(path, platform).warnings)
+
+
 def test_passwords_only_when_asked_and_known(tmp_path: Path, pki: TestPki) -> None:
     path = _gateway(tmp_path, pki)
     with pytest.raises(ProfileError, match="no EAP secret for mallory"):

@@ -37,6 +37,8 @@ def sswan(view: GatewayView, req: ProfileRequest, name: str) -> dict[str, Any]:
     local: dict[str, Any] = {}
     if view.client_auth.is_eap and view.client_auth != ClientAuth.EAP_TLS:
         local["eap_id"] = req.user
+        if not view.eap_id_any:  # the gateway takes the IKE identity as EAP identity
+            local["id"] = req.user
     else:
         local["id"] = req.user
     if req.p12 is not None:

@@ -30,10 +30,12 @@ def ca_file_name(view: GatewayView, i: int = 0) -> str:
 
 def _local_section(view: GatewayView, req: ProfileRequest) -> list[str]:
     auth = view.client_auth
+    # a gateway that does not ask for the EAP identity takes the IKE identity as such
+    own_id = [] if view.eap_id_any else [f"id = {swan_value(req.user)}"]
     if auth == ClientAuth.EAP_MSCHAPV2:
-        return ["auth = eap-mschapv2", f"eap_id = {swan_value(req.user)}"]
+        return ["auth = eap-mschapv2", *own_id, f"eap_id = {swan_value(req.user)}"]
     if auth == ClientAuth.EAP_ANY:
-        return ["auth = eap", f"eap_id = {swan_value(req.user)}"]
+        return ["auth = eap", *own_id, f"eap_id = {swan_value(req.user)}"]
     if auth == ClientAuth.EAP_TLS:
         return ["auth = eap-tls", f"id = {swan_value(req.user)}", f"certs = {swan_value(req.user)}.pem"]
     if auth == ClientAuth.PUBKEY:
