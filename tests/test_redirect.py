@@ -105,3 +105,21 @@ def test_established_clients_are_told_in_an_informational() -> None:
     assert sa_a.state.name == "ESTABLISHED"  # ipsecd as a client does not follow redirects (yet)
     with pytest.raises(ValueError):
         pair.b.redirect(None, "not a gateway", pair.now)
+
+
+def test_a_full_gateway_redirects_only_new_clients_beyond_its_limit() -> None:
+    pair = make_pair()
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet()
+    (sa_b,) = pair.b.list_sas()
+    sa_b.auth_ext.redirect_supported = True
+    assert pair.b.redirect(None, "192.0.2.99", pair.now, full_at=2) == 0  # established clients stay
+    answers = []
+    for _ in range(3):
+        req, _ = _init_request(NotifyPayload(NotifyType.REDIRECT_SUPPORTED))
+        pair.b.receive_datagram(req, B, A, pair.now)
+        (resp, _l, _r, _i), = pair.b.datagrams_to_send()
+        answers.append(decode_message(resp).notify(NotifyType.REDIRECT) is not None)
+    # 1 SA: the first newcomer is served (it makes 2, half-open); from then on the gateway is full
+    assert answers == [False, True, True]
+    assert len(pair.b.list_sas()) == 2

@@ -306,7 +306,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         elif cmd == "redirect":
             if bool(args.name) == bool(args.all):
                 raise ControlError("redirect needs a connection name or --all (not both)")
-            result = client.call(cmd, {"name": args.name, "to": None if args.stop else args.to})
+            result = client.call(cmd, {"name": args.name, "to": None if args.stop else args.to,
+                                       "full_at": args.when_full or 0})
         elif cmd == "export-keys":
             result = client.call(cmd, {"format": args.format})
             _write_export(result.get("files") if isinstance(result, dict) else None, args.out, out)
@@ -330,6 +331,13 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         else:
             _print_message(result, out)
     return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _daemon_config(path: str) -> str | None:
@@ -420,6 +428,9 @@ def _parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", metavar="GW", help="the new gateway: an IPv4/IPv6 address or a DNS name")
     target.add_argument("--stop", action="store_true", help="stop redirecting new clients")
+    p.add_argument("--when-full", metavar="N", type=_positive_int,
+                   help="only new clients, and only while N or more IKE SAs exist (the gateway is full); "
+                        "established clients stay")
     p = sub.add_parser(
         "client-profile",
         help="print a ready-to-import VPN profile for a client (reads the configuration file)",

@@ -217,16 +217,19 @@ class IkeManager:
             n += 1
         return n
 
-    def redirect(self, name: str | None, gateway: str | None, now: float) -> int:
+    def redirect(self, name: str | None, gateway: str | None, now: float, *, full_at: int = 0) -> int:
         """RFC 5685: from now on answer new clients of connection ``name`` (None: all) with a
-        redirect to ``gateway``, and tell the established ones that announced support to move;
+        redirect to ``gateway`` and tell the established ones that announced support to move
+        (draining); with ``full_at`` N only new clients, while N or more other IKE SAs exist (full).
         ``gateway`` None stops redirecting. Returns how many established clients were told."""
         key = name or ALL
         if gateway is None:
             self.ctx.redirects.pop(key, None)
             return 0
         encode_gateway(gateway)  # ValueError before anything changes
-        self.ctx.redirects[key] = gateway
+        self.ctx.redirects[key] = (gateway, max(0, full_at))
+        if full_at > 0:
+            return 0
         sas = self.table.of_connection(name) if name is not None else list(self.sas.values())
         told = [sa for sa in sas if sa.state == IkeState.ESTABLISHED and not sa.initiator
                 and sa.auth_ext.redirect_supported]

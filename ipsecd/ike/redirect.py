@@ -9,7 +9,9 @@ Clients that did not announce support are never redirected (RFC 5685 3: the gate
 NOT).
 
 The operator's wish lives in ``EngineContext.redirects``: connection name (or ``ALL``) ->
-the new gateway; ``IkeManager.redirect`` sets it and redirects the established SAs.
+(the new gateway, a threshold): with threshold 0 the connection is drained (every new
+client goes, and ``IkeManager.redirect`` tells the established ones too); with N, new
+clients go only while N or more other IKE SAs exist on this gateway (it is full).
 """
 
 from __future__ import annotations
@@ -74,9 +76,14 @@ def decode_gateway(data: bytes) -> tuple[str, bytes]:
 
 
 def target_for(sa: IkeSa) -> str | None:
-    """Where this SA's connection is being sent, if anywhere."""
-    redirects = sa.ctx.redirects
-    return redirects.get(sa.settings.name) or redirects.get(ALL)
+    """Where a new client of this SA's connection is sent now, if anywhere."""
+    ctx = sa.ctx
+    wish = ctx.redirects.get(sa.settings.name) or ctx.redirects.get(ALL)
+    if wish is None:
+        return None
+    gateway, full_at = wish
+    others = len(ctx.ike_spis) - (sa.spi_r in ctx.ike_spis)  # O(1): our SPIs in use, this one not counted
+    return gateway if others >= full_at else None
 
 
 def check_init(sa: IkeSa, msg: Message, nonce_i: bytes) -> None:
@@ -92,7 +99,7 @@ def check_init(sa: IkeSa, msg: Message, nonce_i: bytes) -> None:
     target = target_for(sa)
     if target is None or not supported:
         return
-    raise Refuse(NotifyType.REDIRECT, f"redirected to {target} (connection {sa.settings.name} is drained)",
+    raise Refuse(NotifyType.REDIRECT, f"redirected to {target} (connection {sa.settings.name} is drained or full)",
                  Cause.REDIRECTED, data=encode_gateway(target) + nonce_i, fatal=True)
 
 
