@@ -9,6 +9,7 @@ swanctl.conf text (loaded into strongSwan by tests/interop/test_profiles_interop
 from __future__ import annotations
 
 import base64
+import configparser
 import io
 import json
 import plistlib
@@ -225,6 +226,10 @@ def test_linux_swanctl_and_networkmanager(tmp_path: Path, pki: TestPki) -> None:
     assert f"secret = {swan_value(PASSWORD)}" in with_pw["rw.swanctl.conf"]
     assert swan_value(PASSWORD) == '"correct horse \'battery\' \\"staple\\""'
     nm = files["rw.nmconnection"]
+    keyfile = configparser.ConfigParser(interpolation=None)
+    keyfile.read_string(nm)  # GKeyFile is INI-shaped: sections, key=value
+    assert keyfile["connection"]["type"] == "vpn" and keyfile["vpn"]["address"] == GW
+    assert keyfile["vpn"]["certificate"] == "/etc/swanctl/x509ca/rw-ca.pem" and keyfile["ipv6"]["method"] == "auto"
     assert "service-type=org.freedesktop.NetworkManager.strongswan" in nm and "method=eap" in nm
     assert "password-flags=2" in nm and "[vpn-secrets]" not in nm
     assert "password-flags=0" in with_pw["rw.nmconnection"]
