@@ -33,7 +33,7 @@ def _identifier(view: GatewayView, req: ProfileRequest) -> str:
     labels = [x for x in reversed(view.server.split(".")) if x] if not view.server.replace(".", "").isdigit() else []
     base = ".".join(labels) if labels else "ipsecd"
     safe_user = "".join(c if c.isalnum() or c in "-." else "-" for c in req.user)
-    return f"{base}.vpn.{view.conn}.{safe_user}"
+    return f"{base}.ipsecd.{view.conn}.{safe_user}"
 
 
 def _ikev2(view: GatewayView, req: ProfileRequest, cert_uuid: str | None) -> dict[str, Any]:
