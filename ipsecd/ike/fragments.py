@@ -184,7 +184,8 @@ class Fragments:
                               or frag.total > p.total):
             p = None  # a later message, a stale one, or the sender re-fragmented smaller (RFC 7383 2.6)
         elif p is not None and frag.total < p.total:
-            return self._drop(f"fragment {frag.number} of {frag.total}, but {p.total} expected")
+            self._drop(f"fragment {frag.number} of {frag.total}, but {p.total} expected")
+            return None
         if p is None:
             p = self._partial[response] = _Partial(frag.header, frag.total, now)
         if frag.number in p.parts:
@@ -192,7 +193,8 @@ class Fragments:
             return None
         if p.size + len(frag.plaintext) > MAX_MESSAGE:
             del self._partial[response]
-            return self._drop(f"reassembled message over {MAX_MESSAGE} octets")
+            self._drop(f"reassembled message over {MAX_MESSAGE} octets")
+            return None
         p.parts[frag.number] = frag.plaintext
         p.size += len(frag.plaintext)
         if frag.number == 1:
@@ -207,7 +209,6 @@ class Fragments:
     def _drop(self, why: str) -> None:
         self.sa.count("fragment_drops")
         self.sa.log.debug("dropped an IKE fragment: %s", why)
-        return None
 
     def pending_octets(self) -> int:
         """Plaintext held for unfinished messages (bounded by 2 * MAX_MESSAGE)."""
