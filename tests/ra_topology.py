@@ -6,9 +6,10 @@ fragments, and road-warrior clients, optionally all behind one NAT.
     GW eth0 192.0.2.1/24, 2001:db8:1::1/64          (LAN 10.1.0.1/32 on lo)
       |   MTU ``mtu`` on both ends
     R  eth0 192.0.2.254/24, 2001:db8:1::fe/64
-       without NAT, per client i:   R ci 100.64.i.254/24, 2001:db8:1i::fe/64  <->  Ci eth0 100.64.i.2/24, 2001:db8:1i::2/64
-       with ``nat=True``:           R eth1 198.51.100.254/24  <->  NAT eth0 198.51.100.1/24 (masquerades)
-                                    per client i: NAT ci 10.99.i.1/24  <->  Ci eth0 10.99.i.2/24   (IPv4 only)
+       without NAT, per client i:  R ci 100.64.i.254/24, 2001:db8:1i::fe/64
+                                   <->  Ci eth0 100.64.i.2/24, 2001:db8:1i::2/64
+       with ``nat=True``:          R eth1 198.51.100.254/24  <->  NAT eth0 198.51.100.1/24 (masquerades)
+                                   per client i: NAT ci 10.99.i.1/24  <->  Ci eth0 10.99.i.2/24 (IPv4 only)
     Ci LAN 10.2.i.1/32 on lo
 
 Every link the router touches has MTU ``mtu`` at both ends, so each host's route knows it;
