@@ -134,8 +134,9 @@ class Fragments:
             return (data,)
         out = tuple(encode_fragments(msg, sa.sk_out, limit))
         sa.counters["fragments_sent"] = sa.counters.get("fragments_sent", 0) + len(out)
-        sa.log.debug("%s %s %d of %d octets sent in %d fragments", msg.exchange.name,
-                     "response" if msg.is_response else "request", msg.message_id, len(data), len(out))
+        sa.log.info("splitting %s %s %d (%d octets) into %d fragments of at most %d octets (RFC 7383)",
+                    msg.exchange.name, "response" if msg.is_response else "request", msg.message_id, len(data),
+                    len(out), limit)
         return out
 
     # ------------------------------------------------------------------ the peer's
@@ -203,6 +204,8 @@ class Fragments:
             return None
         del self._partial[response]
         sa.count("fragmented_messages")
+        sa.log.info("reassembled %s %d from %d fragments (%d octets)", "response" if response else "request",
+                    frag.header.message_id, p.total, p.size)
         # the last fragment's header carries the message's flags and IDs, as each fragment does
         return message_from_chain(frag.header, p.first_type, b"".join(p.parts[i] for i in range(1, p.total + 1)))
 
