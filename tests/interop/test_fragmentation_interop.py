@@ -24,7 +24,7 @@ import pytest
 
 from tests.ipsecd_proc import Ipsecd, why_no_ipsecd
 from tests.netns import tcp_transfer, wait_for
-from tests.pki import TestPki
+from tests.pki import CLIENT_AUTH, TestPki
 from tests.ra_interop import (
     CHILD,
     CONN,
@@ -140,3 +140,30 @@ def test_without_fragmentation_the_same_connection_fails(
     assert "IKEV2_FRAG" not in ours.log_text()
     ike = _stats(ours)["ike"]
     assert "fragments_sent" not in ike and "fragments_received" not in ike
+
+
+def test_ipsecd_as_client_fragments_toward_a_strongswan_gateway(
+        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SimpleNamespace) -> None:
+    """Both IKE_AUTH messages carry an RSA-4096 chain: ipsecd's request goes out in fragments
+    charon reassembles, charon's response comes in fragments ipsecd reassembles."""
+    pki = TestPki()
+    laptop = pki.end_entity(big_chain.inters[1], "laptop.example.com", "rsa4096",
+                            sans=["DNS:laptop.example.com"], ekus=[CLIENT_AUTH])
+    theirs = start_charon(charon_factory, topo, tmp_path, CharonSide(  # type: ignore[arg-type]
+        local={"auth": "pubkey", "id": GW_ID, "certs": f"{GW_ID}.pem"},
+        remote={"auth": "pubkey", "id": "laptop.example.com"},
+        own=[big_chain.gw], certs=big_chain.inters, cas=[big_chain.root], fragmentation="yes"), initiator=False)
+    creds = write_ipsecd_creds(tmp_path / "ipsecd-creds", own=[laptop], certs=big_chain.inters,
+                               cas=[big_chain.root])
+    ours = ipsecd_factory(topo.a, ipsecd_ra_config(
+        topo, creds, initiator=True,  # type: ignore[arg-type]
+        local={"auth": "pubkey", "id": "laptop.example.com", "certs": ["laptop.example.com.pem"]},
+        remote={"auth": "pubkey", "id": GW_ID}))
+    ours.up(CONN)
+    ike = compare(ours, theirs, topo)  # type: ignore[arg-type]
+    assert ike["initiator"] and ike["remote_cert"] == f"CN={GW_ID}"
+    wait_log(ours, r"splitting IKE_AUTH request 1 \(\d+ octets\) into \d+ fragments")
+    wait_log(ours, r"reassembled response 1 from \d+ fragments")
+    assert re.search(r"received fragment #\d+ of \d+", theirs.log_text()), theirs.log_tail()
+    assert topo.fragments_dropped() == 0
