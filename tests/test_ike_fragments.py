@@ -7,6 +7,8 @@ import dataclasses
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ipsecd.errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
@@ -361,3 +363,64 @@ def test_later_exchanges_fragment_too() -> None:
     rekey = _sent(pair, "a->b", ExchangeType.CREATE_CHILD_SA)
     assert len(rekey) > 1 and all(is_fragment(d) for d in rekey)
     assert len([e for e in pair.events_b if isinstance(e, ChildSaEstablished)]) == 2
+
+
+# ---------------------------------------------------------------- hostile input
+
+def _sealed_skf(sa: IkeSa, message_id: int, number: int, total: int, first: int, plaintext: bytes,
+                response: bool = False) -> bytes:
+    """An SKF datagram with any numbers, sealed with ``sa``'s real outbound key (a peer that has the keys)."""
+    assert sa.sk_out is not None
+    sealed_len = sa.sk_out.sealed_len(len(plaintext))
+    skf = bytes((first, 0)) + (8 + sealed_len).to_bytes(2, "big") + number.to_bytes(2, "big") + total.to_bytes(2, "big")
+    flags = (0x08 if sa.initiator else 0) | (0x20 if response else 0)
+    header = (sa.spi_i + sa.spi_r + bytes((53, 0x20, ExchangeType.INFORMATIONAL, flags))
+              + message_id.to_bytes(4, "big") + (28 + len(skf) + sealed_len).to_bytes(4, "big"))
+    return header + skf + sa.sk_out.seal(header + skf, plaintext)
+
+
+_PAIR: list[Pair] = []
+_HITS: set[str] = set()
+
+
+def _established() -> Pair:
+    if _PAIR and not all(len(m.list_sas()) == 1 and m.list_sas()[0].state.name == "ESTABLISHED"
+                         for m in (_PAIR[0].a, _PAIR[0].b)):
+        _PAIR.clear()  # a hostile message closed it: start again
+    if not _PAIR:
+        pair = _pair()
+        pair.a.initiate("conn", pair.now)
+        pair.run_until_quiet()
+        _PAIR.append(pair)
+    return _PAIR[0]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 70), st.integers(0, 70), st.integers(0, 255),
+                          st.binary(max_size=300), st.booleans()), min_size=1, max_size=12),
+       st.binary(max_size=200))
+def test_hostile_fragments_never_escape_and_stay_bounded(frags: list[tuple[int, int, int, int, bytes, bool]],
+                                                        raw: bytes) -> None:
+    pair = _established()
+    a, b = _sa(pair, "a"), _sa(pair, "b")
+    base = b.exchanges.expected_id
+    for dmid, number, total, first, plaintext, sealed in frags:
+        if sealed:
+            d = _sealed_skf(a, base + dmid, number, total, first, plaintext)
+        else:
+            d = _sealed_skf(a, base + dmid, 1, 2, first, b"")[:28] + plaintext  # garbage after a valid header
+            d = d[:24] + len(d).to_bytes(4, "big") + d[28:]
+        pair.b.receive_datagram(d, ("192.0.2.2", 500), ("192.0.2.1", 500), pair.now)
+    pair.b.receive_datagram(raw, ("192.0.2.2", 500), ("192.0.2.1", 500), pair.now)
+    assert "internal_error" not in pair.b.total_counters()
+    _HITS.update(k for k in ("fragmented_messages", "fragment_duplicates", "fragment_drops", "integrity")
+                 if b.counters.get(k))
+    assert b.frag.pending_octets() <= 2 * MAX_MESSAGE
+    assert all(p.total <= MAX_FRAGMENTS and len(p.parts) <= p.total for p in b.frag._partial.values())
+
+
+def test_hostile_fragments_reached_every_path() -> None:
+    """The property test above really reassembled, deduplicated and dropped (not only rejected)."""
+    if not _HITS:
+        pytest.skip("runs after test_hostile_fragments_never_escape_and_stay_bounded")
+    assert {"fragmented_messages", "fragment_duplicates", "fragment_drops"} <= _HITS, _HITS

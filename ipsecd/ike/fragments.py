@@ -153,7 +153,7 @@ class Fragments:
         if len(data) < 24:
             raise RemoteProtocolError("truncated SKF fragment")
         message_id, response = int.from_bytes(data[20:24], "big"), bool(data[19] & 0x20)
-        if not self._wanted(message_id, response):
+        if not self._wanted(message_id, response, data):
             return None
         frag = decode_fragment(data, sa.sk_in, MAX_FRAGMENTS)
         if frag.header.is_initiator == sa.initiator:
@@ -165,15 +165,21 @@ class Fragments:
             return None
         return self._store(frag, response, now)
 
-    def _wanted(self, message_id: int, response: bool) -> bool:
-        """Only fragments of the message we expect are decrypted and kept (RFC 7383 2.6)."""
+    def _wanted(self, message_id: int, response: bool, data: bytes) -> bool:
+        """Only fragments of the message we expect are decrypted and kept (RFC 7383 2.6); of the
+        request answered last, only fragment 1 (the one that makes us answer again) is opened."""
         ex = self.sa.exchanges
         if response:
             ok = ex.active is not None and ex.active.message_id == message_id
             what = "unexpected_response"
+        elif message_id == ex.expected_id:
+            return True
         else:
-            ok = message_id == ex.expected_id or (ex.cached is not None and ex.cached.message_id == message_id)
+            ok = ex.cached is not None and ex.cached.message_id == message_id
             what = "bad_message_id"
+            if ok and data[32:34] != b"\x00\x01":  # Fragment Number: IKE header, SKF generic header
+                self.sa.count("retransmitted_fragments")
+                return False
         if not ok:
             self.sa.count(what)
         return ok
