@@ -121,6 +121,8 @@ class RaTopology(Topology):
     def _build(self) -> None:
         for ns in self.namespaces:
             self._add_ns(ns)
+            # no DAD: link-local addresses (IPv6 neighbour discovery, the next hops) usable at once
+            ns.run(["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"])
         gw, r, v6 = self.a, self.router, self.ipv6
         gw.run(["ip", "addr", "add", f"{self.a_lan}/32", "dev", "lo"])
         self._link(gw, "eth0", r, "eth0", self.mtu)
