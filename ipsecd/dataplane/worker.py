@@ -415,6 +415,11 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
+        if self.state.config.mss_clamp and is_tcp_syn(pkt):
+            # the MSS a host behind the peer offers is what ours will send it: fit it to the way back
+            path = self.state.out.get(self.state.in_reqid.get(spi, 0))
+            if path is not None and path.mss:
+                pkt = clamp_tcp_mss(pkt, path.mss)
         try:  # _write_tun inlined: this runs once per received packet
             os.write(self.tun_fd, pkt)
         except OSError:
