@@ -424,3 +424,16 @@ def test_hostile_fragments_reached_every_path() -> None:
     if not _HITS:
         pytest.skip("runs after test_hostile_fragments_never_escape_and_stay_bounded")
     assert {"fragmented_messages", "fragment_duplicates", "fragment_drops"} <= _HITS, _HITS
+
+
+def test_fragments_of_one_message_must_agree_on_the_exchange() -> None:
+    pair = _pair()
+    frags = _intercepted_auth_request(pair)
+    a, b = _sa(pair, "a"), _sa(pair, "b")
+    _feed_b(pair, frags[:1])
+    total = b.frag._partial[False].total
+    _feed_b(pair, [_sealed_skf(a, 1, 2, total, 0, b"\x00" * 40)])  # an INFORMATIONAL piece of IKE_AUTH 1
+    assert b.counters["fragment_drops"] == 1 and set(b.frag._partial[False].parts) == {1}
+    _feed_b(pair, frags[1:])
+    pair.run_until_quiet()
+    _up(pair)

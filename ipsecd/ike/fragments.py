@@ -193,6 +193,9 @@ class Fragments:
         elif p is not None and frag.total < p.total:
             self._drop(f"fragment {frag.number} of {frag.total}, but {p.total} expected")
             return None
+        elif p is not None and (p.header.exchange, p.header.flags) != (frag.header.exchange, frag.header.flags):
+            self._drop("fragments of one message with different exchange types or flags")
+            return None
         if p is None:
             p = self._partial[response] = _Partial(frag.header, frag.total, now)
         if frag.number in p.parts:
