@@ -37,7 +37,7 @@ from tests.ra_interop import (
     wait_log,
     write_ipsecd_creds,
 )
-from tests.ra_topology import RaTopology, ra_topology_or_skip
+from tests.ra_topology import RaTopology, View, ra_topology_or_skip
 from tests.strongswan import Charon
 
 pytestmark = [
@@ -50,6 +50,7 @@ pytestmark = [
 USER, PASSWORD = "alice", "alice-Passw0rd"
 # path 1280 - IPv4 20 - UDP 8 - ESP 8 - IV 8 - ICV 16 = 1220, aligned to 4, minus the trailer's 2
 TUN_MTU_1280_GCM_NATT = 1218
+TUN_MTU_1280_GCM_NATT_V6 = 1198  # the IPv6 header is 20 octets longer
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def _chain_octets(chain: SimpleNamespace) -> int:
     return sum(len(c.cert_bytes("der")) for c in (chain.gw, *chain.inters))
 
 
-def _up(ipsecd_factory: Callable[..., Ipsecd], charon_factory: Callable[..., Charon], topo: RaTopology,
+def _up(ipsecd_factory: Callable[..., Ipsecd], charon_factory: Callable[..., Charon], topo: RaTopology | View,
         tmp: Path, chain: SimpleNamespace, fragmentation: str) -> tuple[Ipsecd, Charon]:
     creds = write_ipsecd_creds(tmp / "ipsecd-creds", own=[chain.gw], certs=chain.inters, cas=[chain.root])
     config = ipsecd_ra_config(topo, creds, local={"auth": "pubkey", "id": GW_ID, "certs": [f"{GW_ID}.pem"]},
@@ -126,6 +127,26 @@ def test_a_5kb_chain_crosses_a_1280_path_only_with_fragmentation(
     res = topo.a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1272", "-I", topo.a_lan, topo.b_lan],
                      check=False)
     assert res.returncode != 0 and f"mtu={TUN_MTU_1280_GCM_NATT}" in res.stdout + res.stderr, res
+
+
+def test_over_ipv6_the_fragments_leave_room_for_the_larger_header(
+        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SimpleNamespace) -> None:
+    """The same gateway reached over IPv6: fragments of at most 1280 - 40 - 8 - 4 octets (RFC 7383
+    counts the IPv6 header, UDP and the non-ESP marker), the router drops IPv6 fragments too."""
+    assert topo.a_addr6 is not None and topo.b_addr6 is not None
+    v6 = View(topo.a, topo.b, topo.a_addr6, topo.b_addr6, topo.a_addr6, topo.b_addr6, topo.a_lan, topo.b_lan,
+              topo.a_lan_net, topo.b_lan_net, None, None)
+    ours, theirs = _up(ipsecd_factory, charon_factory, v6, tmp_path, big_chain, "yes")
+    compare(ours, theirs, v6)  # type: ignore[arg-type]
+    wait_log(ours, r"splitting IKE_AUTH response 1 \(\d+ octets\) into \d+ fragments of at most 1228 octets")
+    assert f"mtu {TUN_MTU_1280_GCM_NATT_V6}" in topo.a.run(["ip", "route", "show", "table", "220"]).stdout
+    topo.b.run(["ip", "link", "set", "ipsec0", "mtu", "1180"])
+    for ns, src, dst in ((topo.a, topo.a_lan, topo.b_lan), (topo.b, topo.b_lan, topo.a_lan)):
+        res = ns.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1272", "-I", src, dst],
+                     check=False, timeout=20)
+        assert res.returncode == 0, f"{src} -> {dst}: {res.stdout}{res.stderr}"
+    assert topo.fragments_dropped() == 0
 
 
 def test_without_fragmentation_the_same_connection_fails(
