@@ -51,6 +51,16 @@ def _peer_extensions(sa: IkeSa, msg: Message) -> None:
     sa.auth_ext.certreqs = [p.data for p in certreqs if p.encoding == CertEncoding.X509_CERTIFICATE_SIGNATURE]
 
 
+def _fragmentation(sa: IkeSa, msg: Message | None = None) -> list[Payload]:
+    """RFC 7383 2.3: note whether the peer supports fragmentation; announce our support (a
+    responder only when the initiator announced it)."""
+    if msg is not None:
+        sa.frag.peer_supported = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if not sa.frag.announce or (not sa.initiator and not sa.frag.peer_supported):
+        return []
+    return [NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)]
+
+
 def _strip_spi(p: Proposal) -> Proposal:
     return Proposal(p.num, p.protocol, b"", p.transforms)
 
@@ -85,6 +95,7 @@ class IkeInit(Hooks):
             ke,
             NoncePayload(sa.nonce_i),
             *self._natd_payloads(sa, ZERO_SPI),
+            *_fragmentation(sa),
             *_hash_notify(sa),
         ]
         return payloads
@@ -137,6 +148,7 @@ class IkeInit(Hooks):
         sa.nonce_r = nonce.data
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        _fragmentation(sa, msg)
         _peer_extensions(sa, msg)
         return Status.DONE
 
@@ -172,6 +184,7 @@ class IkeInit(Hooks):
         sa.nonce_r = sa.ctx.rng(NONCE_LEN)
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        _fragmentation(sa, msg)
         try:
             _peer_extensions(sa, msg)
         except RemoteProtocolError as e:
@@ -185,6 +198,7 @@ class IkeInit(Hooks):
             KePayload(self.ke.group, self.ke.public_key),
             NoncePayload(sa.nonce_r),
             *self._natd_payloads(sa, sa.spi_r),
+            *_fragmentation(sa),
             *_hash_notify(sa),
         ]
         if sa.settings.send_certreq and sa.settings.remote_auth.method == "pubkey":
