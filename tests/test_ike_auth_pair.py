@@ -505,7 +505,7 @@ def test_eap_radius(pki: TestPki, certs: SimpleNamespace) -> None:
     requests = pump_with_radius(pair, radius)
     _up(pair)
     assert len(requests) >= 3 and radius.seen[0].user_name == b"alice"
-    assert radius.seen[0].calling_station_id == "192.0.2.1[500]"
+    assert radius.seen[0].calling_station_id == "192.0.2.1[4500]"  # IKE_AUTH on 4500: MOBIKE (RFC 4555 3.3)
     login = _login(pair)
     assert (login.method, login.result, login.eap_identity) == ("eap-radius", LoginResult.SUCCESS, "alice")
     extra = pair.b.list_sas()[0].login.extra  # type: ignore[union-attr]

@@ -47,6 +47,8 @@ class EngineContext:
     credentials: CredentialStore = field(default_factory=lambda: CredentialStore(None), repr=False)
     # wall-clock seconds minus the engine's (monotonic) now: certificates are valid in real time
     wall_offset: float = 0.0
+    # our addresses configured on this host now (the shell follows netlink): MOBIKE advertises them
+    local_addresses: tuple[str, ...] = ()
 
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""

@@ -60,6 +60,7 @@ class TaskKind(Enum):
     IKE_DELETE = "ike_delete"
     LIVENESS = "liveness"
     INFORMATIONAL = "informational"  # the responder side of any INFORMATIONAL request
+    MOBIKE = "mobike"  # RFC 4555: MOBIKE_SUPPORTED, address updates, return routability checks
 
 
 # Error notifies, as the cause reported for the SA they refused.

@@ -34,6 +34,7 @@ from ipsecd.ike.tasks import (
     Status,
     TaskFailed,
     TaskKind,
+    mobike,
     notify_name,
 )
 from ipsecd.logsafe import safe
@@ -194,6 +195,7 @@ def spawn_rekeyed(old: IkeSa, proposal: Proposal, keys: IkeKeys, *, initiator: b
     new.established_at = old.now
     new.last_traffic_in = old.last_traffic_in
     new.reauth_at = old.reauth_at
+    mobike.hand_over(old, new)
     lifetimes.arm_ike(new)
     new.log.info("IKE SA established by rekeying IKE SA %d: %s", old.ike_sa_id, proposal_to_str(proposal))
     old.signal(Spawned(new))
