@@ -63,6 +63,8 @@ class AddressWatch:
         self.source_for = source_for
         self._sock: socket.socket | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._running = False  # a stock-taking is under way
+        self._again = False  # and another change came meanwhile
 
     def start(self) -> None:
         """Subscribe to netlink changes and take stock once."""
@@ -75,7 +77,7 @@ class AddressWatch:
             return
         self._sock = s
         asyncio.get_running_loop().add_reader(s.fileno(), self._readable)
-        self.check()
+        self._settled()
 
     def close(self) -> None:
         if self._pending is not None:
@@ -100,14 +102,29 @@ class AddressWatch:
 
     def _settled(self) -> None:
         self._pending = None
-        self.check()
+        if self._running:
+            self._again = True
+            return
+        self._running = True
+        self.shell.tasks.spawn(self._take_stock(), "taking stock of our addresses (MOBIKE)")
 
-    def check(self) -> None:
-        """Take stock: our addresses to the engine, and a move for each SA whose best path changed."""
+    async def _take_stock(self) -> None:
+        try:
+            while True:
+                self._again = False
+                found = await asyncio.to_thread(self.addresses)  # pyroute2 blocks: not on the event loop
+                self.check(found)
+                if not self._again:
+                    return
+        finally:
+            self._running = False
+
+    def check(self, found: list[str]) -> None:
+        """``found``, our addresses now, to the engine; a move for each SA whose best path changed."""
         manager = self.shell.manager
         sas = manager.list_sas()
         ours = {str(a) for sa in sas for a in sa.vips.local}  # virtual IPs: inside the tunnel
-        addrs = [a for a in self.addresses() if a not in ours]
+        addrs = [a for a in found if a not in ours]
         manager.set_local_addresses(addrs)
         for sa in sas:
             m = sa.mobike
