@@ -148,6 +148,7 @@ def _process_natd(sa: IkeSa, msg: Message) -> bool:
     sa.remote_behind_nat = natd_hash(sa.spi_i, sa.spi_r, sa.remote) not in sources
     sa.local_behind_nat = natd_hash(sa.spi_i, sa.spi_r, sa.local) not in dests
     if sa.local_behind_nat or sa.remote_behind_nat:
+        # strongSwan's kernel-libipsec fakes its NAT-D to force UDP encapsulation: "remote" then
         sa.log.info("MOBIKE: NAT detected on the new path (%s)",
                     "both sides" if sa.local_behind_nat and sa.remote_behind_nat
                     else "local" if sa.local_behind_nat else "remote")
