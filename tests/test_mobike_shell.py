@@ -59,3 +59,29 @@ def test_virtual_ips_and_unrouted_peers_are_no_paths() -> None:
     assert net.a.ctx.local_addresses == (A_ADDR,)  # a virtual IP is never advertised
     assert shell.jobs == 0 and ia.local[0] == A_ADDR
     assert watch.paths(B_ADDR, ("192.0.2.22",), {A_ADDR}) == []
+
+
+def test_a_rekey_answered_before_the_move_sends_its_new_sa_to_the_new_address() -> None:
+    """The installer holds a rekey responder's new outbound SA until the old one is deleted;
+    a move meanwhile must re-aim it, or traffic goes to the old address once it is used."""
+    import asyncio
+    import dataclasses
+
+    from ipsecd.ike.events import ChildSaEstablished, IkeSaMoved
+    from tests.test_shell import FakeDataPlane, _shell, _until
+
+    async def main() -> None:
+        dp = FakeDataPlane()
+        shell, _transport, installer = _shell(dp)
+        net = _net()
+        _up(net)
+        ev = next(e for e in net.events_b if isinstance(e, ChildSaEstablished))
+        rekeyed = dataclasses.replace(ev, spi_in=b"\x0a\x0b\x0c\x0d", spi_out=b"\x01\x01\x01\x01",
+                                      rekeyed_spi_in=ev.spi_in, initiator=False)
+        installer.on_event(rekeyed)
+        await _until(lambda: ev.reqid in installer._pending_out)
+        installer.on_event(IkeSaMoved(ev.ike_sa_id, ev.name, ev.local, ("198.51.100.7", 4500), (ev.reqid,)))
+        await _until(lambda: str(installer._pending_out[ev.reqid].outbound.remote_addr) == "198.51.100.7")
+        shell.close()
+
+    asyncio.run(main())
