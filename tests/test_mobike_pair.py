@@ -249,3 +249,19 @@ def test_libipsec_client_rekeys_after_update_while_gateway_rekeys(seed: int) -> 
     assert len(ia.children) == 1 and ib.remote == (A2, 4500)
     assert [e for e in net.events_a if isinstance(e, ChildSaEstablished)][-1].rekeyed_spi_in is not None
     assert _only(net.a) is ia and _only(net.b) is ib
+
+
+def test_a_second_change_before_the_update_went_out_retargets_it() -> None:
+    net = _net()
+    ia, ib = _up(net)
+    net.down.add(A_ADDR)
+    net.a.rekey_child(ia.children[0].spi_in, net.now)  # keeps our window busy: the update must queue
+    net._move()
+    assert net.a.roam(ia.ike_sa_id, [(A2, B_ADDR)], net.now)
+    net.down.add(A2)  # that uplink died too before anything came back
+    net._move()
+    assert net.a.roam(ia.ike_sa_id, [(A3, B_ADDR)], net.now)
+    net.run_until_quiet(30)
+    assert _consistent(net) == (ia, ib)
+    assert ia.local == (A3, 4500) and ib.remote == (A3, 4500)
+    assert len(_moved(net.events_a)) == 1  # one update, to the newest path

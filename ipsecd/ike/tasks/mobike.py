@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
@@ -83,16 +83,17 @@ def carries_mobike(msg: Message) -> bool:
 def additional_addresses(sa: IkeSa) -> list[Payload]:
     """Our other addresses (RFC 4555 3.6): only those configured on this host now (the
     shell keeps ``ctx.local_addresses``), within ``local_addrs`` when it lists addresses."""
-    allowed = set()
-    for a in sa.settings.local_addrs:
+    allowed: list[IPv4Network | IPv6Network] = []
+    for a in sa.settings.local_addrs:  # addresses or prefixes (a range or %any: no narrowing by it)
         try:
-            allowed.add(ip_address(a))
+            allowed.append(ip_network(a, strict=False))
         except ValueError:
             continue
+    current = ip_address(sa.local[0])
     out: list[Payload] = []
     for text in sa.ctx.local_addresses:
         addr = ip_address(text)
-        if text == sa.local[0] or (allowed and addr not in allowed) or not _routable(addr):
+        if addr == current or not _routable(addr) or (allowed and not any(addr in n for n in allowed)):
             continue
         out.append(NotifyPayload(_ADDRESS_NOTIFY[addr.version], data=addr.packed))
     return out or [NotifyPayload(NotifyType.NO_ADDITIONAL_ADDRESSES)]
@@ -247,7 +248,7 @@ def roam(sa: IkeSa, paths: Sequence[tuple[str, str]]) -> bool:
     sa.exchanges.retransmit_soon()
     for tasks in sa.exchanges.queue:
         if tasks and isinstance(tasks[0], MobikeUpdate):
-            tasks[0].paths = eps  # an update not sent yet takes the newer paths
+            tasks[0].retarget(eps)  # an update not sent yet takes the newer paths
             return True
     sa.enqueue([MobikeUpdate(eps)], first=True)
     return True
@@ -262,9 +263,15 @@ class MobikeUpdate(Hooks):
     target = None
 
     def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths: list[Path] = []
+        self.probed = False
+        self.cookie2 = b""
+        self.retarget(paths)
+
+    def retarget(self, paths: Sequence[Path]) -> None:
+        """The paths to try, best first; one path needs no probe."""
         self.paths = list(paths)
         self.probed = len(self.paths) < 2
-        self.cookie2 = b""
 
     @property
     def fanout(self) -> list[Path]:
