@@ -1,8 +1,9 @@
 """MOBIKE (RFC 4555) against strongSwan 5.9.8 (kernel-libipsec) with two uplinks.
 
 The topology is the usual pair (A 192.0.2.1 --eth0-- B 192.0.2.2) plus a second uplink
-(A 198.51.100.1 --eth1-- B 198.51.100.2). B reaches A's 192.0.2.1 through eth1 too, with a
-worse metric: when B's eth0 goes down the kernel routes over eth1 and the mobile side moves.
+(A 198.51.100.1 / 2001:db8:1::1 --eth1-- B 198.51.100.2 / 2001:db8:1::2). B reaches A's first
+addresses through eth1 too, with a worse metric: when B's eth0 goes down the kernel routes over
+eth1 and the mobile side moves (over IPv4, and for the strongSwan client over IPv6 as well).
 
 * ipsecd gateway in A, charon road warrior in B (mobike = yes): charon sends
   UPDATE_SA_ADDRESSES from 198.51.100.2, ipsecd checks return routability and moves the Child
@@ -40,20 +41,24 @@ pytestmark = [
 PSK = "interop-mobike-psk-0123456789"
 CONN, CHILD = "rw", "net"
 A2, B2 = "198.51.100.1", "198.51.100.2"
+A2_6, B2_6 = "2001:db8:1::1", "2001:db8:1::2"
 MAX_OUTAGE = 2.0
 
 
 def _second_uplink(topo: Topology) -> None:
     subprocess.run(["ip", "-n", topo.a.name, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1",
                     "netns", topo.b.name], check=True, capture_output=True, text=True)
-    for ns, addr in ((topo.a, A2), (topo.b, B2)):
+    for ns, addr, addr6 in ((topo.a, A2, A2_6), (topo.b, B2, B2_6)):
         ns.run(["ip", "addr", "add", f"{addr}/24", "dev", "eth1"])
+        ns.run(["ip", "addr", "add", f"{addr6}/64", "dev", "eth1", "nodad"])
         ns.run(["ip", "link", "set", "eth1", "up"])
         for key in ("all", "default", "eth0", "eth1"):
             ns.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
     # B's fallback to A's first address: over the second uplink, worse than the connected route
     topo.b.run(["ip", "route", "add", "192.0.2.0/24", "via", A2, "dev", "eth1", "metric", "500"])
+    topo.b.run(["ip", "-6", "route", "add", "2001:db8::/64", "via", A2_6, "dev", "eth1", "metric", "2048"])
     wait_for("second uplink", lambda: topo.b.ping(A2, count=1, deadline=1, check=False).returncode == 0)
+    wait_for("second uplink (IPv6)", lambda: topo.b.ping(A2_6, count=1, deadline=1, check=False).returncode == 0)
 
 
 def _pinger(ns: Netns, src: str, dst: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -101,21 +106,25 @@ def _wait_charon_child(theirs: Charon) -> None:
         c["state"] == "INSTALLED" for c in theirs.list_sas()[0]["child-sas"]), 15)
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_strongswan_client_moves_to_its_second_uplink(
-        topology: Topology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd]) -> None:
+        topology: Topology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        family: int) -> None:
     topo = topology
     _second_uplink(topo)
+    assert topo.a_addr6 and topo.b_addr6
+    gw_addr, old, new = (topo.a_addr, topo.b_addr, B2) if family == 4 else (topo.a_addr6, topo.b_addr6, B2_6)
     gw = ipsecd_factory(topo.a, ipsecd_config(
-        name=CONN, local_addrs=[topo.a_addr], remote_addrs="%any", local_id="a.test", remote_id="b.test", psk=PSK,
+        name=CONN, local_addrs=[gw_addr], remote_addrs="%any", local_id="a.test", remote_id="b.test", psk=PSK,
         children={CHILD: child_config(local_ts=[topo.a_lan_net], remote_ts=[topo.b_lan_net])}, mobike=True),
         name="ipsecd")
     client = charon_factory(topo.b, ConnParams(
-        name=CONN, local_addrs=["%any"], remote_addrs=[topo.a_addr], local_id="b.test", remote_id="a.test", psk=PSK,
+        name=CONN, local_addrs=["%any"], remote_addrs=[gw_addr], local_id="b.test", remote_id="a.test", psk=PSK,
         mobike=True, children=[ChildParams(name=CHILD, local_ts=[topo.b_lan_net], remote_ts=[topo.a_lan_net])]))
     client.initiate(CHILD)
     sa = gw.wait_established(15, child=CHILD)
     _wait_charon_child(client)
-    assert sa["mobike"] and sa["remote"] == f"{topo.b_addr}[4500]", sa
+    assert sa["mobike"] and sa["remote"] == f"{old}[4500]", sa
     spis = (sa["spi_i"], sa["spi_r"])
     _ping_both(topo)
 
@@ -123,20 +132,20 @@ def test_strongswan_client_moves_to_its_second_uplink(
     time.sleep(2)
     topo.b.run(["ip", "link", "set", "eth0", "down"])  # Wi-Fi gone: charon roams to eth1
     wait_for("the gateway to see the move", lambda: any(
-        s["remote"] == f"{B2}[4500]" for s in gw.list_sas()), 10)
+        s["remote"] == f"{new}[4500]" for s in gw.list_sas()), 10)
     gap, answered = _outage(pinger)
-    print(f"MOBIKE outage, strongSwan client moving: {gap:.2f} s ({answered} pings answered)")
+    print(f"MOBIKE outage, strongSwan client moving (IPv{family}): {gap:.2f} s ({answered} pings answered)")
     assert gap < MAX_OUTAGE, gap
 
     wait_for("libipsec's rekeys to settle", lambda: len(gw.list_sas()) == 1 and len(
         [c for c in gw.list_sas()[0]["child_sas"] if c["state"] == "INSTALLED"]) == 1, 15)
     sa, _tsa = _agree(gw, client, spis)
-    assert sa["remote"] == f"{B2}[4500]" and sa["mobike_moves"] >= 1, sa
+    assert sa["remote"] == f"{new}[4500]" and sa["mobike_moves"] >= 1, sa
     _ping_both(topo)
     log = gw.log_text()
     assert "MOBIKE: peer moved from" in log and "return routability" in log, log[-3000:]
     ipsecctl = gw.ctl("list-sas").stdout
-    assert f"@ {B2}[4500]" in ipsecctl and "MOBIKE, moved" in ipsecctl, ipsecctl
+    assert f"@ {new}[4500]" in ipsecctl and "MOBIKE, moved" in ipsecctl, ipsecctl
 
 
 def test_ipsecd_client_moves_when_its_uplink_goes_down(
