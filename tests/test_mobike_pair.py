@@ -265,3 +265,10 @@ def test_a_second_change_before_the_update_went_out_retargets_it() -> None:
     assert _consistent(net) == (ia, ib)
     assert ia.local == (A3, 4500) and ib.remote == (A3, 4500)
     assert len(_moved(net.events_a)) == 1  # one update, to the newest path
+
+
+def test_addresses_inside_our_traffic_selectors_are_not_advertised() -> None:
+    net = _net(sb=make_settings_b(local_addrs=()))  # any local address: every present one qualifies...
+    net.b.set_local_addresses([B_ADDR, B2, "10.2.0.1", "fe80::1"])  # ...but not its LAN's or a link-local
+    ia, _ib = _up(net)
+    assert ia.mobike.peer_addrs == (B2,)

@@ -35,12 +35,14 @@ _GROUPS = 0x1 | 0x10 | 0x40 | 0x100 | 0x400
 
 
 def host_addresses(skip_interface: str = "") -> list[str]:
-    """The addresses configured on this host now, minus loopback, link-local and ``skip_interface``'s."""
+    """The addresses configured on this host now, minus loopback, link-local and those on a loopback
+    interface or on ``skip_interface`` (our TUN)."""
     from pyroute2 import IPRoute
 
     out: list[str] = []
     with IPRoute() as ipr:
         skip = set(ipr.link_lookup(ifname=skip_interface)) if skip_interface else set()
+        skip |= {link["index"] for link in ipr.get_links() if link["flags"] & 0x8}  # IFF_LOOPBACK: lo's LAN addresses
         for msg in ipr.addr("dump"):
             text = msg.get_attr("IFA_ADDRESS")
             if not text or msg["index"] in skip:

@@ -82,18 +82,21 @@ def carries_mobike(msg: Message) -> bool:
 
 def additional_addresses(sa: IkeSa) -> list[Payload]:
     """Our other addresses (RFC 4555 3.6): only those configured on this host now (the
-    shell keeps ``ctx.local_addresses``), within ``local_addrs`` when it lists addresses."""
+    shell keeps ``ctx.local_addresses``), within ``local_addrs`` when it lists addresses,
+    and none inside our own traffic selectors (the peer would reach those through the tunnel)."""
     allowed: list[IPv4Network | IPv6Network] = []
     for a in sa.settings.local_addrs:  # addresses or prefixes (a range or %any: no narrowing by it)
         try:
             allowed.append(ip_network(a, strict=False))
         except ValueError:
             continue
+    inner = [t.network for c in sa.settings.children for t in c.local_ts if t.network is not None]
     current = ip_address(sa.local[0])
     out: list[Payload] = []
     for text in sa.ctx.local_addresses:
         addr = ip_address(text)
-        if addr == current or not _routable(addr) or (allowed and not any(addr in n for n in allowed)):
+        if addr == current or not _routable(addr) or (allowed and not any(addr in n for n in allowed)) \
+                or any(addr in n and n.prefixlen > 0 for n in inner):
             continue
         out.append(NotifyPayload(_ADDRESS_NOTIFY[addr.version], data=addr.packed))
     return out or [NotifyPayload(NotifyType.NO_ADDITIONAL_ADDRESSES)]
