@@ -85,3 +85,19 @@ def test_a_rekey_answered_before_the_move_sends_its_new_sa_to_the_new_address() 
         shell.close()
 
     asyncio.run(main())
+
+
+def test_the_peers_current_address_is_preferred_to_probing_its_others() -> None:
+    net = _net()
+    ia, _ib = _up(net)
+    ia.mobike.peer_addrs = ("192.0.2.22", "2001:db8::22")
+    calls: list[list[tuple[str, str]]] = []
+    shell = _Shell(net)
+    shell.manager.roam = lambda i, paths, now: calls.append(list(paths)) or True  # type: ignore[method-assign]
+    routes = {B_ADDR: A2, "192.0.2.22": A2, "2001:db8::22": "2001:db8::5"}
+    watch = AddressWatch(shell, source_for=lambda peer: routes.get(peer, "0.0.0.0"))  # type: ignore[arg-type]
+    watch.check([A2, "2001:db8::5"])
+    assert calls == [[(A2, B_ADDR)]]  # a route to its current address: no probe of the others
+    del routes[B_ADDR]
+    watch.check([A2, "2001:db8::5"])
+    assert calls[-1] == [(A2, "192.0.2.22"), ("2001:db8::5", "2001:db8::22")]

@@ -139,6 +139,10 @@ class AddressWatch:
                 continue
             if paths[0] == (sa.local[0], sa.remote[0]):
                 continue
+            if paths[0][1] == sa.remote[0]:
+                # the peer's current address still has a route: update there (same family, as
+                # strongSwan does); the peer's other addresses are probed only when it has none
+                paths = paths[:1]
             ike_sa_id = sa.ike_sa_id
             self.shell.act(lambda mgr, now, i=ike_sa_id, p=paths: mgr.roam(i, p, now))  # type: ignore[misc]
 
