@@ -45,7 +45,7 @@ A2_6, B2_6 = "2001:db8:1::1", "2001:db8:1::2"
 MAX_OUTAGE = 2.0
 
 
-def _second_uplink(topo: Topology) -> None:
+def _second_uplink(topo: Topology, *, fallback: bool = True) -> None:
     subprocess.run(["ip", "-n", topo.a.name, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1",
                     "netns", topo.b.name], check=True, capture_output=True, text=True)
     for ns, addr, addr6 in ((topo.a, A2, A2_6), (topo.b, B2, B2_6)):
@@ -54,9 +54,9 @@ def _second_uplink(topo: Topology) -> None:
         ns.run(["ip", "link", "set", "eth1", "up"])
         for key in ("all", "default", "eth0", "eth1"):
             ns.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
-    # B's fallback to A's first address: over the second uplink, worse than the connected route
-    topo.b.run(["ip", "route", "add", "192.0.2.0/24", "via", A2, "dev", "eth1", "metric", "500"])
-    topo.b.run(["ip", "-6", "route", "add", "2001:db8::/64", "via", A2_6, "dev", "eth1", "metric", "2048"])
+    if fallback:  # B's way to A's first addresses over the second uplink, worse than the connected route
+        topo.b.run(["ip", "route", "add", "192.0.2.0/24", "via", A2, "dev", "eth1", "metric", "500"])
+        topo.b.run(["ip", "-6", "route", "add", "2001:db8::/64", "via", A2_6, "dev", "eth1", "metric", "2048"])
     wait_for("second uplink", lambda: topo.b.ping(A2, count=1, deadline=1, check=False).returncode == 0)
     wait_for("second uplink (IPv6)", lambda: topo.b.ping(A2_6, count=1, deadline=1, check=False).returncode == 0)
 
@@ -148,10 +148,14 @@ def test_strongswan_client_moves_to_its_second_uplink(
     assert f"@ {new}[4500]" in ipsecctl and "MOBIKE, moved" in ipsecctl, ipsecctl
 
 
+@pytest.mark.parametrize("fallback", [True, False], ids=["same-gateway-address", "gateway-second-address"])
 def test_ipsecd_client_moves_when_its_uplink_goes_down(
-        topology: Topology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd]) -> None:
+        topology: Topology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        fallback: bool) -> None:
+    """``gateway-second-address``: the gateway's first address becomes unreachable; ipsecd probes
+    the addresses charon advertised (ADDITIONAL_IP4/6_ADDRESS) and moves to one that answers."""
     topo = topology
-    _second_uplink(topo)
+    _second_uplink(topo, fallback=fallback)
     gw = charon_factory(topo.a, ConnParams(
         name=CONN, local_addrs=["%any"], remote_addrs=["%any"], local_id="a.test", remote_id="b.test", psk=PSK,
         mobike=True, children=[ChildParams(name=CHILD, local_ts=[topo.a_lan_net], remote_ts=[topo.b_lan_net])]))
@@ -168,7 +172,8 @@ def test_ipsecd_client_moves_when_its_uplink_goes_down(
     pinger = _pinger(topo.b, topo.b_lan, topo.a_lan, 8)
     time.sleep(2)
     topo.b.run(["ip", "link", "set", "eth0", "down"])
-    wait_for("ipsecd to move", lambda: any(s["local"] == f"{B2}[4500]" for s in client.list_sas()), 10)
+    moved = {f"{B2}[4500]", f"{B2_6}[4500]"}  # without the first gateway address, either family may answer first
+    wait_for("ipsecd to move", lambda: any(s["local"] in moved for s in client.list_sas()), 10)
     gap, answered = _outage(pinger)
     print(f"MOBIKE outage, ipsecd client moving: {gap:.2f} s ({answered} pings answered)")
     assert gap < MAX_OUTAGE, gap
@@ -176,6 +181,9 @@ def test_ipsecd_client_moves_when_its_uplink_goes_down(
     wait_for("charon's rekeys to settle", lambda: len(
         [c for c in client.list_sas()[0]["child_sas"] if c["state"] == "INSTALLED"]) == 1, 15)
     sa, tsa = _agree(client, gw, spis)
-    assert tsa["remote-host"] == B2, tsa
+    if fallback:
+        assert tsa["remote-host"] == B2 and sa["remote"] == f"{topo.a_addr}[4500]", (sa, tsa)
+    else:
+        assert tsa["remote-host"] in (B2, B2_6) and sa["remote"] in (f"{A2}[4500]", f"{A2_6}[4500]"), (sa, tsa)
     _ping_both(topo)
     assert "MOBIKE: IKE SA moved to" in client.log_text()
