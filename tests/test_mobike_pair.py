@@ -272,3 +272,15 @@ def test_addresses_inside_our_traffic_selectors_are_not_advertised() -> None:
     net.b.set_local_addresses([B_ADDR, B2, "10.2.0.1", "fe80::1"])  # ...but not its LAN's or a link-local
     ia, _ib = _up(net)
     assert ia.mobike.peer_addrs == (B2,)
+
+
+def test_other_peer_addresses_are_tried_on_4500_its_current_one_on_its_port() -> None:
+    net = _net()
+    ia, _ib = _up(net)
+    ia.remote = (B_ADDR, 40000)  # as if a NAT in front of the gateway had mapped its port
+    net.down |= {A_ADDR, A2}  # nothing is delivered: we only look at what was sent
+    assert net.a.roam(ia.ike_sa_id, [(A2, B_ADDR), (A2, B2)], net.now)
+    start = len(net.wire)
+    net._move()
+    assert [(lo, re) for _t, _d, lo, re, _ok in net.wire[start:]] == [
+        ((A2, 4500), (B_ADDR, 40000)), ((A2, 4500), (B2, 4500))]

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import ExchangeType, NotifyType
+from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType
 from ipsecd.ike.events import Endpoint, IkeSaMoved
 from ipsecd.ike.payloads import AuthPayload, NotifyPayload, Payload
 from ipsecd.ike.state import IkeState
@@ -180,8 +180,8 @@ def _children_follow(sa: IkeSa, *, rekey: bool) -> None:
                 sa.enqueue([ChildRekey(c.spi_in)])
 
 
-def established(sa: IkeSa) -> None:
-    """IKE_AUTH is complete: the addresses it ran on are the peer's verified ones."""
+def _auth_path_verified(sa: IkeSa) -> None:
+    """IKE_AUTH is complete: the address it ran on is one the peer has shown it owns."""
     _verified(sa, sa.remote[0])
 
 
@@ -206,7 +206,7 @@ class MobikeSupport(Hooks):
         if msg.notify(NotifyType.MOBIKE_SUPPORTED) is not None and self.sent:
             sa.mobike.enabled = sa.mobike.original_initiator = True
             _peer_addresses(sa, msg)
-            established(sa)
+            _auth_path_verified(sa)
             sa.log.info("MOBIKE negotiated: the IKE SA follows our address changes")
             return Status.DONE
         return Status.DONE if sa.state == IkeState.ESTABLISHED or not self.sent else Status.NEED_MORE
@@ -223,7 +223,7 @@ class MobikeSupport(Hooks):
         if sa.state != IkeState.ESTABLISHED or not m.peer_supports or not sa.settings.mobike or m.enabled:
             return []
         m.enabled = True
-        established(sa)
+        _auth_path_verified(sa)
         sa.log.info("MOBIKE negotiated: the peer may move the IKE SA with UPDATE_SA_ADDRESSES")
         return [NotifyPayload(NotifyType.MOBIKE_SUPPORTED), *additional_addresses(sa)]
 
@@ -238,7 +238,9 @@ def roam(sa: IkeSa, paths: Sequence[tuple[str, str]]) -> bool:
         return False
     eps: list[Path] = []
     for lip, rip in paths:
-        p = ((lip, sa.local[1]), (rip, sa.remote[1]))
+        # the peer's port is known for its current address only (a NAT may have mapped it);
+        # its other addresses listen on 4500 (RFC 4555 3.3: MOBIKE runs on the NAT-T port)
+        p = ((lip, sa.local[1]), (rip, sa.remote[1] if rip == sa.remote[0] else NATT_PORT))
         if p not in eps:
             eps.append(p)
     current = (sa.local, sa.remote)
