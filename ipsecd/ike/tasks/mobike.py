@@ -337,14 +337,15 @@ class ReturnRoutability(Hooks):
         return [NotifyPayload(NotifyType.COOKIE2, data=self.cookie2)]
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
+        if sa.remote != self.remote:
+            return Status.DONE  # the peer moved on meanwhile: the check of its newer address decides
         echo = msg.notify(NotifyType.COOKIE2)
         if echo is None or echo.data != self.cookie2 or sa.exchanges.path is None \
                 or sa.exchanges.path[1] != self.remote:
             raise TaskFailed(f"MOBIKE: return routability check of {self.remote[0]} failed", fatal=False)
-        if sa.remote == self.remote:
-            _verified(sa, self.remote[0])
-            sa.log.info("MOBIKE: return routability of %s[%d] verified", self.remote[0], self.remote[1])
-            _children_follow(sa, rekey=self.rekey)
+        _verified(sa, self.remote[0])
+        sa.log.info("MOBIKE: return routability of %s[%d] verified", self.remote[0], self.remote[1])
+        _children_follow(sa, rekey=self.rekey)
         return Status.DONE
 
 
