@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,35 @@ def test_eap_radius_through_the_shell_with_accounting(pki: TestPki) -> None:
         shell.close()
 
     asyncio.run(main())
+
+
+def test_accounting_reports_the_pool_lease_when_radius_frames_no_address() -> None:
+    """Framed-IP-Address in accounting is the client's address: RADIUS' own, else our pool's lease."""
+    from types import SimpleNamespace
+
+    from ipsecd.identity import Identity
+    from ipsecd.ike.authenticators import PeerLogin
+    from ipsecd.ike.cp import Lease, VirtualIps
+
+    def start_record(answer: RadiusAnswer) -> AccountingRecord:
+        lease = Lease("rw", ip_address("10.9.0.5"), Identity.parse("alice"), ("192.0.2.7", 4500))
+        sa = SimpleNamespace(login=PeerLogin("eap-radius", b"alice", extra=answer), rekeyed_from=None,
+                             vips=VirtualIps(leases=[lease]), remote=("192.0.2.7", 4500), local=("192.0.2.1", 4500))
+        spawned: list[Any] = []
+        shell = SimpleNamespace(manager=SimpleNamespace(find=lambda _id: sa),
+                                tasks=SimpleNamespace(spawn=lambda coro, what: spawned.append(coro)))
+        service = RadiusService(shell, lambda: None)  # type: ignore[arg-type]
+        io = FakeIo(FakeRadius({}))
+        service.io = io  # type: ignore[assignment]
+        service.settings = dataclasses.replace(service.settings, accounting=True)
+        service.on_event(IkeSaEstablished(1, "rw"))
+        (coro,) = spawned
+        asyncio.run(coro)
+        (record,) = io.records
+        return record
+
+    assert start_record(RadiusAnswer(AnswerKind.ACCEPT)).framed_ip == "10.9.0.5"
+    assert start_record(RadiusAnswer(AnswerKind.ACCEPT, framed_ip="10.3.0.7")).framed_ip == "10.3.0.7"
 
 
 def test_no_radius_server_answers_fails_the_login(pki: TestPki) -> None:

@@ -163,8 +163,10 @@ class RadiusService:
         if sa is None or login is None or login.method != "eap-radius" or sa.rekeyed_from is not None:
             return
         answer = login.extra if isinstance(login.extra, RadiusAnswer) else RadiusAnswer(AnswerKind.ACCEPT)
+        # the address the client uses: RADIUS' Framed-IP-Address, else the lease from our own pool
+        framed = answer.framed_ip or next((str(lease.address) for lease in sa.vips.leases), None)
         session = _Session(f"{self._boot}-{ev.ike_sa_id:08x}", login.eap_identity or b"", time.monotonic(),
-                           answer.framed_ip, answer.classes, f"{sa.remote[0]}[{sa.remote[1]}]",
+                           framed, answer.classes, f"{sa.remote[0]}[{sa.remote[1]}]",
                            f"{sa.local[0]}[{sa.local[1]}]")
         self.sessions[ev.ike_sa_id] = session
         self.shell.tasks.spawn(self._send(session, AcctStatusType.START), "accounting start")
