@@ -38,7 +38,7 @@ from ipsecd.ike.payloads import AuthPayload, NotifyPayload, Payload
 from ipsecd.ike.state import IkeState
 from ipsecd.ike.tasks import Hooks, Skip, Status, TaskFailed, TaskKind, notify_name
 from ipsecd.ike.tasks.child_rekey import ChildRekey
-from ipsecd.ike.tasks.ike_init import natd_hash
+from ipsecd.ike.tasks.ike_init import natd_payloads, process_natd
 from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
@@ -136,26 +136,12 @@ def _cookie2(msg: Message) -> bytes | None:
     return n.data
 
 
-def _natd(sa: IkeSa) -> list[Payload]:
-    return [NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=natd_hash(sa.spi_i, sa.spi_r, sa.local)),
-            NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd_hash(sa.spi_i, sa.spi_r, sa.remote))]
-
-
-def _process_natd(sa: IkeSa, msg: Message) -> bool:
+def _natd_changed(sa: IkeSa, msg: Message) -> bool:
     """NAT detection on the new path (RFC 4555 3.5, RFC 7296 2.23); True if UDP
-    encapsulation is now needed where the Child SAs were set up without it."""
-    sources = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP]
-    dests = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-    if not sources or not dests:
-        return False
+    encapsulation is now needed where the Child SAs were set up without it. (strongSwan's
+    kernel-libipsec fakes its NAT-D to force encapsulation: "NAT detected (remote)" then.)"""
     was = sa.encap
-    sa.remote_behind_nat = natd_hash(sa.spi_i, sa.spi_r, sa.remote) not in sources
-    sa.local_behind_nat = natd_hash(sa.spi_i, sa.spi_r, sa.local) not in dests
-    if sa.local_behind_nat or sa.remote_behind_nat:
-        # strongSwan's kernel-libipsec fakes its NAT-D to force UDP encapsulation: "remote" then
-        sa.log.info("MOBIKE: NAT detected on the new path (%s)",
-                    "both sides" if sa.local_behind_nat and sa.remote_behind_nat
-                    else "local" if sa.local_behind_nat else "remote")
+    process_natd(sa, msg)
     return sa.encap and not was
 
 
@@ -290,7 +276,7 @@ class MobikeUpdate(Hooks):
         if not self.probed:
             sa.local, sa.remote = self.paths[0]
             return [NotifyPayload(NotifyType.COOKIE2, data=self.cookie2)]
-        return [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES), *_natd(sa),
+        return [NotifyPayload(NotifyType.UPDATE_SA_ADDRESSES), *natd_payloads(sa, sa.spi_r),
                 NotifyPayload(NotifyType.COOKIE2, data=self.cookie2), *additional_addresses(sa)]
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
@@ -308,7 +294,7 @@ class MobikeUpdate(Hooks):
         if errors:
             raise TaskFailed(f"MOBIKE: peer refused the address update with {notify_name(errors[0].notify_type)}",
                              fatal=False)
-        rekey = _process_natd(sa, msg)
+        rekey = _natd_changed(sa, msg)
         _peer_addresses(sa, msg)
         _verified(sa, sa.remote[0])
         sa.log.info("MOBIKE: IKE SA moved to %s[%d] - %s[%d]", sa.local[0], sa.local[1], sa.remote[0], sa.remote[1])
@@ -375,7 +361,7 @@ class MobikeResponder:
         self.update = True
         old = sa.remote
         sa.local, sa.remote = path
-        rekey = _process_natd(sa, msg)
+        rekey = _natd_changed(sa, msg)
         sa.log.info("MOBIKE: peer moved from %s[%d] to %s[%d]", safe(old[0]), old[1], safe(sa.remote[0]),
                     sa.remote[1])
         sa.exchanges.retransmit_soon()  # our own request in flight now goes to the new address
@@ -388,7 +374,7 @@ class MobikeResponder:
         return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
-        out: list[Payload] = _natd(sa) if self.update else []
+        out: list[Payload] = natd_payloads(sa, sa.spi_r) if self.update else []
         if self.cookie2 is not None:
             out.append(NotifyPayload(NotifyType.COOKIE2, data=self.cookie2))  # RFC 4555 3.5: echoed as sent
         return out
