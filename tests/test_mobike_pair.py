@@ -138,7 +138,7 @@ def test_client_moves_same_ike_sa_gateway_checks_return_routability() -> None:
         assert m.notify(NotifyType.NAT_DETECTION_SOURCE_IP) and m.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
     cookie = update_req.notify(NotifyType.COOKIE2)
     assert cookie is not None and update_resp.notify(NotifyType.COOKIE2) == cookie
-    # RFC 4555 3.10: the gateway checked A2 with its own COOKIE2 before moving ESP there
+    # RFC 4555 3.7: the gateway checked A2 with its own COOKIE2 before moving ESP there
     rr = [m for tag, resp, m, _ in infos if tag == "b->a" and not resp]
     assert len(rr) == 1 and rr[0].notify(NotifyType.COOKIE2) is not None
     assert net.events_b.index(mb) > 0 and ib.mobike.verified[-1] == A2
@@ -195,9 +195,25 @@ def test_update_answer_without_our_cookie2_moves_nothing() -> None:
     for notifies in ([], [NotifyPayload(NotifyType.COOKIE2, data=b"x" * 16)]):
         msg = Message(ia.spi_i, ia.spi_r, ExchangeType.INFORMATIONAL, 9, is_initiator=False, is_response=True,
                       payloads=notifies, encrypted=True)
-        with pytest.raises(TaskFailed):
+        with pytest.raises(TaskFailed) as failed:
             task.process_i(ia, msg)
+        assert failed.value.fatal  # RFC 4555 3.7: the IKE SA MUST be closed
     assert ia.mobike.moves == 0 and not _moved(net.events_a)
+
+
+def test_a_wrong_cookie2_echo_closes_the_ike_sa(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipsecd.ike.events import IkeSaClosed
+    from ipsecd.ike.tasks.mobike import MobikeResponder
+
+    net = _net()
+    ia, _ib = _up(net)
+    monkeypatch.setattr(MobikeResponder, "build_r", lambda self, sa: [
+        NotifyPayload(NotifyType.COOKIE2, data=b"not what was sent")])
+    net.down.add(A_ADDR)
+    assert net.a.roam(ia.ike_sa_id, [(A2, B_ADDR)], net.now)
+    net.run_until_quiet(10)
+    closed = [e for e in net.events_a if isinstance(e, IkeSaClosed)]
+    assert closed and "COOKIE2" in closed[0].reason and not _moved(net.events_a)
 
 
 def test_short_cookie2_is_invalid_syntax() -> None:

@@ -4,18 +4,20 @@ strongSwan's ike_mobike task, split by job:
 
 * :class:`MobikeSupport` (IKE_AUTH, both roles): MOBIKE_SUPPORTED both ways turns MOBIKE on
   for the IKE SA (RFC 4555 3.2), with our additional addresses or NO_ADDITIONAL_ADDRESSES
-  (3.6). Only addresses the shell reports as configured on this host are advertised,
-  narrowed to ``local_addrs`` when the connection names addresses.
+  (3.4). Only addresses the shell reports as configured on this host are advertised,
+  narrowed to ``local_addrs`` when the connection names addresses, never one inside our own
+  traffic selectors.
 * :class:`MobikeUpdate` (the original initiator, RFC 4555 3.1 -- the initiator decides): after
-  the shell saw our addresses or routes change (:func:`roam`), probe the candidate paths with
-  one INFORMATIONAL sent on each of them at once (3.4, 3.8: the first answer names a working
-  path), then UPDATE_SA_ADDRESSES on that path with NAT detection and COOKIE2 (3.5). Once
-  the answer is in, the Child SAs follow (:class:`IkeSaMoved` to the owner).
+  the shell saw our addresses or routes change (:func:`roam`), probe the candidate paths, if
+  there are several, with one INFORMATIONAL sent on each of them at once (3.10: the first
+  answer names a working path), then UPDATE_SA_ADDRESSES on that path with NAT detection and
+  COOKIE2 (3.5). Once the answer is in, the Child SAs follow (:class:`IkeSaMoved` to the owner).
+  An answer without our COOKIE2 closes the IKE SA (3.7).
 * :class:`MobikeResponder` (any INFORMATIONAL with MOBIKE notifies): the peer's
   UPDATE_SA_ADDRESSES moves the IKE SA to the addresses the request came from and answers
-  with NAT detection; a COOKIE2 is echoed (3.5, 3.10); new additional addresses are kept
+  with NAT detection; a COOKIE2 is echoed (3.5, 3.7); new additional addresses are kept
   (3.6). The Child SAs move at once to an address the peer used before, and after a return
-  routability check (:class:`ReturnRoutability`, 3.10, 5.2) to a new one, so a forged-looking
+  routability check (:class:`ReturnRoutability`, 3.7 and section 5) to a new one, so an
   update cannot aim a flood of ESP at a third party.
 
 Without MOBIKE the IKE SA still follows authenticated requests from a new address (RFC 7296
@@ -26,6 +28,7 @@ Without MOBIKE the IKE SA still follows authenticated requests from a new addres
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -47,9 +50,9 @@ if TYPE_CHECKING:
 
 Path = tuple[Endpoint, Endpoint]  # (our endpoint, the peer's endpoint)
 
-COOKIE2_LEN = 16  # ours; RFC 4555 4.5 allows 8 to 64 octets
+COOKIE2_LEN = 16  # ours; RFC 4555 allows 8 to 64 octets (unpredictable: from the rng)
 COOKIE2_MIN, COOKIE2_MAX = 8, 64
-MAX_PEER_ADDRESSES = 16  # additional addresses kept per peer (bounded memory, RFC 4555 3.6)
+MAX_PEER_ADDRESSES = 16  # additional addresses kept per peer (bounded memory, RFC 4555 3.4)
 MAX_VERIFIED = 8  # peer addresses remembered as verified (used before or passed a return routability check)
 _ADDRESS_NOTIFY = {4: NotifyType.ADDITIONAL_IP4_ADDRESS, 6: NotifyType.ADDITIONAL_IP6_ADDRESS}
 _ADDRESS_LEN = {NotifyType.ADDITIONAL_IP4_ADDRESS: 4, NotifyType.ADDITIONAL_IP6_ADDRESS: 16}
@@ -64,7 +67,7 @@ class MobikeState:
     enabled: bool = False  # both ends sent MOBIKE_SUPPORTED (RFC 4555 3.2)
     original_initiator: bool = False  # RFC 4555 3.1: only the initiator updates addresses
     peer_supports: bool = False  # responder: the IKE_AUTH request offered it
-    peer_addrs: tuple[str, ...] = ()  # the peer's ADDITIONAL_*_ADDRESS (RFC 4555 3.6)
+    peer_addrs: tuple[str, ...] = ()  # the peer's ADDITIONAL_*_ADDRESS (RFC 4555 3.4, 3.6)
     verified: list[str] = field(default_factory=list)  # peer addresses we may send ESP to at once
     moves: int = 0  # completed address updates, for list-sas and tests
 
@@ -81,7 +84,7 @@ def carries_mobike(msg: Message) -> bool:
 
 
 def additional_addresses(sa: IkeSa) -> list[Payload]:
-    """Our other addresses (RFC 4555 3.6): only those configured on this host now (the
+    """Our other addresses (RFC 4555 3.4): only those configured on this host now (the
     shell keeps ``ctx.local_addresses``), within ``local_addrs`` when it lists addresses,
     and none inside our own traffic selectors (the peer would reach those through the tunnel)."""
     allowed: list[IPv4Network | IPv6Network] = []
@@ -107,7 +110,7 @@ def _routable(addr: IPv4Address | IPv6Address) -> bool:
 
 
 def _peer_addresses(sa: IkeSa, msg: Message) -> None:
-    """Take the peer's address list if this message carries one (RFC 4555 3.6)."""
+    """Take the peer's address list if this message carries one (RFC 4555 3.4, 3.6)."""
     if msg.notify(NotifyType.NO_ADDITIONAL_ADDRESSES) is not None:
         sa.mobike.peer_addrs = ()
         return
@@ -131,9 +134,15 @@ def _cookie2(msg: Message) -> bytes | None:
     n = msg.notify(NotifyType.COOKIE2)
     if n is None:
         return None
-    if not COOKIE2_MIN <= len(n.data) <= COOKIE2_MAX:  # RFC 4555 4.5
+    if not COOKIE2_MIN <= len(n.data) <= COOKIE2_MAX:  # RFC 4555: 8 to 64 octets
         raise RemoteProtocolError(f"COOKIE2 of {len(n.data)} octets", NotifyType.INVALID_SYNTAX)
     return n.data
+
+
+def _echoed(msg: Message, cookie2: bytes) -> bool:
+    """Does the answer carry our COOKIE2 back, unchanged (compared in constant time)?"""
+    echo = msg.notify(NotifyType.COOKIE2)
+    return echo is not None and hmac.compare_digest(echo.data, cookie2)
 
 
 def _natd_changed(sa: IkeSa, msg: Message) -> bool:
@@ -247,7 +256,7 @@ def roam(sa: IkeSa, paths: Sequence[tuple[str, str]]) -> bool:
 
 class MobikeUpdate(Hooks):
     """Probe the candidate paths (several: one INFORMATIONAL with COOKIE2 on each at once),
-    then UPDATE_SA_ADDRESSES on the path that answered (RFC 4555 3.5, 3.8)."""
+    then UPDATE_SA_ADDRESSES on the path that answered (RFC 4555 3.5, 3.10)."""
 
     exchange = ExchangeType.INFORMATIONAL
     kind = TaskKind.MOBIKE
@@ -280,9 +289,8 @@ class MobikeUpdate(Hooks):
                 NotifyPayload(NotifyType.COOKIE2, data=self.cookie2), *additional_addresses(sa)]
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
-        echo = msg.notify(NotifyType.COOKIE2)
-        if echo is None or echo.data != self.cookie2:  # RFC 4555 3.5: the answer must echo it
-            raise TaskFailed("MOBIKE: the peer's answer did not echo our COOKIE2: not moving", fatal=False)
+        if not _echoed(msg, self.cookie2):  # RFC 4555 3.7: no echo, or another one, closes the IKE SA
+            raise TaskFailed("MOBIKE: the peer's answer did not echo our COOKIE2")
         if not self.probed:
             self.probed = True
             path = sa.exchanges.path
@@ -304,7 +312,7 @@ class MobikeUpdate(Hooks):
 
 # ------------------------------------------------------------------ the responder follows
 class ReturnRoutability(Hooks):
-    """An INFORMATIONAL with COOKIE2 to the peer's new address (RFC 4555 3.10): the Child
+    """An INFORMATIONAL with COOKIE2 to the peer's new address (RFC 4555 3.7): the Child
     SAs move there once the echo comes back from it."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -325,10 +333,11 @@ class ReturnRoutability(Hooks):
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
         if sa.remote != self.remote:
             return Status.DONE  # the peer moved on meanwhile: the check of its newer address decides
-        echo = msg.notify(NotifyType.COOKIE2)
-        if echo is None or echo.data != self.cookie2 or sa.exchanges.path is None \
-                or sa.exchanges.path[1] != self.remote:
-            raise TaskFailed(f"MOBIKE: return routability check of {self.remote[0]} failed", fatal=False)
+        if not _echoed(msg, self.cookie2):  # RFC 4555 3.7: the IKE SA is closed
+            raise TaskFailed(f"MOBIKE: return routability check of {self.remote[0]}: COOKIE2 not echoed")
+        if sa.exchanges.path is None or sa.exchanges.path[1] != self.remote:
+            raise TaskFailed(f"MOBIKE: return routability check of {self.remote[0]}: answered from elsewhere",
+                             fatal=False)
         _verified(sa, self.remote[0])
         sa.log.info("MOBIKE: return routability of %s[%d] verified", self.remote[0], self.remote[1])
         _children_follow(sa, rekey=self.rekey)
@@ -336,7 +345,7 @@ class ReturnRoutability(Hooks):
 
 
 class MobikeResponder:
-    """The MOBIKE notifies of the peer's INFORMATIONAL request (RFC 4555 3.5, 3.6, 3.10)."""
+    """The MOBIKE notifies of the peer's INFORMATIONAL request (RFC 4555 3.5, 3.6, 3.7)."""
 
     exchange = ExchangeType.INFORMATIONAL
     kind = TaskKind.MOBIKE
@@ -369,14 +378,14 @@ class MobikeResponder:
             _verified(sa, sa.remote[0])
             _children_follow(sa, rekey=rekey)
         else:
-            # RFC 4555 5.2: no flood of ESP at an address the peer has not shown it owns
+            # RFC 4555 3.7, 5: no flood of ESP at an address the peer has not shown it owns
             sa.enqueue([ReturnRoutability(sa.remote, rekey)])
         return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
         out: list[Payload] = natd_payloads(sa, sa.spi_r) if self.update else []
         if self.cookie2 is not None:
-            out.append(NotifyPayload(NotifyType.COOKIE2, data=self.cookie2))  # RFC 4555 3.5: echoed as sent
+            out.append(NotifyPayload(NotifyType.COOKIE2, data=self.cookie2))  # RFC 4555 3.7: echoed as sent
         return out
 
 
