@@ -187,3 +187,42 @@ def test_ipsecd_client_moves_when_its_uplink_goes_down(
         assert tsa["remote-host"] in (B2, B2_6) and sa["remote"] in (f"{A2}[4500]", f"{A2_6}[4500]"), (sa, tsa)
     _ping_both(topo)
     assert "MOBIKE: IKE SA moved to" in client.log_text()
+
+
+def test_ipsecd_road_warrior_keeps_its_virtual_ip_across_the_move(
+        topology: Topology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd]) -> None:
+    """ipsecd as a road warrior with a virtual IP from a strongSwan gateway's pool: after the
+    move the same IKE SA carries the same virtual IP, and the tunnel routes still leave from it."""
+    topo = topology
+    _second_uplink(topo)
+    gw = charon_factory(topo.a, ConnParams(
+        name=CONN, local_addrs=["%any"], remote_addrs=["%any"], local_id="a.test", remote_id="b.test", psk=PSK,
+        mobike=True, children=[ChildParams(name=CHILD, local_ts=[topo.a_lan_net], remote_ts=["dynamic"])],
+        extra={"pools": "rw4"}, pools={"rw4": {"addrs": "10.3.0.0/24"}}))
+    doc = ipsecd_config(name=CONN, local_addrs=[], remote_addrs=[topo.a_addr], local_id="b.test", remote_id="a.test",
+                        psk=PSK, children={CHILD: child_config(local_ts=["dynamic"], remote_ts=[topo.a_lan_net])})
+    doc["connections"][CONN]["vips"] = ["0.0.0.0"]
+    client = ipsecd_factory(topo.b, doc, name="ipsecd")
+    client.up(CONN)
+    sa = client.wait_established(15, child=CHILD)
+    _wait_charon_child(gw)
+    (vip,) = sa["local_vips"]
+    spis = (sa["spi_i"], sa["spi_r"])
+    wait_for("a ping over the tunnel", lambda: topo.b.ping(topo.a_lan, count=1, src=vip, deadline=2,
+                                                          check=False).returncode == 0)
+
+    pinger = _pinger(topo.b, vip, topo.a_lan, 8)
+    time.sleep(2)
+    topo.b.run(["ip", "link", "set", "eth0", "down"])
+    wait_for("ipsecd to move", lambda: any(s["local"] == f"{B2}[4500]" for s in client.list_sas()), 10)
+    gap, answered = _outage(pinger)
+    print(f"MOBIKE outage, ipsecd road warrior with a virtual IP moving: {gap:.2f} s ({answered} pings answered)")
+    assert gap < MAX_OUTAGE, gap
+
+    wait_for("charon's rekeys to settle", lambda: len(
+        [c for c in client.list_sas()[0]["child_sas"] if c["state"] == "INSTALLED"]) == 1, 15)
+    sa, tsa = _agree(client, gw, spis)
+    assert sa["local_vips"] == [vip] and tsa["remote-vips"] == [vip] and tsa["remote-host"] == B2, (sa, tsa)
+    for ns, src, dst in ((topo.b, vip, topo.a_lan), (topo.a, topo.a_lan, vip)):
+        res = ns.ping(dst, count=3, src=src, interval=0.1, deadline=6, check=False)
+        assert res.returncode == 0, f"{src} -> {dst}: {res.stdout}{res.stderr}"
