@@ -109,7 +109,8 @@ class ChildSaInstaller:
             else:
                 self._serial(ev.reqid, lambda: self._uninstall(ev, gone), f"removal of Child SA {ev.name}/{ev.child}")
         elif isinstance(ev, IkeSaMoved) and self.dataplane is not None:
-            log.info("peer of %s moved to %s[%d]", ev.name, ev.remote[0], ev.remote[1])
+            log.info("Child SAs of %s follow to %s[%d] - %s[%d]", ev.name, ev.local[0], ev.local[1], ev.remote[0],
+                     ev.remote[1])
             for reqid in ev.child_reqids:
                 self._serial(reqid, functools.partial(self._move, reqid, ev), f"peer update of {ev.name}")
 
