@@ -49,6 +49,9 @@ class EngineContext:
     wall_offset: float = 0.0
     # our addresses configured on this host now (the shell follows netlink): MOBIKE advertises them
     local_addresses: tuple[str, ...] = ()
+    # connection name (or "*") -> (the gateway new clients are redirected to, from how many other IKE
+    # SAs on: 0 = always, draining; N = when full) (RFC 5685, ike/redirect.py)
+    redirects: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""

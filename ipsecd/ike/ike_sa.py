@@ -460,7 +460,7 @@ class IkeSa:
         report_login(self, LoginResult.ABANDONED, reason)  # a login under way that never concluded
         self.state = IkeState.CLOSED
         self.fail_reason = self.fail_reason or reason
-        quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER)
+        quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER, Cause.REDIRECTED)
         (self.log.info if quiet else self.log.warning)("IKE SA closed: %s", reason)
         self.emit(IkeSaClosed(self.ike_sa_id, self.settings.name, cause, reason, established=was_established,
                               replaced_by=self.replaced_by))

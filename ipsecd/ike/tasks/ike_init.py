@@ -17,6 +17,7 @@ from ipsecd.ike.keymat import derive_ike_keys
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
 from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal
+from ipsecd.ike.redirect import check_init
 from ipsecd.ike.signature import announced_hash_algorithms, parse_hash_algorithms
 from ipsecd.ike.sk import make_sk_ciphers
 from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
@@ -178,6 +179,8 @@ class IkeInit(Hooks):
             if chosen is not None:
                 sa.settings = candidate
                 break
+        if chosen is not None:
+            check_init(sa, msg, nonce.data)  # RFC 5685 4.2: before any D-H work
         if chosen is None:
             offered = ", ".join(proposal_to_str(p) for p in sa_payload.proposals)
             configured = ", ".join(proposal_to_str(p) for p in sa.settings.ike_proposals)
