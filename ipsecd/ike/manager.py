@@ -295,8 +295,7 @@ class IkeManager:
         return self._act(self.sas.get(ike_sa_id), now, lambda sa: sa.send_liveness())
 
     def roam(self, ike_sa_id: int, paths: Sequence[tuple[str, str]], now: float) -> bool:
-        """Our addresses changed (the shell saw it): move this MOBIKE IKE SA to the first of
-        ``paths`` (our address, the peer's) that answers (RFC 4555 3.4-3.5, tasks/mobike.py)."""
+        """Our addresses changed: move this MOBIKE IKE SA to ``paths`` (ours, the peer's; tasks/mobike.py)."""
         moved: list[bool] = []
         return self._act(self.sas.get(ike_sa_id), now, lambda sa: moved.append(mobike.roam(sa, paths))) and moved[0]
 
