@@ -93,6 +93,11 @@ def _proposals(sa: IkeSa, child: ChildSettings) -> tuple[Proposal, ...]:
     return child.esp_proposals if sa.encap and child.ah_proposals else child.proposals
 
 
+def _kind(child: ChildSettings) -> str:
+    """The protocols a child negotiates, for log lines: ESP, AH, or AH/ESP."""
+    return "AH/ESP" if child.ah_proposals and child.esp_proposals else "AH" if child.ah_proposals else "ESP"
+
+
 def without_ke(p: Proposal, spi: bytes = b"") -> Proposal:
     """RFC 7296 1.2: the Child SA of IKE_AUTH uses the IKE SA's keys, so no KE transform is offered."""
     return with_spi(proposal_without_ke(p), spi)
@@ -225,7 +230,7 @@ class ChildCreate(Hooks):
             if t in CHILD_ERRORS or self.pfs:
                 reason = f"peer refused Child SA {name} with {notify_name(t)}"
                 if t == NotifyType.NO_PROPOSAL_CHOSEN:
-                    reason += " (no ESP/AH proposal matched: we offered " + ", ".join(
+                    reason += f" (no {_kind(self.child)} proposal matched: we offered " + ", ".join(
                         proposal_to_str(p) for p in _proposals(sa, self.child)) + ")"
                 elif t == NotifyType.TS_UNACCEPTABLE:
                     reason += (" (traffic selectors not acceptable: we proposed "
@@ -321,7 +326,7 @@ class ChildCreate(Hooks):
                                          [without_ke(p, p.spi) for p in spi_candidates])
             if chosen is None:
                 raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
-                                   f"no ESP/AH proposal matched for {child.name}: peer offered "
+                                   f"no {_kind(child)} proposal matched for {child.name}: peer offered "
                                    + safe(", ".join(proposal_to_str(p) for p in sa_payload.proposals), 1024)
                                    + ", we accept " + ", ".join(proposal_to_str(p) for p in _proposals(sa, child)))
             if child.mode == "transport" and not wants_transport:
