@@ -182,3 +182,68 @@ def test_ah_ipcomp_rekey_and_delete(by: str) -> None:
     assert [d.protocol for d in resp.get_all(DeletePayload)] == [ProtocolId.AH]
     assert len(pair.sent) > n
     assert any(isinstance(e, ChildSaEstablished) for e in pair.events_b)
+
+
+# ------------------------------------------------------------------ config keys (swanctl names)
+_CONF = """
+connections:
+  a:
+    remote_addrs: [192.0.2.2]
+    local: {auth: psk, id: a.test}
+    remote: {auth: psk, id: b.test}
+    children:
+      net:
+        local_ts: [10.1.0.0/24]
+        remote_ts: [10.2.0.0/24]
+%s
+secrets:
+  ike:
+    - id: [a.test, b.test]
+      secret: 0x00112233445566778899aabbccddeeff
+"""
+
+
+def _load(tmp_path: object, child_lines: str) -> object:
+    from pathlib import Path
+
+    from ipsecd.config import load_config
+    from ipsecd.settings_from_config import validate_proposal
+
+    path = Path(str(tmp_path)) / "x.yaml"
+    path.write_text(_CONF % "\n".join("        " + line for line in child_lines.strip().splitlines()))
+    return load_config(path, proposal_validator=validate_proposal)
+
+
+def test_config_ah_only_ipcomp(tmp_path: object) -> None:
+    from ipsecd.settings_from_config import ike_settings
+
+    config = _load(tmp_path, "ah_proposals: [sha256-ecp256, sha512]\nipcomp: yes")
+    conn = config.connections["a"]  # type: ignore[attr-defined]
+    ch = conn.children["net"]
+    assert ch.ah_proposals == ("sha256-ecp256", "sha512") and ch.esp_proposals == () and ch.ipcomp
+    (child,) = ike_settings(conn, config).children  # type: ignore[arg-type]
+    assert [p.protocol for p in child.proposals] == [ProtocolId.AH, ProtocolId.AH]
+    assert [p.num for p in child.proposals] == [1, 2] and child.ipcomp
+
+
+def test_config_ah_and_esp(tmp_path: object) -> None:
+    from ipsecd.settings_from_config import ike_settings
+
+    config = _load(tmp_path, "ah_proposals: [sha384]\nesp_proposals: [aes256gcm16]")
+    conn = config.connections["a"]  # type: ignore[attr-defined]
+    (child,) = ike_settings(conn, config).children  # type: ignore[arg-type]
+    assert [(p.num, p.protocol) for p in child.proposals] == [(1, ProtocolId.AH), (2, ProtocolId.ESP)]
+    assert not child.ipcomp
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("ah_proposals: [aes256-sha256]", "AH takes no encryption algorithm"),
+    ("ah_proposals: [sha999]", "unknown algorithm"),
+    ("ipcomp: maybe", "ipcomp"),
+])
+def test_config_errors(tmp_path: object, line: str, says: str) -> None:
+    from ipsecd.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, line)
+    assert says in str(e.value) and "x.yaml:" in str(e.value)

@@ -43,7 +43,14 @@ from cryptography.hazmat.primitives import constant_time, hmac
 
 from ipsecd.errors import LocalProtocolError
 from ipsecd.esp.ipcomp import NH_IPCOMP, IpcompError, compress, decompress
-from ipsecd.esp.packet import IPV4_HEADER_LEN, IPV6_HEADER_LEN, build_ipv6_header, inet_checksum, parse_ip_ints
+from ipsecd.esp.packet import (
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    _ah_len,
+    build_ipv6_header,
+    inet_checksum,
+    parse_ip_ints,
+)
 from ipsecd.esp.replay import ReplayWindow
 from ipsecd.esp.sa import (
     SEQ_MAX_32,
@@ -52,6 +59,7 @@ from ipsecd.esp.sa import (
     EspDrop,
     IpsecProto,
     Mode,
+    OutboundSa,
     SaCounters,
     SaParams,
     _selectors_match,
@@ -80,9 +88,7 @@ _V6_FORBIDDEN_IN_TRANSPORT = frozenset((0, 43, 44))
 
 def ah_header_len(icv_len: int, version: int) -> int:
     """AH header length for an ICV: padded to 8 bytes (IPv6) or 4 (IPv4), RFC 4302 2.6."""
-    n = AH_FIXED_LEN + icv_len
-    align = 8 if version == 6 else 4
-    return -(-n // align) * align
+    return _ah_len(icv_len, version)
 
 
 def ah_overhead(params: SaParams) -> int:
@@ -417,4 +423,7 @@ class AhInboundSa(_AhBase):
             raise self._drop(DropReason.SELECTOR)
 
 
-__all__ = ["AH_FIXED_LEN", "AhInboundSa", "AhOutboundSa", "ah_header_len", "ah_overhead"]
+# What the data plane's outbound paths hold: an ESP or an AH SA (both: protect, seq, counters).
+AnyOutboundSa = OutboundSa | AhOutboundSa
+
+__all__ = ["AH_FIXED_LEN", "AhInboundSa", "AhOutboundSa", "AnyOutboundSa", "ah_header_len", "ah_overhead"]
