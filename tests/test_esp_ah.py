@@ -182,8 +182,8 @@ def test_ipv6_options_header_before_ah_from_scapy() -> None:
     local, remote = ADDRS[6]
     ours = AhInboundSa(_params("sha256", key, Mode.TRANSPORT, 6, False))
     peer = _scapy_sa("sha256", key, Mode.TRANSPORT, remote, local, 6, False)
-    pkt = (IPv6(src=str(remote), dst=str(local)) / IPv6ExtHdrHopByHop(options=[PadN(otype=0x3E, optdata=b"\x01\x02\x03\x04")])
-           / UDP(sport=1, dport=2) / Raw(b"x" * 50))
+    hbh = IPv6ExtHdrHopByHop(options=[PadN(otype=0x3E, optdata=b"\x01\x02\x03\x04")])
+    pkt = IPv6(src=str(remote), dst=str(local)) / hbh / UDP(sport=1, dport=2) / Raw(b"x" * 50)
     wire = bytearray(bytes(peer.encrypt(pkt, seq_num=1)))
     wire[44:48] = b"\xff\xfe\xfd\xfc"  # mutable option data changed in transit (0x20 bit set in 0x3E)
     got = ours.unprotect(bytes(wire))

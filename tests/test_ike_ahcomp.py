@@ -140,7 +140,7 @@ def test_ipcomp_declined_by_responder() -> None:
 
 def test_ipcomp_not_requested_responder_silent() -> None:
     pair = make_pair(make_settings(), _child(make_settings_b(), ipcomp=True))
-    ia, ib = _up(pair)
+    _ia, ib = _up(pair)
     assert ib.children[0].event.ipcomp_cpi_in == 0 and pair.b.ctx.cpis == set()
 
 
@@ -151,7 +151,6 @@ def test_ah_ipcomp_rekey_and_delete(by: str) -> None:
     ia, ib = _up(pair)
     old_a = ia.children[0].event
     mgr, ike = (pair.a, ia) if by == "a" else (pair.b, ib)
-    start = len(pair.sent)
     assert mgr.rekey_child(ike.children[0].spi_in, pair.now)
     pair.run_until_quiet(30)
     ia, ib = _only(pair.a), _only(pair.b)

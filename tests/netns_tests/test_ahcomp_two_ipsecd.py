@@ -73,7 +73,7 @@ class Capture:
 
 
 def _ah_of(p: Packet) -> AH | None:
-    return p[AH] if AH in p else None
+    return p.getlayer(AH)
 
 
 @pytest.mark.parametrize("integ", ["sha256", "sha384", "sha512"])
