@@ -246,3 +246,15 @@ def test_config_errors(tmp_path: object, line: str, says: str) -> None:
     with pytest.raises(ConfigError) as e:
         _load(tmp_path, line)
     assert says in str(e.value) and "x.yaml:" in str(e.value)
+
+
+def test_ah_only_child_across_nat_fails_cleanly() -> None:
+    kw: dict[str, object] = {"ah_proposals": _ah("sha256"), "esp_proposals": ()}
+    pair = make_pair(_child(make_settings(force_encap=True), **kw), _child(make_settings_b(force_encap=True), **kw))
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet(30)
+    from ipsecd.ike.events import ChildSaFailed, IkeSaEstablished
+
+    assert any(isinstance(e, ChildSaFailed) and "AH cannot cross" in e.reason for e in pair.events_a)
+    assert not any(isinstance(e, ChildSaEstablished) for e in pair.events_a + pair.events_b)
+    assert any(isinstance(e, IkeSaEstablished) for e in pair.events_a) and not _only(pair.b).children

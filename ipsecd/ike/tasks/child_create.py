@@ -43,7 +43,7 @@ from ipsecd.ike.payloads import (
 from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal, with_spi
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
-from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
+from ipsecd.ike.tasks import Hooks, Refuse, Retry, Skip, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
 from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_specs, ts_to_str, with_trigger
 from ipsecd.logsafe import safe
 
@@ -160,6 +160,7 @@ class ChildCreate(Hooks):
         self.request: Message | None = None  # responder: the IKE_AUTH request with SA/TS, while EAP runs
         self.cpi_in = 0  # IPComp: our CPI (announced), 0 without IPComp
         self.cpi_out = 0  # IPComp: the peer's CPI
+        self.blocked = False  # initiator: nothing to offer on this IKE SA (AH only, across a NAT)
 
     @property
     def target(self) -> str | None:
@@ -192,6 +193,13 @@ class ChildCreate(Hooks):
                                           self.rekey_of.spi_in))
         if self.child.mode == "transport":
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+        if not _proposals(sa, self.child):
+            self.blocked = True
+            self._failed(sa, f"no Child SA {self.child.name}: it has only AH proposals, and AH cannot cross the "
+                         "NAT (or forced UDP encapsulation) of this IKE SA", Cause.NO_PROPOSAL)
+            if self.exchange == ExchangeType.IKE_AUTH:
+                return []  # the IKE SA still comes up, without this Child SA
+            raise Skip
         if self.child.ipcomp:  # RFC 7296 2.22: our CPI, reserved with (and freed with) our SPI
             self.cpi_in = sa.ctx.alloc_cpi(self.spi_in)
             payloads.append(ipcomp_notify(self.cpi_in))
@@ -210,6 +218,8 @@ class ChildCreate(Hooks):
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
         assert self.child is not None
+        if self.blocked:
+            return Status.DONE  # failed in build_i already
         if self.exchange == ExchangeType.IKE_AUTH and sa.authenticating:
             return Status.NEED_MORE  # the answer comes with the last IKE_AUTH response
         name = self.child.name
