@@ -231,3 +231,27 @@ def test_params_refuse_what_ah_cannot_do() -> None:
         SaParams(spi=SPI, encr=EncrId.ENCR_AES_CBC, encr_key=bytes(16), integ=IntegId.AUTH_HMAC_SHA2_256_128,
                  integ_key=key, esn=False, mode=Mode.TUNNEL, local_addr=ADDRS[4][0], remote_addr=ADDRS[4][1],
                  protocol=IpsecProto.AH)
+
+
+def test_ipv4_options_from_scapy() -> None:
+    """Router Alert is immutable and covered, Record Route is mutable and zeroed whole
+    (RFC 4302 Appendix A.1): a router filling in Record Route keeps the ICV valid."""
+    from scapy.layers.inet import IPOption_Router_Alert, IPOption_RR
+
+    key = os.urandom(32)
+    local, remote = ADDRS[4]
+    ours = AhInboundSa(_params("sha256", key, Mode.TUNNEL, 4, False))
+    tunnel = IP(src=str(remote), dst=str(local), options=[IPOption_Router_Alert(), IPOption_RR(routers=["0.0.0.0"])])
+    peer = SecurityAssociation(AH, spi=SPI, auth_algo="SHA2-256-128", auth_key=key, tunnel_header=tunnel)
+    clear = _inner(4, src_side=1)
+    wire = bytearray(bytes(peer.encrypt(IP(clear), seq_num=1)))
+    assert (wire[0] & 0x0F) > 5
+    rr = bytes(wire).index(b"\x07", 20)  # Record Route: a router writes its address and moves the pointer
+    wire[rr + 2] += 4
+    wire[rr + 3 : rr + 7] = bytes([198, 51, 100, 77])
+    assert ours.unprotect(bytes(wire)) == clear
+    bad = bytearray(bytes(peer.encrypt(IP(clear), seq_num=2)))
+    bad[22] ^= 1  # inside the Router Alert value: immutable
+    with pytest.raises(EspDrop) as e:
+        ours.unprotect(bytes(bad))
+    assert e.value.reason is DropReason.ICV
