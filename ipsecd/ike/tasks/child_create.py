@@ -93,6 +93,10 @@ def _proposals(sa: IkeSa, child: ChildSettings) -> tuple[Proposal, ...]:
     return child.esp_proposals if sa.encap and child.ah_proposals else child.proposals
 
 
+def _nat_note(sa: IkeSa, child: ChildSettings) -> str:
+    return " (AH is never used across a NAT or with UDP encapsulation)" if sa.encap and child.ah_proposals else ""
+
+
 def _kind(child: ChildSettings) -> str:
     """The protocols a child negotiates, for log lines: ESP, AH, or AH/ESP."""
     return "AH/ESP" if child.ah_proposals and child.esp_proposals else "AH" if child.ah_proposals else "ESP"
@@ -338,7 +342,8 @@ class ChildCreate(Hooks):
                 raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
                                    f"no {_kind(child)} proposal matched for {child.name}: peer offered "
                                    + safe(", ".join(proposal_to_str(p) for p in sa_payload.proposals), 1024)
-                                   + ", we accept " + ", ".join(proposal_to_str(p) for p in _proposals(sa, child)))
+                                   + ", we accept " + (", ".join(proposal_to_str(p) for p in _proposals(sa, child))
+                                                       or "nothing here") + _nat_note(sa, child))
             if child.mode == "transport" and not wants_transport:
                 raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
                                    f"{child.name} is configured for transport mode, peer asked for tunnel mode")
