@@ -129,6 +129,9 @@ def test_ah_with_ipcomp(topology: Topology, ipsecd_factory: Make, tmp_path: Path
     ca, cb = _child(a.wait_established(15, child="net")), _child(b.wait_established(15, child="net"))
     assert ca["ipcomp"] and ca["ipcomp"] == cb["ipcomp"][::-1], (ca, cb)
     cpi_a, cpi_b = ca["ipcomp"]
+    human = a.ctl("list-sas").stdout
+    assert f"AH:{ca['proposal']}" in human and f"IPComp CPIs {cpi_a:04x}_i {cpi_b:04x}_o" in human, human
+    assert f"IPComp CPIs {cpi_a:04x}_i {cpi_b:04x}_o" in a.log_text()  # the Child SA's log line
     cap = Capture(t.b, tmp_path / "ahcomp.pcap")
     _ping_both(t, t.a_lan, t.b_lan)  # small: sent uncompressed
     assert tcp_transfer(t.b, t.b_lan, t.a, t.a_lan, TCP_BYTES) == TCP_BYTES
