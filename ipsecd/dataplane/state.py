@@ -365,6 +365,8 @@ class DataplaneState(Generic[S]):
         path = self.out.get(msg.reqid)
         if path is None:
             raise KeyError(f"no outbound SA for reqid {msg.reqid}")
+        if isinstance(path.sa, AhOutboundSa):  # its ICV covers the addresses: a new SA is needed
+            raise ValueError(f"the AH SA of reqid {msg.reqid} cannot change its addresses")
         path.dest = (str(msg.remote_addr), msg.remote_port if path.encap else 0)
         if msg.local_addr is not None:
             path.local = None if msg.local_addr.is_unspecified else msg.local_addr.packed

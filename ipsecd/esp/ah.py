@@ -70,6 +70,8 @@ from ipsecd.iana import IpProto
 
 AH_FIXED_LEN = 12  # Next Header, Payload Len, Reserved, SPI, Sequence Number (RFC 4302 2)
 NH_AH = int(IpProto.AH)
+_NH_IPV4 = int(IpProto.IPV4)
+_NH_IPV6 = int(IpProto.IPV6)
 DEFAULT_TTL = 64
 
 _AH_HDR = struct.Struct("!BBHII")  # next header, payload len, reserved, SPI, seq low
@@ -128,7 +130,8 @@ class _AhBase:
 class AhOutboundSa(_AhBase):
     """The sending side of an AH SA: sequence numbers, the outer header, the ICV."""
 
-    __slots__ = ("_ah_len", "_dst", "_ident", "_src", "seq", "seq_limit")
+    __slots__ = ("_ah_len", "_cpi", "_dst", "_ident", "_pad", "_plen_field", "_spi", "_src", "_tunnel", "_zero_icv",
+                 "seq", "seq_limit")
 
     def __init__(self, params: SaParams) -> None:
         super().__init__(params)
@@ -141,6 +144,13 @@ class AhOutboundSa(_AhBase):
         self._ident = int.from_bytes(os.urandom(2), "big")
         self._src = params.local_addr.packed
         self._dst = params.remote_addr.packed
+        # per-SA constants of the per-packet path
+        self._tunnel = params.mode is Mode.TUNNEL
+        self._cpi = params.ipcomp_cpi
+        self._spi = params.spi
+        self._plen_field = self._ah_len // 4 - 2  # RFC 4302 2.2: AH length in 32-bit words, minus 2
+        self._zero_icv = bytes(self._ah_len - AH_FIXED_LEN)  # ICV field (padding included) for the ICV input
+        self._pad = bytes(self._ah_len - AH_FIXED_LEN - self._icv_len)  # sent after the ICV (RFC 4302 2.6)
 
     def __repr__(self) -> str:
         return f"<AhOutboundSa {self.params.name!r} spi=0x{self.params.spi:08x} seq={self.seq}>"
@@ -162,24 +172,23 @@ class AhOutboundSa(_AhBase):
         if seq > self.seq_limit:  # RFC 4302 3.3.2: the counter must never cycle
             raise self._drop(DropReason.SEQ_EXHAUSTED)
         n = len(ip_packet)
-        if self.params.mode is Mode.TUNNEL:
+        if self._tunnel:
             version = ip_packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
             if version == 4:
-                nh = int(IpProto.IPV4)
+                nh = _NH_IPV4
             elif version == 6 and n >= IPV6_HEADER_LEN:
-                nh = int(IpProto.IPV6)
+                nh = _NH_IPV6
             else:
                 raise self._drop(DropReason.BAD_INNER)
             payload = ip_packet
         else:
             payload, nh = self._strip_header(ip_packet)
-        cpi = self.params.ipcomp_cpi
+        cpi = self._cpi
         if cpi:  # RFC 3173 5: IPComp first, then AH over the compressed payload
             payload, nh = compress(payload, nh, cpi)
         self.seq = seq
         ah_len = self._ah_len
-        ah_fixed = _AH_HDR.pack(nh, ah_len // 4 - 2, 0, self.params.spi, seq & SEQ_MAX_32)
-        zero_icv = bytes(ah_len - AH_FIXED_LEN)
+        ah_fixed = _AH_HDR.pack(nh, self._plen_field, 0, self._spi, seq & SEQ_MAX_32)
         if self._v6:
             plen = ah_len + len(payload)
             if plen > 0xFFFF:
@@ -194,8 +203,14 @@ class AhOutboundSa(_AhBase):
             raw = _V4_HDR.pack(0x45, 0, total, ident, 0, DEFAULT_TTL, NH_AH, 0, self._src, self._dst)
             hdr = raw[:10] + _U16.pack(inet_checksum(raw)) + raw[12:]
             zeroed = _V4_HDR.pack(0x45, 0, total, ident, 0, 0, NH_AH, 0, self._src, self._dst)
-        icv = self._icv((zeroed, ah_fixed, zero_icv, payload), seq)
-        rest = ah_fixed + icv + zero_icv[self._icv_len :] + payload
+        mac = self._hmac.copy()  # _icv inlined: one call layer less per packet
+        mac.update(zeroed)
+        mac.update(ah_fixed)
+        mac.update(self._zero_icv)
+        mac.update(payload)
+        if self.params.esn:
+            mac.update(_SEQ_HI.pack(seq >> 32))  # RFC 4302 2.5.1
+        rest = b"".join((ah_fixed, mac.finalize()[: self._icv_len], self._pad, payload))
         counters = self.counters
         counters.packets += 1
         counters.bytes += n
