@@ -46,7 +46,7 @@ from ipsecd.esp.ipcomp import NH_IPCOMP, IpcompError, compress, decompress
 from ipsecd.esp.packet import (
     IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
-    _ah_len,
+    ah_header_len,
     build_ipv6_header,
     inet_checksum,
     parse_ip_ints,
@@ -62,10 +62,10 @@ from ipsecd.esp.sa import (
     OutboundSa,
     SaCounters,
     SaParams,
-    _selectors_match,
+    selectors_match,
 )
 from ipsecd.esp.spd import Selector
-from ipsecd.esp.transform import _INTEG_SIZES
+from ipsecd.esp.transform import integ_params
 from ipsecd.iana import IpProto
 
 AH_FIXED_LEN = 12  # Next Header, Payload Len, Reserved, SPI, Sequence Number (RFC 4302 2)
@@ -88,16 +88,6 @@ _V6_ROUTING = 43
 _V6_FORBIDDEN_IN_TRANSPORT = frozenset((0, 43, 44))
 
 
-def ah_header_len(icv_len: int, version: int) -> int:
-    """AH header length for an ICV: padded to 8 bytes (IPv6) or 4 (IPv4), RFC 4302 2.6."""
-    return _ah_len(icv_len, version)
-
-
-def ah_overhead(params: SaParams) -> int:
-    """Bytes AH adds to a packet (outer IP header excluded): the AH header with its padding."""
-    return ah_header_len(_INTEG_SIZES[params.integ][1], params.remote_addr.version)
-
-
 class _AhBase:
     __slots__ = ("_hmac", "_icv_len", "_v6", "counters", "params")
 
@@ -105,7 +95,7 @@ class _AhBase:
         if params.protocol is not IpsecProto.AH:
             raise LocalProtocolError("an AH SA needs SaParams with protocol AH")
         self.params = params
-        _key_len, self._icv_len, hash_cls = _INTEG_SIZES[params.integ]
+        _key_len, self._icv_len, hash_cls = integ_params(params.integ)
         self._hmac = hmac.HMAC(params.integ_key, hash_cls())  # keyed once; copied per packet
         self._v6 = params.remote_addr.version == 6
         self.counters = SaCounters()
@@ -432,13 +422,13 @@ class AhInboundSa(_AhBase):
         if parsed is None:
             raise self._drop(DropReason.BAD_INNER)
         version, src, dst, proto, sport, dport, _hlen = parsed
-        if remote_ts and not _selectors_match(remote_ts, version, src, proto, sport):
+        if remote_ts and not selectors_match(remote_ts, version, src, proto, sport):
             raise self._drop(DropReason.SELECTOR)
-        if local_ts and not _selectors_match(local_ts, version, dst, proto, dport):
+        if local_ts and not selectors_match(local_ts, version, dst, proto, dport):
             raise self._drop(DropReason.SELECTOR)
 
 
 # What the data plane's outbound paths hold: an ESP or an AH SA (both: protect, seq, counters).
 AnyOutboundSa = OutboundSa | AhOutboundSa
 
-__all__ = ["AH_FIXED_LEN", "AhInboundSa", "AhOutboundSa", "AnyOutboundSa", "ah_header_len", "ah_overhead"]
+__all__ = ["AH_FIXED_LEN", "AhInboundSa", "AhOutboundSa", "AnyOutboundSa", "ah_header_len"]

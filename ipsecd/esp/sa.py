@@ -223,7 +223,7 @@ class SaCounters:
             self.drops[reason] = self.drops.get(reason, 0) + n
 
 
-def _selectors_match(selectors: tuple[Selector, ...], version: int, addr: int, proto: int, port: int | None) -> bool:
+def selectors_match(selectors: tuple[Selector, ...], version: int, addr: int, proto: int, port: int | None) -> bool:
     for sel in selectors:  # noqa: SIM110 (no generator object per packet)
         if sel.contains(version, addr, proto, port):
             return True
@@ -689,9 +689,9 @@ class InboundSa:
         if parsed is None:
             raise self._drop(DropReason.BAD_INNER)
         version, src, dst, proto, sport, dport, _hlen = parsed
-        if self._remote_ts and not _selectors_match(self._remote_ts, version, src, proto, sport):
+        if self._remote_ts and not selectors_match(self._remote_ts, version, src, proto, sport):
             raise self._drop(DropReason.SELECTOR)
-        if self._local_ts and not _selectors_match(self._local_ts, version, dst, proto, dport):
+        if self._local_ts and not selectors_match(self._local_ts, version, dst, proto, dport):
             raise self._drop(DropReason.SELECTOR)
 
 
