@@ -126,3 +126,27 @@ def test_esp_ipcomp_wrong_cpi_dropped() -> None:
     with pytest.raises(EspDrop) as e:
         into.unprotect(out.protect(clear))
     assert e.value.reason is DropReason.IPCOMP
+
+
+def test_backoff_for_incompressible_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After BACKOFF_AFTER packets that did not shrink, BACKOFF_PACKETS go out without an attempt;
+    then compression is tried again (and sticks while packets shrink)."""
+    from ipsecd.esp import ipcomp
+
+    calls: list[int] = []
+    real = ipcomp.compress
+
+    def counting(payload: bytes, nh: int, cpi: int, threshold: int = DEFLATE_THRESHOLD) -> tuple[bytes, int]:
+        calls.append(len(payload))
+        return real(payload, nh, cpi, threshold)
+
+    monkeypatch.setattr(ipcomp, "compress", counting)
+    c = ipcomp.Compressor(CPI)
+    noise = [os.urandom(1400) for _ in range(ipcomp.BACKOFF_AFTER + ipcomp.BACKOFF_PACKETS)]
+    assert all(c(p, 4) == (p, 4) for p in noise)  # every one goes out as it came
+    assert len(calls) == ipcomp.BACKOFF_AFTER  # only the first ones were tried
+    assert c(TEXT, 4)[1] == 108 and len(calls) == ipcomp.BACKOFF_AFTER + 1  # tried again: it shrinks
+    for _ in range(ipcomp.BACKOFF_AFTER - 1):  # misses reset by a success: no back-off yet
+        c(os.urandom(1400), 4)
+    assert c(TEXT, 4)[1] == 108
+    assert c(b"x" * 10, 4) == (b"x" * 10, 4)  # under the threshold: neither tried nor counted

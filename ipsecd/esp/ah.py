@@ -42,7 +42,7 @@ import struct
 from cryptography.hazmat.primitives import constant_time, hmac
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.esp.ipcomp import NH_IPCOMP, IpcompError, compress, decompress
+from ipsecd.esp.ipcomp import NH_IPCOMP, Compressor, IpcompError, decompress
 from ipsecd.esp.packet import (
     IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
@@ -120,8 +120,8 @@ class _AhBase:
 class AhOutboundSa(_AhBase):
     """The sending side of an AH SA: sequence numbers, the outer header, the ICV."""
 
-    __slots__ = ("_ah_len", "_cpi", "_dst", "_ident", "_pad", "_plen_field", "_spi", "_src", "_tunnel", "_zero_icv",
-                 "seq", "seq_limit")
+    __slots__ = ("_ah_len", "_compress", "_dst", "_ident", "_pad", "_plen_field", "_spi", "_src", "_tunnel",
+                 "_zero_icv", "seq", "seq_limit")
 
     def __init__(self, params: SaParams) -> None:
         super().__init__(params)
@@ -136,7 +136,7 @@ class AhOutboundSa(_AhBase):
         self._dst = params.remote_addr.packed
         # per-SA constants of the per-packet path
         self._tunnel = params.mode is Mode.TUNNEL
-        self._cpi = params.ipcomp_cpi
+        self._compress = Compressor(params.ipcomp_cpi) if params.ipcomp_cpi else None
         self._spi = params.spi
         self._plen_field = self._ah_len // 4 - 2  # RFC 4302 2.2: AH length in 32-bit words, minus 2
         self._zero_icv = bytes(self._ah_len - AH_FIXED_LEN)  # ICV field (padding included) for the ICV input
@@ -173,9 +173,8 @@ class AhOutboundSa(_AhBase):
             payload = ip_packet
         else:
             payload, nh = self._strip_header(ip_packet)
-        cpi = self._cpi
-        if cpi:  # RFC 3173 5: IPComp first, then AH over the compressed payload
-            payload, nh = compress(payload, nh, cpi)
+        if self._compress is not None:  # RFC 3173 5: IPComp first, then AH over the compressed payload
+            payload, nh = self._compress(payload, nh)
         self.seq = seq
         ah_len = self._ah_len
         ah_fixed = _AH_HDR.pack(nh, self._plen_field, 0, self._spi, seq & SEQ_MAX_32)

@@ -23,6 +23,12 @@ Rules kept (RFC 3173 2.2, 3.2, 3.3):
   pings) cost no compression attempt in either implementation.
 * Each packet is compressed on its own (RFC 3173 2.1: no history across packets), so a
   lost or reordered packet never affects another.
+* Back-off for incompressible traffic (:class:`Compressor`, one per outbound SA): after
+  :data:`BACKOFF_AFTER` packets in a row that did not shrink (already compressed or
+  encrypted data), the next :data:`BACKOFF_PACKETS` are sent uncompressed without trying.
+  Deflating a 1400-byte packet costs 10-20 times its encryption here, all of it wasted on
+  such a flow; sending uncompressed is always allowed (the receiver must accept both, RFC
+  3173 2.2), so this changes only how often compression is attempted.
 * The receiver bounds what it inflates: at most :data:`MAX_DECOMPRESSED` bytes (an IP
   packet's maximum), so a small "zip bomb" cannot make it allocate more.
 
@@ -69,6 +75,38 @@ def compress(payload: bytes, nh: int, cpi: int, threshold: int = DEFLATE_THRESHO
     return _HDR.pack(nh, 0, cpi) + body, NH_IPCOMP
 
 
+BACKOFF_AFTER = 8  # consecutive packets that did not shrink...
+BACKOFF_PACKETS = 32  # ...then this many go uncompressed without an attempt
+
+
+class Compressor:
+    """The outbound IPComp step of one SA: :func:`compress` with the back-off described above."""
+
+    __slots__ = ("_misses", "_skip", "cpi", "threshold")
+
+    def __init__(self, cpi: int, threshold: int = DEFLATE_THRESHOLD) -> None:
+        self.cpi = cpi
+        self.threshold = threshold
+        self._misses = 0
+        self._skip = 0
+
+    def __call__(self, payload: bytes, nh: int) -> tuple[bytes, int]:
+        if len(payload) < self.threshold:
+            return payload, nh
+        if self._skip:
+            self._skip -= 1
+            return payload, nh
+        out = compress(payload, nh, self.cpi, self.threshold)
+        if out[1] == NH_IPCOMP:
+            self._misses = 0
+        else:
+            self._misses += 1
+            if self._misses >= BACKOFF_AFTER:
+                self._misses = 0
+                self._skip = BACKOFF_PACKETS
+        return out
+
+
 def decompress(data: bytes, cpi: int) -> tuple[bytes, int]:
     """The original payload and its next header from ``IPComp header || deflate stream``.
 
@@ -97,10 +135,13 @@ def decompress(data: bytes, cpi: int) -> tuple[bytes, int]:
 
 
 __all__ = [
+    "BACKOFF_AFTER",
+    "BACKOFF_PACKETS",
     "CPI_MAX",
     "CPI_MIN",
     "DEFLATE_THRESHOLD",
     "IPCOMP_HEADER_LEN",
+    "Compressor",
     "NH_IPCOMP",
     "IpcompError",
     "compress",

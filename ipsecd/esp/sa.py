@@ -40,7 +40,7 @@ from ipaddress import IPv4Address, IPv6Address
 from cryptography.exceptions import InvalidTag
 
 from ipsecd.errors import IpsecdError, LocalProtocolError
-from ipsecd.esp.ipcomp import NH_IPCOMP, IpcompError, compress, decompress
+from ipsecd.esp.ipcomp import NH_IPCOMP, Compressor, IpcompError, decompress
 from ipsecd.esp.packet import (
     IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
@@ -243,11 +243,11 @@ class OutboundSa:
     ``transform.seal``. Both produce identical packets (the tests compare them with scapy).
     """
 
-    __slots__ = ("_cpi", "_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
+    __slots__ = ("_compress", "_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
-        self._cpi = params.ipcomp_cpi
+        self._compress = Compressor(params.ipcomp_cpi) if params.ipcomp_cpi else None
         self.seq = 0
         self.seq_limit = SEQ_MAX_64 if params.esn else SEQ_MAX_32
         self.counters = SaCounters()
@@ -260,7 +260,7 @@ class OutboundSa:
         # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
         self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = (
             (t.encrypt, t.salt, t.spi)
-            if isinstance(t, AeadTransform) and not params.esn and self._tunnel and not self._cpi
+            if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None
             else None
         )
 
@@ -328,8 +328,8 @@ class OutboundSa:
             payload = ip_packet
         else:
             payload, nh = self._strip_header(ip_packet)
-        if self._cpi:  # RFC 3173 5: compress before encrypting (or leave as is when it does not pay)
-            payload, nh = compress(payload, nh, self._cpi)
+        if self._compress is not None:  # RFC 3173 5: compress before encrypting (or leave as is)
+            payload, nh = self._compress(payload, nh)
         self.seq = seq
         esp = self._seal(seq, payload, nh)
         counters = self.counters
