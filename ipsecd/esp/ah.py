@@ -63,6 +63,7 @@ from ipsecd.esp.sa import (
     SaCounters,
     SaParams,
     selectors_match,
+    strip_transport_header,
 )
 from ipsecd.esp.spd import Selector
 from ipsecd.esp.transform import integ_params
@@ -85,7 +86,6 @@ _U16 = struct.Struct("!H")
 _IMMUTABLE_V4_OPTIONS = frozenset((0, 1, 130, 133, 134, 148, 149))
 _V6_OPTS_HEADERS = frozenset((0, 60))  # Hop-by-Hop, Destination Options (RFC 8200 4.3, 4.6)
 _V6_ROUTING = 43
-_V6_FORBIDDEN_IN_TRANSPORT = frozenset((0, 43, 44))
 
 
 class _AhBase:
@@ -207,21 +207,10 @@ class AhOutboundSa(_AhBase):
 
     def _strip_header(self, packet: bytes) -> tuple[bytes, int]:
         """Transport mode: the upper-layer payload and its protocol (as ESP's OutboundSa)."""
-        n = len(packet)
-        version = packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
-        if version == 4:
-            hlen = (packet[0] & 0x0F) * 4
-            total = _U16.unpack_from(packet, 2)[0]
-            if hlen < IPV4_HEADER_LEN or total < hlen or total > n or _U16.unpack_from(packet, 6)[0] & 0x3FFF:
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[hlen:total], packet[9]
-        if version == 6 and n >= IPV6_HEADER_LEN:
-            total = IPV6_HEADER_LEN + _U16.unpack_from(packet, 4)[0]
-            nh = packet[6]
-            if total > n or nh in _V6_FORBIDDEN_IN_TRANSPORT:
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[IPV6_HEADER_LEN:total], nh
-        raise self._drop(DropReason.BAD_INNER)
+        split = strip_transport_header(packet)
+        if split is None:
+            raise self._drop(DropReason.BAD_INNER)
+        return split
 
 
 class AhInboundSa(_AhBase):

@@ -339,23 +339,33 @@ class OutboundSa:
 
     def _strip_header(self, packet: bytes) -> tuple[bytes, int]:
         """Transport mode: the upper-layer payload and its protocol (see module docstring)."""
-        n = len(packet)
-        version = packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
-        if version == 4:
-            hlen = (packet[0] & 0x0F) * 4
-            total = _unpack_u16(packet, 2)[0]
-            if hlen < IPV4_HEADER_LEN or total < hlen or total > n:
-                raise self._drop(DropReason.BAD_INNER)
-            if _unpack_u16(packet, 6)[0] & 0x3FFF:  # MF or a fragment offset
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[hlen:total], packet[9]
-        if version == 6 and n >= IPV6_HEADER_LEN:
-            total = IPV6_HEADER_LEN + _unpack_u16(packet, 4)[0]
-            nh = packet[6]
-            if total > n or nh in _V6_FORBIDDEN_IN_TRANSPORT:
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[IPV6_HEADER_LEN:total], nh
-        raise self._drop(DropReason.BAD_INNER)
+        split = strip_transport_header(packet)
+        if split is None:
+            raise self._drop(DropReason.BAD_INNER)
+        return split
+
+
+def strip_transport_header(packet: bytes) -> tuple[bytes, int] | None:
+    """Transport mode (ESP and AH): the upper-layer payload and its protocol, or None for a
+    packet the SA cannot carry (malformed, an IPv4 fragment, IPv6 extension headers that must
+    precede the IPsec header; see the module docstring)."""
+    n = len(packet)
+    version = packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
+    if version == 4:
+        hlen = (packet[0] & 0x0F) * 4
+        total = _unpack_u16(packet, 2)[0]
+        if hlen < IPV4_HEADER_LEN or total < hlen or total > n:
+            return None
+        if _unpack_u16(packet, 6)[0] & 0x3FFF:  # MF or a fragment offset
+            return None
+        return packet[hlen:total], packet[9]
+    if version == 6 and n >= IPV6_HEADER_LEN:
+        total = IPV6_HEADER_LEN + _unpack_u16(packet, 4)[0]
+        nh = packet[6]
+        if total > n or nh in _V6_FORBIDDEN_IN_TRANSPORT:
+            return None
+        return packet[IPV6_HEADER_LEN:total], nh
+    return None
 
 
 class InboundSa:
