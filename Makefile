@@ -21,7 +21,7 @@ HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
 # the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)
 HANDSHAKE_CERT_ARGS ?= --auth pubkey --runs 3 --tunnels 1000,5000 --max-seconds 600
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
-# make fuzz: seconds per fuzz target (codec, sk, responder, esp); crashes land in tests/fuzz/crashes/
+# make fuzz: seconds per fuzz target (codec, sk, responder, esp, ah); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
 # make bench: the IKE_SA_INIT flood scenario (tests/bench_flood.py --help)
 FLOOD_ARGS ?= --runs 3

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 ProposalValidator = Callable[[str, str], None]
-"""``validator(kind, text)``; kind is "ike" or "esp"; raises ValueError saying what is wrong."""
+"""``validator(kind, text)``; kind is "ike", "esp" or "ah"; raises ValueError saying what is wrong."""
 
 DEFAULT_CONTROL_SOCKET = Path("/run/ipsecd/ipsecd.sock")
 DEFAULT_CREDENTIALS = Path("/etc/ipsecd")
@@ -319,7 +319,9 @@ class ChildConfig:
     name: str
     local_ts: tuple[TsConfig, ...] = (TsConfig(None),)
     remote_ts: tuple[TsConfig, ...] = (TsConfig(None),)
-    esp_proposals: tuple[str, ...] = ("default",)
+    esp_proposals: tuple[str, ...] = ("default",)  # () when only ah_proposals were given
+    ah_proposals: tuple[str, ...] = ()  # swanctl: AH (RFC 4302) proposals, offered before the ESP ones
+    ipcomp: bool = False  # swanctl: IPComp with deflate (RFC 3173) inside the Child SA
     mode: ChildMode = ChildMode.TUNNEL
     start_action: StartAction = StartAction.NONE
     close_action: CloseAction = CloseAction.NONE
@@ -662,6 +664,8 @@ _CHILD_KEYS = (
     "local_ts",
     "remote_ts",
     "esp_proposals",
+    "ah_proposals",
+    "ipcomp",
     "mode",
     "start_action",
     "close_action",
@@ -763,8 +767,8 @@ _UNSUPPORTED = {
     "conn": "aggressive pull dscp if_id_in if_id_out ppk_id ppk_required childless "
     "mediation mediated_by mediation_peer keyingtries_limit",
     "auth": "pubkeys aaa_id xauth_id groups cert_policy ca_id revocation round",
-    "child": "ah_proposals updown hostaccess policies policies_fwd_out set_mark_in set_mark_out mark_in mark_out "
-    "ipcomp inactivity reqid priority copy_df copy_ecn copy_dscp hw_offload sha256_96 label tfc_padding "
+    "child": "updown hostaccess policies policies_fwd_out set_mark_in set_mark_out mark_in mark_out "
+    "inactivity reqid priority copy_df copy_ecn copy_dscp hw_offload sha256_96 label tfc_padding "
     "if_id_in if_id_out",
     "secrets": "xauth pkcs8 pkcs12 token",
     "eap_radius": "server port sockets class_group eap_start filter_id id_prefix station_id_with_port "
@@ -1037,7 +1041,7 @@ def _parse_proposals(ld: _Loader, entry: _Entry | None, kind: str) -> tuple[str,
     if entry is None:
         return ("default",)
     out: list[str] = []
-    label = "IKE" if kind == "ike" else "ESP"
+    label = kind.upper()
     items = ld.items(entry, "proposals")
     for node, path, raw in items:
         if ld.validator is not None:
@@ -1200,11 +1204,17 @@ def _parse_child(ld: _Loader, entry: _Entry, conn_dpd: DpdAction | None) -> Chil
     rp, lp, rnp = _lifetimes(ld, fields, ("rekey_packets", "life_packets", "rand_packets"), 0, ld.volume)
     mss_entry = _opt(fields, "mss_clamp")
     mss = ld.convert(mss_entry, "auto, off or a number", _parse_mss)
+    ah_entry, esp_entry = _opt(fields, "ah_proposals"), _opt(fields, "esp_proposals")
+    ah = _parse_proposals(ld, ah_entry, "ah") if ah_entry is not None else ()
+    # swanctl: the default ESP proposals apply only when no proposal of either kind is given
+    esp = _parse_proposals(ld, esp_entry, "esp") if esp_entry is not None or not ah else ()
     return ChildConfig(
         name=name,
         local_ts=ts["local_ts"],
         remote_ts=ts["remote_ts"],
-        esp_proposals=_parse_proposals(ld, _opt(fields, "esp_proposals"), "esp"),
+        esp_proposals=esp,
+        ah_proposals=ah,
+        ipcomp=ld.boolean(_opt(fields, "ipcomp"), d.ipcomp),
         mode=_or(ld.choice(_opt(fields, "mode"), ChildMode), d.mode),
         start_action=_or(ld.choice(_opt(fields, "start_action"), StartAction, _ACTION_ALIASES), d.start_action),
         close_action=_or(ld.choice(_opt(fields, "close_action"), CloseAction, _ACTION_ALIASES), d.close_action),

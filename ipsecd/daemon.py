@@ -196,7 +196,7 @@ class Daemon:
         """Legacy algorithms run only because the config names them: say so once at start."""
         for conn in self.shell.manager.connections:
             legacy = [proposal_to_str(p) for p in conn.ike_proposals if is_legacy(p)]
-            legacy += [proposal_to_str(p) for ch in conn.children for p in ch.esp_proposals if is_legacy(p)]
+            legacy += [proposal_to_str(p) for ch in conn.children for p in ch.proposals if is_legacy(p)]
             if legacy:
                 log.warning("connection %s allows legacy algorithms (RFC 8247/8221 deprecate them): %s",
                             conn.name, ", ".join(legacy))

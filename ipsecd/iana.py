@@ -351,6 +351,16 @@ class IpProto(IntEnum):
     AH = 51
     IPV6_ICMP = 58
     NO_NEXT_HEADER = 59
+    IPCOMP = 108  # RFC 3173 2.1: the IPComp header's protocol number
+
+
+class IpcompId(IntEnum):
+    """IPCOMP_SUPPORTED Transform IDs (RFC 7296 3.10.1; IANA "IPComp Transform IDs")."""
+
+    IPCOMP_OUI = 1
+    IPCOMP_DEFLATE = 2  # RFC 2394
+    IPCOMP_LZS = 3
+    IPCOMP_LZJH = 4
 
 
 class EapCode(IntEnum):

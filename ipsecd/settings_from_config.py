@@ -11,7 +11,7 @@ from ipaddress import ip_address
 
 from ipsecd.config import AuthConfig, Config, ConnectionConfig, NtHashSecret, TsConfig
 from ipsecd.eap.method import NtHash, Secret
-from ipsecd.esp.sa import Mode, SaParams
+from ipsecd.esp.sa import IpsecProto, Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, EsnId, IntegId, ProtocolId, TransformType
 from ipsecd.identity import ANY_IDENTITY, Identity
@@ -24,7 +24,7 @@ from ipsecd.pools import PoolSpec
 
 def validate_proposal(kind: str, text: str) -> None:
     """The config loader's hook: raises ValueError with a readable message for a bad proposal."""
-    parse_proposal(text, ProtocolId.IKE if kind == "ike" else ProtocolId.ESP)
+    parse_proposal(text, {"ike": ProtocolId.IKE, "ah": ProtocolId.AH}.get(kind, ProtocolId.ESP))
 
 
 def _ts_spec(t: TsConfig) -> TsSpec:
@@ -50,7 +50,9 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
             name=name,
             local_ts=tuple(_ts_spec(t) for t in ch.local_ts),
             remote_ts=tuple(_ts_spec(t) for t in ch.remote_ts),
-            esp_proposals=tuple(parse_proposals(list(ch.esp_proposals), ProtocolId.ESP)),
+            esp_proposals=tuple(parse_proposals(list(ch.esp_proposals), ProtocolId.ESP)) if ch.esp_proposals else (),
+            ah_proposals=tuple(parse_proposals(list(ch.ah_proposals), ProtocolId.AH)) if ch.ah_proposals else (),
+            ipcomp=ch.ipcomp,
             mode=str(ch.mode.value),
             start_action=str(ch.start_action.value),
             replay_window=ch.replay_window,
@@ -151,13 +153,16 @@ def _selector(ts: TrafficSelector) -> Selector:
 def child_sa_params(ev: ChildSaEstablished) -> tuple[SaParams, SaParams, list[Policy]]:
     """Both directions of a negotiated Child SA, and the outbound policies that select it."""
     p = ev.proposal
-    (encr,) = p.of_type(TransformType.ENCR)
+    ah = p.protocol == ProtocolId.AH
+    # AH has no ENCR transform: its SA is "ENCR_NULL" with the integrity key (SaParams checks)
+    encr_id = EncrId.ENCR_NULL if ah else EncrId(p.of_type(TransformType.ENCR)[0].id)
     integ = p.of_type(TransformType.INTEG)
     esn = any(t.id == EsnId.ESN for t in p.of_type(TransformType.ESN))
     local_ts = tuple(_selector(t) for t in ev.local_ts)
     remote_ts = tuple(_selector(t) for t in ev.remote_ts)
     common = dict(
-        encr=EncrId(encr.id), integ=IntegId(integ[0].id) if integ else IntegId.NONE, esn=esn,
+        encr=encr_id, integ=IntegId(integ[0].id) if integ else IntegId.NONE, esn=esn,
+        protocol=IpsecProto.AH if ah else IpsecProto.ESP,
         mode=Mode.TRANSPORT if ev.mode == "transport" else Mode.TUNNEL,
         local_addr=ip_address(ev.local[0]), remote_addr=ip_address(ev.remote[0]), encap=ev.encap,
         local_port=ev.local[1] if ev.encap else 4500, remote_port=ev.remote[1] if ev.encap else 4500,
@@ -166,7 +171,7 @@ def child_sa_params(ev: ChildSaEstablished) -> tuple[SaParams, SaParams, list[Po
     enc_in, integ_in = ev.keys_in
     enc_out, integ_out = ev.keys_out
     inbound = SaParams(spi=int.from_bytes(ev.spi_in, "big"), encr_key=enc_in, integ_key=integ_in,
-                       **common)  # type: ignore[arg-type]
+                       ipcomp_cpi=ev.ipcomp_cpi_in, **common)  # type: ignore[arg-type]
     outbound = SaParams(spi=int.from_bytes(ev.spi_out, "big"), encr_key=enc_out, integ_key=integ_out,
-                        **common)  # type: ignore[arg-type]
+                        ipcomp_cpi=ev.ipcomp_cpi_out, **common)  # type: ignore[arg-type]
     return inbound, outbound, protect_policies(ev.reqid, local_ts, remote_ts, f"{ev.name}/{ev.child}")

@@ -262,7 +262,8 @@ def swanctl_conf(conn: ConnParams) -> str:
         c += f"      {ch.name} {{\n"
         c += _kv("        ", "local_ts", ",".join(ch.local_ts))
         c += _kv("        ", "remote_ts", ",".join(ch.remote_ts))
-        c += _kv("        ", "esp_proposals", ",".join(ch.esp_proposals))
+        if ch.esp_proposals:  # none: e.g. a child with only ah_proposals (in extra)
+            c += _kv("        ", "esp_proposals", ",".join(ch.esp_proposals))
         c += _kv("        ", "mode", ch.mode)
         c += _kv("        ", "start_action", ch.start_action)
         for key in ("rekey_time", "life_time", "rekey_bytes", "rekey_packets", "dpd_action", "close_action"):

@@ -160,8 +160,11 @@ def render_sas(result: dict[str, Any]) -> str:
             out.append(f"  MOBIKE{f', moved {moves} time' + ('s' if moves != 1 else '') if moves else ''}")
         for child in sa.get("child_sas") or []:
             mode = str(child.get("mode", "?")).upper() + ("-in-UDP" if child.get("encap") else "")
-            proposal = f", ESP:{child['proposal']}" if child.get("proposal") else ""
-            out.append(f"  {child.get('name', '?')}: {child.get('state', '?')}, {mode}{proposal}")
+            proto = str(child.get("protocol") or "esp").upper()
+            proposal = f", {proto}:{child['proposal']}" if child.get("proposal") else ""
+            cpis = child.get("ipcomp") or []
+            ipcomp = f", IPComp CPIs {cpis[0]:04x}_i {cpis[1]:04x}_o" if len(cpis) == 2 else ""
+            out.append(f"  {child.get('name', '?')}: {child.get('state', '?')}, {mode}{proposal}{ipcomp}")
             out.append(
                 f"    in  {child.get('spi_in', '?'):>8}, {_counter(child.get('bytes_in'))} bytes, "
                 f"{_counter(child.get('packets_in'))} packets"

@@ -178,6 +178,8 @@ class ChildSaInfo(TypedDict):
     spi_out: str
     mode: str  # "tunnel" | "transport"
     encap: bool  # ESP in UDP (RFC 3948)
+    protocol: str  # "esp" | "ah" (RFC 7296 3.3.1 Protocol ID)
+    ipcomp: list[int]  # [our CPI, the peer's CPI] with IPComp (RFC 3173), else []
     proposal: str  # e.g. "AES_GCM_16-256/NO_EXT_SEQ"
     local_ts: list[str]
     remote_ts: list[str]

@@ -38,6 +38,7 @@ from ipsecd.dataplane.udp import (
     DEFAULT_SOCKET_BUFFER,
     attach_natt_steering,
     bind_udp,
+    open_raw_ah,
     open_raw_esp,
     port_in_use,
 )
@@ -133,8 +134,9 @@ class DataPlane:
             self._link_mtu = o.mtu or DEFAULT_TUN_MTU
             await asyncio.to_thread(self.netconf.link_up, self._link_mtu)
             udp = self._open_udp()
-            raw = self._open_raw() if o.raw_esp else []
-            socks += udp + raw
+            raw = self._open_raw(open_raw_esp) if o.raw_esp else []
+            ah = self._open_raw(open_raw_ah) if o.raw_esp else []  # AH is never UDP-encapsulated
+            socks += udp + raw + ah
             if not udp and not raw:
                 raise DataPlaneError("no ESP socket could be opened")
             if o.policy_routing:
@@ -146,6 +148,7 @@ class DataPlane:
                     "--tun", str(tun_fd), "--log-level", o.worker_log_level]
             argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
             argv += [a for s in raw for a in ("--raw", str(s.fileno()))]
+            argv += [a for s in ah for a in ("--ah", str(s.fileno()))]
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self._proc = await asyncio.create_subprocess_exec(
@@ -211,14 +214,15 @@ class DataPlane:
             out.append(sock)
         return out
 
-    def _open_raw(self) -> list[socket.socket]:
+    def _open_raw(self, opener: Callable[..., socket.socket]) -> list[socket.socket]:
+        """Raw sockets of one IPsec protocol (``open_raw_esp`` or ``open_raw_ah``), per family."""
         o = self.options
         out: list[socket.socket] = []
         for family, addr in ((socket.AF_INET, o.listen4), (socket.AF_INET6, o.listen6)):
             if addr is None:
                 continue
             try:
-                out.append(open_raw_esp(family, mark=o.mark, buffer_size=o.socket_buffer))
+                out.append(opener(family, mark=o.mark, buffer_size=o.socket_buffer))
             except OSError as e:
                 if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                     continue

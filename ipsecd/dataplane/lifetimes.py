@@ -25,7 +25,8 @@ import heapq
 from dataclasses import dataclass, field
 
 from ipsecd.dataplane import messages as m
-from ipsecd.esp.sa import OutboundSa, SaCounters
+from ipsecd.esp.ah import AnyOutboundSa
+from ipsecd.esp.sa import SaCounters
 
 SEQ_SOFT_MARGIN = 1 << 28  # soft "seq" lifetime this many packets before the counter would cycle
 
@@ -51,7 +52,7 @@ class Watched:
     spi: int
     counters: SaCounters
     lifetime: m.Lifetime
-    sa: OutboundSa | None = None  # outbound: its sequence number is watched too
+    sa: AnyOutboundSa | None = None  # outbound: its sequence number is watched too
     sent: set[str] = field(default_factory=set)  # "soft:bytes", "hard:seq"... already reported
     gen: int = 0  # which heap entries are current (older ones are skipped when popped)
 

@@ -41,13 +41,13 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from ipsecd.esp.sa import Mode, SaParams
+from ipsecd.esp.sa import IpsecProto, Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
 
 # 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
 #    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -341,7 +341,7 @@ BATCH_REQUESTS: tuple[type, ...] = typing.get_args(BatchRequest)
 _Enc = Callable[[Any], Any]
 _Dec = Callable[[Any], Any]
 _FieldCodec = tuple[type | None, _Enc | None, _Dec | None]
-_ENUMS: tuple[type[Enum], ...] = (EncrId, IntegId, Mode, Action)
+_ENUMS: tuple[type[Enum], ...] = (EncrId, IntegId, Mode, IpsecProto, Action)
 
 
 def _bad(what: str, value: object) -> ProtocolError:

@@ -36,8 +36,9 @@ from ipsecd.dataplane import messages as m
 from ipsecd.dataplane import traps
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
+from ipsecd.esp.ah import AhInboundSa, AhOutboundSa, AnyOutboundSa
 from ipsecd.esp.packet import clamp_tcp_mss, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, parse_ip
-from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, Mode, OutboundSa
+from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, IpsecProto, Mode, OutboundSa
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
 from ipsecd.iana import IpProto
@@ -79,7 +80,7 @@ class OutPath(Generic[S]):
     """Everything the outbound hot path needs for one reqid, resolved once at install."""
 
     reqid: int
-    sa: OutboundSa
+    sa: AnyOutboundSa  # AH: protect() gives what the raw AH socket sends (esp/ah.py)
     sock: S
     dest: tuple[str, int]
     local: bytes | None  # source address for IP_PKTINFO, None = let routing choose
@@ -201,15 +202,20 @@ class UnknownSpiReports:
 class DataplaneState(Generic[S]):
     """What the worker knows and decides (module docstring); ``S`` is the shell's socket type."""
 
-    def __init__(self, config: m.WorkerConfig, sockets: Mapping[tuple[bool, int], S]) -> None:
+    def __init__(self, config: m.WorkerConfig, sockets: Mapping[tuple[bool, int], S],
+                 ah_sockets: Mapping[int, S] | None = None) -> None:
         self.config = config
         self._sockets = dict(sockets)  # (UDP-encapsulated?, IP version) -> socket for ESP
+        self._ah_sockets = dict(ah_sockets or {})  # IP version -> raw AH socket (IPv4: IP_HDRINCL)
         self.sad = Sad()
         self.spd = Spd()
         self.out: dict[int, OutPath[S]] = {}
         self.in_reqid: dict[int, int] = {}  # inbound SPI -> reqid
         self._in_by_reqid: dict[int, set[int]] = {}  # reqid -> its inbound SPIs
         self.transport_spis: set[int] = set()  # their rebuilt header needs the outer addresses
+        # AH SAs by inbound SPI, apart from the SAD's ESP table so the ESP receive path never
+        # meets one (the SPI spaces are one: IKE allocates them from one pool)
+        self.ah_inbound: dict[int, AhInboundSa] = {}
         self.drops: dict[str, int] = {}
         self.stats: dict[str, int] = {}
         # Flow cache: while no policy looks at protocol or ports, the decision depends on the
@@ -288,11 +294,18 @@ class DataplaneState(Generic[S]):
     def _install(self, msg: m.InstallSa, now: float) -> None:
         """Install both halves; on a rekey the new outbound SA replaces the old one of the reqid."""
         reqid = msg.reqid
-        new_in = InboundSa(msg.inbound) if msg.inbound is not None else None
+        new_in: InboundSa | AhInboundSa | None = None
+        if msg.inbound is not None:
+            new_in = AhInboundSa(msg.inbound) if msg.inbound.protocol is IpsecProto.AH else InboundSa(msg.inbound)
         path = self._make_path(msg) if msg.outbound is not None else None
         if new_in is not None:
-            self.sad.add_inbound(new_in)  # refuses a duplicate SPI before anything else changed
             spi = new_in.spi
+            if spi in self.ah_inbound or (isinstance(new_in, AhInboundSa) and spi in self.sad.inbound):
+                raise ValueError(f"inbound SPI 0x{spi:08x} already installed")
+            if isinstance(new_in, AhInboundSa):
+                self.ah_inbound[spi] = new_in
+            else:
+                self.sad.add_inbound(new_in)  # refuses a duplicate SPI before anything else changed
             self.in_reqid[spi] = reqid
             self._in_by_reqid.setdefault(reqid, set()).add(spi)
             if new_in.params.mode is Mode.TRANSPORT:
@@ -320,6 +333,8 @@ class DataplaneState(Generic[S]):
     def _make_path(self, msg: m.InstallSa) -> OutPath[S]:
         params = msg.outbound
         assert params is not None
+        if params.protocol is IpsecProto.AH:
+            return self._make_ah_path(msg)
         sock = self._sockets.get((params.encap, params.remote_addr.version))
         if sock is None:
             kind = "UDP 4500" if params.encap else "raw ESP"
@@ -331,10 +346,27 @@ class DataplaneState(Generic[S]):
         mss = 0 if msg.mss_clamp is None else (msg.mss_clamp or max(536, msg.mtu - 40))
         return OutPath(msg.reqid, OutboundSa(params), sock, dest, local, params.encap, msg.mtu, mss)
 
+    def _make_ah_path(self, msg: m.InstallSa) -> OutPath[S]:
+        """An AH SA's path: the raw AH socket. The SA writes the source address into the packet
+        (its ICV covers it): IPv4 goes out with IP_HDRINCL, so no IP_PKTINFO; IPv6 takes it as
+        IPV6_PKTINFO, so the kernel's header carries the address the ICV was computed over."""
+        params = msg.outbound
+        assert params is not None
+        version = params.remote_addr.version
+        sock = self._ah_sockets.get(version)
+        if sock is None:
+            raise ValueError(f"no raw AH socket for IPv{version}")
+        sa = AhOutboundSa(params)
+        local = params.local_addr.packed if version == 6 else None
+        mss = 0 if msg.mss_clamp is None else (msg.mss_clamp or max(536, msg.mtu - 40))
+        return OutPath(msg.reqid, sa, sock, (str(params.remote_addr), 0), local, False, msg.mtu, mss)
+
     def _update_peer(self, msg: m.UpdateSaPeer, now: float) -> None:
         path = self.out.get(msg.reqid)
         if path is None:
             raise KeyError(f"no outbound SA for reqid {msg.reqid}")
+        if isinstance(path.sa, AhOutboundSa):  # its ICV covers the addresses: a new SA is needed
+            raise ValueError(f"the AH SA of reqid {msg.reqid} cannot change its addresses")
         path.dest = (str(msg.remote_addr), msg.remote_port if path.encap else 0)
         if msg.local_addr is not None:
             path.local = None if msg.local_addr.is_unspecified else msg.local_addr.packed
@@ -360,6 +392,7 @@ class DataplaneState(Generic[S]):
 
     def _remove_in(self, spi: int) -> None:
         self.sad.remove(inbound_spi=spi)
+        self.ah_inbound.pop(spi, None)
         reqid = self.in_reqid.pop(spi, None)
         spis = self._in_by_reqid.get(reqid) if reqid is not None else None
         if spis is not None:
@@ -387,7 +420,8 @@ class DataplaneState(Generic[S]):
 
     def counters(self, ident: int = 0) -> m.Counters:
         sas: list[m.SaCounterSnapshot] = []
-        for spi, sa_in in self.sad.inbound.items():
+        ins: list[tuple[int, InboundSa | AhInboundSa]] = [*self.sad.inbound.items(), *self.ah_inbound.items()]
+        for spi, sa_in in ins:
             c = sa_in.counters
             sas.append(m.SaCounterSnapshot(spi, "in", self.in_reqid.get(spi, 0), c.bytes, c.packets,
                                            {str(k): v for k, v in c.drops.items()}, sa_in.highest_seq))

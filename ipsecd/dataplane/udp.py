@@ -51,6 +51,7 @@ IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
 IPV6_PKTINFO = 50
 IPPROTO_ESP = 50
+IPPROTO_AH = 51
 UDP_MAX_SEGMENTS = 64  # the kernel accepts 64 (128 on recent kernels); 64 works everywhere
 MAX_GSO_BYTES = 65507 - 8  # one UDP datagram carrying the whole super-segment
 NATT_KEEPALIVE = b"\xff"  # RFC 3948 2.3
@@ -178,6 +179,30 @@ def open_raw_esp(family: socket.AddressFamily, *, mark: int = 0, buffer_size: in
     sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
     try:
         _configure_esp_socket(sock, mark=mark, buffer_size=buffer_size, pktinfo=family == socket.AF_INET6)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_raw_ah(family: socket.AddressFamily, *, mark: int = 0, buffer_size: int = 0) -> socket.socket:
+    """A non-blocking raw socket for IP protocol 51 (AH, RFC 4302).
+
+    AH's ICV covers the outer IP header, so the sender must know every field of it the ICV
+    covers. IPv4: IP_HDRINCL, the SA writes the whole header (the kernel fills in only the
+    checksum, and an ID of 0, which the SA never uses); received packets carry their header,
+    as for any IPv4 raw socket. IPv6 raw sockets never take or give the IPv6 header (RFC 3542
+    3), but every covered field of it is known (addresses via IPV6_PKTINFO, next header 51,
+    the length), so the SA computes the ICV over the header the kernel will write and the
+    receiver rebuilds it from the addresses (esp/ah.py). This kernel has no AH handler
+    (CONFIG_INET_AH unset), so nothing else consumes or answers AH.
+    """
+    sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_AH)
+    try:
+        _configure_esp_socket(sock, mark=mark, buffer_size=buffer_size, pktinfo=family == socket.AF_INET6)
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
         sock.setblocking(False)
     except OSError:
         sock.close()

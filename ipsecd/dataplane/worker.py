@@ -18,7 +18,7 @@ handing ``now`` to the state), runs the per-packet loops inline -- they read the
 tables directly and call into it only for the slow cases -- and carries out the state's
 outputs (ESP to send, packets for the TUN, keepalives, control messages).
 
-Run as ``python -m ipsecd.dataplane.worker --control FD --tun FD [--udp FD ...] [--raw FD ...]``
+Run as ``python -m ipsecd.dataplane.worker --control FD --tun FD [--udp FD ...] [--raw FD ...] [--ah FD ...]``
 by :class:`ipsecd.dataplane.client.DataPlane`, which opens every fd (so the UDP socket joins
 port 4500's reuseport group in a known order, see udp.py) and passes them on.
 
@@ -89,13 +89,16 @@ class Worker:
         udp_socks: list[socket.socket],
         raw_socks: list[socket.socket],
         config: m.WorkerConfig | None = None,
+        ah_socks: list[socket.socket] | None = None,
     ) -> None:
         self.control = control
         self.tun_fd = tun_fd
         self.udp_socks = udp_socks
         self.raw_socks = raw_socks
+        self.ah_socks = ah_socks or []
         sockets = {(True, _version(s)): s for s in udp_socks} | {(False, _version(s)): s for s in raw_socks}
-        self.state: DataplaneState[socket.socket] = DataplaneState(config or m.WorkerConfig(tun_name="tun"), sockets)
+        self.state: DataplaneState[socket.socket] = DataplaneState(
+            config or m.WorkerConfig(tun_name="tun"), sockets, {_version(s): s for s in self.ah_socks})
         self.running = True
         self.now = time.monotonic()  # the clock as of this loop turn: the state's ``now``
         self._udp_by_version = {_version(s): s for s in udp_socks}
@@ -121,6 +124,9 @@ class Worker:
         for sock in self.raw_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._handlers[sock.fileno()] = self._make_raw_drain(sock)
+        for sock in self.ah_socks:
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
+            self._handlers[sock.fileno()] = make_ah_drain(self, sock)
 
     def run(self) -> None:
         """Serve until Shutdown or until the control socket closes."""
@@ -458,6 +464,57 @@ class Worker:
             self._run_outputs()  # a trap's queue leaves before any later TUN read
 
 
+def make_ah_drain(worker: Worker, sock: socket.socket) -> Callable[[], None]:
+    """The receive handler of one raw AH socket (kept out of Worker: AH is its own, small path)."""
+    recvmsg = sock.recvmsg
+    v4 = sock.family == socket.AF_INET
+
+    def drain() -> None:
+        """Receive up to ``batch`` AH packets (IPv4 with their header, IPv6 from AH on) and
+        verify them; the AH SAs live in ``state.ah_inbound``, apart from ESP's."""
+        state = worker.state
+        ah_in = state.ah_inbound
+        got = nbytes = 0
+        for _ in range(state.config.batch):
+            try:
+                data, anc, _flags, addr = recvmsg(MAX_PACKET, RECV_CMSG_SPACE)
+            except BlockingIOError:
+                break
+            except OSError:
+                worker._count_drop(Drop.RECV)
+                continue
+            got += 1
+            nbytes += len(data)
+            at = (data[0] & 0x0F) * 4 if v4 and data else 0
+            if len(data) < at + 8:
+                worker._count_drop(DropReason.SHORT)
+                continue
+            spi = _SPI.unpack_from(data, at + 4)[0]
+            sa = ah_in.get(spi)
+            if sa is None:
+                state.unknown_spi(spi, addr, worker.now)
+                continue
+            try:
+                if v4:
+                    pkt = sa.unprotect(data)
+                else:
+                    dst = local_address(anc)
+                    if dst is None:
+                        worker._count_drop(Drop.RECV)
+                        continue
+                    pkt = sa.unprotect_v6(data, socket.inet_pton(socket.AF_INET6, addr[0]), dst)
+            except EspDrop as e:
+                worker._count_drop(e.reason)
+                continue
+            worker._write_tun(pkt)
+        if got:
+            traffic = state.lifetimes.traffic
+            traffic.in_bytes += nbytes
+            traffic.in_packets += got
+
+    return drain
+
+
 class ControlLink:
     """The worker's end of the control socket: frames in, and frames out without ever
     blocking the packet loop (what the socket does not take now waits for EPOLLOUT)."""
@@ -611,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tun", type=int, required=True, help="fd of the TUN device")
     p.add_argument("--udp", type=int, action="append", default=[], help="fd of an ESP-in-UDP socket (repeatable)")
     p.add_argument("--raw", type=int, action="append", default=[], help="fd of a raw ESP socket (repeatable)")
+    p.add_argument("--ah", type=int, action="append", default=[], help="fd of a raw AH socket (repeatable)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -623,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = _sock_from_fd(args.control)
     os.set_blocking(args.tun, False)
-    worker = Worker(control, args.tun, [_sock_from_fd(fd) for fd in args.udp], [_sock_from_fd(fd) for fd in args.raw])
+    worker = Worker(control, args.tun, [_sock_from_fd(fd) for fd in args.udp], [_sock_from_fd(fd) for fd in args.raw],
+                    ah_socks=[_sock_from_fd(fd) for fd in args.ah])
     with contextlib.suppress(SystemExit):
         worker.run()
     return 0

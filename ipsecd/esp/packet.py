@@ -378,8 +378,17 @@ def esp_overhead(params: SaParams) -> int:
     always fits; :func:`tun_mtu` computes the exact (slightly larger) value.
     """
     spec = suite_spec(params.encr, params.integ)
+    if params.protocol == "ah":
+        return ah_header_len(spec.icv_len, params.remote_addr.version)
     udp = UDP_HEADER_LEN if params.encap else 0
     return ESP_HEADER_LEN + spec.iv_len + spec.align - 1 + TRAILER_LEN + spec.icv_len + udp
+
+
+def ah_header_len(icv_len: int, version: int) -> int:
+    """AH's header: 12 bytes + ICV, padded to 8 bytes over IPv6, 4 over IPv4 (RFC 4302 2.6).
+    IPComp never adds to this: it is used only when the packet shrinks (RFC 3173 2.2)."""
+    align = 8 if version == 6 else 4
+    return -(-(12 + icv_len) // align) * align
 
 
 def tun_mtu(params: SaParams, path_mtu: int) -> int:
@@ -391,6 +400,8 @@ def tun_mtu(params: SaParams, path_mtu: int) -> int:
     """
     spec = suite_spec(params.encr, params.integ)
     outer = IPV4_HEADER_LEN if params.remote_addr.version == 4 else IPV6_HEADER_LEN
+    if params.protocol == "ah":  # no padding, no trailer: the payload follows the AH header as is
+        return max(0, path_mtu - outer - ah_header_len(spec.icv_len, params.remote_addr.version))
     udp = UDP_HEADER_LEN if params.encap else 0
     space = path_mtu - outer - udp - ESP_HEADER_LEN - spec.iv_len - spec.icv_len
     return max(0, (space // spec.align) * spec.align - TRAILER_LEN)

@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, IPv6Address
 from cryptography.exceptions import InvalidTag
 
 from ipsecd.errors import IpsecdError, LocalProtocolError
+from ipsecd.esp.ipcomp import NH_IPCOMP, Compressor, IpcompError, decompress
 from ipsecd.esp.packet import (
     IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
@@ -98,6 +99,13 @@ class Mode(StrEnum):
     TRANSPORT = "transport"
 
 
+class IpsecProto(StrEnum):
+    """Which IPsec protocol an SA speaks (RFC 7296 3.3.1 Protocol ID): one per Child SA."""
+
+    ESP = "esp"  # RFC 4303
+    AH = "ah"  # RFC 4302: integrity only, the outer IP header included (ipsecd.esp.ah)
+
+
 class DropReason(StrEnum):
     """Why a packet was not forwarded: the data plane keeps one counter per value."""
 
@@ -114,6 +122,7 @@ class DropReason(StrEnum):
     SEQ_EXHAUSTED = "seq_exhausted"  # the sender's counter would cycle (RFC 4303 3.3.3)
     DUMMY = "dummy"  # next header 59: a dummy/TFC packet, discarded silently (RFC 4303 2.6)
     MALFORMED = "malformed"  # authentic but structurally impossible (e.g. CBC not block aligned)
+    IPCOMP = "ipcomp"  # authentic, but the IPComp payload would not decompress (RFC 3173 3.2)
     NO_SA = "no_sa"  # PROTECT policy whose outbound SA is not (yet) installed
 
 
@@ -157,6 +166,10 @@ class SaParams:
     remote_ts: tuple[Selector, ...] = ()
     replay_window: int = 1024
     name: str = ""
+    protocol: IpsecProto = IpsecProto.ESP
+    # IPComp (RFC 3173) inside this SA: the CPI, 0 for none. Outbound it is the peer's CPI
+    # (what goes in our IPComp headers), inbound ours (what the peer's must carry), as with SPIs.
+    ipcomp_cpi: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.spi <= 0xFFFFFFFF:
@@ -164,6 +177,16 @@ class SaParams:
         object.__setattr__(self, "encr", EncrId(self.encr))
         object.__setattr__(self, "integ", IntegId(self.integ))
         object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "protocol", IpsecProto(self.protocol))
+        if not 0 <= self.ipcomp_cpi <= 0xFFFF:
+            raise LocalProtocolError("an IPComp CPI is 16 bits (RFC 3173 2.2)")
+        if self.protocol is IpsecProto.AH:
+            # RFC 4302: integrity only; AH covers the outer IP header, which NAT rewrites, so
+            # it cannot be UDP-encapsulated (RFC 3948 covers ESP only)
+            if self.encr != EncrId.ENCR_NULL or self.encr_key or self.integ == IntegId.NONE:
+                raise LocalProtocolError("an AH SA takes an integrity algorithm and no encryption")
+            if self.encap:
+                raise LocalProtocolError("AH cannot be UDP-encapsulated (NAT breaks its ICV, RFC 3948 covers ESP)")
         suite_spec(self.encr, self.integ)
         check_key_lengths(self.encr, self.encr_key, self.integ, self.integ_key)
         if self.local_addr.version != self.remote_addr.version:
@@ -200,7 +223,7 @@ class SaCounters:
             self.drops[reason] = self.drops.get(reason, 0) + n
 
 
-def _selectors_match(selectors: tuple[Selector, ...], version: int, addr: int, proto: int, port: int | None) -> bool:
+def selectors_match(selectors: tuple[Selector, ...], version: int, addr: int, proto: int, port: int | None) -> bool:
     for sel in selectors:  # noqa: SIM110 (no generator object per packet)
         if sel.contains(version, addr, proto, port):
             return True
@@ -220,10 +243,11 @@ class OutboundSa:
     ``transform.seal``. Both produce identical packets (the tests compare them with scapy).
     """
 
-    __slots__ = ("_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
+    __slots__ = ("_compress", "_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
+        self._compress = Compressor(params.ipcomp_cpi) if params.ipcomp_cpi else None
         self.seq = 0
         self.seq_limit = SEQ_MAX_64 if params.esn else SEQ_MAX_32
         self.counters = SaCounters()
@@ -235,7 +259,9 @@ class OutboundSa:
         t = self.transform
         # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
         self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = (
-            (t.encrypt, t.salt, t.spi) if isinstance(t, AeadTransform) and not params.esn and self._tunnel else None
+            (t.encrypt, t.salt, t.spi)
+            if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None
+            else None
         )
 
     def __repr__(self) -> str:
@@ -302,6 +328,8 @@ class OutboundSa:
             payload = ip_packet
         else:
             payload, nh = self._strip_header(ip_packet)
+        if self._compress is not None:  # RFC 3173 5: compress before encrypting (or leave as is)
+            payload, nh = self._compress(payload, nh)
         self.seq = seq
         esp = self._seal(seq, payload, nh)
         counters = self.counters
@@ -311,23 +339,33 @@ class OutboundSa:
 
     def _strip_header(self, packet: bytes) -> tuple[bytes, int]:
         """Transport mode: the upper-layer payload and its protocol (see module docstring)."""
-        n = len(packet)
-        version = packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
-        if version == 4:
-            hlen = (packet[0] & 0x0F) * 4
-            total = _unpack_u16(packet, 2)[0]
-            if hlen < IPV4_HEADER_LEN or total < hlen or total > n:
-                raise self._drop(DropReason.BAD_INNER)
-            if _unpack_u16(packet, 6)[0] & 0x3FFF:  # MF or a fragment offset
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[hlen:total], packet[9]
-        if version == 6 and n >= IPV6_HEADER_LEN:
-            total = IPV6_HEADER_LEN + _unpack_u16(packet, 4)[0]
-            nh = packet[6]
-            if total > n or nh in _V6_FORBIDDEN_IN_TRANSPORT:
-                raise self._drop(DropReason.BAD_INNER)
-            return packet[IPV6_HEADER_LEN:total], nh
-        raise self._drop(DropReason.BAD_INNER)
+        split = strip_transport_header(packet)
+        if split is None:
+            raise self._drop(DropReason.BAD_INNER)
+        return split
+
+
+def strip_transport_header(packet: bytes) -> tuple[bytes, int] | None:
+    """Transport mode (ESP and AH): the upper-layer payload and its protocol, or None for a
+    packet the SA cannot carry (malformed, an IPv4 fragment, IPv6 extension headers that must
+    precede the IPsec header; see the module docstring)."""
+    n = len(packet)
+    version = packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
+    if version == 4:
+        hlen = (packet[0] & 0x0F) * 4
+        total = _unpack_u16(packet, 2)[0]
+        if hlen < IPV4_HEADER_LEN or total < hlen or total > n:
+            return None
+        if _unpack_u16(packet, 6)[0] & 0x3FFF:  # MF or a fragment offset
+            return None
+        return packet[hlen:total], packet[9]
+    if version == 6 and n >= IPV6_HEADER_LEN:
+        total = IPV6_HEADER_LEN + _unpack_u16(packet, 4)[0]
+        nh = packet[6]
+        if total > n or nh in _V6_FORBIDDEN_IN_TRANSPORT:
+            return None
+        return packet[IPV6_HEADER_LEN:total], nh
+    return None
 
 
 class InboundSa:
@@ -345,6 +383,7 @@ class InboundSa:
     """
 
     __slots__ = (
+        "_cpi",
         "_fast",
         "_fix_l4",
         "_local_ts",
@@ -383,9 +422,10 @@ class InboundSa:
             if _address_only(params.remote_ts, v) and _address_only(params.local_ts, v)
         }
         self._fix_l4 = params.encap and not self._tunnel
+        self._cpi = params.ipcomp_cpi
         t = self.transform
         self._fast: _InboundFast | None = None
-        if isinstance(t, AeadTransform) and not params.esn and self._tunnel:
+        if isinstance(t, AeadTransform) and not params.esn and self._tunnel and not self._cpi:
             # The window's size never changes after construction; top and bitmap are read
             # from self.replay per packet (tests and the lifecycle code may set top).
             size = self.replay.size
@@ -580,6 +620,13 @@ class InboundSa:
         end = m - TRAILER_LEN - pad_len
         if pad_len and (end < 0 or plain[end : m - TRAILER_LEN] != PAD_BYTES[pad_len]):
             raise self._drop(DropReason.PADDING)
+        if nh == NH_IPCOMP and self._cpi:
+            # RFC 3173 3.2: decompress after ESP; the sender may also have sent it uncompressed
+            try:
+                plain, nh = decompress(plain[:end], self._cpi)
+            except IpcompError:
+                raise self._drop(DropReason.IPCOMP) from None
+            end = len(plain)
         if self._tunnel:
             # The inner header's own length decides where the packet ends; anything after it
             # up to the padding is TFC padding (RFC 4303 2.7).
@@ -652,9 +699,9 @@ class InboundSa:
         if parsed is None:
             raise self._drop(DropReason.BAD_INNER)
         version, src, dst, proto, sport, dport, _hlen = parsed
-        if self._remote_ts and not _selectors_match(self._remote_ts, version, src, proto, sport):
+        if self._remote_ts and not selectors_match(self._remote_ts, version, src, proto, sport):
             raise self._drop(DropReason.SELECTOR)
-        if self._local_ts and not _selectors_match(self._local_ts, version, dst, proto, dport):
+        if self._local_ts and not selectors_match(self._local_ts, version, dst, proto, dport):
             raise self._drop(DropReason.SELECTOR)
 
 
@@ -764,6 +811,7 @@ __all__ = [
     "DropReason",
     "EspDrop",
     "InboundSa",
+    "IpsecProto",
     "Mode",
     "OutboundSa",
     "SaCounters",

@@ -19,7 +19,8 @@ import struct
 from dataclasses import dataclass, field
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, OutboundSa, SaCounters
+from ipsecd.esp.ah import AnyOutboundSa
+from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, SaCounters
 
 _SPI = struct.Struct("!I")
 
@@ -45,7 +46,7 @@ class Sad:
 
     def __init__(self) -> None:
         self.inbound: dict[int, InboundSa] = {}
-        self.outbound: dict[int, OutboundSa] = {}  # reqid -> current outbound SA
+        self.outbound: dict[int, AnyOutboundSa] = {}  # reqid -> current outbound SA
         self.drops: dict[DropReason, int] = {}
         self._retired_in = SaCounters()
         self._retired_out = SaCounters()
@@ -60,7 +61,7 @@ class Sad:
             raise LocalProtocolError(f"inbound SPI 0x{spi:08x} already installed")
         self.inbound[spi] = sa
 
-    def add_outbound(self, reqid: int, sa: OutboundSa) -> OutboundSa | None:
+    def add_outbound(self, reqid: int, sa: AnyOutboundSa) -> AnyOutboundSa | None:
         """Install (or, on rekey, replace) the outbound SA for ``reqid``; returns the old one.
 
         The replaced SA's counters are kept in the totals.
@@ -74,7 +75,7 @@ class Sad:
     def lookup_inbound(self, spi: int) -> InboundSa | None:
         return self.inbound.get(spi)
 
-    def lookup_outbound(self, reqid: int) -> OutboundSa | None:
+    def lookup_outbound(self, reqid: int) -> AnyOutboundSa | None:
         return self.outbound.get(reqid)
 
     def remove(
@@ -101,7 +102,7 @@ class Sad:
                     removed += 1
         return removed
 
-    def protect(self, reqid: int, ip_packet: bytes) -> tuple[OutboundSa, bytes]:
+    def protect(self, reqid: int, ip_packet: bytes) -> tuple[AnyOutboundSa, bytes]:
         """Protect with the outbound SA of ``reqid``; ``EspDrop(NO_SA)`` if none is installed."""
         sa = self.outbound.get(reqid)
         if sa is None:

@@ -96,6 +96,13 @@ _INTEG_SIZES: dict[IntegId, tuple[int, int, type[hashes.HashAlgorithm]]] = {
 }
 
 
+def integ_params(integ: IntegId) -> tuple[int, int, type[hashes.HashAlgorithm]]:
+    """(key length, truncated ICV length, hash) of an HMAC integrity algorithm (ESP and AH)."""
+    if integ not in _INTEG_SIZES:
+        raise LocalProtocolError(f"unsupported integrity algorithm {integ!r}")
+    return _INTEG_SIZES[integ]
+
+
 def suite_spec(encr: EncrId, integ: IntegId) -> SuiteSpec:
     """Sizes for a transform pair; raise LocalProtocolError if we do not implement it."""
     if encr in (EncrId.ENCR_AES_GCM_16, EncrId.ENCR_CHACHA20_POLY1305):

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from ipsecd.errors import LocalProtocolError
+from ipsecd.iana import ProtocolId
 from ipsecd.ike.events import ChildSaEstablished
+from ipsecd.ike.proposal import proposal_to_swanctl
 from ipsecd.ike.settings import ChildSettings
 
 
@@ -134,3 +136,14 @@ class ChildTable:
 
     def __bool__(self) -> bool:
         return bool(self._by_in)
+
+
+def describe_child(event: ChildSaEstablished) -> str:
+    """What a log line says about a Child SA: ``[AH ]algorithms, mode[, UDP-encapsulated][, IPComp CPIs]``."""
+    parts = [("AH " if event.proposal.protocol == ProtocolId.AH else "") + proposal_to_swanctl(event.proposal),
+             f"{event.mode} mode"]
+    if event.encap:
+        parts.append("UDP-encapsulated")
+    if event.ipcomp_cpi_in:
+        parts.append(f"IPComp CPIs {event.ipcomp_cpi_in:04x}_i {event.ipcomp_cpi_out:04x}_o")
+    return ", ".join(parts)

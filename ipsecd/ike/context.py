@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ipsecd.credentials import CredentialStore
+from ipsecd.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from ipsecd.identity import Identity
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 IKE_SPI_LEN = 8
 CHILD_SPI_LEN = 4
 _RESERVED_SPI_MAX = 255  # ESP/AH SPIs 1..255 are reserved by IANA (RFC 4303 2.1)
+# RFC 3173 3.3: CPIs 0-63 are well known, 64-255 reserved, 61440-65535 private: negotiated
+# CPIs come from 256-61439.
+CPI_MIN, CPI_MAX = 256, 61439
 
 
 @dataclass
@@ -33,6 +37,10 @@ class EngineContext:
     next_reqid: int = 1
     ike_spis: set[bytes] = field(default_factory=set, repr=False)  # our IKE SPIs in use
     child_spis: set[bytes] = field(default_factory=set, repr=False)  # our inbound ESP SPIs in use
+    # our inbound IPComp CPIs in use, each tied to the inbound SPI of its Child SA: the CPI
+    # goes back to the pool with that SPI (release_child_spi), so it has no lifecycle of its own
+    cpi_of_spi: dict[bytes, int] = field(default_factory=dict, repr=False)
+    cpis: set[int] = field(default_factory=set, repr=False)
     # (connection, child) -> reqid every Child SA of that child carries (traps, reauth)
     fixed_reqids: dict[tuple[str, str], int] = field(default_factory=dict)
     fixed_owner: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -82,6 +90,25 @@ class EngineContext:
 
     def release_child_spi(self, spi: bytes) -> None:
         self.child_spis.discard(spi)
+        self.release_cpi(spi)
+
+    def alloc_cpi(self, spi: bytes) -> int:
+        """A free IPComp CPI for the Child SA whose inbound SPI is ``spi`` (RFC 7296 3.10.1)."""
+        have = self.cpi_of_spi.get(spi)
+        if have is not None:
+            return have  # a retried request keeps its CPI, as it keeps its SPI
+        if len(self.cpis) > CPI_MAX - CPI_MIN:
+            raise LocalProtocolError("no IPComp CPI left")
+        while True:
+            cpi = CPI_MIN + int.from_bytes(self.rng(2), "big") % (CPI_MAX - CPI_MIN + 1)
+            if cpi not in self.cpis:
+                self.cpis.add(cpi)
+                self.cpi_of_spi[spi] = cpi
+                return cpi
+
+    def release_cpi(self, spi: bytes) -> None:
+        """The peer did not accept IPComp: the CPI reserved for ``spi`` is free again."""
+        self.cpis.discard(self.cpi_of_spi.pop(spi, 0))
 
     def alloc_reqid(self, connection: str | None = None, child: str | None = None) -> int:
         """The reqid of a new Child SA: the fixed one of (connection, child) if there is one."""

@@ -156,6 +156,10 @@ class ChildSaEstablished:
     # SPI of the old SA. Install the new SA (both directions, outbound switches to it)
     # and keep the old inbound SA until its ChildSaDeleted arrives (make-before-break).
     rekeyed_spi_in: bytes | None = None
+    # IPComp (RFC 3173) negotiated with IPCOMP_SUPPORTED (RFC 7296 2.22, 3.10.1): our CPI
+    # (inbound IPComp headers carry it) and the peer's (outbound ones do); 0 when not in use.
+    ipcomp_cpi_in: int = 0
+    ipcomp_cpi_out: int = 0
 
     @property
     def keys_in(self) -> tuple[bytes, bytes]:

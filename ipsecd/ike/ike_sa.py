@@ -29,7 +29,7 @@ from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformT
 from ipsecd.identity import Identity
 from ipsecd.ike import lifetimes
 from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, PendingLogin, report_login
-from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable
+from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable, describe_child
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.cp import VirtualIps
 from ipsecd.ike.crypto import Prf
@@ -421,10 +421,9 @@ class IkeSa:
         c = ChildSa(event, settings=settings or self.settings.child(event.child), established_at=self.now)
         lifetimes.arm_child(self, c)
         self.children.add(c)
-        self.child_log.info("Child SA %s %s: SPIs %s_i %s_o, %s, %s mode%s", event.child,
+        self.child_log.info("Child SA %s %s: SPIs %s_i %s_o, %s", event.child,
                             "rekeyed" if event.rekeyed_spi_in else "established", event.spi_in.hex(),
-                            event.spi_out.hex(), proposal_to_swanctl(event.proposal), event.mode,
-                            ", UDP-encapsulated" if event.encap else "")
+                            event.spi_out.hex(), describe_child(event))
         self.emit(event)
         return c
 

@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from ipsecd.errors import LocalProtocolError
-from ipsecd.iana import IntegId, TransformType
+from ipsecd.iana import IntegId, ProtocolId, TransformType
 from ipsecd.ike.crypto import Prf, encr_key_len, integ_key_len, is_aead, prf_plus
 from ipsecd.ike.payloads import Proposal, Transform
 
@@ -197,7 +197,13 @@ def derive_child_keys(
     of IKE_SA_INIT for the first one). Initiator->responder keys come first,
     and within one direction the encryption key precedes the integrity key.
     """
-    ekey, akey = _encr_integ_lens(esp_proposal)
+    if esp_proposal.protocol == ProtocolId.AH:
+        # RFC 7296 2.17 / RFC 4302: AH has an integrity key only (no ENCR transform)
+        integ = _single(esp_proposal, TransformType.INTEG, required=True)
+        assert integ is not None
+        ekey, akey = 0, integ_key_len(integ.id)
+    else:
+        ekey, akey = _encr_integ_lens(esp_proposal)
     seed = (shared_secret or b"") + ni + nr
     stream = prf_plus(prf, sk_d, seed, 2 * (ekey + akey))
     a = ekey + akey

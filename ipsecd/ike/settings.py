@@ -6,6 +6,7 @@ file model directly, so tests can build an engine from a few lines.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -86,6 +87,19 @@ class ChildSettings:
     life_packets: int = 0
     rand_packets: int = 0
     dpd_action: str = "clear"  # clear | trap | restart: what the daemon does when the peer is declared dead
+    # swanctl's ah_proposals: offered before the ESP ones; a Child SA is either AH or ESP,
+    # never a bundle (RFC 7296 removed AH+ESP bundles; strongSwan negotiates one of them).
+    ah_proposals: tuple[Proposal, ...] = ()
+    ipcomp: bool = False  # propose/accept IPComp with deflate (swanctl's ipcomp)
+
+    @property
+    def proposals(self) -> tuple[Proposal, ...]:
+        """What this child offers and accepts: AH proposals, then ESP ones, numbered 1..n
+        (RFC 7296 3.3.1: proposal numbers start at 1 and count up by one)."""
+        both = (*self.ah_proposals, *self.esp_proposals)
+        if not self.ah_proposals:
+            return self.esp_proposals
+        return tuple(dataclasses.replace(p, num=i) for i, p in enumerate(both, start=1))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipsecd import __version__, keyexport
 from ipsecd.control.protocol import ControlError
+from ipsecd.iana import ProtocolId
 from ipsecd.ike.events import IkeSaEstablished
 from ipsecd.logsafe import safe
 from ipsecd.logsetup import LogHub
@@ -54,7 +55,8 @@ class ControlHandlers:
                 "remote_id": str(c.remote.id),
                 "children": {
                     cn: {"local_ts": [str(t) for t in ch.local_ts], "remote_ts": [str(t) for t in ch.remote_ts],
-                         "esp_proposals": list(ch.esp_proposals), "mode": ch.mode, "start_action": ch.start_action}
+                         "esp_proposals": list(ch.esp_proposals), "ah_proposals": list(ch.ah_proposals),
+                         "ipcomp": ch.ipcomp, "mode": ch.mode, "start_action": ch.start_action}
                     for cn, ch in c.children.items()
                 },
             })
@@ -150,7 +152,9 @@ class ControlHandlers:
         sas = self.d.shell.manager.list_sas()
         ike = [keyexport.ike_entry(sa.spi_i, sa.spi_r, sa.proposal, sa.keys)
                for sa in sas if sa.keys is not None and sa.proposal is not None]
-        esp = [e for sa in sas for c in sa.children for e in keyexport.esp_entries(c.event)]
+        # AH SAs have no place in Wireshark's esp_sa table, and nothing to decrypt (AH is cleartext)
+        esp = [e for sa in sas for c in sa.children if c.event.proposal.protocol == ProtocolId.ESP
+               for e in keyexport.esp_entries(c.event)]
         log.warning("SA keys exported through the control socket: %d IKE, %d ESP", len(ike), len(esp))
         return {"files": keyexport.export(ike, esp)}
 

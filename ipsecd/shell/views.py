@@ -29,7 +29,9 @@ def child_info(c: ChildSa, now: float, counters: Mapping[str, Any] | None = None
     return {
         "name": e.child, "state": c.state.value, "reqid": e.reqid,
         "spi_in": format_spi(e.spi_in), "spi_out": format_spi(e.spi_out),
-        "mode": e.mode, "encap": e.encap, "proposal": proposal_to_swanctl(e.proposal),
+        "mode": e.mode, "encap": e.encap, "protocol": e.proposal.protocol.name.lower(),
+        "ipcomp": [e.ipcomp_cpi_in, e.ipcomp_cpi_out] if e.ipcomp_cpi_in else [],
+        "proposal": proposal_to_swanctl(e.proposal),
         "local_ts": [ts_to_str(t) for t in e.local_ts], "remote_ts": [ts_to_str(t) for t in e.remote_ts],
         "bytes_in": int(cin.get("bytes", 0)), "bytes_out": int(cout.get("bytes", 0)),
         "packets_in": int(cin.get("packets", 0)), "packets_out": int(cout.get("packets", 0)),

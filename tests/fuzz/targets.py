@@ -28,6 +28,10 @@ Input layouts (the first bytes steer, the rest is the payload the fuzzer mutates
   AES-GCM transport over IPv6 with ESN) and whether the body is sent raw, or encrypted
   with the SA's key by an independent implementation (the ``cryptography`` primitives),
   either as given (trailer included) or with a well-formed trailer appended.
+* ``ah``: ``[config | how << 1, seq(4)] + body``; ``config`` picks an AH SA (SHA-256 tunnel
+  with IPComp, SHA-512 transport over IPv6 with ESN); the body is the whole packet as
+  received, or ``next header || payload`` signed by an independent sender (hashlib's HMAC
+  over the RFC 4302 3.3.3 ICV input).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import hashlib
 import hmac
 import logging
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
@@ -45,8 +50,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ipsecd.errors import RemoteProtocolError
+from ipsecd.esp.ah import AhInboundSa
 from ipsecd.esp.packet import build_ipv4_header, build_ipv6_header
-from ipsecd.esp.sa import EspDrop, InboundSa, Mode, SaParams
+from ipsecd.esp.sa import EspDrop, InboundSa, IpsecProto, Mode, SaParams
 from ipsecd.esp.spd import Selector
 from ipsecd.iana import (
     GENERIC_PAYLOAD_HEADER_LEN,
@@ -489,6 +495,78 @@ def seeds_esp() -> Iterator[bytes]:
             yield bytes((index | RAW << 2,)) + struct.pack("!I", seq) + cfg.encrypt(seq, cfg.trailer(payload, nh))
 
 
+# ----------------------------------------------------------------- AH (and IPComp inside it)
+AH_SPI = 0x0AAA0001
+AH_CONFIGS = (  # (name, integ, key, ICV length, hash, ESN, mode, IPv6, IPComp CPI)
+    ("sha256-tunnel-ipcomp", IntegId.AUTH_HMAC_SHA2_256_128, bytes(range(32)), 16, "sha256", False, Mode.TUNNEL,
+     False, 0x1234),
+    ("sha512-esn-transport-v6", IntegId.AUTH_HMAC_SHA2_512_256, bytes(range(64)), 32, "sha512", True,
+     Mode.TRANSPORT, True, 0),
+)
+
+
+def _ah_params(cfg: tuple) -> SaParams:  # type: ignore[type-arg]
+    name, integ, key, _icv, _h, esn, mode, v6, cpi = cfg
+    local, remote = ("2001:db8::1", "2001:db8::2") if v6 else ("192.0.2.1", "192.0.2.2")
+    lts, rts = (_sel(LOCAL_NET), _sel(LOCAL6_NET)), (_sel(REMOTE_NET), _sel(REMOTE6_NET))
+    if mode == Mode.TRANSPORT:
+        lts, rts = (_sel(ip_network(local)),), (_sel(ip_network(remote)),)
+    return SaParams(AH_SPI, EncrId.ENCR_NULL, b"", integ, key, esn, mode, ip_address(local), ip_address(remote),
+                    local_ts=lts, remote_ts=rts, replay_window=64, name=name, protocol=IpsecProto.AH,
+                    ipcomp_cpi=cpi)
+
+
+def ah_packet(cfg: tuple, seq: int, nh: int, payload: bytes) -> bytes:  # type: ignore[type-arg]
+    """A complete AH packet from the peer, written from RFC 4302 3.3.3 with hashlib's HMAC (not
+    ipsecd's code): mutable header fields zeroed for the ICV, the ICV field zeroed, ESN high half 0."""
+    _name, _integ, key, icv_len, hname, esn, _mode, v6, _cpi = cfg
+    src, dst = (ip_address("2001:db8::2").packed, ip_address("2001:db8::1").packed) if v6 else (
+        ip_address("192.0.2.2").packed, ip_address("192.0.2.1").packed)
+    ah_len = -(-(12 + icv_len) // (8 if v6 else 4)) * (8 if v6 else 4)
+    fixed = struct.pack("!BBHII", nh, ah_len // 4 - 2, 0, AH_SPI, seq)
+    if v6:
+        zeroed = struct.pack("!IHBB16s16s", 6 << 28, ah_len + len(payload), 51, 0, src, dst)
+        hdr = zeroed[:7] + b"\x40" + zeroed[8:]
+    else:
+        total = 20 + ah_len + len(payload)
+        zeroed = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0x1234, 0, 0, 51, 0, src, dst)
+        hdr = zeroed[:8] + b"\x40" + zeroed[9:]  # TTL 64, checksum left 0 (mutable)
+    icv = hmac.new(key, zeroed + fixed + bytes(ah_len - 12) + payload + (bytes(4) if esn else b""), hname).digest()
+    return hdr + fixed + icv[:icv_len] + bytes(ah_len - 12 - icv_len) + payload
+
+
+def target_ah(data: bytes) -> None:
+    """``[config | how << 1, seq(4)] + body``: body is the whole packet (raw) or ``nh || payload``, signed."""
+    if len(data) < 6:
+        return
+    cfg = AH_CONFIGS[data[0] & 1]
+    seq = struct.unpack_from("!I", data, 1)[0]
+    body = data[5:]
+    sa = AhInboundSa(_ah_params(cfg))
+    packet = body if (data[0] >> 1) & 1 == 0 else ah_packet(cfg, seq, body[0], body[1:])
+    try:
+        out = sa.unprotect(packet)
+    except EspDrop:
+        return
+    _check_inner(EspConfig(cfg[0], EncrId.ENCR_NULL, b"", cfg[1], cfg[2], cfg[5], cfg[6], cfg[7]), out)
+
+
+def seeds_ah() -> Iterator[bytes]:
+    for index, cfg in enumerate(AH_CONFIGS):
+        esp_like = EspConfig(cfg[0], EncrId.ENCR_NULL, b"", cfg[1], cfg[2], cfg[5], cfg[6], cfg[7])
+        for seq, (nh, payload) in enumerate(_esp_payloads(esp_like), start=1):
+            if nh == 59:
+                continue
+            yield bytes((index | 2,)) + struct.pack("!I", seq) + bytes((nh,)) + payload
+            yield bytes((index,)) + struct.pack("!I", seq) + ah_packet(cfg, seq, nh, payload)
+            if cfg[8]:  # IPComp inside AH: a compressible inner packet, deflated as a peer would
+                inner = payload + b"A" * 400
+                if nh == IpProto.IPV4:
+                    inner = build_ipv4_header(payload[12:16], payload[16:20], payload[9], len(inner) - 20) + inner[20:]
+                comp = struct.pack("!BBH", nh, 0, cfg[8]) + zlib.compress(inner, 9, -15)
+                yield bytes((index | 2,)) + struct.pack("!I", seq + 100) + bytes((108,)) + comp
+
+
 # ----------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class FuzzTarget:
@@ -506,4 +584,5 @@ TARGETS: dict[str, FuzzTarget] = {
     "sk": FuzzTarget("sk", SkTarget, _seeds_of),
     "responder": FuzzTarget("responder", ResponderTarget, _seeds_of),
     "esp": FuzzTarget("esp", lambda: target_esp, lambda t: seeds_esp()),
+    "ah": FuzzTarget("ah", lambda: target_ah, lambda t: seeds_ah()),
 }

@@ -1,19 +1,31 @@
-"""Creating a Child SA: ESP proposals, traffic selectors, mode, KEYMAT (RFC 7296 1.2, 1.3.1, 2.9, 2.17).
+"""Creating a Child SA: ESP/AH proposals, traffic selectors, mode, IPComp, KEYMAT (RFC 7296 1.2, 1.3.1,
+2.9, 2.17, 2.22).
 
 One task serves both places a Child SA is born: piggybacked on IKE_AUTH (keys
 from the IKE SA's nonces, never a KE payload) and a CREATE_CHILD_SA exchange
 (fresh nonces, an optional KE payload for PFS). Child rekeying (child_rekey.py)
 wraps it, so selection, narrowing and key derivation live in one place.
+
+AH or ESP: a child's AH proposals (swanctl's ah_proposals) are offered before its ESP ones
+in one SA payload; the responder picks one proposal, so a Child SA is AH or ESP. RFC 7296
+dropped RFC 4306's AH+ESP bundles (proposals sharing a number), as strongSwan did.
+
+IPComp (RFC 7296 2.22, 3.10.1): with ``ipcomp`` the initiator sends IPCOMP_SUPPORTED with
+its CPI and deflate; a responder configured for it answers with one IPCOMP_SUPPORTED of its
+own; each side's CPI is what the other puts in its IPComp headers. A responder not
+configured for it (or a peer offering only other algorithms) leaves it out, and the Child
+SA runs without compression.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
-from ipsecd.iana import ExchangeType, NotifyType, PayloadType, ProtocolId
+from ipsecd.iana import ExchangeType, IpcompId, NotifyType, PayloadType, ProtocolId
 from ipsecd.ike.crypto import KeyExchange
 from ipsecd.ike.events import Cause, ChildSaEstablished, ChildSaFailed
 from ipsecd.ike.keyexchange import InvalidKe, KeOffer, accept, group_name
@@ -31,7 +43,7 @@ from ipsecd.ike.payloads import (
 from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal, with_spi
 from ipsecd.ike.proposal import without_ke as proposal_without_ke
 from ipsecd.ike.settings import ChildSettings
-from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
+from ipsecd.ike.tasks import Hooks, Refuse, Retry, Skip, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
 from ipsecd.ike.ts import TriggerPacket, all_within, narrow, ts_from_specs, ts_to_str, with_trigger
 from ipsecd.logsafe import safe
 
@@ -49,6 +61,45 @@ CHILD_ERRORS = frozenset({
 
 # Answers that do not mean "refused for good": the caller decides what to do next.
 TRANSIENT_ERRORS = frozenset({NotifyType.TEMPORARY_FAILURE, NotifyType.CHILD_SA_NOT_FOUND})
+
+
+_IPCOMP_DATA = struct.Struct("!HB")  # CPI, Transform ID (RFC 7296 3.10.1)
+_CHILD_PROTOCOLS = (ProtocolId.ESP, ProtocolId.AH)
+
+
+def ipcomp_notify(cpi: int) -> NotifyPayload:
+    """IPCOMP_SUPPORTED with our CPI and deflate (RFC 7296 3.10.1; Protocol ID and SPI empty)."""
+    return NotifyPayload(NotifyType.IPCOMP_SUPPORTED, data=_IPCOMP_DATA.pack(cpi, IpcompId.IPCOMP_DEFLATE))
+
+
+def peer_deflate_cpi(msg: Message) -> int:
+    """The peer's CPI from an IPCOMP_SUPPORTED naming deflate, or 0 (none, or other algorithms only).
+
+    The initiator may send several (one per algorithm); the responder answers with one
+    (RFC 7296 2.22). Trailing transform-specific data is allowed and ignored.
+    """
+    for n in msg.notifies():
+        if n.notify_type == NotifyType.IPCOMP_SUPPORTED and len(n.data) >= _IPCOMP_DATA.size:
+            cpi, transform = _IPCOMP_DATA.unpack_from(n.data)
+            if transform == IpcompId.IPCOMP_DEFLATE and cpi:
+                return int(cpi)
+    return 0
+
+
+def _proposals(sa: IkeSa, child: ChildSettings) -> tuple[Proposal, ...]:
+    """What a child offers and accepts on this IKE SA: no AH across a NAT (or forced UDP
+    encapsulation), whose address rewriting breaks AH's ICV and which RFC 3948 does not
+    define for AH; only the ESP proposals remain then."""
+    return child.esp_proposals if sa.encap and child.ah_proposals else child.proposals
+
+
+def _nat_note(sa: IkeSa, child: ChildSettings) -> str:
+    return " (AH is never used across a NAT or with UDP encapsulation)" if sa.encap and child.ah_proposals else ""
+
+
+def _kind(child: ChildSettings) -> str:
+    """The protocols a child negotiates, for log lines: ESP, AH, or AH/ESP."""
+    return "AH/ESP" if child.ah_proposals and child.esp_proposals else "AH" if child.ah_proposals else "ESP"
 
 
 def without_ke(p: Proposal, spi: bytes = b"") -> Proposal:
@@ -111,6 +162,9 @@ class ChildCreate(Hooks):
         self.result: ChildSaEstablished | None = None
         self.offered = False  # initiator: SA/TS went out (only in the first IKE_AUTH request)
         self.request: Message | None = None  # responder: the IKE_AUTH request with SA/TS, while EAP runs
+        self.cpi_in = 0  # IPComp: our CPI (announced), 0 without IPComp
+        self.cpi_out = 0  # IPComp: the peer's CPI
+        self.blocked = False  # initiator: nothing to offer on this IKE SA (AH only, across a NAT)
 
     @property
     def target(self) -> str | None:
@@ -139,15 +193,26 @@ class ChildCreate(Hooks):
         payloads: list[Payload] = []
         if self.rekey_of is not None:
             # RFC 7296 1.3.3: REKEY_SA names the SA by the SPI we receive on
-            payloads.append(NotifyPayload(NotifyType.REKEY_SA, ProtocolId.ESP, self.rekey_of.spi_in))
+            payloads.append(NotifyPayload(NotifyType.REKEY_SA, self.rekey_of.proposal.protocol,
+                                          self.rekey_of.spi_in))
         if self.child.mode == "transport":
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+        if not _proposals(sa, self.child):
+            self.blocked = True
+            self._failed(sa, f"no Child SA {self.child.name}: it has only AH proposals, and AH cannot cross the "
+                         "NAT (or forced UDP encapsulation) of this IKE SA", Cause.NO_PROPOSAL)
+            if self.exchange == ExchangeType.IKE_AUTH:
+                return []  # the IKE SA still comes up, without this Child SA
+            raise Skip
+        if self.child.ipcomp:  # RFC 7296 2.22: our CPI, reserved with (and freed with) our SPI
+            self.cpi_in = sa.ctx.alloc_cpi(self.spi_in)
+            payloads.append(ipcomp_notify(self.cpi_in))
         if not self.pfs:
-            proposals = tuple(without_ke(p, self.spi_in) for p in self.child.esp_proposals)
+            proposals = tuple(without_ke(p, self.spi_in) for p in _proposals(sa, self.child))
             return [*payloads, SaPayload(proposals), *_ts_payloads(self.ts_i, self.ts_r)]
         if self.offer is None:
-            self.offer = KeOffer(self.child.esp_proposals)
-        offered = self.offer.order(self.child.esp_proposals)
+            self.offer = KeOffer(_proposals(sa, self.child))
+        offered = self.offer.order(_proposals(sa, self.child))
         self.nonce_i = sa.ctx.rng(NONCE_LEN)
         payloads += [SaPayload(tuple(with_spi(p, self.spi_in) for p in offered)), NoncePayload(self.nonce_i)]
         ke = self.offer.payload()
@@ -157,6 +222,8 @@ class ChildCreate(Hooks):
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
         assert self.child is not None
+        if self.blocked:
+            return Status.DONE  # failed in build_i already
         if self.exchange == ExchangeType.IKE_AUTH and sa.authenticating:
             return Status.NEED_MORE  # the answer comes with the last IKE_AUTH response
         name = self.child.name
@@ -177,8 +244,8 @@ class ChildCreate(Hooks):
             if t in CHILD_ERRORS or self.pfs:
                 reason = f"peer refused Child SA {name} with {notify_name(t)}"
                 if t == NotifyType.NO_PROPOSAL_CHOSEN:
-                    reason += " (no ESP proposal matched: we offered " + ", ".join(
-                        proposal_to_str(p) for p in self.child.esp_proposals) + ")"
+                    reason += f" (no {_kind(self.child)} proposal matched: we offered " + ", ".join(
+                        proposal_to_str(p) for p in _proposals(sa, self.child)) + ")"
                 elif t == NotifyType.TS_UNACCEPTABLE:
                     reason += (" (traffic selectors not acceptable: we proposed "
                                f"{', '.join(map(ts_to_str, self.ts_i))} === {', '.join(map(ts_to_str, self.ts_r))})")
@@ -191,14 +258,15 @@ class ChildCreate(Hooks):
                          Cause.PEER_REFUSED)
             return Status.DONE
         if self.pfs:
-            offered = [with_spi(p, self.spi_in) for p in self.child.esp_proposals]
+            offered = [with_spi(p, self.spi_in) for p in _proposals(sa, self.child)]
         else:
-            offered = [without_ke(p, self.spi_in) for p in self.child.esp_proposals]
+            offered = [without_ke(p, self.spi_in) for p in _proposals(sa, self.child)]
         if len(sa_payload.proposals) != 1 or not proposal_matches_chosen(offered, sa_payload.proposals[0]):
-            raise TaskFailed(f"peer chose an ESP proposal for {name} we did not offer")
+            raise TaskFailed(f"peer chose an ESP/AH proposal for {name} we did not offer")
         chosen = sa_payload.proposals[0]
         if not _valid_spi(chosen.spi):
-            raise TaskFailed(f"peer's ESP SPI for {name} is not a valid SPI (RFC 4303 2.1): {chosen.spi.hex()}")
+            raise TaskFailed(f"peer's {chosen.protocol.name} SPI for {name} is not a valid SPI "
+                             f"(RFC 4303 2.1, RFC 4302 2.4): {chosen.spi.hex()}")
         if not all_within(ts_i, self.ts_i) or not all_within(ts_r, self.ts_r):
             raise TaskFailed(f"peer widened the traffic selectors of {name}: "
                              f"{', '.join(map(ts_to_str, ts_i))} === {', '.join(map(ts_to_str, ts_r))}")
@@ -215,6 +283,12 @@ class ChildCreate(Hooks):
         self.transport = self.child.mode == "transport" and msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
         if self.child.mode == "transport" and not self.transport:
             sa.log.warning("peer declined transport mode for %s: using tunnel mode", name)
+        if self.cpi_in:
+            self.cpi_out = peer_deflate_cpi(msg)
+            if not self.cpi_out:  # RFC 7296 2.22: no IPCOMP_SUPPORTED back means no compression
+                sa.log.info("peer declined IPComp for %s: running without compression", name)
+                sa.ctx.release_cpi(self.spi_in)
+                self.cpi_in = 0
         self.ts_i, self.ts_r = ts_i, ts_r
         self._install(sa, chosen, initiator=True)
         return Status.DONE
@@ -257,18 +331,19 @@ class ChildCreate(Hooks):
                 ts_reason.append(f"{child.name}: configured {', '.join(map(ts_to_str, remote))} === "
                                  f"{', '.join(map(ts_to_str, local))}")
                 continue
-            spi_candidates = [p for p in sa_payload.proposals if p.protocol == ProtocolId.ESP and _valid_spi(p.spi)]
+            spi_candidates = [p for p in sa_payload.proposals if p.protocol in _CHILD_PROTOCOLS and _valid_spi(p.spi)]
             if self.pfs:
-                chosen = select_proposal(list(child.esp_proposals), spi_candidates,
+                chosen = select_proposal(list(_proposals(sa, child)), spi_candidates,
                                          ke_hint=ke.group if ke is not None else None)
             else:
-                chosen = select_proposal([without_ke(p) for p in child.esp_proposals],
+                chosen = select_proposal([without_ke(p) for p in _proposals(sa, child)],
                                          [without_ke(p, p.spi) for p in spi_candidates])
             if chosen is None:
                 raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
-                                   f"no ESP proposal matched for {child.name}: peer offered "
+                                   f"no {_kind(child)} proposal matched for {child.name}: peer offered "
                                    + safe(", ".join(proposal_to_str(p) for p in sa_payload.proposals), 1024)
-                                   + ", we accept " + ", ".join(proposal_to_str(p) for p in child.esp_proposals))
+                                   + ", we accept " + (", ".join(proposal_to_str(p) for p in _proposals(sa, child))
+                                                       or "nothing here") + _nat_note(sa, child))
             if child.mode == "transport" and not wants_transport:
                 raise self._refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, Cause.NO_PROPOSAL, child,
                                    f"{child.name} is configured for transport mode, peer asked for tunnel mode")
@@ -284,6 +359,7 @@ class ChildCreate(Hooks):
                 self.nonce_i = nonce.data
                 self.nonce_r = sa.ctx.rng(NONCE_LEN)
             self.child = child
+            self.cpi_out = peer_deflate_cpi(msg) if child.ipcomp else 0
             self.transport = wants_transport and child.mode == "transport"
             self.ts_i, self.ts_r = ni, nr
             self.chosen = chosen
@@ -298,11 +374,16 @@ class ChildCreate(Hooks):
         if self.chosen is None:
             return []
         self.spi_in = sa.ctx.alloc_child_spi()
+        if self.cpi_out:
+            self.cpi_in = sa.ctx.alloc_cpi(self.spi_in)
         self._install(sa, self.chosen, initiator=False)
         payloads: list[Payload] = []
         if self.transport:
             payloads.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
-        payloads.append(SaPayload((Proposal(self.chosen.num, ProtocolId.ESP, self.spi_in, self.chosen.transforms),)))
+        if self.cpi_in:  # RFC 7296 2.22: one IPCOMP_SUPPORTED back, naming the algorithm we took
+            payloads.append(ipcomp_notify(self.cpi_in))
+        chosen = self.chosen
+        payloads.append(SaPayload((Proposal(chosen.num, chosen.protocol, self.spi_in, chosen.transforms),)))
         if self.pfs:
             payloads.append(NoncePayload(self.nonce_r))
             if self.ke is not None:
@@ -323,10 +404,11 @@ class ChildCreate(Hooks):
             ike_sa_id=sa.ike_sa_id, name=sa.settings.name, child=self.child.name,
             reqid=self.reqid if self.reqid is not None else sa.alloc_reqid(self.child.name),
             spi_in=self.spi_in, spi_out=chosen.spi,
-            proposal=Proposal(chosen.num, ProtocolId.ESP, b"", chosen.transforms), keys=keys,
+            proposal=Proposal(chosen.num, chosen.protocol, b"", chosen.transforms), keys=keys,
             initiator=initiator, mode="transport" if self.transport else "tunnel", encap=sa.encap,
             local=sa.local, remote=sa.remote, local_ts=tuple(local_ts), remote_ts=tuple(remote_ts),
             replay_window=self.child.replay_window, rekeyed_spi_in=self.rekeyed_spi_in,
+            ipcomp_cpi_in=self.cpi_in, ipcomp_cpi_out=self.cpi_out,
         )
         self.result = event
         sa.add_child(event, self.child)

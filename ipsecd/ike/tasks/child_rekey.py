@@ -117,19 +117,21 @@ class ChildRekey(Hooks):
     def process_r(self, sa: IkeSa, msg: Message) -> Status:
         n = msg.notify(NotifyType.REKEY_SA)
         assert n is not None
-        old = sa.children.by_spi_out(n.spi) if n.protocol == ProtocolId.ESP else None
+        old = sa.children.by_spi_out(n.spi) if n.protocol in (ProtocolId.ESP, ProtocolId.AH) else None
+        if old is not None and old.event.proposal.protocol != n.protocol:
+            old = None  # RFC 7296 3.10: the SPI names an SA of the protocol in the notify
         if old is None:
             # RFC 7296 2.25: the SPI is unknown to us
             sa.log.info("peer wants to rekey Child SA %s_o, which we do not have", n.spi.hex())
             raise Refuse(NotifyType.CHILD_SA_NOT_FOUND, "unknown Child SA", Cause.PEER_REFUSED,
-                         protocol=ProtocolId.ESP, spi=n.spi)
+                         protocol=n.protocol, spi=n.spi)
         busy_ike = sa.exchanges.in_flight({TaskKind.IKE_REKEY})
         if old.state in (ChildSaState.DELETING, ChildSaState.REKEYED) or busy_ike:
             # RFC 7296 2.25.1/2.25.2: we are closing or replacing it, or rekeying the IKE SA
             sa.log.info("peer wants to rekey Child SA %s while it is %s: TEMPORARY_FAILURE", old.name,
                         "being rekeyed with the IKE SA" if busy_ike else old.state.lower())
             raise Refuse(NotifyType.TEMPORARY_FAILURE, "Child SA busy", Cause.PEER_REFUSED,
-                         protocol=ProtocolId.ESP, spi=n.spi)
+                         protocol=n.protocol, spi=n.spi)
         self.old_spi_in = old.spi_in
         settings = old.settings or sa.settings.child(old.name)
         self.create = ChildCreate(exchange=ExchangeType.CREATE_CHILD_SA, reqid=old.event.reqid,

@@ -52,7 +52,7 @@ class DeleteChildSa(Hooks):
         if child is None or child.state == ChildSaState.DELETING:
             raise Skip  # the peer deleted it first (crossing deletes), or we already are
         child.apply(ChildEvent.DELETE_SENT)
-        return [DeletePayload(ProtocolId.ESP, (self.spi_in,))]
+        return [DeletePayload(child.event.proposal.protocol, (self.spi_in,))]
 
     def process_i(self, sa: IkeSa, msg: Message) -> Status:
         sa.remove_child(self.spi_in, self.cause, self.reason)
@@ -82,18 +82,21 @@ class InformationalResponder:
     def __init__(self) -> None:
         self.delete_ike = False
         self.deleted_in: list[bytes] = []
+        self.protocols: dict[bytes, ProtocolId] = {}  # deleted inbound SPI -> ESP or AH
 
     def process_r(self, sa: IkeSa, msg: Message) -> Status:
         for d in msg.get_all(DeletePayload):
             if d.protocol == ProtocolId.IKE:
                 self.delete_ike = True
-            elif d.protocol == ProtocolId.ESP:
+            elif d.protocol in (ProtocolId.ESP, ProtocolId.AH):
                 for spi_out in d.spis:
                     child = sa.children.by_spi_out(spi_out)
                     # RFC 7296 1.4.1: deletes that cross: the SA goes when our own Delete is
                     # answered, and this response must not name it again
-                    if child is not None and child.state != ChildSaState.DELETING:
+                    if (child is not None and child.state != ChildSaState.DELETING
+                            and child.event.proposal.protocol == d.protocol):
                         self.deleted_in.append(child.spi_in)
+                        self.protocols[child.spi_in] = d.protocol
         return Status.DONE
 
     def build_r(self, sa: IkeSa) -> list[Payload]:
@@ -102,5 +105,7 @@ class InformationalResponder:
             return []
         for spi_in in self.deleted_in:
             sa.remove_child(spi_in, Cause.DELETED_BY_PEER, "deleted by peer")
-        # RFC 7296 1.4.1: answer with the SPIs of our halves of the deleted pairs
-        return [DeletePayload(ProtocolId.ESP, tuple(self.deleted_in))] if self.deleted_in else []
+        # RFC 7296 1.4.1: answer with the SPIs of our halves of the deleted pairs, one Delete
+        # payload per protocol (3.11: all SPIs of one payload share its Protocol ID)
+        return [DeletePayload(proto, spis) for proto in (ProtocolId.ESP, ProtocolId.AH)
+                if (spis := tuple(s for s in self.deleted_in if self.protocols[s] == proto))]
