@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ipsecd.credentials import CredentialStore
+from ipsecd.ratelimit import RateLimitedLogger
 
 if TYPE_CHECKING:
     from ipsecd.identity import Identity
@@ -47,6 +48,8 @@ class EngineContext:
     credentials: CredentialStore = field(default_factory=lambda: CredentialStore(None), repr=False)
     # wall-clock seconds minus the engine's (monotonic) now: certificates are valid in real time
     wall_offset: float = 0.0
+    # logger name -> the rate limit shared by the log lines of unauthenticated peers (ike/salog.py)
+    log_limiters: dict[str, RateLimitedLogger] = field(default_factory=dict, repr=False)
 
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""

@@ -22,7 +22,6 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
@@ -50,9 +49,10 @@ from ipsecd.ike.events import (
 )
 from ipsecd.ike.exchanges import Exchanges
 from ipsecd.ike.keymat import IkeKeys
-from ipsecd.ike.message import SkCipher, check_message, decode_message
+from ipsecd.ike.message import Message, SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
 from ipsecd.ike.proposal import proposal_to_swanctl
+from ipsecd.ike.salog import SaLog
 from ipsecd.ike.settings import ChildSettings, IkeSettings
 from ipsecd.ike.state import IkeState, check_transition
 from ipsecd.ike.tasks import InitiatorTask, TaskKind
@@ -77,14 +77,6 @@ RETRY_JITTER = 5.0
 # The responder of an IKE SA rekey waits this long for the initiator to delete the
 # old IKE SA before dropping it on its own (its Child SAs have already moved).
 REKEYED_TIMEOUT = 60.0
-
-
-class _SaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with the connection name, IKE SA number and peer address."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        sa: IkeSa = (self.extra or {})["sa"]  # type: ignore[assignment]
-        return f"[{sa.settings.name}|{sa.ike_sa_id}] {sa.remote[0]}: {msg}", kwargs
 
 
 @dataclass(eq=False)
@@ -125,9 +117,7 @@ class IkeSa:
     created_at: float = 0.0
     established_at: float | None = None
     last_received: float = 0.0
-    # Latest inbound ESP seen by the data plane (note_inbound_traffic): DPD does not probe
-    # a peer that is visibly sending.
-    last_traffic_in: float = 0.0
+    last_traffic_in: float = 0.0  # latest inbound ESP (note_inbound_traffic): DPD spares a peer visibly sending
     counters: dict[str, int] = field(default_factory=dict)
     rekey_at: float | None = None  # IKE SA soft lifetime: start a rekey
     hard_at: float | None = None  # IKE SA hard lifetime (rekey_time + over_time): delete
@@ -156,12 +146,12 @@ class IkeSa:
     # ------------------------------------------------------------------ properties
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        return _SaLog(log, {"sa": self})
+        return SaLog(log, self, self.ctx.log_limiters)
 
     @property
     def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
-        return _SaLog(child_log, {"sa": self})
+        return SaLog(child_log, self, self.ctx.log_limiters)
 
     @property
     def local_identity(self) -> Identity:
@@ -278,8 +268,9 @@ class IkeSa:
         self.last_traffic_in = max(self.last_traffic_in, now)
 
     # ------------------------------------------------------------------ the sans-I/O verbs
-    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        """Feed one datagram (without the non-ESP marker) addressed to this SA."""
+    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, decoded: Message | None = None
+                ) -> None:
+        """Feed one datagram (without the non-ESP marker) addressed to this SA (``decoded``: already parsed)."""
         self.now = now
         if self.state == IkeState.CLOSED:
             return
@@ -287,7 +278,7 @@ class IkeSa:
             self._on_unprotected_notify(data)
             return
         try:
-            msg = decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
+            msg = decoded or decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
             check_message(msg)
         except IntegrityError:
             self.count("integrity")
@@ -302,7 +293,8 @@ class IkeSa:
         if msg.is_initiator == self.initiator:
             self.count("malformed")  # our own role's flag: a reflected or forged message
             return
-        self.last_received = now
+        if msg.exchange != ExchangeType.IKE_SA_INIT:  # a resent IKE_SA_INIT must not keep a half-open SA alive
+            self.last_received = now
         if msg.is_response:
             self.exchanges.on_response(msg, data)
         else:

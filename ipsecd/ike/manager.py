@@ -57,9 +57,9 @@ from ipsecd.ike.events import (
     Spawned,
     SpiAssigned,
 )
-from ipsecd.ike.frontdoor import FrontDoor
+from ipsecd.ike.frontdoor import Admission, FrontDoor, FrontDoorSettings
 from ipsecd.ike.ike_sa import IkeSa, IkeState
-from ipsecd.ike.message import Message, decode_header, decode_message, encode_message
+from ipsecd.ike.message import IkeHeader, Message, check_message, decode_header, decode_message, encode_message
 from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
@@ -82,8 +82,7 @@ class IkeManager:
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
     # remote address -> our source address, for connections without local_addrs
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
-    cookie_threshold: int = 100  # half-open SAs before we demand cookies (RFC 7296 2.6)
-    max_half_open: int = 5000
+    front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)  # admission of new IKE SAs
     attributes: AttributeProvider | None = field(default=None, repr=False)  # address pools (RFC 7296 2.19)
 
     counters: dict[str, int] = field(default_factory=dict)
@@ -96,7 +95,7 @@ class IkeManager:
     def __post_init__(self) -> None:
         self.ctx = EngineContext(rng=self.rng, attributes=self.attributes)
         self.table = SaTable(self.ctx)
-        self._front = FrontDoor(self.rng(32), self.counters)
+        self.front = FrontDoor(self.rng, self.counters, self.front_door)
         self._rl = RateLimitedLogger(log)
         self.update_connections(self.connections)
 
@@ -336,52 +335,53 @@ class IkeManager:
     def _receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         hdr = decode_header(data)
         if hdr.exchange == ExchangeType.IKE_SA_INIT and not hdr.is_response and hdr.spi_r == bytes(8):
-            self._on_init_request(data, local, remote, now, hdr.spi_i)
+            self._on_init_request(data, hdr, local, remote, now)
             return
         our_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
         sa = self.table.by_spi(our_spi)
         if sa is None:
             self._drop("unknown_spi", remote, f"message for unknown IKE SPI {our_spi.hex()}")
-            answer = self._front.invalid_ike_spi(hdr, now)
+            answer = self.front.invalid_ike_spi(hdr, now)
             if answer is not None:
                 self._out.append(Datagram(answer, local, remote))
             return
         self._act(sa, now, lambda s: s.receive(data, local, remote, now))
 
-    def _on_init_request(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, spi_i: bytes) -> None:
-        if spi_i == bytes(8):  # RFC 7296 3.1: the initiator's SPI MUST NOT be zero
-            self._drop("malformed", remote, "IKE_SA_INIT request with a zero initiator SPI")
-            return
-        existing = self.table.half_open(spi_i, remote[0])
+    def _on_init_request(self, data: bytes, hdr: IkeHeader, local: Endpoint, remote: Endpoint, now: float) -> None:
+        """A peer's IKE_SA_INIT: the front door (ipsecd/ike/frontdoor.py) before any decode or D-H."""
+        front, peer = self.front, remote[0]
+        seen = front.screen(data, hdr, peer, now)
+        if seen != Admission.ADMIT:
+            return self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}")
+        existing = self.table.half_open(hdr.spi_i, peer)
         if existing is not None:  # a retransmission: answered from the cache
-            self._act(existing, now, lambda s: s.receive(data, local, remote, now))
-            return
+            return self._act(existing, now, lambda s: s.receive(data, local, remote, now)) and None
+        candidates = _candidates(self.connections, local[0], peer)
+        if not candidates:
+            return self._drop("no_connection", remote, f"no connection configured for peer {peer}")
+        verdict, answer = front.admit(data, hdr, peer, now, self.table.half_open_count, self.table.half_open_of(peer))
+        if answer is not None:
+            self._out.append(Datagram(answer, local, remote))
+        if verdict != Admission.ADMIT:
+            return None if answer is not None else self._drop(verdict.value, remote, verdict.name)
         try:
             msg = decode_message(data)
+            check_message(msg)  # RFC 7296 3: IKE_SA_INIT without SA, KE or Nonce leaves no SA behind
         except RemoteProtocolError as e:
             # RFC 7296 2.5: an unknown critical payload is refused with a notify; other garbage is dropped
-            if e.notify in (NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, NotifyType.INVALID_MAJOR_VERSION):
-                resp = Message(spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, is_initiator=False, is_response=True,
-                               payloads=[NotifyPayload(e.notify, data=e.notify_data)])
+            if e.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                resp = Message(hdr.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, is_initiator=False,
+                               is_response=True, payloads=[NotifyPayload(e.notify, data=e.notify_data)])
                 self._out.append(Datagram(encode_message(resp), local, remote))
+            front.note_failure(now)
             raise
-        if msg.message_id != 0:
-            self._drop("malformed", remote, "IKE_SA_INIT request with a non-zero message ID")
-            return
-        candidates = _candidates(self.connections, local[0], remote[0])
-        if not candidates:
-            self._drop("no_connection", remote, f"no connection configured for peer {remote[0]}")
-            return
-        admit, answer = self._front.admit(msg, remote, self.table.half_open_count, self.cookie_threshold,
-                                          self.max_half_open)
-        if not admit:
-            if answer is not None:
-                self._out.append(Datagram(answer, local, remote))
-            return
         sa = IkeSa(candidates[0], self.ctx.alloc_ike_id(), False, local, remote, now, ctx=self.ctx,
                    candidates=candidates)
-        self.table.add(sa, half_open=(spi_i, remote[0]))
-        self._act(sa, now, lambda s: s.receive(data, local, remote, now))
+        self.table.add(sa, half_open=(hdr.spi_i, peer))
+        self._act(sa, now, lambda s: s.receive(data, local, remote, now, msg))
+        if sa.state == IkeState.CLOSED:  # refused at once (NO_PROPOSAL_CHOSEN, INVALID_KE, INVALID_SYNTAX)
+            front.note_failure(now)
+        return None
 
     def _collect(self, sa: IkeSa) -> None:
         """Take what ``sa`` produced: its datagrams, its signals (acted on here) and its events."""
