@@ -352,7 +352,7 @@ class IkeManager:
         front, peer = self.front, remote[0]
         seen = front.screen(data, hdr, peer, now)
         if seen != Admission.ADMIT:
-            return self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}")
+            return self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}", counted=True)
         existing = self.table.half_open(hdr.spi_i, peer)
         if existing is not None:  # a retransmission: answered from the cache
             return self._act(existing, now, lambda s: s.receive(data, local, remote, now)) and None
@@ -363,7 +363,7 @@ class IkeManager:
         if answer is not None:
             self._out.append(Datagram(answer, local, remote))
         if verdict != Admission.ADMIT:
-            return None if answer is not None else self._drop(verdict.value, remote, verdict.name)
+            return None if answer is not None else self._drop(verdict.value, remote, verdict.name, counted=True)
         try:
             msg = decode_message(data)
             check_message(msg)  # RFC 7296 3: IKE_SA_INIT without SA, KE or Nonce leaves no SA behind
@@ -441,8 +441,9 @@ class IkeManager:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def _drop(self, reason: str, remote: Endpoint, detail: str) -> None:
-        self._count(reason)
+    def _drop(self, reason: str, remote: Endpoint, detail: str, *, counted: bool = False) -> None:
+        if not counted:  # the front door counts its own outcomes
+            self._count(reason)
         self._rl.log(logging.INFO, reason, "dropped datagram from %s[%d]: %s", safe(remote[0]), remote[1],
                      safe(detail), now=self.now)
 

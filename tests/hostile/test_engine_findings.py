@@ -1,8 +1,7 @@
-"""Findings in the IKE engine (ipsecd/ike, not this branch's to change), as deterministic in-memory tests.
+"""Findings of issue 13 in the IKE engine, as deterministic in-memory tests (a fake clock).
 
-Each is ``xfail(strict=True)``: it fails today and turns into an XPASS (a failure that
-says "remove the mark") once the engine is fixed. The namespace versions with a real
-lossy path are in test_lossy_netns.py.
+They were ``xfail(strict=True)`` until the engine was fixed; now they pin the fixes. The
+namespace versions with a real lossy path are in test_lossy_netns.py.
 """
 
 from __future__ import annotations
@@ -61,20 +60,20 @@ def test_no_request_is_sent_beyond_the_message_id_window() -> None:
                 f"datagram {i}: request {h.message_id} sent while {answered.get(key, -1) + 1} is unanswered")
 
 
-# ------------------------------------------------------------------ the front door (placeholders)
-BLOCK_THRESHOLD = 5  # strongSwan charon.block_threshold: half-open IKE SAs per peer address
+# ------------------------------------------------------------------ the front door
+BLOCK_THRESHOLD = 5  # strongSwan's charon.block_threshold default; ipsecd's is 50 (laptops behind one NAT)
 
 
-@pytest.mark.xfail(strict=True, reason="front door not in the engine yet: there is no per-source half-open limit "
-                   "(strongSwan's block_threshold, 5 by default); one address that answers COOKIE notifies can "
-                   "hold up to max_half_open (5000) half-open IKE SAs, each with a key exchange done")
 def test_one_source_answering_cookies_is_limited_to_a_few_half_open_sas() -> None:
     import os
 
     from tests.flood import build_init, public_values, stamp
     from tests.ike_pair import A_ADDR, B_ADDR, make_settings_b
 
+    from ipsecd.ike.frontdoor import FrontDoorSettings
+
     responder = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",))).b
+    responder.front.configure(FrontDoorSettings(block_threshold=BLOCK_THRESHOLD))
     attacker = (A_ADDR, 500)
     template, pool = build_init(), public_values(4)
     for i in range(300):
