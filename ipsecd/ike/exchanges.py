@@ -176,10 +176,15 @@ class Exchanges:
         return any(pred(t) for ts in groups for t in ts)
 
     def abandon(self) -> None:
-        """Drop everything of ours (a Delete replaces it); in-flight tasks hear about it at close."""
+        """Drop everything of ours (a Delete replaces it); in-flight tasks hear about it at close.
+
+        A request in flight keeps its message ID, retransmitted and without tasks: with a
+        window of 1 (RFC 7296 2.3) the peer ignores our next request until it has answered
+        that one, so the Delete waits for its answer (or for the peer to be declared dead).
+        """
         if self.active is not None:
             self.stale += self.active.tasks
-        self.active = None
+            self.active.tasks = []
         self.queue.clear()
         self.delayed.clear()
 
