@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from ipsecd.ike.events import IkeSaClosed, IkeSaRekeyed
 from ipsecd.ike.message import decode_header
 from tests.ike_pair import Pair, make_pair, make_settings
@@ -91,10 +89,9 @@ BLOCK_THRESHOLD = 5  # strongSwan's charon.block_threshold default; ipsecd's is 
 def test_one_source_answering_cookies_is_limited_to_a_few_half_open_sas() -> None:
     import os
 
+    from ipsecd.ike.frontdoor import FrontDoorSettings
     from tests.flood import build_init, public_values, stamp
     from tests.ike_pair import A_ADDR, B_ADDR, make_settings_b
-
-    from ipsecd.ike.frontdoor import FrontDoorSettings
 
     responder = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",))).b
     responder.front.configure(FrontDoorSettings(block_threshold=BLOCK_THRESHOLD))
