@@ -228,11 +228,12 @@ class FrontDoor:
         age = (int(now) - struct.unpack("!I", t)[0]) & 0xFFFFFFFF
         if age > self.settings.cookie_lifetime:
             return False
-        sec: _Secret | None = self._secret
-        if cookie[0] != self._secret.generation:
-            sec = self._previous if now - self._retired_at <= self.settings.cookie_lifetime else None
-            if sec is None or cookie[0] != sec.generation:
+        sec = self._secret
+        if cookie[0] != sec.generation:
+            prev = self._previous
+            if prev is None or cookie[0] != prev.generation or now - self._retired_at > self.settings.cookie_lifetime:
                 return False
+            sec = prev
         return hmac.compare_digest(cookie[5:], _mac(sec.key, source, spi_i, t))
 
     def _rotate(self, now: float) -> None:

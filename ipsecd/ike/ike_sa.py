@@ -149,8 +149,7 @@ class IkeSa:
         return SaLog(log, self, self.ctx.log_limiters)
 
     @property
-    def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
+    def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]  # strongSwan's chd (log.child)
         return SaLog(child_log, self, self.ctx.log_limiters)
 
     @property
@@ -268,9 +267,9 @@ class IkeSa:
         self.last_traffic_in = max(self.last_traffic_in, now)
 
     # ------------------------------------------------------------------ the sans-I/O verbs
-    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, decoded: Message | None = None
+    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, parsed: Message | None = None
                 ) -> None:
-        """Feed one datagram (without the non-ESP marker) addressed to this SA (``decoded``: already parsed)."""
+        """Feed one datagram (without the non-ESP marker) addressed to this SA (``parsed``: already decoded)."""
         self.now = now
         if self.state == IkeState.CLOSED:
             return
@@ -278,7 +277,7 @@ class IkeSa:
             self._on_unprotected_notify(data)
             return
         try:
-            msg = decoded or decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
+            msg = parsed or decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
             check_message(msg)
         except IntegrityError:
             self.count("integrity")

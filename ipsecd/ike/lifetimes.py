@@ -58,8 +58,10 @@ def deadlines(sa: IkeSa) -> list[float]:
 
 
 def rekey_under_way(sa: IkeSa) -> bool:
-    """Our IKE SA rekey is queued, in flight or waiting for a retry."""
-    return sa.exchanges.pending(lambda t: t.kind is TaskKind.IKE_REKEY)
+    """Our IKE SA rekey is in flight or queued behind a request in flight (waiting for the
+    network, not for a retry after the peer refused it)."""
+    ex = sa.exchanges
+    return ex.in_flight({TaskKind.IKE_REKEY}) or any(t.kind is TaskKind.IKE_REKEY for ts in ex.queue for t in ts)
 
 
 def on_timer(sa: IkeSa, now: float) -> None:

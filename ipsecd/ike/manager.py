@@ -352,18 +352,23 @@ class IkeManager:
         front, peer = self.front, remote[0]
         seen = front.screen(data, hdr, peer, now)
         if seen != Admission.ADMIT:
-            return self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}", counted=True)
+            self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}", counted=True)
+            return
         existing = self.table.half_open(hdr.spi_i, peer)
         if existing is not None:  # a retransmission: answered from the cache
-            return self._act(existing, now, lambda s: s.receive(data, local, remote, now)) and None
+            self._act(existing, now, lambda s: s.receive(data, local, remote, now))
+            return
         candidates = _candidates(self.connections, local[0], peer)
         if not candidates:
-            return self._drop("no_connection", remote, f"no connection configured for peer {peer}")
+            self._drop("no_connection", remote, f"no connection configured for peer {peer}")
+            return
         verdict, answer = front.admit(data, hdr, peer, now, self.table.half_open_count, self.table.half_open_of(peer))
         if answer is not None:
             self._out.append(Datagram(answer, local, remote))
+        elif verdict != Admission.ADMIT:
+            self._drop(verdict.value, remote, verdict.name, counted=True)
         if verdict != Admission.ADMIT:
-            return None if answer is not None else self._drop(verdict.value, remote, verdict.name, counted=True)
+            return
         try:
             msg = decode_message(data)
             check_message(msg)  # RFC 7296 3: IKE_SA_INIT without SA, KE or Nonce leaves no SA behind
@@ -381,7 +386,6 @@ class IkeManager:
         self._act(sa, now, lambda s: s.receive(data, local, remote, now, msg))
         if sa.state == IkeState.CLOSED:  # refused at once (NO_PROPOSAL_CHOSEN, INVALID_KE, INVALID_SYNTAX)
             front.note_failure(now)
-        return None
 
     def _collect(self, sa: IkeSa) -> None:
         """Take what ``sa`` produced: its datagrams, its signals (acted on here) and its events."""
