@@ -60,7 +60,8 @@ class Daemon:
         self.dataplane: Any = None
         self.pools = open_pools(config)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
-                             now=time.monotonic(), source_for=source_address_for, attributes=self.pools)
+                             now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
+                             front_door=config.settings.front_door)
         self.stats = ShellStats()
         self.transport = IkeTransport(self._on_datagram)
         self.shell = IkeShell(manager, self.transport, self.stats)
@@ -221,6 +222,8 @@ class Daemon:
         self._log_credentials()
         await self.radius.configure(new.settings.eap_radius)
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
+        if new.settings.front_door != self.config.settings.front_door:
+            self.shell.manager.front.configure(new.settings.front_door)
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]
         changed = [n for n in new.connections if n in old.connections and new.connections[n] != old.connections[n]]
