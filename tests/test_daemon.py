@@ -224,7 +224,7 @@ def test_trap_tunnel_comes_up_on_first_packet(topology: Topology, tmp_path: Path
         (sa,) = a.list_sas()
         assert sa["child_sas"][0]["local_ts"] == ["10.1.0.0/24"]
         stats = a.ctl("stats", "--json").stdout
-        assert '"acquire_queue_sent"' in stats
+        assert '"acquire_queue_sent"' in stats and '"cookies_required": false' in stats
         # the trap outlives the SA: after down, the next packet brings the tunnel back
         a.down("peer")
         end = time.monotonic() + 10

@@ -202,6 +202,14 @@ class FrontDoor:
         self._started.add(now)
         return Admission.ADMIT, None
 
+    def state(self, now: float, half_open: int) -> dict[str, object]:
+        """For ``ipsecctl stats``: what the front door sees now (its counters are the engine's)."""
+        return {"half_open": half_open, "sources_tracked": len(self.buckets),
+                "requests_last_second": round(self._requests.value(now)),
+                "failures_last_10s": round(self._failures.value(now)),
+                "cookies_required": half_open + self._failures.value(now) >= self.settings.cookie_threshold
+                or self._requests.value(now) > self.settings.cookie_rate}
+
     def note_failure(self, now: float) -> None:
         """A peer's IKE_SA_INIT failed (NO_PROPOSAL_CHOSEN, INVALID_SYNTAX, INVALID_KE): it counts
         toward the cookie threshold as a half-open SA would, for 10 s."""
