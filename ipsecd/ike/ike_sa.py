@@ -384,14 +384,14 @@ class IkeSa:
     def peer_seen(self, local: Endpoint, remote: Endpoint) -> None:
         """An authenticated request arrived from ``remote`` to ``local`` (RFC 7296 2.23).
 
-        Our own address always follows; the peer's only when we are not behind a NAT
-        ourselves (a host behind a NAT SHOULD NOT update: it would open a DoS), except
-        for the expected move from port 500 to 4500 of the same address.
+        Our own address always follows; the peer's only when the peer is behind a NAT (whose
+        mapping may change) and we are not (a host behind a NAT SHOULD NOT update: a DoS), as
+        strongSwan; and always for the expected move from port 500 to 4500 of the same address.
         """
         if (local, remote) == (self.local, self.remote):
             return
         nat_switch = remote[0] == self.remote[0] and self.remote[1] != remote[1] and remote[1] == 4500
-        if not self.local_behind_nat or nat_switch or self.established_at is None:
+        if (self.remote_behind_nat and not self.local_behind_nat) or nat_switch or self.established_at is None:
             self.remote = remote
         self.local = local
         if self.established_at is not None:
