@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address
 
 from ipsecd.iana import IKE_PORT, NATT_PORT, NON_ESP_MARKER
+from ipsecd.ratelimit import RateLimitedLogger
 
 log = logging.getLogger("ipsecd.net")
 
@@ -27,6 +28,7 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 MAX_DATAGRAM = 65535
+MAX_LOCAL_ADDRESSES = 256  # source addresses whose PKTINFO is kept ready
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
 
@@ -65,6 +67,8 @@ class IkeTransport:
     counters: dict[str, int] = field(default_factory=dict)
     _socks: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
+    _pktinfo: dict[str, list[tuple[int, int, bytes]]] = field(default_factory=dict)
+    _rl: RateLimitedLogger = field(default_factory=lambda: RateLimitedLogger(log))
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -98,18 +102,18 @@ class IkeTransport:
             return
         if port == NATT_PORT:
             data = NON_ESP_MARKER + data
-        cmsg = []
-        if local[0] and local[0] not in ("0.0.0.0", "::"):
-            src = ip_address(local[0])
-            if isinstance(src, IPv6Address):
-                cmsg.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(src.packed, 0)))
-            else:
-                cmsg.append((socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.packed, bytes(4))))
+        cmsg = self._pktinfo.get(local[0])
+        if cmsg is None:
+            cmsg = _pktinfo(local[0])
+            if len(self._pktinfo) < MAX_LOCAL_ADDRESSES:  # our own addresses: a few
+                self._pktinfo[local[0]] = cmsg
         try:
             s.sendmsg([data], cmsg, 0, remote)
         except OSError as e:
+            # e.g. answers to spoofed, unroutable sources or a full send buffer under a flood
             self._count("send_errors")
-            log.warning("cannot send IKE to %s[%d]: %s", remote[0], remote[1], e.strerror)
+            self._rl.log(logging.WARNING, f"send:{e.errno}", "cannot send IKE to %s[%d]: %s", remote[0], remote[1],
+                         e.strerror)
 
     def _readable(self, s: socket.socket, port: int) -> None:
         for _ in range(64):  # drain, bounded so other work keeps its turn
@@ -134,6 +138,16 @@ class IkeTransport:
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def _pktinfo(local_ip: str) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that makes a datagram leave from ``local_ip`` (none for a wildcard)."""
+    if not local_ip or local_ip in ("0.0.0.0", "::"):
+        return []
+    src = ip_address(local_ip)
+    if isinstance(src, IPv6Address):
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(src.packed, 0))]
+    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.packed, bytes(4)))]
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]], family: int) -> str:

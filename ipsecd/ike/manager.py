@@ -106,6 +106,7 @@ class IkeManager:
     def update_connections(self, connections: Sequence[IkeSettings]) -> None:
         self.connections = connections
         self._conns = {c.name: c for c in connections}
+        self._candidates = Candidates(connections)
 
     def set_credentials(self, store: CredentialStore, wall_offset: float) -> None:
         """Swap in a credential store (reload keeps SAs); ``wall_offset``: real time minus ``now``."""
@@ -358,7 +359,7 @@ class IkeManager:
         if existing is not None:  # a retransmission: answered from the cache
             self._act(existing, now, lambda s: s.receive(data, local, remote, now))
             return
-        candidates = _candidates(self.connections, local[0], peer)
+        candidates = self._candidates(local[0], peer)
         if not candidates:
             self._drop("no_connection", remote, f"no connection configured for peer {peer}")
             return
@@ -452,32 +453,42 @@ class IkeManager:
                      safe(detail), now=self.now)
 
 
-def _candidates(connections: Sequence[IkeSettings], local_ip: str, remote_ip: str) -> list[IkeSettings]:
-    """The connections a new peer may turn out to be: exact remote address first, then %any."""
-    exact, wildcard = [], []
-    for c in connections:
-        if c.local_addrs and not _addr_in(local_ip, c.local_addrs):
-            continue
-        if not c.remote_addrs:
-            wildcard.append(c)
-        elif _addr_in(remote_ip, c.remote_addrs):
-            exact.append(c)
-    return exact + wildcard
+_WILDCARDS = frozenset({"%any", "0.0.0.0", "::"})
 
 
-def _addr_in(addr: str, addrs: Sequence[str]) -> bool:
-    try:
-        a = ip_address(addr)
-    except ValueError:
-        return False
+class Candidates:
+    """The connections a new peer may turn out to be: exact remote address first, then %any.
+
+    The configured addresses are parsed once (``update_connections``); per IKE_SA_INIT
+    this is set lookups on the addresses as the socket reports them (canonical text), so a
+    spoofed flood costs no address parsing here.
+    """
+
+    def __init__(self, connections: Sequence[IkeSettings]) -> None:
+        # (connection, local addresses or None = any, remote addresses or None = any, remote configured)
+        self.rows = [(c, _address_set(c.local_addrs), _address_set(c.remote_addrs), bool(c.remote_addrs))
+                     for c in connections]
+
+    def __call__(self, local_ip: str, remote_ip: str) -> list[IkeSettings]:
+        exact, wildcard = [], []
+        for c, local, remote, configured in self.rows:
+            if local is not None and local_ip not in local:
+                continue
+            if not configured:
+                wildcard.append(c)
+            elif remote is None or remote_ip in remote:
+                exact.append(c)
+        return exact + wildcard
+
+
+def _address_set(addrs: Sequence[str]) -> frozenset[str] | None:
+    """Canonical text of each address (as inet_ntop writes it); None when any address matches."""
+    out = set()
     for x in addrs:
-        if x in ("%any", "0.0.0.0", "::"):
-            return True
+        if x in _WILDCARDS:
+            return None
         try:
-            if ip_address(x) == a:
-                return True
+            out.add(ip_address(x).compressed)
         except ValueError:
             continue
-    return False
-
-
+    return frozenset(out) if addrs else None
