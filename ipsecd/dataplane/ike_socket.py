@@ -28,6 +28,8 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 MAX_DATAGRAM = 65535
+RECEIVE_BUFFER = 4 << 20  # bytes; the kernel doubles it for bookkeeping
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 MAX_LOCAL_ADDRESSES = 256  # source addresses whose PKTINFO is kept ready
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
@@ -50,11 +52,30 @@ def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
         else:
             s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             s.bind(("0.0.0.0", port))
+        _grow_receive_buffer(s)
         s.setblocking(False)
     except OSError:
         s.close()
         raise
     return s
+
+
+def _grow_receive_buffer(s: socket.socket) -> None:
+    """A receive buffer for a few thousand IKE datagrams instead of the default few hundred.
+
+    Under a flood the daemon processes tens of thousands of IKE_SA_INIT requests per second
+    (the front door), but a shared CPU may deschedule it for tens of milliseconds; with the
+    default buffer (~200 KB, ~270 small datagrams) the kernel then drops what arrives
+    meanwhile, a legitimate peer's request among them. A larger buffer rides that out; under
+    overload it holds at most RECEIVE_BUFFER / (rate x ~700 bytes) of queueing delay.
+    SO_RCVBUFFORCE passes net.core.rmem_max as root (we bind before dropping privileges).
+    """
+    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 @dataclass

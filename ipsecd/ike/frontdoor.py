@@ -43,7 +43,7 @@ INVALID_SPI_RATE = 10
 COOKIE_LEN = 1 + 4 + 16
 _NOTIFY_HEAD = struct.Struct("!BBHBBH")  # generic payload header + protocol, SPI size, notify type
 ZERO_SPI = bytes(8)
-_INITIATOR = int(HeaderFlag.INITIATOR)  # a plain int: IntFlag arithmetic costs microseconds per datagram
+_INITIATOR = int(HeaderFlag.INITIATOR)  # a plain int (see ipsecd/ike/message.py)
 # A COOKIE answer after SPIi: SPIr 0, first payload N, version 2.0, IKE_SA_INIT, flags Response, message ID 0
 _COOKIE_HEAD = ZERO_SPI + bytes((PayloadType.NOTIFY, IKE_VERSION, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE)) \
     + bytes(4)
