@@ -63,7 +63,7 @@ class Daemon:
                              now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
                              front_door=config.settings.front_door)
         self.stats = ShellStats()
-        self.transport = IkeTransport(self._on_datagram)
+        self.transport = IkeTransport(self._on_datagrams)
         self.shell = IkeShell(manager, self.transport, self.stats)
         self.installer = ChildSaInstaller(self.shell, None, lambda: self.config)
         self.policy = ConnectionPolicy(self.shell, None, lambda: self.config)
@@ -79,8 +79,8 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._exit_code = 0
 
-    def _on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.shell.on_datagram(data, local, remote)
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        self.shell.on_datagrams(batch)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:

@@ -35,7 +35,8 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
 
 Endpoint = tuple[str, int]
-Receiver = Callable[[bytes, Endpoint, Endpoint], None]
+Received = tuple[bytes, Endpoint, Endpoint]  # (data, local, remote)
+Receiver = Callable[[list[Received]], None]
 
 
 def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
@@ -80,9 +81,13 @@ def _grow_receive_buffer(s: socket.socket) -> None:
 
 @dataclass
 class IkeTransport:
-    """Receives IKE datagrams into ``on_datagram(data, local, remote)`` and sends them back out."""
+    """Receives IKE datagrams into ``on_datagrams([(data, local, remote), ...])`` and sends them back out.
 
-    on_datagram: Receiver
+    Each wake-up hands over what the socket holds (up to 64 datagrams) as one batch, so the
+    owner's per-call work (flushing, re-arming its timer) is paid once per batch, not once
+    per datagram of a flood."""
+
+    on_datagrams: Receiver
     ports: tuple[int, ...] = (IKE_PORT, NATT_PORT)
     ipv6: bool = True
     counters: dict[str, int] = field(default_factory=dict)
@@ -137,6 +142,14 @@ class IkeTransport:
                          e.strerror)
 
     def _readable(self, s: socket.socket, port: int) -> None:
+        batch: list[Received] = []
+        try:
+            self._drain(s, port, batch)
+        finally:
+            if batch:
+                self.on_datagrams(batch)
+
+    def _drain(self, s: socket.socket, port: int, batch: list[Received]) -> None:
         for _ in range(64):  # drain, bounded so other work keeps its turn
             try:
                 data, anc, _flags, addr = s.recvmsg(MAX_DATAGRAM, 256)
@@ -155,7 +168,7 @@ class IkeTransport:
                     self._count("esp_on_ike_socket")
                     continue
                 data = data[len(NON_ESP_MARKER):]
-            self.on_datagram(data, (local_ip, port), (addr[0], addr[1]))
+            batch.append((data, (local_ip, port), (addr[0], addr[1])))
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
