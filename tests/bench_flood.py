@@ -214,7 +214,10 @@ def report(rounds: list[Round], rate: float, seconds: float) -> str:
         rates = [float(r.flood.get("achieved_rate", 0)) for r in rs if r.flood]
         growth = [r.rss_growth_kb / 1024 for r in rs]
         hwm = [r.hwm_kb / 1024 for r in rs]
-        lines.append(f"  {mode:<8} set-up {_fmt(ok, ' s')}, {len(ok)}/{len(rs)} established")
+        if any(r.pings[0] for r in rs):
+            lines.append(f"  {mode:<8} (--established: no set-up during the flood)")
+        else:
+            lines.append(f"  {mode:<8} set-up {_fmt(ok, ' s')}, {len(ok)}/{len(rs)} established")
         if rates:
             lines.append(f"           achieved flood rate {_fmt(rates, '/s')}")
         lines.append(f"           ipsecd RSS growth {_fmt(growth, ' MB')}, peak RSS {_fmt(hwm, ' MB')}, "
