@@ -253,3 +253,14 @@ def test_no_key_pair_of_ours_for_a_bad_public_value(monkeypatch: pytest.MonkeyPa
     assert made == [] and not mgr.list_sas()
     send(mgr, request(), "192.0.2.8", T0)
     assert made, "a good value does get a key pair (the monkeypatch works)"
+
+
+@pytest.mark.parametrize("source", ["192.0.2.5", "2001:db8::5"])
+def test_cookie_binds_the_source_address(source: str) -> None:
+    door = FrontDoor(os.urandom, {})
+    spi = os.urandom(8)
+    cookie = door.cookie_for(spi, source, T0)
+    assert door._cookie_valid(cookie, spi, source, T0 + 1)
+    assert not door._cookie_valid(cookie, spi, "192.0.2.6", T0 + 1)
+    assert not door._cookie_valid(cookie, os.urandom(8), source, T0 + 1)
+    assert not door._cookie_valid(cookie[:-1] + bytes([cookie[-1] ^ 1]), spi, source, T0 + 1)
