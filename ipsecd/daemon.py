@@ -222,7 +222,7 @@ class Daemon:
         self._log_credentials()
         await self.radius.configure(new.settings.eap_radius)
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
-        if new.settings.front_door != self.config.settings.front_door:
+        if new.settings.front_door != old.settings.front_door:
             self.shell.manager.front.configure(new.settings.front_door)
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]

@@ -71,6 +71,19 @@ def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.Log
         "neither fragmented nor reassembled (RFC 7383) (in effect: no)"]
 
 
+def test_reload_applies_front_door_settings(tmp_path: Path) -> None:
+    path = tmp_path / "ipsecd.yaml"
+    config = ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
+                    dataplane=False)
+    assert daemon.shell.manager.front.settings.block_threshold == 50
+    path.write_text(yaml.safe_dump({**config, "settings": {"block_threshold": 7, "cookie_threshold": 0}}))
+    assert asyncio.run(daemon.reload())["changed"] == []  # no connection is touched
+    front = daemon.shell.manager.front.settings
+    assert (front.block_threshold, front.cookie_threshold) == (7, 0)
+
+
 @pytest.mark.netns
 def test_make_demo_script() -> None:
     r = subprocess.run([venv_python(), "-m", "ipsecd.demo"], capture_output=True, text=True, timeout=180,
