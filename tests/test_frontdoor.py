@@ -264,3 +264,22 @@ def test_cookie_binds_the_source_address(source: str) -> None:
     assert not door._cookie_valid(cookie, spi, "192.0.2.6", T0 + 1)
     assert not door._cookie_valid(cookie, os.urandom(8), source, T0 + 1)
     assert not door._cookie_valid(cookie[:-1] + bytes([cookie[-1] ^ 1]), spi, source, T0 + 1)
+
+
+def test_spoofed_requests_are_answered_without_a_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: every IKE_SA_INIT was decoded in full, twice, before the cookie check."""
+    from ipsecd.ike import ike_sa, manager
+
+    mgr = responder(cookie_threshold=0)
+    decoded: list[bytes] = []
+    real = manager.decode_message
+    for module in (manager, ike_sa):
+        monkeypatch.setattr(module, "decode_message", lambda data, *a: decoded.append(data) or real(data, *a))
+    for i in range(100):
+        (answer,) = send(mgr, request(), f"198.18.1.{i + 1}", T0)
+        assert _cookie_of(answer) is not None
+    assert decoded == [] and not mgr.sas
+    spi = os.urandom(8)
+    cookie = _cookie_of(send(mgr, request(spi), "192.0.2.5", T0)[0])
+    send(mgr, request(spi, cookie), "192.0.2.5", T0)
+    assert len(decoded) == 1, "the request with a valid cookie is decoded once (the SA reuses it)"
