@@ -93,7 +93,7 @@ def test_token_bucket_table_is_bounded() -> None:
 
 
 def test_one_source_is_rate_limited_before_anything_is_decoded() -> None:
-    mgr = responder(cookie_threshold=1000, cookie_threshold_ip=1000, block_threshold=1000)
+    mgr = responder(cookie_threshold=1000, cookie_threshold_ip=1000, block_threshold=1000, init_burst_ip=20)
     for _ in range(30):
         send(mgr, request(), "192.0.2.77", T0)
     assert half_open(mgr) == 20 and mgr.counters.get("init_rate_limited") == 10

@@ -62,8 +62,8 @@ class FrontDoorSettings:
     block_threshold: int = 50  # half-open SAs per address (many laptops behind one NAT)
     init_limit_half_open: int = 5_000  # half-open SAs in all
     init_limit_rate: int = 0  # new half-open SAs (key exchanges) per second; 0 = no limit
-    init_rate_ip: float = 10.0  # IKE_SA_INIT requests per second and source address (refill)
-    init_burst_ip: int = 20  # ... and the bucket's depth
+    init_rate_ip: float = 50.0  # IKE_SA_INIT requests per second and source address (refill)
+    init_burst_ip: int = 100  # ... and the bucket's depth
     source_table: int = 16_384  # addresses the token buckets remember (least recently seen go)
     cookie_lifetime: float = 10.0  # seconds a cookie is valid
     cookie_secret_uses: int = 10_000  # cookies made with one secret
