@@ -67,6 +67,7 @@ class _Active:
     sent_at: float
     deadline: float
     tries: int = 0
+    abandoned_at: float | None = None  # a Delete waits behind it (``abandon``)
 
 
 @dataclass(slots=True)
@@ -185,6 +186,7 @@ class Exchanges:
         if self.active is not None:
             self.stale += self.active.tasks
             self.active.tasks = []
+            self.active.abandoned_at = self.sa.now
         self.queue.clear()
         self.delayed.clear()
 
@@ -212,7 +214,7 @@ class Exchanges:
         times = []
         a = self.active
         if a is not None:
-            times.append(a.deadline)
+            times.append(a.deadline if a.abandoned_at is None else min(a.deadline, a.abandoned_at + DELETE_TIMEOUT))
             dpd_timeout = self.sa.settings.dpd_timeout
             if dpd_timeout > 0 and self.sa.state == IkeState.ESTABLISHED:
                 times.append(a.sent_at + dpd_timeout)
@@ -305,6 +307,9 @@ class Exchanges:
         if a.exchange == ExchangeType.INFORMATIONAL and sa.state == IkeState.DELETING \
                 and now - a.sent_at >= DELETE_TIMEOUT:
             sa.close(sa.closing[0], f"{sa.closing[1]} (peer did not confirm the Delete)")
+            return
+        if a.abandoned_at is not None and now - a.abandoned_at >= DELETE_TIMEOUT:
+            sa.close(sa.closing[0], f"{sa.closing[1]} (peer did not answer the request before our Delete)")
             return
         established = sa.established_at is not None
         timeout = sa.settings.dpd_timeout

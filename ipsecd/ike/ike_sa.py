@@ -388,13 +388,12 @@ class IkeSa:
         mapping may change) and we are not (a host behind a NAT SHOULD NOT update: a DoS), as
         strongSwan; and always for the expected move from port 500 to 4500 of the same address.
         """
-        if (local, remote) == (self.local, self.remote):
-            return
+        before = (self.local, self.remote)
         nat_switch = remote[0] == self.remote[0] and self.remote[1] != remote[1] and remote[1] == 4500
         if (self.remote_behind_nat and not self.local_behind_nat) or nat_switch or self.established_at is None:
             self.remote = remote
         self.local = local
-        if self.established_at is not None:
+        if self.established_at is not None and (self.local, self.remote) != before:
             self.log.info("peer moved to %s[%d]", safe(remote[0]), remote[1])
             self.emit(IkeSaMoved(self.ike_sa_id, self.settings.name, self.local, self.remote,
                                  tuple(sorted({c.event.reqid for c in self.children}))))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ipsecd.ike.events import IkeSaClosed, IkeSaRekeyed
+from ipsecd.ike.events import Cause, IkeSaClosed, IkeSaRekeyed
 from ipsecd.ike.message import decode_header
 from tests.ike_pair import Pair, make_pair, make_settings
 
@@ -71,6 +71,20 @@ def test_a_delete_waits_for_the_request_in_flight() -> None:
     pair.advance(30)
     _window_respected(pair)
     assert pair.a.list_sas() == [] and pair.b.list_sas() == []
+
+
+def test_a_delete_behind_an_unanswered_request_gives_up_like_a_delete() -> None:
+    """The peer is gone: the SA closes DELETE_TIMEOUT (10 s) after the terminate, with its cause,
+    not after the whole retransmission budget of the request in flight."""
+    pair = _issue_pair()
+    pair.deliver = lambda i, d, tag: False
+    pair.a.rekey_child(next(iter(pair.a.list_sas()[0].children)).spi_in, pair.now)
+    pair.a.terminate("conn", pair.now)
+    pair.advance(9)
+    assert pair.a.list_sas()
+    pair.advance(2)
+    (closed,) = [e for e in pair.events_a if isinstance(e, IkeSaClosed)]
+    assert closed.cause is Cause.DELETED_LOCALLY and "before our Delete" in closed.reason, closed
 
 
 def test_a_dead_peer_still_ends_an_sa_past_its_hard_lifetime() -> None:
