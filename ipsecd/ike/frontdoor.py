@@ -57,7 +57,7 @@ class FrontDoorSettings:
 
     init_max_size: int = 10_000  # bytes of an IKE_SA_INIT request
     cookie_threshold: int = 10  # half-open SAs (+ failed requests of the last 10 s) before cookies
-    cookie_threshold_ip: int = 3  # half-open SAs of one address before that address needs cookies
+    cookie_threshold_ip: int = 10  # half-open SAs of one address before that address needs cookies
     cookie_rate: int = 200  # IKE_SA_INIT requests in the last second before cookies (load)
     block_threshold: int = 50  # half-open SAs per address (many laptops behind one NAT)
     init_limit_half_open: int = 5_000  # half-open SAs in all
