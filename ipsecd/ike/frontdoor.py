@@ -213,8 +213,7 @@ class FrontDoor:
         return {"half_open": half_open, "sources_tracked": len(self.buckets),
                 "requests_last_second": round(self._requests.value(now)),
                 "failures_last_10s": round(self._failures.value(now)),
-                "cookies_required": half_open + self._failures.value(now) >= self.settings.cookie_threshold
-                or self._requests.value(now) > self.settings.cookie_rate}
+                "cookies_required": self._cookies_required(now, half_open, 0)}  # of a new address
 
     def note_failure(self, now: float) -> None:
         """A peer's IKE_SA_INIT failed (NO_PROPOSAL_CHOSEN, INVALID_SYNTAX, INVALID_KE): it counts
