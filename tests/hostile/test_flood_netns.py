@@ -122,10 +122,12 @@ def test_big_requests_arrive_reassembled(sink_pair: tuple[Topology, Path], tmp_p
 
 # make test runs short smokes at a rate a shared 2-core machine sustains next to its other work;
 # make bench (tests/bench_flood.py) runs the full 20,000/s for longer and reports the numbers
-# (docs/security.md). A set-up within MAX_SETUP needed no retransmission (charon retries after 1 s).
+# (docs/security.md). Bounds are generous: the machine is shared, and a charon retransmission
+# (after 1 s, then 1.8 s) when ipsecd was descheduled is load, not a front-door failure; before
+# the front door, set-up under such floods took 2-12 s.
 SMOKE_RATE, SMOKE_SECONDS = 5_000, 5
 BIG_RATE = 500
-MAX_SETUP = 1.0  # seconds, from charon's log
+MAX_SETUP = 3.0  # seconds, from charon's log: at most two retransmissions
 MAX_RSS_GROWTH_MB = 32
 MIN_ACHIEVED = 0.5  # of the rate asked: below it the sender, not ipsecd, was the limit
 
