@@ -4,11 +4,14 @@ Every argument of a line (identities, reasons, proposal lists: anything a peer m
 chosen) goes through ``logsafe.safe``, so a newline or an escape sequence in a peer's
 identity never reaches the log as such (issue 13: a forged ``CRITICAL`` line).
 
-Until an IKE SA is established its peer is anyone who can send a datagram, spoofed
-sources included: a flood of them must not become a flood of log lines. Lines of such
-SAs at INFO and above share one rate limit per message format across the engine (the
-format strings are ours, a fixed vocabulary), a few lines per interval and then a
-summary of how many were suppressed. Authenticated peers log freely.
+Until a peer's IKE_AUTH arrives, the peer of a responder SA is anyone who can send a
+datagram, spoofed sources included (IKE_SA_INIT refusals, half-open time-outs): a flood
+of them must not become a flood of log lines. Lines of such SAs at INFO and above share
+one rate limit per message format across the engine (the format strings are ours, a
+fixed vocabulary), a few lines per interval and then a summary of how many were
+suppressed. From IKE_AUTH on (the peer named itself and proved it receives at its
+address; the front door bounds each address) every line is written: a login storm keeps
+its audit trail.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class SaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         sa = self.sa
         text = f"[{safe(sa.settings.name)}|{sa.ike_sa_id}] {safe(sa.remote[0])}: {msg}"
         clean = tuple(_clean(a) for a in args)
-        if level >= logging.INFO and sa.established_at is None and not sa.initiator:
+        if level >= logging.INFO and sa.remote_identity is None and not sa.initiator:
             limiter = self.limiters.get(self.logger.name)
             if limiter is None:
                 limiter = self.limiters[self.logger.name] = RateLimitedLogger(self.logger)

@@ -96,3 +96,29 @@ def test_a_flood_of_unacceptable_proposals_cannot_flood_the_log(records: Records
     lines = [r.getMessage() for r in records.records if r.levelno >= logging.INFO]
     assert len(lines) <= MAX_LINES and max(map(len, lines), default=0) <= MAX_LINE, \
         f"{len(lines)} lines, the longest {max(map(len, lines), default=0)} characters"
+
+
+def test_half_open_time_outs_share_a_budget_but_logins_keep_their_audit_lines(records: Records) -> None:
+    import os
+
+    from tests.flood import build_init, public_values, stamp
+    from tests.ike_pair import B_ADDR
+
+    pair = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",)))
+    pair.b.front.configure(FrontDoorSettings(cookie_threshold=1000, cookie_threshold_ip=1000, cookie_rate=1000))
+    (public,) = public_values(1)
+    for i in range(40):  # spoofed: answered, then never heard of again
+        spoofed = bytes(stamp(build_init(), os.urandom(8), public, os.urandom(32)))
+        pair.b.receive_datagram(spoofed, (B_ADDR, 500), (f"198.18.0.{i + 1}", 500), pair.now)
+    pair.b.datagrams_to_send()
+    pair.b.handle_timer(pair.now + 31)
+    timeouts = [r for r in records.records if "timed out waiting for IKE_AUTH" in r.getMessage()]
+    assert 1 <= len(timeouts) <= 5, len(timeouts)
+    records.records.clear()
+    pair.now += 40
+    for _ in range(8):  # eight logins: eight audit lines
+        pair.a.initiate("conn", pair.now)
+        pair.run_until_quiet(2)
+    logins = [r for r in records.records if "with pre-shared key successful" in r.getMessage()
+              and "[conn|" in r.getMessage() and "192.0.2.1" in r.getMessage()]
+    assert len(logins) == 8, [r.getMessage() for r in logins]
