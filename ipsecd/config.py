@@ -40,6 +40,7 @@ from ipsecd.errors import ConfigError
 from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
 from ipsecd.identity import eap_identity as parse_eap_identity
+from ipsecd.ike.frontdoor import FrontDoorSettings
 from ipsecd.pools import ADDRESS_KEYS, DEFAULT_LEASE_DB, SUBNET_KEYS, attribute_value, parse_range
 
 if TYPE_CHECKING:
@@ -510,6 +511,7 @@ class Settings:
     # strongSwan's charon.fragment_size: the largest IP packet (IP and UDP headers included)
     # an IKE message or RFC 7383 fragment may make; larger encrypted messages are fragmented
     fragment_size: int = 1280
+    front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)  # the FRONT_DOOR_KEYS
 
 
 @dataclass(frozen=True)
@@ -692,8 +694,25 @@ _RADIUS_KEYS = ("servers", "secret", "accounting", "accounting_interval", "nas_i
                 "retransmit_base", "retransmit_tries")
 _RADIUS_SERVER_KEYS = ("address", "secret", "auth_port", "acct_port")
 _RETRANSMIT_KEYS = ("tries", "timeout", "base")
+# The front door's limits (ipsecd/ike/frontdoor.py, docs/security.md): key -> (kind, lowest, highest);
+# "duration" takes swanctl time values, "number" any decimal, "integer" whole numbers
+FRONT_DOOR_KEYS: Mapping[str, tuple[str, float, float]] = {
+    "init_max_size": ("integer", 1280, 65535),  # RFC 7296 2: every implementation takes 1280 octets
+    "cookie_threshold": ("integer", 0, 10_000_000),
+    "cookie_threshold_ip": ("integer", 0, 10_000_000),
+    "cookie_rate": ("integer", 0, 10_000_000),
+    "block_threshold": ("integer", 1, 10_000_000),
+    "init_limit_half_open": ("integer", 1, 10_000_000),
+    "init_limit_rate": ("integer", 0, 10_000_000),
+    "init_rate_ip": ("number", 0.001, 1e9),
+    "init_burst_ip": ("integer", 1, 10_000_000),
+    "source_table": ("integer", 1, 10_000_000),
+    "cookie_lifetime": ("duration", 1.0, 3600.0),
+    "cookie_secret_uses": ("integer", 1, 2**31),
+    "cookie_secret_lifetime": ("duration", 1.0, 86400.0),
+}
 _SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "credentials", "eap-radius",
-                  "metrics", "debug", "lease_db", "fragment_size")
+                  "metrics", "debug", "lease_db", "fragment_size", *FRONT_DOOR_KEYS)
 _POOL_KEYS = ("addrs", *ADDRESS_KEYS, *SUBNET_KEYS)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -1702,7 +1721,26 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
         lease_db=_or(ld.convert(_opt(fields, "lease_db"), "a path", _parse_abs_path), d.lease_db),
         fragment_size=ld.integer(_opt(fields, "fragment_size"), d.fragment_size, 576, 65535),
+        front_door=_parse_front_door(ld, fields),
     )
+
+
+def _parse_front_door(ld: _Loader, fields: Mapping[str, _Entry]) -> FrontDoorSettings:
+    d = FrontDoorSettings()
+    values: dict[str, object] = {}
+    for key, (kind, lo, hi) in FRONT_DOOR_KEYS.items():
+        entry = _opt(fields, key)
+        if entry is None:
+            continue
+        if kind == "integer":
+            values[key] = ld.integer(entry, getattr(d, key), int(lo), int(hi))
+            continue
+        value = ld.duration(entry) if kind == "duration" else ld.number(entry, getattr(d, key), lo)
+        if value is not None and not lo <= value <= hi:
+            ld.error(entry.value, entry.path, f"{value:g} is out of range ({lo:g}..{hi:g})")
+        elif value is not None:
+            values[key] = value
+    return replace(d, **values)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- cross-checks

@@ -61,9 +61,10 @@ class Daemon:
         self.dataplane: Any = None
         self.pools = open_pools(config)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
-                             now=time.monotonic(), source_for=source_address_for, attributes=self.pools)
+                             now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
+                             front_door=config.settings.front_door)
         self.stats = ShellStats()
-        self.transport = IkeTransport(self._on_datagram)
+        self.transport = IkeTransport(self._on_datagrams)
         self.shell = IkeShell(manager, self.transport, self.stats)
         self.installer = ChildSaInstaller(self.shell, None, lambda: self.config)
         self.policy = ConnectionPolicy(self.shell, None, lambda: self.config)
@@ -80,8 +81,8 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._exit_code = 0
 
-    def _on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.shell.on_datagram(data, local, remote)
+    def _on_datagrams(self, batch: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        self.shell.on_datagrams(batch)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -225,6 +226,8 @@ class Daemon:
         self._log_credentials()
         await self.radius.configure(new.settings.eap_radius)
         self.shell.manager.update_connections([ike_settings(c, new) for c in new.connections.values()])
+        if new.settings.front_door != old.settings.front_door:
+            self.shell.manager.front.configure(new.settings.front_door)
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]
         changed = [n for n in new.connections if n in old.connections and new.connections[n] != old.connections[n]]

@@ -13,8 +13,16 @@ from __future__ import annotations
 DEFAULT_LIMIT = 256
 
 
-def safe(value: object, limit: int = DEFAULT_LIMIT) -> str:
+class Escaped(str):
+    """Text that went through :func:`safe` already: escaping it again would double its backslashes."""
+
+    __slots__ = ()
+
+
+def safe(value: object, limit: int = DEFAULT_LIMIT) -> Escaped:
     """``value`` as printable, single-line text of at most ``limit`` characters (plus a marker)."""
+    if isinstance(value, Escaped) and (limit <= 0 or len(value) <= limit):
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         text = bytes(value).decode("utf-8", "surrogateescape")  # bad bytes come out as \xNN
     else:
@@ -24,7 +32,7 @@ def safe(value: object, limit: int = DEFAULT_LIMIT) -> str:
         text = text[:limit]
     if not text.isprintable() or "\\" in text:
         text = "".join(_escape(ch) for ch in text)
-    return f"{text}...[{cut} more]" if cut else text
+    return Escaped(f"{text}...[{cut} more]" if cut else text)
 
 
 def _escape(ch: str) -> str:

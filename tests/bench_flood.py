@@ -18,7 +18,8 @@ values), ``big`` (60 KB requests: 255 proposals x 24 transforms, fragmented), ``
 replaying cookie-bearing requests). Rounds interleave the modes. The flood sender is
 pinned to CPU 0 and ipsecd to CPU 1; charon is not pinned.
 
-    python -m tests.bench_flood [--rate 20000] [--seconds 12] [--runs 3] [--modes none,spoofed,...] [--json FILE]
+    python -m tests.bench_flood [--rate 20000] [--seconds 12] [--runs 3] [--modes none,spoofed,...] [--established]
+                                [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
-from tests.netns import Topology, why_no_netns
+from tests.netns import Topology, ping_counts, why_no_netns
 from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
 
 MODES = ("none", "spoofed", "big", "vids", "cookies")
@@ -51,6 +52,8 @@ COOKIE_SOURCE = "192.0.2.10"  # the one real address of the cookie-answering att
 # charon's log needs timestamps: strongswan.conf merges this into its filelog section
 TIMESTAMPS = "  filelog {\n    main {\n      time_format = %T\n    }\n  }\n  retransmit_tries = 5\n"
 _LINE_TIME = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) ")
+_CHILD_REKEYED = re.compile(r"CHILD_SA \w+\{\d+\} state change: REKEYING => REKEYED")
+_IKE_REKEYED = re.compile(r"IKE_SA \w+\[\d+\] state change: REKEYING => (?:REKEYED|DELETING)")
 
 
 @dataclass
@@ -64,6 +67,10 @@ class Round:
     hwm_kb: int = 0
     idle_share: float = 0.0
     ike_counters: dict[str, int] = field(default_factory=dict)
+    # --established: a tunnel set up before the flood, pinged and its Child SA rekeyed during it
+    pings: tuple[int, int] = (0, 0)  # (sent, answered)
+    child_rekeyed: bool | None = None
+    ike_rekeyed: bool | None = None
     error: str = ""
 
     @property
@@ -130,7 +137,9 @@ class Scenario:
             command_prefix=["taskset", "-c", "1"])
         return d
 
-    def run(self, mode: str, rate: float, seconds: float) -> Round:
+    def run(self, mode: str, rate: float, seconds: float, *, established: bool = False) -> Round:
+        """One round; ``established``: instead of setting up during the flood, a tunnel set up
+        before it carries pings and has its Child SA rekeyed during it."""
         r = Round(mode)
         d = self._ipsecd()
         d.start()
@@ -138,6 +147,8 @@ class Scenario:
         out = self.workdir / f"flood-{self.n}.json"
         try:
             pid = d.proc.pid if d.proc else 0
+            if established:
+                self.charon.initiate("net", timeout=20)
             r.rss_before_kb = _status_kb(pid, "VmRSS")
             idle0 = _cpu_times()
             if mode != "none":
@@ -147,10 +158,13 @@ class Scenario:
                     args += ["--source", COOKIE_SOURCE]
                 flood_proc = self.topo.a.popen(args, self.workdir / f"flood-{self.n}.log", cwd=Path.cwd())
                 time.sleep(2.0)
-            before = len(charon_setup_times(self.charon.log_text()))
-            self.charon.initiate("net", timeout=int(seconds + 20), check=False)
-            times = charon_setup_times(self.charon.log_text())[before:]
-            r.setup_s = times[0][1] if times else None
+            if established:
+                self._tunnel_during_flood(r, seconds)
+            else:
+                before = len(charon_setup_times(self.charon.log_text()))
+                self.charon.initiate("net", timeout=int(seconds + 20), check=False)
+                times = charon_setup_times(self.charon.log_text())[before:]
+                r.setup_s = times[0][1] if times else None
             r.charon_retransmits = self.charon.log_text().count("retransmit")
             if flood_proc is not None:
                 flood_proc.wait(timeout=seconds + 60)
@@ -167,6 +181,20 @@ class Scenario:
             self.charon.terminate(check=False, timeout=5)
             d.stop()
         return r
+
+
+    def _tunnel_during_flood(self, r: Round, seconds: float) -> None:
+        """Rekey the Child SA and then the IKE SA (charon queues both) and ping meanwhile."""
+        t = self.topo
+        log = self.charon.log_text
+        before = len(_CHILD_REKEYED.findall(log())), len(_IKE_REKEYED.findall(log()))
+        self.charon.swanctl("--rekey", "--child", "net", check=False)
+        self.charon.swanctl("--rekey", "--ike", self.charon.conn.name, check=False)
+        count = max(10, int((seconds - 4) / 0.1))
+        res = t.a.ping(t.b_lan, count=count, src=t.a_lan, interval=0.1, check=False)
+        r.pings = ping_counts(res.stdout)
+        r.child_rekeyed = len(_CHILD_REKEYED.findall(log())) > before[0]
+        r.ike_rekeyed = len(_IKE_REKEYED.findall(log())) > before[1]
 
 
 def _fmt(values: list[float], unit: str, scale: float = 1.0) -> str:
@@ -186,7 +214,10 @@ def report(rounds: list[Round], rate: float, seconds: float) -> str:
         rates = [float(r.flood.get("achieved_rate", 0)) for r in rs if r.flood]
         growth = [r.rss_growth_kb / 1024 for r in rs]
         hwm = [r.hwm_kb / 1024 for r in rs]
-        lines.append(f"  {mode:<8} set-up {_fmt(ok, ' s')}, {len(ok)}/{len(rs)} established")
+        if any(r.pings[0] for r in rs):
+            lines.append(f"  {mode:<8} (--established: no set-up during the flood)")
+        else:
+            lines.append(f"  {mode:<8} set-up {_fmt(ok, ' s')}, {len(ok)}/{len(rs)} established")
         if rates:
             lines.append(f"           achieved flood rate {_fmt(rates, '/s')}")
         lines.append(f"           ipsecd RSS growth {_fmt(growth, ' MB')}, peak RSS {_fmt(hwm, ' MB')}, "
@@ -198,6 +229,11 @@ def report(rounds: list[Round], rate: float, seconds: float) -> str:
         if counters:
             lines.append("           ipsecd IKE counters (median): " + ", ".join(
                 f"{k} {int(statistics.median(v))}" for k, v in sorted(counters.items())))
+        pinged = [r for r in rs if r.pings[0]]
+        if pinged:
+            lines.append("           established tunnel: pings answered " + ", ".join(
+                f"{r.pings[1]}/{r.pings[0]}" for r in pinged) + "; Child SA, IKE SA rekeyed: " + ", ".join(
+                f"{r.child_rekeyed}/{r.ike_rekeyed}" for r in pinged))
         for r in rs:
             if r.error:
                 lines.append(f"           error: {r.error}")
@@ -212,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--json", default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--established", action="store_true",
+                   help="set up a tunnel before each flood; ping through it and rekey its Child SA during the flood")
     a = p.parse_args(argv)
     why = why_no_netns() or why_no_strongswan() or why_no_ipsecd()
     if why:
@@ -229,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             order = modes if run % 2 == 0 else list(reversed(modes))  # A B B A: drift smears over all modes
             for mode in order:
                 print(f"[bench_flood] round {run + 1}: {mode}", file=sys.stderr, flush=True)
-                rounds.append(sc.run(mode, a.rate, a.seconds))
+                rounds.append(sc.run(mode, a.rate, a.seconds, established=a.established))
     text = report(rounds, a.rate, a.seconds)
     print(text)
     if a.json:

@@ -909,3 +909,26 @@ def test_keep_alive_setting(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, BASE)).settings.keep_alive == 20.0
     cfg = load_config(write(tmp_path, BASE + "settings:\n  keep_alive: 30s\n", "k.yaml"))
     assert cfg.settings.keep_alive == 30.0
+
+
+# --------------------------------------------------------------------------- the front door (issue 13)
+def test_front_door_settings(tmp_path: Path) -> None:
+    from ipsecd.ike.frontdoor import FrontDoorSettings
+
+    assert load_config(write(tmp_path, BASE)).settings.front_door == FrontDoorSettings()
+    text = BASE + "settings:\n  cookie_threshold: 50\n  block_threshold: 200\n  init_rate_ip: 2.5\n" \
+                  "  cookie_lifetime: 20s\n  cookie_secret_lifetime: 1h\n"
+    fd = load_config(write(tmp_path, text)).settings.front_door
+    assert (fd.cookie_threshold, fd.block_threshold, fd.init_rate_ip, fd.cookie_lifetime,
+            fd.cookie_secret_lifetime) == (50, 200, 2.5, 20.0, 3600.0)
+    assert fd.init_max_size == 10_000  # the rest keep their defaults
+
+
+def test_front_door_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    text = BASE + "settings:\n  init_max_size: 100\n  block_threshold: none\n  cookie_lifetime: 2h\n"
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{path}:20 settings.init_max_size: 100 is out of range (1280..65535)",
+        f"{path}:21 settings.block_threshold: expected an integer, got 'none'",
+        f"{path}:22 settings.cookie_lifetime: 7200 is out of range (1..3600)",
+    ]

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from ipsecd.config import (
+    FRONT_DOOR_KEYS,
     KEY_SECTIONS,
     NOT_IMPLEMENTED,
     AuthConfig,
@@ -82,6 +83,7 @@ READ_AS: dict[tuple[str, str], tuple[type, str]] = {
     ("eap_radius", "retransmit_base"): (EapRadiusSettings, "timeouts"),
     ("eap_radius", "retransmit_tries"): (EapRadiusSettings, "timeouts"),
     **{("log", key): (Settings, "log") for key in KEY_SECTIONS["log"].keys},  # one dict of levels
+    **{("settings", key): (Settings, "front_door") for key in FRONT_DOOR_KEYS},  # one FrontDoorSettings
 }
 # Keys for which the loader refuses every value ipsecd does not do, so nothing downstream needs to read them.
 LOADER_ENFORCED: dict[tuple[str, str], str] = {

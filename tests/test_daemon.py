@@ -72,6 +72,19 @@ def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.Log
         "regardless) (in effect: 1)"]
 
 
+def test_reload_applies_front_door_settings(tmp_path: Path) -> None:
+    path = tmp_path / "ipsecd.yaml"
+    config = ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
+                    dataplane=False)
+    assert daemon.shell.manager.front.settings.block_threshold == 50
+    path.write_text(yaml.safe_dump({**config, "settings": {"block_threshold": 7, "cookie_threshold": 0}}))
+    assert asyncio.run(daemon.reload())["changed"] == []  # no connection is touched
+    front = daemon.shell.manager.front.settings
+    assert (front.block_threshold, front.cookie_threshold) == (7, 0)
+
+
 @pytest.mark.netns
 def test_make_demo_script() -> None:
     r = subprocess.run([venv_python(), "-m", "ipsecd.demo"], capture_output=True, text=True, timeout=180,
@@ -225,7 +238,7 @@ def test_trap_tunnel_comes_up_on_first_packet(topology: Topology, tmp_path: Path
         (sa,) = a.list_sas()
         assert sa["child_sas"][0]["local_ts"] == ["10.1.0.0/24"]
         stats = a.ctl("stats", "--json").stdout
-        assert '"acquire_queue_sent"' in stats
+        assert '"acquire_queue_sent"' in stats and '"cookies_required": false' in stats
         # the trap outlives the SA: after down, the next packet brings the tunnel back
         a.down("peer")
         end = time.monotonic() + 10

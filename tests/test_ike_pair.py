@@ -6,6 +6,7 @@ import pytest
 
 from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.frontdoor import FrontDoorSettings
 from ipsecd.ike.ike_sa import IkeState
 from ipsecd.ike.message import decode_header, decode_message
 from tests.ike_pair import A_ADDR, B_ADDR, make_pair, make_settings
@@ -183,7 +184,7 @@ def test_delete_ike_sa_both_sides() -> None:
 
 def test_cookie_demanded_when_under_load() -> None:
     pair = make_pair()
-    pair.b.cookie_threshold = 0
+    pair.b.front.configure(FrontDoorSettings(cookie_threshold=0))
     pair.a.initiate("conn", pair.now)
     pair.run_until_quiet()
     _assert_up(pair)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address
 
 from ipsecd.iana import IKE_PORT, NATT_PORT, NON_ESP_MARKER
+from ipsecd.ratelimit import RateLimitedLogger
 
 log = logging.getLogger("ipsecd.net")
 
@@ -27,11 +28,15 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 MAX_DATAGRAM = 65535
+RECEIVE_BUFFER = 4 << 20  # bytes; the kernel doubles it for bookkeeping
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+MAX_LOCAL_ADDRESSES = 256  # source addresses whose PKTINFO is kept ready
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16si")  # addr, ifindex
 
 Endpoint = tuple[str, int]
-Receiver = Callable[[bytes, Endpoint, Endpoint], None]
+Received = tuple[bytes, Endpoint, Endpoint]  # (data, local, remote)
+Receiver = Callable[[list[Received]], None]
 
 
 def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
@@ -48,6 +53,7 @@ def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
         else:
             s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             s.bind(("0.0.0.0", port))
+        _grow_receive_buffer(s)
         s.setblocking(False)
     except OSError:
         s.close()
@@ -55,16 +61,40 @@ def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
     return s
 
 
+def _grow_receive_buffer(s: socket.socket) -> None:
+    """A receive buffer for a few thousand IKE datagrams instead of the default few hundred.
+
+    Under a flood the daemon processes tens of thousands of IKE_SA_INIT requests per second
+    (the front door), but a shared CPU may deschedule it for tens of milliseconds; with the
+    default buffer (~200 KB, ~270 small datagrams) the kernel then drops what arrives
+    meanwhile, a legitimate peer's request among them. A larger buffer rides that out; under
+    overload it holds at most RECEIVE_BUFFER / (rate x ~700 bytes) of queueing delay.
+    SO_RCVBUFFORCE passes net.core.rmem_max as root (we bind before dropping privileges).
+    """
+    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 @dataclass
 class IkeTransport:
-    """Receives IKE datagrams into ``on_datagram(data, local, remote)`` and sends them back out."""
+    """Receives IKE datagrams into ``on_datagrams([(data, local, remote), ...])`` and sends them back out.
 
-    on_datagram: Receiver
+    Each wake-up hands over what the socket holds (up to 64 datagrams) as one batch, so the
+    owner's per-call work (flushing, re-arming its timer) is paid once per batch, not once
+    per datagram of a flood."""
+
+    on_datagrams: Receiver
     ports: tuple[int, ...] = (IKE_PORT, NATT_PORT)
     ipv6: bool = True
     counters: dict[str, int] = field(default_factory=dict)
     _socks: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
+    _pktinfo: dict[str, list[tuple[int, int, bytes]]] = field(default_factory=dict)
+    _rl: RateLimitedLogger = field(default_factory=lambda: RateLimitedLogger(log))
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -98,20 +128,28 @@ class IkeTransport:
             return
         if port == NATT_PORT:
             data = NON_ESP_MARKER + data
-        cmsg = []
-        if local[0] and local[0] not in ("0.0.0.0", "::"):
-            src = ip_address(local[0])
-            if isinstance(src, IPv6Address):
-                cmsg.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(src.packed, 0)))
-            else:
-                cmsg.append((socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.packed, bytes(4))))
+        cmsg = self._pktinfo.get(local[0])
+        if cmsg is None:
+            cmsg = _pktinfo(local[0])
+            if len(self._pktinfo) < MAX_LOCAL_ADDRESSES:  # our own addresses: a few
+                self._pktinfo[local[0]] = cmsg
         try:
             s.sendmsg([data], cmsg, 0, remote)
         except OSError as e:
+            # e.g. answers to spoofed, unroutable sources or a full send buffer under a flood
             self._count("send_errors")
-            log.warning("cannot send IKE to %s[%d]: %s", remote[0], remote[1], e.strerror)
+            self._rl.log(logging.WARNING, f"send:{e.errno}", "cannot send IKE to %s[%d]: %s", remote[0], remote[1],
+                         e.strerror)
 
     def _readable(self, s: socket.socket, port: int) -> None:
+        batch: list[Received] = []
+        try:
+            self._drain(s, port, batch)
+        finally:
+            if batch:
+                self.on_datagrams(batch)
+
+    def _drain(self, s: socket.socket, port: int, batch: list[Received]) -> None:
         for _ in range(64):  # drain, bounded so other work keeps its turn
             try:
                 data, anc, _flags, addr = s.recvmsg(MAX_DATAGRAM, 256)
@@ -130,10 +168,20 @@ class IkeTransport:
                     self._count("esp_on_ike_socket")
                     continue
                 data = data[len(NON_ESP_MARKER):]
-            self.on_datagram(data, (local_ip, port), (addr[0], addr[1]))
+            batch.append((data, (local_ip, port), (addr[0], addr[1])))
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def _pktinfo(local_ip: str) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that makes a datagram leave from ``local_ip`` (none for a wildcard)."""
+    if not local_ip or local_ip in ("0.0.0.0", "::"):
+        return []
+    src = ip_address(local_ip)
+    if isinstance(src, IPv6Address):
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(src.packed, 0))]
+    return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, src.packed, bytes(4)))]
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]], family: int) -> str:

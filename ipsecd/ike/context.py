@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ipsecd.credentials import CredentialStore
 from ipsecd.errors import LocalProtocolError
+from ipsecd.ratelimit import RateLimitedLogger
 
 if TYPE_CHECKING:
     from ipsecd.identity import Identity
@@ -60,6 +61,8 @@ class EngineContext:
     # connection name (or "*") -> (the gateway new clients are redirected to, from how many other IKE
     # SAs on: 0 = always, draining; N = when full) (RFC 5685, ike/redirect.py)
     redirects: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # logger name -> the rate limit shared by the log lines of unauthenticated peers (ike/salog.py)
+    log_limiters: dict[str, RateLimitedLogger] = field(default_factory=dict, repr=False)
 
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""
@@ -122,7 +125,15 @@ class EngineContext:
 
     # ---------------------------------------------------------------- fixed reqids
     def assign_reqid(self, connection: str, child: str, reqid: int | None = None) -> int:
-        """Reserve the stable reqid of (connection, child) (see IkeManager.assign_reqid)."""
+        """Reserve the stable reqid of (connection, child) on first use. Idempotent.
+
+        Every Child SA of that child, initiated by us or by the peer, in IKE_AUTH or
+        CREATE_CHILD_SA, then carries it (rekeys keep it anyway), so a data-plane trap
+        armed with it sees its queued packets sent when the SA is installed. ``reqid``
+        adopts a number already in use (e.g. the reqid of a live Child SA that is to be
+        trapped when it closes); by default a fresh one comes from the same counter as
+        the dynamic reqids, so the two never clash.
+        """
         key = (connection, child)
         have = self.fixed_reqids.get(key)
         if have is not None and (reqid is None or reqid == have):

@@ -69,6 +69,7 @@ class _Active:
     deadline: float
     tries: int = 0
     fanout: list[tuple[Endpoint, Endpoint]] = field(default_factory=list)  # MOBIKE probe: sent on each path
+    abandoned_at: float | None = None  # a Delete waits behind it (``abandon``)
 
 
 @dataclass(slots=True)
@@ -180,10 +181,16 @@ class Exchanges:
         return any(pred(t) for ts in groups for t in ts)
 
     def abandon(self) -> None:
-        """Drop everything of ours (a Delete replaces it); in-flight tasks hear about it at close."""
+        """Drop everything of ours (a Delete replaces it); in-flight tasks hear about it at close.
+
+        A request in flight keeps its message ID, retransmitted and without tasks: with a
+        window of 1 (RFC 7296 2.3) the peer ignores our next request until it has answered
+        that one, so the Delete waits for its answer (or for the peer to be declared dead).
+        """
         if self.active is not None:
             self.stale += self.active.tasks
-        self.active = None
+            self.active.tasks = []
+            self.active.abandoned_at = self.sa.now
         self.queue.clear()
         self.delayed.clear()
 
@@ -211,7 +218,7 @@ class Exchanges:
         times = []
         a = self.active
         if a is not None:
-            times.append(a.deadline)
+            times.append(a.deadline if a.abandoned_at is None else min(a.deadline, a.abandoned_at + DELETE_TIMEOUT))
             dpd_timeout = self.sa.settings.dpd_timeout
             if dpd_timeout > 0 and self.sa.state == IkeState.ESTABLISHED:
                 times.append(a.sent_at + dpd_timeout)
@@ -324,6 +331,9 @@ class Exchanges:
         if a.exchange == ExchangeType.INFORMATIONAL and sa.state == IkeState.DELETING \
                 and now - a.sent_at >= DELETE_TIMEOUT:
             sa.close(sa.closing[0], f"{sa.closing[1]} (peer did not confirm the Delete)")
+            return
+        if a.abandoned_at is not None and now - a.abandoned_at >= DELETE_TIMEOUT:
+            sa.close(sa.closing[0], f"{sa.closing[1]} (peer did not answer the request before our Delete)")
             return
         established = sa.established_at is not None
         timeout = sa.settings.dpd_timeout

@@ -22,7 +22,6 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ipsecd.errors import IntegrityError, RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, PayloadType, PrfId, TransformType
@@ -51,9 +50,10 @@ from ipsecd.ike.events import (
 from ipsecd.ike.exchanges import Exchanges
 from ipsecd.ike.fragments import Fragments
 from ipsecd.ike.keymat import IkeKeys
-from ipsecd.ike.message import SkCipher, check_message, decode_message
+from ipsecd.ike.message import Message, SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
 from ipsecd.ike.proposal import proposal_to_swanctl
+from ipsecd.ike.salog import SaLog
 from ipsecd.ike.settings import ChildSettings, IkeSettings
 from ipsecd.ike.state import IkeState, check_transition
 from ipsecd.ike.tasks import InitiatorTask, TaskKind
@@ -79,14 +79,6 @@ RETRY_JITTER = 5.0
 # The responder of an IKE SA rekey waits this long for the initiator to delete the
 # old IKE SA before dropping it on its own (its Child SAs have already moved).
 REKEYED_TIMEOUT = 60.0
-
-
-class _SaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with the connection name, IKE SA number and peer address."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        sa: IkeSa = (self.extra or {})["sa"]  # type: ignore[assignment]
-        return f"[{sa.settings.name}|{sa.ike_sa_id}] {sa.remote[0]}: {msg}", kwargs
 
 
 @dataclass(eq=False)
@@ -128,9 +120,7 @@ class IkeSa:
     created_at: float = 0.0
     established_at: float | None = None
     last_received: float = 0.0
-    # Latest inbound ESP seen by the data plane (note_inbound_traffic): DPD does not probe
-    # a peer that is visibly sending.
-    last_traffic_in: float = 0.0
+    last_traffic_in: float = 0.0  # latest inbound ESP (note_inbound_traffic): DPD spares a peer visibly sending
     counters: dict[str, int] = field(default_factory=dict)
     rekey_at: float | None = None  # IKE SA soft lifetime: start a rekey
     hard_at: float | None = None  # IKE SA hard lifetime (rekey_time + over_time): delete
@@ -160,12 +150,11 @@ class IkeSa:
     # ------------------------------------------------------------------ properties
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        return _SaLog(log, {"sa": self})
+        return SaLog(log, self, self.ctx.log_limiters)
 
     @property
-    def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        # Child SA events go to the "child" subsystem, as strongSwan's chd (log.child in the config)
-        return _SaLog(child_log, {"sa": self})
+    def child_log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]  # strongSwan's chd (log.child)
+        return SaLog(child_log, self, self.ctx.log_limiters)
 
     @property
     def local_identity(self) -> Identity:
@@ -282,8 +271,9 @@ class IkeSa:
         self.last_traffic_in = max(self.last_traffic_in, now)
 
     # ------------------------------------------------------------------ the sans-I/O verbs
-    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        """Feed one datagram (without the non-ESP marker) addressed to this SA."""
+    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, parsed: Message | None = None
+                ) -> None:
+        """Feed one datagram (without the non-ESP marker) addressed to this SA (``parsed``: already decoded)."""
         self.now = now
         if self.state == IkeState.CLOSED:
             return
@@ -291,7 +281,8 @@ class IkeSa:
             self._on_unprotected_notify(data)
             return
         try:
-            if (msg := self.frag.decode(data, local, remote, now)) is None:
+            msg = parsed if parsed is not None else self.frag.decode(data, local, remote, now)
+            if msg is None:
                 return  # a fragment, kept until the message is complete (RFC 7383 2.6)
             check_message(msg)
         except IntegrityError:
@@ -307,7 +298,8 @@ class IkeSa:
         if msg.is_initiator == self.initiator:
             self.count("malformed")  # our own role's flag: a reflected or forged message
             return
-        self.last_received = now
+        if msg.exchange != ExchangeType.IKE_SA_INIT:  # a resent IKE_SA_INIT must not keep a half-open SA alive
+            self.last_received = now
         if msg.is_response:
             self.exchanges.on_response(msg, data, local, remote)
         else:
@@ -393,16 +385,18 @@ class IkeSa:
 
     def peer_seen(self, local: Endpoint, remote: Endpoint) -> None:
         """An authenticated request arrived from ``remote`` to ``local`` (RFC 7296 2.23; not with
-        MOBIKE). Our own address always follows; the peer's only when we are not behind a NAT
-        (a host behind a NAT SHOULD NOT update: a DoS), except its move from port 500 to 4500.
+        MOBIKE).
+
+        Our own address always follows; the peer's only when the peer is behind a NAT (whose
+        mapping may change) and we are not (a host behind a NAT SHOULD NOT update: a DoS), as
+        strongSwan; and always for the expected move from port 500 to 4500 of the same address.
         """
-        if (local, remote) == (self.local, self.remote):
-            return
+        before = (self.local, self.remote)
         nat_switch = remote[0] == self.remote[0] and self.remote[1] != remote[1] and remote[1] == 4500
-        if not self.local_behind_nat or nat_switch or self.established_at is None:
+        if (self.remote_behind_nat and not self.local_behind_nat) or nat_switch or self.established_at is None:
             self.remote = remote
         self.local = local
-        if self.established_at is not None:
+        if self.established_at is not None and (self.local, self.remote) != before:
             self.log.info("peer moved to %s[%d]", safe(remote[0]), remote[1])
             self.emit(IkeSaMoved(self.ike_sa_id, self.settings.name, self.local, self.remote,
                                  tuple(sorted({c.event.reqid for c in self.children}))))

@@ -57,11 +57,11 @@ from ipsecd.ike.events import (
     Spawned,
     SpiAssigned,
 )
-from ipsecd.ike.frontdoor import FrontDoor
+from ipsecd.ike.frontdoor import Admission, FrontDoor, FrontDoorSettings
 from ipsecd.ike.ike_sa import IkeSa, IkeState
-from ipsecd.ike.message import Message, decode_header, decode_message, encode_message
+from ipsecd.ike.message import IkeHeader, Message, check_message, decode_header, decode_message, encode_message
 from ipsecd.ike.payloads import NotifyPayload
-from ipsecd.ike.redirect import ALL, Redirect, encode_gateway
+from ipsecd.ike.redirect import Redirect, set_redirect
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
 from ipsecd.ike.tasks import mobike
@@ -84,8 +84,7 @@ class IkeManager:
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
     # remote address -> our source address, for connections without local_addrs
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
-    cookie_threshold: int = 100  # half-open SAs before we demand cookies (RFC 7296 2.6)
-    max_half_open: int = 5000
+    front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)  # admission of new IKE SAs
     attributes: AttributeProvider | None = field(default=None, repr=False)  # address pools (RFC 7296 2.19)
 
     counters: dict[str, int] = field(default_factory=dict)
@@ -98,7 +97,7 @@ class IkeManager:
     def __post_init__(self) -> None:
         self.ctx = EngineContext(rng=self.rng, attributes=self.attributes)
         self.table = SaTable(self.ctx)
-        self._front = FrontDoor(self.rng(32), self.counters)
+        self.front = FrontDoor(self.rng, self.counters, self.front_door)
         self._rl = RateLimitedLogger(log)
         self.update_connections(self.connections)
 
@@ -109,6 +108,7 @@ class IkeManager:
     def update_connections(self, connections: Sequence[IkeSettings]) -> None:
         self.connections = connections
         self._conns = {c.name: c for c in connections}
+        self._candidates = Candidates(connections)
 
     def set_credentials(self, store: CredentialStore, wall_offset: float) -> None:
         """Swap in a credential store (reload keeps SAs); ``wall_offset``: real time minus ``now``."""
@@ -121,15 +121,8 @@ class IkeManager:
 
     # -- traps (on-demand Child SAs, RFC 4301 5.1 / RFC 7296 1.3)
     def assign_reqid(self, name: str, child: str, reqid: int | None = None) -> int:
-        """The stable reqid of (connection, child), reserved on first use.
-
-        Every Child SA of that child, initiated by us or by the peer, in IKE_AUTH or
-        CREATE_CHILD_SA, then carries it (rekeys keep it anyway), so a data-plane trap
-        armed with it sees its queued packets sent when the SA is installed. ``reqid``
-        adopts a number already in use (e.g. the reqid of a live Child SA that is to be
-        trapped when it closes); by default a fresh one comes from the same counter as
-        the dynamic reqids, so the two never clash. Idempotent.
-        """
+        """The stable reqid of (connection, child), reserved on first use (see
+        EngineContext.assign_reqid)."""
         return self.ctx.assign_reqid(name, child, reqid)
 
     def release_reqid(self, name: str, child: str | None = None) -> list[int]:
@@ -223,19 +216,10 @@ class IkeManager:
         redirect to ``gateway`` and tell the established ones that announced support to move
         (draining); with ``full_at`` N only new clients, while N or more other IKE SAs exist (full).
         ``gateway`` None stops redirecting. Returns how many established clients were told."""
-        key = name or ALL
-        if gateway is None:
-            self.ctx.redirects.pop(key, None)
-            return 0
-        encode_gateway(gateway)  # ValueError before anything changes
-        self.ctx.redirects[key] = (gateway, max(0, full_at))
-        if full_at > 0:
-            return 0
         sas = self.table.of_connection(name) if name is not None else list(self.sas.values())
-        told = [sa for sa in sas if sa.state == IkeState.ESTABLISHED and not sa.initiator
-                and sa.auth_ext.redirect_supported]
+        told = set_redirect(self.ctx, sas, name, gateway, full_at)  # empty when gateway is None
         for sa in told:
-            self._act(sa, now, lambda s: s.enqueue([Redirect(gateway)]))
+            self._act(sa, now, lambda s: s.enqueue([Redirect(gateway or "")]))
         return len(told)
 
     def reauthenticate(self, ike_sa_id: int, now: float) -> IkeSa | None:
@@ -367,52 +351,57 @@ class IkeManager:
     def _receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         hdr = decode_header(data)
         if hdr.exchange == ExchangeType.IKE_SA_INIT and not hdr.is_response and hdr.spi_r == bytes(8):
-            self._on_init_request(data, local, remote, now, hdr.spi_i)
+            self._on_init_request(data, hdr, local, remote, now)
             return
         our_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
         sa = self.table.by_spi(our_spi)
         if sa is None:
             self._drop("unknown_spi", remote, f"message for unknown IKE SPI {our_spi.hex()}")
-            answer = self._front.invalid_ike_spi(hdr, now)
+            answer = self.front.invalid_ike_spi(hdr, now)
             if answer is not None:
                 self._out.append(Datagram(answer, local, remote))
             return
         self._act(sa, now, lambda s: s.receive(data, local, remote, now))
 
-    def _on_init_request(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, spi_i: bytes) -> None:
-        if spi_i == bytes(8):  # RFC 7296 3.1: the initiator's SPI MUST NOT be zero
-            self._drop("malformed", remote, "IKE_SA_INIT request with a zero initiator SPI")
+    def _on_init_request(self, data: bytes, hdr: IkeHeader, local: Endpoint, remote: Endpoint, now: float) -> None:
+        """A peer's IKE_SA_INIT: the front door (ipsecd/ike/frontdoor.py) before any decode or D-H."""
+        front, peer = self.front, remote[0]
+        seen = front.screen(data, hdr, peer, now)
+        if seen != Admission.ADMIT:
+            self._drop(seen.value, remote, f"IKE_SA_INIT request: {seen.name}", counted=True)
             return
-        existing = self.table.half_open(spi_i, remote[0])
+        existing = self.table.half_open(hdr.spi_i, peer)
         if existing is not None:  # a retransmission: answered from the cache
             self._act(existing, now, lambda s: s.receive(data, local, remote, now))
             return
+        candidates = self._candidates(local[0], peer)
+        if not candidates:
+            self._drop("no_connection", remote, f"no connection configured for peer {peer}")
+            return
+        verdict, answer = front.admit(data, hdr, peer, now, self.table.half_open_count, self.table.half_open_of(peer))
+        if answer is not None:
+            self._out.append(Datagram(answer, local, remote))
+        elif verdict != Admission.ADMIT:
+            self._drop(verdict.value, remote, verdict.name, counted=True)
+        if verdict != Admission.ADMIT:
+            return
         try:
             msg = decode_message(data)
+            check_message(msg)  # RFC 7296 3: IKE_SA_INIT without SA, KE or Nonce leaves no SA behind
         except RemoteProtocolError as e:
             # RFC 7296 2.5: an unknown critical payload is refused with a notify; other garbage is dropped
-            if e.notify in (NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, NotifyType.INVALID_MAJOR_VERSION):
-                resp = Message(spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, is_initiator=False, is_response=True,
-                               payloads=[NotifyPayload(e.notify, data=e.notify_data)])
+            if e.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                resp = Message(hdr.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, is_initiator=False,
+                               is_response=True, payloads=[NotifyPayload(e.notify, data=e.notify_data)])
                 self._out.append(Datagram(encode_message(resp), local, remote))
+            front.note_failure(now)
             raise
-        if msg.message_id != 0:
-            self._drop("malformed", remote, "IKE_SA_INIT request with a non-zero message ID")
-            return
-        candidates = _candidates(self.connections, local[0], remote[0])
-        if not candidates:
-            self._drop("no_connection", remote, f"no connection configured for peer {remote[0]}")
-            return
-        admit, answer = self._front.admit(msg, remote, self.table.half_open_count, self.cookie_threshold,
-                                          self.max_half_open)
-        if not admit:
-            if answer is not None:
-                self._out.append(Datagram(answer, local, remote))
-            return
         sa = IkeSa(candidates[0], self.ctx.alloc_ike_id(), False, local, remote, now, ctx=self.ctx,
                    candidates=candidates)
-        self.table.add(sa, half_open=(spi_i, remote[0]))
-        self._act(sa, now, lambda s: s.receive(data, local, remote, now))
+        self.table.add(sa, half_open=(hdr.spi_i, peer))
+        self._act(sa, now, lambda s: s.receive(data, local, remote, now, msg))
+        if sa.state == IkeState.CLOSED:  # refused at once (NO_PROPOSAL_CHOSEN, INVALID_KE, INVALID_SYNTAX)
+            front.note_failure(now)
 
     def _collect(self, sa: IkeSa) -> None:
         """Take what ``sa`` produced: its datagrams, its signals (acted on here) and its events."""
@@ -472,38 +461,49 @@ class IkeManager:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def _drop(self, reason: str, remote: Endpoint, detail: str) -> None:
-        self._count(reason)
+    def _drop(self, reason: str, remote: Endpoint, detail: str, *, counted: bool = False) -> None:
+        if not counted:  # the front door counts its own outcomes
+            self._count(reason)
         self._rl.log(logging.INFO, reason, "dropped datagram from %s[%d]: %s", safe(remote[0]), remote[1],
                      safe(detail), now=self.now)
 
 
-def _candidates(connections: Sequence[IkeSettings], local_ip: str, remote_ip: str) -> list[IkeSettings]:
-    """The connections a new peer may turn out to be: exact remote address first, then %any."""
-    exact, wildcard = [], []
-    for c in connections:
-        if c.local_addrs and not _addr_in(local_ip, c.local_addrs):
-            continue
-        if not c.remote_addrs:
-            wildcard.append(c)
-        elif _addr_in(remote_ip, c.remote_addrs):
-            exact.append(c)
-    return exact + wildcard
+_WILDCARDS = frozenset({"%any", "0.0.0.0", "::"})
 
 
-def _addr_in(addr: str, addrs: Sequence[str]) -> bool:
-    try:
-        a = ip_address(addr)
-    except ValueError:
-        return False
+class Candidates:
+    """The connections a new peer may turn out to be: exact remote address first, then %any.
+
+    The configured addresses are parsed once (``update_connections``); per IKE_SA_INIT
+    this is set lookups on the addresses as the socket reports them (canonical text), so a
+    spoofed flood costs no address parsing here.
+    """
+
+    def __init__(self, connections: Sequence[IkeSettings]) -> None:
+        # (connection, local addresses or None = any, remote addresses or None = any, remote configured)
+        self.rows = [(c, _address_set(c.local_addrs), _address_set(c.remote_addrs), bool(c.remote_addrs))
+                     for c in connections]
+
+    def __call__(self, local_ip: str, remote_ip: str) -> list[IkeSettings]:
+        exact, wildcard = [], []
+        for c, local, remote, configured in self.rows:
+            if local is not None and local_ip not in local:
+                continue
+            if not configured:
+                wildcard.append(c)
+            elif remote is None or remote_ip in remote:
+                exact.append(c)
+        return exact + wildcard
+
+
+def _address_set(addrs: Sequence[str]) -> frozenset[str] | None:
+    """Canonical text of each address (as inet_ntop writes it); None when any address matches."""
+    out = set()
     for x in addrs:
-        if x in ("%any", "0.0.0.0", "::"):
-            return True
+        if x in _WILDCARDS:
+            return None
         try:
-            if ip_address(x) == a:
-                return True
+            out.add(ip_address(x).compressed)
         except ValueError:
             continue
-    return False
-
-
+    return frozenset(out) if addrs else None

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 from ipsecd.iana import ExchangeType, NotifyType
 from ipsecd.ike.events import Cause
 from ipsecd.ike.payloads import NotifyPayload, Payload
+from ipsecd.ike.state import IkeState
 from ipsecd.ike.tasks import Hooks, Refuse, Status, TaskKind
 from ipsecd.logsafe import safe
 
 if TYPE_CHECKING:
+    from ipsecd.ike.context import EngineContext
     from ipsecd.ike.ike_sa import IkeSa
     from ipsecd.ike.message import Message
 
@@ -84,6 +86,22 @@ def target_for(sa: IkeSa) -> str | None:
     gateway, full_at = wish
     others = len(ctx.ike_spis) - (sa.spi_r in ctx.ike_spis)  # O(1): our SPIs in use, this one not counted
     return gateway if others >= full_at else None
+
+
+def set_redirect(ctx: EngineContext, sas: list[IkeSa], name: str | None, gateway: str | None,
+                 full_at: int) -> list[IkeSa]:
+    """Record the operator's wish (``IkeManager.redirect``); returns the established clients of
+    ``sas`` to tell now (draining: ``full_at`` 0), those that announced support."""
+    key = name or ALL
+    if gateway is None:
+        ctx.redirects.pop(key, None)
+        return []
+    encode_gateway(gateway)  # ValueError before anything changes
+    ctx.redirects[key] = (gateway, max(0, full_at))
+    if full_at > 0:
+        return []
+    return [sa for sa in sas if sa.state == IkeState.ESTABLISHED and not sa.initiator
+            and sa.auth_ext.redirect_supported]
 
 
 def check_init(sa: IkeSa, msg: Message, nonce_i: bytes) -> None:

@@ -28,8 +28,8 @@ from ipsecd.ike.timers import TimerHeap
 
 
 class SaTable:
-    __slots__ = ("_by_child", "_by_conn", "_by_ids", "_by_spi", "_half_key", "_half_open", "_ids_of", "_initiated",
-                 "_peer_of", "by_id", "ctx", "timers")
+    __slots__ = ("_by_child", "_by_conn", "_by_ids", "_by_spi", "_half_key", "_half_of_ip", "_half_open", "_ids_of",
+                 "_initiated", "_peer_of", "by_id", "ctx", "timers")
 
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
@@ -38,6 +38,7 @@ class SaTable:
         self._by_spi: dict[bytes, IkeSa] = {}
         self._half_open: dict[tuple[bytes, str], IkeSa] = {}
         self._half_key: dict[int, tuple[bytes, str]] = {}  # IKE SA id -> its key in _half_open
+        self._half_of_ip: dict[str, int] = {}  # peer address -> its half-open SAs (the front door's block_threshold)
         self._by_conn: dict[str, dict[int, IkeSa]] = {}
         self._by_child: dict[bytes, IkeSa] = {}
         self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
@@ -59,6 +60,9 @@ class SaTable:
     @property
     def half_open_count(self) -> int:
         return len(self._half_open)
+
+    def half_open_of(self, peer: str) -> int:
+        return self._half_of_ip.get(peer, 0)
 
     def of_connection(self, name: str) -> list[IkeSa]:
         return list(self._by_conn.get(name, {}).values())
@@ -95,6 +99,7 @@ class SaTable:
         if half_open is not None:
             self._half_open[half_open] = sa
             self._half_key[sa.ike_sa_id] = half_open
+            self._half_of_ip[half_open[1]] = self._half_of_ip.get(half_open[1], 0) + 1
 
     def route(self, spi: bytes, sa: IkeSa) -> None:
         self._by_spi[spi] = sa
@@ -102,7 +107,7 @@ class SaTable:
     def index(self, sa: IkeSa, ev: Event) -> Event:
         """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
         if isinstance(ev, IkeSaEstablished):
-            self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
+            self._not_half_open(sa)
             self._index_ids(sa)
         elif isinstance(ev, ChildSaEstablished):
             self._by_child[ev.spi_in] = sa
@@ -135,13 +140,20 @@ class SaTable:
                 del self._by_conn[sa.settings.name]
         if self._by_spi.get(sa.our_spi) is sa:
             del self._by_spi[sa.our_spi]
-        self._half_open.pop(self._half_key.pop(sa.ike_sa_id, (b"", "")), None)
+        self._not_half_open(sa)
         self.ctx.release_ike_spi(sa.our_spi)
         self._drop_peer(sa)
         key = self._ids_of.pop(sa.ike_sa_id, None)
         if key is not None:
             _discard(self._by_ids, key, sa.ike_sa_id)
         self.timers.set(sa.ike_sa_id, None)
+
+    def _not_half_open(self, sa: IkeSa) -> None:
+        key = self._half_key.pop(sa.ike_sa_id, None)
+        if key is not None and self._half_open.pop(key, None) is not None:
+            left = self._half_of_ip.pop(key[1], 0) - 1
+            if left > 0:
+                self._half_of_ip[key[1]] = left
 
     def _contact(self, sa: IkeSa) -> None:
         self._peer_of[sa.ike_sa_id] = sa.remote[0]

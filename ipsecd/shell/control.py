@@ -91,7 +91,9 @@ class ControlHandlers:
 
     async def stats(self) -> dict[str, Any]:
         dp = await self._dataplane_counters()
-        return {"ike": self.d.shell.manager.total_counters(), "events": dict(self.d.stats.events),
+        m = self.d.shell.manager
+        return {"ike": m.total_counters(), "events": dict(self.d.stats.events),
+                "front_door": m.front.state(time.monotonic(), m.table.half_open_count),
                 "logins": {f"{m}/{r}": n for (m, r), n in sorted(self.d.stats.logins.items())},
                 "net": dict(self.d.transport.counters), "dataplane": dp.get("global", {})}
 

@@ -1,6 +1,6 @@
 """The IKE side of the shell: datagrams and the clock in, datagrams out, events to the parts.
 
-As aioquic's asyncio protocol: ``on_datagram``/``on_timer`` feed the sans-I/O manager,
+As aioquic's asyncio protocol: ``on_datagrams``/``on_timer`` feed the sans-I/O manager,
 ``flush`` drains what it produced -- events first, to the installer, the connection
 policy and the counters, then the datagrams -- and re-arms one timer. A datagram of an
 IKE SA whose inbound Child SA is still being installed is held by the installer and
@@ -69,7 +69,15 @@ class IkeShell:
 
     # ------------------------------------------------------------------ input
     def on_datagram(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.manager.receive_datagram(data, local, remote, time.monotonic())
+        self.on_datagrams([(data, local, remote)])
+
+    def on_datagrams(self, batch: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        """What the socket held at one wake-up: fed in order, then one flush. The ordering
+        contract holds for the batch: every event (installs) is handled before any datagram
+        of the batch is sent."""
+        now = time.monotonic()
+        for data, local, remote in batch:
+            self.manager.receive_datagram(data, local, remote, now)
         self.flush()
 
     def on_timer(self) -> None:

@@ -1,17 +1,14 @@
-"""Findings in the IKE engine (ipsecd/ike, not this branch's to change), as deterministic in-memory tests.
+"""Findings of issue 13 in the IKE engine, as deterministic in-memory tests (a fake clock).
 
-Each is ``xfail(strict=True)``: it fails today and turns into an XPASS (a failure that
-says "remove the mark") once the engine is fixed. The namespace versions with a real
-lossy path are in test_lossy_netns.py.
+They were ``xfail(strict=True)`` until the engine was fixed; now they pin the fixes. The
+namespace versions with a real lossy path are in test_lossy_netns.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
-from ipsecd.ike.events import IkeSaClosed, IkeSaRekeyed
+from ipsecd.ike.events import Cause, IkeSaClosed, IkeSaRekeyed
 from ipsecd.ike.message import decode_header
 from tests.ike_pair import Pair, make_pair, make_settings
 
@@ -31,9 +28,6 @@ def _issue_pair() -> Pair:
     return pair
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the IKE SA rekey due at 25 s waits behind the Child SA rekey that "
-                   "is waiting for its first retransmission (28 s); rekey_time + over_time (27.5 s) passes and the "
-                   "IKE SA is deleted with its Child SA (issue 13)")
 def test_ike_sa_rekey_queued_behind_a_retransmission_beats_the_hard_lifetime() -> None:
     pair = _issue_pair()
     pair.advance(40)
@@ -43,38 +37,71 @@ def test_ike_sa_rekey_queued_behind_a_retransmission_beats_the_hard_lifetime() -
     assert any(isinstance(e, IkeSaRekeyed) for e in pair.events_a)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: on the hard lifetime the IKE SA sends its Delete as request 3 while "
-                   "request 2 (the lost Child SA rekey) is unanswered; the peer, still expecting 2, ignores it "
-                   "(RFC 7296 2.3 window of 1), so the Delete is retransmitted until it gives up (~11 s with the "
-                   "tunnel gone on one side only)")
-def test_no_request_is_sent_beyond_the_message_id_window() -> None:
-    pair = _issue_pair()
-    pair.advance(60)
-    answered: dict[bytes, int] = {}  # IKE SPIs -> highest message ID A got a response for
+def _window_respected(pair: Pair) -> None:
+    """A requests only within the message-ID window of 1 (RFC 7296 2.3): n+1 after n was answered."""
+    answered: dict[bytes, int] = {}
     for i, (tag, data) in enumerate(pair.sent):
         h = decode_header(data)
         key = h.spi_i + h.spi_r
         if tag == "b->a" and h.is_response:
             answered[key] = max(answered.get(key, -1), h.message_id)
         elif tag == "a->b" and not h.is_response and h.message_id > 0:
-            assert h.message_id <= answered.get(key, -1) + 1, (
-                f"datagram {i}: request {h.message_id} sent while {answered.get(key, -1) + 1} is unanswered")
+            assert h.message_id <= answered.get(key, -1) + 1, f"datagram {i}: request {h.message_id} too early"
 
 
-# ------------------------------------------------------------------ the front door (placeholders)
-BLOCK_THRESHOLD = 5  # strongSwan charon.block_threshold: half-open IKE SAs per peer address
+def test_no_request_is_sent_beyond_the_message_id_window() -> None:
+    pair = _issue_pair()
+    pair.advance(60)
+    _window_respected(pair)
 
 
-@pytest.mark.xfail(strict=True, reason="front door not in the engine yet: there is no per-source half-open limit "
-                   "(strongSwan's block_threshold, 5 by default); one address that answers COOKIE notifies can "
-                   "hold up to max_half_open (5000) half-open IKE SAs, each with a key exchange done")
+def test_a_delete_waits_for_the_request_in_flight() -> None:
+    """A terminate while a request is unanswered: the Delete waits for the window (RFC 7296 2.3),
+    the abandoned request is retransmitted, and both peers end up without the SA."""
+    pair = _issue_pair()
+    pair.a.rekey_child(next(iter(pair.a.list_sas()[0].children)).spi_in, pair.now)  # datagram 4: lost
+    assert pair.a.terminate("conn", pair.now) == 1
+    pair.advance(30)
+    _window_respected(pair)
+    assert pair.a.list_sas() == [] and pair.b.list_sas() == []
+
+
+def test_a_delete_behind_an_unanswered_request_gives_up_like_a_delete() -> None:
+    """The peer is gone: the SA closes DELETE_TIMEOUT (10 s) after the terminate, with its cause,
+    not after the whole retransmission budget of the request in flight."""
+    pair = _issue_pair()
+    pair.deliver = lambda i, d, tag: False
+    pair.a.rekey_child(next(iter(pair.a.list_sas()[0].children)).spi_in, pair.now)
+    pair.a.terminate("conn", pair.now)
+    pair.advance(9)
+    assert pair.a.list_sas()
+    pair.advance(2)
+    (closed,) = [e for e in pair.events_a if isinstance(e, IkeSaClosed)]
+    assert closed.cause is Cause.DELETED_LOCALLY and "before our Delete" in closed.reason, closed
+
+
+def test_a_dead_peer_still_ends_an_sa_past_its_hard_lifetime() -> None:
+    """The hard lifetime waits for a rekey under way; the retransmission budget still ends it."""
+    pair = _issue_pair()
+    pair.deliver = lambda i, d, tag: False  # B is gone
+    pair.advance(200)
+    closed = [e for e in pair.events_a if isinstance(e, IkeSaClosed)]
+    assert closed and pair.a.list_sas() == []
+
+
+# ------------------------------------------------------------------ the front door
+BLOCK_THRESHOLD = 5  # strongSwan's charon.block_threshold default; ipsecd's is 50 (laptops behind one NAT)
+
+
 def test_one_source_answering_cookies_is_limited_to_a_few_half_open_sas() -> None:
     import os
 
+    from ipsecd.ike.frontdoor import FrontDoorSettings
     from tests.flood import build_init, public_values, stamp
     from tests.ike_pair import A_ADDR, B_ADDR, make_settings_b
 
     responder = make_pair(sb=make_settings_b(remote_id="%any", remote_addrs=("%any",))).b
+    responder.front.configure(FrontDoorSettings(block_threshold=BLOCK_THRESHOLD))
     attacker = (A_ADDR, 500)
     template, pool = build_init(), public_values(4)
     for i in range(300):

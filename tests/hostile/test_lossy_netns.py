@@ -133,11 +133,6 @@ def test_two_ipsecd_establish_rekey_and_carry_traffic_through_loss(ipsecd_factor
 ISSUE_REKEY_TIME = 25  # over_time then defaults to 10 %: 2.5 s; the first retransmission waits 4 s
 PING_INTERVAL = 0.2
 MAX_OUTAGE = 5.0  # 25 pings in a row lost to random 20 % loss each way: p = 0.36**25, never
-ENGINE_BUG = ("engine (ipsecd/ike, not this branch): the IKE SA rekey waits behind an exchange that is "
-              "retransmitting (first retry after 4 s), rekey_time + over_time (25 + 2.5 s) passes meanwhile, and "
-              "the IKE SA is deleted with its Child SA (its Delete then breaks the message-ID window: see "
-              "test_engine_findings.py)")
-
 
 def _run_pings(t: Topology, seconds: float, log: Path) -> float:
     """Ping A -> B through the tunnel for ``seconds``; the longest outage seen."""
@@ -148,7 +143,6 @@ def _run_pings(t: Topology, seconds: float, log: Path) -> float:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=ENGINE_BUG)
 def test_ike_sa_rekey_queued_behind_a_retransmitting_exchange(ipsecd_factory: MakeIpsecd, tmp_path: Path) -> None:
     """The issue's mechanism, made deterministic: the Child SA rekey request just before the IKE SA rekey is lost.
 
@@ -175,8 +169,6 @@ ISSUE_SECONDS = 75  # three IKE SA lifetimes
 
 
 @pytest.mark.timeout(ISSUE_SECONDS + 120)
-@pytest.mark.xfail(strict=False, reason=ENGINE_BUG + " (random loss: fails in about half the runs today; the "
-                   "deterministic test above is the strict one)")
 def test_ike_sa_lifetime_under_random_loss(ipsecd_factory: MakeIpsecd, tmp_path: Path) -> None:
     """The issue's literal settings: rekey_time 25s, default over_time and retransmits, Child SAs rekeying
     meanwhile, 20 % loss and 10 % reordering of IKE and ESP for three IKE SA lifetimes."""
