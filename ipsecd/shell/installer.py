@@ -24,10 +24,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TYPE_CHECKING, Any
 
 from ipsecd.dataplane import messages as dp
 from ipsecd.esp.sa import SaParams
+from ipsecd.esp.spd import range_to_prefixes
 from ipsecd.ike.events import (
     Cause,
     ChildSaDeleted,
@@ -71,6 +73,7 @@ class ChildSaInstaller:
         self._held: dict[int, list[Datagram]] = {}
         self._last: dict[int, asyncio.Future[Any]] = {}  # reqid -> its latest data-plane job
         self._pending_out: dict[int, _PendingOut] = {}  # reqid -> rekey responder's new outbound SA
+        self._covers: tuple[object, dict[str, tuple[IPv4Network | IPv6Network, ...]]] = (None, {})
         if dataplane is None:
             self.ready.set()
 
@@ -170,7 +173,7 @@ class ChildSaInstaller:
             # back; route-based children (interface set) get no routes: the user routes into the TUN
             await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
                                                   route_via_tun=child is None or child.interface is None,
-                                                  lifetime=lifetime)
+                                                  lifetime=lifetime, route_cover=self._pool_prefixes(ev.name))
         except Exception as e:
             self.install_failures += 1
             self.shell.stats.count("child_sa_install_failures")
@@ -181,6 +184,26 @@ class ChildSaInstaller:
         finally:
             self._release(ev.ike_sa_id)
         await self._keepalive(ev)
+
+    def _pool_prefixes(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The prefixes of the connection's pools: one route each serves every client's virtual IP."""
+        config = self.config()
+        seen, cache = self._covers
+        if seen is not config:
+            cache = {}
+            self._covers = (config, cache)
+        got = cache.get(name)
+        if got is None:
+            conn = config.connections.get(name)
+            nets: list[IPv4Network | IPv6Network] = []
+            for pool in conn.pools if conn is not None else ():
+                spec = config.pools.get(pool)
+                if spec is None:
+                    continue
+                lo, hi = spec.addrs
+                nets += [ip_network((n, plen)) for n, plen in range_to_prefixes(int(lo), int(hi), lo.max_prefixlen)]
+            got = cache[name] = tuple(nets)
+        return got
 
     async def _keepalive(self, ev: ChildSaEstablished) -> None:
         sa = self.shell.manager.find(ev.ike_sa_id)
