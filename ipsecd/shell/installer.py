@@ -74,6 +74,7 @@ class ChildSaInstaller:
         self._last: dict[int, asyncio.Future[Any]] = {}  # reqid -> its latest data-plane job
         self._pending_out: dict[int, _PendingOut] = {}  # reqid -> rekey responder's new outbound SA
         self._covers: tuple[object, dict[str, tuple[IPv4Network | IPv6Network, ...]]] = (None, {})
+        self.stopping = False  # shutdown: the worker and every route go at once, no job per deleted SA
         if dataplane is None:
             self.ready.set()
 
@@ -98,7 +99,7 @@ class ChildSaInstaller:
                     if self._encap_peers[gone.remote] <= 0:
                         del self._encap_peers[gone.remote]
             self.shell.manager.release_spi(ev.spi_in)
-            if self.dataplane is None:
+            if self.dataplane is None or self.stopping:
                 return
             if ev.reqid_in_use:
                 # A rekey we answered is complete (the initiator deleted the old SA): switch our
