@@ -121,8 +121,9 @@ class DataPlane:
         self._traps: dict[int, tuple[Policy, ...]] = {}
         self._stopping = False
         self._link_mtu = 0
-        self._pmtu: dict[IPv4Address | IPv6Address, tuple[float, int]] = {}  # peer -> (until, path MTU)
-        self._srcs: dict[tuple[Selector, ...], tuple[float, IPv4Address | IPv6Address | None]] = {}
+        # netlink answers kept a while: peer -> path MTU, local selectors -> route source
+        self._pmtu: dict[IPv4Address | IPv6Address, tuple[float, asyncio.Future[int]]] = {}
+        self._srcs: dict[tuple[Selector, ...], tuple[float, asyncio.Future[IPv4Address | IPv6Address | None]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -310,32 +311,29 @@ class DataPlane:
         return mtu
 
     async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
-        now = time.monotonic()
-        hit = self._pmtu.get(remote)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        pmtu = await self.netconf.run(self.netconf.path_mtu, remote)
-        if len(self._pmtu) >= CACHE_MAX:
-            self._pmtu.clear()
-        self._pmtu[remote] = (now + PMTU_TTL, pmtu)
-        return pmtu
+        return await self._cached(self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
 
     async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
         """Per IP version, a local address inside the policies' local selectors (route source)."""
         out: dict[int, IPv4Address | IPv6Address | None] = {}
-        now = time.monotonic()
         for version in (4, 6):
             sels = tuple(p.local for p in policies if p.local.version == version)
-            if not sels:
-                continue
-            hit = self._srcs.get(sels)
-            if hit is None or hit[0] <= now:
-                addr = await self.netconf.run(self.netconf.local_address_in, sels)
-                if len(self._srcs) >= CACHE_MAX:
-                    self._srcs.clear()
-                hit = self._srcs[sels] = (now + PREFSRC_TTL, addr)
-            out[version] = hit[1]
+            if sels:
+                out[version] = await self._cached(self._srcs, sels, PREFSRC_TTL, self.netconf.local_address_in, sels)
         return out
+
+    async def _cached(self, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
+                      fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the netlink thread, its answer reused for ``ttl`` seconds: a storm's
+        concurrent installs share one lookup instead of each making its own."""
+        now = time.monotonic()
+        hit = cache.get(key)
+        if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            fut = asyncio.ensure_future(self.netconf.run(fn, *args))
+            hit = cache[key] = (now + ttl, fut)
+        return await asyncio.shield(hit[1])
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
