@@ -19,7 +19,6 @@ beats the SA into the data plane (RFC 7296 2.8).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ from ipsecd.ike.events import (
     SpiAssigned,
 )
 from ipsecd.ike.exchanges import Exchanges
+from ipsecd.ike.fifo import Fifo
 from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.message import SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
@@ -87,7 +87,7 @@ class _SaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{sa.settings.name}|{sa.ike_sa_id}] {sa.remote[0]}: {msg}", kwargs
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: thousands are held (issue 11, memory per tunnel)
 class IkeSa:
     """One IKE SA, both roles; see the module docstring for the sans-I/O contract."""
 
@@ -139,8 +139,8 @@ class IkeSa:
     closing: tuple[Cause, str] = (Cause.DELETED_LOCALLY, "deleted locally")  # why our Delete went out
 
     exchanges: Exchanges = field(init=False, repr=False)
-    _events: deque[Event] = field(default_factory=deque, repr=False)
-    _signals: deque[Signal] = field(default_factory=deque, repr=False)
+    _events: Fifo[Event] = field(default_factory=Fifo, repr=False)
+    _signals: Fifo[Signal] = field(default_factory=Fifo, repr=False)
     _close_after_response: tuple[Cause, str] | None = field(default=None, repr=False)
     _prf: Prf | None = field(default=None, repr=False)
 
