@@ -160,7 +160,8 @@ class ChildSaInstaller:
             0 if child.mss_clamp == "auto" else int(child.mss_clamp))
         lifetime = volume_lifetime(child)
         try:
-            await asyncio.wait_for(self.ready.wait(), 30)
+            if not self.ready.is_set():  # wait_for costs a task: only while the worker starts
+                await asyncio.wait_for(self.ready.wait(), 30)
             if self.shell.vips is not None:  # a client: its virtual IP is the routes' source
                 await self.shell.vips.ready(ev.ike_sa_id)
             if ev.rekeyed_spi_in is not None and not ev.initiator:
