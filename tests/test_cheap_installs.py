@@ -20,6 +20,7 @@ import pytest
 from ipsecd.dataplane import netconf
 from ipsecd.dataplane.netconf import NetConf, TrapRoutes
 from ipsecd.esp.spd import Selector
+from ipsecd.pools import parse_range, pool_addrs
 from ipsecd.settings_from_config import protect_policies
 from ipsecd.shell.installer import ChildSaInstaller
 from tests.netns import topology_or_skip
@@ -102,6 +103,7 @@ class _Conn:
 
 class _Pool:
     addrs = (ip_address("10.3.0.0"), ip_address("10.3.1.9"))
+    routed = ()  # a PoolConfig made without the config parser: the range is routed exactly
 
 
 class _Config:
@@ -117,6 +119,16 @@ def test_the_installer_offers_the_connection_pools_as_route_cover() -> None:
     assert got == (ip_network("10.3.0.0/24"), ip_network("10.3.1.0/29"), ip_network("10.3.1.8/31"))
     assert inst._pool_prefixes("rw") is got  # worked out once per configuration
     assert inst._pool_prefixes("other") == ()
+
+
+def test_a_subnet_pool_is_routed_as_the_subnet_a_range_exactly() -> None:
+    def routed(text: str) -> list[str]:
+        return [str(n) for n in pool_addrs(text)[1]]
+
+    assert routed("10.3.0.0/29") == ["10.3.0.0/29"]  # serves .1-.6, routed whole
+    assert routed("fd00:3::/120") == ["fd00:3::/120"]
+    assert routed("10.3.0.1-10.3.0.6") == ["10.3.0.1/32", "10.3.0.2/31", "10.3.0.4/31", "10.3.0.6/32"]
+    assert pool_addrs("10.3.0.0/29")[0] == parse_range("10.3.0.0/29")
 
 
 # A route into a TUN-like device covering the peer's own address, the rule the data plane

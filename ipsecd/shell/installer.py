@@ -203,7 +203,8 @@ class ChildSaInstaller:
                 if spec is None:
                     continue
                 lo, hi = spec.addrs
-                nets += [ip_network((n, plen)) for n, plen in range_to_prefixes(int(lo), int(hi), lo.max_prefixlen)]
+                nets += spec.routed or [ip_network((n, plen)) for n, plen in
+                                        range_to_prefixes(int(lo), int(hi), lo.max_prefixlen)]
             got = cache[name] = tuple(nets)
         return got
 
