@@ -66,7 +66,7 @@ class NoResume:
         raise LocalProtocolError(f"{type(self).__name__} never waits for an outside answer")
 
 
-@dataclass
+@dataclass(slots=True)
 class AuthExtensions:
     """What the peer announced that decides how we authenticate (IKE_SA_INIT and first IKE_AUTH)."""
 
@@ -76,7 +76,7 @@ class AuthExtensions:
     eap_only: bool = False  # EAP_ONLY_AUTHENTICATION (RFC 5998)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerLogin:
     """Who the peer turned out to be and how it proved it (list-sas, accounting, uniqueness)."""
 
