@@ -50,7 +50,7 @@ from ipsecd.ike.events import (
 from ipsecd.ike.exchanges import Exchanges
 from ipsecd.ike.fifo import Fifo
 from ipsecd.ike.keymat import IkeKeys
-from ipsecd.ike.message import SkCipher, check_message, decode_message
+from ipsecd.ike.message import Message, SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
 from ipsecd.ike.proposal import proposal_to_swanctl
 from ipsecd.ike.settings import ChildSettings, IkeSettings
@@ -278,8 +278,8 @@ class IkeSa:
         self.last_traffic_in = max(self.last_traffic_in, now)
 
     # ------------------------------------------------------------------ the sans-I/O verbs
-    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        """Feed one datagram (without the non-ESP marker) addressed to this SA."""
+    def receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float, pre: Message | None = None) -> None:
+        """Feed one datagram (without the non-ESP marker) addressed to this SA (``pre``: already parsed)."""
         self.now = now
         if self.state == IkeState.CLOSED:
             return
@@ -287,7 +287,7 @@ class IkeSa:
             self._on_unprotected_notify(data)
             return
         try:
-            msg = decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
+            msg = pre or decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
             check_message(msg)
         except IntegrityError:
             self.count("integrity")

@@ -381,7 +381,7 @@ class IkeManager:
         sa = IkeSa(candidates[0], self.ctx.alloc_ike_id(), False, local, remote, now, ctx=self.ctx,
                    candidates=candidates)
         self.table.add(sa, half_open=(spi_i, remote[0]))
-        self._act(sa, now, lambda s: s.receive(data, local, remote, now))
+        self._act(sa, now, lambda s: s.receive(data, local, remote, now, msg))  # parsed once
 
     def _collect(self, sa: IkeSa) -> None:
         """Take what ``sa`` produced: its datagrams, its signals (acted on here) and its events."""
