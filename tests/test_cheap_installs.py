@@ -190,3 +190,29 @@ def test_netconf_run_keeps_one_socket_in_one_thread(monkeypatch: pytest.MonkeyPa
         assert opened[0].closed  # type: ignore[attr-defined]
 
     asyncio.run(main())
+
+
+def test_concurrent_installs_share_one_path_mtu_lookup() -> None:
+    from ipsecd.dataplane.client import DataPlane
+
+    calls: list[object] = []
+
+    def lookup(remote: object) -> int:
+        calls.append(remote)
+        if len(calls) == 2:
+            raise OSError("netlink hiccup")
+        return 1500
+
+    async def main() -> None:
+        dp = DataPlane()
+        dp.netconf.path_mtu = lookup  # type: ignore[method-assign]
+        peer, other = ip_address("192.0.2.2"), ip_address("192.0.2.3")
+        got = await asyncio.gather(*(dp._path_mtu(peer) for _ in range(50)))
+        assert got == [1500] * 50 and calls == [peer]  # one lookup for a storm's 50 installs
+        assert await dp._path_mtu(peer) == 1500 and len(calls) == 1  # cached
+        with pytest.raises(OSError):
+            await dp._path_mtu(other)
+        assert await dp._path_mtu(other) == 1500 and len(calls) == 3  # a failure is not cached
+        await dp.netconf.close()
+
+    asyncio.run(main())

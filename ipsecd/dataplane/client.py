@@ -333,6 +333,8 @@ class DataPlane:
                 cache.clear()
             fut = asyncio.ensure_future(self.netconf.run(fn, *args))
             hit = cache[key] = (now + ttl, fut)
+        if hit[1].done():  # the common case: no shield, no await
+            return hit[1].result()
         return await asyncio.shield(hit[1])
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
