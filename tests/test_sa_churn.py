@@ -1,7 +1,8 @@
 """Bookkeeping that must not vanish or pile up as SAs come and go (issue 11).
 
 * per-IKE-SA counters (retransmissions) still count in ``ipsecctl stats`` after the SA closed;
-* a deleted Child SA leaves nothing behind in the worker's lifetime watch.
+* a deleted Child SA leaves nothing behind in the worker's lifetime watch;
+* a refused Child SA frees the inbound SPI its initiator reserved.
 """
 
 from __future__ import annotations
@@ -50,3 +51,17 @@ def test_deleted_sas_leave_no_lifetime_entries_behind() -> None:
     keep.counters.packets = 10  # the SA that stayed still reaches its limits
     lw.traffic.in_packets = 10
     assert [(kind, what) for _w, kind, what in lw.check()] == [("soft", "packets")]
+
+
+def test_a_refused_child_sa_frees_the_spi_it_reserved() -> None:
+    """The initiator reserves its inbound SPI when it proposes; a refusal must free it, or a
+    gateway that keeps retrying (or rekeying into refusals) holds SPIs forever."""
+    from ipsecd.ike.events import ChildSaFailed
+    from tests.ike_pair import make_pair, make_settings, make_settings_b
+
+    pair = make_pair(make_settings(esp=("aes128gcm16",)), make_settings_b(esp=("chacha20poly1305",)))
+    pair.a.initiate("conn", pair.now)
+    pair.run_until_quiet()
+    assert pair.a.list_sas() and not pair.a.list_sas()[0].children  # IKE up, the Child SA refused
+    assert any(isinstance(e, ChildSaFailed) for e in pair.events_a)
+    assert not pair.a.ctx.child_spis and not pair.b.ctx.child_spis
