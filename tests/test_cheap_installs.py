@@ -216,3 +216,30 @@ def test_concurrent_installs_share_one_path_mtu_lookup() -> None:
         await dp.netconf.close()
 
     asyncio.run(main())
+
+
+def test_a_route_that_failed_to_write_is_written_by_the_next_sa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first SA's route write fails (that SA fails, IKE deletes it); the second SA of the
+    same prefix must not take the route for granted."""
+    from ipsecd.dataplane.client import DataPlane
+
+    writes: list[str] = []
+
+    def write(batch: list[dict[str, Any]]) -> None:
+        writes.append(batch[0]["dst"])
+        if len(writes) == 1:
+            raise OSError(22, "Invalid argument")
+
+    async def main() -> None:
+        dp = DataPlane()
+        dp.netconf.ifindex = 7
+        dp.netconf.write_routes = write  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            await dp._write_routes(dp.netconf.claim_routes(1, _host(1, "10.1.0.1/32"), 1400)[1])
+        await dp._write_routes(dp.netconf.claim_routes(2, _host(2, "10.1.0.1/32"), 1400)[1])
+        assert writes == ["10.1.0.1/32", "10.1.0.1/32"]
+        await dp._write_routes(dp.netconf.claim_routes(3, _host(3, "10.1.0.1/32"), 1400)[1])
+        assert len(writes) == 2  # written now: the third SA shares it
+        await dp.netconf.close()
+
+    asyncio.run(main())

@@ -305,10 +305,19 @@ class DataPlane:
         if route_via_tun and o.policy_routing:
             mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
             src = await self._prefsrc(mine)
-            _, writes = self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)
-            if writes:
-                await self.netconf.run(self.netconf.write_routes, writes)
+            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
         return mtu
+
+    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs (usually none); if that fails, the next claim of those
+        prefixes writes them again, and the caller's SA fails (IKE deletes it)."""
+        if not writes:
+            return
+        try:
+            await self.netconf.run(self.netconf.write_routes, writes)
+        except Exception:
+            self.netconf.unclaim_writes(writes)
+            raise
 
     async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
         return await self._cached(self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
@@ -390,8 +399,7 @@ class DataPlane:
         if route_via_tun and self.options.policy_routing:
             mtu = self._link_mtu or self.options.mtu or DEFAULT_TUN_MTU
             src = await self._prefsrc(list(pols))
-            _, writes = self.netconf.claim_routes(reqid, pols, mtu, src, None, TrapRoutes(reqid))
-            await self.netconf.run(self.netconf.write_routes, writes)
+            await self._write_routes(self.netconf.claim_routes(reqid, pols, mtu, src, None, TrapRoutes(reqid))[1])
 
     async def remove_trap(self, reqid: int) -> None:
         """Disarm the trap of ``reqid`` (reload, shutdown): queued packets are dropped and

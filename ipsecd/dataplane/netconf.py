@@ -360,6 +360,14 @@ class NetConf:
                 added.append(dst)
         return added, writes
 
+    def unclaim_writes(self, writes: Iterable[dict[str, Any]]) -> None:
+        """``write_routes(writes)`` failed: those routes are not in the kernel, so the next claim
+        of their prefixes must write them again (the owners' claims stay until released)."""
+        for args in writes:
+            key = (ip_network(args["dst"]), args["table"])
+            if self._route_args.get(key) is args:
+                del self._route_args[key]
+
     def write_routes(self, writes: Iterable[dict[str, Any]]) -> None:
         todo = list(writes)
         if not todo:
