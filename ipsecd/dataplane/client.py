@@ -290,6 +290,7 @@ class DataPlane:
         if outbound is not None:
             pmtu = o.path_mtu
             if pmtu is None:
+                # with the worker's mark: the route its ESP takes, never our own TUN routes
                 pmtu = await self._path_mtu(outbound.remote_addr)
             mtu = tun_mtu(outbound, pmtu)
             if o.mtu:

@@ -96,11 +96,15 @@ def selector_networks(sel: Selector) -> list[Network]:
 
 
 def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0, ipr: Any = None) -> int:
-    """MTU towards ``remote``: the route's mtu metric if set, else the outgoing link's MTU.
+    """MTU towards ``remote`` for packets carrying fwmark ``mark``: the route's mtu metric (a
+    PMTU the kernel learned included) if set, else the outgoing link's MTU. ``ipr``: a netlink
+    socket to use (``NetConf.path_mtu`` passes its kept one), else one is opened.
 
-    ``mark``: look the route up as the worker's own ESP sockets send (their fwmark). Without
-    it a Child SA whose remote selector covers the peer's address (host-to-host) would find
-    the previous SA's route into the TUN, and each SA's MTU would shrink by the ESP overhead.
+    ``mark`` must be the worker's socket mark: ESP to the peer leaves with it, so it takes the
+    route the worker's packets take. Asked without it, a Child SA whose remote selectors cover
+    the peer's own address (0.0.0.0/0, transport mode) answers with its own TUN route, whose
+    mtu metric is the previous SA's inner MTU: each new SA would shrink the MTU by one more
+    ESP overhead (1400 -> 102 over 25 SAs) until installs fail.
     """
     with contextlib.nullcontext(ipr) if ipr is not None else _ipr() as ipr:
         try:

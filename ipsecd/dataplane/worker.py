@@ -415,10 +415,24 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
+        # a TCP SYN (IPv4 without options, or IPv6 with TCP next): a few byte compares per
+        # packet, the clamp itself only for SYNs (unprotect returns at least a whole IP header)
+        if ((pkt[9] == 6 and pkt[0] == 0x45 and len(pkt) >= 40 and pkt[33] & 0x02)
+                or (pkt[6] == 6 and pkt[0] >> 4 == 6 and len(pkt) >= 60 and pkt[53] & 0x02)):
+            pkt = self._clamp_inbound(spi, pkt)
         try:  # _write_tun inlined: this runs once per received packet
             os.write(self.tun_fd, pkt)
         except OSError:
             self._count_drop(Drop.TUN_WRITE)
+
+    def _clamp_inbound(self, spi: int, pkt: bytes) -> bytes:
+        """The MSS a host behind the peer offers is what hosts behind us will send it: fit it to
+        the tunnel's way back, so they never send segments it cannot carry (no reliance on ICMP)."""
+        state = self.state
+        path = state.out.get(state.in_reqid.get(spi, 0))
+        if not state.config.mss_clamp or path is None or not path.mss or not is_tcp_syn(pkt):
+            return pkt
+        return clamp_tcp_mss(pkt, path.mss)
 
     def _write_tun(self, pkt: bytes) -> None:
         try:
