@@ -347,7 +347,7 @@ class ConnectionConfig:
     concrete addresses (possibly none) to initiate to.
 
     The defaults are swanctl's; for the keys in NOT_IMPLEMENTED a loaded config holds
-    what ipsecd really does instead (``mobike`` False, ...), not what was asked for.
+    what ipsecd really does instead (``fragmentation`` no, ...), not what was asked for.
     """
 
     name: str
@@ -753,8 +753,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
     UnimplementedKey("conn", "keyingtries", frozenset({1}), 1,
                      "initiations are neither counted nor limited: each is one attempt "
                      "(a connection with start_action start is retried every 5 s regardless)"),
-    UnimplementedKey("conn", "mobike", frozenset({False}), False,
-                     "MOBIKE (RFC 4555) is not negotiated, so a peer that changes address needs a new IKE SA"),
     UnimplementedKey("dataplane", "workers", frozenset({1}), 1, "the data plane runs a single worker process"),
 )
 
@@ -1370,7 +1368,7 @@ def _not_implemented(ld: _Loader, section: str, fields: Mapping[str, _Entry], pa
     """What ipsecd really does for the NOT_IMPLEMENTED keys of ``section``, warning where the file asked for more.
 
     Only a key written in the file warns: an absent one just takes its effective value
-    (swanctl's default ``mobike: yes`` must not warn on every connection).
+    (swanctl's default ``fragmentation: yes`` must not warn on every connection).
     """
     for row in NOT_IMPLEMENTED:
         if row.section != section or getattr(parsed, row.key) in row.honoured:

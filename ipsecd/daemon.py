@@ -37,6 +37,7 @@ from ipsecd.shell.control import ControlHandlers
 from ipsecd.shell.credentials import CredentialReport, load_credentials
 from ipsecd.shell.ike_shell import IkeShell
 from ipsecd.shell.installer import ChildSaInstaller
+from ipsecd.shell.mobike import AddressWatch
 from ipsecd.shell.policy import ConnectionPolicy
 from ipsecd.shell.radius import RadiusService
 from ipsecd.shell.shutdown import delete_all, wait_budget
@@ -72,6 +73,7 @@ class Daemon:
         self.shell.vips = VirtualIpShell(self.shell, None, DnsConfigurator(config.settings.dataplane.tun_name)
                                          if dataplane else None)
         self.radius = RadiusService(self.shell, lambda: self.dataplane)
+        self.addresses = AddressWatch(self.shell, config.settings.dataplane.tun_name)  # MOBIKE (RFC 4555)
         self.shell.radius = self.radius
         self.credentials, self.credential_report = self._load_credentials(config)
         self.handlers = ControlHandlers(self, hub)
@@ -89,6 +91,7 @@ class Daemon:
         self.transport.start()
         if self.want_dataplane:
             await self._start_dataplane()
+        self.addresses.start()
         await self.control.start()
         listen = self.config.settings.metrics.address()
         if listen is not None:
@@ -152,6 +155,7 @@ class Daemon:
         if self.shell.vips is not None:
             await self.shell.vips.close()
         await self.control.close()
+        self.addresses.close()
         self.transport.close()
         self.radius.close()
         self.shell.close()

@@ -80,6 +80,7 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         remote_port=conn.remote_port,
         retransmit=RetransmitSettings(tries=r.tries, timeout=r.timeout, base=r.base),
         force_encap=conn.encap,
+        mobike=conn.mobike,
         rekey_time=conn.rekey_time,
         over_time=conn.over_time,
         rand_time=conn.rand_time,

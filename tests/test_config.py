@@ -145,7 +145,7 @@ def test_road_warrior_values() -> None:
     assert conn.remote_any and conn.remote_addrs == ()
     assert conn.remote.id is not None and conn.remote.id.is_any
     assert conn.local.id == Identity(IdType.ID_FQDN, b"vpn.example.com")
-    assert conn.unique is Unique.REPLACE and not conn.mobike  # MOBIKE is not implemented yet
+    assert conn.unique is Unique.REPLACE and conn.mobike
     assert config.warnings == ()
     assert conn.children["office"].remote_ts == (TsConfig(None),)
     assert config.find_psk("vpn.example.com", "alice@example.com") is not None
@@ -177,9 +177,8 @@ def test_defaults_match_swanctl(tmp_path: Path) -> None:
     assert conn.rekey_time == 4 * 3600 and conn.over_time == pytest.approx(1440) and conn.rand_time == conn.over_time
     assert conn.reauth_time == 0 and conn.keyingtries == 1 and conn.unique is Unique.NO
     assert not conn.encap
-    # swanctl's defaults ask for MOBIKE, which ipsecd does not do yet: the loaded value
-    # says what happens (NOT_IMPLEMENTED), silently since the file did not ask
-    assert not conn.mobike and conn.fragmentation is Fragmentation.YES
+    # swanctl's defaults ask for MOBIKE and fragmentation, both implemented
+    assert conn.mobike and conn.fragmentation is Fragmentation.YES
     assert conn.send_certreq and conn.send_cert is SendCert.IFASKED
     assert config.warnings == ()
     swanctl = ConnectionConfig("x", conn.local, conn.remote)
@@ -825,7 +824,7 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
     path = write(tmp_path, text)
     cfg = load_config(path)
     conn = cfg.connections["b"]
-    assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, False)
+    assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, True)
     assert conn.fragmentation is Fragmentation.ACCEPT  # implemented: no warning
     assert cfg.settings.dataplane.workers == 1
     prefix = "accepted but not implemented yet: "
@@ -834,8 +833,6 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
         "(in effect: 500)",
         f"{path}:4 connections.b.keyingtries: {prefix}initiations are neither counted nor limited: each is one "
         "attempt (a connection with start_action start is retried every 5 s regardless) (in effect: 1)",
-        f"{path}:5 connections.b.mobike: {prefix}MOBIKE (RFC 4555) is not negotiated, so a peer that changes "
-        "address needs a new IKE SA (in effect: no)",
         f"{path}:24 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
     ]
     assert check_config_main(path) == 0
@@ -847,7 +844,7 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
 def test_unimplemented_keys_are_quiet_when_asking_for_what_happens(tmp_path: Path) -> None:
     text = edit(
         "    local_addrs:",
-        "    local_port: 500\n    keyingtries: 1\n    unique: no\n    mobike: no\n"
+        "    local_port: 500\n    keyingtries: 1\n    unique: no\n"
         "    fragmentation: yes\n    local_addrs:",
     ) + "settings:\n  dataplane: {workers: 1}\n"
     cfg = load_config(write(tmp_path, text))

@@ -96,7 +96,7 @@ def _pair(topo: Topology, tmp_path: Path, **extra_a: object) -> tuple[Ipsecd, Ip
 @pytest.mark.netns
 def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp_path: Path) -> None:
     a, b = _pair(topology, tmp_path)
-    b.config["connections"]["peer"]["mobike"] = True  # accepted, not implemented: a warning in the log
+    b.config["connections"]["peer"]["keyingtries"] = 2  # accepted, not implemented: a warning in the log
     with b, a:
         ike = a.wait_established(15, child="net")
         b.wait_established(15, child="net")
@@ -116,7 +116,7 @@ def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp
         a.write_config()
         r = a.ctl("reload")
         assert r.returncode == 0
-        assert "connections.peer.mobike: accepted but not implemented yet" in b.log_text()  # at start
+        assert "connections.peer.keyingtries: accepted but not implemented yet" in b.log_text()  # at start
         assert "connections.spare.keyingtries: accepted but not implemented yet" in a.log_text()  # at reload
         conns = a.ctl("list-conns", "--json").stdout
         assert "spare" in conns

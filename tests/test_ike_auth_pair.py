@@ -30,7 +30,7 @@ from ipsecd.ike.events import (
     LoginResult,
 )
 from ipsecd.ike.message import decode_datagrams
-from ipsecd.ike.payloads import AuthPayload, CertPayload, CertReqPayload, EapPayload, Payload, SaPayload
+from ipsecd.ike.payloads import AuthPayload, CertPayload, CertReqPayload, EapPayload, NotifyPayload, Payload, SaPayload
 from ipsecd.ike.settings import AuthSettings, TsSpec
 from ipsecd.ike.signature import SignaturePolicy
 from ipsecd.ike.tasks import ike_init
@@ -346,6 +346,13 @@ def test_eap_mschapv2_like_windows(pki: TestPki, certs: SimpleNamespace) -> None
     gw = pair.b.list_sas()[0]
     assert gw.login is not None and gw.login.eap_identity == b"alice" and gw.login.method == "eap-mschapv2"
     requests, responses = _ike_auth(pair, "a->b"), _ike_auth(pair, "b->a")
+    # RFC 4555 4.2.1: MOBIKE offered in the first request, accepted in the last response (with AUTH)
+    assert gw.mobike.enabled and pair.a.list_sas()[0].mobike.enabled
+    offered = [i for i, m in enumerate(requests) if any(isinstance(p, NotifyPayload) and p.notify_type ==
+                                                         NotifyType.MOBIKE_SUPPORTED for p in m)]
+    accepted = [i for i, m in enumerate(responses) if any(isinstance(p, NotifyPayload) and p.notify_type ==
+                                                          NotifyType.MOBIKE_SUPPORTED for p in m)]
+    assert offered == [0] and accepted == [len(responses) - 1]
     # RFC 7296 2.16: no AUTH first; EAP-Identity, challenge, success response, EAP-Success; then AUTH from the MSK
     assert not [p for p in requests[0] if isinstance(p, AuthPayload)]
     assert [type(p) for p in requests[0]].count(SaPayload) == 1
@@ -505,7 +512,7 @@ def test_eap_radius(pki: TestPki, certs: SimpleNamespace) -> None:
     requests = pump_with_radius(pair, radius)
     _up(pair)
     assert len(requests) >= 3 and radius.seen[0].user_name == b"alice"
-    assert radius.seen[0].calling_station_id == "192.0.2.1[500]"
+    assert radius.seen[0].calling_station_id == "192.0.2.1[4500]"  # IKE_AUTH on 4500: MOBIKE (RFC 4555 3.3)
     login = _login(pair)
     assert (login.method, login.result, login.eap_identity) == ("eap-radius", LoginResult.SUCCESS, "alice")
     extra = pair.b.list_sas()[0].login.extra  # type: ignore[union-attr]

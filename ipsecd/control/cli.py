@@ -155,6 +155,9 @@ def render_sas(result: dict[str, Any]) -> str:
             out.append(f"  remote authenticated with {', '.join(how)}")
         if sa.get("proposal"):
             out.append(f"  {sa['proposal']}")
+        if sa.get("mobike"):
+            moves = int(sa.get("mobike_moves") or 0)
+            out.append(f"  MOBIKE{f', moved {moves} time' + ('s' if moves != 1 else '') if moves else ''}")
         for child in sa.get("child_sas") or []:
             mode = str(child.get("mode", "?")).upper() + ("-in-UDP" if child.get("encap") else "")
             proposal = f", ESP:{child['proposal']}" if child.get("proposal") else ""

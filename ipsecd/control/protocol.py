@@ -205,6 +205,8 @@ class IkeSaInfo(TypedDict):
     nat_local: bool  # we are behind a NAT
     nat_remote: bool  # the peer is behind a NAT
     encap: bool
+    mobike: bool  # RFC 4555 negotiated: the SA follows address changes ("remote" is the current address)
+    mobike_moves: int  # address updates this IKE SA went through
     local_vips: list[str]  # virtual IPs the gateway assigned to us (client)
     remote_vips: list[str]  # virtual IPs we leased to the peer (gateway)
     rekey_in: int | None

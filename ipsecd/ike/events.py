@@ -121,8 +121,9 @@ class IkeSaRekeyed:
 
 @dataclass(frozen=True)
 class IkeSaMoved:
-    """RFC 7296 2.23: an authenticated request came from a new address or port (NAT
-    rebinding, or the move to port 4500): ESP of every Child SA must follow it."""
+    """The IKE SA runs between new endpoints: ESP of every Child SA must follow. RFC 7296 2.23:
+    an authenticated request came from a new address or port (NAT rebinding, the move to
+    port 4500); RFC 4555: a MOBIKE address update completed (either side's address)."""
 
     ike_sa_id: int
     name: str

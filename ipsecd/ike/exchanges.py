@@ -47,6 +47,7 @@ from ipsecd.ike.tasks.ike_config import IkeConfig
 from ipsecd.ike.tasks.ike_init import IkeInit
 from ipsecd.ike.tasks.ike_rekey import IkeRekey
 from ipsecd.ike.tasks.informational import InformationalResponder
+from ipsecd.ike.tasks.mobike import MobikeResponder, MobikeSupport, carries_mobike, implicit_updates
 from ipsecd.ike.tasks.unique import UniqueCheck
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class _Active:
     sent_at: float
     deadline: float
     tries: int = 0
+    fanout: list[tuple[Endpoint, Endpoint]] = field(default_factory=list)  # MOBIKE probe: sent on each path
 
 
 @dataclass(slots=True)
@@ -115,8 +117,9 @@ def _create_child_sa(sa: IkeSa, msg: Message) -> list[ResponderTask]:
 RESPONDERS: dict[ExchangeType, tuple[frozenset[IkeState], Callable[[IkeSa, Message], list[ResponderTask]]]] = {
     ExchangeType.IKE_SA_INIT: (frozenset({IkeState.CREATED}), lambda sa, msg: [IkeInit()]),
     ExchangeType.IKE_AUTH: (frozenset({IkeState.CONNECTING}),
-                            lambda sa, msg: [IkeAuth(), UniqueCheck(), IkeConfig(), ChildCreate()]),
-    ExchangeType.INFORMATIONAL: (LIVE, lambda sa, msg: [InformationalResponder()]),
+                            lambda sa, msg: [IkeAuth(), UniqueCheck(), IkeConfig(), MobikeSupport(), ChildCreate()]),
+    ExchangeType.INFORMATIONAL: (LIVE, lambda sa, msg: [InformationalResponder(), MobikeResponder()]
+                                 if carries_mobike(msg) else [InformationalResponder()]),
     ExchangeType.CREATE_CHILD_SA: (LIVE, _create_child_sa),
 }
 
@@ -125,7 +128,7 @@ class Exchanges:
     """See the module docstring. Owned by one IkeSa; sends through its endpoints."""
 
     __slots__ = ("_delay_seq", "active", "cached", "delayed", "expected_id", "held", "held_response", "next_id",
-                 "out", "passive", "queue", "respond_after", "sa", "stale")
+                 "out", "passive", "path", "queue", "respond_after", "sa", "stale")
 
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa
@@ -142,6 +145,7 @@ class Exchanges:
         self.held: _Run | None = None  # a peer request whose answer waits for the outside (RADIUS)
         self.held_response: tuple[float, tuple[bytes, ...], Endpoint, Endpoint] | None = None  # (due, data, l, r)
         self.respond_after = 0.0  # a task asks to hold our next response this long (the EAP retry pause)
+        self.path: tuple[Endpoint, Endpoint] | None = None  # (local, remote) of the message being processed
 
     # ------------------------------------------------------------------ queue
     @property
@@ -242,9 +246,10 @@ class Exchanges:
             if reuse_id is None:
                 self.next_id += 1
             reuse_id = None
-            if exchange != ExchangeType.IKE_SA_INIT and sa.encap and sa.initiator and sa.remote[1] == 500 \
-                    and sa.local[1] != NATT_PORT:
-                # RFC 7296 2.23: after NAT detection the initiator moves to port 4500
+            if exchange != ExchangeType.IKE_SA_INIT and (sa.encap or sa.settings.mobike) and sa.initiator \
+                    and sa.remote[1] == 500 and sa.local[1] != NATT_PORT:
+                # RFC 7296 2.23: after NAT detection the initiator moves to port 4500; RFC 4555 3.3:
+                # so does one offering MOBIKE (a NAT may appear on a later path)
                 sa.local = (sa.local[0], NATT_PORT)
                 sa.remote = (sa.remote[0], NATT_PORT)
             msg = Message(sa.spi_i, sa.spi_r, exchange, message_id, is_initiator=sa.initiator, is_response=False,
@@ -252,15 +257,29 @@ class Exchanges:
             data = sa.frag.encode(msg)
             if exchange == ExchangeType.IKE_SA_INIT:
                 sa.init_request = data[0]
-            self.active = _Active(message_id, exchange, tasks, data, sent_at=sa.now, deadline=sa.now + self.timeout(0))
-            self._send(data, sa.local, sa.remote)
+            fanout = list(getattr(tasks[0], "fanout", ()))
+            self.active = _Active(message_id, exchange, tasks, data, sent_at=sa.now, deadline=sa.now + self.timeout(0),
+                                  fanout=fanout)
+            self._send_request(self.active)
 
-    def on_response(self, msg: Message, data: bytes) -> None:
+    def _send_request(self, a: _Active) -> None:
+        for local, remote in a.fanout or [(self.sa.local, self.sa.remote)]:
+            self._send(a.data, local, remote)
+
+    def retransmit_soon(self) -> None:
+        """Our addresses changed (MOBIKE): the request in flight goes out again now, on the new path."""
+        a = self.active
+        if a is not None and not a.fanout:
+            a.deadline = self.sa.now + self.timeout(a.tries)
+            self._send(a.data, self.sa.local, self.sa.remote)
+
+    def on_response(self, msg: Message, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         sa = self.sa
         a = self.active
         if a is None or msg.message_id != a.message_id or msg.exchange != a.exchange:
             sa.count("unexpected_response")
             return
+        self.path = (local, remote)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             sa.init_response = data
         self.active = None
@@ -326,7 +345,7 @@ class Exchanges:
         sa.count("retransmits")
         sa.log.info("retransmit %d of request %d (%s)%s", a.tries, a.message_id, a.exchange.name,
                     f" in {len(a.data)} fragments" if len(a.data) > 1 else "")
-        self._send(a.data, sa.local, sa.remote)
+        self._send_request(a)
 
     def check_sooner(self, message_id: int) -> bool:
         """RFC 7296 2.21.4: an unprotected INVALID_IKE_SPI answered request ``message_id``: make
@@ -361,8 +380,9 @@ class Exchanges:
                 tasks = make(sa, msg)
             except Refuse as r:
                 tasks, refused = [], r
-        if msg.encrypted:
-            sa.peer_seen(local, remote)  # an authenticated request (RFC 7296 2.23)
+        self.path = (local, remote)
+        if msg.encrypted and implicit_updates(sa):
+            sa.peer_seen(local, remote)  # an authenticated request (RFC 7296 2.23; with MOBIKE only its update)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             sa.begin_responder(msg.spi_i, local, remote)
         run = _Run(msg, data, tasks, local, remote)

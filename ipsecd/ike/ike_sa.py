@@ -64,6 +64,7 @@ from ipsecd.ike.tasks.ike_config import IkeConfig
 from ipsecd.ike.tasks.ike_init import IkeInit
 from ipsecd.ike.tasks.ike_rekey import IkeRekey
 from ipsecd.ike.tasks.informational import DeleteChildSa, DeleteIkeSa, Liveness
+from ipsecd.ike.tasks.mobike import MobikeState, MobikeSupport
 from ipsecd.ike.ts import TriggerPacket
 from ipsecd.logsafe import safe
 
@@ -118,6 +119,7 @@ class IkeSa:
     vips: VirtualIps = field(default_factory=VirtualIps)  # virtual IPs leased to the peer / assigned to us
     my_identity: Identity | None = None  # the identity IKE_AUTH sent (set there: may come from our certificate)
     auth_ext: AuthExtensions = field(default_factory=AuthExtensions, repr=False)  # what the peer announced
+    mobike: MobikeState = field(default_factory=MobikeState, repr=False)  # RFC 4555 (tasks/mobike.py)
     authenticating: bool = False  # IKE_AUTH is in its EAP rounds: the Child SA of IKE_AUTH waits
     login: PeerLogin | None = None  # how the peer authenticated (method, EAP identity, certificate)
     login_pending: PendingLogin | None = None  # responder: the peer's login is under way, not yet reported
@@ -213,7 +215,7 @@ class IkeSa:
         kids = list(self.settings.children if children is None else children)
         q = self.exchanges.queue
         q.append([IkeInit()])
-        auth: list[InitiatorTask] = [IkeAuth(), IkeConfig()] if self.settings.vips else [IkeAuth()]
+        auth: list[InitiatorTask] = [IkeAuth(), *([IkeConfig()] if self.settings.vips else []), MobikeSupport()]
         q.append([*auth, ChildCreate(kids[0], trigger=trigger)] if kids else auth)
         for kid in kids[1:]:
             q.append([ChildCreate(kid, exchange=ExchangeType.CREATE_CHILD_SA)])
@@ -307,7 +309,7 @@ class IkeSa:
             return
         self.last_received = now
         if msg.is_response:
-            self.exchanges.on_response(msg, data)
+            self.exchanges.on_response(msg, data, local, remote)
         else:
             self.exchanges.on_request(msg, data, local, remote)
         self._settled()
@@ -390,11 +392,9 @@ class IkeSa:
         self.signal(SpiAssigned(self.spi_r))
 
     def peer_seen(self, local: Endpoint, remote: Endpoint) -> None:
-        """An authenticated request arrived from ``remote`` to ``local`` (RFC 7296 2.23).
-
-        Our own address always follows; the peer's only when we are not behind a NAT
-        ourselves (a host behind a NAT SHOULD NOT update: it would open a DoS), except
-        for the expected move from port 500 to 4500 of the same address.
+        """An authenticated request arrived from ``remote`` to ``local`` (RFC 7296 2.23; not with
+        MOBIKE). Our own address always follows; the peer's only when we are not behind a NAT
+        (a host behind a NAT SHOULD NOT update: a DoS), except its move from port 500 to 4500.
         """
         if (local, remote) == (self.local, self.remote):
             return

@@ -64,6 +64,7 @@ from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.redirect import ALL, Redirect, encode_gateway
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
+from ipsecd.ike.tasks import mobike
 from ipsecd.ike.tasks.unique import replaced
 from ipsecd.ike.ts import TriggerPacket
 from ipsecd.logsafe import safe
@@ -292,6 +293,15 @@ class IkeManager:
     def check_liveness(self, ike_sa_id: int, now: float) -> bool:
         """Send an empty INFORMATIONAL now (RFC 7296 2.4), as DPD would."""
         return self._act(self.sas.get(ike_sa_id), now, lambda sa: sa.send_liveness())
+
+    def roam(self, ike_sa_id: int, paths: Sequence[tuple[str, str]], now: float) -> bool:
+        """Our addresses changed: move this MOBIKE IKE SA to ``paths`` (ours, the peer's; tasks/mobike.py)."""
+        moved: list[bool] = []
+        return self._act(self.sas.get(ike_sa_id), now, lambda sa: moved.append(mobike.roam(sa, paths))) and moved[0]
+
+    def set_local_addresses(self, addresses: Sequence[str]) -> None:
+        """The addresses configured on this host now, which MOBIKE may advertise (RFC 4555 3.6)."""
+        self.ctx.local_addresses = tuple(addresses)
 
     def note_inbound_traffic(self, spi_in: bytes, now: float) -> None:
         """ESP arrived on this Child SA: postpones DPD of its IKE SA (RFC 7296 2.4)."""

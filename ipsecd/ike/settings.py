@@ -111,6 +111,7 @@ class IkeSettings:
     remote_port: int = 500
     retransmit: RetransmitSettings = RetransmitSettings()
     force_encap: bool = False
+    mobike: bool = True  # RFC 4555: offer/accept MOBIKE in IKE_AUTH (swanctl's default)
     # IKE SA lifetime: rekey after rekey_time minus a random jitter in [0, rand_time];
     # close after rekey_time + over_time whatever happened (0 disables each).
     rekey_time: float = 14400.0

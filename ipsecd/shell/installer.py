@@ -17,6 +17,7 @@ data plane never disagree about which SAs exist.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -24,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
 from ipsecd.dataplane import messages as dp
@@ -111,7 +112,8 @@ class ChildSaInstaller:
             else:
                 self._serial(ev.reqid, lambda: self._uninstall(ev, gone), f"removal of Child SA {ev.name}/{ev.child}")
         elif isinstance(ev, IkeSaMoved) and self.dataplane is not None:
-            log.info("peer of %s moved to %s[%d]", ev.name, ev.remote[0], ev.remote[1])
+            log.info("Child SAs of %s follow to %s[%d] - %s[%d]", ev.name, ev.local[0], ev.local[1], ev.remote[0],
+                     ev.remote[1])
             for reqid in ev.child_reqids:
                 self._serial(reqid, functools.partial(self._move, reqid, ev), f"peer update of {ev.name}")
 
@@ -240,7 +242,15 @@ class ChildSaInstaller:
             await self.dataplane.set_keepalive(gone.remote[0], gone.remote[1], 0)
 
     async def _move(self, reqid: int, ev: IkeSaMoved) -> None:
-        """RFC 7296 2.23: ESP follows the peer's new address/port (only SAs that are installed)."""
+        """RFC 7296 2.23 / RFC 4555: ESP follows the peer's new address/port (only SAs that are installed)."""
+        pending = self._pending_out.get(reqid)
+        if pending is not None:
+            # a rekey we answered before the move: its outbound SA, not yet in use, goes there too
+            out = pending.outbound
+            self._pending_out[reqid] = dataclasses.replace(pending, outbound=dataclasses.replace(
+                out, local_addr=ip_address(ev.local[0]), remote_addr=ip_address(ev.remote[0]),
+                local_port=ev.local[1] if out.encap else out.local_port,
+                remote_port=ev.remote[1] if out.encap else out.remote_port))
         if any(c.reqid == reqid for c in self.children.values()):
             await self.dataplane.update_sa_peer(reqid, ev.remote[0], ev.remote[1], ev.local[0])
 

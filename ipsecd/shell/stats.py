@@ -11,6 +11,7 @@ from ipsecd.ike.events import (
     Event,
     IkeSaClosed,
     IkeSaEstablished,
+    IkeSaMoved,
     IkeSaRekeyed,
     Login,
 )
@@ -36,6 +37,8 @@ class ShellStats:
             self._inc(self.events, "ike_sas_established")
         elif isinstance(ev, IkeSaRekeyed):
             self._inc(self.rekeys, "ike")
+        elif isinstance(ev, IkeSaMoved):
+            self._inc(self.events, "ike_sa_moves")  # MOBIKE updates and NAT rebinding (RFC 4555, RFC 7296 2.23)
         elif isinstance(ev, Login):
             key = login_labels(ev.method, ev.result.value)
             self.logins[key] = self.logins.get(key, 0) + 1

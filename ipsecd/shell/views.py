@@ -56,6 +56,8 @@ def sa_info(sa: IkeSa, counters: Mapping[str, Any] | None = None) -> IkeSaInfo:
         "nat_local": sa.local_behind_nat,
         "nat_remote": sa.remote_behind_nat,
         "encap": sa.encap,
+        "mobike": sa.mobike.enabled,
+        "mobike_moves": sa.mobike.moves,
         "local_vips": [str(a) for a in sa.vips.local],
         "remote_vips": [str(a) for a in sa.vips.remote],
         "rekey_in": _left(sa.rekey_at, now),

@@ -13,6 +13,7 @@ import base64
 import json
 import plistlib
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -236,3 +237,45 @@ def test_redirect_to_a_second_gateway(ra_site: MakeSite, charon_factory: MakeCha
     assert "redirected" in second.log_text().lower()
     assert not gw1.list_sas() and len(gw2.list_sas()) == 2
     gw1.ctl("redirect", "--all", "--stop")
+
+
+def test_a_laptop_moves_to_its_second_uplink_on_the_same_ike_sa(
+        ra_site: MakeSite, charon_factory: MakeCharon, ipsecd_factory: MakeIpsecd,  # noqa: F811
+        tmp_path: Path, pki: TestPki) -> None:
+    """MOBIKE (RFC 4555) at the site: the laptop loses its Wi-Fi and its LTE uplink takes the default
+    route, leaving through the NAT's second public address; the profile client moves the IKE SA
+    (UPDATE_SA_ADDRESSES), the gateway checks the new address and moves the Child SAs. Pings
+    resume within 2 s on the same IKE SA, with the same virtual IP, both ways."""
+    from tests.interop.test_mobike_interop import MAX_OUTAGE, _outage, _pinger
+
+    site = ra_site(1, uplinks=2)
+    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, site_pki(pki), n_users=1), name="gw")
+    client = site_client(charon_factory, site, gw, 0, tmp_path)
+    client.initiate(CONN, ike=CONN, timeout=30)
+    vip = _v4(_vips(client))
+    (before,) = gw.list_sas()
+    assert before["mobike"] and before["remote"].startswith(f"{NAT_OUT}["), before
+    site.clients[0].ping(LAN4, count=2, src=vip, deadline=8)
+
+    pinger = _pinger(site.clients[0], vip, LAN4, 8)
+    time.sleep(2)  # pings flow on the first uplink for a while
+    site.uplink_down(0, 0)  # Wi-Fi gone ...
+    site.use_uplink(0, 1)  # ... LTE takes the default route
+    wait_for("the gateway to see the laptop's new address", lambda: any(
+        s["remote"].startswith(f"{NAT_OUT2}[") for s in gw.list_sas()), 10)
+    gap, answered = _outage(pinger)
+    print(f"MOBIKE outage at the site (behind the NAT): {gap:.2f} s ({answered} pings answered)")
+    assert gap < MAX_OUTAGE, gap
+
+    wait_for("libipsec's rekeys to settle", lambda: len(gw.list_sas()) == 1 and len(
+        [c for c in gw.list_sas()[0]["child_sas"] if c["state"] == "INSTALLED"]) == 1, 15)
+    (after,) = gw.list_sas()
+    swan = client.list_sas()[0]
+    assert (after["spi_i"], after["spi_r"]) == (before["spi_i"], before["spi_r"]) == (
+        swan["initiator-spi"], swan["responder-spi"])
+    assert after["remote_vips"] == before["remote_vips"] and after["remote_eap_id"] == "user0"
+    (child,) = [c for c in after["child_sas"] if c["state"] == "INSTALLED"]
+    (swan_child,) = [c for c in swan["child-sas"] if c["state"] == "INSTALLED"]
+    assert (child["spi_in"], child["spi_out"]) == (swan_child["spi-out"], swan_child["spi-in"])
+    site.clients[0].ping(LAN4, count=2, src=vip, deadline=8)
+    site.lan.ping(vip, count=2, deadline=8)

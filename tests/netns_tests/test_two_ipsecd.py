@@ -145,7 +145,8 @@ def test_tunnel_ipv4(topology: Topology, ipsecd_factory: Make) -> None:
     a, b = _pair(ipsecd_factory, t.a, t.a_addr, t.b, t.b_addr, {"net": ([t.a_lan_net], [t.b_lan_net])})
     ike_a, ike_b = a.wait_established(15, child="net"), b.wait_established(15, child="net")
     _assert_mirrored(ike_a, ike_b, "tunnel", False, {"net"})
-    assert ike_a["local"] == f"{t.a_addr}[500]" and ike_b["remote"] == f"{t.a_addr}[500]"
+    # MOBIKE (on by default) moves IKE to 4500 from IKE_AUTH on, NAT or not (RFC 4555 3.3); ESP stays raw
+    assert ike_a["local"] == f"{t.a_addr}[4500]" and ike_b["remote"] == f"{t.a_addr}[4500]"
 
     _ping_both(t, t.a_lan, t.b_lan)
     assert tcp_transfer(t.b, t.b_lan, t.a, t.a_lan, TCP_BYTES) == TCP_BYTES
@@ -165,7 +166,7 @@ def test_ipv6_outer_ipv4_and_ipv6_inner(topology: Topology, ipsecd_factory: Make
     a, b = _pair(ipsecd_factory, t.a, t.a_addr6, t.b, t.b_addr6, nets)
     ike_a, ike_b = _wait_all_children(a, set(nets)), _wait_all_children(b, set(nets))
     _assert_mirrored(ike_a, ike_b, "tunnel", False, set(nets))
-    assert ike_a["local"] == f"{t.a_addr6}[500]" and ike_b["remote"] == f"{t.a_addr6}[500]", (ike_a, ike_b)
+    assert ike_a["local"] == f"{t.a_addr6}[4500]" and ike_b["remote"] == f"{t.a_addr6}[4500]", (ike_a, ike_b)
 
     _ping_both(t, t.a_lan, t.b_lan)
     _ping_both(t, a6, b6)

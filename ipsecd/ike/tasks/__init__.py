@@ -61,6 +61,7 @@ class TaskKind(Enum):
     LIVENESS = "liveness"
     REDIRECT = "redirect"  # RFC 5685 6: send an established client to another gateway
     INFORMATIONAL = "informational"  # the responder side of any INFORMATIONAL request
+    MOBIKE = "mobike"  # RFC 4555: MOBIKE_SUPPORTED, address updates, return routability checks
 
 
 # Error notifies, as the cause reported for the SA they refused.

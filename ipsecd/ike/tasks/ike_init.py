@@ -36,6 +36,32 @@ def natd_hash(spi_i: bytes, spi_r: bytes, ep: Endpoint) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ip_address(ep[0]).packed + struct.pack("!H", ep[1])).digest()
 
 
+def natd_payloads(sa: IkeSa, spi_r: bytes) -> list[Payload]:
+    """NAT detection for the SA's endpoints now (RFC 7296 2.23; RFC 4555 3.5 on an address update)."""
+    src = natd_hash(sa.spi_i, spi_r, sa.local)
+    if sa.settings.force_encap:
+        src = sa.ctx.rng(20)  # pretend to be behind a NAT so the peer encapsulates (as strongSwan's encap=yes)
+    return [
+        NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=src),
+        NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd_hash(sa.spi_i, spi_r, sa.remote)),
+    ]
+
+
+def process_natd(sa: IkeSa, msg: Message) -> None:
+    """Set the SA's NAT flags from the peer's NAT detection notifies, if it sent them."""
+    spi_r = msg.spi_r
+    sources = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP]
+    dests = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_DESTINATION_IP]
+    if not sources or not dests:
+        return  # peer does not support NAT-T detection
+    sa.remote_behind_nat = natd_hash(sa.spi_i, spi_r, sa.remote) not in sources
+    sa.local_behind_nat = natd_hash(sa.spi_i, spi_r, sa.local) not in dests
+    if sa.remote_behind_nat or sa.local_behind_nat:
+        sa.log.info("NAT detected (%s), using UDP encapsulation",
+                    "local" if sa.local_behind_nat and not sa.remote_behind_nat
+                    else "remote" if not sa.local_behind_nat else "both sides")
+
+
 def _hash_notify(sa: IkeSa) -> list[Payload]:
     # RFC 7427 4 and RFC 8420 2: the hashes we verify, Identity (5) included for EdDSA
     return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS,
@@ -94,7 +120,7 @@ class IkeInit(Hooks):
             SaPayload(tuple(_strip_spi(p) for p in self.offer.order(proposals))),
             ke,
             NoncePayload(sa.nonce_i),
-            *self._natd_payloads(sa, ZERO_SPI),
+            *natd_payloads(sa, ZERO_SPI),
             *_fragmentation(sa),
             *_hash_notify(sa),
         ]
@@ -147,7 +173,7 @@ class IkeInit(Hooks):
         sa.spi_r = msg.spi_r
         sa.nonce_r = nonce.data
         self._derive(sa, chosen, shared)
-        self._process_natd(sa, msg)
+        process_natd(sa, msg)
         _fragmentation(sa, msg)
         _peer_extensions(sa, msg)
         return Status.DONE
@@ -183,7 +209,7 @@ class IkeInit(Hooks):
         sa.nonce_i = nonce.data
         sa.nonce_r = sa.ctx.rng(NONCE_LEN)
         self._derive(sa, chosen, shared)
-        self._process_natd(sa, msg)
+        process_natd(sa, msg)
         _fragmentation(sa, msg)
         try:
             _peer_extensions(sa, msg)
@@ -197,7 +223,7 @@ class IkeInit(Hooks):
             SaPayload((self.chosen,)),
             KePayload(self.ke.group, self.ke.public_key),
             NoncePayload(sa.nonce_r),
-            *self._natd_payloads(sa, sa.spi_r),
+            *natd_payloads(sa, sa.spi_r),
             *_fragmentation(sa),
             *_hash_notify(sa),
         ]
@@ -213,25 +239,3 @@ class IkeInit(Hooks):
         sa.proposal = self.chosen
         sa.keys = derive_ike_keys(self.chosen, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r)
         sa.sk_out, sa.sk_in = make_sk_ciphers(self.chosen, sa.keys, sa.initiator)
-
-    def _natd_payloads(self, sa: IkeSa, spi_r: bytes) -> list[Payload]:
-        src = natd_hash(sa.spi_i, spi_r, sa.local)
-        if sa.settings.force_encap:
-            src = sa.ctx.rng(20)  # pretend to be behind a NAT so the peer encapsulates (as strongSwan's encap=yes)
-        return [
-            NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=src),
-            NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, data=natd_hash(sa.spi_i, spi_r, sa.remote)),
-        ]
-
-    def _process_natd(self, sa: IkeSa, msg: Message) -> None:
-        spi_r = msg.spi_r
-        sources = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP]
-        dests = [n.data for n in msg.notifies() if n.notify_type == NotifyType.NAT_DETECTION_DESTINATION_IP]
-        if not sources or not dests:
-            return  # peer does not support NAT-T detection
-        sa.remote_behind_nat = natd_hash(sa.spi_i, spi_r, sa.remote) not in sources
-        sa.local_behind_nat = natd_hash(sa.spi_i, spi_r, sa.local) not in dests
-        if sa.remote_behind_nat or sa.local_behind_nat:
-            sa.log.info("NAT detected (%s), using UDP encapsulation",
-                        "local" if sa.local_behind_nat and not sa.remote_behind_nat
-                        else "remote" if not sa.local_behind_nat else "both sides")
