@@ -25,6 +25,8 @@ LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 FUZZ_SECONDS ?= 180
 # make bench: the IKE_SA_INIT flood scenario (tests/bench_flood.py --help)
 FLOOD_ARGS ?= --runs 3
+# make bench: SIGTERM with this many SAs held must stop in bounded time (make test: 500)
+SHUTDOWN_SAS ?= 5000
 FUZZ_ARGS ?=
 
 .PHONY: all deps sysdeps pydeps loadtester test unit lint demo bench fuzz clean
@@ -86,6 +88,7 @@ bench: deps loadtester
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
+	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py
 
 # Coverage-guided fuzzing (atheris); the corpora grow in .fuzz/ across runs
 fuzz: pydeps

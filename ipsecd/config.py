@@ -41,7 +41,7 @@ from ipsecd.iana import IKE_PORT, IpProto
 from ipsecd.identity import ANY_IDENTITY, Identity, IdMatch
 from ipsecd.identity import eap_identity as parse_eap_identity
 from ipsecd.ike.frontdoor import FrontDoorSettings
-from ipsecd.pools import ADDRESS_KEYS, DEFAULT_LEASE_DB, SUBNET_KEYS, attribute_value, parse_range
+from ipsecd.pools import ADDRESS_KEYS, DEFAULT_LEASE_DB, SUBNET_KEYS, attribute_value, pool_addrs
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -392,6 +392,7 @@ class PoolConfig:
 
     name: str
     addrs: tuple[IPAddress, IPAddress]  # first and last address served
+    routed: tuple[IPNetwork, ...] = ()  # the prefixes routing the pool into the TUN (pools.pool_addrs)
     dns: tuple[Attribute, ...] = ()
     nbns: tuple[Attribute, ...] = ()
     dhcp: tuple[Attribute, ...] = ()
@@ -1348,7 +1349,8 @@ def _parse_pool(ld: _Loader, entry: _Entry) -> PoolConfig | None:
         ld.error(entry.key, entry.path, "missing 'addrs': the addresses the pool hands out "
                  "(a subnet like 10.3.0.0/24 or a range like 10.3.0.10-10.3.0.99)")
         return None
-    addrs = ld.convert(addrs_entry, "a subnet or an address range", parse_range)
+    parsed = ld.convert(addrs_entry, "a subnet or an address range", pool_addrs)
+    addrs, routed = parsed if parsed is not None else (None, ())
     attrs: dict[str, list[tuple[int, bytes]]] = {}
     for key, fentry in fields.items():
         if key == "addrs" or _is_null(fentry.value):
@@ -1364,9 +1366,9 @@ def _parse_pool(ld: _Loader, entry: _Entry) -> PoolConfig | None:
     def of(key: str) -> tuple[Attribute, ...]:
         return tuple(attrs.get(key, ()))
 
-    return PoolConfig(name=name, addrs=addrs, dns=of("dns"), nbns=of("nbns"), dhcp=of("dhcp"), netmask=of("netmask"),
-                      server=of("server"), subnet=of("subnet"), split_include=of("split_include"),
-                      split_exclude=of("split_exclude"), numbered=of("numbered"))
+    return PoolConfig(name=name, addrs=addrs, routed=routed, dns=of("dns"), nbns=of("nbns"), dhcp=of("dhcp"),
+                      netmask=of("netmask"), server=of("server"), subnet=of("subnet"),
+                      split_include=of("split_include"), split_exclude=of("split_exclude"), numbered=of("numbered"))
 
 
 def _parse_pools(ld: _Loader, entry: _Entry | None) -> dict[str, PoolConfig]:

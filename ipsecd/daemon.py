@@ -40,16 +40,18 @@ from ipsecd.shell.installer import ChildSaInstaller
 from ipsecd.shell.mobike import AddressWatch
 from ipsecd.shell.policy import ConnectionPolicy
 from ipsecd.shell.radius import RadiusService
+from ipsecd.shell.shutdown import delete_all, wait_budget
 from ipsecd.shell.stats import ShellStats
 from ipsecd.shell.vips import DnsConfigurator, VirtualIpShell
 
 log = logging.getLogger("ipsecd.cfg")
 DEFAULT_SOCKET = "/run/ipsecd/ipsecd.sock"
-# Shutdown: the Deletes go out at once; we wait for their answers at most this long, plus a
-# little per SA, so a gateway with thousands of SAs still stops inside systemd's timeout.
+# Shutdown: the Deletes go out in a window (shell/shutdown.py); we wait for their answers at
+# most this long, plus a little per SA, so a gateway with thousands of SAs still stops well
+# inside systemd's stop timeout (90 s by default).
 SHUTDOWN_WAIT = 2.0
-SHUTDOWN_WAIT_PER_SA = 0.001
-SHUTDOWN_WAIT_MAX = 15.0
+SHUTDOWN_WAIT_PER_SA = 0.002
+SHUTDOWN_WAIT_MAX = 20.0
 
 
 class Daemon:
@@ -142,14 +144,13 @@ class Daemon:
     async def _shutdown(self) -> None:
         sd_notify("STOPPING=1")
         await self.policy.stop()
-        manager = self.shell.manager
-        n = len(manager.sas)
+        n = len(self.shell.manager.sas)
         log.info("shutting down: deleting %d IKE SA(s)", n)
-        for name in {sa.settings.name for sa in manager.list_sas()}:
-            self.shell.act(lambda m, now, name=name: m.terminate(name, now))  # type: ignore[misc]
-        wait = min(SHUTDOWN_WAIT + n * SHUTDOWN_WAIT_PER_SA, SHUTDOWN_WAIT_MAX)
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._until_no_sas(), wait)
+        # the worker and every route go in one step below: no data-plane job per deleted SA
+        self.installer.stopping = True
+        report = await delete_all(self.shell, wait_budget(n, SHUTDOWN_WAIT, SHUTDOWN_WAIT_PER_SA, SHUTDOWN_WAIT_MAX))
+        log.info("shutdown: %d Delete(s) sent, %d IKE SA(s) left, %.1f s", report.deleted, report.left,
+                 report.seconds)
         if self.metrics is not None:
             await self.metrics.close()
         if self.shell.vips is not None:
@@ -162,10 +163,6 @@ class Daemon:
         if self.dataplane is not None:
             await self.dataplane.stop()
         self.pools.close()
-
-    async def _until_no_sas(self) -> None:
-        while self.shell.manager.sas:
-            await asyncio.sleep(0.05)
 
     async def _watchdog(self, interval: float) -> None:
         while True:

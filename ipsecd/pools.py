@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ipsecd.errors import ConfigError
+from ipsecd.esp.spd import range_to_prefixes
 from ipsecd.iana import ConfigAttribute, PrivateConfigAttribute
 from ipsecd.identity import Identity
 from ipsecd.ike.cp import Lease, encode_network
@@ -101,6 +102,21 @@ def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
     if net.num_addresses > 2:
         return net[1], net[-2]  # not the network and broadcast addresses, as strongSwan
     return net[0], net[-1]
+
+
+def pool_addrs(text: str) -> tuple[tuple[IPAddress, IPAddress], tuple[IPNetwork, ...]]:
+    """``addrs`` of a pool -> (first, last address served; the prefixes that route the pool).
+
+    The routes go into the TUN (one per prefix for every client of the pool, not one per
+    virtual IP): a subnet is routed as itself, network and broadcast address included; a
+    range exactly, never wider (the addresses next to it may be someone else's).
+    """
+    first, last = parse_range(text)
+    raw = text.strip()
+    if "/" in raw:
+        return (first, last), (ip_network(raw),)
+    bits = first.max_prefixlen
+    return (first, last), tuple(ip_network((n, plen)) for n, plen in range_to_prefixes(int(first), int(last), bits))
 
 
 def attribute_value(key: str, text: str) -> tuple[int, bytes]:

@@ -7,6 +7,7 @@ fakes that record calls, and the data plane's installs wait on gates the test op
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -151,8 +152,7 @@ def test_peer_move_waits_for_the_install_it_applies_to() -> None:
         await _until(lambda: "child_sa:done" in dp.calls)  # the real Child SA is in
         dp.gate.clear()
         dp.calls.clear()
-        installer.on_event(ChildSaEstablished(**{**ev.__dict__, "spi_in": b"\x01\x02\x03\x04",
-                                                  "reqid": 77, "initiator": True}))
+        installer.on_event(dataclasses.replace(ev, spi_in=b"\x01\x02\x03\x04", reqid=77, initiator=True))
         installer.on_event(IkeSaMoved(ev.ike_sa_id, ev.name, B, ("198.51.100.7", 4500), (77,)))
         await _until(lambda: dp.calls == ["child_sa:start"])
         await asyncio.sleep(0.01)

@@ -11,7 +11,10 @@ touches packets runs in the worker process (worker.py); this object
   versioned messages of messages.py (spoken through channel.py, which batches concurrent
   requests), then closes its own copies (a crashed worker then takes the TUN, and every
   route through it, with it: no black hole survives),
-* does the netlink work (netconf.py) in a thread: pyroute2 0.9 runs its own event loop,
+* does the netlink work (netconf.py) in its one netlink thread (pyroute2 0.9 runs its own
+  event loop), and as little of it as it can per Child SA: the path MTU per peer and the
+  routes' preferred source are cached for a while, a route that already serves is not
+  written again (see netconf.py),
 * turns the worker's exit into a ``WorkerExited`` event; restarting is the daemon's call.
 """
 
@@ -24,15 +27,16 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane.channel import REQUEST_TIMEOUT, DataPlaneError, WorkerChannel
-from ipsecd.dataplane.netconf import NetConf, TrapRoutes, local_address_in, path_mtu
+from ipsecd.dataplane.netconf import NetConf, TrapRoutes
 from ipsecd.dataplane.tun import open_tun
 from ipsecd.dataplane.udp import (
     DEFAULT_SOCKET_BUFFER,
@@ -44,13 +48,16 @@ from ipsecd.dataplane.udp import (
 )
 from ipsecd.esp.packet import tun_mtu
 from ipsecd.esp.sa import SaParams
-from ipsecd.esp.spd import Action, Policy
+from ipsecd.esp.spd import Action, Policy, Selector
 
 log = logging.getLogger("ipsecd.esp")
 
 DEFAULT_TUN_MTU = 1400
 DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+PMTU_TTL = 60.0  # seconds a peer's path MTU is reused before it is looked up again
+PREFSRC_TTL = 10.0  # seconds a route source found for some local selectors is reused
+CACHE_MAX = 4096  # entries per cache (peers, selector sets): past it the cache starts over
 
 __all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions"]
 
@@ -115,6 +122,9 @@ class DataPlane:
         self._traps: dict[int, tuple[Policy, ...]] = {}
         self._stopping = False
         self._link_mtu = 0
+        # netlink answers kept a while: peer -> path MTU, local selectors -> route source
+        self._pmtu: dict[IPv4Address | IPv6Address, tuple[float, asyncio.Future[int]]] = {}
+        self._srcs: dict[tuple[Selector, ...], tuple[float, asyncio.Future[IPv4Address | IPv6Address | None]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -132,7 +142,7 @@ class DataPlane:
             fds.append(tun_fd)
             self.netconf.tun_name = self.tun_name
             self._link_mtu = o.mtu or DEFAULT_TUN_MTU
-            await asyncio.to_thread(self.netconf.link_up, self._link_mtu)
+            await self.netconf.run(self.netconf.link_up, self._link_mtu)
             udp = self._open_udp()
             raw = self._open_raw(open_raw_esp) if o.raw_esp else []
             ah = self._open_raw(open_raw_ah) if o.raw_esp else []  # AH is never UDP-encapsulated
@@ -140,7 +150,7 @@ class DataPlane:
             if not udp and not raw:
                 raise DataPlaneError("no ESP socket could be opened")
             if o.policy_routing:
-                await asyncio.to_thread(self.netconf.install_rules)
+                await self.netconf.run(self.netconf.install_rules)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             socks.append(theirs)
             ours.setblocking(False)
@@ -162,7 +172,8 @@ class DataPlane:
                 os.close(fd)
             if ours is not None:
                 ours.close()
-            await asyncio.to_thread(self.netconf.cleanup)
+            await self.netconf.run(self.netconf.cleanup)
+            await self.netconf.close()
             raise
         # The worker holds its own copies now; ours must go, or the TUN and the 4500 socket
         # would outlive a crashed worker.
@@ -252,9 +263,12 @@ class DataPlane:
             await channel.close()
             channel.fail_pending(DataPlaneError("data plane stopped"))
             self._channel = None
-        await asyncio.to_thread(self.netconf.cleanup)
+        await self.netconf.run(self.netconf.cleanup)
+        await self.netconf.close()
         self._mtus.clear()
         self._traps.clear()
+        self._pmtu.clear()
+        self._srcs.clear()
 
     # ------------------------------------------------------------------ SAs and policies
     async def install_child_sa(
@@ -266,11 +280,14 @@ class DataPlane:
         route_via_tun: bool = True,
         lifetime: m.Lifetime | None = None,
         mss_clamp: int | None = 0,
+        route_cover: tuple[IPv4Network | IPv6Network, ...] = (),
     ) -> int:
         """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
 
         Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
         user (route-based VPN: point routes at the TUN yourself; the policies still decide).
+        ``route_cover``: prefixes whose one route may serve the SA's remote selectors (a pool's,
+        for a virtual IP), so a login storm adds no route per client.
         """
         o = self.options
         mtu = o.mtu or DEFAULT_TUN_MTU
@@ -278,7 +295,7 @@ class DataPlane:
             pmtu = o.path_mtu
             if pmtu is None:
                 # with the worker's mark: the route its ESP takes, never our own TUN routes
-                pmtu = await asyncio.to_thread(path_mtu, outbound.remote_addr, o.mark if o.policy_routing else 0)
+                pmtu = await self._path_mtu(outbound.remote_addr)
             mtu = tun_mtu(outbound, pmtu)
             if o.mtu:
                 mtu = min(mtu, o.mtu)
@@ -288,13 +305,51 @@ class DataPlane:
         )
         self._mtus[reqid] = mtu
         if o.mtu is None and outbound is not None and mtu != self._link_mtu:
-            await asyncio.to_thread(self.netconf.set_mtu, mtu)
             self._link_mtu = mtu
+            await self.netconf.run(self.netconf.set_mtu, mtu)
         if route_via_tun and o.policy_routing:
             mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
-            src = await asyncio.to_thread(_prefsrc, mine)
-            await asyncio.to_thread(self.netconf.add_routes, reqid, mine, mtu, src)
+            src = await self._prefsrc(mine)
+            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
         return mtu
+
+    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs (usually none); if that fails, the next claim of those
+        prefixes writes them again, and the caller's SA fails (IKE deletes it)."""
+        if not writes:
+            return
+        try:
+            await self.netconf.run(self.netconf.write_routes, writes)
+        except Exception:
+            self.netconf.unclaim_writes(writes)
+            raise
+
+    async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
+        return await self._cached(self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
+
+    async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
+        """Per IP version, a local address inside the policies' local selectors (route source)."""
+        out: dict[int, IPv4Address | IPv6Address | None] = {}
+        for version in (4, 6):
+            sels = tuple(p.local for p in policies if p.local.version == version)
+            if sels:
+                out[version] = await self._cached(self._srcs, sels, PREFSRC_TTL, self.netconf.local_address_in, sels)
+        return out
+
+    async def _cached(self, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
+                      fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the netlink thread, its answer reused for ``ttl`` seconds: a storm's
+        concurrent installs share one lookup instead of each making its own."""
+        now = time.monotonic()
+        hit = cache.get(key)
+        if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            fut = asyncio.ensure_future(self.netconf.run(fn, *args))
+            hit = cache[key] = (now + ttl, fut)
+        if hit[1].done():  # the common case: no shield, no await
+            return hit[1].result()
+        return await asyncio.shield(hit[1])
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
@@ -325,7 +380,9 @@ class DataPlane:
         """Remove the SAs and policies of ``reqid`` and the routes only it used."""
         await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
         self._mtus.pop(reqid, None)
-        await asyncio.to_thread(self.netconf.remove_routes, reqid)
+        gone = self.netconf.release_routes(reqid)
+        if gone:
+            await self.netconf.run(self.netconf.delete_routes, gone)
 
     # ------------------------------------------------------------------ traps (on-demand SAs)
     async def install_trap(self, reqid: int, policies: list[Policy] | tuple[Policy, ...],
@@ -346,15 +403,15 @@ class DataPlane:
         self._traps[reqid] = pols
         if route_via_tun and self.options.policy_routing:
             mtu = self._link_mtu or self.options.mtu or DEFAULT_TUN_MTU
-            src = await asyncio.to_thread(_prefsrc, list(pols))
-            await asyncio.to_thread(self.netconf.add_routes, reqid, pols, mtu, src, None, TrapRoutes(reqid))
+            src = await self._prefsrc(list(pols))
+            await self._write_routes(self.netconf.claim_routes(reqid, pols, mtu, src, None, TrapRoutes(reqid))[1])
 
     async def remove_trap(self, reqid: int) -> None:
         """Disarm the trap of ``reqid`` (reload, shutdown): queued packets are dropped and
         counted; a Child SA of the reqid that is still installed keeps its own policies."""
         self._traps.pop(reqid, None)
         await self._request(lambda i: m.RemoveTrap(reqid, id=i))
-        await asyncio.to_thread(self.netconf.remove_routes, TrapRoutes(reqid))
+        await self.netconf.run(self.netconf.delete_routes, self.netconf.release_routes(TrapRoutes(reqid)))
 
     @property
     def traps(self) -> dict[int, tuple[Policy, ...]]:
@@ -428,12 +485,3 @@ class DataPlane:
             log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
             self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
 
-
-def _prefsrc(policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
-    """Per IP version, a local address inside the policies' local selectors (route source)."""
-    out: dict[int, IPv4Address | IPv6Address | None] = {}
-    for version in (4, 6):
-        sels = [p.local for p in policies if p.local.version == version]
-        if sels:
-            out[version] = local_address_in(sels)
-    return out

@@ -29,6 +29,7 @@ from ipsecd.esp.ah import AnyOutboundSa
 from ipsecd.esp.sa import SaCounters
 
 SEQ_SOFT_MARGIN = 1 << 28  # soft "seq" lifetime this many packets before the counter would cycle
+COMPACT_FLOOR = 1024  # heap entries tolerated beyond twice the live ones before stale ones are dropped
 
 Key = tuple[str, int]  # ("out", reqid) or ("in", spi)
 _Mark = tuple[int, int, Key]  # (traffic total at which the SA may cross, generation, key)
@@ -74,10 +75,28 @@ class LifetimeWatch:
         key = (w.direction, w.reqid if w.direction == "out" else w.spi)
         self._watched[key] = w
         self._arm(key, w)
+        self._maybe_compact()  # a restart leaves the old entries of the key stale
 
     def forget(self, direction: str, ident: int) -> None:
-        """The SA is gone: its heap entries become stale and are dropped when they surface."""
+        """The SA is gone: its heap entries become stale (dropped when they surface, or when
+        stale entries outnumber live ones: ``_compact``)."""
         self._watched.pop((direction, ident), None)
+        self._maybe_compact()
+
+    def heap_entries(self) -> int:
+        return len(self._out_bytes) + len(self._out_packets) + len(self._in_bytes) + len(self._in_packets)
+
+    def _maybe_compact(self) -> None:
+        """Stale entries of SAs far from any limit never surface (an outbound SA's sequence mark
+        is ~2**32 packets away): without this, every SA installed and deleted would leave its
+        entries behind for good (issue 11: the worker grew by megabytes while holding a few SAs).
+        Each SA has at most one entry per heap of its direction, so live entries are at most
+        2 per SA; rebuilding once the heaps hold twice that (and a floor) is O(1) amortized."""
+        if self.heap_entries() <= 4 * len(self._watched) + COMPACT_FLOOR:
+            return
+        for heap in (self._out_bytes, self._out_packets, self._in_bytes, self._in_packets):
+            heap[:] = [e for e in heap if (w := self._watched.get(e[2])) is not None and w.gen == e[1]]
+            heapq.heapify(heap)
 
     def pending(self) -> bool:
         """Whether some SA may have reached a limit since it was last checked."""

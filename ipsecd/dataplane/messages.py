@@ -30,6 +30,7 @@ so logging a message never prints a key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
 import struct
@@ -366,9 +367,12 @@ def _dec_text(convert: Callable[[str], Any], what: str) -> _Dec:
 
 
 _dec_bytes = _dec_text(bytes.fromhex, "hex text")
-_dec_address = _dec_text(ip_address, "an IP address")
-_dec_v4 = _dec_text(IPv4Address, "an IPv4 address")
-_dec_v6 = _dec_text(IPv6Address, "an IPv6 address")
+# Addresses repeat across a storm's installs (our own, the peers'): parse each text once
+# (bounded; an address object is immutable, so sharing it is safe).
+ADDRESS_MEMO = 4096
+_dec_address = _dec_text(functools.lru_cache(maxsize=ADDRESS_MEMO)(ip_address), "an IP address")
+_dec_v4 = _dec_text(functools.lru_cache(maxsize=ADDRESS_MEMO)(IPv4Address), "an IPv4 address")
+_dec_v6 = _dec_text(functools.lru_cache(maxsize=ADDRESS_MEMO)(IPv6Address), "an IPv6 address")
 
 
 def _dec_counts(v: object) -> dict[str, int]:

@@ -17,18 +17,29 @@ Routing model (as strongSwan's kernel-libipsec does it, so the two behave alike)
   must bypass the SPD).
 
 pyroute2 0.9 drives its own asyncio loop internally, so it cannot be called from a
-running loop's thread; the client calls these functions through ``asyncio.to_thread`` and
-each call opens its own netlink socket.
+running loop's thread. ``NetConf.run`` calls these methods in one thread of its own, which
+keeps one netlink socket open (a socket per call cost more than the call itself); called
+from any other thread a method opens a socket of its own, as before.
+
+Per Child SA the common case costs no netlink call at all (a login storm of road warriors
+or of clients proposing the same inner host): routes are claimed in memory first
+(``claim_routes``, the event loop's thread) and only a route that is new or must change is
+written (``write_routes``, the netlink thread, in order). A route that already serves -- the
+same prefix, or a pool's prefix covering a virtual IP (``cover``) -- just gains an owner.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -47,6 +58,8 @@ _EEXIST = 17
 _EADDRNOTAVAIL = 99
 
 Network = IPv4Network | IPv6Network
+RouteKey = tuple[Network, int]  # (prefix, table)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,9 +95,10 @@ def selector_networks(sel: Selector) -> list[Network]:
     return out
 
 
-def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0) -> int:
+def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0, ipr: Any = None) -> int:
     """MTU towards ``remote`` for packets carrying fwmark ``mark``: the route's mtu metric (a
-    PMTU the kernel learned included) if set, else the outgoing link's MTU.
+    PMTU the kernel learned included) if set, else the outgoing link's MTU. ``ipr``: a netlink
+    socket to use (``NetConf.path_mtu`` passes its kept one), else one is opened.
 
     ``mark`` must be the worker's socket mark: ESP to the peer leaves with it, so it takes the
     route the worker's packets take. Asked without it, a Child SA whose remote selectors cover
@@ -92,7 +106,7 @@ def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0) -> int:
     mtu metric is the previous SA's inner MTU: each new SA would shrink the MTU by one more
     ESP overhead (1400 -> 102 over 25 SAs) until installs fail.
     """
-    with _ipr() as ipr:
+    with contextlib.nullcontext(ipr) if ipr is not None else _ipr() as ipr:
         try:
             routes = ipr.route("get", dst=str(remote), **({"mark": mark} if mark else {}))
         except NetlinkError:
@@ -113,12 +127,12 @@ def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0) -> int:
     return DEFAULT_PATH_MTU
 
 
-def local_address_in(selectors: Iterable[Selector]) -> IPv4Address | IPv6Address | None:
+def local_address_in(selectors: Iterable[Selector], ipr: Any = None) -> IPv4Address | IPv6Address | None:
     """A local address of this host inside one of ``selectors`` (the route's preferred source)."""
     sels = list(selectors)
     if not sels:
         return None
-    with _ipr() as ipr:
+    with contextlib.nullcontext(ipr) if ipr is not None else _ipr() as ipr:
         for msg in ipr.addr("dump"):
             text = msg.get_attr("IFA_ADDRESS")
             if not text:
@@ -141,14 +155,67 @@ class NetConf:
     rule_priority: int = 220
     mark: int = 0
     ifindex: int = 0
-    _routes: dict[tuple[Network, int], set[RouteOwner]] = field(default_factory=dict)  # (prefix, table) -> owners
-    _route_args: dict[tuple[Network, int], dict[str, Any]] = field(default_factory=dict)
+    _routes: dict[RouteKey, set[RouteOwner]] = field(default_factory=dict)  # (prefix, table) -> owners
+    _route_args: dict[RouteKey, dict[str, Any]] = field(default_factory=dict)
+    _owned: dict[RouteOwner, set[RouteKey]] = field(default_factory=dict)  # owner -> its routes (no scans)
     _rules: list[dict[str, Any]] = field(default_factory=list)
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # the netlink thread (``run``)
+    _nl_thread: int | None = field(default=None, repr=False)
+    _nl: Any = field(default=None, repr=False)  # its IPRoute, opened on first use
+
+    # ---------------------------------------------------------------- the netlink thread
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` (a method of this object) in the netlink thread; calls run in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="netlink", initializer=self._bind_thread)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _bind_thread(self) -> None:
+        self._nl_thread = threading.get_ident()
+
+    @contextlib.contextmanager
+    def _ipr(self) -> Iterator[Any]:
+        """The netlink thread's kept socket; any other thread gets a socket of its own."""
+        if threading.get_ident() != self._nl_thread:
+            with _ipr() as fresh:
+                yield fresh
+            return
+        if self._nl is None:
+            self._nl = IPRoute()
+        try:
+            yield self._nl
+        except OSError as e:
+            if not isinstance(e, NetlinkError):  # the socket itself failed: open a new one next time
+                self._close_socket()
+            raise
+
+    def _close_socket(self) -> None:
+        nl, self._nl = self._nl, None
+        if nl is not None:
+            with contextlib.suppress(Exception):
+                nl.close()
+
+    async def close(self) -> None:
+        """Close the kept socket (in its thread) and stop the thread."""
+        if self._pool is None:
+            return
+        await self.run(self._close_socket)
+        self._pool.shutdown(wait=False)
+        self._pool = None
+
+    def path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
+        """``path_mtu`` as the worker's marked sockets see it."""
+        with self._ipr() as ipr:
+            return path_mtu(remote, self.mark, ipr)
+
+    def local_address_in(self, selectors: Iterable[Selector]) -> IPv4Address | IPv6Address | None:
+        with self._ipr() as ipr:
+            return local_address_in(selectors, ipr)
 
     # ---------------------------------------------------------------- link
     def link_up(self, mtu: int) -> int:
         """Set the TUN's MTU and bring it up; returns its ifindex."""
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             idx = ipr.link_lookup(ifname=self.tun_name)
             if not idx:
                 raise LookupError(f"no interface {self.tun_name}")
@@ -157,14 +224,14 @@ class NetConf:
         return self.ifindex
 
     def set_mtu(self, mtu: int) -> None:
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             ipr.link("set", index=self.ifindex, mtu=mtu)
 
     def add_address(self, network: str) -> None:
         """Put an address on the TUN (e.g. a virtual IP assigned by the peer), ``"10.3.0.2/32"``."""
         iface = ip_network(network, strict=False)
         addr = network.split("/")[0]
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             try:
                 ipr.addr("add", index=self.ifindex, address=addr, prefixlen=iface.prefixlen)
             except NetlinkError as e:
@@ -174,7 +241,7 @@ class NetConf:
     def remove_address(self, network: str) -> None:
         """Take an address off the TUN again (the virtual IP's IKE SA is gone); gone already is fine."""
         iface = ip_network(network, strict=False)
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             try:
                 ipr.addr("del", index=self.ifindex, address=network.split("/")[0], prefixlen=iface.prefixlen)
             except NetlinkError as e:
@@ -186,7 +253,7 @@ class NetConf:
         goes by the main table. A client tunnelling everything (0.0.0.0/0) keeps its gateway
         reachable outside the tunnel, as strongSwan's libipsec routes its peer."""
         net = ip_network(addr)
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             try:
                 ipr.route("add", dst=str(net), table=self.table, type="throw")
             except NetlinkError as e:
@@ -194,7 +261,7 @@ class NetConf:
                     raise
 
     def remove_bypass(self, addr: str) -> None:
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             try:
                 ipr.route("del", dst=str(ip_network(addr)), table=self.table, type="throw")
             except NetlinkError as e:
@@ -217,7 +284,7 @@ class NetConf:
                 dict(family=family, table=self.table, priority=self.rule_priority, fwmark=self.mark,
                      fwmask=self.mark, flags=FIB_RULE_INVERT)
             )
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             for rule in wanted:
                 try:
                     ipr.rule("add", **rule)
@@ -227,7 +294,7 @@ class NetConf:
                 self._rules.append(rule)
 
     def remove_rules(self) -> None:
-        with _ipr() as ipr:
+        with self._ipr() as ipr:
             for rule in self._rules:
                 with contextlib.suppress(NetlinkError):
                     ipr.rule("del", **rule)
@@ -242,65 +309,124 @@ class NetConf:
         prefsrc: dict[int, IPv4Address | IPv6Address | None] | None = None,
         table: int | None = None,
         owner: RouteOwner | None = None,
+        cover: Iterable[Network] = (),
     ) -> list[Network]:
-        """Route the remote selectors of ``reqid``'s PROTECT policies into the TUN.
+        """Route the remote selectors of ``reqid``'s PROTECT policies into the TUN (claim + write)."""
+        added, writes = self.claim_routes(reqid, policies, mtu, prefsrc, table, owner, cover)
+        self.write_routes(writes)
+        return added
 
-        Routes are reference-counted by owner (``reqid`` unless ``owner`` is given, e.g.
-        ``TrapRoutes(reqid)``): during a rekey two reqids may share a prefix, a trap and its
-        SA always do, and the route stays until the last owner is removed. ``prefsrc`` maps IP
-        version to the preferred source. Returns the prefixes routed.
+    def claim_routes(
+        self,
+        reqid: int,
+        policies: Iterable[Policy],
+        mtu: int,
+        prefsrc: dict[int, IPv4Address | IPv6Address | None] | None = None,
+        table: int | None = None,
+        owner: RouteOwner | None = None,
+        cover: Iterable[Network] = (),
+    ) -> tuple[list[Network], list[dict[str, Any]]]:
+        """Claim the routes of ``reqid``'s PROTECT policies; returns (prefixes claimed, routes to write).
+
+        No netlink here. Routes are reference-counted by owner (``reqid`` unless ``owner`` is
+        given, e.g. ``TrapRoutes(reqid)``): during a rekey two reqids may share a prefix, a trap
+        and its SA always do, and the route stays until the last owner is removed. A remote
+        selector inside one of ``cover`` (a pool's prefixes, for road warriors' virtual IPs)
+        claims that prefix's route instead of a route of its own. Only a route that is new, or
+        whose MTU or source changes, is returned for ``write_routes`` (``replace``: a rekey may
+        change the MTU or source; an older route must not block it); a covering route is only
+        ever lowered to the smallest MTU of the SAs it serves.
         """
         tbl = self.table if table is None else table
         who: RouteOwner = reqid if owner is None else owner
+        covers = list(cover)
         added: list[Network] = []
-        with _ipr() as ipr:
-            for pol in policies:
-                if pol.action is not Action.PROTECT or pol.sa_ref != reqid:
+        writes: list[dict[str, Any]] = []
+        for pol in policies:
+            if pol.action is not Action.PROTECT or pol.sa_ref != reqid:
+                continue
+            for net in selector_networks(pol.remote):
+                wide = next((c for c in covers if c.version == net.version and net.subnet_of(c)), None)  # type: ignore[arg-type]
+                dst = net if wide is None else wide
+                key = (dst, tbl)
+                self._routes.setdefault(key, set()).add(who)
+                self._owned.setdefault(who, set()).add(key)
+                args: dict[str, Any] = dict(dst=str(dst), oif=self.ifindex, table=tbl, metrics={"mtu": mtu})
+                src = (prefsrc or {}).get(dst.version)
+                if src is not None:
+                    args["prefsrc"] = str(src)
+                old = self._route_args.get(key)
+                if old is not None and (old == args or (wide is not None and old["metrics"]["mtu"] <= mtu)):
+                    added.append(dst)
                     continue
-                for net in selector_networks(pol.remote):
-                    key = (net, tbl)
-                    users = self._routes.setdefault(key, set())
-                    users.add(who)
-                    args: dict[str, Any] = dict(dst=str(net), oif=self.ifindex, table=tbl, metrics={"mtu": mtu})
-                    src = (prefsrc or {}).get(net.version)
-                    if src is not None:
-                        args["prefsrc"] = str(src)
-                    # replace: a rekey may change the MTU or source; an older route must not block it
-                    ipr.route("replace", **args)
-                    self._route_args[key] = args
-                    added.append(net)
-        return added
+                self._route_args[key] = args
+                writes.append(args)
+                added.append(dst)
+        return added, writes
+
+    def unclaim_writes(self, writes: Iterable[dict[str, Any]]) -> None:
+        """``write_routes(writes)`` failed: those routes are not in the kernel, so the next claim
+        of their prefixes must write them again (the owners' claims stay until released)."""
+        for args in writes:
+            key = (ip_network(args["dst"]), args["table"])
+            if self._route_args.get(key) is args:
+                del self._route_args[key]
+
+    def write_routes(self, writes: Iterable[dict[str, Any]]) -> None:
+        todo = list(writes)
+        if not todo:
+            return
+        with self._ipr() as ipr:
+            for args in todo:
+                ipr.route("replace", **args)
 
     def remove_routes(self, owner: RouteOwner) -> None:
         """Drop ``owner``'s claim on its routes; a route goes when nobody else claims it."""
-        with _ipr() as ipr:
-            for key, users in list(self._routes.items()):
-                if owner not in users:
-                    continue
-                users.discard(owner)
-                if users:
-                    continue
-                args = self._route_args.pop(key, None)
-                del self._routes[key]
-                if args is None:
-                    continue
+        self.delete_routes(self.release_routes(owner))
+
+    def release_routes(self, owner: RouteOwner) -> list[dict[str, Any]]:
+        """``owner``'s claims go (no netlink); returns the routes nobody claims any more."""
+        gone: list[dict[str, Any]] = []
+        for key in self._owned.pop(owner, ()):
+            users = self._routes.get(key)
+            if users is None:
+                continue
+            users.discard(owner)
+            if users:
+                continue
+            del self._routes[key]
+            args = self._route_args.pop(key, None)
+            if args is not None:
+                gone.append(args)
+        return gone
+
+    def delete_routes(self, gone: Iterable[dict[str, Any]], keep_going: bool = False) -> None:
+        """Delete these routes; ``keep_going``: past any error (cleanup), else the first one raises."""
+        todo = list(gone)
+        if not todo:
+            return
+        with self._ipr() as ipr:
+            for args in todo:
                 try:
                     ipr.route("del", dst=args["dst"], oif=args["oif"], table=args["table"])
                 except NetlinkError as e:
-                    if e.code not in (_ENOENT, _ESRCH):  # already gone with the TUN: fine
+                    if e.code not in (_ENOENT, _ESRCH) and not keep_going:  # gone with the TUN: fine
                         raise
 
     def routed_reqids(self) -> set[int]:
         """Reqids with Child SA routes (trap routes are listed by ``route_owners``)."""
-        return {r for users in self._routes.values() for r in users if isinstance(r, int)}
+        return {r for r in self._owned if isinstance(r, int)}
 
     def route_owners(self) -> set[RouteOwner]:
-        return {r for users in self._routes.values() for r in users}
+        return set(self._owned)
 
     def cleanup(self) -> None:
         """Remove every route and rule this object added (shutdown, or a failed start)."""
-        for owner in self.route_owners():
-            with contextlib.suppress(NetlinkError, OSError):
-                self.remove_routes(owner)
+        gone = list(self._route_args.values())
+        self._routes.clear()
+        self._route_args.clear()
+        self._owned.clear()
+        with contextlib.suppress(NetlinkError, OSError):
+            self.delete_routes(gone, keep_going=True)
         with contextlib.suppress(NetlinkError, OSError):
             self.remove_rules()

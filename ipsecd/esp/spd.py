@@ -108,7 +108,10 @@ class Selector:
         ports: tuple[int, int] = PORT_ANY,
     ) -> Selector:
         """Selector for an inclusive address range, the native IKEv2 TS form."""
-        return cls(ip_address(lo), ip_address(hi), proto, ports[0], ports[1])
+        # ip_address() of an address object formats and parses it again: skip that (per Child SA)
+        a = lo if isinstance(lo, (IPv4Address, IPv6Address)) else ip_address(lo)
+        b = hi if isinstance(hi, (IPv4Address, IPv6Address)) else ip_address(hi)
+        return cls(a, b, proto, ports[0], ports[1])
 
     @classmethod
     def any(cls, version: int = 4) -> Selector:

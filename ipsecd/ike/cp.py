@@ -179,7 +179,7 @@ class AttributeProvider(Protocol):
         """The other attributes (DNS, NBNS, subnets, numbered ones) of the pools ``leases`` came from."""
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtualIps:
     """The virtual IPs of one IKE SA (RFC 7296 2.19) and what came with them.
 

@@ -132,7 +132,7 @@ class IkeSaMoved:
     child_reqids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaEstablished:
     """Everything the data plane needs to install both directions of a Child SA."""
 

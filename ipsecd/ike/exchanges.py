@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.events import Cause, Endpoint
+from ipsecd.ike.fifo import Fifo
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import NotifyPayload, Payload, SaPayload
 from ipsecd.ike.state import LIVE, IkeState
@@ -136,7 +136,7 @@ class Exchanges:
         self.next_id = 0  # message ID of our next request
         self.expected_id = 0  # message ID of the peer's next request
         self.active: _Active | None = None
-        self.queue: deque[list[InitiatorTask]] = deque()
+        self.queue: Fifo[list[InitiatorTask]] = Fifo()
         self.delayed: list[tuple[float, int, list[InitiatorTask]]] = []  # heap: (due, seq, tasks)
         self._delay_seq = 0
         self.passive: list[ResponderTask] = []  # the peer's tasks waiting for its next round

@@ -19,7 +19,6 @@ beats the SA into the data plane (RFC 7296 2.8).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +47,7 @@ from ipsecd.ike.events import (
     SpiAssigned,
 )
 from ipsecd.ike.exchanges import Exchanges
+from ipsecd.ike.fifo import Fifo
 from ipsecd.ike.fragments import Fragments
 from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.message import Message, SkCipher, check_message, decode_message
@@ -81,7 +81,7 @@ RETRY_JITTER = 5.0
 REKEYED_TIMEOUT = 60.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: thousands are held (issue 11, memory per tunnel)
 class IkeSa:
     """One IKE SA, both roles; see the module docstring for the sans-I/O contract."""
 
@@ -133,8 +133,8 @@ class IkeSa:
 
     exchanges: Exchanges = field(init=False, repr=False)
     frag: Fragments = field(init=False, repr=False)  # RFC 7383: negotiated?, our fragments, reassembly
-    _events: deque[Event] = field(default_factory=deque, repr=False)
-    _signals: deque[Signal] = field(default_factory=deque, repr=False)
+    _events: Fifo[Event] = field(default_factory=Fifo, repr=False)
+    _signals: Fifo[Signal] = field(default_factory=Fifo, repr=False)
     _close_after_response: tuple[Cause, str] | None = field(default=None, repr=False)
     _prf: Prf | None = field(default=None, repr=False)
 

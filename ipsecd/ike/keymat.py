@@ -27,7 +27,7 @@ def _redacted(n: int) -> str:
     return f"<{n} octets>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeKeys:
     """The IKE SA keys of RFC 7296 2.14. ``repr`` shows only lengths."""
 
@@ -46,7 +46,7 @@ class IkeKeys:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildKeys:
     """Child SA keys (RFC 7296 2.17). ``_i`` protects initiator->responder traffic.
 

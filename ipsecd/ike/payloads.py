@@ -25,7 +25,7 @@ from ipsecd.iana import (
 IPAddress = Union[IPv4Address, IPv6Address]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transform:
     """RFC 7296 3.3.2. ``key_length`` is the Key Length attribute in bits, or None."""
 
@@ -34,7 +34,7 @@ class Transform:
     key_length: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Proposal:
     """RFC 7296 3.3.1. ``spi`` is 8 bytes (IKE rekey), 4 bytes (ESP/AH) or empty."""
 
@@ -126,7 +126,7 @@ class VendorIdPayload:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrafficSelector:
     """3.13.1. ``ip_proto`` 0 means any; ports are inclusive ranges."""
 

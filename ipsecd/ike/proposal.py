@@ -24,6 +24,7 @@ ranking wins over the peer's. ``prefer_theirs=True`` gives the peer's order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -368,6 +369,13 @@ def _match(a: Proposal, b: Proposal, theirs: Proposal) -> tuple[Transform, ...] 
     return None
 
 
+# Proposals as the selection sees them: no SPI (it never decides a match). Hashable, so a
+# login storm's identical offers are matched once (``_select``'s memo), not per client.
+_Offer = tuple[int, ProtocolId, tuple[Transform, ...]]
+SELECT_MEMO = 512  # distinct (ours, theirs, options) kept; offers this large are never kept:
+MEMO_MAX_TRANSFORMS = 64  # an unauthenticated peer cannot fill the memo with huge offers
+
+
 def select_proposal(
     ours: Sequence[Proposal],
     theirs: Sequence[Proposal],
@@ -388,21 +396,41 @@ def select_proposal(
     than NONE (RFC 7296 1.2) even when our config asks for PFS on rekeys.
     Returns None when nothing matches (answer NO_PROPOSAL_CHOSEN).
     """
+    mine = tuple((p.num, p.protocol, p.transforms) for p in ours)
+    offers = tuple((p.num, p.protocol, p.transforms) for p in theirs)
+    hint = None if ke_hint is None else int(ke_hint)
+    if sum(len(o[2]) for o in offers) <= MEMO_MAX_TRANSFORMS:
+        found = _select(mine, offers, prefer_theirs, hint, skip_ke)
+    else:
+        found = _select.__wrapped__(mine, offers, prefer_theirs, hint, skip_ke)
+    if found is None:
+        return None
+    index, chosen = found
+    t = theirs[index]
+    return Proposal(num=t.num, protocol=t.protocol, spi=t.spi, transforms=chosen)
+
+
+@functools.lru_cache(maxsize=SELECT_MEMO)
+def _select(mine: tuple[_Offer, ...], offers: tuple[_Offer, ...], prefer_theirs: bool, ke_hint: int | None,
+            skip_ke: bool) -> tuple[int, tuple[Transform, ...]] | None:
+    """``select_proposal`` on SPI-less offers: (index of their chosen proposal, transforms) or None."""
+    ours = [Proposal(n, proto, b"", ts) for n, proto, ts in mine]
+    theirs = [Proposal(n, proto, b"", ts) for n, proto, ts in offers]
     if skip_ke:
         ours = [without_ke(p) for p in ours]
         theirs = [without_ke(p) for p in theirs]
     if ke_hint is not None and ke_hint != KeId.NONE:
         ours = prefer_group(ours, ke_hint)
         theirs = prefer_group(theirs, ke_hint)
-    pairs: Iterable[tuple[Proposal, Proposal]]
+    pairs: Iterable[tuple[int, Proposal, Proposal]]
     if prefer_theirs:
-        pairs = ((t, o) for t in theirs for o in ours)
+        pairs = ((i, t, o) for i, t in enumerate(theirs) for o in ours)
     else:
-        pairs = ((t, o) for o in ours for t in theirs)
-    for t, o in pairs:
+        pairs = ((i, t, o) for o in ours for i, t in enumerate(theirs))
+    for i, t, o in pairs:
         chosen = _match(t, o, t) if prefer_theirs else _match(o, t, t)
         if chosen is not None:
-            return Proposal(num=t.num, protocol=t.protocol, spi=t.spi, transforms=chosen)
+            return i, chosen
     return None
 
 

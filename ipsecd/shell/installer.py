@@ -25,11 +25,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
 from ipsecd.dataplane import messages as dp
 from ipsecd.esp.sa import SaParams
+from ipsecd.esp.spd import range_to_prefixes
 from ipsecd.ike.events import (
     Cause,
     ChildSaDeleted,
@@ -73,6 +74,8 @@ class ChildSaInstaller:
         self._held: dict[int, list[Datagram]] = {}
         self._last: dict[int, asyncio.Future[Any]] = {}  # reqid -> its latest data-plane job
         self._pending_out: dict[int, _PendingOut] = {}  # reqid -> rekey responder's new outbound SA
+        self._covers: tuple[object, dict[str, tuple[IPv4Network | IPv6Network, ...]]] = (None, {})
+        self.stopping = False  # shutdown: the worker and every route go at once, no job per deleted SA
         if dataplane is None:
             self.ready.set()
 
@@ -97,7 +100,7 @@ class ChildSaInstaller:
                     if self._encap_peers[gone.remote] <= 0:
                         del self._encap_peers[gone.remote]
             self.shell.manager.release_spi(ev.spi_in)
-            if self.dataplane is None:
+            if self.dataplane is None or self.stopping:
                 return
             if ev.reqid_in_use:
                 # A rekey we answered is complete (the initiator deleted the old SA): switch our
@@ -159,7 +162,8 @@ class ChildSaInstaller:
             0 if child.mss_clamp == "auto" else int(child.mss_clamp))
         lifetime = volume_lifetime(child)
         try:
-            await asyncio.wait_for(self.ready.wait(), 30)
+            if not self.ready.is_set():  # wait_for costs a task: only while the worker starts
+                await asyncio.wait_for(self.ready.wait(), 30)
             if self.shell.vips is not None:  # a client: its virtual IP is the routes' source
                 await self.shell.vips.ready(ev.ike_sa_id)
             if ev.rekeyed_spi_in is not None and not ev.initiator:
@@ -173,7 +177,7 @@ class ChildSaInstaller:
             # back; route-based children (interface set) get no routes: the user routes into the TUN
             await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
                                                   route_via_tun=child is None or child.interface is None,
-                                                  lifetime=lifetime)
+                                                  lifetime=lifetime, route_cover=self._pool_prefixes(ev.name))
         except Exception as e:
             self.install_failures += 1
             self.shell.stats.count("child_sa_install_failures")
@@ -184,6 +188,27 @@ class ChildSaInstaller:
         finally:
             self._release(ev.ike_sa_id)
         await self._keepalive(ev)
+
+    def _pool_prefixes(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The prefixes of the connection's pools: one route each serves every client's virtual IP."""
+        config = self.config()
+        seen, cache = self._covers
+        if seen is not config:
+            cache = {}
+            self._covers = (config, cache)
+        got = cache.get(name)
+        if got is None:
+            conn = config.connections.get(name)
+            nets: list[IPv4Network | IPv6Network] = []
+            for pool in conn.pools if conn is not None else ():
+                spec = config.pools.get(pool)
+                if spec is None:
+                    continue
+                lo, hi = spec.addrs
+                nets += spec.routed or [ip_network((n, plen)) for n, plen in
+                                        range_to_prefixes(int(lo), int(hi), lo.max_prefixlen)]
+            got = cache[name] = tuple(nets)
+        return got
 
     async def _keepalive(self, ev: ChildSaEstablished) -> None:
         sa = self.shell.manager.find(ev.ike_sa_id)

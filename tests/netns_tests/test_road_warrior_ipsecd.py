@@ -83,6 +83,11 @@ def test_ipsecd_client_gets_virtual_ips_dns_and_traffic_flows(topology: Topology
     topo.b.ping("fd00:3::1", count=3, src=LAN6)
     (gw_ike,) = gw.list_sas()
     assert gw_ike["child_sas"][0]["packets_in"] >= 12
+    # the gateway routes each pool once, not each client's virtual IP (issue 11: cheap installs)
+    routes = topo.b.run(["ip", "route", "show", "table", "220"]).stdout
+    routes6 = topo.b.run(["ip", "-6", "route", "show", "table", "220"]).stdout
+    assert "10.3.0.0/29 dev ipsec0" in routes and "10.3.0.1 " not in routes, routes
+    assert "fd00:3::/120 dev ipsec0" in routes6 and "fd00:3::1 " not in routes6, routes6
 
     wait_for("resolvconf", lambda: dns_log.exists() and "nameserver" in dns_log.read_text())
     text = dns_log.read_text()
@@ -97,6 +102,8 @@ def test_ipsecd_client_gets_virtual_ips_dns_and_traffic_flows(topology: Topology
     wait_for("virtual IPs gone from the TUN", lambda: not vips & interface_addresses(topo.a, "ipsec0"))
     wait_for("resolvconf -d", lambda: "resolvconf -d ipsec0.ipsecd" in dns_log.read_text())
     wait_for("the gateway's SA gone", lambda: not gw.list_sas())
+    wait_for("the pool route gone with the last client",
+             lambda: "10.3.0.0/29" not in topo.b.run(["ip", "route", "show", "table", "220"]).stdout)
     pools = json.loads(gw.ctl("list-pools", "--json").stdout)["pools"]
     assert {(p["name"], p["online"], p["offline"]) for p in pools} == {("rw4", 0, 1), ("rw6", 0, 1)}
 

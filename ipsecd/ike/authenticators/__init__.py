@@ -66,7 +66,7 @@ class NoResume:
         raise LocalProtocolError(f"{type(self).__name__} never waits for an outside answer")
 
 
-@dataclass
+@dataclass(slots=True)
 class AuthExtensions:
     """What the peer announced that decides how we authenticate (IKE_SA_INIT and first IKE_AUTH)."""
 
@@ -77,7 +77,7 @@ class AuthExtensions:
     redirect_supported: bool = False  # REDIRECT_SUPPORTED in its IKE_SA_INIT (RFC 5685 3)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerLogin:
     """Who the peer turned out to be and how it proved it (list-sas, accounting, uniqueness)."""
 

@@ -413,7 +413,18 @@ class ChildCreate(Hooks):
         self.result = event
         sa.add_child(event, self.child)
 
+    def abort(self, sa: IkeSa) -> None:
+        """The IKE SA closes before our request was answered: the SPI we reserved is free again."""
+        self._release_spi(sa)
+
+    def _release_spi(self, sa: IkeSa) -> None:
+        # an SA that came up owns its SPI until the data plane removed it (the shell releases it)
+        if self.spi_in and self.result is None:
+            sa.ctx.release_child_spi(self.spi_in)
+            self.spi_in = b""
+
     def _failed(self, sa: IkeSa, reason: str, cause: Cause) -> None:
+        self._release_spi(sa)
         name = self.child.name if self.child is not None else "?"
         sa.child_log.warning("%s", reason)
         sa.emit(ChildSaFailed(sa.ike_sa_id, sa.settings.name, name, cause, reason))
