@@ -52,6 +52,7 @@ GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
+Buf = bytes | bytearray | memoryview
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
@@ -83,7 +84,7 @@ def parse_vnet_hdr(buf: bytes) -> VnetHdr:
 
 
 # ---------------------------------------------------------------- checksums (RFC 1071)
-def _sum(data: bytes | memoryview) -> int:
+def _sum(data: Buf) -> int:
     """Ones' complement sum of ``data`` as 16-bit words, reduced mod 0xFFFF (0 stands for 0xFFFF).
 
     2**16 = 1 (mod 0xFFFF), so the sum of the big-endian words equals the whole buffer read as
@@ -97,7 +98,7 @@ def _sum(data: bytes | memoryview) -> int:
     return v % 0xFFFF
 
 
-def checksum(*parts: bytes | memoryview) -> int:
+def checksum(*parts: Buf) -> int:
     """The Internet checksum of the concatenation of ``parts`` (each of even length but the last)."""
     s = 0
     for p in parts:
@@ -106,19 +107,19 @@ def checksum(*parts: bytes | memoryview) -> int:
     return 0xFFFF - s if s else 0
 
 
-def _pseudo(ip: bytes | memoryview, version: int, proto: int, l4_len: int) -> bytes:
+def _pseudo(ip: Buf, version: int, proto: int, l4_len: int) -> bytes:
     if version == 4:
         return bytes(ip[12:20]) + struct.pack("!BBH", 0, proto, l4_len)
     return bytes(ip[8:40]) + struct.pack("!IxxxB", l4_len, proto)
 
 
-def _pseudo_sum_field(ip: bytes | memoryview, version: int, proto: int, l4_len: int) -> int:
+def _pseudo_sum_field(ip: Buf, version: int, proto: int, l4_len: int) -> int:
     """What NEEDS_CSUM expects in the checksum field: the folded (not inverted) pseudo-header sum."""
     s = _sum(_pseudo(ip, version, proto, l4_len))
     return s if s else 0xFFFF
 
 
-def finish_checksum(pkt: bytes | bytearray, hdr: VnetHdr) -> bytes:
+def finish_checksum(pkt: Buf, hdr: VnetHdr) -> bytes:
     """Complete a NEEDS_CSUM checksum: fold the sum from csum_start to the end into the field."""
     start, field = hdr.csum_start, hdr.csum_start + hdr.csum_offset
     if start >= len(pkt) or field + 2 > len(pkt):
@@ -202,16 +203,14 @@ def _segment_tcp(pkt: bytes, version: int, l4: int, mss: int) -> list[bytes]:
     out = []
     first_seq = _I.unpack_from(pkt, l4 + 4)[0]
     mv = memoryview(pkt)
-    i = 0
-    for off in range(start, len(pkt), mss):
+    for i, off in enumerate(range(start, len(pkt), mss)):
         end = min(off + mss, len(pkt))
         out.append(_tcp_segment(mv, version, l4, thl, off, end, i, (first_seq + off - start) & 0xFFFFFFFF,
                                 end == len(pkt)))
-        i += 1
     return out
 
 
-def _tcp_segment(pkt: bytes | memoryview, version: int, l4: int, thl: int, off: int, end: int, index: int,
+def _tcp_segment(pkt: Buf, version: int, l4: int, thl: int, off: int, end: int, index: int,
                  seq: int, last: bool) -> bytes:
     data = pkt[off:end]
     ip = _ip_header(bytes(pkt[:l4]), version, l4, thl + len(data), index)
@@ -257,7 +256,7 @@ class TcpCoalescer:
 
     def __init__(self) -> None:
         self._key = b""  # IP + TCP header bytes that must match (everything but lengths, id, seq, csums)
-        self._parts: list[bytes | memoryview] = []
+        self._parts: list[Buf] = []
         self._head = b""  # the first segment's headers
         self._version = 0
         self._l4 = 0
