@@ -133,7 +133,7 @@ def finish_checksum(pkt: Buf, hdr: VnetHdr) -> bytes:
 
 
 # ---------------------------------------------------------------- transmit: segmentation
-def _l3(pkt: bytes) -> tuple[int, int, int]:
+def _l3(pkt: Buf) -> tuple[int, int, int]:
     """(version, L4 offset, L4 protocol) of a plain IPv4 / IPv6 packet (no v6 extension headers)."""
     if not pkt:
         raise OffloadError("empty packet")
@@ -152,7 +152,7 @@ def _l3(pkt: bytes) -> tuple[int, int, int]:
     raise OffloadError("not IP")
 
 
-def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes]:
+def segment(hdr: VnetHdr, pkt: Buf) -> list[bytes]:
     """The wire packets a (super-)packet read from the TUN stands for, checksums complete.
 
     ``pkt`` is what follows the virtio-net header.  A packet without GSO comes back alone
@@ -162,7 +162,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes]:
     if gso == GSO_NONE:
         if hdr.flags & NEEDS_CSUM:
             return [finish_checksum(pkt, hdr)]
-        return [pkt]
+        return [bytes(pkt)]
     version, l4, proto = _l3(pkt)
     if gso in (GSO_TCPV4, GSO_TCPV6):
         if proto != 6 or (version == 4) != (gso == GSO_TCPV4):
@@ -175,7 +175,7 @@ def segment(hdr: VnetHdr, pkt: bytes) -> list[bytes]:
     raise OffloadError(f"unsupported gso_type {hdr.gso_type}")
 
 
-def _ip_header(pkt: bytes, version: int, l4: int, l4_len: int, index: int) -> bytearray:
+def _ip_header(pkt: Buf, version: int, l4: int, l4_len: int, index: int) -> bytearray:
     """A copy of the IP header for one segment whose L4 part is ``l4_len`` bytes."""
     ip = bytearray(pkt[:l4])
     if version == 4:
@@ -188,7 +188,7 @@ def _ip_header(pkt: bytes, version: int, l4: int, l4_len: int, index: int) -> by
     return ip
 
 
-def _segment_tcp(pkt: bytes, version: int, l4: int, mss: int) -> list[bytes]:
+def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
     if len(pkt) < l4 + 20:
         raise OffloadError("short TCP header")
     thl = (pkt[l4 + 12] >> 4) * 4
@@ -225,7 +225,7 @@ def _tcp_segment(pkt: Buf, version: int, l4: int, thl: int, off: int, end: int, 
     return b"".join((ip, tcp, data))
 
 
-def _segment_udp(pkt: bytes, version: int, l4: int, size: int) -> list[bytes]:
+def _segment_udp(pkt: Buf, version: int, l4: int, size: int) -> list[bytes]:
     if len(pkt) < l4 + 8:
         raise OffloadError("short UDP header")
     if size <= 0:

@@ -43,6 +43,15 @@ import traceback
 from collections.abc import Callable
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.offload import (
+    GSO_NONE,
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    OffloadError,
+    TcpCoalescer,
+    parse_vnet_hdr,
+    segment,
+)
 from ipsecd.dataplane.state import (
     FLOW_CACHE_MAX,
     DataplaneState,
@@ -74,6 +83,7 @@ __all__ = ["ControlLink", "Drop", "EspSender", "Worker", "main"]
 log = logging.getLogger("ipsecd.esp")
 
 MAX_PACKET = 65536
+MAX_TUN_READ = MAX_PACKET + VNET_HDR_LEN  # a 64 KiB super-segment behind its virtio-net header
 _SPI = struct.Struct("!I")
 _GRO_INT = struct.Struct("=i")
 _MAX_PENDING_OUT = 4 * 1024 * 1024  # bytes of unsent control messages before messages are dropped
@@ -107,6 +117,7 @@ class Worker:
         self._handlers: dict[int, Callable[[], None]] = {}
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
+        self._coalescer: TcpCoalescer | None = None  # receive-side GRO, while the TUN has vnet headers
 
     # ------------------------------------------------------------------ setup and loop
     def _register(self) -> None:
@@ -175,6 +186,7 @@ class Worker:
     def handle(self, msg: m.Message) -> None:
         """Apply one control message now and send what it produced (tests call this directly)."""
         self.state.handle(msg, time.monotonic())
+        self._follow_config()
         self._run_outputs()
 
     def counters(self, ident: int = 0) -> m.Counters:
@@ -235,64 +247,72 @@ class Worker:
         sender = self._sender
         batch_add = sender.batch.add
         flush = sender.flush
+        vnet = state.config.vnet_hdr
         n = 0
         nbytes = 0
+        reads = 0
         for _ in range(state.config.batch):
             try:
-                pkt = read(fd, MAX_PACKET)
+                raw = read(fd, MAX_TUN_READ)
             except BlockingIOError:
                 break
             except OSError:
                 self._count_drop(Drop.RECV)
                 break
-            n += 1
-            nbytes += len(pkt)
-            try:
-                # Flow cache (state.py): keyed by the address pair while no policy looks further.
-                key = None
-                if cacheable and pkt:
-                    v = pkt[0] >> 4
-                    if v == 4 and len(pkt) >= 20:
-                        key = pkt[12:20]
-                    elif v == 6 and len(pkt) >= 40:
-                        key = pkt[8:40]
-                if key is None:
-                    pol = lookup(pkt)
-                else:
-                    pol = cache.get(key)
-                    if pol is None:
-                        pol = lookup(pkt)
-                        if pol is not None:  # never cache a miss: it may be a malformed packet
-                            if len(cache) >= FLOW_CACHE_MAX:
-                                cache.clear()
-                            cache[key] = pol
-                if pol is None:
-                    drops[DropReason.NO_POLICY] = drops.get(DropReason.NO_POLICY, 0) + 1
-                    continue
-                if pol.action is not protect_action:
-                    reason = DropReason.DISCARD_POLICY if pol.action is Action.DISCARD else Drop.BYPASS_IN_TUN
-                    drops[reason] = drops.get(reason, 0) + 1
-                    continue
-                path = out.get(pol.sa_ref)  # type: ignore[arg-type]
-                if path is None:
-                    state.no_sa(pol, pkt, self.now)  # slow path: queue behind a trap, ask IKE for the SA
-                    continue
-                if len(pkt) > path.mtu and state.too_big(pkt, path):
-                    continue
-                if clamp and path.mss and is_tcp_syn(pkt):
-                    pkt = clamp_tcp_mss(pkt, path.mss)
-                esp = path.sa.protect(pkt)
-            except EspDrop as e:
-                drops[e.reason] = drops.get(e.reason, 0) + 1
-                continue
-            if path.encap:  # EspSender.add, inlined
-                sock = path.sock
-                if sock is not sender.sock or not batch_add(path.dest, path.local, esp):
-                    flush()
-                    sender.sock = sock
-                    batch_add(path.dest, path.local, esp)
+            reads += 1
+            if vnet:
+                pkts = self._from_tun(raw)  # a TSO/USO super-segment becomes its wire packets
             else:
-                sender.send_raw(path, esp)
+                pkts = (raw,)
+            for pkt in pkts:
+                n += 1
+                nbytes += len(pkt)
+                try:
+                    # Flow cache (state.py): keyed by the address pair while no policy looks further.
+                    key = None
+                    if cacheable and pkt:
+                        v = pkt[0] >> 4
+                        if v == 4 and len(pkt) >= 20:
+                            key = pkt[12:20]
+                        elif v == 6 and len(pkt) >= 40:
+                            key = pkt[8:40]
+                    if key is None:
+                        pol = lookup(pkt)
+                    else:
+                        pol = cache.get(key)
+                        if pol is None:
+                            pol = lookup(pkt)
+                            if pol is not None:  # never cache a miss: it may be a malformed packet
+                                if len(cache) >= FLOW_CACHE_MAX:
+                                    cache.clear()
+                                cache[key] = pol
+                    if pol is None:
+                        drops[DropReason.NO_POLICY] = drops.get(DropReason.NO_POLICY, 0) + 1
+                        continue
+                    if pol.action is not protect_action:
+                        reason = DropReason.DISCARD_POLICY if pol.action is Action.DISCARD else Drop.BYPASS_IN_TUN
+                        drops[reason] = drops.get(reason, 0) + 1
+                        continue
+                    path = out.get(pol.sa_ref)  # type: ignore[arg-type]
+                    if path is None:
+                        state.no_sa(pol, pkt, self.now)  # slow path: queue behind a trap, ask IKE for the SA
+                        continue
+                    if len(pkt) > path.mtu and state.too_big(pkt, path):
+                        continue
+                    if clamp and path.mss and is_tcp_syn(pkt):
+                        pkt = clamp_tcp_mss(pkt, path.mss)
+                    esp = path.sa.protect(pkt)
+                except EspDrop as e:
+                    drops[e.reason] = drops.get(e.reason, 0) + 1
+                    continue
+                if path.encap:  # EspSender.add, inlined
+                    sock = path.sock
+                    if sock is not sender.sock or not batch_add(path.dest, path.local, esp):
+                        flush()
+                        sender.sock = sock
+                        batch_add(path.dest, path.local, esp)
+                else:
+                    sender.send_raw(path, esp)
         flush()
         if n:
             traffic = state.lifetimes.traffic  # the bound lifetimes.py needs, once per drain
@@ -302,6 +322,26 @@ class Worker:
             stats["tun_rx_packets"] = stats.get("tun_rx_packets", 0) + n
             stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
             stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
+            if reads != n:
+                stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
+
+    def _from_tun(self, raw: bytes) -> list[bytes] | tuple[bytes, ...]:
+        """The wire packets behind one virtio-net-headed TUN read (offload.py): a super-segment
+        is cut into MSS-sized packets with finished checksums; a malformed one is dropped."""
+        if len(raw) < VNET_HDR_LEN:
+            self._count_drop(Drop.OFFLOAD)
+            return ()
+        if raw[0] == 0 and raw[1] == GSO_NONE:  # the common small packet: no flags, no GSO
+            return (raw[VNET_HDR_LEN:],)
+        try:
+            hdr = parse_vnet_hdr(raw)
+            pkts = segment(hdr, memoryview(raw)[VNET_HDR_LEN:])
+        except OffloadError:
+            self._count_drop(Drop.OFFLOAD)
+            return ()
+        if len(pkts) > 1:
+            self._stat("tun_rx_super", 1)
+        return pkts
 
     # ------------------------------------------------------------------ inbound: ESP -> TUN
     def _make_udp_drain(self, sock: socket.socket) -> Callable[[], None]:
@@ -342,6 +382,7 @@ class Worker:
                 else:
                     segments += 1
                     inbound(data, addr, family, dst, True)
+            self._flush_coalescer()
             if got:
                 stats["udp_rx_recvmsg"] = stats.get("udp_rx_recvmsg", 0) + got
                 traffic = state.lifetimes.traffic  # ESP bytes bound the inner bytes (lifetimes.py)
@@ -379,6 +420,7 @@ class Worker:
                     inbound(data[ihl:], addr, family, data[16:20], False)
                 else:
                     inbound(data, addr, family, local_address(anc), False)
+            self._flush_coalescer()
             if got:
                 traffic = state.lifetimes.traffic
                 traffic.in_bytes += nbytes
@@ -415,12 +457,39 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
+        coalescer = self._coalescer
+        if coalescer is not None:  # offloads: merged into GRO super-packets, written at the drain's end
+            for hdr, out in coalescer.add(pkt):
+                self._writev_tun(hdr, out)
+            return
         try:  # _write_tun inlined: this runs once per received packet
             os.write(self.tun_fd, pkt)
         except OSError:
             self._count_drop(Drop.TUN_WRITE)
 
+    def _follow_config(self) -> None:
+        """A Configure may have switched the TUN's virtio-net headers on (offload.py)."""
+        if self.state.config.vnet_hdr and self._coalescer is None:
+            self._coalescer = TcpCoalescer()
+
+    def _flush_coalescer(self) -> None:
+        coalescer = self._coalescer
+        if coalescer is not None:
+            for hdr, out in coalescer.flush():
+                self._writev_tun(hdr, out)
+            self.state.stats["tun_tx_coalesced"] = coalescer.coalesced
+
+    def _writev_tun(self, hdr: bytes, pkt: bytes) -> None:
+        try:
+            os.writev(self.tun_fd, (hdr, pkt))
+        except OSError:
+            self._count_drop(Drop.TUN_WRITE)
+
     def _write_tun(self, pkt: bytes) -> None:
+        if self.state.config.vnet_hdr:
+            self._flush_coalescer()  # keep the order: what was decrypted before goes first
+            self._writev_tun(ZERO_VNET_HDR, pkt)
+            return
         try:
             os.write(self.tun_fd, pkt)
         except OSError:
@@ -441,6 +510,7 @@ class Worker:
             return
         for msg in msgs:
             self.state.handle(msg, self.now)
+            self._follow_config()
             self._run_outputs()  # a trap's queue leaves before any later TUN read
 
 
