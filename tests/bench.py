@@ -150,6 +150,19 @@ def setup_ipsecd(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     return Setup("ipsecd", topo, topo.a_lan, topo.b_lan)
 
 
+def setup_ipsecd_nooffload(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    """ipsecd with settings.dataplane.offload: no (one packet per TUN syscall), for the before/after row."""
+    saved = dict(IPSECD_DATAPLANE)
+    IPSECD_DATAPLANE["offload"] = False
+    try:
+        setup = setup_ipsecd(stack, workdir)
+    finally:
+        IPSECD_DATAPLANE.clear()
+        IPSECD_DATAPLANE.update(saved)
+    setup.name = "ipsecd-nooffload"
+    return setup
+
+
 def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     """wireguard-go in each namespace; keys generated now into ``workdir`` (0600), never kept.
 
@@ -205,7 +218,8 @@ def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
 IPSECD_DATAPLANE: dict[str, object] = {}
 
 SETUP_FUNCS: dict[str, Callable[[contextlib.ExitStack, Path], Setup]] = {
-    "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd, "wireguard": setup_wireguard}
+    "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd,
+    "ipsecd-nooffload": setup_ipsecd_nooffload, "wireguard": setup_wireguard}
 
 
 def _succeeds(ns: Netns, cmd: list[str]) -> Callable[[], bool]:
@@ -545,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                         if not args.no_udp:
                             measure_udp64(s, args.seconds)
                         s.add("idle_during", idle_share(before, cpu_times()))
+                        got = {k: round(v[-1], 3) for k, v in s.results.items() if v}
+                        print(f"[bench] run {run}/{args.runs}: {s.name} {got}", file=sys.stderr)
                     except Exception as e:
                         notes.append(f"{s.name} run {run} failed: {str(e).strip().splitlines()[0]}")
             print(report(setups, notes, args.runs, args.seconds))
