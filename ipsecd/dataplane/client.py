@@ -74,6 +74,7 @@ class DataPlaneOptions:
     gro: bool = True
     mss_clamp: bool = True
     offload: bool = True  # TUN offloads (tun.enable_offloads, offload.py)
+    offload_tso: bool = True  # with offload: also ask for TSO/USO reads (False: GRO writes only)
     steering: bool = True
     python: str = sys.executable
     worker_log_level: str = "INFO"
@@ -131,7 +132,7 @@ class DataPlane:
         try:
             tun_fd, self.tun_name = open_tun(o.tun_name, vnet_hdr=o.offload)
             fds.append(tun_fd)
-            if o.offload:
+            if o.offload and o.offload_tso:
                 self.offloads = enable_offloads(tun_fd)
             self.netconf.tun_name = self.tun_name
             self._link_mtu = o.mtu or DEFAULT_TUN_MTU

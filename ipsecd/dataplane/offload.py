@@ -85,17 +85,28 @@ def parse_vnet_hdr(buf: bytes) -> VnetHdr:
 
 # ---------------------------------------------------------------- checksums (RFC 1071)
 def _sum(data: Buf) -> int:
-    """Ones' complement sum of ``data`` as 16-bit words, reduced mod 0xFFFF (0 stands for 0xFFFF).
+    """Ones' complement sum of ``data`` as big-endian 16-bit words, reduced mod 0xFFFF (0 stands
+    for 0xFFFF, the same value in ones' complement).
 
-    2**16 = 1 (mod 0xFFFF), so the sum of the big-endian words equals the whole buffer read as
-    one integer, mod 0xFFFF (RFC 1071 2.(B), "byte order independence" and deferred carries):
-    one C-level pass instead of a Python loop over 700 words.
+    2**16 = 1 (mod 0xFFFF), so the sum of the words equals the whole buffer read as one
+    integer, mod 0xFFFF: C-level passes instead of a Python loop over 700 words. The buffer
+    is read little-endian (CPython converts that faster) and the result byte-swapped back:
+    the sum is byte-order independent up to that swap (RFC 1071 2.(B)); an odd last byte
+    lands in the low half of a little-endian word, i.e. padded with a zero on the right.
+    The division is the slow part (one hardware divide per 30-bit digit), so a long buffer
+    is first cut into four word-aligned quarters whose integers are added: by the same
+    congruence, their sum has the same remainder and a quarter of the digits.
     """
     n = len(data)
-    v = int.from_bytes(data, "big")
-    if n & 1:
-        v <<= 8  # an odd last byte is padded with a zero on the right
-    return v % 0xFFFF
+    if n < 512:
+        v = int.from_bytes(data, "little") % 0xFFFF
+    else:
+        mv = memoryview(data)
+        q = (n >> 3) << 1
+        fb = int.from_bytes
+        v = (fb(mv[:q], "little") + fb(mv[q : 2 * q], "little") + fb(mv[2 * q : 3 * q], "little")
+             + fb(mv[3 * q :], "little")) % 0xFFFF
+    return ((v & 0xFF) << 8) | (v >> 8)
 
 
 def checksum(*parts: Buf) -> int:
@@ -189,40 +200,69 @@ def _ip_header(pkt: Buf, version: int, l4: int, l4_len: int, index: int) -> byte
 
 
 def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
-    if len(pkt) < l4 + 20:
+    """TSO in software, as tcp_gso_segment: headers copied per piece, checksums summed
+    incrementally (the header words that change are added to precomputed sums; the
+    payload is summed once, in C), the payload copied once into its output packet."""
+    n = len(pkt)
+    if n < l4 + 20:
         raise OffloadError("short TCP header")
     thl = (pkt[l4 + 12] >> 4) * 4
     start = l4 + thl
-    if thl < 20 or len(pkt) < start:
+    if thl < 20 or n < start:
         raise OffloadError("bad TCP header length")
     if mss <= 0:
         raise OffloadError("TSO with gso_size 0")
-    payload_len = len(pkt) - start
-    if payload_len <= mss:  # nothing to cut; the checksum still has to be finished
-        return [_tcp_segment(pkt, version, l4, thl, start, len(pkt), 0, 0, True)]
-    out = []
-    first_seq = _I.unpack_from(pkt, l4 + 4)[0]
     mv = memoryview(pkt)
-    for i, off in enumerate(range(start, len(pkt), mss)):
-        end = min(off + mss, len(pkt))
-        out.append(_tcp_segment(mv, version, l4, thl, off, end, i, (first_seq + off - start) & 0xFFFFFFFF,
-                                end == len(pkt)))
-    return out
-
-
-def _tcp_segment(pkt: Buf, version: int, l4: int, thl: int, off: int, end: int, index: int,
-                 seq: int, last: bool) -> bytes:
-    data = pkt[off:end]
-    ip = _ip_header(bytes(pkt[:l4]), version, l4, thl + len(data), index)
-    tcp = bytearray(pkt[l4 : l4 + thl])
-    if index:
-        _I.pack_into(tcp, 4, seq)
-        tcp[13] &= ~TCP_CWR & 0xFF  # CWR only on the first segment (RFC 3168 6.1.2, as tcp_gso_segment)
-    if not last:
-        tcp[13] &= ~(TCP_FIN | TCP_PSH) & 0xFF
+    ip = bytearray(mv[:l4])
+    tcp = bytearray(mv[l4:start])
+    first_seq = _I.unpack_from(tcp, 4)[0]
+    flags0 = tcp[13]
+    tcp[4:8] = b"\x00\x00\x00\x00"
+    tcp[13] = 0
     tcp[16:18] = b"\x00\x00"
-    _H.pack_into(tcp, 16, checksum(_pseudo(ip, version, 6, thl + len(data)), tcp, data))
-    return b"".join((ip, tcp, data))
+    # pseudo-header (addresses, protocol) + TCP header without seq, flags and checksum
+    addrs = mv[12:20] if version == 4 else mv[8:40]
+    base = _sum(addrs) + 6 + _sum(tcp)
+    if version == 4:
+        ip[2:6] = b"\x00\x00\x00\x00"
+        ip[10:12] = b"\x00\x00"
+        ip_base = _sum(ip)
+        ip_id = _H.unpack_from(pkt, 4)[0]
+    else:
+        ip_base = ip_id = 0
+    mid_flags = flags0 & ~(TCP_FIN | TCP_PSH) & 0xFF
+    out = []
+    pack = _H.pack_into
+    off = start
+    i = 0
+    while True:
+        end = off + mss
+        last = end >= n
+        if last:
+            end = n
+        data = mv[off:end]
+        l4_len = thl + end - off
+        if version == 4:
+            ident = (ip_id + i) & 0xFFFF  # id +1 per segment, as the kernel (inet_gso_segment)
+            pack(ip, 2, l4 + l4_len)
+            pack(ip, 4, ident)
+            c = (ip_base + l4 + l4_len + ident) % 0xFFFF
+            pack(ip, 10, 0xFFFF - c if c else 0)
+        else:
+            pack(ip, 4, l4 - 40 + l4_len)
+        seq = (first_seq + off - start) & 0xFFFFFFFF
+        flags = flags0 if last else mid_flags
+        if i:
+            flags &= ~TCP_CWR & 0xFF  # CWR only on the first segment (RFC 3168 6.1.2, as tcp_gso_segment)
+        _I.pack_into(tcp, 4, seq)
+        tcp[13] = flags
+        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + _sum(data)) % 0xFFFF
+        pack(tcp, 16, 0xFFFF - c if c else 0)
+        out.append(b"".join((ip, tcp, data)))
+        if last:
+            return out
+        off = end
+        i += 1
 
 
 def _segment_udp(pkt: Buf, version: int, l4: int, size: int) -> list[bytes]:

@@ -322,8 +322,7 @@ class Worker:
             stats["tun_rx_packets"] = stats.get("tun_rx_packets", 0) + n
             stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
             stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
-            if reads != n:
-                stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
+            stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
 
     def _from_tun(self, raw: bytes) -> list[bytes] | tuple[bytes, ...]:
         """The wire packets behind one virtio-net-headed TUN read (offload.py): a super-segment
