@@ -193,3 +193,24 @@ def test_malformed_super_packets_raise_offload_error_only() -> None:
 def test_vnet_header_length_checked() -> None:
     with pytest.raises(OffloadError):
         parse_vnet_hdr(b"\x00" * (VNET_HDR_LEN - 1))
+
+
+def test_a_corrupted_segment_inside_a_run_unmerges_the_run() -> None:
+    """The run's checksum sum fails: every segment goes out alone, for the kernel to judge."""
+    segs = _expected_tcp(4, os.urandom(5000), 1000)
+    bad = bytearray(segs[2])
+    bad[-10] ^= 0x40
+    feed = [segs[0], segs[1], bytes(bad), segs[3], segs[4]]
+    co = TcpCoalescer()
+    out = [w for s in feed for w in co.add(s)] + co.flush()
+    assert out == [(ZERO_VNET_HDR, p) for p in feed]
+    assert co.bad_runs == 1 and co.coalesced == 0
+
+
+def test_coalescer_handles_odd_and_unequal_sizes() -> None:
+    """An odd-sized segment closes the run (the next payload would start mid-word)."""
+    a = bytes(_ip(4) / TCP(sport=1, dport=2, seq=100, ack=1, flags="A") / Raw(b"a" * 999))
+    b = bytes(_ip(4) / TCP(sport=1, dport=2, seq=1099, ack=1, flags="A") / Raw(b"b" * 999))
+    co = TcpCoalescer()
+    out = co.add(a) + co.add(b) + co.flush()
+    assert out == [(ZERO_VNET_HDR, a), (ZERO_VNET_HDR, b)]

@@ -292,67 +292,81 @@ class TcpCoalescer:
     packets that cannot be merged), each as (virtio-net header, packet); ``flush()`` the rest.
     One run is open at a time: packets of another flow close it, so order is kept per flow
     and overall.
+
+    Checksums are verified once per run, not once per segment: each valid segment's sum
+    (pseudo-header + TCP header + payload, its checksum field included) is 0xFFFF, i.e. 0
+    mod 0xFFFF, so the sum over the run is 0 mod 0xFFFF too. The TCP parts are added as
+    integers while the run grows (one C-level conversion per segment) and reduced once at
+    the flush; a run that fails is written segment by segment without offload, and the
+    kernel checks (and drops) the bad one itself.
     """
 
     def __init__(self) -> None:
         self._key = b""  # IP + TCP header bytes that must match (everything but lengths, id, seq, csums)
-        self._parts: list[Buf] = []
-        self._head = b""  # the first segment's headers
+        self._pkts: list[bytes] = []
         self._version = 0
         self._l4 = 0
         self._thl = 0
         self._mss = 0
         self._next_seq = 0
         self._len = 0  # L4 payload bytes so far
+        self._acc = 0  # sum of the segments' TCP parts read as little-endian integers
         self._closed = False  # the last segment was short or carried PSH: nothing may follow
         self._psh = False
         self.coalesced = 0  # segments merged into super-packets (a statistic)
+        self.bad_runs = 0  # runs whose checksum sum failed (written one by one)
 
     def add(self, pkt: bytes) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
         info = _tcp_info(pkt)
         if info is None:
-            out.extend(self.flush())
+            out = self.flush() if self._pkts else []
             out.append((ZERO_VNET_HDR, pkt))
             return out
         version, l4, thl, key, seq, plen, flags = info
-        if self._parts and self._extends(key, seq, plen) and _tcp_checksum_ok(pkt, version, l4):
-            self._parts.append(memoryview(pkt)[l4 + thl :])
+        if (self._pkts and not self._closed and seq == self._next_seq and key == self._key
+                and plen <= self._mss and l4 + thl + self._len + plen <= MAX_SUPER):
+            self._pkts.append(pkt)
+            self._acc += int.from_bytes(memoryview(pkt)[l4:], "little")
             self._next_seq = (seq + plen) & 0xFFFFFFFF
             self._len += plen
-            if plen < self._mss or flags & TCP_PSH or len(self._parts) >= MAX_COALESCE:
-                self._closed = True
+            if plen < self._mss or plen & 1 or flags & TCP_PSH or len(self._pkts) >= MAX_COALESCE:
+                self._closed = True  # (an odd length would shift the next payload's words)
                 if flags & TCP_PSH:
                     self._psh = True
-            return out
-        out.extend(self.flush())
-        if plen == 0 or flags & ~(TCP_ACK | TCP_PSH) or not _tcp_checksum_ok(pkt, version, l4):
-            out.append((ZERO_VNET_HDR, pkt))  # the kernel checks (and counts) it itself
+            return []
+        out = self.flush() if self._pkts else []
+        if plen == 0 or flags & ~(TCP_ACK | TCP_PSH):
+            out.append((ZERO_VNET_HDR, pkt))  # pure ACKs, SYN, FIN, RST, URG: as they are
             return out
         self._key, self._version, self._l4, self._thl, self._mss = key, version, l4, thl, plen
-        self._head = pkt[: l4 + thl]
-        self._parts = [memoryview(pkt)[l4 + thl :]]
+        self._pkts = [pkt]
+        self._acc = int.from_bytes(memoryview(pkt)[l4:], "little")
         self._next_seq = (seq + plen) & 0xFFFFFFFF
         self._len = plen
         self._psh = bool(flags & TCP_PSH)
-        self._closed = self._psh
+        self._closed = self._psh or bool(plen & 1)
         return out
 
-    def _extends(self, key: bytes, seq: int, plen: int) -> bool:
-        return (not self._closed and key == self._key and seq == self._next_seq and 0 < plen <= self._mss
-                and self._l4 + self._thl + self._len + plen <= MAX_SUPER)
-
     def flush(self) -> list[tuple[bytes, bytes]]:
-        parts = self._parts
-        if not parts:
+        pkts = self._pkts
+        if not pkts:
             return []
-        self._parts = []
+        self._pkts = []
         self._closed = False
-        head = self._head
-        if len(parts) == 1:
-            return [(ZERO_VNET_HDR, head + parts[0])]
-        self.coalesced += len(parts)
+        if len(pkts) == 1:
+            return [(ZERO_VNET_HDR, pkts[0])]
         version, l4, thl = self._version, self._l4, self._thl
+        head = pkts[0]
+        # RFC 1071: the pseudo-headers differ only in their length word (every segment but the
+        # last is mss long), so their sum is n * (addresses + protocol) + the lengths.
+        v = self._acc % 0xFFFF
+        n = len(pkts)
+        addrs = head[12:20] if version == 4 else head[8:40]
+        total = ((v & 0xFF) << 8 | v >> 8) + n * (_sum(addrs) + 6) + n * thl + self._len
+        if total % 0xFFFF:
+            self.bad_runs += 1
+            return [(ZERO_VNET_HDR, p) for p in pkts]
+        self.coalesced += n
         ip = bytearray(head[:l4])
         l4_len = thl + self._len
         if version == 4:
@@ -361,12 +375,13 @@ class TcpCoalescer:
             _H.pack_into(ip, 10, checksum(ip))
         else:
             _H.pack_into(ip, 4, l4 - 40 + l4_len)
-        tcp = bytearray(head[l4:])
+        tcp = bytearray(head[l4 : l4 + thl])
         if self._psh:
             tcp[13] |= TCP_PSH
         _H.pack_into(tcp, 16, _pseudo_sum_field(ip, version, 6, l4_len))
         hdr = VnetHdr(NEEDS_CSUM, GSO_TCPV4 if version == 4 else GSO_TCPV6, l4 + thl, self._mss, l4, 16)
-        return [(hdr.pack(), b"".join((ip, tcp, *parts)))]
+        start = l4 + thl
+        return [(hdr.pack(), b"".join((ip, tcp, *(memoryview(p)[start:] for p in pkts))))]
 
 
 def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
@@ -375,29 +390,26 @@ def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
     n = len(pkt)
     if n < 40:
         return None
-    version = pkt[0] >> 4
-    if version == 4:
-        if pkt[0] != 0x45 or pkt[9] != 6 or _H.unpack_from(pkt, 2)[0] != n or _H.unpack_from(pkt, 6)[0] & 0x3FFF:
-            return None  # options, other protocols, fragments, or a length the packet does not have
-        l4 = 20
-        key_ip = pkt[0:2] + pkt[6:10] + pkt[12:20]  # tos, flags/ttl/proto, addresses (not length, id, csum)
-    elif version == 6:
+    b0 = pkt[0]
+    if b0 == 0x45:
+        if pkt[9] != 6 or _H.unpack_from(pkt, 2)[0] != n or _H.unpack_from(pkt, 6)[0] & 0x3FFF:
+            return None  # other protocols, fragments, or a length the packet does not have
+        thl = (pkt[32] >> 4) * 4
+        if thl < 20 or n < 20 + thl:
+            return None
+        flags = pkt[33]
+        # tos, DF/ttl/proto, addresses + ports, ack + data offset, flags but PSH, urgent
+        # pointer + options; the window may move (the merged packet keeps the first one's,
+        # as the kernel's tcp_gro_receive does)
+        key = pkt[1:2] + pkt[6:10] + pkt[12:24] + pkt[28:33] + bytes((flags & 0xF7,)) + pkt[38 : 20 + thl]
+        return 4, 20, thl, key, _I.unpack_from(pkt, 24)[0], n - 20 - thl, flags
+    if b0 >> 4 == 6:
         if n < 60 or pkt[6] != 6 or _H.unpack_from(pkt, 4)[0] != n - 40:
             return None
-        l4 = 40
-        key_ip = pkt[0:4] + pkt[7:40]
-    else:
-        return None
-    thl = (pkt[l4 + 12] >> 4) * 4
-    if thl < 20 or n < l4 + thl:
-        return None
-    flags = pkt[l4 + 13]
-    # ports, ack, header length, flags (but PSH), urgent pointer, options; the window may move
-    # (the merged packet carries the first one's, as the kernel's tcp_gro_receive does)
-    key = key_ip + pkt[l4 : l4 + 4] + pkt[l4 + 8 : l4 + 13] + bytes((flags & ~TCP_PSH & 0xFF,)) + \
-        pkt[l4 + 18 : l4 + thl]
-    return version, l4, thl, key, _I.unpack_from(pkt, l4 + 4)[0], n - l4 - thl, flags
-
-
-def _tcp_checksum_ok(pkt: bytes, version: int, l4: int) -> bool:
-    return checksum(_pseudo(pkt, version, 6, len(pkt) - l4), memoryview(pkt)[l4:]) == 0
+        thl = (pkt[52] >> 4) * 4
+        if thl < 20 or n < 40 + thl:
+            return None
+        flags = pkt[53]
+        key = pkt[0:4] + pkt[7:44] + pkt[48:53] + bytes((flags & 0xF7,)) + pkt[58 : 40 + thl]
+        return 6, 40, thl, key, _I.unpack_from(pkt, 44)[0], n - 40 - thl, flags
+    return None
