@@ -453,29 +453,27 @@ RATIO_METRICS = (("TCP 1 flow", "tcp_gbps"), ("TCP 4 flows", "tcp4_gbps"), ("UDP
 
 
 def ratio_lines(setups: list[Setup]) -> list[str]:
-    """ipsecd / anchor per run (same round, so the same machine state), min / median / max;
-    a WARNING when the spread crosses 1.0 (some runs say ahead, some behind)."""
-    by_name = {s.name: s for s in setups}
-    ours = by_name.get("ipsecd")
+    """Each ipsecd row / each anchor per run (same round, so the same machine state), min /
+    median / max; a WARNING when the spread crosses 1.0 (some runs say ahead, some behind)."""
     lines: list[str] = []
-    if ours is None:
-        return lines
-    for anchor in ("strongswan", "wireguard"):
-        theirs = by_name.get(anchor)
-        if theirs is None:
-            continue
-        lines.append(f"ipsecd / {anchor}, ratio per run: min / median / max (ratio of medians)")
-        for title, key in RATIO_METRICS:
-            a, b = ours.results.get(key, []), theirs.results.get(key, [])
-            per_run = [x / y for x, y in zip(a, b, strict=False) if y > 0]
-            if not per_run or not b or not statistics.median(b):
+    by_name = {s.name: s for s in setups}
+    for ours in (s for s in setups if s.name.startswith("ipsecd")):
+        for anchor in ("strongswan", "wireguard"):
+            theirs = by_name.get(anchor)
+            if theirs is None:
                 continue
-            of_medians = statistics.median(a) / statistics.median(b)
-            line = (f"  {title:<14} {min(per_run):.2f} / {statistics.median(per_run):.2f} / {max(per_run):.2f}x"
-                    f"  ({of_medians:.2f}x)")
-            if min(per_run) < 1.0 <= max(per_run):
-                line += "  WARNING: the spread crosses 1.0, no lead established"
-            lines.append(line)
+            lines.append(f"{ours.name} / {anchor}, ratio per run: min / median / max (ratio of medians)")
+            for title, key in RATIO_METRICS:
+                a, b = ours.results.get(key, []), theirs.results.get(key, [])
+                per_run = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+                if not per_run or not b or not statistics.median(b):
+                    continue
+                of_medians = statistics.median(a) / statistics.median(b)
+                line = (f"  {title:<14} {min(per_run):.2f} / {statistics.median(per_run):.2f} / "
+                        f"{max(per_run):.2f}x  ({of_medians:.2f}x)")
+                if min(per_run) < 1.0 <= max(per_run):
+                    line += "  WARNING: the spread crosses 1.0, no lead established"
+                lines.append(line)
     return lines
 
 
