@@ -474,7 +474,7 @@ class DataplaneSettings:
     tun_name: str = "ipsec0"
     mtu: int | None = None  # None = auto (from the path MTU minus ESP overhead)
     workers: int = 1
-    offload: bool = True  # TUN offloads (IFF_VNET_HDR + TUNSETOFFLOAD): TSO/USO reads, GRO writes
+    offload: bool = False  # TUN offloads (IFF_VNET_HDR + TUNSETOFFLOAD): TSO/USO reads, GRO writes
 
 
 @dataclass(frozen=True)
@@ -1687,7 +1687,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
             tun_name=_or(ld.convert(_opt(dp, "tun_name"), "an interface name", _parse_ifname), "ipsec0"),
             mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
             workers=ld.integer(_opt(dp, "workers"), 1, 1, 64),
-            offload=ld.boolean(_opt(dp, "offload"), True),
+            offload=ld.boolean(_opt(dp, "offload"), False),
         )),
         credentials=_or(ld.convert(_opt(fields, "credentials"), "a directory", ld.path), d.credentials),
         eap_radius=_parse_eap_radius(ld, _opt(fields, "eap-radius")),

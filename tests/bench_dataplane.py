@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gso", action="store_true")
     p.add_argument("--no-gro", action="store_true")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--offload", choices=("yes", "no", "rx"), default="yes",
+    p.add_argument("--offload", choices=("yes", "no", "rx"), default="no",
                    help="TUN offloads: both directions, none, or receive-side GRO writes only (no TSO reads)")
     args = p.parse_args(argv)
     extra = ["--no-ipv6", "--batch", str(args.batch)]
     extra += ["--raw"] if args.raw else []
     extra += ["--no-gso"] if args.no_gso else []
     extra += ["--no-gro"] if args.no_gro else []
-    extra += {"yes": [], "no": ["--no-offload"], "rx": ["--no-tso"]}[args.offload]
+    extra += {"yes": ["--offload"], "no": [], "rx": ["--offload", "--no-tso"]}[args.offload]
     results = []
     with Topology("pair", prefix=dp_prefix(), ipv6=False) as topo:
         for i in range(args.repeat):

@@ -70,7 +70,7 @@ def static_params(
 async def serve(args: argparse.Namespace) -> int:
     opts = DataPlaneOptions(tun_name=args.tun, listen6=None if args.no_ipv6 else "::", gso=not args.no_gso,
                             gro=not args.no_gro, batch=args.batch, worker_log_level="WARNING",
-                            offload=not args.no_offload, offload_tso=not args.no_tso)
+                            offload=args.offload, offload_tso=not args.no_tso)
     dp = DataPlane(opts)
     await dp.start()
     stop = asyncio.Event()
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ipv6", action="store_true")
     p.add_argument("--no-gso", action="store_true")
     p.add_argument("--no-gro", action="store_true")
-    p.add_argument("--no-offload", action="store_true", help="TUN without virtio-net headers (offload.py off)")
+    p.add_argument("--offload", action="store_true", help="TUN with virtio-net headers and offloads (offload.py)")
     p.add_argument("--no-tso", action="store_true", help="virtio-net headers for GRO writes, but no TSO/USO reads")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--count", type=int, default=1)

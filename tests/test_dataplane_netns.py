@@ -116,9 +116,6 @@ def test_tunnel_ping_tcp_and_bad_packets(topo: Topology, encap: bool) -> None:
         if encap:
             assert stats.get("udp_gro_batches", 0) > 0, stats  # GRO really coalesced the TCP burst
             assert a.counters()["global"]["stats"]["udp_tx_sendmsg"] < sa_in["packets"]  # and GSO batched
-        # TUN offloads (offload.py): A read TSO super-segments, B wrote GRO super-packets
-        assert a.counters()["global"]["stats"].get("tun_rx_super", 0) > 0, a.counters()["global"]["stats"]
-        assert stats.get("tun_tx_coalesced", 0) > 0, stats
 
 
 def test_transport_mode_between_hosts(topo: Topology) -> None:

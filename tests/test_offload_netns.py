@@ -81,9 +81,9 @@ def transport6_pair(topo: Topology) -> Iterator[tuple[StaticPeer, StaticPeer]]:
     assert topo.a_addr6 and topo.b_addr6
     a6, b6 = topo.a_addr6, topo.b_addr6
     a = StaticPeer(topo.a.name, ["--side", "a", "--local", a6, "--remote", b6, "--local-net", f"{a6}/128",
-                                 "--remote-net", f"{b6}/128", "--mode", "transport", "--no-gso"])
+                                 "--remote-net", f"{b6}/128", "--mode", "transport", "--no-gso", "--offload"])
     b = StaticPeer(topo.b.name, ["--side", "b", "--local", b6, "--remote", a6, "--local-net", f"{b6}/128",
-                                 "--remote-net", f"{a6}/128", "--mode", "transport", "--no-gso"])
+                                 "--remote-net", f"{a6}/128", "--mode", "transport", "--no-gso", "--offload"])
     try:
         a.start()
         b.start()
@@ -152,7 +152,7 @@ def test_offloaded_tcp_is_ordinary_esp_on_the_wire(topo: Topology, tmp_path: Pat
     if v6:
         pair = transport6_pair(topo)
     else:
-        pair = static_pair(topo, "--no-gso", *(["--raw"] if case.endswith("raw") else []))
+        pair = static_pair(topo, "--no-gso", "--offload", *(["--raw"] if case.endswith("raw") else []))
     with pair as (a, b):
         if v6:
             assert topo.a_addr6 and topo.b_addr6

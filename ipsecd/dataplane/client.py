@@ -73,7 +73,7 @@ class DataPlaneOptions:
     gso: bool = True
     gro: bool = True
     mss_clamp: bool = True
-    offload: bool = True  # TUN offloads (tun.enable_offloads, offload.py)
+    offload: bool = False  # TUN offloads (tun.enable_offloads, offload.py); off: see docs/performance.md
     offload_tso: bool = True  # with offload: also ask for TSO/USO reads (False: GRO writes only)
     steering: bool = True
     python: str = sys.executable
