@@ -57,7 +57,7 @@ from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
 from tests.netns import Netns, Topology, ping_counts, why_no_netns
 from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
 
-SETUPS = ("bare", "strongswan", "ipsecd", "wireguard")
+SETUPS = ("bare", "strongswan", "ipsecd", "ipsecd-offload", "wireguard")
 TUN_MTU = 1400  # kernel-libipsec's default TUN MTU; the other tunnels are set to it
 # What a reader must know when comparing the rows (printed with every report).
 DIFFERENCES = (
