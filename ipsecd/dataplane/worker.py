@@ -117,7 +117,7 @@ class Worker:
         self._handlers: dict[int, Callable[[], None]] = {}
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
-        self._coalescer: TcpCoalescer | None = None  # receive-side GRO, while the TUN has vnet headers
+        self._vnet: VnetTun | None = None  # the TUN's virtio-net side, once a Configure switches it on
 
     # ------------------------------------------------------------------ setup and loop
     def _register(self) -> None:
@@ -261,7 +261,7 @@ class Worker:
                 break
             reads += 1
             if vnet:
-                pkts = self._from_tun(raw)  # a TSO/USO super-segment becomes its wire packets
+                pkts = self._vnet.read(raw) if self._vnet else ()  # a super-segment becomes its wire packets
             else:
                 pkts = (raw,)
             for pkt in pkts:
@@ -323,24 +323,6 @@ class Worker:
             stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
             stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
             stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
-
-    def _from_tun(self, raw: bytes) -> list[bytes] | tuple[bytes, ...]:
-        """The wire packets behind one virtio-net-headed TUN read (offload.py): a super-segment
-        is cut into MSS-sized packets with finished checksums; a malformed one is dropped."""
-        if len(raw) < VNET_HDR_LEN:
-            self._count_drop(Drop.OFFLOAD)
-            return ()
-        if raw[0] == 0 and raw[1] == GSO_NONE:  # the common small packet: no flags, no GSO
-            return (raw[VNET_HDR_LEN:],)
-        try:
-            hdr = parse_vnet_hdr(raw)
-            pkts = segment(hdr, memoryview(raw)[VNET_HDR_LEN:])
-        except OffloadError:
-            self._count_drop(Drop.OFFLOAD)
-            return ()
-        if len(pkts) > 1:
-            self._stat("tun_rx_super", 1)
-        return pkts
 
     # ------------------------------------------------------------------ inbound: ESP -> TUN
     def _make_udp_drain(self, sock: socket.socket) -> Callable[[], None]:
@@ -456,10 +438,8 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
-        coalescer = self._coalescer
-        if coalescer is not None:  # offloads: merged into GRO super-packets, written at the drain's end
-            for hdr, out in coalescer.add(pkt):
-                self._writev_tun(hdr, out)
+        if self._vnet is not None:  # offloads: merged into GRO super-packets, written at the drain's end
+            self._vnet.write(pkt)
             return
         try:  # _write_tun inlined: this runs once per received packet
             os.write(self.tun_fd, pkt)
@@ -468,26 +448,17 @@ class Worker:
 
     def _follow_config(self) -> None:
         """A Configure may have switched the TUN's virtio-net headers on (offload.py)."""
-        if self.state.config.vnet_hdr and self._coalescer is None:
-            self._coalescer = TcpCoalescer()
+        if self.state.config.vnet_hdr and self._vnet is None:
+            self._vnet = VnetTun(self.tun_fd, self.state.stats, self.state.drops)
 
     def _flush_coalescer(self) -> None:
-        coalescer = self._coalescer
-        if coalescer is not None:
-            for hdr, out in coalescer.flush():
-                self._writev_tun(hdr, out)
-            self.state.stats["tun_tx_coalesced"] = coalescer.coalesced
-
-    def _writev_tun(self, hdr: bytes, pkt: bytes) -> None:
-        try:
-            os.writev(self.tun_fd, (hdr, pkt))
-        except OSError:
-            self._count_drop(Drop.TUN_WRITE)
+        if self._vnet is not None:
+            self._vnet.flush()
 
     def _write_tun(self, pkt: bytes) -> None:
-        if self.state.config.vnet_hdr:
-            self._flush_coalescer()  # keep the order: what was decrypted before goes first
-            self._writev_tun(ZERO_VNET_HDR, pkt)
+        if self._vnet is not None:
+            self._vnet.flush()  # keep the order: what was decrypted before goes first
+            self._vnet.writev(ZERO_VNET_HDR, pkt)
             return
         try:
             os.write(self.tun_fd, pkt)
@@ -570,6 +541,49 @@ class ControlLink:
         mask = select.EPOLLIN | (select.EPOLLOUT if buf else 0)
         with contextlib.suppress(OSError, ValueError, FileNotFoundError):
             self._epoll.modify(self.sock.fileno(), mask)
+
+
+class VnetTun:
+    """The TUN's side of the offloads (offload.py) while it carries virtio-net headers: reads
+    become wire packets (a super-segment cut into MSS pieces), decrypted TCP is coalesced
+    into GRO super-packets, everything else is written behind an all-zero header."""
+
+    def __init__(self, fd: int, stats: dict[str, int], drops: dict[str, int]) -> None:
+        self.fd = fd
+        self.coalescer = TcpCoalescer()
+        self._stats = stats
+        self._drops = drops
+
+    def read(self, raw: bytes) -> list[bytes] | tuple[bytes, ...]:
+        """The wire packets behind one TUN read; a malformed super-segment is dropped."""
+        if len(raw) < VNET_HDR_LEN:
+            self._drops[Drop.OFFLOAD] = self._drops.get(Drop.OFFLOAD, 0) + 1
+            return ()
+        if raw[0] == 0 and raw[1] == GSO_NONE:  # the common small packet: no flags, no GSO
+            return (raw[VNET_HDR_LEN:],)
+        try:
+            pkts = segment(parse_vnet_hdr(raw), memoryview(raw)[VNET_HDR_LEN:])
+        except OffloadError:
+            self._drops[Drop.OFFLOAD] = self._drops.get(Drop.OFFLOAD, 0) + 1
+            return ()
+        if len(pkts) > 1:
+            self._stats["tun_rx_super"] = self._stats.get("tun_rx_super", 0) + 1
+        return pkts
+
+    def write(self, pkt: bytes) -> None:
+        for hdr, out in self.coalescer.add(pkt):
+            self.writev(hdr, out)
+
+    def flush(self) -> None:
+        for hdr, out in self.coalescer.flush():
+            self.writev(hdr, out)
+        self._stats["tun_tx_coalesced"] = self.coalescer.coalesced
+
+    def writev(self, hdr: bytes, pkt: bytes) -> None:
+        try:
+            os.writev(self.fd, (hdr, pkt))
+        except OSError:
+            self._drops[Drop.TUN_WRITE] = self._drops.get(Drop.TUN_WRITE, 0) + 1
 
 
 class EspSender:
