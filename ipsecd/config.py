@@ -506,6 +506,9 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
     lease_db: Path = DEFAULT_LEASE_DB  # SQLite file of the pools' leases (opened only when pools exist)
+    # strongSwan's charon.fragment_size: the largest IP packet (IP and UDP headers included)
+    # an IKE message or RFC 7383 fragment may make; larger encrypted messages are fragmented
+    fragment_size: int = 1280
 
 
 @dataclass(frozen=True)
@@ -687,7 +690,7 @@ _RADIUS_KEYS = ("servers", "secret", "accounting", "accounting_interval", "nas_i
 _RADIUS_SERVER_KEYS = ("address", "secret", "auth_port", "acct_port")
 _RETRANSMIT_KEYS = ("tries", "timeout", "base")
 _SETTINGS_KEYS = ("control_socket", "log_level", "log", "keep_alive", "dataplane", "credentials", "eap-radius",
-                  "metrics", "debug", "lease_db")
+                  "metrics", "debug", "lease_db", "fragment_size")
 _POOL_KEYS = ("addrs", *ADDRESS_KEYS, *SUBNET_KEYS)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -752,8 +755,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
                      "(a connection with start_action start is retried every 5 s regardless)"),
     UnimplementedKey("conn", "mobike", frozenset({False}), False,
                      "MOBIKE (RFC 4555) is not negotiated, so a peer that changes address needs a new IKE SA"),
-    UnimplementedKey("conn", "fragmentation", frozenset({Fragmentation.NO}), Fragmentation.NO,
-                     "IKE messages are neither fragmented nor reassembled (RFC 7383)"),
     UnimplementedKey("dataplane", "workers", frozenset({1}), 1, "the data plane runs a single worker process"),
 )
 
@@ -1694,6 +1695,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
         lease_db=_or(ld.convert(_opt(fields, "lease_db"), "a path", _parse_abs_path), d.lease_db),
+        fragment_size=ld.integer(_opt(fields, "fragment_size"), d.fragment_size, 576, 65535),
     )
 
 

@@ -44,7 +44,8 @@ CHILD_STATES = ("INSTALLED",)
 REKEY_KINDS = ("ike", "child")
 LOGIN_METHODS = ("psk", "pubkey", "eap-mschapv2", "eap-tls", "eap-radius", "eap")
 """The method label of ipsecd_logins_total; ``eap`` is an EAP login that ended before a method ran."""
-IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "retransmits", "retransmitted_requests"})
+IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "retransmits", "retransmitted_requests",
+                                   "fragments_sent", "fragments_received", "fragmented_messages"})
 """IKE counters that count work, not discarded messages: exported as ipsecd_ike_events_total."""
 
 
@@ -174,7 +175,8 @@ def render(snapshot: MetricsSnapshot) -> str:
     _reasons(drops, "reason", snapshot.dataplane_drops)
     ike_drops = _Family("ipsecd_ike_drops_total", "counter", "IKE datagrams and messages discarded, by reason.")
     ike_events = _Family("ipsecd_ike_events_total", "counter",
-                         "IKE work that is not a drop: cookies sent, retransmissions, answered retransmits.")
+                         "IKE work that is not a drop: cookies sent, retransmissions, answered retransmits, "
+                         "RFC 7383 fragments built and received, messages reassembled.")
     _reasons(ike_drops, "reason", {k: v for k, v in snapshot.ike_counters.items() if k not in IKE_NON_DROP_COUNTERS})
     _reasons(ike_events, "event", {k: v for k, v in snapshot.ike_counters.items() if k in IKE_NON_DROP_COUNTERS})
     events = _Family("ipsecd_events_total", "counter", "SA lifecycle events (established, closed, failed).")

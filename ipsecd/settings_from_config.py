@@ -95,6 +95,8 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         remote_auth=auth_settings(conn.remote),
         send_cert=str(conn.send_cert.value),
         send_certreq=conn.send_certreq,
+        fragmentation=str(conn.fragmentation.value),
+        fragment_size=config.settings.fragment_size,
         eap_secret=eap_secret,
     )
 

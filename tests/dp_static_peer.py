@@ -25,6 +25,7 @@ import sys
 from ipaddress import ip_address, ip_network
 
 from ipsecd.dataplane.client import DataPlane, DataPlaneOptions
+from ipsecd.dataplane.tun import offload_names
 from ipsecd.esp.sa import Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
@@ -82,7 +83,8 @@ async def serve(args: argparse.Namespace) -> int:
             mode=Mode(args.mode),
         )
         mtu = await dp.install_child_sa(inbound, outbound, REQID, policies)
-        print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering}),
+        print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering,
+                                     "offloads": offload_names(dp.offloads)}),
               flush=True)
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -43,6 +43,7 @@ class CharonSide:
     crls: list[Any] = field(default_factory=list)
     eap_secrets: dict[str, str] = field(default_factory=dict)
     settings: str = ""  # strongswan.conf charon lines, e.g. "  signature_authentication = no"
+    fragmentation: str = "no"  # swanctl's: yes | accept | force | no
 
 
 def _section(name: str, values: Mapping[str, str], indent: str) -> str:
@@ -52,8 +53,8 @@ def _section(name: str, values: Mapping[str, str], indent: str) -> str:
 
 def charon_swanctl(side: CharonSide, *, local_addr: str, remote_addr: str, local_ts: str, remote_ts: str) -> str:
     conn = (f"connections {{\n  {CONN} {{\n    version = 2\n    local_addrs = {local_addr}\n"
-            f"    remote_addrs = {remote_addr}\n    proposals = {side.proposals}\n    fragmentation = no\n"
-            f"    mobike = no\n    send_cert = always\n")
+            f"    remote_addrs = {remote_addr}\n    proposals = {side.proposals}\n"
+            f"    fragmentation = {side.fragmentation}\n    mobike = no\n    send_cert = always\n")
     conn += _section("local", side.local, "    ") + _section("remote", side.remote, "    ")
     conn += f"    children {{\n      {CHILD} {{\n        local_ts = {local_ts}\n        remote_ts = {remote_ts}\n"
     conn += f"        esp_proposals = {side.esp}\n      }}\n    }}\n  }}\n}}\n"

@@ -177,9 +177,9 @@ def test_defaults_match_swanctl(tmp_path: Path) -> None:
     assert conn.rekey_time == 4 * 3600 and conn.over_time == pytest.approx(1440) and conn.rand_time == conn.over_time
     assert conn.reauth_time == 0 and conn.keyingtries == 1 and conn.unique is Unique.NO
     assert not conn.encap
-    # swanctl's defaults ask for MOBIKE and fragmentation, which ipsecd does not do yet:
-    # the loaded values say what happens (NOT_IMPLEMENTED), silently since the file did not ask
-    assert not conn.mobike and conn.fragmentation is Fragmentation.NO
+    # swanctl's defaults ask for MOBIKE, which ipsecd does not do yet: the loaded value
+    # says what happens (NOT_IMPLEMENTED), silently since the file did not ask
+    assert not conn.mobike and conn.fragmentation is Fragmentation.YES
     assert conn.send_certreq and conn.send_cert is SendCert.IFASKED
     assert config.warnings == ()
     swanctl = ConnectionConfig("x", conn.local, conn.remote)
@@ -197,6 +197,7 @@ def test_defaults_match_swanctl(tmp_path: Path) -> None:
     assert s.log == {"ike": 1, "child": 1, "esp": 1, "net": 1, "cfg": 1, "ctl": 1}
     assert (s.dataplane.tun_name, s.dataplane.mtu, s.dataplane.workers) == ("ipsec0", None, 1)
     assert s.metrics.listen is None and not s.debug.allow_key_export
+    assert s.fragment_size == 1280
 
 
 def test_yaml_11_words_keep_their_text(tmp_path: Path) -> None:
@@ -825,7 +826,7 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
     cfg = load_config(path)
     conn = cfg.connections["b"]
     assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, False)
-    assert conn.fragmentation is Fragmentation.NO
+    assert conn.fragmentation is Fragmentation.ACCEPT  # implemented: no warning
     assert cfg.settings.dataplane.workers == 1
     prefix = "accepted but not implemented yet: "
     assert list(cfg.warnings) == [
@@ -835,8 +836,6 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
         "attempt (a connection with start_action start is retried every 5 s regardless) (in effect: 1)",
         f"{path}:5 connections.b.mobike: {prefix}MOBIKE (RFC 4555) is not negotiated, so a peer that changes "
         "address needs a new IKE SA (in effect: no)",
-        f"{path}:6 connections.b.fragmentation: {prefix}IKE messages are neither fragmented nor reassembled "
-        "(RFC 7383) (in effect: no)",
         f"{path}:24 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
     ]
     assert check_config_main(path) == 0
@@ -849,7 +848,7 @@ def test_unimplemented_keys_are_quiet_when_asking_for_what_happens(tmp_path: Pat
     text = edit(
         "    local_addrs:",
         "    local_port: 500\n    keyingtries: 1\n    unique: no\n    mobike: no\n"
-        "    fragmentation: no\n    local_addrs:",
+        "    fragmentation: yes\n    local_addrs:",
     ) + "settings:\n  dataplane: {workers: 1}\n"
     cfg = load_config(write(tmp_path, text))
     assert cfg.warnings == ()

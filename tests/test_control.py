@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ipsecd.control.cli import main, render_pools, render_sas, render_value
+from ipsecd.control.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main, render_pools, render_sas, render_value
 from ipsecd.control.protocol import (
     MAX_REQUEST_BYTES,
     ControlError,
@@ -151,6 +151,10 @@ class FakeHandler:
 
     async def reload(self) -> dict[str, Any]:
         return {"not json": {1, 2}}  # a bug in the daemon: must become an error reply, not a crash
+
+    async def redirect(self, name: str | None, to: str | None, full_at: int) -> dict[str, Any]:
+        self.calls.append(("redirect", (name, to, full_at)))
+        return {"redirected": 2, "to": to, "message": f"redirecting to {to}; 2 established client(s) told to move"}
 
     async def export_keys(self, fmt: str) -> dict[str, Any]:
         self.calls.append(("export-keys", fmt))
@@ -552,3 +556,17 @@ def test_list_pools(running: Running, capsys: pytest.CaptureFixture[str]) -> Non
 def test_list_pools_bad_arguments(running: Running) -> None:
     (answer,) = raw_exchange(running.path, b'{"v": 1, "cmd": "list-pools", "args": {"leases": "yes"}}\n', 1)
     assert answer["ok"] is False and "list-pools" in answer["error"]
+
+
+def test_redirect(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl(running, "redirect", "rw", "--to", "192.0.2.9") == EXIT_OK
+    assert capsys.readouterr().out == "redirecting to 192.0.2.9; 2 established client(s) told to move\n"
+    assert ctl(running, "redirect", "--all", "--stop") == EXIT_OK
+    assert ctl(running, "redirect", "--all", "--to", "gw2.example", "--when-full", "500") == EXIT_OK
+    assert running.handler.calls[-3:] == [("redirect", ("rw", "192.0.2.9", 0)), ("redirect", (None, None, 0)),
+                                          ("redirect", (None, "gw2.example", 500))]
+    assert ctl(running, "redirect", "--all", "--to", "gw2.example", "--when-full", "0") == EXIT_USAGE
+    assert ctl(running, "redirect", "rw", "--all", "--to", "x.example") == EXIT_FAILED  # one or the other
+    assert ctl(running, "redirect", "rw") == EXIT_USAGE  # --to or --stop
+    bad = raw_exchange(running.path, b'{"cmd": "redirect", "args": {"name": 5, "to": "x"}}\n', 1)
+    assert bad[0]["ok"] is False and "'redirect' takes" in bad[0]["error"]

@@ -60,15 +60,16 @@ def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.Log
     path.write_text(yaml.safe_dump(ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])))
     daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
                     dataplane=False)
-    text = path.read_text().replace("    local_addrs:", "    fragmentation: force\n    local_addrs:", 1)
+    text = path.read_text().replace("    local_addrs:", "    keyingtries: 3\n    local_addrs:", 1)
     path.write_text(text)
-    line = text.splitlines().index("    fragmentation: force") + 1
+    line = text.splitlines().index("    keyingtries: 3") + 1
     with caplog.at_level(logging.WARNING, logger="ipsecd.cfg"):
-        # what ipsecd does did not change (fragmentation is off either way): the connection is left alone
+        # what ipsecd does did not change (one attempt either way): the connection is left alone
         assert asyncio.run(daemon.reload())["changed"] == []
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path}:{line} connections.peer.fragmentation: accepted but not implemented yet: IKE messages are "
-        "neither fragmented nor reassembled (RFC 7383) (in effect: no)"]
+        f"{path}:{line} connections.peer.keyingtries: accepted but not implemented yet: initiations are neither "
+        "counted nor limited: each is one attempt (a connection with start_action start is retried every 5 s "
+        "regardless) (in effect: 1)"]
 
 
 @pytest.mark.netns

@@ -21,7 +21,7 @@ import pytest
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane.lifetimes import SEQ_SOFT_MARGIN
 from ipsecd.dataplane.state import DataplaneState, Drop, SendControl, SendEsp, SendKeepalive, WriteTun
-from ipsecd.esp.sa import DropReason, Mode, SaParams
+from ipsecd.esp.sa import DropReason, InboundSa, Mode, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
 from ipsecd.settings_from_config import protect_policies
@@ -342,7 +342,23 @@ def test_too_big_answers_into_the_tun() -> None:
     assert st.outbound(udp4("10.1.0.5", "10.2.0.7", bytes(600), df=True), 0.0) == 0
     (icmp,) = st.take_outputs()
     assert isinstance(icmp, WriteTun) and icmp.packet[20:22] == b"\x03\x04"
-    assert st.outbound(udp4("10.1.0.5", "10.2.0.7", bytes(600)), 0.0) == 1  # no DF: sent (fragmented outside)
+    # no DF: fragmented before encryption, each fragment in its own ESP packet within the path
+    big = udp4("10.1.0.5", "10.2.0.7", bytes(range(256)) * 5)
+    assert st.outbound(big, 0.0) == 3
+    esps = st.take_outputs()
+    assert all(isinstance(o, SendEsp) for o in esps) and st.stats["inner_fragmented"] == 1
+    b_in, _, _ = static_params("b", "192.0.2.2", "192.0.2.1", "10.2.0.0/24", "10.1.0.0/24", encap=True)
+    frags = [InboundSa(b_in).unprotect(o.esp) for o in esps]  # type: ignore[union-attr]
+    assert all(len(f) <= 500 for f in frags)
+    assert b"".join(f[20:] for f in frags) == big[20:]
+    assert [int.from_bytes(f[6:8], "big") for f in frags] == [0x2000, 0x2000 | 60, 120]
+    # transport mode cannot carry fragments: the packet goes whole, as before
+    st2 = make_state()
+    t_in, t_out, t_pols = static_params("a", "192.0.2.1", "192.0.2.2", "192.0.2.1/32", "192.0.2.2/32", encap=True,
+                                        mode=Mode.TRANSPORT)
+    st2.handle(m.InstallSa(REQID, t_in, t_out, tuple(t_pols), mtu=500, id=1), 0.0)
+    messages(st2)
+    assert st2.outbound(udp4("192.0.2.1", "192.0.2.2", bytes(600)), 0.0) == 1
 
 
 # ---------------------------------------------------------------------------- work per message and tick

@@ -370,10 +370,14 @@ def test_worker_too_big_sends_icmp_back_into_tun() -> None:
     assert parsed is not None and parsed[3] == 1 and back[0][20:22] == b"\x03\x04"  # ICMP type 3 code 4
     assert struct.unpack_from("!H", back[0], 26)[0] == 500  # Next-Hop MTU (RFC 1191)
     assert b.read_tun() == []
-    big_nodf = udp4("10.1.0.5", "10.2.0.7", bytes(600))
+    big_nodf = udp4("10.1.0.5", "10.2.0.7", bytes(range(200)) * 3)
     a.tun.send(big_nodf)
     pump(a, b)
-    assert b.read_tun() == [big_nodf]  # sent anyway: the outer packet may be fragmented
+    # no DF: cut before encryption, each fragment within the SA's MTU in its own ESP packet
+    frags = b.read_tun()
+    assert len(frags) == 2 and all(len(f) <= 500 for f in frags)
+    assert b"".join(f[20:] for f in frags) == big_nodf[20:]
+    assert a.worker.counters().stats["inner_fragments"] == 2
 
 
 def test_worker_clamps_mss_of_syn(pair: tuple[Side, Side]) -> None:
@@ -389,6 +393,17 @@ def test_worker_clamps_mss_of_syn(pair: tuple[Side, Side]) -> None:
     assert struct.unpack_from("!H", got, 20 + 22)[0] == 1400 - 40
     seg = got[20:]
     assert inet_checksum(seg, pseudo) == 0  # checksum still valid after the clamp
+    # a SYN arriving through the tunnel is clamped to the tunnel's way back too: the host
+    # behind us then never sends segments the tunnel cannot carry (no reliance on ICMP)
+    b.worker.handle(m.InstallSa(1, None, static_params("b", "127.0.0.1", "127.0.0.1", "10.2.0.0/24", "10.1.0.0/24",
+                                                      encap=True, remote_port=a.port)[1], (), 1000, m.Lifetime(),
+                                id=12))
+    assert b.messages() == [m.Ack(12)]
+    a.tun.send(syn)
+    pump(a, b)
+    (got,) = b.read_tun()
+    assert struct.unpack_from("!H", got, 20 + 22)[0] == 1000 - 40
+    assert inet_checksum(got[20:], pseudo) == 0
 
 
 def test_worker_lifetimes_soft_then_hard() -> None:

@@ -22,6 +22,7 @@ from scapy.packet import Raw
 from ipsecd.esp.packet import (
     clamp_tcp_mss,
     esp_overhead,
+    fragment_ipv4,
     icmp_frag_needed,
     icmpv6_packet_too_big,
     inet_checksum,
@@ -311,3 +312,41 @@ def test_overhead_and_tun_mtu_against_real_packets(
         bigger = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / Raw(bytes(inner - 19)))
         assert outer + udp + len(out.protect(bigger)) > path_mtu
         assert inner >= path_mtu - outer - over
+
+
+@pytest.mark.parametrize("mtu", [68, 500, 576, 1218, 1279])
+@pytest.mark.parametrize("options", [b"", b"\x07\x07\x04" + bytes(4) + b"\x00", b"\x94\x04\x00\x00"])
+def test_fragment_ipv4_reassembles_with_scapy(mtu: int, options: bytes) -> None:
+    """RFC 791 3.2: pieces within the MTU, data in multiples of 8, copied options only after the first."""
+    from scapy.layers.inet import defragment
+
+    pkt = IP(src="10.1.0.5", dst="10.2.0.7", id=0x1234, flags=0, options=options) / UDP(sport=1, dport=2) / Raw(
+        bytes(range(256)) * 5)
+    wire = bytes(pkt)
+    frags = fragment_ipv4(wire, mtu)
+    assert frags is not None and len(frags) > 1
+    assert all(len(f) <= mtu for f in frags)
+    parsed = [IP(f) for f in frags]
+    assert all(IP(bytes(p)).chksum == p.chksum for p in parsed)  # checksums verify
+    assert all(p.id == 0x1234 for p in parsed)
+    assert [p.flags.MF for p in parsed] == [1] * (len(frags) - 1) + [0]
+    first_hl, later_hl = parsed[0].ihl, {p.ihl for p in parsed[1:]}
+    assert first_hl * 4 == 20 + len(options) + (-len(options) % 4)
+    if options.startswith(b"\x94"):  # router alert: copied
+        assert later_hl == {first_hl}
+    else:  # record route (not copied) or none
+        assert later_hl == {5}
+    (whole,) = defragment(parsed)
+    assert bytes(whole[UDP]) == bytes(pkt[UDP])
+
+
+def test_fragment_ipv4_refuses_what_it_must_not_cut() -> None:
+    wire = bytes(IP(src="10.1.0.5", dst="10.2.0.7", flags="DF") / UDP() / Raw(bytes(1000)))
+    assert fragment_ipv4(wire, 576) is None  # DF: the sender gets ICMP instead
+    assert fragment_ipv4(bytes(IP() / UDP() / Raw(bytes(100))), 576) == [bytes(IP() / UDP() / Raw(bytes(100)))]
+    assert fragment_ipv4(b"\x60" + bytes(60), 40) is None  # not IPv4
+    assert fragment_ipv4(bytes(IP() / Raw(bytes(100))), 27) is None  # no room for 8 octets
+    # an already fragmented packet is cut further, keeping its offset and MF
+    frag = IP(src="10.1.0.5", dst="10.2.0.7", flags="MF", frag=100) / Raw(bytes(800))
+    parts = [IP(f) for f in fragment_ipv4(bytes(frag), 300) or []]
+    assert [p.frag for p in parts] == [100, 135, 170] and all(p.flags.MF for p in parts)

@@ -29,7 +29,7 @@ from ipsecd.ike.events import (
     Login,
     LoginResult,
 )
-from ipsecd.ike.message import decode_message
+from ipsecd.ike.message import decode_datagrams
 from ipsecd.ike.payloads import AuthPayload, CertPayload, CertReqPayload, EapPayload, Payload, SaPayload
 from ipsecd.ike.settings import AuthSettings, TsSpec
 from ipsecd.ike.signature import SignaturePolicy
@@ -85,11 +85,11 @@ def _failed(pair: Pair, result: LoginResult, *words: str) -> Login:
 def _ike_auth(pair: Pair, direction: str) -> list[list[Payload]]:
     """The IKE_AUTH messages sent in ``direction`` ("a->b"/"b->a"), decrypted with the receiver's keys."""
     receiver = (pair.b if direction == "a->b" else pair.a).list_sas()[0]
-    out = []
+    by_id: dict[int, list[bytes]] = {}  # large messages arrive as RFC 7383 fragments
     for tag, data in pair.sent:
         if tag == direction and data[18] == ExchangeType.IKE_AUTH:
-            out.append(decode_message(data, receiver.sk_in).payloads)
-    return out
+            by_id.setdefault(int.from_bytes(data[20:24], "big"), []).append(data)
+    return [decode_datagrams(frags, receiver.sk_in).payloads for _, frags in sorted(by_id.items())]
 
 
 def _pubkey_pair(pki: TestPki, certs: SimpleNamespace, **kw: Any) -> Pair:

@@ -13,6 +13,7 @@ see several ESP packets glued into one UDP payload with no record of where they 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from scapy.utils import rdpcap
 
 from tests.dp_static_peer import SPI_TO_B, static_key
 from tests.netns import Topology, kill_group, tcp_transfer, topology_or_skip
-from tests.netns_dp import StaticPeer, dp_prefix, static_pair
+from tests.netns_dp import PYTHON, StaticPeer, dp_prefix, static_pair
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -166,3 +167,56 @@ def test_offloaded_tcp_is_ordinary_esp_on_the_wire(topo: Topology, tmp_path: Pat
     assert stats_a.get("tun_rx_super", 0) > 0, stats_a  # A really read TSO super-segments
     assert stats_b.get("tun_tx_coalesced", 0) > 0, stats_b  # B really wrote GRO super-packets
     _check_stream(_inner_packets(pcap, not v6, v6, src, dst), v6, mtu, cap["dropped"] == 0)
+
+
+# A UDP application using UDP GSO (UDP_SEGMENT): its 10,000-byte sends reach the TUN whole (USO).
+_UDP_SINK = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 6000)); s.settimeout(5)
+print("ready", flush=True)
+sizes = []
+try:
+    while len(sizes) < int(sys.argv[2]):
+        sizes.append(len(s.recv(65535)))
+except socket.timeout:
+    pass
+print(json.dumps(sizes), flush=True)
+"""
+_UDP_GSO_SOURCE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
+s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT: the kernel cuts each send into 1000-byte datagrams
+for i in range(int(sys.argv[3])):
+    s.sendto(bytes([i]) * 10000, (sys.argv[2], 6000))
+"""
+
+
+def test_uso_super_datagrams_leave_as_single_datagrams(topo: Topology, tmp_path: Path) -> None:
+    """UDP GSO through the tunnel: the TUN hands over 10-datagram super-packets (USO, where the
+    kernel has it); on the wire every ESP packet holds one 1000-byte datagram with scapy's
+    checksum, and all of them arrive."""
+    pcap = tmp_path / "b.pcap"
+    sends = 20
+    with static_pair(topo, "--no-gso", "--offload") as (a, _b):
+        sink = subprocess.Popen(topo.b.exec_argv([PYTHON, "-u", "-c", _UDP_SINK, topo.b_lan, str(sends * 10)]),
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+            with capture(topo, pcap):
+                topo.a.run([PYTHON, "-c", _UDP_GSO_SOURCE, topo.a_lan, topo.b_lan, str(sends)])
+                sizes = json.loads(sink.stdout.readline())
+        finally:
+            kill_group(sink)
+        stats_a = a.counters()["global"]["stats"]
+        uso = "uso4" in a.ready["offloads"]
+    assert len(sizes) >= sends * 10 * 0.9 and set(sizes) == {1000}, sizes
+    if uso:
+        assert stats_a.get("tun_rx_super", 0) >= sends // 2, stats_a
+    inner = _inner_packets(pcap, True, False, topo.a_addr, topo.b_addr)
+    udp = [p for p in inner if p.haslayer(UDP) and p[UDP].dport == 6000]
+    assert len(udp) >= len(sizes)
+    for p in udp:
+        wire = bytes(p)
+        fresh = p.copy()
+        del fresh[IP].chksum, fresh[IP].len, fresh[UDP].chksum, fresh[UDP].len
+        assert len(p[UDP].payload) == 1000 and bytes(IP(bytes(fresh))) == wire

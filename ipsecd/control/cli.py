@@ -9,6 +9,7 @@ stdout stays clean for ``--json`` consumers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ipsecd.config import load_config
 from ipsecd.control.keyfiles import UnsafeDirectory, check_name, write_private_files
 from ipsecd.control.protocol import (
     DEFAULT_SOCKET,
@@ -28,12 +30,17 @@ from ipsecd.control.protocol import (
     Request,
     Response,
 )
+from ipsecd.credentials import load_store
+from ipsecd.errors import ConfigError
 from ipsecd.logsafe import safe
+from ipsecd.profiles import Platform, ProfileError, gateway_view, generate, profile_request
+from ipsecd.settings_from_config import validate_proposal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
+DEFAULT_CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
 class CannotConnect(ControlError):
@@ -296,6 +303,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             if args.name:
                 pool_args["name"] = args.name
             result = client.call(cmd, pool_args)
+        elif cmd == "redirect":
+            if bool(args.name) == bool(args.all):
+                raise ControlError("redirect needs a connection name or --all (not both)")
+            result = client.call(cmd, {"name": args.name, "to": None if args.stop else args.to,
+                                       "full_at": args.when_full or 0})
         elif cmd == "export-keys":
             result = client.call(cmd, {"format": args.format})
             _write_export(result.get("files") if isinstance(result, dict) else None, args.out, out)
@@ -314,8 +326,52 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(render_certs(result if isinstance(result, dict) else {}))
         elif cmd in ("status", "list-conns", "stats"):
             out.write(render_value(result))
+        elif cmd == "redirect" and isinstance(result, dict) and isinstance(result.get("message"), str):
+            print(result["message"], file=out)
         else:
             _print_message(result, out)
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _daemon_config(path: str) -> str | None:
+    """The configuration file the running daemon loaded (its ``status``), or None if none answers."""
+    try:
+        with ControlClient(path, 5.0) as client:
+            result = client.call("status")
+    except (ControlError, OSError, ValueError):
+        return None
+    config = result.get("config") if isinstance(result, dict) else None
+    return config if isinstance(config, str) and config else None
+
+
+def _client_profile(args: argparse.Namespace, out: TextIO) -> int:
+    """``client-profile``: no daemon needed; the configuration file and credentials are the truth."""
+    try:
+        config = load_config(args.config or _daemon_config(args.socket) or DEFAULT_CONFIG,
+                             proposal_validator=validate_proposal)
+        store, _problems = load_store(config.settings.credentials, config.key_passphrases())
+        view = gateway_view(config, args.name, store, server=args.server)
+        p12 = Path(args.p12).read_bytes() if args.p12 else None
+        req = profile_request(config, view, args.user, include_password=args.include_password, p12=p12)
+        if args.display_name:
+            req = dataclasses.replace(req, display_name=args.display_name)
+        profile = generate(view, req, args.platform)
+        for warning in profile.warnings:
+            print(f"ipsecctl: warning: {warning}", file=sys.stderr)
+        _write_export(profile.files, args.out, out)
+    except (ConfigError, ProfileError, ControlError) as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"ipsecctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -361,6 +417,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=EXPORT_FORMATS, default="wireshark")
     p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
+    p = sub.add_parser(
+        "redirect",
+        help="send clients to another gateway (RFC 5685)",
+        description="answer new clients of CONN (or --all) with a redirect to GW, and tell established clients "
+                    "that support it (strongSwan, Apple, Android) to move there; --stop ends it",
+    )
+    p.add_argument("name", metavar="CONN", nargs="?", help="the connection whose clients move")
+    p.add_argument("--all", action="store_true", help="every connection")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="GW", help="the new gateway: an IPv4/IPv6 address or a DNS name")
+    target.add_argument("--stop", action="store_true", help="stop redirecting new clients")
+    p.add_argument("--when-full", metavar="N", type=_positive_int,
+                   help="only new clients, and only while N or more IKE SAs exist (the gateway is full); "
+                        "established clients stay")
+    p = sub.add_parser(
+        "client-profile",
+        help="print a ready-to-import VPN profile for a client (reads the configuration file)",
+        description="generate a Windows PowerShell script, Apple .mobileconfig, Android .sswan or Linux "
+                    "swanctl.conf + NetworkManager keyfile that matches the gateway's connection CONN",
+    )
+    p.add_argument("name", metavar="CONN", help="the gateway's connection (from the configuration)")
+    p.add_argument("--user", required=True, help="the user's EAP identity (or IKE identity for certificates/PSK)")
+    p.add_argument("--platform", required=True, choices=[x.value for x in Platform])
+    p.add_argument("--config", "-c", help="ipsecd's configuration (default: the file the running daemon loaded, "
+                                          f"else {DEFAULT_CONFIG})")
+    p.add_argument("--server", help="the name clients dial (default: the connection's local.id if a DNS name)")
+    p.add_argument("--include-password", action="store_true",
+                   help="put the user's EAP password (or the PSK) from the configuration into the profile")
+    p.add_argument("--p12", metavar="FILE", help="embed the user's PKCS#12 (certificate logins; Apple needs it)")
+    p.add_argument("--display-name", help="the connection's name on the client")
+    p.add_argument("--out", metavar="DIR", help="write the files into DIR (mode 0600) instead of stdout")
     return parser
 
 
@@ -371,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "client-profile":
+        return _client_profile(args, sys.stdout)
     if args.command == "log" and not args.follow:
         print("ipsecctl: log needs --follow (ipsecd keeps no log history; see journalctl -u ipsecd)", file=sys.stderr)
         return EXIT_USAGE

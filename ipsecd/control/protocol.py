@@ -38,7 +38,7 @@ MAX_DEPTH = 32
 json module recurses per level, so 60,000 ``[`` in a 64 KiB line would raise RecursionError."""
 
 COMMANDS = ("status", "list-conns", "list-sas", "list-pools", "list-certs", "stats", "up", "down", "reload",
-            "export-keys", "log")
+            "export-keys", "log", "redirect")
 EXPORT_FORMATS = ("wireshark",)
 
 
@@ -271,5 +271,7 @@ class ControlHandler(Protocol):
     async def reload(self) -> dict[str, Any]: ...
 
     async def export_keys(self, fmt: str) -> dict[str, Any]: ...
+
+    async def redirect(self, name: str | None, to: str | None, full_at: int) -> dict[str, Any]: ...
 
     def subscribe_logs(self) -> AsyncIterator[str]: ...

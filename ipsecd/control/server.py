@@ -256,6 +256,13 @@ class ControlServer:
             if not isinstance(leases, bool) or not (pool is None or isinstance(pool, str)):
                 raise ControlError("'list-pools' takes {\"leases\": true|false, \"name\": \"POOL\"}")
             return lambda: h.list_pools(leases, pool)
+        if request.cmd == "redirect":
+            conn, to, full_at = args.get("name"), args.get("to"), args.get("full_at", 0)
+            if (not (conn is None or (isinstance(conn, str) and conn)) or not (to is None or isinstance(to, str))
+                    or not isinstance(full_at, int) or isinstance(full_at, bool) or full_at < 0):
+                raise ControlError("'redirect' takes {\"name\": \"CONN\" or null for all, \"to\": \"GATEWAY\" or null "
+                                   "to stop, \"full_at\": 0 (drain) or a number of IKE SAs}")
+            return lambda: h.redirect(conn, to, full_at)
         if request.cmd == "export-keys":
             fmt = args.get("format", "wireshark")
             if fmt not in EXPORT_FORMATS:

@@ -280,7 +280,8 @@ class DataPlane:
         if outbound is not None:
             pmtu = o.path_mtu
             if pmtu is None:
-                pmtu = await asyncio.to_thread(path_mtu, outbound.remote_addr)
+                # with the worker's mark: the route its ESP takes, never our own TUN routes
+                pmtu = await asyncio.to_thread(path_mtu, outbound.remote_addr, o.mark if o.policy_routing else 0)
             mtu = tun_mtu(outbound, pmtu)
             if o.mtu:
                 mtu = min(mtu, o.mtu)

@@ -82,11 +82,19 @@ def selector_networks(sel: Selector) -> list[Network]:
     return out
 
 
-def path_mtu(remote: IPv4Address | IPv6Address) -> int:
-    """MTU towards ``remote``: the route's mtu metric if set, else the outgoing link's MTU."""
+def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0) -> int:
+    """MTU towards ``remote`` for packets carrying fwmark ``mark``: the route's mtu metric (a
+    PMTU the kernel learned included) if set, else the outgoing link's MTU.
+
+    ``mark`` must be the worker's socket mark: ESP to the peer leaves with it, so it takes the
+    route the worker's packets take. Asked without it, a Child SA whose remote selectors cover
+    the peer's own address (0.0.0.0/0, transport mode) answers with its own TUN route, whose
+    mtu metric is the previous SA's inner MTU: each new SA would shrink the MTU by one more
+    ESP overhead (1400 -> 102 over 25 SAs) until installs fail.
+    """
     with _ipr() as ipr:
         try:
-            routes = ipr.route("get", dst=str(remote))
+            routes = ipr.route("get", dst=str(remote), **({"mark": mark} if mark else {}))
         except NetlinkError:
             return DEFAULT_PATH_MTU
         for r in routes:

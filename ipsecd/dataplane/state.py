@@ -36,7 +36,7 @@ from ipsecd.dataplane import messages as m
 from ipsecd.dataplane import traps
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
-from ipsecd.esp.packet import clamp_tcp_mss, icmp_frag_needed, icmpv6_packet_too_big, parse_ip
+from ipsecd.esp.packet import clamp_tcp_mss, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, parse_ip
 from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, Mode, OutboundSa
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
@@ -420,8 +420,10 @@ class DataplaneState(Generic[S]):
             self.no_sa(pol, pkt, now)
             return 0
         try:
-            if len(pkt) > path.mtu and self.too_big(pkt, path):
-                return 0
+            if len(pkt) > path.mtu:
+                before = len(self.outputs)
+                if self.too_big(pkt, path):
+                    return sum(isinstance(o, SendEsp) for o in self.outputs[before:])
             if self.config.mss_clamp and path.mss and is_tcp_syn(pkt):
                 pkt = clamp_tcp_mss(pkt, path.mss)
             esp = path.sa.protect(pkt)
@@ -432,15 +434,25 @@ class DataplaneState(Generic[S]):
         return 1
 
     def too_big(self, pkt: bytes, path: OutPath[S]) -> bool:
-        """Oversized inner packet: True when it was answered with ICMP and must not be sent.
+        """Oversized inner packet: True when it was dealt with here and must not be sent as is.
 
         IPv4 with DF and every IPv6 packet get "fragmentation needed" (RFC 1191) / "packet
-        too big" (RFC 8201, RFC 4443 3.2) back into the TUN. IPv4 without DF is sent anyway:
-        the outer packet is then fragmented by the kernel (our sockets do not set DF).
+        too big" (RFC 8201, RFC 4443 3.2) back into the TUN. IPv4 without DF is fragmented
+        *before* encryption (RFC 4301 8.1 leaves the choice; strongSwan's libipsec sends it
+        whole): each fragment goes in its own ESP packet that fits the path, so the tunnel
+        works across paths that drop IP fragments, which outer fragmentation would rely on.
+        Transport mode cannot carry fragments (esp/sa.py): there the packet goes out whole.
         """
         version = pkt[0] >> 4
         if version == 4 and not pkt[6] & _IPV4_DF:
-            return False
+            pieces = fragment_ipv4(pkt, path.mtu) if path.sa.params.mode is Mode.TUNNEL else None
+            if pieces is None:
+                return False
+            for piece in pieces:
+                self.outputs.append(SendEsp(path, path.sa.protect(piece)))
+            self._stat("inner_fragmented")
+            self._stat("inner_fragments", len(pieces))
+            return True
         self._drop(DropReason.TOO_BIG)
         # The ICMP error needs a source the host does not own (else it is a martian arriving
         # on the TUN): a configured one, or the unreachable destination itself.

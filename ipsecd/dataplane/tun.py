@@ -31,8 +31,9 @@ TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
-# Asked for in this order; each one the kernel refuses is dropped alone (USO needs Linux 6.2).
-OFFLOAD_FLAGS = (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_USO4, TUN_F_USO6)
+# Asked for in this order; each step the kernel refuses is dropped alone (USO needs Linux
+# 6.2, and tun.c's set_offload takes USO4 only together with USO6).
+OFFLOAD_FLAGS = (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_USO4 | TUN_F_USO6)
 OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn",
                  TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, padding to 40 bytes
@@ -69,7 +70,7 @@ def open_tun(name: str, *, multi_queue: bool = False, vnet_hdr: bool = False) ->
 
 
 def enable_offloads(fd: int, wanted: tuple[int, ...] = OFFLOAD_FLAGS) -> int:
-    """Ask for TUN offloads one flag at a time; returns the flags the kernel accepted.
+    """Ask for TUN offloads one step (flag or flag group) at a time; returns what the kernel accepted.
 
     TSO needs checksum offload (the kernel refuses TSO without TUN_F_CSUM), and a kernel
     that does not know a flag (USO before 6.2) answers EINVAL for the whole mask: so each

@@ -260,10 +260,8 @@ class Worker:
                 self._count_drop(Drop.RECV)
                 break
             reads += 1
-            if vnet:
-                pkts = self._vnet.read(raw) if self._vnet else ()  # a super-segment becomes its wire packets
-            else:
-                pkts = (raw,)
+            # with offloads, a super-segment becomes its wire packets (VnetTun.read)
+            pkts = (self._vnet.read(raw) if self._vnet else ()) if vnet else (raw,)
             for pkt in pkts:
                 n += 1
                 nbytes += len(pkt)
@@ -363,7 +361,8 @@ class Worker:
                 else:
                     segments += 1
                     inbound(data, addr, family, dst, True)
-            self._flush_coalescer()
+            if self._vnet is not None:
+                self._vnet.flush()
             if got:
                 stats["udp_rx_recvmsg"] = stats.get("udp_rx_recvmsg", 0) + got
                 traffic = state.lifetimes.traffic  # ESP bytes bound the inner bytes (lifetimes.py)
@@ -401,7 +400,8 @@ class Worker:
                     inbound(data[ihl:], addr, family, data[16:20], False)
                 else:
                     inbound(data, addr, family, local_address(anc), False)
-            self._flush_coalescer()
+            if self._vnet is not None:
+                self._vnet.flush()
             if got:
                 traffic = state.lifetimes.traffic
                 traffic.in_bytes += nbytes
@@ -438,6 +438,11 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
+        # a TCP SYN (IPv4 without options, or IPv6 with TCP next): a few byte compares per
+        # packet, the clamp itself only for SYNs (unprotect returns at least a whole IP header)
+        if ((pkt[9] == 6 and pkt[0] == 0x45 and len(pkt) >= 40 and pkt[33] & 0x02)
+                or (pkt[6] == 6 and pkt[0] >> 4 == 6 and len(pkt) >= 60 and pkt[53] & 0x02)):
+            pkt = self._clamp_inbound(spi, pkt)
         if self._vnet is not None:  # offloads: merged into GRO super-packets, written at the drain's end
             self._vnet.write(pkt)
             return
@@ -446,20 +451,22 @@ class Worker:
         except OSError:
             self._count_drop(Drop.TUN_WRITE)
 
-    def _follow_config(self) -> None:
-        """A Configure may have switched the TUN's virtio-net headers on (offload.py)."""
+    def _follow_config(self) -> None:  # a Configure may have switched the TUN's virtio-net headers on
         if self.state.config.vnet_hdr and self._vnet is None:
             self._vnet = VnetTun(self.tun_fd, self.state.stats, self.state.drops)
 
-    def _flush_coalescer(self) -> None:
-        if self._vnet is not None:
-            self._vnet.flush()
+    def _clamp_inbound(self, spi: int, pkt: bytes) -> bytes:
+        """The MSS a host behind the peer offers is what hosts behind us will send it: fit it to
+        the tunnel's way back, so they never send segments it cannot carry (no reliance on ICMP)."""
+        state = self.state
+        path = state.out.get(state.in_reqid.get(spi, 0))
+        if not state.config.mss_clamp or path is None or not path.mss or not is_tcp_syn(pkt):
+            return pkt
+        return clamp_tcp_mss(pkt, path.mss)
 
     def _write_tun(self, pkt: bytes) -> None:
         if self._vnet is not None:
-            self._vnet.flush()  # keep the order: what was decrypted before goes first
-            self._vnet.writev(ZERO_VNET_HDR, pkt)
-            return
+            return self._vnet.write_alone(pkt)
         try:
             os.write(self.tun_fd, pkt)
         except OSError:
@@ -573,6 +580,11 @@ class VnetTun:
     def write(self, pkt: bytes) -> None:
         for hdr, out in self.coalescer.add(pkt):
             self.writev(hdr, out)
+
+    def write_alone(self, pkt: bytes) -> None:
+        """A packet of the state's (ICMP, a trap's queue): after what was decrypted before it."""
+        self.flush()
+        self.writev(ZERO_VNET_HDR, pkt)
 
     def flush(self) -> None:
         for hdr, out in self.coalescer.flush():

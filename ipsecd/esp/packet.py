@@ -237,6 +237,74 @@ def icmpv6_packet_too_big(orig_packet: bytes, mtu: int, src_addr: IPv6Address | 
     return build_ipv6_header(src, dst, IpProto.IPV6_ICMP, len(icmp)) + icmp
 
 
+_IPV4_DF, _IPV4_MF = 0x4000, 0x2000
+_IPV4_COPIED = 0x80  # option type bit: copied into every fragment (RFC 791 3.1)
+
+
+def _options_for_later_fragments(options: bytes) -> bytes:
+    """The IPv4 options a non-first fragment carries: only those with the copied flag,
+    padded to a 4-byte multiple (RFC 791 3.2)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(options):
+        kind = options[pos]
+        if kind == 0:  # End of Option List
+            break
+        if kind == 1:  # No Operation
+            pos += 1
+            continue
+        if pos + 1 >= len(options) or options[pos + 1] < 2:
+            break
+        size = options[pos + 1]
+        if kind & _IPV4_COPIED:
+            out += options[pos : pos + size]
+        pos += size
+    out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
+def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes] | None:
+    """Cut an IPv4 packet into fragments of at most ``mtu`` octets (RFC 791 3.2), or None when
+    it must not or cannot be: DF set, malformed, or ``mtu`` too small for 8 octets of data.
+
+    The tunnel uses this before encryption for a packet that does not fit the SA: the
+    fragments each travel in their own ESP packet and the far end's host reassembles them,
+    so nothing depends on the outer path passing IP fragments (many drop them). A packet
+    that is itself a fragment is cut further, keeping its offset and MF.
+    """
+    n = len(packet)
+    if n < IPV4_HEADER_LEN or packet[0] >> 4 != 4:
+        return None
+    hlen = (packet[0] & 0x0F) * 4
+    total = _U16.unpack_from(packet, 2)[0]
+    flags_offset = _U16.unpack_from(packet, 6)[0]
+    if hlen < IPV4_HEADER_LEN or total < hlen or total > n or flags_offset & _IPV4_DF:
+        return None
+    if total <= mtu:
+        return [packet[:total]]
+    header, payload = packet[:hlen], packet[hlen:total]
+    later = packet[:IPV4_HEADER_LEN] + _options_for_later_fragments(packet[IPV4_HEADER_LEN:hlen])
+    offset, more = flags_offset & 0x1FFF, flags_offset & _IPV4_MF
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(payload):
+        head = header if not out else later
+        room = (mtu - len(head)) // 8 * 8
+        if room < 8:
+            return None
+        piece = payload[pos : pos + room]
+        last = pos + len(piece) >= len(payload)
+        frag = bytearray(head + piece)
+        frag[0] = 0x40 | (len(head) // 4)
+        _U16.pack_into(frag, 2, len(frag))
+        _U16.pack_into(frag, 6, (offset + pos // 8) | (more if last else _IPV4_MF))
+        _U16.pack_into(frag, 10, 0)
+        _U16.pack_into(frag, 10, inet_checksum(bytes(frag[: len(head)])))
+        out.append(bytes(frag))
+        pos += len(piece)
+    return out
+
+
 def _csum_replace16(checksum: int, old: int, new: int) -> int:
     """Incremental checksum update HC' = ~(~HC + ~m + m') (RFC 1624 section 3, eqn. 3)."""
     total = (~checksum & 0xFFFF) + (~old & 0xFFFF) + new

@@ -47,6 +47,9 @@ class EngineContext:
     credentials: CredentialStore = field(default_factory=lambda: CredentialStore(None), repr=False)
     # wall-clock seconds minus the engine's (monotonic) now: certificates are valid in real time
     wall_offset: float = 0.0
+    # connection name (or "*") -> (the gateway new clients are redirected to, from how many other IKE
+    # SAs on: 0 = always, draining; N = when full) (RFC 5685, ike/redirect.py)
+    redirects: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""

@@ -57,6 +57,7 @@ class Cause(StrEnum):
     DUPLICATE = "duplicate"  # both ends initiated at once; this one was redundant
     EXPIRED = "expired"  # hard lifetime reached
     INSTALL_FAILED = "install_failed"  # the data plane refused the Child SA
+    REDIRECTED = "redirected"  # sent to another gateway (RFC 5685) before it came up
 
 
 class LoginResult(StrEnum):

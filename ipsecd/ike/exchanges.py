@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike.events import Cause, Endpoint
-from ipsecd.ike.message import Message, encode_message
+from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import NotifyPayload, Payload, SaPayload
 from ipsecd.ike.state import LIVE, IkeState
 from ipsecd.ike.tasks import (
@@ -63,7 +63,7 @@ class _Active:
     message_id: int
     exchange: ExchangeType
     tasks: list[InitiatorTask]
-    data: bytes
+    data: tuple[bytes, ...]  # the datagram, or its fragments (RFC 7383: all are resent)
     sent_at: float
     deadline: float
     tries: int = 0
@@ -72,7 +72,7 @@ class _Active:
 @dataclass(slots=True)
 class _Cached:
     message_id: int
-    data: bytes
+    data: tuple[bytes, ...]
 
 
 @dataclass(slots=True)
@@ -140,7 +140,7 @@ class Exchanges:
         self.stale: list[InitiatorTask] = []  # abandoned in flight, told when the SA closes
         self.out: list[tuple[bytes, Endpoint, Endpoint]] = []
         self.held: _Run | None = None  # a peer request whose answer waits for the outside (RADIUS)
-        self.held_response: tuple[float, bytes, Endpoint, Endpoint] | None = None  # (due, data, local, remote)
+        self.held_response: tuple[float, tuple[bytes, ...], Endpoint, Endpoint] | None = None  # (due, data, l, r)
         self.respond_after = 0.0  # a task asks to hold our next response this long (the EAP retry pause)
 
     # ------------------------------------------------------------------ queue
@@ -249,11 +249,11 @@ class Exchanges:
                 sa.remote = (sa.remote[0], NATT_PORT)
             msg = Message(sa.spi_i, sa.spi_r, exchange, message_id, is_initiator=sa.initiator, is_response=False,
                           payloads=payloads, encrypted=exchange != ExchangeType.IKE_SA_INIT)
-            data = encode_message(msg, sa.sk_out if msg.encrypted else None)
+            data = sa.frag.encode(msg)
             if exchange == ExchangeType.IKE_SA_INIT:
-                sa.init_request = data
-            self.active = _Active(message_id, exchange, tasks, data, sent_at=sa.now, deadline=sa.now + sa.timeout(0))
-            self.out.append((data, sa.local, sa.remote))
+                sa.init_request = data[0]
+            self.active = _Active(message_id, exchange, tasks, data, sent_at=sa.now, deadline=sa.now + self.timeout(0))
+            self._send(data, sa.local, sa.remote)
 
     def on_response(self, msg: Message, data: bytes) -> None:
         sa = self.sa
@@ -292,6 +292,11 @@ class Exchanges:
             self.queue.appendleft(more)
         self.send_next()
 
+    def timeout(self, tries: int) -> float:
+        """RFC 7296 2.1: how long to wait for the answer to try ``tries`` (0: the first send)."""
+        r = self.sa.settings.retransmit
+        return float(r.timeout * (r.base ** tries))
+
     def retransmit(self, now: float) -> None:
         sa = self.sa
         a = self.active
@@ -317,10 +322,11 @@ class Exchanges:
                 sa.close(Cause.TIMEOUT, f"{reason}: giving up")
             return
         a.tries += 1
-        a.deadline = now + sa.timeout(a.tries)
+        a.deadline = now + self.timeout(a.tries)
         sa.count("retransmits")
-        sa.log.info("retransmit %d of request %d (%s)", a.tries, a.message_id, a.exchange.name)
-        self.out.append((a.data, sa.local, sa.remote))
+        sa.log.info("retransmit %d of request %d (%s)%s", a.tries, a.message_id, a.exchange.name,
+                    f" in {len(a.data)} fragments" if len(a.data) > 1 else "")
+        self._send(a.data, sa.local, sa.remote)
 
     def check_sooner(self, message_id: int) -> bool:
         """RFC 7296 2.21.4: an unprotected INVALID_IKE_SPI answered request ``message_id``: make
@@ -338,13 +344,7 @@ class Exchanges:
         if self.held is not None and msg.message_id == self.held.msg.message_id:
             sa.count("requests_while_waiting")  # RFC 7296 2.1: its one answer is still being worked out
             return
-        cached = self.cached
-        if cached is not None and msg.message_id == cached.message_id:
-            if self.held_response is not None:
-                sa.count("requests_while_holding")  # the answer goes out when its pause is over
-                return
-            sa.count("retransmitted_requests")  # RFC 7296 2.1: the same response again
-            self.out.append((cached.data, local, remote))
+        if self.answer_again(msg.message_id, local, remote):
             return
         if msg.message_id != self.expected_id:
             sa.count("bad_message_id")
@@ -371,6 +371,22 @@ class Exchanges:
             return
         self._proceed(run, None)
 
+    def answer_again(self, message_id: int, local: Endpoint, remote: Endpoint) -> bool:
+        """A retransmitted request: the same response again (RFC 7296 2.1), every fragment
+        of it (RFC 7383 2.6.1); False when ``message_id`` is not the request last answered."""
+        cached = self.cached
+        if cached is None or message_id != cached.message_id:
+            return False
+        if self.held_response is not None:
+            self.sa.count("requests_while_holding")  # the answer goes out when its pause is over
+        else:
+            self.sa.count("retransmitted_requests")
+            self._send(cached.data, local, remote)
+        return True
+
+    def _send(self, data: tuple[bytes, ...], local: Endpoint, remote: Endpoint) -> None:
+        self.out += [(d, local, remote) for d in data]
+
     def resume(self, token: int, answer: object) -> bool:
         """The outside answer the held request's waiting task asked for; False if none waits for ``token``."""
         run = self.held
@@ -396,9 +412,9 @@ class Exchanges:
             spi_r = bytes(8)  # a refused IKE_SA_INIT is answered statelessly (RFC 7296 1.2, 2.6)
         resp = Message(sa.spi_i, spi_r, msg.exchange, msg.message_id, is_initiator=sa.initiator,
                        is_response=True, payloads=payloads, encrypted=msg.exchange != ExchangeType.IKE_SA_INIT)
-        out = encode_message(resp, sa.sk_out if resp.encrypted else None)
+        out = sa.frag.encode(resp)
         if msg.exchange == ExchangeType.IKE_SA_INIT:
-            sa.init_request, sa.init_response = run.data, out
+            sa.init_request, sa.init_response = run.data, out[0]
         self.passive = more
         delay, self.respond_after = self.respond_after, 0.0
         self._respond(msg.message_id, out, run.local, run.remote, delay if fatal is None else 0.0)
@@ -446,20 +462,21 @@ class Exchanges:
                 fatal = (Cause.PROTOCOL_ERROR if cause is Cause.PEER_REFUSED else cause, sa.fail_reason or str(e))
             return [NotifyPayload(notify, data=e.notify_data)], [], fatal
 
-    def _respond(self, message_id: int, data: bytes, local: Endpoint, remote: Endpoint, delay: float = 0.0) -> None:
+    def _respond(self, message_id: int, data: tuple[bytes, ...], local: Endpoint, remote: Endpoint,
+                 delay: float = 0.0) -> None:
         self.expected_id += 1
-        self.cached = _Cached(message_id, data)
+        self.cached = _Cached(message_id, data)  # RFC 7383 2.6.1: a fragmented response is kept as fragments
         if delay > 0:
             self.held_response = (self.sa.now + delay, data, local, remote)
         else:
-            self.out.append((data, local, remote))
+            self._send(data, local, remote)
 
     def release_response(self, now: float) -> None:
         """Send a response held back on purpose once its pause is over."""
         held = self.held_response
         if held is not None and now >= held[0]:
             self.held_response = None
-            self.out.append(held[1:])
+            self._send(*held[1:])
 
     def answer_error(self, data: bytes, e: RemoteProtocolError, local: Endpoint, remote: Endpoint) -> None:
         """An authenticated but invalid request still gets its NOTIFY (RFC 7296 2.21.2)."""
@@ -475,7 +492,7 @@ class Exchanges:
             return
         resp = Message(sa.spi_i, sa.spi_r, ex, message_id, is_initiator=sa.initiator, is_response=True,
                        payloads=[NotifyPayload(e.notify, data=e.notify_data)], encrypted=True)
-        self._respond(message_id, encode_message(resp, sa.sk_out), local, remote)
+        self._respond(message_id, sa.frag.encode(resp), local, remote)
 
 
 def _notify(r: Refuse) -> NotifyPayload:

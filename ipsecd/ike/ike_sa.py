@@ -49,6 +49,7 @@ from ipsecd.ike.events import (
     SpiAssigned,
 )
 from ipsecd.ike.exchanges import Exchanges
+from ipsecd.ike.fragments import Fragments
 from ipsecd.ike.keymat import IkeKeys
 from ipsecd.ike.message import SkCipher, check_message, decode_message
 from ipsecd.ike.payloads import Proposal
@@ -139,13 +140,14 @@ class IkeSa:
     closing: tuple[Cause, str] = (Cause.DELETED_LOCALLY, "deleted locally")  # why our Delete went out
 
     exchanges: Exchanges = field(init=False, repr=False)
+    frag: Fragments = field(init=False, repr=False)  # RFC 7383: negotiated?, our fragments, reassembly
     _events: deque[Event] = field(default_factory=deque, repr=False)
     _signals: deque[Signal] = field(default_factory=deque, repr=False)
     _close_after_response: tuple[Cause, str] | None = field(default=None, repr=False)
     _prf: Prf | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.exchanges = Exchanges(self)
+        self.exchanges, self.frag = Exchanges(self), Fragments(self)
         if not self.candidates:
             self.candidates = (self.settings,)
         if self.initiator and not self.spi_i:
@@ -287,7 +289,8 @@ class IkeSa:
             self._on_unprotected_notify(data)
             return
         try:
-            msg = decode_message(data, self.sk_in if _is_encrypted_exchange(data) else None)
+            if (msg := self.frag.decode(data, local, remote, now)) is None:
+                return  # a fragment, kept until the message is complete (RFC 7383 2.6)
             check_message(msg)
         except IntegrityError:
             self.count("integrity")
@@ -370,10 +373,6 @@ class IkeSa:
         delay = RETRY_DELAY + self.jitter(RETRY_JITTER)
         self.log.info("%s: retrying in %.1fs", what, delay)
         self.exchanges.later(self.now + delay, tasks)
-
-    def timeout(self, tries: int) -> float:
-        r = self.settings.retransmit
-        return float(r.timeout * (r.base ** tries))
 
     def jitter(self, span: float) -> float:
         """A random share of ``span`` from the context's rng (tests control it)."""
@@ -460,7 +459,7 @@ class IkeSa:
         report_login(self, LoginResult.ABANDONED, reason)  # a login under way that never concluded
         self.state = IkeState.CLOSED
         self.fail_reason = self.fail_reason or reason
-        quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER)
+        quiet = was_established or cause in (Cause.DELETED_LOCALLY, Cause.DELETED_BY_PEER, Cause.REDIRECTED)
         (self.log.info if quiet else self.log.warning)("IKE SA closed: %s", reason)
         self.emit(IkeSaClosed(self.ike_sa_id, self.settings.name, cause, reason, established=was_established,
                               replaced_by=self.replaced_by))
@@ -494,14 +493,10 @@ def _is_request(data: bytes) -> bool:
     return len(data) >= 20 and not (data[19] & 0x20)
 
 
-def _is_encrypted_exchange(data: bytes) -> bool:
-    return len(data) >= 19 and data[18] != ExchangeType.IKE_SA_INIT
-
-
 def _is_plain_informational_response(data: bytes) -> bool:
     """An INFORMATIONAL response whose first payload is not SK: only INVALID_IKE_SPI is sent so."""
     return len(data) >= 28 and data[18] == ExchangeType.INFORMATIONAL and bool(data[19] & 0x20) \
-        and data[16] != PayloadType.SK
+        and data[16] not in (PayloadType.SK, PayloadType.SKF)
 
 
 __all__ = ["HALF_OPEN_TIMEOUT", "REKEYED_TIMEOUT", "ChildEvent", "ChildSa", "ChildSaState", "IkeSa", "IkeState"]

@@ -61,6 +61,7 @@ from ipsecd.ike.frontdoor import FrontDoor
 from ipsecd.ike.ike_sa import IkeSa, IkeState
 from ipsecd.ike.message import Message, decode_header, decode_message, encode_message
 from ipsecd.ike.payloads import NotifyPayload
+from ipsecd.ike.redirect import ALL, Redirect, encode_gateway
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
 from ipsecd.ike.tasks.unique import replaced
@@ -215,6 +216,26 @@ class IkeManager:
             self._act(sa, now, lambda s: s.delete(Cause.DELETED_LOCALLY, "deleted by request"))
             n += 1
         return n
+
+    def redirect(self, name: str | None, gateway: str | None, now: float, *, full_at: int = 0) -> int:
+        """RFC 5685: from now on answer new clients of connection ``name`` (None: all) with a
+        redirect to ``gateway`` and tell the established ones that announced support to move
+        (draining); with ``full_at`` N only new clients, while N or more other IKE SAs exist (full).
+        ``gateway`` None stops redirecting. Returns how many established clients were told."""
+        key = name or ALL
+        if gateway is None:
+            self.ctx.redirects.pop(key, None)
+            return 0
+        encode_gateway(gateway)  # ValueError before anything changes
+        self.ctx.redirects[key] = (gateway, max(0, full_at))
+        if full_at > 0:
+            return 0
+        sas = self.table.of_connection(name) if name is not None else list(self.sas.values())
+        told = [sa for sa in sas if sa.state == IkeState.ESTABLISHED and not sa.initiator
+                and sa.auth_ext.redirect_supported]
+        for sa in told:
+            self._act(sa, now, lambda s: s.enqueue([Redirect(gateway)]))
+        return len(told)
 
     def reauthenticate(self, ike_sa_id: int, now: float) -> IkeSa | None:
         """Make-before-break reauthentication (RFC 7296 2.8): a new IKE SA with full IKE_AUTH

@@ -6,7 +6,7 @@ read in one place and checked before any task sees the message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -32,6 +32,9 @@ from ipsecd.ike.payloads import NotifyPayload, Payload, UnknownPayload
 
 SPI_LEN = 8
 MAX_MESSAGE_ID = 0xFFFFFFFF
+# RFC 7383 2.5: the SKF payload's generic header, then Fragment Number and Total Fragments
+SKF_HEADER_LEN = GENERIC_PAYLOAD_HEADER_LEN + 4
+MAX_TOTAL_FRAGMENTS = 0xFFFF
 
 
 class SkCipher(Protocol):
@@ -218,6 +221,114 @@ def decode_message(data: bytes, sk: SkCipher | None = None) -> Message:
         decode_payloads(sk_raw.next_type, inner),
         encrypted=True,
     )
+
+
+# --- fragments (RFC 7383) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One verified and decrypted SKF fragment: a piece of the inner payload chain."""
+
+    header: IkeHeader
+    number: int
+    total: int
+    first_type: int  # the SKF Next Payload: the first inner payload's type (fragment 1 only)
+    plaintext: bytes
+
+
+def _fragment_chunk(sk: SkCipher, room: int) -> int:
+    """The most plaintext octets whose sealed form fits ``room`` octets."""
+    n = room
+    while n > 0 and sk.sealed_len(n) > room:
+        # sealed_len grows by one per octet, plus at most a block of padding
+        n -= max(1, sk.sealed_len(n) - room)
+    return max(n, 0)
+
+
+def encode_fragments(msg: Message, sk: SkCipher, max_datagram: int) -> list[bytes]:
+    """RFC 7383 2.5: the message's inner payload chain cut into pieces, each sealed on its
+    own in an SKF payload of a datagram of at most ``max_datagram`` octets (the IKE header
+    on). Every fragment repeats the header with the same message ID; only the first names
+    the first inner payload (RFC 7383 2.5: 0 in the others)."""
+    if not msg.encrypted:
+        raise LocalProtocolError("only encrypted messages are fragmented (RFC 7383 2.5)")
+    first, chain = encode_payloads(msg.payloads)
+    chunk = _fragment_chunk(sk, max_datagram - IKE_HEADER_LEN - SKF_HEADER_LEN)
+    if chunk < 1:
+        raise LocalProtocolError(f"a fragment of {max_datagram} octets has no room for data")
+    pieces = [chain[i : i + chunk] for i in range(0, len(chain), chunk)] or [b""]
+    total = len(pieces)
+    if total > MAX_TOTAL_FRAGMENTS:
+        raise LocalProtocolError(f"message of {len(chain)} octets needs {total} fragments")
+    out = []
+    for number, piece in enumerate(pieces, 1):
+        sealed_len = sk.sealed_len(len(piece))
+        skf = generic_header(first if number == 1 else 0, 4 + sealed_len) \
+            + number.to_bytes(2, "big") + total.to_bytes(2, "big")
+        header = _encode_header(msg, PayloadType.SKF, IKE_HEADER_LEN + len(skf) + sealed_len)
+        # RFC 7383 2.5.3: header, SKF header and the two fragment fields are authenticated
+        associated = header + skf
+        sealed = sk.seal(associated, piece)
+        if len(sealed) != sealed_len:
+            raise LocalProtocolError(f"SK cipher produced {len(sealed)} bytes, announced {sealed_len}")
+        out.append(associated + sealed)
+    return out
+
+
+def is_fragment(data: bytes) -> bool:
+    """Does the datagram carry an SKF payload (its first and only payload)?"""
+    return len(data) > 16 and data[16] == PayloadType.SKF
+
+
+def decode_fragment(data: bytes, sk: SkCipher, max_total: int = MAX_TOTAL_FRAGMENTS) -> Fragment:
+    """Parse and verify one SKF datagram (RFC 7383 2.6): the numbers are checked before any
+    decryption, the ICV before anything is kept (IntegrityError propagates)."""
+    header = decode_header(data)
+    if header.next_payload != PayloadType.SKF:
+        raise RemoteProtocolError("not an SKF fragment")
+    if header.exchange == ExchangeType.IKE_SA_INIT:
+        raise RemoteProtocolError("IKE_SA_INIT is never fragmented (RFC 7383 2.5)")
+    raws = split_payloads(header.next_payload, data[IKE_HEADER_LEN:])
+    if len(raws) != 1 or len(raws[0].body) < 4:
+        raise RemoteProtocolError("malformed SKF payload")
+    raw = raws[0]
+    number, total = int.from_bytes(raw.body[0:2], "big"), int.from_bytes(raw.body[2:4], "big")
+    # RFC 7383 2.6: numbers start at 1, never above the total
+    if not 1 <= number <= total:
+        raise RemoteProtocolError(f"SKF fragment {number} of {total}")
+    if total > max_total:
+        raise RemoteProtocolError(f"SKF fragment of a message in {total} fragments, at most {max_total} accepted")
+    body_start = IKE_HEADER_LEN + raw.offset + SKF_HEADER_LEN
+    plaintext = sk.open(data[:body_start], raw.body[4:])
+    return Fragment(header, number, total, raw.next_type, plaintext)
+
+
+def message_from_chain(header: IkeHeader, first_type: int, chain: bytes) -> Message:
+    """The message reassembled from its fragments' plaintexts (RFC 7383 2.6)."""
+    try:
+        exchange = ExchangeType(header.exchange)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown exchange type {header.exchange}") from None
+    return Message(header.spi_i, header.spi_r, exchange, header.message_id, header.is_initiator,
+                   header.is_response, decode_payloads(first_type, chain), encrypted=True)
+
+
+def decode_datagrams(datagrams: Sequence[bytes], sk: SkCipher | None = None) -> Message:
+    """The one message some datagrams carry: a whole message, or all its fragments in any
+    order (duplicates ignored). For tools and tests; the engine reassembles fragment by
+    fragment with bounds (ike/fragments.py)."""
+    if not any(is_fragment(d) for d in datagrams):
+        if len(datagrams) != 1:
+            raise RemoteProtocolError(f"{len(datagrams)} unfragmented datagrams for one message")
+        return decode_message(datagrams[0], sk)
+    if sk is None:
+        raise RemoteProtocolError("encrypted message but no SK keys")
+    frags = {f.number: f for f in (decode_fragment(d, sk) for d in datagrams)}
+    total = {f.total for f in frags.values()}
+    if len(total) != 1 or set(frags) != set(range(1, max(total) + 1)):
+        raise RemoteProtocolError(f"fragments {sorted(frags)} of {sorted(total)}")
+    return message_from_chain(frags[1].header, frags[1].first_type, b"".join(frags[n].plaintext for n in sorted(frags)))
 
 
 # --- per-exchange rules -----------------------------------------------------

@@ -133,6 +133,10 @@ class IkeSettings:
     remote_auth: AuthSettings = AuthSettings()
     send_cert: str = "ifasked"  # always | ifasked | never
     send_certreq: bool = True
+    # RFC 7383: swanctl's fragmentation (yes | accept | force | no, see ike/fragments.py) and
+    # strongSwan's charon.fragment_size: the largest IP packet an IKE fragment may make
+    fragmentation: str = "yes"
+    fragment_size: int = 1280
     signature: SignaturePolicy = field(default_factory=SignaturePolicy)
     # EAP identity -> password or NT hash (secrets.eap / secrets.ntlm), both roles
     eap_secret: Callable[[bytes], Secret | None] = field(default=_no_secret, repr=False, compare=False)

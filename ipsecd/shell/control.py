@@ -120,6 +120,25 @@ class ControlHandlers:
             raise ControlError(f"no connection named '{name}'")
         return {"deleted": self.d.shell.act(lambda m, now: m.terminate(name, now))}
 
+    async def redirect(self, name: str | None, to: str | None, full_at: int = 0) -> dict[str, Any]:
+        """RFC 5685: new clients of ``name`` (None: every connection) go to ``to``; established ones that
+        support it are told to move. With ``full_at`` N only new clients, while N IKE SAs exist.
+        ``to`` None stops redirecting."""
+        if name is not None and name not in self.d.config.connections:
+            raise ControlError(f"no connection named '{name}'")
+        try:
+            told = self.d.shell.act(lambda m, now: m.redirect(name, to, now, full_at=full_at))
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        which = f"connection '{name}'" if name is not None else "every connection"
+        if to is None:
+            return {"message": f"no longer redirecting {which}"}
+        if full_at:
+            return {"redirected": 0, "to": to, "full_at": full_at,
+                    "message": f"redirecting new clients of {which} to {to} while {full_at} or more IKE SAs exist"}
+        return {"redirected": told, "to": to,
+                "message": f"redirecting new clients of {which} to {to}; {told} established client(s) told to move"}
+
     async def reload(self) -> dict[str, Any]:
         return await self.d.reload()
 

@@ -32,7 +32,8 @@ log = logging.getLogger("ipsecd.cfg")
 RESTART_DELAY = 5.0  # seconds before a start_action=start connection is retried after it failed
 
 # Causes after which nothing is restarted: asked for, or the SA lives on in another one.
-_QUIET = frozenset({Cause.DELETED_LOCALLY, Cause.REKEYED, Cause.REAUTHENTICATED, Cause.REPLACED, Cause.DUPLICATE})
+_QUIET = frozenset({Cause.DELETED_LOCALLY, Cause.REKEYED, Cause.REAUTHENTICATED, Cause.REPLACED, Cause.DUPLICATE,
+                    Cause.REDIRECTED})
 
 
 class ConnectionPolicy:

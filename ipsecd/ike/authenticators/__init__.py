@@ -74,6 +74,7 @@ class AuthExtensions:
     certreqs: list[bytes] = field(default_factory=list)  # CA hashes of the X.509 CERTREQs it sent
     certreq_seen: bool = False  # any CERTREQ at all (send_cert: ifasked)
     eap_only: bool = False  # EAP_ONLY_AUTHENTICATION (RFC 5998)
+    redirect_supported: bool = False  # REDIRECT_SUPPORTED in its IKE_SA_INIT (RFC 5685 3)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class TaskKind(Enum):
     IKE_REKEY = "ike_rekey"
     IKE_DELETE = "ike_delete"
     LIVENESS = "liveness"
+    REDIRECT = "redirect"  # RFC 5685 6: send an established client to another gateway
     INFORMATIONAL = "informational"  # the responder side of any INFORMATIONAL request
 
 

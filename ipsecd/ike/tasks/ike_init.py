@@ -17,6 +17,7 @@ from ipsecd.ike.keymat import derive_ike_keys
 from ipsecd.ike.message import Message
 from ipsecd.ike.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
 from ipsecd.ike.proposal import proposal_matches_chosen, proposal_to_str, select_proposal
+from ipsecd.ike.redirect import check_init
 from ipsecd.ike.signature import announced_hash_algorithms, parse_hash_algorithms
 from ipsecd.ike.sk import make_sk_ciphers
 from ipsecd.ike.tasks import Hooks, Refuse, Retry, Status, TaskFailed, TaskKind, cause_of_notify, notify_name
@@ -48,6 +49,16 @@ def _peer_extensions(sa: IkeSa, msg: Message) -> None:
     certreqs = msg.get_all(CertReqPayload)
     sa.auth_ext.certreq_seen = bool(certreqs)
     sa.auth_ext.certreqs = [p.data for p in certreqs if p.encoding == CertEncoding.X509_CERTIFICATE_SIGNATURE]
+
+
+def _fragmentation(sa: IkeSa, msg: Message | None = None) -> list[Payload]:
+    """RFC 7383 2.3: note whether the peer supports fragmentation; announce our support (a
+    responder only when the initiator announced it)."""
+    if msg is not None:
+        sa.frag.peer_supported = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    if not sa.frag.announce or (not sa.initiator and not sa.frag.peer_supported):
+        return []
+    return [NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)]
 
 
 def _strip_spi(p: Proposal) -> Proposal:
@@ -84,6 +95,7 @@ class IkeInit(Hooks):
             ke,
             NoncePayload(sa.nonce_i),
             *self._natd_payloads(sa, ZERO_SPI),
+            *_fragmentation(sa),
             *_hash_notify(sa),
         ]
         return payloads
@@ -136,6 +148,7 @@ class IkeInit(Hooks):
         sa.nonce_r = nonce.data
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        _fragmentation(sa, msg)
         _peer_extensions(sa, msg)
         return Status.DONE
 
@@ -152,6 +165,8 @@ class IkeInit(Hooks):
             if chosen is not None:
                 sa.settings = candidate
                 break
+        if chosen is not None:
+            check_init(sa, msg, nonce.data)  # RFC 5685 4.2: before any D-H work
         if chosen is None:
             offered = ", ".join(proposal_to_str(p) for p in sa_payload.proposals)
             configured = ", ".join(proposal_to_str(p) for p in sa.settings.ike_proposals)
@@ -169,6 +184,7 @@ class IkeInit(Hooks):
         sa.nonce_r = sa.ctx.rng(NONCE_LEN)
         self._derive(sa, chosen, shared)
         self._process_natd(sa, msg)
+        _fragmentation(sa, msg)
         try:
             _peer_extensions(sa, msg)
         except RemoteProtocolError as e:
@@ -182,6 +198,7 @@ class IkeInit(Hooks):
             KePayload(self.ke.group, self.ke.public_key),
             NoncePayload(sa.nonce_r),
             *self._natd_payloads(sa, sa.spi_r),
+            *_fragmentation(sa),
             *_hash_notify(sa),
         ]
         if sa.settings.send_certreq and sa.settings.remote_auth.method == "pubkey":

@@ -194,6 +194,7 @@ def spawn_rekeyed(old: IkeSa, proposal: Proposal, keys: IkeKeys, *, initiator: b
     new.established_at = old.now
     new.last_traffic_in = old.last_traffic_in
     new.reauth_at = old.reauth_at
+    new.frag.peer_supported = old.frag.peer_supported  # RFC 7383 2.3: negotiated once, in IKE_SA_INIT
     lifetimes.arm_ike(new)
     new.log.info("IKE SA established by rekeying IKE SA %d: %s", old.ike_sa_id, proposal_to_str(proposal))
     old.signal(Spawned(new))
