@@ -183,11 +183,12 @@ except socket.timeout:
 print(json.dumps(sizes), flush=True)
 """
 _UDP_GSO_SOURCE = """
-import socket, sys
+import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
 s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT: the kernel cuts each send into 1000-byte datagrams
 for i in range(int(sys.argv[3])):
     s.sendto(bytes([i]) * 10000, (sys.argv[2], 6000))
+    time.sleep(0.02)  # UDP has no flow control: pace, so the sink's socket buffer keeps up
 """
 
 
@@ -209,7 +210,7 @@ def test_uso_super_datagrams_leave_as_single_datagrams(topo: Topology, tmp_path:
             kill_group(sink)
         stats_a = a.counters()["global"]["stats"]
         uso = "uso4" in a.ready["offloads"]
-    assert len(sizes) >= sends * 10 * 0.9 and set(sizes) == {1000}, sizes
+    assert len(sizes) == sends * 10 and set(sizes) == {1000}, (len(sizes), set(sizes), stats_a)
     if uso:
         assert stats_a.get("tun_rx_super", 0) >= sends // 2, stats_a
     inner = _inner_packets(pcap, True, False, topo.a_addr, topo.b_addr)
