@@ -14,8 +14,10 @@ DEBCONF_SELECTIONS := wireshark-common wireshark-common/install-setuid boolean f
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 PYDEPS_STAMP := $(VENV)/.pydeps
 PYTEST_ARGS ?=
-# --rekey adds packets lost across ~20 Child SA rekeys per pairing (about 5 more minutes)
-BENCH_ARGS ?= --rekey
+# tunnel throughput (tests/bench.py): 5 interleaved runs per setup, min/median/max, idle share per run
+BENCH_ARGS ?= --runs 5 --seconds 10
+# packets lost across ~20 Child SA rekeys per pairing (about 5 more minutes); empty to skip
+REKEY_ARGS ?= --rekey
 # handshake load (tests/bench_handshake.py): each responder run is capped at --max-seconds
 HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
 # the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)
@@ -85,6 +87,7 @@ bench: deps loadtester
 	@if [ "$$(id -u)" = 0 ]; then for p in wireguard-go wireguard-tools; do dpkg -s $$p >/dev/null 2>&1 || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
+	$(if $(REKEY_ARGS),$(PY) -m tests.bench $(REKEY_ARGS))
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)

@@ -478,6 +478,7 @@ class DataplaneSettings:
     tun_name: str = "ipsec0"
     mtu: int | None = None  # None = auto (from the path MTU minus ESP overhead)
     workers: int = 1
+    offload: bool = False  # TUN offloads (IFF_VNET_HDR + TUNSETOFFLOAD): TSO/USO reads, GRO writes
 
 
 @dataclass(frozen=True)
@@ -742,7 +743,7 @@ KEY_SECTIONS: Mapping[str, KeySection] = {
     "key_secret": KeySection(("secrets.private", "secrets.rsa", "secrets.ecdsa"), _KEY_SECRET_KEYS),
     "settings": KeySection(("settings",), _SETTINGS_KEYS),
     "log": KeySection(("settings.log",), ("default", *LOG_SUBSYSTEMS)),
-    "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers")),
+    "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers", "offload")),
     "eap_radius": KeySection(("settings.eap-radius",), _RADIUS_KEYS),
     "radius_server": KeySection(("settings.eap-radius.servers.NAME",), _RADIUS_SERVER_KEYS),
     "metrics": KeySection(("settings.metrics",), ("listen",)),
@@ -1716,6 +1717,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
             tun_name=_or(ld.convert(_opt(dp, "tun_name"), "an interface name", _parse_ifname), "ipsec0"),
             mtu=ld.convert(_opt(dp, "mtu"), "auto or a number", _parse_mtu),
             workers=ld.integer(_opt(dp, "workers"), 1, 1, 64),
+            offload=ld.boolean(_opt(dp, "offload"), False),
         )),
         credentials=_or(ld.convert(_opt(fields, "credentials"), "a directory", ld.path), d.credentials),
         eap_radius=_parse_eap_radius(ld, _opt(fields, "eap-radius")),

@@ -11,9 +11,19 @@ setups instead of biasing one.  Setups:
 - ``ipsecd``: ipsecd <-> ipsecd, AES-GCM-256 (skipped with a note if not runnable);
 - ``wireguard``: wireguard-go <-> wireguard-go (skipped if not installed).
 
-Per run and setup: iperf3 TCP for ``--seconds`` (Gbit/s received, retransmits),
-iperf3 UDP with 64-byte payloads and no rate limit (packets/s the receiver got), and
-ping RTT from LAN to LAN; tunnels report the RTT they add over the bare veth.
+Per run and setup: iperf3 TCP for ``--seconds`` with one flow and with four parallel
+flows (Gbit/s received, retransmits), iperf3 UDP with 64-byte payloads and no rate limit
+(packets/s the receiver got), and ping RTT from LAN to LAN; tunnels report the RTT they
+add over the bare veth.
+
+Honesty rules (issue 12): every tunnel runs with TUN MTU 1400 (libipsec's default;
+ipsecd's ``settings.dataplane.mtu`` and wireguard's link MTU are set to it), no daemon logs
+per packet, the runs are interleaved (default 5), every figure is min / median / max, and
+each run records the machine's idle share from /proc/stat twice: in a short quiet probe
+before the setup's measurements (how busy the *other* users of the machine are) and during
+them.  Ratios are taken per run (ipsecd and the anchor of the same round) and a warning is
+printed when their min..max spread crosses 1.0: then the lead is not established.
+What still differs between the setups is printed with the report (``DIFFERENCES``).
 Keys and logs live in a temporary directory removed at exit (``--keep`` keeps it).
 
 ``--rekey`` measures something else instead: packets lost while Child SAs are
@@ -47,7 +57,20 @@ from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
 from tests.netns import Netns, Topology, ping_counts, why_no_netns
 from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
 
-SETUPS = ("bare", "strongswan", "ipsecd", "wireguard")
+SETUPS = ("bare", "strongswan", "ipsecd", "ipsecd-offload", "wireguard")
+TUN_MTU = 1400  # kernel-libipsec's default TUN MTU; the other tunnels are set to it
+# What a reader must know when comparing the rows (printed with every report).
+DIFFERENCES = (
+    "TUN MTU 1400 everywhere (libipsec default; ipsecd settings.dataplane.mtu; wg0 link MTU, "
+    "wireguard-go's own default is 1420)",
+    "logging: charon file log at its default level 1 (ike/chd 2: control events only, nothing per packet); "
+    "ipsecd at INFO (nothing per packet); wireguard-go without -v",
+    "socket buffers: ipsecd sizes its ESP socket with SO_RCVBUFFORCE/SO_SNDBUFFORCE (4 MiB); strongSwan 5.9.8's "
+    "socket-default and wireguard-go have no setting for it and keep the namespace defaults",
+    "ciphers: AES-GCM-256 for strongSwan and ipsecd, ChaCha20-Poly1305 for wireguard (its only one)",
+    "threads: charon/libipsec and wireguard-go are multi-threaded C/Go; ipsecd uses settings.dataplane.workers "
+    "worker process(es) (see the ipsecd row's name)",
+)
 REKEY_SETUPS = ("ipsecd", "ipsecd-strongswan", "strongswan")
 IKE, ESP = "aes256gcm16-prfsha256-ecp256", "aes256gcm16"
 
@@ -117,12 +140,27 @@ def setup_ipsecd(stack: contextlib.ExitStack, workdir: Path) -> Setup:
         proposals=[IKE], children={"net": child_config(local_ts=[topo.b_lan_net], remote_ts=[topo.a_lan_net],
                                                        esp_proposals=[ESP])}))
     for d in (a, b):
+        d.config["settings"] = {"dataplane": {"mtu": TUN_MTU, **IPSECD_DATAPLANE}}
+    for d in (a, b):
         stack.callback(d.stop)
         d.start()
     a.up("peer")
     b.wait_established(10, child="net")
     _iperf_server(topo, workdir)
     return Setup("ipsecd", topo, topo.a_lan, topo.b_lan)
+
+
+def setup_ipsecd_offload(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    """ipsecd with settings.dataplane.offload: yes (TSO reads, GRO writes; offload.py)."""
+    saved = dict(IPSECD_DATAPLANE)
+    IPSECD_DATAPLANE["offload"] = True
+    try:
+        setup = setup_ipsecd(stack, workdir)
+    finally:
+        IPSECD_DATAPLANE.clear()
+        IPSECD_DATAPLANE.update(saved)
+    setup.name = "ipsecd-offload"
+    return setup
 
 
 def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
@@ -167,7 +205,7 @@ def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
         configure = ["bash", "-c", in_private_run(ns, side, wg_set)]
         _wait(_succeeds(ns, link), 5, "wg0 link")
         _wait(_succeeds(ns, configure), 5, "wg set")
-        ns.run(["ip", "link", "set", "wg0", "mtu", "1420", "up"])
+        ns.run(["ip", "link", "set", "wg0", "mtu", str(TUN_MTU), "up"])
         ns.run(["ip", "route", "add", net, "dev", "wg0", "src", lan])
     _iperf_server(topo, workdir)
     setup = Setup("wireguard", topo, topo.a_lan, topo.b_lan)
@@ -176,8 +214,12 @@ def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     return setup
 
 
+# extra settings.dataplane keys for the ipsecd setup (--ipsecd-workers)
+IPSECD_DATAPLANE: dict[str, object] = {}
+
 SETUP_FUNCS: dict[str, Callable[[contextlib.ExitStack, Path], Setup]] = {
-    "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd, "wireguard": setup_wireguard}
+    "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd,
+    "ipsecd-offload": setup_ipsecd_offload, "wireguard": setup_wireguard}
 
 
 def _succeeds(ns: Netns, cmd: list[str]) -> Callable[[], bool]:
@@ -205,11 +247,31 @@ def _iperf(setup: Setup, args: list[str], seconds: int) -> dict[str, object]:
     raise RuntimeError(f"iperf3 failed in {setup.name}: {res.stdout[-500:]}{res.stderr[-500:]}")
 
 
-def measure_tcp(setup: Setup, seconds: int) -> None:
-    end = _iperf(setup, [], seconds)["end"]
+def measure_tcp(setup: Setup, seconds: int, flows: int = 1) -> None:
+    end = _iperf(setup, ["-P", str(flows)] if flows > 1 else [], seconds)["end"]
     assert isinstance(end, dict)
-    setup.add("tcp_gbps", end["sum_received"]["bits_per_second"] / 1e9)
-    setup.add("tcp_retransmits", float(end["sum_sent"].get("retransmits", 0)))
+    suffix = "" if flows == 1 else f"{flows}"
+    setup.add(f"tcp{suffix}_gbps", end["sum_received"]["bits_per_second"] / 1e9)
+    setup.add(f"tcp{suffix}_retransmits", float(end["sum_sent"].get("retransmits", 0)))
+
+
+def cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine from /proc/stat (idle includes iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])  # guest time is already in user time
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def quiet_probe(seconds: float = 2.0) -> float:
+    """The machine's idle share while none of our traffic runs: how busy everyone else is."""
+    before = cpu_times()
+    time.sleep(seconds)
+    return idle_share(before, cpu_times())
 
 
 def measure_udp64(setup: Setup, seconds: int) -> None:
@@ -339,6 +401,8 @@ def _fmt(values: list[float], scale: str) -> str:
         return " / ".join(f"{v / 1000:.1f}k" for v in (min(values), statistics.median(values), max(values)))
     if scale == "ms":
         return " / ".join(f"{v:.3f}" for v in (min(values), statistics.median(values), max(values)))
+    if scale == "pct":
+        return " / ".join(f"{100 * v:.0f}%" for v in (min(values), statistics.median(values), max(values)))
     if scale == "count":
         return " / ".join(f"{v:.0f}" for v in (min(values), statistics.median(values), max(values)))
     return " / ".join(f"{v:.2f}" for v in (min(values), statistics.median(values), max(values)))
@@ -347,8 +411,11 @@ def _fmt(values: list[float], scale: str) -> str:
 def report(setups: list[Setup], notes: list[str], runs: int, seconds: int) -> str:
     lines = [f"tunnel benchmark: {runs} interleaved run(s), iperf3 {seconds} s each, "
              f"{os.cpu_count()} CPU(s); values are min / median / max", ""]
-    rows = [("TCP Gbit/s", "tcp_gbps", "gbps"), ("TCP retransmits", "tcp_retransmits", "count"),
-            ("UDP 64B rx pkt/s", "udp64_rx_pps", "pps"), ("ping RTT ms", "rtt_ms", "ms")]
+    rows = [("TCP Gbit/s, 1 flow", "tcp_gbps", "gbps"), ("TCP retransmits, 1 flow", "tcp_retransmits", "count"),
+            ("TCP Gbit/s, 4 flows", "tcp4_gbps", "gbps"), ("TCP retransmits, 4 flows", "tcp4_retransmits", "count"),
+            ("UDP 64B rx pkt/s", "udp64_rx_pps", "pps"), ("ping RTT ms", "rtt_ms", "ms"),
+            ("idle share before (quiet probe)", "idle_before", "pct"),
+            ("idle share during the measurements", "idle_during", "pct")]
     width = max([len(s.name) for s in setups] + [10])
     for title, key, scale in rows:
         lines.append(title)
@@ -361,24 +428,63 @@ def report(setups: list[Setup], notes: list[str], runs: int, seconds: int) -> st
         for s in setups:
             if s is not bare and s.results.get("rtt_ms"):
                 lines.append(f"  {s.name:<{width}}  {statistics.median(s.results['rtt_ms']) - base:+.3f}")
-    by_name = {s.name: s for s in setups}
-    if "ipsecd" in by_name and "strongswan" in by_name:
-        lines.append("ipsecd / strongSwan (medians)")
-        for title, key, _ in rows:
-            if key in ("tcp_retransmits",):
-                continue
-            ours, theirs = by_name["ipsecd"].results.get(key), by_name["strongswan"].results.get(key)
-            if ours and theirs and statistics.median(theirs):
-                lines.append(f"  {title:<18} {statistics.median(ours) / statistics.median(theirs):.2f}x")
+    lines.append("per run: TCP 1 flow / TCP 4 flows Gbit/s, UDP 64B kpkt/s, idle before / during")
+    for run in range(runs):
+        cells = []
+        for s in setups:
+            def at(key: str, fmt: str, scale: float = 1.0, r: dict[str, list[float]] = s.results,
+                   i: int = run) -> str:
+                vals = r.get(key, [])
+                return format(vals[i] * scale, fmt) if i < len(vals) else "-"
+            cells.append(f"{s.name} {at('tcp_gbps', '.2f')}/{at('tcp4_gbps', '.2f')}/"
+                         f"{at('udp64_rx_pps', '.1f', 1e-3)} idle {at('idle_before', '.0f', 100)}%/"
+                         f"{at('idle_during', '.0f', 100)}%")
+        lines.append(f"  run {run + 1}: " + "; ".join(cells))
+    lines.extend(ratio_lines(setups))
+    lines.append("")
+    lines.extend(f"differs: {d}" for d in DIFFERENCES)
     if notes:
         lines.append("")
         lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)
 
 
+RATIO_METRICS = (("TCP 1 flow", "tcp_gbps"), ("TCP 4 flows", "tcp4_gbps"), ("UDP 64B pkt/s", "udp64_rx_pps"))
+
+
+def ratio_lines(setups: list[Setup]) -> list[str]:
+    """Each ipsecd row / each anchor per run (same round, so the same machine state), min /
+    median / max; a WARNING when the spread crosses 1.0 (some runs say ahead, some behind)."""
+    lines: list[str] = []
+    by_name = {s.name: s for s in setups}
+    for ours in (s for s in setups if s.name.startswith("ipsecd")):
+        for anchor in ("strongswan", "wireguard"):
+            theirs = by_name.get(anchor)
+            if theirs is None:
+                continue
+            lines.append(f"{ours.name} / {anchor}, ratio per run: min / median / max (ratio of medians)")
+            for title, key in RATIO_METRICS:
+                a, b = ours.results.get(key, []), theirs.results.get(key, [])
+                per_run = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+                if not per_run or not b or not statistics.median(b):
+                    continue
+                of_medians = statistics.median(a) / statistics.median(b)
+                line = (f"  {title:<14} {min(per_run):.2f} / {statistics.median(per_run):.2f} / "
+                        f"{max(per_run):.2f}x  ({of_medians:.2f}x)")
+                if min(per_run) < 1.0 <= max(per_run):
+                    line += "  WARNING: the spread crosses 1.0, no lead established"
+                lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--flows", type=int, default=4, help="parallel TCP flows of the multi-flow row (default 4; 0 skips)")
+    p.add_argument("--ipsecd-workers", type=int, default=None,
+                   help="settings.dataplane.workers for the ipsecd setup (default: the daemon's default)")
+    p.add_argument("--ipsecd-offload", choices=("yes", "no"), default=None,
+                   help="settings.dataplane.offload for the ipsecd setup (default: the daemon's default)")
     p.add_argument("--seconds", type=int, default=10, help="seconds per iperf3 test (default 10)")
     p.add_argument("--setups", default=None,
                    help=f"comma list from {','.join(SETUPS)} (default all); with --rekey from "
@@ -411,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
         return 0
+    if args.ipsecd_workers is not None:
+        IPSECD_DATAPLANE["workers"] = args.ipsecd_workers
+    if args.ipsecd_offload is not None:
+        IPSECD_DATAPLANE["offload"] = args.ipsecd_offload == "yes"
     wanted = [s.strip() for s in (args.setups or ",".join(SETUPS)).split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SETUP_FUNCS]
     if unknown:
@@ -438,10 +548,17 @@ def main(argv: list[str] | None = None) -> int:
                 for s in setups:
                     print(f"[bench] run {run}/{args.runs}: {s.name}", file=sys.stderr)
                     try:
+                        s.add("idle_before", quiet_probe())
+                        before = cpu_times()
                         measure_rtt(s)
                         measure_tcp(s, args.seconds)
+                        if args.flows > 1:
+                            measure_tcp(s, args.seconds, args.flows)
                         if not args.no_udp:
                             measure_udp64(s, args.seconds)
+                        s.add("idle_during", idle_share(before, cpu_times()))
+                        got = {k: round(v[-1], 3) for k, v in s.results.items() if v}
+                        print(f"[bench] run {run}/{args.runs}: {s.name} {got}", file=sys.stderr)
                     except Exception as e:
                         notes.append(f"{s.name} run {run} failed: {str(e).strip().splitlines()[0]}")
             print(report(setups, notes, args.runs, args.seconds))

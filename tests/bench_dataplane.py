@@ -48,6 +48,9 @@ def run_once(topo: Topology, seconds: float, extra: list[str]) -> dict[str, floa
         "rx_per_recvmsg": sum(v["packets"] for v in cb["sas"].values() if v["direction"] == "in")
         / max(1, sb.get("udp_rx_recvmsg", 0)) if sb.get("udp_rx_recvmsg") else 1.0,
         "tun_pkts_per_wakeup": sa.get("tun_rx_packets", 0) / max(1, sa.get("tun_rx_wakeups", 1)),
+        "tun_pkts_per_read": sa.get("tun_rx_packets", 0) / max(1, sa.get("tun_rx_reads", sa.get("tun_rx_packets", 1))),
+        "tun_tx_coalesced_share": sb.get("tun_tx_coalesced", 0) / max(1, sum(
+            v["packets"] for v in cb["sas"].values() if v["direction"] == "in")),
         # CPU per packet of each worker: unlike Gbit/s, barely affected by other load on the box
         "us_per_pkt_a": 1e6 * cpu_a / max(1, sum(v["packets"] for v in ca["sas"].values())),
         "us_per_pkt_b": 1e6 * cpu_b / max(1, sum(v["packets"] for v in cb["sas"].values())),
@@ -78,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-gso", action="store_true")
     p.add_argument("--no-gro", action="store_true")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--offload", choices=("yes", "no", "rx"), default="no",
+                   help="TUN offloads: both directions, none, or receive-side GRO writes only (no TSO reads)")
     args = p.parse_args(argv)
     extra = ["--no-ipv6", "--batch", str(args.batch)]
     extra += ["--raw"] if args.raw else []
     extra += ["--no-gso"] if args.no_gso else []
     extra += ["--no-gro"] if args.no_gro else []
+    extra += {"yes": ["--offload"], "no": [], "rx": ["--offload", "--no-tso"]}[args.offload]
     results = []
     with Topology("pair", prefix=dp_prefix(), ipv6=False) as topo:
         for i in range(args.repeat):
@@ -91,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}: " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()), flush=True)
     med = statistics.median(r["gbps"] for r in results)
     label = "raw ESP" if args.raw else "ESP-in-UDP"
-    print(f"{label} AES-256-GCM, gso={not args.no_gso} gro={not args.no_gro}: median {med:.3f} Gbit/s "
-          f"over {len(results)} run(s) of {args.time:g} s")
+    print(f"{label} AES-256-GCM, gso={not args.no_gso} gro={not args.no_gro} offload={args.offload}: "
+          f"median {med:.3f} Gbit/s over {len(results)} run(s) of {args.time:g} s")
     return 0
 
 

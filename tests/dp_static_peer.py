@@ -25,6 +25,7 @@ import sys
 from ipaddress import ip_address, ip_network
 
 from ipsecd.dataplane.client import DataPlane, DataPlaneOptions
+from ipsecd.dataplane.tun import offload_names
 from ipsecd.esp.sa import Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
@@ -69,7 +70,8 @@ def static_params(
 
 async def serve(args: argparse.Namespace) -> int:
     opts = DataPlaneOptions(tun_name=args.tun, listen6=None if args.no_ipv6 else "::", gso=not args.no_gso,
-                            gro=not args.no_gro, batch=args.batch, worker_log_level="WARNING")
+                            gro=not args.no_gro, batch=args.batch, worker_log_level="WARNING",
+                            offload=args.offload, offload_tso=not args.no_tso)
     dp = DataPlane(opts)
     await dp.start()
     stop = asyncio.Event()
@@ -81,7 +83,8 @@ async def serve(args: argparse.Namespace) -> int:
             mode=Mode(args.mode),
         )
         mtu = await dp.install_child_sa(inbound, outbound, REQID, policies)
-        print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering}),
+        print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering,
+                                     "offloads": offload_names(dp.offloads)}),
               flush=True)
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ipv6", action="store_true")
     p.add_argument("--no-gso", action="store_true")
     p.add_argument("--no-gro", action="store_true")
+    p.add_argument("--offload", action="store_true", help="TUN with virtio-net headers and offloads (offload.py)")
+    p.add_argument("--no-tso", action="store_true", help="virtio-net headers for GRO writes, but no TSO/USO reads")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--count", type=int, default=1)
     args = p.parse_args(argv)

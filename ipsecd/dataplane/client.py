@@ -37,7 +37,7 @@ from typing import Any
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane.channel import REQUEST_TIMEOUT, DataPlaneError, WorkerChannel
 from ipsecd.dataplane.netconf import NetConf, TrapRoutes
-from ipsecd.dataplane.tun import open_tun
+from ipsecd.dataplane.tun import enable_offloads, offload_names, open_tun
 from ipsecd.dataplane.udp import (
     DEFAULT_SOCKET_BUFFER,
     attach_natt_steering,
@@ -81,6 +81,8 @@ class DataPlaneOptions:
     gso: bool = True
     gro: bool = True
     mss_clamp: bool = True
+    offload: bool = False  # TUN offloads (tun.enable_offloads, offload.py); off: see docs/performance.md
+    offload_tso: bool = True  # with offload: also ask for TSO/USO reads (False: GRO writes only)
     steering: bool = True
     python: str = sys.executable
     worker_log_level: str = "INFO"
@@ -108,6 +110,7 @@ class DataPlane:
     tun_name: str = field(init=False, default="")
     pid: int | None = field(init=False, default=None)
     steering: dict[str, int] = field(init=False, default_factory=dict)  # listen address -> IKE socket index
+    offloads: int = field(init=False, default=0)  # TUN_F_* flags the kernel accepted
 
     def __post_init__(self) -> None:
         self.options = DataPlaneOptions.from_settings(self.settings)
@@ -138,8 +141,10 @@ class DataPlane:
         socks: list[socket.socket] = []
         ours: socket.socket | None = None
         try:
-            tun_fd, self.tun_name = open_tun(o.tun_name)
+            tun_fd, self.tun_name = open_tun(o.tun_name, vnet_hdr=o.offload)
             fds.append(tun_fd)
+            if o.offload and o.offload_tso:
+                self.offloads = enable_offloads(tun_fd)
             self.netconf.tun_name = self.tun_name
             self._link_mtu = o.mtu or DEFAULT_TUN_MTU
             await self.netconf.run(self.netconf.link_up, self._link_mtu)
@@ -190,13 +195,15 @@ class DataPlane:
                 raise DataPlaneError(f"worker speaks protocol {hello.version}, expected {m.PROTOCOL_VERSION}")
             await self._request(
                 lambda i: m.Configure(
-                    m.WorkerConfig(tun_name=self.tun_name, batch=o.batch, gso=o.gso, mss_clamp=o.mss_clamp), id=i
+                    m.WorkerConfig(tun_name=self.tun_name, batch=o.batch, gso=o.gso, mss_clamp=o.mss_clamp,
+                                   vnet_hdr=o.offload), id=i
                 )
             )
         except BaseException:
             await self.stop()
             raise
-        log.info("data plane started: worker pid %d, TUN %s (MTU %d)", self.pid, self.tun_name, self._link_mtu)
+        log.info("data plane started: worker pid %d, TUN %s (MTU %d, offloads %s)", self.pid, self.tun_name,
+                 self._link_mtu, offload_names(self.offloads) if o.offload else "off")
 
     def _open_udp(self) -> list[socket.socket]:
         o = self.options

@@ -70,6 +70,7 @@ class WorkerConfig:
     batch: int = 64  # packets per readiness event before yielding to other fds
     gso: bool = True
     mss_clamp: bool = True
+    vnet_hdr: bool = False  # the TUN fd carries virtio-net headers (offload.py)
     icmp_source4: IPv4Address | None = None
     icmp_source6: IPv6Address | None = None
     acquire_interval: float = 1.0  # seconds between acquire events for one reqid

@@ -24,6 +24,18 @@ IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
+# TUNSETOFFLOAD flags (linux/if_tun.h): what the kernel may hand us unfinished / unsegmented
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+# Asked for in this order; each step the kernel refuses is dropped alone (USO needs Linux
+# 6.2, and tun.c's set_offload takes USO4 only together with USO6).
+OFFLOAD_FLAGS = (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_USO4 | TUN_F_USO6)
+OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn",
+                 TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, padding to 40 bytes
 
 
@@ -36,8 +48,8 @@ def open_tun(name: str, *, multi_queue: bool = False, vnet_hdr: bool = False) ->
 
     ``name`` may contain ``%d`` to let the kernel pick a free number. ``multi_queue`` opens
     one queue of a multi-queue device (call again for more queues, one worker each);
-    ``vnet_hdr`` prefixes every packet with a ``virtio_net_hdr`` (needed for offloads, which
-    this data plane does not enable yet).
+    ``vnet_hdr`` prefixes every packet with a ``virtio_net_hdr`` (needed for offloads, see
+    :func:`enable_offloads` and offload.py).
     """
     raw = name.encode()
     if not raw or len(raw) >= IFNAMSIZ:
@@ -55,3 +67,28 @@ def open_tun(name: str, *, multi_queue: bool = False, vnet_hdr: bool = False) ->
         raise TunError(e.errno, f"TUNSETIFF {name}: {e.strerror}") from e
     actual = _IFREQ.unpack(res)[0].rstrip(b"\x00").decode()
     return fd, actual
+
+
+def enable_offloads(fd: int, wanted: tuple[int, ...] = OFFLOAD_FLAGS) -> int:
+    """Ask for TUN offloads one step (flag or flag group) at a time; returns what the kernel accepted.
+
+    TSO needs checksum offload (the kernel refuses TSO without TUN_F_CSUM), and a kernel
+    that does not know a flag (USO before 6.2) answers EINVAL for the whole mask: so each
+    flag is added to the accepted set only if the set with it is still taken.
+    """
+    accepted = 0
+    for flag in wanted:
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, accepted | flag)
+        except OSError:
+            continue
+        accepted |= flag
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, accepted)  # the last attempt may have been a refusal
+    except OSError as e:
+        raise TunError(e.errno, f"TUNSETOFFLOAD {accepted:#x}: {e.strerror}") from e
+    return accepted
+
+
+def offload_names(flags: int) -> str:
+    return ",".join(name for flag, name in OFFLOAD_NAMES.items() if flags & flag) or "none"

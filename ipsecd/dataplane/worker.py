@@ -43,6 +43,15 @@ import traceback
 from collections.abc import Callable
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.offload import (
+    GSO_NONE,
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    OffloadError,
+    TcpCoalescer,
+    parse_vnet_hdr,
+    segment,
+)
 from ipsecd.dataplane.state import (
     FLOW_CACHE_MAX,
     DataplaneState,
@@ -74,6 +83,7 @@ __all__ = ["ControlLink", "Drop", "EspSender", "Worker", "main"]
 log = logging.getLogger("ipsecd.esp")
 
 MAX_PACKET = 65536
+MAX_TUN_READ = MAX_PACKET + VNET_HDR_LEN  # a 64 KiB super-segment behind its virtio-net header
 _SPI = struct.Struct("!I")
 _GRO_INT = struct.Struct("=i")
 _MAX_PENDING_OUT = 4 * 1024 * 1024  # bytes of unsent control messages before messages are dropped
@@ -110,6 +120,7 @@ class Worker:
         self._handlers: dict[int, Callable[[], None]] = {}
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
+        self._vnet: VnetTun | None = None  # the TUN's virtio-net side, once a Configure switches it on
 
     # ------------------------------------------------------------------ setup and loop
     def _register(self) -> None:
@@ -181,6 +192,7 @@ class Worker:
     def handle(self, msg: m.Message) -> None:
         """Apply one control message now and send what it produced (tests call this directly)."""
         self.state.handle(msg, time.monotonic())
+        self._follow_config()
         self._run_outputs()
 
     def counters(self, ident: int = 0) -> m.Counters:
@@ -241,73 +253,73 @@ class Worker:
         sender = self._sender
         batch_add = sender.batch.add
         flush = sender.flush
+        vnet = state.config.vnet_hdr
         n = 0
         nbytes = 0
+        reads = 0
         for _ in range(state.config.batch):
             try:
-                pkt = read(fd, MAX_PACKET)
+                raw = read(fd, MAX_TUN_READ)
             except BlockingIOError:
                 break
             except OSError:
                 self._count_drop(Drop.RECV)
                 break
-            n += 1
-            nbytes += len(pkt)
-            try:
-                # Flow cache (state.py): keyed by the address pair while no policy looks further.
-                key = None
-                if cacheable and pkt:
-                    v = pkt[0] >> 4
-                    if v == 4 and len(pkt) >= 20:
-                        key = pkt[12:20]
-                    elif v == 6 and len(pkt) >= 40:
-                        key = pkt[8:40]
-                if key is None:
-                    pol = lookup(pkt)
-                else:
-                    pol = cache.get(key)
-                    if pol is None:
+            reads += 1
+            # with offloads, a super-segment becomes its wire packets (VnetTun.read)
+            pkts = (self._vnet.read(raw) if self._vnet else ()) if vnet else (raw,)
+            for pkt in pkts:
+                n += 1
+                nbytes += len(pkt)
+                try:
+                    # Flow cache (state.py): keyed by the address pair while no policy looks further.
+                    key = None
+                    if cacheable and pkt:
+                        v = pkt[0] >> 4
+                        if v == 4 and len(pkt) >= 20:
+                            key = pkt[12:20]
+                        elif v == 6 and len(pkt) >= 40:
+                            key = pkt[8:40]
+                    if key is None:
                         pol = lookup(pkt)
-                        if pol is not None:  # never cache a miss: it may be a malformed packet
-                            if len(cache) >= FLOW_CACHE_MAX:
-                                cache.clear()
-                            cache[key] = pol
-                if pol is None:
-                    drops[DropReason.NO_POLICY] = drops.get(DropReason.NO_POLICY, 0) + 1
+                    else:
+                        pol = cache.get(key)
+                        if pol is None:
+                            pol = lookup(pkt)
+                            if pol is not None:  # never cache a miss: it may be a malformed packet
+                                if len(cache) >= FLOW_CACHE_MAX:
+                                    cache.clear()
+                                cache[key] = pol
+                    if pol is None:
+                        drops[DropReason.NO_POLICY] = drops.get(DropReason.NO_POLICY, 0) + 1
+                        continue
+                    if pol.action is not protect_action:
+                        reason = DropReason.DISCARD_POLICY if pol.action is Action.DISCARD else Drop.BYPASS_IN_TUN
+                        drops[reason] = drops.get(reason, 0) + 1
+                        continue
+                    path = out.get(pol.sa_ref)  # type: ignore[arg-type]
+                    if path is None:
+                        state.no_sa(pol, pkt, self.now)  # slow path: queue behind a trap, ask IKE for the SA
+                        continue
+                    if len(pkt) > path.mtu and state.too_big(pkt, path):
+                        continue
+                    if clamp and path.mss and is_tcp_syn(pkt):
+                        pkt = clamp_tcp_mss(pkt, path.mss)
+                    esp = path.sa.protect(pkt)
+                except EspDrop as e:
+                    drops[e.reason] = drops.get(e.reason, 0) + 1
                     continue
-                if pol.action is not protect_action:
-                    reason = DropReason.DISCARD_POLICY if pol.action is Action.DISCARD else Drop.BYPASS_IN_TUN
-                    drops[reason] = drops.get(reason, 0) + 1
-                    continue
-                path = out.get(pol.sa_ref)  # type: ignore[arg-type]
-                if path is None:
-                    state.no_sa(pol, pkt, self.now)  # slow path: queue behind a trap, ask IKE for the SA
-                    continue
-                if len(pkt) > path.mtu and state.too_big(pkt, path):
-                    continue
-                if clamp and path.mss and is_tcp_syn(pkt):
-                    pkt = clamp_tcp_mss(pkt, path.mss)
-                esp = path.sa.protect(pkt)
-            except EspDrop as e:
-                drops[e.reason] = drops.get(e.reason, 0) + 1
-                continue
-            if path.encap:  # EspSender.add, inlined
-                sock = path.sock
-                if sock is not sender.sock or not batch_add(path.dest, path.local, esp):
-                    flush()
-                    sender.sock = sock
-                    batch_add(path.dest, path.local, esp)
-            else:
-                sender.send_raw(path, esp)
+                if path.encap:  # EspSender.add, inlined
+                    sock = path.sock
+                    if sock is not sender.sock or not batch_add(path.dest, path.local, esp):
+                        flush()
+                        sender.sock = sock
+                        batch_add(path.dest, path.local, esp)
+                else:
+                    sender.send_raw(path, esp)
         flush()
         if n:
-            traffic = state.lifetimes.traffic  # the bound lifetimes.py needs, once per drain
-            traffic.out_bytes += nbytes
-            traffic.out_packets += n
-            stats = state.stats
-            stats["tun_rx_packets"] = stats.get("tun_rx_packets", 0) + n
-            stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
-            stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
+            _account_tun_reads(state, n, nbytes, reads)
 
     # ------------------------------------------------------------------ inbound: ESP -> TUN
     def _make_udp_drain(self, sock: socket.socket) -> Callable[[], None]:
@@ -348,6 +360,8 @@ class Worker:
                 else:
                     segments += 1
                     inbound(data, addr, family, dst, True)
+            if self._vnet is not None:
+                self._vnet.flush()
             if got:
                 stats["udp_rx_recvmsg"] = stats.get("udp_rx_recvmsg", 0) + got
                 traffic = state.lifetimes.traffic  # ESP bytes bound the inner bytes (lifetimes.py)
@@ -385,6 +399,8 @@ class Worker:
                     inbound(data[ihl:], addr, family, data[16:20], False)
                 else:
                     inbound(data, addr, family, local_address(anc), False)
+            if self._vnet is not None:
+                self._vnet.flush()
             if got:
                 traffic = state.lifetimes.traffic
                 traffic.in_bytes += nbytes
@@ -426,10 +442,17 @@ class Worker:
         if ((pkt[9] == 6 and pkt[0] == 0x45 and len(pkt) >= 40 and pkt[33] & 0x02)
                 or (pkt[6] == 6 and pkt[0] >> 4 == 6 and len(pkt) >= 60 and pkt[53] & 0x02)):
             pkt = self._clamp_inbound(spi, pkt)
+        if self._vnet is not None:  # offloads: merged into GRO super-packets, written at the drain's end
+            self._vnet.write(pkt)
+            return
         try:  # _write_tun inlined: this runs once per received packet
             os.write(self.tun_fd, pkt)
         except OSError:
             self._count_drop(Drop.TUN_WRITE)
+
+    def _follow_config(self) -> None:  # a Configure may have switched the TUN's virtio-net headers on
+        if self.state.config.vnet_hdr and self._vnet is None:
+            self._vnet = VnetTun(self.tun_fd, self.state.stats, self.state.drops)
 
     def _clamp_inbound(self, spi: int, pkt: bytes) -> bytes:
         """The MSS a host behind the peer offers is what hosts behind us will send it: fit it to
@@ -441,6 +464,8 @@ class Worker:
         return clamp_tcp_mss(pkt, path.mss)
 
     def _write_tun(self, pkt: bytes) -> None:
+        if self._vnet is not None:
+            return self._vnet.write_alone(pkt)
         try:
             os.write(self.tun_fd, pkt)
         except OSError:
@@ -461,7 +486,20 @@ class Worker:
             return
         for msg in msgs:
             self.state.handle(msg, self.now)
+            self._follow_config()
             self._run_outputs()  # a trap's queue leaves before any later TUN read
+
+
+def _account_tun_reads(state: DataplaneState[socket.socket], n: int, nbytes: int, reads: int) -> None:
+    """Once per TUN drain: the traffic lifetimes.py bounds, and the TUN counters."""
+    traffic = state.lifetimes.traffic
+    traffic.out_bytes += nbytes
+    traffic.out_packets += n
+    stats = state.stats
+    stats["tun_rx_packets"] = stats.get("tun_rx_packets", 0) + n
+    stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
+    stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
+    stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
 
 
 def make_ah_drain(worker: Worker, sock: socket.socket) -> Callable[[], None]:
@@ -572,6 +610,54 @@ class ControlLink:
         mask = select.EPOLLIN | (select.EPOLLOUT if buf else 0)
         with contextlib.suppress(OSError, ValueError, FileNotFoundError):
             self._epoll.modify(self.sock.fileno(), mask)
+
+
+class VnetTun:
+    """The TUN's side of the offloads (offload.py) while it carries virtio-net headers: reads
+    become wire packets (a super-segment cut into MSS pieces), decrypted TCP is coalesced
+    into GRO super-packets, everything else is written behind an all-zero header."""
+
+    def __init__(self, fd: int, stats: dict[str, int], drops: dict[str, int]) -> None:
+        self.fd = fd
+        self.coalescer = TcpCoalescer()
+        self._stats = stats
+        self._drops = drops
+
+    def read(self, raw: bytes) -> list[bytes] | tuple[bytes, ...]:
+        """The wire packets behind one TUN read; a malformed super-segment is dropped."""
+        if len(raw) < VNET_HDR_LEN:
+            self._drops[Drop.OFFLOAD] = self._drops.get(Drop.OFFLOAD, 0) + 1
+            return ()
+        if raw[0] == 0 and raw[1] == GSO_NONE:  # the common small packet: no flags, no GSO
+            return (raw[VNET_HDR_LEN:],)
+        try:
+            pkts = segment(parse_vnet_hdr(raw), memoryview(raw)[VNET_HDR_LEN:])
+        except OffloadError:
+            self._drops[Drop.OFFLOAD] = self._drops.get(Drop.OFFLOAD, 0) + 1
+            return ()
+        if len(pkts) > 1:
+            self._stats["tun_rx_super"] = self._stats.get("tun_rx_super", 0) + 1
+        return pkts
+
+    def write(self, pkt: bytes) -> None:
+        for hdr, out in self.coalescer.add(pkt):
+            self.writev(hdr, out)
+
+    def write_alone(self, pkt: bytes) -> None:
+        """A packet of the state's (ICMP, a trap's queue): after what was decrypted before it."""
+        self.flush()
+        self.writev(ZERO_VNET_HDR, pkt)
+
+    def flush(self) -> None:
+        for hdr, out in self.coalescer.flush():
+            self.writev(hdr, out)
+        self._stats["tun_tx_coalesced"] = self.coalescer.coalesced
+
+    def writev(self, hdr: bytes, pkt: bytes) -> None:
+        try:
+            os.writev(self.fd, (hdr, pkt))
+        except OSError:
+            self._drops[Drop.TUN_WRITE] = self._drops.get(Drop.TUN_WRITE, 0) + 1
 
 
 class EspSender:

@@ -14,6 +14,7 @@ arrived than was sent" and "most of it arrived" are asserted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ class Setup:
 
 
 def _start(topo: Topology, make_ipsecd: Callable[..., Ipsecd], make_charon: Callable[..., Charon], *,
-           ipsecd_on: Side, ipsecd_initiates: bool, ike: str, esp: str, ipv6: bool = False) -> Setup:
+           ipsecd_on: Side, ipsecd_initiates: bool, ike: str, esp: str, ipv6: bool = False,
+           offload: bool = False) -> Setup:
     """Start the responder first, then the initiator; returns once both report the Child SA."""
     addr = {"a": topo.a_addr6 if ipv6 else topo.a_addr, "b": topo.b_addr6 if ipv6 else topo.b_addr}
     # how each side reaches the other: behind the NAT, A is seen as the NAT's outside address
@@ -68,6 +70,8 @@ def _start(topo: Topology, make_ipsecd: Callable[..., Ipsecd], make_charon: Call
         name=CONN, local_addrs=[str(addr[us])], remote_addrs=[str(peer[us])] if ipsecd_initiates else "%any",
         local_id=f"{us}.test", remote_id=f"{them}.test", psk=PSK, proposals=[ike],
         children={CHILD: child_config(local_ts=[net[us]], remote_ts=[net[them]], esp_proposals=[esp])})
+    if offload:
+        ours_cfg["settings"] = {"dataplane": {"offload": True}}
     theirs_conn = ConnParams(
         name=CONN, local_addrs=[str(addr[them])],
         remote_addrs=["%any"] if ipsecd_initiates else [str(peer[them])],
@@ -192,3 +196,21 @@ def test_ipv6_outer(topology: Topology, charon_factory: Callable[..., Charon],
     assert their_ike["local-host"] == t.b_addr6 and their_ike["remote-host"] == t.a_addr6, their_ike
     _ping_both(s)
     _counters_equal(s)
+
+
+@pytest.mark.parametrize("layout", ["pair", "nat"], ids=["direct", "ipsecd-behind-nat"])
+def test_offloads_interop(request: pytest.FixtureRequest, charon_factory: Callable[..., Charon],
+                          ipsecd_factory: Callable[..., Ipsecd], layout: str) -> None:
+    """settings.dataplane.offload: yes against charon's libipsec (which has no offloads): the
+    TSO super-segments ipsecd reads must leave as ordinary ESP packets charon decrypts and
+    forwards, and the GRO super-packets ipsecd writes must reach iperf3; counters and traffic
+    as without offloads, both ways, direct and through a NAT."""
+    t: Topology = request.getfixturevalue("nat_topology" if layout == "nat" else "topology")
+    s = _start(t, ipsecd_factory, charon_factory, ipsecd_on="a", ipsecd_initiates=True, ike=GCM[0], esp=GCM[1],
+               offload=True)
+    _ping_both(s)
+    _counters_equal(s)
+    _iperf_both(s)
+    stats = json.loads(s.ours.ctl("stats", "--json").stdout)["dataplane"]["stats"]
+    assert stats.get("tun_rx_super", 0) > 0, stats  # the kernel handed ipsecd TSO super-segments
+    assert stats.get("tun_tx_coalesced", 0) > 0, stats  # and took GRO super-packets
