@@ -91,16 +91,15 @@ def _v6(vips: list[str]) -> str:
 def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
                                                ipsecd_factory: MakeIpsecd, tmp_path: Path, chain: SiteGateway) -> None:
     site = _site(ra_site, 4)
-    creds = chain
-    assert creds.chain_octets() > 4000
-    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, creds, n_users=4), name="gw")
+    assert chain.chain_octets() > 4000
+    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, chain, n_users=4), name="gw")
     clients = [site_client(charon_factory, site, gw, i, tmp_path) for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda ch: ch.initiate(CONN, ike=CONN, timeout=60), clients))
     vips = [_vips(ch) for ch in clients]
     # the chain crossed the 1280-byte router as RFC 7383 fragments, never as IP fragments
     split = re.findall(r"splitting IKE_AUTH response 1 \((\d+) octets\) into (\d+) fragments", gw.log_text())
-    assert len(split) >= 4 and all(int(n) > creds.chain_octets() and int(k) >= 4 for n, k in split), split
+    assert len(split) >= 4 and all(int(n) > chain.chain_octets() and int(k) >= 4 for n, k in split), split
     assert all(re.search(r"received fragment #\d+ of \d+", ch.log_text()) for ch in clients)
     assert site.fragments_dropped() == 0
     assert len({_v4(v) for v in vips}) == 4 and all(_v4(v).startswith("10.3.0.") for v in vips), vips
@@ -139,7 +138,8 @@ def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory
 
     # 1300-byte packets (DF clear) end to end, both ways: the gateway's TUN takes its MTU from the
     # 1280 path and fragments the inner packet before encrypting; libipsec's fixed 1400-byte TUN
-    # does not fit that path, so each laptop's routes into it get the MTU ipsecd computes for itself
+    # does not fit that path (nor does libipsec fragment inside the tunnel), so each laptop's
+    # routes into it get an MTU that fits, as ipsecd's own routes carry one
     for i, v in enumerate(vips):
         _fit_libipsec_to_the_path(site.clients[i])
         _big_ping(site.clients[i], _v4(v), LAN4)
@@ -153,7 +153,7 @@ def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory
     assert vpn["IKEv2"]["RemoteIdentifier"] == GW_ID and vpn["DNS"]["SupplementalMatchDomains"] == [DOMAIN]
     sswan = json.loads(generate_profile(gw, CONN, "user0", "android", tmp_path / "android", server=GW_ID,
                                         extra=())[f"{CONN}.sswan"])
-    assert x509.load_der_x509_certificate(base64.b64decode(sswan["remote"]["cert"])).subject == creds.root.cert.subject
+    assert x509.load_der_x509_certificate(base64.b64decode(sswan["remote"]["cert"])).subject == chain.root.cert.subject
     ps1 = generate_profile(gw, CONN, "user0", "windows", tmp_path / "windows", server=GW_ID, extra=())[f"{CONN}.ps1"]
     assert "-DnsSuffix 'corp.example'" in ps1 and "-DestinationPrefix '10.10.0.0/24'" in ps1
 
@@ -230,10 +230,9 @@ def test_redirect_to_a_second_gateway(ra_site: MakeSite, charon_factory: MakeCha
                                       ipsecd_factory: MakeIpsecd, tmp_path: Path, chain: SiteGateway) -> None:
     """RFC 5685: established clients are told to move (INFORMATIONAL), new ones are sent on in IKE_SA_INIT."""
     site = _site(ra_site, 2, gateways=2)
-    creds = chain
     assert site.gw2 is not None
-    gw1 = ipsecd_factory(site.gw, site_gateway_doc(tmp_path / "gw1", creds, n_users=2, pool6=None), name="gw1")
-    gw2 = ipsecd_factory(site.gw2, site_gateway_doc(tmp_path / "gw2", creds, n_users=2, pool4="10.4.0.0/28",
+    gw1 = ipsecd_factory(site.gw, site_gateway_doc(tmp_path / "gw1", chain, n_users=2, pool6=None), name="gw1")
+    gw2 = ipsecd_factory(site.gw2, site_gateway_doc(tmp_path / "gw2", chain, n_users=2, pool4="10.4.0.0/28",
                                                     pool6=None, local_addrs=[GW2_OUT]), name="gw2")
     first = site_client(charon_factory, site, gw1, 0, tmp_path)
     first.initiate(CONN, ike=CONN, timeout=30)
