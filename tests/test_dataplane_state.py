@@ -10,6 +10,7 @@ the work one control message and one timer tick cost at 10 and at 20,000 SAs.
 from __future__ import annotations
 
 import gc
+import struct
 import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address
@@ -360,6 +361,27 @@ def test_too_big_answers_into_the_tun() -> None:
     messages(st2)
     assert st2.outbound(udp4("192.0.2.1", "192.0.2.2", bytes(600)), 0.0) == 1
 
+
+
+def _udp6(src: str, dst: str, payload: bytes) -> bytes:
+    seg = struct.pack("!HHHH", 1111, 2222, 8 + len(payload), 0) + payload
+    return struct.pack("!IHBB", 6 << 28, len(seg), 17, 64) + ip_address(src).packed + ip_address(dst).packed + seg
+
+
+def test_an_ipv6_tunnel_carries_1280_octets_over_a_smaller_path() -> None:
+    """RFC 8200 5 / RFC 2473 7.2: below 1280 the outer packet is fragmented, never a Packet Too Big
+    the sender could not act on (it never goes under 1280); above 1280 the Packet Too Big as usual."""
+    st = make_state()
+    sa_in, sa_out, pols = static_params("a", "192.0.2.1", "192.0.2.2", "fd00:1::/64", "fd00:2::/64", encap=True)
+    st.handle(m.InstallSa(REQID, sa_in, sa_out, tuple(pols), mtu=1218, id=1), 0.0)
+    messages(st)
+    assert st.outbound(_udp6("fd00:1::5", "fd00:2::7", bytes(1280 - 48)), 0.0) == 1
+    (esp,) = st.take_outputs()
+    assert isinstance(esp, SendEsp) and "icmp_too_big_sent" not in st.stats
+    assert st.outbound(_udp6("fd00:1::5", "fd00:2::7", bytes(1281 - 48)), 0.0) == 0
+    (icmp,) = st.take_outputs()
+    assert isinstance(icmp, WriteTun) and icmp.packet[40] == 2  # ICMPv6 Packet Too Big
+    assert int.from_bytes(icmp.packet[44:48], "big") == 1280
 
 # ---------------------------------------------------------------------------- work per message and tick
 

@@ -46,7 +46,7 @@ from ipsecd.dataplane.udp import (
     open_raw_esp,
     port_in_use,
 )
-from ipsecd.esp.packet import tun_mtu
+from ipsecd.esp.packet import IPV6_MIN_MTU, tun_mtu
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 
@@ -311,9 +311,12 @@ class DataPlane:
                                   mss_clamp, id=i)
         )
         self._mtus[reqid] = mtu
-        if o.mtu is None and outbound is not None and mtu != self._link_mtu:
-            self._link_mtu = mtu
-            await self.netconf.run(self.netconf.set_mtu, mtu)
+        # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
+        # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
+        link = max(mtu, IPV6_MIN_MTU)
+        if o.mtu is None and outbound is not None and link != self._link_mtu:
+            self._link_mtu = link
+            await self.netconf.run(self.netconf.set_mtu, link)
         if route_via_tun and o.policy_routing:
             mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
             src = await self._prefsrc(mine)

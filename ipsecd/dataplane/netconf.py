@@ -4,10 +4,11 @@ Routing model (as strongSwan's kernel-libipsec does it, so the two behave alike)
 
 * Routes for the remote traffic selectors of every PROTECT policy point into the TUN and
   live in their own table (``table``, default 220), each with an ``mtu`` metric equal to
-  what the SA can carry, so the kernel itself answers "fragmentation needed" for most
-  oversized packets and local TCP picks the right MSS. ``prefsrc`` is a local address
-  inside the local traffic selector when the host has one, so locally generated traffic
-  leaves with a source the policy covers.
+  what the SA can carry (IPv6 routes and the TUN link never below 1280, RFC 8200 5), so
+  the kernel itself answers "fragmentation needed" for most oversized packets and local
+  TCP picks the right MSS. ``prefsrc`` is a local address inside the local traffic
+  selector when the host has one, so locally generated traffic leaves with a source the
+  policy covers.
 * One rule, ``not fwmark MARK/MARK lookup TABLE`` at ``rule_priority``, consults that table
   for every packet except those the worker sends itself: the worker's sockets carry
   ``SO_MARK = MARK``. Without this, a tunnel covering the peer's own address (transport
@@ -44,6 +45,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ipsecd.esp.packet import IPV6_MIN_MTU
 from ipsecd.esp.spd import Action, Policy, Selector, range_to_prefixes
 
 log = logging.getLogger("ipsecd.esp")
@@ -351,12 +353,14 @@ class NetConf:
                 key = (dst, tbl)
                 self._routes.setdefault(key, set()).add(who)
                 self._owned.setdefault(who, set()).add(key)
-                args: dict[str, Any] = dict(dst=str(dst), oif=self.ifindex, table=tbl, metrics={"mtu": mtu})
+                # IPv6 routes never below 1280 (RFC 8200 5; the data plane fragments the outer packet)
+                net_mtu = mtu if dst.version == 4 else max(mtu, IPV6_MIN_MTU)
+                args: dict[str, Any] = dict(dst=str(dst), oif=self.ifindex, table=tbl, metrics={"mtu": net_mtu})
                 src = (prefsrc or {}).get(dst.version)
                 if src is not None:
                     args["prefsrc"] = str(src)
                 old = self._route_args.get(key)
-                if old is not None and (old == args or (wide is not None and old["metrics"]["mtu"] <= mtu)):
+                if old is not None and (old == args or (wide is not None and old["metrics"]["mtu"] <= net_mtu)):
                     added.append(dst)
                     continue
                 self._route_args[key] = args

@@ -37,7 +37,14 @@ from ipsecd.dataplane import traps
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
 from ipsecd.esp.ah import AhInboundSa, AhOutboundSa, AnyOutboundSa
-from ipsecd.esp.packet import clamp_tcp_mss, fragment_ipv4, icmp_frag_needed, icmpv6_packet_too_big, parse_ip
+from ipsecd.esp.packet import (
+    IPV6_MIN_MTU,
+    clamp_tcp_mss,
+    fragment_ipv4,
+    icmp_frag_needed,
+    icmpv6_packet_too_big,
+    parse_ip,
+)
 from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, IpsecProto, Mode, OutboundSa
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
@@ -470,8 +477,8 @@ class DataplaneState(Generic[S]):
     def too_big(self, pkt: bytes, path: OutPath[S]) -> bool:
         """Oversized inner packet: True when it was dealt with here and must not be sent as is.
 
-        IPv4 with DF and every IPv6 packet get "fragmentation needed" (RFC 1191) / "packet
-        too big" (RFC 8201, RFC 4443 3.2) back into the TUN. IPv4 without DF is fragmented
+        IPv4 with DF and IPv6 packets over 1280 octets get "fragmentation needed" (RFC 1191) /
+        "packet too big" (RFC 8201, RFC 4443 3.2) back into the TUN. IPv4 without DF is fragmented
         *before* encryption (RFC 4301 8.1 leaves the choice; strongSwan's libipsec sends it
         whole): each fragment goes in its own ESP packet that fits the path, so the tunnel
         works across paths that drop IP fragments, which outer fragmentation would rely on.
@@ -487,6 +494,11 @@ class DataplaneState(Generic[S]):
             self._stat("inner_fragmented")
             self._stat("inner_fragments", len(pieces))
             return True
+        if version == 6 and len(pkt) <= IPV6_MIN_MTU:
+            # RFC 8200 5, RFC 2473 7.2: an IPv6 tunnel carries 1280 octets whatever its path; below
+            # that the outer packet is fragmented (the ESP socket allows it), a Packet Too Big
+            # (never below 1280) would only make the sender resend the same size into a black hole
+            return False
         self._drop(DropReason.TOO_BIG)
         # The ICMP error needs a source the host does not own (else it is a martian arriving
         # on the TUN): a configured one, or the unreachable destination itself.

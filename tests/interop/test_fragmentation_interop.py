@@ -1,12 +1,15 @@
 """IKE fragmentation (RFC 7383) and path MTU against a strongSwan 5.9.8 road warrior
-(kernel-libipsec), across a router whose links have MTU 1280 and which drops every IP fragment
-(tests/ra_topology.py).
+(kernel-libipsec) behind a NAT, across a router whose links have MTU 1280 and which drops
+every IP fragment: the remote-access site of tests/ra_site.py, client 0 with a fixed LAN
+(``site.view``, the face tests/ra_interop.py's helpers take).
 
-The gateway (ipsecd, namespace GW) authenticates with a ~5 KB chain: RSA-4096 root, two
-RSA-4096 intermediates, an RSA-4096 gateway certificate; the client logs in with
+The gateway (ipsecd) authenticates with the site's ~5 KB chain (``site_pki``: RSA-4096 root,
+two RSA-4096 intermediates, an RSA-4096 gateway certificate); the client logs in with
 EAP-MSCHAPv2, so its own messages stay small and the chain is what has to cross. With
 fragmentation the IKE_AUTH response arrives as RFC 7383 fragments; without it (the negative
-control) the response is one UDP datagram the kernel fragments and the router drops.
+control, here and only here) the response is one UDP datagram the kernel fragments and the
+router drops. IPv6 runs over the site's routed IPv6 outside; ipsecd as the client runs in the
+laptop behind the NAT with charon as the gateway.
 Once up: the TUN MTU comes from the 1280 path, pings cross, TCP crosses both ways with
 libipsec's own 1400-byte TUN (MSS clamp), and 1300-byte DF-clear pings cross both ways.
 """
@@ -17,14 +20,13 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.ipsecd_proc import Ipsecd, why_no_ipsecd
-from tests.netns import tcp_transfer, wait_for
-from tests.pki import CLIENT_AUTH, TestPki
+from tests.netns import tcp_transfer, wait_for, why_no_netns
+from tests.pki import CLIENT_AUTH, KeyPool, TestPki
 from tests.ra_interop import (
     CHILD,
     CONN,
@@ -37,7 +39,7 @@ from tests.ra_interop import (
     wait_log,
     write_ipsecd_creds,
 )
-from tests.ra_topology import RaTopology, View, ra_topology_or_skip
+from tests.ra_site import RemoteAccessSite, SiteGateway, View, site_pki
 from tests.strongswan import Charon
 
 pytestmark = [
@@ -54,30 +56,22 @@ TUN_MTU_1280_GCM_NATT_V6 = 1198  # the IPv6 header is 20 octets longer
 
 
 @pytest.fixture
-def topo() -> Any:
-    with ra_topology_or_skip(1, mtu=1280, drop_fragments=True) as t:
-        yield t
+def site() -> Any:
+    why = why_no_netns()
+    if why:
+        pytest.skip(why)
+    with RemoteAccessSite(1, mtu=1280, drop_fragments=True, ipv6_outside=True) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
-def big_chain() -> SimpleNamespace:
-    pki = TestPki()
-    root = pki.root("ipsecd frag root", "rsa4096")
-    inter1 = pki.intermediate(root, "ipsecd frag intermediate 1", "rsa4096")
-    inter2 = pki.intermediate(inter1, "ipsecd frag intermediate 2", "rsa4096")
-    sans = [f"DNS:{GW_ID}", "DNS:vpn.example.com", "DNS:vpn-eu.example.com", "DNS:vpn-us.example.com",
-            "IP:192.0.2.1"]  # a gateway's usual names
-    gw = pki.end_entity(inter2, GW_ID, "rsa4096", sans=sans)
-    return SimpleNamespace(root=root, inters=[inter1, inter2], gw=gw)
+def big_chain(key_pool: KeyPool) -> SiteGateway:
+    return site_pki(TestPki(keys=key_pool), gw_id=GW_ID)
 
 
-def _chain_octets(chain: SimpleNamespace) -> int:
-    return sum(len(c.cert_bytes("der")) for c in (chain.gw, *chain.inters))
-
-
-def _up(ipsecd_factory: Callable[..., Ipsecd], charon_factory: Callable[..., Charon], topo: RaTopology | View,
-        tmp: Path, chain: SimpleNamespace, fragmentation: str) -> tuple[Ipsecd, Charon]:
-    creds = write_ipsecd_creds(tmp / "ipsecd-creds", own=[chain.gw], certs=chain.inters, cas=[chain.root])
+def _up(ipsecd_factory: Callable[..., Ipsecd], charon_factory: Callable[..., Charon], topo: View,
+        tmp: Path, chain: SiteGateway, fragmentation: str) -> tuple[Ipsecd, Charon]:
+    creds = write_ipsecd_creds(tmp / "ipsecd-creds", own=[chain.cert], certs=chain.intermediates, cas=[chain.root])
     config = ipsecd_ra_config(topo, creds, local={"auth": "pubkey", "id": GW_ID, "certs": [f"{GW_ID}.pem"]},
                               remote={"auth": "eap-mschapv2", "eap_id": "%any"}, fragmentation=fragmentation,
                               secrets={"eap": [{"id": USER, "secret": PASSWORD}]})
@@ -95,18 +89,19 @@ def _stats(d: Ipsecd) -> dict[str, Any]:
 
 
 def test_a_5kb_chain_crosses_a_1280_path_only_with_fragmentation(
-        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
-        tmp_path: Path, big_chain: SimpleNamespace) -> None:
-    assert _chain_octets(big_chain) > 4000
+        site: RemoteAccessSite, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SiteGateway) -> None:
+    assert big_chain.chain_octets() > 4000
+    topo = site.view(0)
     ours, theirs = _up(ipsecd_factory, charon_factory, topo, tmp_path, big_chain, "yes")
     compare(ours, theirs, topo)  # type: ignore[arg-type]  # SPIs, algorithms, pings both ways
     line = wait_log(ours, r"splitting IKE_AUTH response 1 \(\d+ octets\) into \d+ fragments")
     size, count = (int(x) for x in re.findall(r"\((\d+) octets\) into (\d+)", line)[0])
-    assert size > _chain_octets(big_chain) > 4000 and size > 4500 and count >= 4
+    assert size > big_chain.chain_octets() > 4000 and size > 4500 and count >= 4
     assert re.search(r"received fragment #\d+ of \d+", theirs.log_text()), theirs.log_tail()
     ike = _stats(ours)["ike"]
     assert ike["fragments_sent"] >= count
-    assert topo.fragments_dropped() == 0  # nothing relied on IP fragments
+    assert site.fragments_dropped() == 0  # nothing relied on IP fragments
 
     # the TUN MTU comes from the 1280 path (the route into the TUN carries it)
     routes = topo.a.run(["ip", "route", "show", "table", "220"]).stdout
@@ -122,7 +117,7 @@ def test_a_5kb_chain_crosses_a_1280_path_only_with_fragmentation(
         res = ns.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1272", "-I", src, dst],
                      check=False, timeout=20)
         assert res.returncode == 0, f"{src} -> {dst}: {res.stdout}{res.stderr}"
-    assert topo.fragments_dropped() == 0
+    assert site.fragments_dropped() == 0
     # a DF packet over the tunnel MTU is refused with the MTU that fits
     res = topo.a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1272", "-I", topo.a_lan, topo.b_lan],
                      check=False)
@@ -130,13 +125,11 @@ def test_a_5kb_chain_crosses_a_1280_path_only_with_fragmentation(
 
 
 def test_over_ipv6_the_fragments_leave_room_for_the_larger_header(
-        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
-        tmp_path: Path, big_chain: SimpleNamespace) -> None:
+        site: RemoteAccessSite, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SiteGateway) -> None:
     """The same gateway reached over IPv6: fragments of at most 1280 - 40 - 8 - 4 octets (RFC 7383
     counts the IPv6 header, UDP and the non-ESP marker), the router drops IPv6 fragments too."""
-    assert topo.a_addr6 is not None and topo.b_addr6 is not None
-    v6 = View(topo.a, topo.b, topo.a_addr6, topo.b_addr6, topo.a_addr6, topo.b_addr6, topo.a_lan, topo.b_lan,
-              topo.a_lan_net, topo.b_lan_net, None, None)
+    topo = v6 = site.view(0, v6=True)  # no NAT on the IPv6 outside
     ours, theirs = _up(ipsecd_factory, charon_factory, v6, tmp_path, big_chain, "yes")
     compare(ours, theirs, v6)  # type: ignore[arg-type]
     wait_log(ours, r"splitting IKE_AUTH response 1 \(\d+ octets\) into \d+ fragments of at most 1228 octets")
@@ -146,15 +139,16 @@ def test_over_ipv6_the_fragments_leave_room_for_the_larger_header(
         res = ns.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1272", "-I", src, dst],
                      check=False, timeout=20)
         assert res.returncode == 0, f"{src} -> {dst}: {res.stdout}{res.stderr}"
-    assert topo.fragments_dropped() == 0
+    assert site.fragments_dropped() == 0
 
 
 def test_without_fragmentation_the_same_connection_fails(
-        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
-        tmp_path: Path, big_chain: SimpleNamespace) -> None:
+        site: RemoteAccessSite, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SiteGateway) -> None:
+    topo = site.view(0)
     ours, theirs = _up(ipsecd_factory, charon_factory, topo, tmp_path, big_chain, "no")
     # the response leaves as one datagram the kernel fragments; the router drops the pieces
-    wait_for("fragments dropped by the router", lambda: topo.fragments_dropped() > 0, timeout=15)
+    wait_for("fragments dropped by the router", lambda: site.fragments_dropped() > 0, timeout=15)
     wait_for("charon retransmitting IKE_AUTH", lambda: "retransmit 1 of request" in theirs.log_text(), 15)
     never_up(ours, theirs, 3.0)
     assert "splitting" not in ours.log_text()
@@ -164,18 +158,20 @@ def test_without_fragmentation_the_same_connection_fails(
 
 
 def test_ipsecd_as_client_fragments_toward_a_strongswan_gateway(
-        topo: RaTopology, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
-        tmp_path: Path, big_chain: SimpleNamespace) -> None:
+        site: RemoteAccessSite, charon_factory: Callable[..., Charon], ipsecd_factory: Callable[..., Ipsecd],
+        tmp_path: Path, big_chain: SiteGateway, pki: TestPki) -> None:
     """Both IKE_AUTH messages carry an RSA-4096 chain: ipsecd's request goes out in fragments
-    charon reassembles, charon's response comes in fragments ipsecd reassembles."""
-    pki = TestPki()
-    laptop = pki.end_entity(big_chain.inters[1], "laptop.example.com", "rsa4096",
+    charon reassembles, charon's response comes in fragments ipsecd reassembles. ipsecd is the
+    laptop behind the NAT, charon the gateway."""
+    topo = site.view(0, ipsecd_on_client=True)
+    laptop = pki.end_entity(big_chain.intermediates[1], "laptop.example.com", "rsa4096",
                             sans=["DNS:laptop.example.com"], ekus=[CLIENT_AUTH])
     theirs = start_charon(charon_factory, topo, tmp_path, CharonSide(  # type: ignore[arg-type]
         local={"auth": "pubkey", "id": GW_ID, "certs": f"{GW_ID}.pem"},
         remote={"auth": "pubkey", "id": "laptop.example.com"},
-        own=[big_chain.gw], certs=big_chain.inters, cas=[big_chain.root], fragmentation="yes"), initiator=False)
-    creds = write_ipsecd_creds(tmp_path / "ipsecd-creds", own=[laptop], certs=big_chain.inters,
+        own=[big_chain.cert], certs=big_chain.intermediates, cas=[big_chain.root], fragmentation="yes"),
+        initiator=False)
+    creds = write_ipsecd_creds(tmp_path / "ipsecd-creds", own=[laptop], certs=big_chain.intermediates,
                                cas=[big_chain.root])
     ours = ipsecd_factory(topo.a, ipsecd_ra_config(
         topo, creds, initiator=True,  # type: ignore[arg-type]
@@ -187,4 +183,4 @@ def test_ipsecd_as_client_fragments_toward_a_strongswan_gateway(
     wait_log(ours, r"splitting IKE_AUTH request 1 \(\d+ octets\) into \d+ fragments")
     wait_log(ours, r"reassembled response 1 from \d+ fragments")
     assert re.search(r"received fragment #\d+ of \d+", theirs.log_text()), theirs.log_tail()
-    assert topo.fragments_dropped() == 0
+    assert site.fragments_dropped() == 0

@@ -1,10 +1,15 @@
 """Issue 10's combined remote-access scenario on one site (tests/ra_site.py): strongSwan 5.9.8
-laptops, configured only by ipsecd's Linux client profile, behind one NAT, through a router,
-to the ipsecd gateway with a LAN host behind it.
+laptops, configured only by ipsecd's Linux client profile, behind one NAT, through a router
+whose links have a 1280-byte MTU and which drops every IP fragment, to the ipsecd gateway with
+a LAN host behind it. The gateway authenticates with the site's ~5 KB chain (RSA-4096 root,
+two intermediates, gateway: ``site_pki``), which can only arrive by IKE fragmentation
+(RFC 7383); the negative control (the same chain without fragmentation fails) is in
+tests/interop/test_fragmentation_interop.py.
 
-Each step is its own test on the same ``ra_site`` fixture; the fragmentation (router MTU
-1280 dropping fragments: ``ra_site(n, mtu=1280, drop_fragments=True)``) and MOBIKE
-(``ra_site(n, uplinks=2)``, ``use_uplink``/``uplink_down``) steps plug in the same way.
+Each step is its own test on the same ``ra_site`` fixture, every one through the 1280-byte
+router: four clients (virtual IPs, DNS, TS, pings both ways, 1300-byte packets), pool
+exhaustion and a restart, ten clients at once, IKE redirect (``gateways=2``), and MOBIKE
+(``uplinks=2``, ``use_uplink``/``uplink_down``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import pytest
 from cryptography import x509
 
 from tests.ipsecd_proc import Ipsecd, why_no_ipsecd
-from tests.netns import kill_group, wait_for
-from tests.pki import TestPki
+from tests.netns import Netns, wait_for
+from tests.pki import KeyPool, TestPki
 from tests.profile_clients import generate_profile
 from tests.ra_site import (  # noqa: F401  (ra_site is a fixture)
     CONN,
@@ -40,6 +45,7 @@ from tests.ra_site import (  # noqa: F401  (ra_site is a fixture)
     NAT_OUT,
     NAT_OUT2,
     RemoteAccessSite,
+    SiteGateway,
     ra_site,
     resolv_path,
     site_client,
@@ -59,29 +65,15 @@ MakeCharon = Callable[..., Charon]
 MakeIpsecd = Callable[..., Ipsecd]
 
 
-def test_the_site_knobs_work(ra_site: MakeSite, tmp_path: Path) -> None:  # noqa: F811
-    """What the fragmentation and MOBIKE steps build on: a 1280-byte path that drops fragments, a second uplink."""
-    site = ra_site(1, mtu=1280, drop_fragments=True, uplinks=2)
-    c0 = site.clients[0]
+@pytest.fixture(scope="module")
+def chain(key_pool: KeyPool) -> SiteGateway:
+    """The gateway's ~5 KB chain, made once per module (keys from the session's pool)."""
+    return site_pki(TestPki(keys=key_pool))
 
-    def ping(size: int) -> int:
-        # -M dont: let the NAT fragment what does not fit the 1280-byte link (it reassembles first: conntrack)
-        return c0.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "dont", "-s", str(size), GW_OUT],
-                      check=False).returncode
 
-    assert ping(1200) == 0
-    assert ping(1400) != 0  # fragmented after the NAT, the router drops the fragments
-    site.use_uplink(0, 1)
-    log = tmp_path / "tcpdump.txt"
-    capture = site.gw.popen(["tcpdump", "-n", "-l", "-i", "eth0", "icmp"], log)
-    try:
-        wait_for("tcpdump", lambda: "listening" in _read(log), timeout=10)
-        assert ping(100) == 0
-        wait_for("the ping from the second public address", lambda: f"{NAT_OUT2} >" in _read(log), timeout=10)
-    finally:
-        kill_group(capture)
-    site.uplink_down(0, 0)
-    assert ping(100) == 0
+def _site(make: MakeSite, clients: int, **kw: Any) -> RemoteAccessSite:
+    """The issue's site: the router's links at 1280 bytes, IP fragments dropped."""
+    return make(clients, mtu=1280, drop_fragments=True, **kw)
 
 
 def _vips(ch: Charon) -> list[str]:
@@ -97,14 +89,19 @@ def _v6(vips: list[str]) -> str:
 
 
 def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
-                                               ipsecd_factory: MakeIpsecd, tmp_path: Path, pki: TestPki) -> None:
-    site = ra_site(4)
-    creds = site_pki(pki)
-    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, creds, n_users=4), name="gw")
+                                               ipsecd_factory: MakeIpsecd, tmp_path: Path, chain: SiteGateway) -> None:
+    site = _site(ra_site, 4)
+    assert chain.chain_octets() > 4000
+    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, chain, n_users=4), name="gw")
     clients = [site_client(charon_factory, site, gw, i, tmp_path) for i in range(4)]
-    for ch in clients:
-        ch.initiate(CONN, ike=CONN, timeout=30)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda ch: ch.initiate(CONN, ike=CONN, timeout=60), clients))
     vips = [_vips(ch) for ch in clients]
+    # the chain crossed the 1280-byte router as RFC 7383 fragments, never as IP fragments
+    split = re.findall(r"splitting IKE_AUTH response 1 \((\d+) octets\) into (\d+) fragments", gw.log_text())
+    assert len(split) >= 4 and all(int(n) > chain.chain_octets() and int(k) >= 4 for n, k in split), split
+    assert all(re.search(r"received fragment #\d+ of \d+", ch.log_text()) for ch in clients)
+    assert site.fragments_dropped() == 0
     assert len({_v4(v) for v in vips}) == 4 and all(_v4(v).startswith("10.3.0.") for v in vips), vips
     assert len({_v6(v) for v in vips}) == 4 and all(_v6(v).startswith("fd00:3::") for v in vips), vips
 
@@ -139,6 +136,16 @@ def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory
     pools = {p["name"]: p for p in json.loads(gw.ctl("list-pools", "--json").stdout)["pools"]}
     assert (pools["rw4"]["online"], pools["rw6"]["online"]) == (4, 4)
 
+    # 1300-byte packets (DF clear) end to end, both ways: the gateway's TUN takes its MTU from the
+    # 1280 path and fragments the inner packet before encrypting; libipsec's fixed 1400-byte TUN
+    # does not fit that path (nor does libipsec fragment inside the tunnel), so each laptop's
+    # routes into it get an MTU that fits, as ipsecd's own routes carry one
+    for i, v in enumerate(vips):
+        _fit_libipsec_to_the_path(site.clients[i])
+        _big_ping(site.clients[i], _v4(v), LAN4)
+        _big_ping(site.lan, LAN4, _v4(v))
+    assert site.fragments_dropped() == 0
+
     # every other platform's profile for the same gateway validates
     out = generate_profile(gw, CONN, "user0", "apple", tmp_path / "apple", server=GW_ID, extra=())
     vpn = next(p for p in plistlib.loads(out[f"{CONN}.mobileconfig"].encode())["PayloadContent"]
@@ -146,9 +153,23 @@ def test_four_profile_clients_through_the_site(ra_site: MakeSite, charon_factory
     assert vpn["IKEv2"]["RemoteIdentifier"] == GW_ID and vpn["DNS"]["SupplementalMatchDomains"] == [DOMAIN]
     sswan = json.loads(generate_profile(gw, CONN, "user0", "android", tmp_path / "android", server=GW_ID,
                                         extra=())[f"{CONN}.sswan"])
-    assert x509.load_der_x509_certificate(base64.b64decode(sswan["remote"]["cert"])).subject == creds.root.cert.subject
+    assert x509.load_der_x509_certificate(base64.b64decode(sswan["remote"]["cert"])).subject == chain.root.cert.subject
     ps1 = generate_profile(gw, CONN, "user0", "windows", tmp_path / "windows", server=GW_ID, extra=())[f"{CONN}.ps1"]
     assert "-DnsSuffix 'corp.example'" in ps1 and "-DestinationPrefix '10.10.0.0/24'" in ps1
+
+
+def _fit_libipsec_to_the_path(ns: Netns, mtu: int = 1200) -> None:
+    """libipsec's ipsec0 is 1400 bytes whatever the path; its IPv4 routes (table 220) get ``mtu``.
+    The link itself keeps its MTU: below 1280 the kernel would take IPv6 off it."""
+    for route in ns.run(["ip", "-4", "route", "show", "table", "220"]).stdout.splitlines():
+        ns.run(["ip", "route", "replace", *route.split(), "table", "220", "mtu", "lock", str(mtu)])
+
+
+def _big_ping(ns: Netns, src: str, dst: str) -> None:
+    # 1272 octets of ICMP payload: a 1300-byte IPv4 packet, DF clear
+    res = ns.run(["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1272", "-I", src, dst],
+                 check=False, timeout=20)
+    assert res.returncode == 0, f"{ns.name}: {src} -> {dst}: {res.stdout}{res.stderr}"
 
 
 def _read(path: Path) -> str:
@@ -157,9 +178,9 @@ def _read(path: Path) -> str:
 
 def test_pool_exhaustion_then_a_restart_keeps_the_leases(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
                                                          ipsecd_factory: MakeIpsecd, tmp_path: Path,
-                                                         pki: TestPki) -> None:
-    site = ra_site(3)
-    doc = site_gateway_doc(tmp_path, site_pki(pki), n_users=3, pool4="10.3.0.1-10.3.0.2", pool6=None)
+                                                         chain: SiteGateway) -> None:
+    site = _site(ra_site, 3)
+    doc = site_gateway_doc(tmp_path, chain, n_users=3, pool4="10.3.0.1-10.3.0.2", pool6=None)
     gw = ipsecd_factory(site.gw, doc, name="gw")
     clients = [site_client(charon_factory, site, gw, i, tmp_path) for i in range(3)]
     clients[0].initiate(CONN, ike=CONN, timeout=30)
@@ -186,9 +207,9 @@ def test_pool_exhaustion_then_a_restart_keeps_the_leases(ra_site: MakeSite, char
 
 def test_ten_clients_behind_one_nat_connect_together(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
                                                      ipsecd_factory: MakeIpsecd, tmp_path: Path,
-                                                     pki: TestPki) -> None:
-    site = ra_site(10)
-    doc = site_gateway_doc(tmp_path, site_pki(pki), n_users=10, pool4="10.3.0.0/27", pool6=None)
+                                                     chain: SiteGateway) -> None:
+    site = _site(ra_site, 10)
+    doc = site_gateway_doc(tmp_path, chain, n_users=10, pool4="10.3.0.0/27", pool6=None)
     gw = ipsecd_factory(site.gw, doc, name="gw")
     clients = [site_client(charon_factory, site, gw, i, tmp_path) for i in range(10)]
     with ThreadPoolExecutor(10) as pool:  # all at once, as an office after a Wi-Fi outage
@@ -206,13 +227,12 @@ def test_ten_clients_behind_one_nat_connect_together(ra_site: MakeSite, charon_f
 
 
 def test_redirect_to_a_second_gateway(ra_site: MakeSite, charon_factory: MakeCharon,  # noqa: F811
-                                      ipsecd_factory: MakeIpsecd, tmp_path: Path, pki: TestPki) -> None:
+                                      ipsecd_factory: MakeIpsecd, tmp_path: Path, chain: SiteGateway) -> None:
     """RFC 5685: established clients are told to move (INFORMATIONAL), new ones are sent on in IKE_SA_INIT."""
-    site = ra_site(2, gateways=2)
-    creds = site_pki(pki)
+    site = _site(ra_site, 2, gateways=2)
     assert site.gw2 is not None
-    gw1 = ipsecd_factory(site.gw, site_gateway_doc(tmp_path / "gw1", creds, n_users=2, pool6=None), name="gw1")
-    gw2 = ipsecd_factory(site.gw2, site_gateway_doc(tmp_path / "gw2", creds, n_users=2, pool4="10.4.0.0/28",
+    gw1 = ipsecd_factory(site.gw, site_gateway_doc(tmp_path / "gw1", chain, n_users=2, pool6=None), name="gw1")
+    gw2 = ipsecd_factory(site.gw2, site_gateway_doc(tmp_path / "gw2", chain, n_users=2, pool4="10.4.0.0/28",
                                                     pool6=None, local_addrs=[GW2_OUT]), name="gw2")
     first = site_client(charon_factory, site, gw1, 0, tmp_path)
     first.initiate(CONN, ike=CONN, timeout=30)
@@ -241,15 +261,15 @@ def test_redirect_to_a_second_gateway(ra_site: MakeSite, charon_factory: MakeCha
 
 def test_a_laptop_moves_to_its_second_uplink_on_the_same_ike_sa(
         ra_site: MakeSite, charon_factory: MakeCharon, ipsecd_factory: MakeIpsecd,  # noqa: F811
-        tmp_path: Path, pki: TestPki) -> None:
+        tmp_path: Path, chain: SiteGateway) -> None:
     """MOBIKE (RFC 4555) at the site: the laptop loses its Wi-Fi and its LTE uplink takes the default
     route, leaving through the NAT's second public address; the profile client moves the IKE SA
     (UPDATE_SA_ADDRESSES), the gateway checks the new address and moves the Child SAs. Pings
     resume within 2 s on the same IKE SA, with the same virtual IP, both ways."""
     from tests.interop.test_mobike_interop import MAX_OUTAGE, _outage, _pinger
 
-    site = ra_site(1, uplinks=2)
-    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, site_pki(pki), n_users=1), name="gw")
+    site = _site(ra_site, 1, uplinks=2)
+    gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, chain, n_users=1), name="gw")
     client = site_client(charon_factory, site, gw, 0, tmp_path)
     client.initiate(CONN, ike=CONN, timeout=30)
     vip = _v4(_vips(client))
