@@ -62,8 +62,8 @@ from ipsecd.esp.sa import (
     OutboundSa,
     SaCounters,
     SaParams,
+    outbound_payload,
     selectors_match,
-    strip_transport_header,
 )
 from ipsecd.esp.spd import Selector
 from ipsecd.esp.transform import integ_params
@@ -162,19 +162,10 @@ class AhOutboundSa(_AhBase):
         if seq > self.seq_limit:  # RFC 4302 3.3.2: the counter must never cycle
             raise self._drop(DropReason.SEQ_EXHAUSTED)
         n = len(ip_packet)
-        if self._tunnel:
-            version = ip_packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
-            if version == 4:
-                nh = _NH_IPV4
-            elif version == 6 and n >= IPV6_HEADER_LEN:
-                nh = _NH_IPV6
-            else:
-                raise self._drop(DropReason.BAD_INNER)
-            payload = ip_packet
-        else:
-            payload, nh = self._strip_header(ip_packet)
-        if self._compress is not None:  # RFC 3173 5: IPComp first, then AH over the compressed payload
-            payload, nh = self._compress(payload, nh)
+        inner = outbound_payload(ip_packet, self._tunnel, self._compress)
+        if inner is None:
+            raise self._drop(DropReason.BAD_INNER)
+        payload, nh = inner
         self.seq = seq
         ah_len = self._ah_len
         ah_fixed = _AH_HDR.pack(nh, self._plen_field, 0, self._spi, seq & SEQ_MAX_32)
@@ -204,13 +195,6 @@ class AhOutboundSa(_AhBase):
         counters.packets += 1
         counters.bytes += n
         return hdr, rest
-
-    def _strip_header(self, packet: bytes) -> tuple[bytes, int]:
-        """Transport mode: the upper-layer payload and its protocol (as ESP's OutboundSa)."""
-        split = strip_transport_header(packet)
-        if split is None:
-            raise self._drop(DropReason.BAD_INNER)
-        return split
 
 
 class AhInboundSa(_AhBase):

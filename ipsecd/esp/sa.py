@@ -317,19 +317,10 @@ class OutboundSa:
         if seq > self.seq_limit:
             raise self._drop(DropReason.SEQ_EXHAUSTED)
         n = len(ip_packet)
-        if self._tunnel:
-            version = ip_packet[0] >> 4 if n >= IPV4_HEADER_LEN else 0
-            if version == 4:
-                nh = _NH_IPV4
-            elif version == 6 and n >= IPV6_HEADER_LEN:
-                nh = _NH_IPV6
-            else:
-                raise self._drop(DropReason.BAD_INNER)
-            payload = ip_packet
-        else:
-            payload, nh = self._strip_header(ip_packet)
-        if self._compress is not None:  # RFC 3173 5: compress before encrypting (or leave as is)
-            payload, nh = self._compress(payload, nh)
+        inner = outbound_payload(ip_packet, self._tunnel, self._compress)
+        if inner is None:
+            raise self._drop(DropReason.BAD_INNER)
+        payload, nh = inner
         self.seq = seq
         esp = self._seal(seq, payload, nh)
         counters = self.counters
@@ -337,12 +328,27 @@ class OutboundSa:
         counters.bytes += n
         return esp
 
-    def _strip_header(self, packet: bytes) -> tuple[bytes, int]:
-        """Transport mode: the upper-layer payload and its protocol (see module docstring)."""
-        split = strip_transport_header(packet)
+def outbound_payload(ip_packet: bytes, tunnel: bool, compress: Compressor | None) -> tuple[bytes, int] | None:
+    """What an outbound ESP or AH SA protects, and its next header: the whole inner packet in
+    tunnel mode, the upper-layer payload in transport mode; with IPComp compressed first
+    (RFC 3173 5: compress, then ESP/AH over the result). None: a packet the SA cannot carry."""
+    if tunnel:
+        version = ip_packet[0] >> 4 if len(ip_packet) >= IPV4_HEADER_LEN else 0
+        if version == 4:
+            nh = _NH_IPV4
+        elif version == 6 and len(ip_packet) >= IPV6_HEADER_LEN:
+            nh = _NH_IPV6
+        else:
+            return None
+        payload = ip_packet
+    else:
+        split = strip_transport_header(ip_packet)
         if split is None:
-            raise self._drop(DropReason.BAD_INNER)
-        return split
+            return None
+        payload, nh = split
+    if compress is not None:
+        payload, nh = compress(payload, nh)
+    return payload, nh
 
 
 def strip_transport_header(packet: bytes) -> tuple[bytes, int] | None:
