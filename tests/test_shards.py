@@ -1,0 +1,179 @@
+"""IKE shards: the SPI encoding (ike/shard.py) and the kernel steering program (dataplane/ike_steering.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import pytest
+
+from ipsecd.dataplane.ike_steering import attach_reuseport_program, ike_steering_program, run_program
+from ipsecd.ike.context import EngineContext
+from ipsecd.ike.shard import FLAG_INITIATOR, Shard, init_hash, shard_of_message, shard_of_spi
+
+MARKER = bytes(4)
+
+
+def header(spi_i: bytes, spi_r: bytes, *, initiator: bool, length: int = 28) -> bytes:
+    flags = FLAG_INITIATOR if initiator else 0x20  # 0x20: R, a response from the responder
+    h = spi_i + spi_r + bytes((33, 0x20, 34, flags)) + bytes(4) + length.to_bytes(4, "big")
+    return h + bytes(max(0, length - 28))
+
+
+# ---------------------------------------------------------------- SPI encoding
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 16])
+def test_every_allocation_carries_the_shard(count: int) -> None:
+    for index in range(count):
+        ctx = EngineContext(shard=Shard(index, count))
+        for _ in range(200):
+            spi = ctx.alloc_ike_spi()
+            assert shard_of_spi(spi, count) == index and spi != bytes(8)
+            child = ctx.alloc_child_spi()
+            assert child[0] % count == index and int.from_bytes(child, "big") > 255
+            cpi = ctx.alloc_cpi(child)
+            assert cpi % count == index % count and 256 <= cpi <= 61439
+        ids = [ctx.alloc_ike_id() for _ in range(5)]
+        reqids = [ctx.alloc_reqid() for _ in range(5)]
+        for n in ids + reqids:
+            assert Shard(index, count).owns_number(n) and Shard(index, count).owner_of_number(n) == index
+
+
+def test_shards_never_share_a_number() -> None:
+    ctxs = [EngineContext(shard=Shard(i, 3)) for i in range(3)]
+    seen: dict[str, set[object]] = {"ike": set(), "child": set(), "id": set(), "reqid": set()}
+    for _ in range(300):
+        for ctx in ctxs:
+            for kind, value in (("ike", ctx.alloc_ike_spi()), ("child", ctx.alloc_child_spi()),
+                                ("id", ctx.alloc_ike_id()), ("reqid", ctx.alloc_reqid())):
+                assert value not in seen[kind]
+                seen[kind].add(value)
+
+
+def test_one_shard_changes_nothing() -> None:
+    """shards = 1 (the default): SPIs are the random octets as before, ids and reqids count from 1."""
+    draws = [bytes.fromhex("ff00112233445566"), bytes.fromhex("01020304")]
+    ctx = EngineContext(rng=lambda n: draws.pop(0))
+    assert ctx.alloc_ike_spi() == bytes.fromhex("ff00112233445566")
+    assert ctx.alloc_child_spi() == bytes.fromhex("01020304")
+    assert [ctx.alloc_ike_id(), ctx.alloc_ike_id()] == [1, 2] and ctx.alloc_reqid() == 1
+
+
+def test_stamp_keeps_the_rest_random_and_reaches_every_owned_octet() -> None:
+    for count in (2, 3, 5, 16):
+        for index in range(count):
+            sh = Shard(index, count)
+            firsts = {sh.stamp(bytes((b,)) + b"rest")[0] for b in range(256)}
+            assert firsts == {b for b in range(256) if b % count == index}
+            assert sh.stamp(b"\x10rest")[1:] == b"rest"
+
+
+def test_bad_shards_are_refused() -> None:
+    for index, count in ((0, 0), (2, 2), (-1, 2), (0, 17)):
+        with pytest.raises(ValueError):
+            Shard(index, count)
+
+
+# ---------------------------------------------------------------- the rule
+def test_the_rule_reads_the_spi_the_i_flag_names() -> None:
+    ours, theirs = Shard(1, 2).stamp(os.urandom(8)), Shard(0, 2).stamp(os.urandom(8))
+    assert shard_of_message(header(theirs, ours, initiator=True), 2) == 1  # we answered: SPIr
+    assert shard_of_message(header(ours, theirs, initiator=False), 2) == 1  # we initiated: SPIi
+    spi_i = bytes.fromhex("0000000000000007")
+    assert shard_of_message(header(spi_i, bytes(8), initiator=True), 2) == init_hash(spi_i, 2) == 1
+    assert shard_of_message(b"short", 2) == 0
+    # SPIr with a zero first word but not zero is not an IKE_SA_INIT request
+    spi_r = bytes.fromhex("0000000000000003")
+    assert shard_of_message(header(spi_i, spi_r, initiator=True), 2) == 0 == spi_r[0] % 2
+
+
+def crafted(rng: random.Random) -> bytes:
+    kind = rng.randrange(4)
+    spi_i = rng.randbytes(8)
+    if kind == 0:
+        return header(spi_i, bytes(8), initiator=True, length=rng.choice([28, 300]))
+    if kind == 1:
+        return header(spi_i, rng.randbytes(8), initiator=rng.random() < 0.5, length=rng.choice([28, 80]))
+    if kind == 2:
+        return header(spi_i, bytes(4) + rng.randbytes(4), initiator=True)
+    return rng.randbytes(rng.randrange(0, 28))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 16])
+def test_program_matches_the_rule_on_500(count: int) -> None:
+    slots = [10 + k for k in range(count)]
+    prog = ike_steering_program(slots)
+    rng = random.Random(count)
+    for _ in range(2000):
+        data = crafted(rng)
+        assert run_program(prog, data) == slots[shard_of_message(data, count)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_program_matches_the_rule_on_4500_and_keeps_esp_for_the_worker(count: int) -> None:
+    slots = [0] + [k + 1 for k in range(1, count)]  # shard 0 bound first, the worker second, then the others
+    prog = ike_steering_program(slots, esp_slot=1)
+    rng = random.Random(count)
+    for _ in range(2000):
+        data = crafted(rng)
+        assert run_program(prog, MARKER + data) == slots[shard_of_message(data, count)]
+    for esp in (b"\xff", b"", b"\x00\x00\x00", b"\x00\x00\x01\x00" + os.urandom(60), os.urandom(4) + bytes(60)):
+        if esp[:4] != MARKER:
+            assert run_program(prog, esp) == 1
+
+
+# ---------------------------------------------------------------- the kernel runs it (loopback)
+def _group(n: int) -> tuple[list[socket.socket], int]:
+    socks: list[socket.socket] = []
+    port = 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+        s.setblocking(False)
+        socks.append(s)
+    return socks, port
+
+
+def _which(socks: list[socket.socket], deadline: float) -> tuple[int, bytes]:
+    while time.monotonic() < deadline:
+        for i, s in enumerate(socks):
+            try:
+                return i, s.recv(65535)
+            except BlockingIOError:
+                continue
+        time.sleep(0.001)
+    raise AssertionError("datagram not delivered")
+
+
+@pytest.mark.parametrize("natt", [False, True])
+def test_kernel_steers_crafted_datagrams(natt: bool) -> None:
+    """A real reuseport group on loopback: three shards (plus the worker's socket on 4500)."""
+    count = 3
+    socks, port = _group(count + (1 if natt else 0))
+    try:
+        slots = [0, 2, 3] if natt else [0, 1, 2]
+        attach_reuseport_program(socks[0], ike_steering_program(slots, esp_slot=1 if natt else None))
+        rng = random.Random(7)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for _ in range(300):
+                data = crafted(rng)
+                if natt:
+                    data = MARKER + data
+                    expect = slots[shard_of_message(data[4:], count)]
+                else:
+                    expect = slots[shard_of_message(data, count)]
+                tx.sendto(data, ("127.0.0.1", port))
+                got, payload = _which(socks, time.monotonic() + 5)
+                assert payload == data and got == expect
+            if natt:
+                for esp in (b"\xff", os.urandom(4) + bytes(40)):
+                    if esp[:4] == MARKER:
+                        continue
+                    tx.sendto(esp, ("127.0.0.1", port))
+                    assert _which(socks, time.monotonic() + 5)[0] == 1
+    finally:
+        for s in socks:
+            s.close()
