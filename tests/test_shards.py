@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
+from ipsecd.config import load_config
+from ipsecd.dataplane.channel import DataPlaneError
 from ipsecd.dataplane.ike_steering import attach_reuseport_program, ike_steering_program, run_program
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.shard import FLAG_INITIATOR, Shard, init_hash, shard_of_message, shard_of_spi
+from ipsecd.shell.shards import RelayedDataPlane, ShardLink, dataplane_handlers, merge_counts
 
 MARKER = bytes(4)
 
@@ -177,3 +182,113 @@ def test_kernel_steers_crafted_datagrams(natt: bool) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+# ---------------------------------------------------------------- config
+def test_ike_shards_key(tmp_path: Path) -> None:
+    from tests.test_config_pools import GATEWAY, errors, write
+
+    plain = GATEWAY.split("connections:")[1].replace("    pools: [rw4, rw6]\n", "")
+    plain = "connections:" + plain.replace("remote_ts: [dynamic]", "remote_ts: [10.1.0.0/16]")
+    for value, expect in (("2", 2), ("16", 16), ("auto", min(len(os.sched_getaffinity(0)), 16))):
+        cfg = load_config(write(tmp_path, f"settings:\n  ike_shards: {value}\n" + plain))
+        assert cfg.settings.ike_shards == expect
+    assert load_config(write(tmp_path, plain)).settings.ike_shards == 1
+    for bad in ("0", "17", "two", "-1"):
+        out = errors(tmp_path, f"settings:\n  ike_shards: {bad}\n" + plain)
+        assert len(out) == 1 and "settings.ike_shards" in out[0] and "1 to 16" in out[0], out
+    # pools with more than one shard: refused, naming the pools section
+    sharded = GATEWAY.replace("pools:\n", "settings:\n  ike_shards: 2\npools:\n", 1)
+    out = errors(tmp_path, sharded)
+    assert len(out) == 1 and "pools are not implemented with settings.ike_shards above 1" in out[0], out
+
+
+# ---------------------------------------------------------------- aggregation and the link
+def test_merge_counts_sums_alike_shapes() -> None:
+    a = {"ike": {"x": 1, "y": 2}, "events": {"e": 3}, "front_door": {"cookies": False, "n": 1}}
+    b = {"ike": {"x": 10}, "events": {"e": 1, "f": 2}, "front_door": {"cookies": True, "n": 2}}
+    assert merge_counts([a, b]) == {"ike": {"x": 11, "y": 2}, "events": {"e": 4, "f": 2},
+                                    "front_door": {"cookies": False, "n": 3}}
+
+
+def test_link_calls_both_ways_and_fails_pending_calls_on_close() -> None:
+    async def main() -> None:
+        one, two = socket.socketpair()
+        got: list[object] = []
+
+        async def echo(x: int) -> int:
+            return x + 1
+
+        async def boom() -> None:
+            raise ValueError("nope")
+
+        async def note(v: str) -> None:
+            got.append(v)
+
+        a = ShardLink(one, {"echo": echo, "boom": boom}, "a")
+        b = ShardLink(two, {"echo": echo, "note": note}, "b")
+        closed = asyncio.Event()
+        b.on_closed = closed.set
+        await a.start()
+        await b.start()
+        assert await a.call("echo", x=1) == 2 and await b.call("echo", x=41) == 42
+        with pytest.raises(DataPlaneError, match="ValueError: nope"):
+            await b.call("boom")
+        with pytest.raises(DataPlaneError, match="unknown operation"):
+            await a.call("missing")
+        a.notify("note", v="hi")
+        await asyncio.sleep(0.05)
+        assert got == ["hi"]
+        a.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        with pytest.raises(DataPlaneError):
+            await b.call("echo", x=1)
+        b.close()
+
+    asyncio.run(main())
+
+
+def test_relayed_install_reaches_the_primary_dataplane_intact() -> None:
+    """A shard's install crosses the link as the worker protocol encodes it and arrives equal."""
+    from ipaddress import ip_network
+
+    from ipsecd.dataplane import messages as m
+    from ipsecd.esp.spd import Action, Policy, Selector
+
+    calls: list[tuple[str, tuple[object, ...]]] = []
+
+    class FakeDataPlane:
+        async def install_child_sa(self, *args: object) -> int:
+            calls.append(("install_child_sa", args))
+            return 1380
+
+        async def delete_child_sa(self, *args: object) -> None:
+            calls.append(("delete_child_sa", args))
+
+    from tests.test_esp_sa import params
+
+    sa_in = params(spi=0x01020304, encap=True)
+    sa_out = params(spi=0x05060708, encr_key=bytes(range(20)), encap=True)
+    pol = Policy(Selector.from_prefix("10.1.0.0/24"), Selector.from_prefix("10.2.0.0/24"), Action.PROTECT, sa_ref=7)
+
+    async def main() -> None:
+        one, two = socket.socketpair()
+        fake = FakeDataPlane()
+        primary = ShardLink(one, dataplane_handlers(lambda: fake), "shard 1")
+        shard = ShardLink(two, {}, "the primary")
+        await primary.start()
+        await shard.start()
+        relay = RelayedDataPlane(shard)
+        mtu = await relay.install_child_sa(sa_in, sa_out, 7, [pol], True, m.Lifetime(), None,
+                                           (ip_network("10.1.0.0/16"),))
+        await relay.delete_child_sa(7, (0x01020304,))
+        primary.close()
+        shard.close()
+        assert mtu == 1380
+
+    asyncio.run(main())
+    (name, args), (name2, args2) = calls
+    assert name == "install_child_sa" and args[0] == sa_in and args[1] == sa_out and args[2] == 7
+    assert tuple(args[3]) == (pol,) and args[4] is True and args[6] is None  # type: ignore[arg-type]
+    assert args[7] == (ip_network("10.1.0.0/16"),)
+    assert (name2, args2) == ("delete_child_sa", (7, (0x01020304,)))
