@@ -86,7 +86,7 @@ class ShardLink:
     def _send(self, obj: dict[str, Any]) -> None:
         if self._writer is None or self.closed:
             raise DataPlaneError(f"link to {self.name} closed")
-        self._writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        self._writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
 
     async def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> Any:
         i = self._next
