@@ -308,6 +308,9 @@ class Daemon:
             raise ControlError(f"reload failed: {e}") from e
         old, self.config = self.config, new
         self._warn_config()
+        if new.settings.ike_shards != self.shard.count and self.shard.index == 0:
+            log.warning("settings.ike_shards changed to %d: the running %d IKE process(es) stay until ipsecd restarts",
+                        new.settings.ike_shards, self.shard.count)
         # a new credential store: the next logins use it, established SAs are not touched
         self.credentials, self.credential_report = self._load_credentials(new)
         self._log_credentials()
@@ -382,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # --log-level overrides the file, per-subsystem levels included
     hub = setup_logging(args.log_level or config.settings.log_level,
-                        None if args.log_level else config.settings.log)
+                        None if args.log_level else config.settings.log,
+                        tag=f"shard{args.shard.split('/')[0]} " if args.shard else "")
     sock = str(args.control_socket or config.settings.control_socket or DEFAULT_SOCKET)
     if args.user:
         from ipsecd.privdrop import PrivilegeDropError, drop_privileges, prepare_runtime_dir
