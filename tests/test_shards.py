@@ -292,3 +292,46 @@ def test_relayed_install_reaches_the_primary_dataplane_intact() -> None:
     assert tuple(args[3]) == (pol,) and args[4] is True and args[6] is None  # type: ignore[arg-type]
     assert args[7] == (ip_network("10.1.0.0/16"),)
     assert (name2, args2) == ("delete_child_sa", (7, (0x01020304,)))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_shard_sockets_order_is_what_the_programs_assume(count: int) -> None:
+    """ShardSockets as the daemon uses it (the worker's ESP socket joining 4500 in between),
+    on two free ports instead of 500/4500; datagrams sent over loopback reach the right socket."""
+    from ipsecd.dataplane.udp import bind_udp
+    from ipsecd.shell.shards import ShardSockets
+
+    ike_port, natt_port = _free_port(), _free_port()
+    group = ShardSockets(count, ipv6=False, ports=(ike_port, natt_port))
+    shard0 = group.open_first()
+    worker = bind_udp("0.0.0.0", natt_port, reuseport=True)  # as DataPlane.start() binds it: IKE first
+    try:
+        group.open_rest({socket.AF_INET: False})
+        ike = {k: group.of(k)[(socket.AF_INET, ike_port)] for k in range(count)}
+        natt = {k: group.of(k)[(socket.AF_INET, natt_port)] for k in range(count)}
+        assert shard0[(socket.AF_INET, ike_port)] is ike[0]
+        rng = random.Random(count)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for _ in range(200):
+                data = crafted(rng)
+                want = shard_of_message(data, count)
+                tx.sendto(data, ("127.0.0.1", ike_port))
+                got, _ = _which(list(ike.values()), time.monotonic() + 5)
+                assert got == want
+                tx.sendto(MARKER + data, ("127.0.0.1", natt_port))
+                got, _ = _which([*natt.values(), worker], time.monotonic() + 5)
+                assert got == want
+            tx.sendto(b"\xff", ("127.0.0.1", natt_port))
+            assert _which([*natt.values(), worker], time.monotonic() + 5)[0] == count  # the worker
+            tx.sendto(b"\x01\x02\x03\x04" + bytes(40), ("127.0.0.1", natt_port))
+            assert _which([*natt.values(), worker], time.monotonic() + 5)[0] == count
+    finally:
+        worker.close()
+        for k in range(count):
+            group.close_shard(k)

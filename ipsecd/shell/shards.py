@@ -278,36 +278,38 @@ class ShardSockets:
 
     count: int
     ipv6: bool = True
+    ports: tuple[int, int] = (IKE_PORT, NATT_PORT)  # other ports only in tests
     socks: dict[tuple[int, int, int], socket.socket] = field(default_factory=dict)  # (shard, family, port)
     families: list[socket.AddressFamily] = field(default_factory=list)
 
     def open_first(self) -> dict[tuple[int, int], socket.socket]:
         """Port 500 of every shard and 4500 of shard 0; returns shard 0's for its IkeTransport."""
+        ike, natt = self.ports
         fams = [socket.AF_INET] + ([socket.AF_INET6] if self.ipv6 and socket.has_ipv6 else [])
         for fam in fams:
             try:
-                self.socks[(0, fam, IKE_PORT)] = open_ike_socket(fam, IKE_PORT, reuseport=True)
+                self.socks[(0, fam, ike)] = open_ike_socket(fam, ike, reuseport=True)
             except OSError as e:
                 if fam == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                     continue
                 raise
             self.families.append(fam)
             for k in range(1, self.count):
-                self.socks[(k, fam, IKE_PORT)] = open_ike_socket(fam, IKE_PORT, reuseport=True)
-            self.socks[(0, fam, NATT_PORT)] = open_ike_socket(fam, NATT_PORT, reuseport=True)
+                self.socks[(k, fam, ike)] = open_ike_socket(fam, ike, reuseport=True)
+            self.socks[(0, fam, natt)] = open_ike_socket(fam, natt, reuseport=True)
         return self.of(0)
 
     def open_rest(self, esp_first: dict[int, bool]) -> None:
         """4500 of shards 1.. (after the worker's socket); then the programs.
         ``esp_first[family]``: the worker's socket joined 4500 before shard 0's (never, as we
         start it; kept so a different start order is still steered right)."""
+        ike, natt_port = self.ports
         for fam in self.families:
             for k in range(1, self.count):
-                self.socks[(k, fam, NATT_PORT)] = open_ike_socket(fam, NATT_PORT, reuseport=True)
+                self.socks[(k, fam, natt_port)] = open_ike_socket(fam, natt_port, reuseport=True)
         for fam in self.families:
-            ike500 = self.socks[(0, fam, IKE_PORT)]
-            attach_reuseport_program(ike500, ike_steering_program(list(range(self.count))))
-            natt = self.socks[(0, fam, NATT_PORT)]
+            attach_reuseport_program(self.socks[(0, fam, ike)], ike_steering_program(list(range(self.count))))
+            natt = self.socks[(0, fam, natt_port)]
             if fam in esp_first:  # a worker socket is in the group
                 first, esp = (1, 0) if esp_first[fam] else (0, 1)
                 slots = [first] + [k + 1 for k in range(1, self.count)]
