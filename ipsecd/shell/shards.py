@@ -39,6 +39,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
@@ -50,7 +51,8 @@ from ipsecd.esp.spd import Policy
 from ipsecd.iana import IKE_PORT, NATT_PORT
 from ipsecd.ike.shard import Shard
 
-log = logging.getLogger("ipsecd.shard")
+log = logging.getLogger("ipsecd.cfg")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 LINK_LIMIT = 64 << 20  # one line: list-sas of a shard with tens of thousands of SAs
 CALL_TIMEOUT = 30.0
 STOP_TIMEOUT = 25.0  # a shard deletes its SAs (bounded, shell/shutdown.py) before it exits
@@ -362,7 +364,9 @@ class ShardHub:
     async def spawn(self, index: int, sockets: dict[tuple[int, int], socket.socket], argv: list[str]) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [theirs.fileno()] + [s.fileno() for s in sockets.values()]
+        # systemd talks to the primary only; the shard imports the same tree as we do
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ipsecd", *argv, "--shard", f"{index}/{self.count}",
             "--shard-link", str(theirs.fileno()), "--shard-sockets", describe_fds(sockets),
