@@ -183,8 +183,9 @@ class Daemon:
         self.installer.ready.set()
         if any(c.dpd_delay > 0 for c in self.config.connections.values()):
             self.shell.tasks.spawn(self.installer.watch_inbound_traffic(), "DPD traffic watch")
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
-        for sig in (signal.SIGINT, signal.SIGHUP):  # the primary stops and reloads us
+        # the primary stops and reloads us (a service manager signals the whole group: the primary
+        # then asks us to stop, so a shard never stops first and looks like a crash to it)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, lambda: None)
         self.addresses.start()
         await self.radius.configure(self.config.settings.eap_radius)
@@ -208,8 +209,11 @@ class Daemon:
         async def dataplane_event(event: Any) -> None:
             self._on_dataplane_event(decode_event(event))
 
+        async def stop() -> None:
+            self._stopping.set()
+
         return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
-                "redirect": h.redirect, "dataplane_event": dataplane_event}
+                "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop}
 
     def _on_dataplane_event(self, ev: object) -> None:
         if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None

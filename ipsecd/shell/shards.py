@@ -33,7 +33,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -404,11 +403,12 @@ class ShardHub:
         return False
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM every shard (each deletes its SAs) and wait; SIGKILL what is left."""
+        """Ask every shard to stop (each deletes its SAs) and wait; SIGKILL what is left.
+
+        Shards ignore SIGTERM (a service manager signals the whole group): the link says when."""
         self.stopping = True
         for s in self.shards:
-            with contextlib.suppress(ProcessLookupError):
-                s.proc.send_signal(signal.SIGTERM)
+            s.link.notify("stop")
         waits = [s.proc.wait() for s in self.shards]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)

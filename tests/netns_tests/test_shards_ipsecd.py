@@ -106,7 +106,7 @@ def _ping_all(t: Topology) -> None:
 @pytest.mark.timeout(150)
 def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make) -> None:
     t = topology
-    for k in range(PEERS + 1):
+    for k in range(1, PEERS + 1):  # 10.1.0.1 and 10.2.0.1 are the topology's own
         t.a.run(["ip", "addr", "add", f"10.1.{k}.1/32", "dev", "lo"])
         t.b.run(["ip", "addr", "add", f"10.2.{k}.1/32", "dev", "lo"])
     a_cfg, b_cfg = _configs(t)
@@ -141,3 +141,9 @@ def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make)
     a.kill()
     _wait(lambda: not b.list_sas(), 30, "B clears every SA by DPD", b)
     assert b.log_count(PEER_DEAD) >= PEERS + 1, b.log_tail()
+
+    # SIGTERM to the whole group (as systemd does): the primary stops shard 1, nobody looks crashed
+    b.stop()
+    assert b.log_count(r"shard1 ipsecd.cfg: shutdown:") == 1 and b.log_count(r"ipsecd.cfg: shutdown:") == 2, \
+        b.log_tail()
+    assert b.log_count("CRITICAL") == 0, b.log_tail()
