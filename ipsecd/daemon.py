@@ -212,8 +212,12 @@ class Daemon:
         async def stop() -> None:
             self._stopping.set()
 
+        async def counters() -> dict[str, Any]:
+            return h.counters()
+
         return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
-                "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop}
+                "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop,
+                "counters": counters}
 
     def _on_dataplane_event(self, ev: object) -> None:
         if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None

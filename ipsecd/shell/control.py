@@ -119,11 +119,21 @@ class ControlHandlers:
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         dp = await self._dataplane_counters()
-        ike = merge_counts([self.d.shell.manager.total_counters(), *(p["ike"] for p in await self._shards("stats"))])
-        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=ike,
+        # every IKE shard's counters summed (shell/shards.py); logins travel as "method/result"
+        parts = [self.counters(), *await self._shards("counters")]
+        c: dict[str, Any] = merge_counts(parts)
+        logins = {tuple(k.split("/", 1)): n for k, n in c["logins"].items()}
+        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=c["ike"],
                                dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
-                               events=dict(self.d.stats.events), handshake_failures=dict(self.d.stats.failures),
-                               rekeys=dict(self.d.stats.rekeys), logins=dict(self.d.stats.logins))
+                               events=c["events"], handshake_failures=c["failures"], rekeys=c["rekeys"],
+                               logins=logins)
+
+    def counters(self) -> dict[str, Any]:
+        """This IKE process's counters for a metrics scrape (a shard answers the primary with them)."""
+        st = self.d.stats
+        return {"ike": self.d.shell.manager.total_counters(), "events": dict(st.events),
+                "failures": dict(st.failures), "rekeys": dict(st.rekeys),
+                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}}
 
     async def up(self, name: str) -> dict[str, Any]:
         if name not in self.d.config.connections:

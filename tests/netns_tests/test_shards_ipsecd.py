@@ -12,6 +12,7 @@ shards: when A dies, each shard declares its own peers dead.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ PEERS = 10  # A's IKE SAs: all on one of B's shards by chance with probability 2
 PSK = "shards-test-psk-0123456789"
 IKE, ESP = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
 PEER_DEAD = r"peer dead|peer is dead"
+METRICS_PORT = 9810
 Make = Callable[..., Ipsecd]
 
 
@@ -45,7 +47,8 @@ def _conn(k: int, *, local: str, remote: str | list[str], lid: str, rid: str, lt
 
 def _configs(t: Topology) -> tuple[dict[str, Any], dict[str, Any]]:
     a: dict[str, Any] = {"connections": {}, "secrets": {"ike": []}}
-    b: dict[str, Any] = {"settings": {"ike_shards": 2}, "connections": {}, "secrets": {"ike": []}}
+    b: dict[str, Any] = {"settings": {"ike_shards": 2, "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"}},
+                         "connections": {}, "secrets": {"ike": []}}
     # B's side: it rekeys (IKE and Child SAs) and runs DPD, so both happen on both of its shards
     b_life = {"rekey_time": "12s", "rand_time": "3s", "over_time": "20s", "dpd_delay": "2s", "dpd_timeout": "6s",
               "retransmit": {"tries": 2, "timeout": 1.0, "base": 1.5}}
@@ -136,6 +139,11 @@ def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make)
     assert {_shard_of(s) for s in after} == {0, 1}
     assert b.log_count(r"Child SA net\d+ rekeyed") >= PEERS + 1, b.log_tail()
     _ping_all(t)
+    # metrics add up the shards too
+    text = t.b.run(["curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics"]).stdout
+    ike_sas = sum(int(v) for v in re.findall(r'^ipsecd_ike_sas\{state="ESTABLISHED"\} (\d+)', text, re.M))
+    rekeys = re.search(r'^ipsecd_rekeys_total\{kind="ike"\} (\d+)', text, re.M)
+    assert ike_sas == PEERS + 1 and rekeys is not None and int(rekeys.group(1)) >= PEERS + 1, text
 
     # DPD on both shards: A dies, each of B's shards finds its own peers dead and clears their SAs
     a.kill()
