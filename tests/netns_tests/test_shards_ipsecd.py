@@ -12,7 +12,9 @@ shards: when A dies, each shard declares its own peers dead.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,3 +157,32 @@ def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make)
     assert b.log_count(r"shard1 ipsecd.cfg: shutdown:") == 1 and b.log_count(r"ipsecd.cfg: shutdown:") == 2, \
         b.log_tail()
     assert b.log_count("CRITICAL") == 0, b.log_tail()
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_shard_stops_the_daemon(topology: Topology, ipsecd_factory: Make) -> None:
+    """A shard that dies (here SIGKILL) takes the daemon down with exit code 1, as a dead
+    data-plane worker does: the service manager restarts everything, no half-served SPIs."""
+    t = topology
+    _a, b_cfg = _configs(t)
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    _wait(lambda: b.log_count(r"IKE shard 1 of 2 started") >= 1, 15, "shard 1 started", b)
+    assert b.proc is not None
+    shard = [pid for pid in _children(b.proc.pid) if b"--shard" in _cmdline(pid)]
+    assert len(shard) == 1, shard
+    os.kill(shard[0], signal.SIGKILL)
+    assert b.proc.wait(timeout=30) == 1
+    assert b.log_count(r"CRITICAL ipsecd.cfg: IKE shard 1 exited") == 1, b.log_tail()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
