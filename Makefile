@@ -22,6 +22,8 @@ REKEY_ARGS ?= --rekey
 HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600
 # the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)
 HANDSHAKE_CERT_ARGS ?= --auth pubkey --runs 3 --tunnels 1000,5000 --max-seconds 600
+# one IKE process against two (settings.ike_shards: 2; shard 1 on the initiator's core), charon as the yardstick
+SHARDS_ARGS ?= --responders ipsecd,ipsecd-2shards,strongswan --runs 3 --tunnels 1000,5000 --max-seconds 600
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 # make fuzz: seconds per fuzz target (codec, sk, responder, esp, ah); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
@@ -90,6 +92,7 @@ bench: deps loadtester
 	$(if $(REKEY_ARGS),$(PY) -m tests.bench $(REKEY_ARGS))
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
+	$(PY) -m tests.bench_handshake $(SHARDS_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
 from contextlib import suppress
@@ -28,6 +29,7 @@ from ipsecd.dataplane.ike_socket import IkeTransport, source_address_for
 from ipsecd.errors import ConfigError
 from ipsecd.ike.manager import IkeManager
 from ipsecd.ike.proposal import is_legacy, proposal_to_str
+from ipsecd.ike.shard import Shard
 from ipsecd.logsetup import LogHub, setup_logging
 from ipsecd.metrics import MetricsServer
 from ipsecd.pools import MemoryLeaseStore, PoolManager, SqliteLeaseStore
@@ -40,6 +42,15 @@ from ipsecd.shell.installer import ChildSaInstaller
 from ipsecd.shell.mobike import AddressWatch
 from ipsecd.shell.policy import ConnectionPolicy
 from ipsecd.shell.radius import RadiusService
+from ipsecd.shell.shards import (
+    RelayedDataPlane,
+    ShardHub,
+    ShardLink,
+    ShardSockets,
+    dataplane_handlers,
+    decode_event,
+    parse_fds,
+)
 from ipsecd.shell.shutdown import delete_all, wait_budget
 from ipsecd.shell.stats import ShellStats
 from ipsecd.shell.vips import DnsConfigurator, VirtualIpShell
@@ -57,16 +68,23 @@ SHUTDOWN_WAIT_MAX = 20.0
 class Daemon:
     """One running ipsecd: wires the engine, the sockets, the data plane and the control socket."""
 
-    def __init__(self, config: Config, control_socket: str, hub: LogHub, *, dataplane: bool = True) -> None:
+    def __init__(self, config: Config, control_socket: str, hub: LogHub, *, dataplane: bool = True,
+                 shard: Shard | None = None, link: Any = None, sockets: Any = None) -> None:
+        """``shard``/``link``/``sockets``: an IKE shard k >= 1 started by the primary (shell/shards.py)."""
         self.config = config
         self.want_dataplane = dataplane
         self.dataplane: Any = None
+        self.shard = shard or Shard(0, config.settings.ike_shards)
+        self.link: ShardLink | None = None
+        self._link_sock = link
+        self.shards: ShardHub | None = None  # the primary's handle on the other shards
+        self._argv: list[str] = []
         self.pools = open_pools(config)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
                              now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
-                             front_door=config.settings.front_door)
+                             front_door=config.settings.front_door, shard=self.shard)
         self.stats = ShellStats()
-        self.transport = IkeTransport(self._on_datagrams)
+        self.transport = IkeTransport(self._on_datagrams, given=sockets or {})
         self.shell = IkeShell(manager, self.transport, self.stats)
         self.installer = ChildSaInstaller(self.shell, None, lambda: self.config)
         self.policy = ConnectionPolicy(self.shell, None, lambda: self.config)
@@ -88,10 +106,17 @@ class Daemon:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
+        if self.shard.index > 0:
+            return await self._run_shard()
         loop = asyncio.get_running_loop()
+        sockets = ShardSockets(self.shard.count) if self.shard.count > 1 else None
+        if sockets is not None:
+            self.transport.given = sockets.open_first()
         self.transport.start()
         if self.want_dataplane:
             await self._start_dataplane()
+        if sockets is not None:
+            await self._start_shards(sockets)
         self.addresses.start()
         await self.control.start()
         listen = self.config.settings.metrics.address()
@@ -130,7 +155,74 @@ class Daemon:
         if any(c.dpd_delay > 0 for c in self.config.connections.values()):
             self.shell.tasks.spawn(self.installer.watch_inbound_traffic(), "DPD traffic watch")
 
+    async def _start_shards(self, sockets: ShardSockets) -> None:
+        """The other IKE processes, each with its sockets (in the group, the programs attached)."""
+        steering = self.dataplane.steering if self.dataplane is not None else {}
+        sockets.open_rest({fam: steering[a] == 1 for fam, a in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"))
+                           if a in steering})
+        self.shards = ShardHub(self.shard.count, dataplane_handlers(lambda: self.dataplane), self._shard_lost)
+        for k in range(1, self.shard.count):
+            await self.shards.spawn(k, sockets.of(k), self._argv)
+            sockets.close_shard(k)
+
+    def _shard_lost(self, index: int) -> None:
+        if not self._stopping.is_set():
+            log.critical("IKE shard %d exited: stopping so the service manager restarts us", index)
+            self._exit_code = 1
+            self._stopping.set()
+
+    async def _run_shard(self) -> int:
+        """Shard k >= 1: IKE on the sockets the primary opened; installs go through the primary."""
+        loop = asyncio.get_running_loop()
+        self.link = ShardLink(self._link_sock, self._shard_ops(), "the primary")
+        self.link.on_closed = self._stopping.set
+        await self.link.start()
+        self.transport.start()
+        self.dataplane = RelayedDataPlane(self.link)
+        self.installer.dataplane = self.dataplane
+        self.installer.ready.set()
+        if any(c.dpd_delay > 0 for c in self.config.connections.values()):
+            self.shell.tasks.spawn(self.installer.watch_inbound_traffic(), "DPD traffic watch")
+        # the primary stops and reloads us (a service manager signals the whole group: the primary
+        # then asks us to stop, so a shard never stops first and looks like a crash to it)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, lambda: None)
+        self.addresses.start()
+        await self.radius.configure(self.config.settings.eap_radius)
+        log.info("IKE shard %d of %d started", self.shard.index, self.shard.count)
+        await self._stopping.wait()
+        await self._shutdown()
+        return self._exit_code
+
+    def _shard_ops(self) -> dict[str, Any]:
+        """What the primary may ask of a shard (ShardLink)."""
+        h = self.handlers
+
+        async def stats() -> dict[str, Any]:
+            out = await h.stats()
+            out.pop("dataplane", None)  # one worker: the primary reports it once
+            return out
+
+        async def down(name: str) -> int:
+            return int(self.shell.act(lambda m, now: m.terminate(name, now)))
+
+        async def dataplane_event(event: Any) -> None:
+            self._on_dataplane_event(decode_event(event))
+
+        async def stop() -> None:
+            self._stopping.set()
+
+        async def counters() -> dict[str, Any]:
+            return h.counters()
+
+        return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
+                "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop,
+                "counters": counters}
+
     def _on_dataplane_event(self, ev: object) -> None:
+        if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None
+                and self.shards.route_event(ev)):
+            return
         if isinstance(ev, dp_messages.Acquire):
             self.policy.on_acquire(ev)
         elif isinstance(ev, dp_messages.LifetimeReached):
@@ -142,7 +234,10 @@ class Daemon:
             self._stopping.set()
 
     async def _shutdown(self) -> None:
-        sd_notify("STOPPING=1")
+        if self.shard.index == 0:
+            sd_notify("STOPPING=1")
+        if self.shards is not None:
+            await self.shards.stop()  # each shard deletes its own SAs, through the worker still here
         await self.policy.stop()
         n = len(self.shell.manager.sas)
         log.info("shutting down: deleting %d IKE SA(s)", n)
@@ -155,13 +250,16 @@ class Daemon:
             await self.metrics.close()
         if self.shell.vips is not None:
             await self.shell.vips.close()
-        await self.control.close()
+        if self.shard.index == 0:
+            await self.control.close()
         self.addresses.close()
         self.transport.close()
         self.radius.close()
         self.shell.close()
-        if self.dataplane is not None:
+        if self.dataplane is not None and self.link is None:
             await self.dataplane.stop()
+        if self.link is not None:
+            self.link.close()
         self.pools.close()
 
     async def _watchdog(self, interval: float) -> None:
@@ -218,6 +316,9 @@ class Daemon:
             raise ControlError(f"reload failed: {e}") from e
         old, self.config = self.config, new
         self._warn_config()
+        if new.settings.ike_shards != self.shard.count and self.shard.index == 0:
+            log.warning("settings.ike_shards changed to %d: the running %d IKE process(es) stay until ipsecd restarts",
+                        new.settings.ike_shards, self.shard.count)
         # a new credential store: the next logins use it, established SAs are not touched
         self.credentials, self.credential_report = self._load_credentials(new)
         self._log_credentials()
@@ -228,11 +329,16 @@ class Daemon:
         removed = [n for n in old.connections if n not in new.connections]
         added = [n for n in new.connections if n not in old.connections]
         changed = [n for n in new.connections if n in old.connections and new.connections[n] != old.connections[n]]
+        primary = self.shard.index == 0  # traps and start actions live on shard 0
         for name in removed + changed:
-            await self.policy.release(name)
+            if primary:
+                await self.policy.release(name)
             self.shell.act(lambda m, now, name=name: m.terminate(name, now))  # type: ignore[misc]
-        self.policy.start(added, delay=0.0)
-        self.policy.start(changed, delay=0.5)
+        if primary:
+            self.policy.start(added, delay=0.0)
+            self.policy.start(changed, delay=0.5)
+        if self.shards is not None:
+            await self.shards.gather("reload")
         log.info("configuration reloaded: %d added, %d removed, %d changed", len(added), len(removed), len(changed))
         return {"added": added, "removed": removed, "changed": changed}
 
@@ -269,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", default=None, help="drop root to this user, keeping only the network capabilities")
     p.add_argument("--group", default=None, help="group for --user (default: the user's primary group)")
     p.add_argument("--version", action="version", version=f"ipsecd {__version__}")
+    # an IKE shard started by the primary (shell/shards.py): "k/N", its link fd, its sockets
+    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shard-link", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shard-sockets", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.check_config is not None:
@@ -283,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # --log-level overrides the file, per-subsystem levels included
     hub = setup_logging(args.log_level or config.settings.log_level,
-                        None if args.log_level else config.settings.log)
+                        None if args.log_level else config.settings.log,
+                        tag=f"shard{args.shard.split('/')[0]} " if args.shard else "")
     sock = str(args.control_socket or config.settings.control_socket or DEFAULT_SOCKET)
     if args.user:
         from ipsecd.privdrop import PrivilegeDropError, drop_privileges, prepare_runtime_dir
@@ -311,7 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     async def run() -> int:
-        daemon = Daemon(config, sock, hub, dataplane=not args.no_dataplane)
+        if args.shard is not None:
+            index, count = (int(x) for x in args.shard.split("/"))
+            daemon = Daemon(config, sock, hub, dataplane=False, shard=Shard(index, count),
+                            link=socket.socket(fileno=args.shard_link), sockets=parse_fds(args.shard_sockets))
+        else:
+            daemon = Daemon(config, sock, hub, dataplane=not args.no_dataplane)
+            # what a shard's command line repeats (shell/shards.py adds its own arguments)
+            daemon._argv = ["--config", str(args.config), "--control-socket", sock] + (
+                ["--log-level", args.log_level] if args.log_level else [])
         return await daemon.run()
 
     try:

@@ -51,8 +51,10 @@ class LogHub(logging.Handler):
             self._queues.discard(q)
 
 
-def setup_logging(level: object = "info", per_subsystem: Mapping[str, object] | None = None) -> LogHub:
-    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+def setup_logging(level: object = "info", per_subsystem: Mapping[str, object] | None = None, tag: str = "") -> LogHub:
+    """``tag``: what every line names its process by (an IKE shard's "shard1 ", shell/shards.py)."""
+    tag = tag.replace("%", "%%")
+    fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)-7s {tag}%(name)s: %(message)s", "%H:%M:%S")
     # The format uses no caller, thread or process fields: don't compute them for every record
     # (the logging HOWTO's "Optimization"; walking the stack for the caller was ~4 % of the IKE
     # process's CPU in a login storm, at 3 lines per handshake)

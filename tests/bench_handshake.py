@@ -68,6 +68,10 @@ from tests.strongswan import CHARON, Charon, ChildParams, ConnParams, why_no_str
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "tests" / "loadtester" / "build.sh"
 RESPONDERS = ("ipsecd", "strongswan")
+# ipsecd with settings.ike_shards: 2 (only when asked for): shard 0 and the worker on the responder
+# core, shard 1 on the initiator's core (the machine has two: "two shards on two cores")
+SHARDED = "ipsecd-2shards"
+KNOWN = (*RESPONDERS, SHARDED)
 IKE_PROPOSAL, ESP_PROPOSAL = "aes128gcm16-prfsha256-x25519", "aes128gcm16"
 RESPONDER_ID = "srv.example"
 # Every client proposes the same inner host (a stand-in for a virtual IP), the gateway a LAN.
@@ -186,7 +190,10 @@ class IpsecdResponder:
 
     name = "ipsecd"
 
-    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None) -> None:
+    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None, shards: int = 1) -> None:
+        self.shards = shards
+        if shards > 1:
+            self.name = SHARDED
         config = ipsecd_config(
             local_addrs=[topo.b_addr], remote_addrs="%any", local_id=RESPONDER_ID, remote_id="%any", psk=psk,
             proposals=[IKE_PROPOSAL], children={"net": child_config(
@@ -198,6 +205,8 @@ class IpsecdResponder:
             config["secrets"] = {}
             config["settings"] = {"credentials": str(pki.creds)}
         config.setdefault("settings", {}).update(NO_DOS_PROTECTION)
+        if shards > 1:
+            config["settings"]["ike_shards"] = shards
         self.daemon = Ipsecd(topo.b, workdir, config)
         self.log_path = self.daemon.log_path
 
@@ -210,10 +219,20 @@ class IpsecdResponder:
     def pids(self) -> dict[str, int]:
         assert self.daemon.proc is not None
         ike = self.daemon.proc.pid
-        workers = child_pids(ike)
-        if len(workers) != 1:
-            raise RuntimeError(f"expected one data-plane worker under ipsecd {ike}, found {workers}")
-        return {"ike": ike, "worker": workers[0]}
+        out = {"ike": ike}
+        workers = []
+        for pid in child_pids(ike):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"--shard" in argv:  # an IKE shard: "--shard k/N"
+                out[f"shard{argv[argv.index(b'--shard') + 1].split(b'/')[0].decode()}"] = pid
+            else:
+                workers.append(pid)
+        if len(workers) != 1 or len(out) != self.shards:
+            raise RuntimeError(f"expected one data-plane worker and {self.shards - 1} shard(s) under ipsecd {ike}, "
+                               f"found {out} and workers {workers}")
+        out["worker"] = workers[0]
+        return out
 
     def held(self) -> tuple[int, int]:
         """(established IKE SAs, installed Child SAs) as ipsecd reports them."""
@@ -734,16 +753,16 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
     stages: list[Stage] = []
     with Topology("pair", ipv6=False) as topo:
         workdir = b.workdir / f"{name}-r{run}"
-        resp: Responder = (IpsecdResponder if name == "ipsecd" else CharonResponder)(topo, workdir / "resp", b.psk,
-                                                                                   b.pki)
+        resp: Responder = (CharonResponder(topo, workdir / "resp", b.psk, b.pki) if name == "strongswan" else
+                           IpsecdResponder(topo, workdir / "resp", b.psk, b.pki, shards=2 if name == SHARDED else 1))
         conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
                               psk=b.psk, tag=f"r{run}", in_flight=b.in_flight, pki=b.pki)
         init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf)
         watch = LogWatch(init.log_path)
         try:
             resp.start()
-            for pid in resp.pids().values():
-                pin(pid, RESPONDER_CPU)
+            for proc, pid in resp.pids().items():
+                pin(pid, INITIATOR_CPU if proc.startswith("shard") else RESPONDER_CPU)
             init.start()
             time.sleep(b.settle)
             base = {k: rss_kib(p) for k, p in resp.pids().items()}
@@ -793,7 +812,7 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
     lines = [f"handshake load ({how}): strongSwan load-tester -> responder, {runs} run(s) per responder, alternating; "
              f"{in_flight} handshakes in flight; initiator on CPU {INITIATOR_CPU}, responder on CPU "
              f"{RESPONDER_CPU}; values min / median / max over runs", ""]
-    names = [n for n in RESPONDERS if any(s.responder == n for s in stages)]
+    names = [n for n in KNOWN if any(s.responder == n for s in stages)]
     prev = 0
     for cp in checkpoints:
         at = [s for s in stages if s.checkpoint == cp]
@@ -836,6 +855,10 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
                 if ours is not None and theirs:
                     ratios.append(f"{title} {ours / theirs:.2f}x")
             lines.append(f"  ipsecd / strongSwan (medians): {', '.join(ratios)}")
+        if "ipsecd" in med and SHARDED in med:
+            one, two = med["ipsecd"]["rate"], med[SHARDED]["rate"]
+            if one and two:
+                lines.append(f"  two shards / one (medians): SAs/s {two / one:.2f}x")
         lines.append("")
     lines.extend(f"setting: {n}" for n in RESPONDER_NOTES)
     lines.extend(f"note: {n}" for n in notes)
@@ -865,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tunnels", type=parse_tunnels, default=parse_tunnels("1000,5000,10000,20000"),
                    help="cumulative checkpoints (default 1000,5000,10000,20000; 5k = 5000)")
     p.add_argument("--runs", type=int, default=3, help="runs per responder, alternating (default 3)")
-    p.add_argument("--responders", default=",".join(RESPONDERS), help=f"comma list from {','.join(RESPONDERS)}")
+    p.add_argument("--responders", default=",".join(RESPONDERS), help=f"comma list from {','.join(KNOWN)}")
     p.add_argument("--in-flight", type=int, default=64, help="handshakes outstanding at any time (64)")
     p.add_argument("--max-seconds", type=float, default=600.0,
                    help="wall-time cap per responder run; a stage cut short is reported as partial (600)")
@@ -878,9 +901,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="py-spy each ipsecd process during every stage; raw stacks and a summary into DIR")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.responders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in RESPONDERS]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        p.error(f"unknown responder(s): {', '.join(unknown)} (from {','.join(RESPONDERS)})")
+        p.error(f"unknown responder(s): {', '.join(unknown)} (from {','.join(KNOWN)})")
     why = why_no_netns() or why_no_strongswan()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)

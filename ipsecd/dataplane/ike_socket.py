@@ -39,12 +39,15 @@ Received = tuple[bytes, Endpoint, Endpoint]  # (data, local, remote)
 Receiver = Callable[[list[Received]], None]
 
 
-def open_ike_socket(family: socket.AddressFamily, port: int) -> socket.socket:
-    """A non-blocking wildcard UDP socket reporting each datagram's local address."""
+def open_ike_socket(family: socket.AddressFamily, port: int, *, reuseport: bool = False) -> socket.socket:
+    """A non-blocking wildcard UDP socket reporting each datagram's local address.
+
+    4500 always joins a reuseport group (the worker's ESP socket shares it); ``reuseport``
+    makes 500 one too, for IKE shards (shell/shards.py)."""
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if port == NATT_PORT:
+        if port == NATT_PORT or reuseport:
             s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -91,6 +94,8 @@ class IkeTransport:
     ports: tuple[int, ...] = (IKE_PORT, NATT_PORT)
     ipv6: bool = True
     counters: dict[str, int] = field(default_factory=dict)
+    # sockets opened by someone else, (family, port) -> socket: an IKE shard's (shell/shards.py)
+    given: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
     _socks: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _pktinfo: dict[str, list[tuple[int, int, bytes]]] = field(default_factory=dict)
@@ -98,6 +103,11 @@ class IkeTransport:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.given:
+            for (_fam, port), s in self.given.items():
+                self._socks[(_fam, port)] = s
+                self._loop.add_reader(s.fileno(), self._readable, s, port)
+            return
         families = [socket.AF_INET] + ([socket.AF_INET6] if self.ipv6 and socket.has_ipv6 else [])
         for fam in families:
             for port in self.ports:

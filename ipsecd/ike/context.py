@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ipsecd.credentials import CredentialStore
 from ipsecd.errors import LocalProtocolError
+from ipsecd.ike.shard import Shard
 from ipsecd.ratelimit import RateLimitedLogger
 
 if TYPE_CHECKING:
@@ -34,8 +35,10 @@ CPI_MIN, CPI_MAX = 256, 61439
 @dataclass
 class EngineContext:
     rng: Callable[[int], bytes] = field(default=os.urandom, repr=False)
-    next_ike_id: int = 1
-    next_reqid: int = 1
+    # which IKE shard this engine is: every SPI, CPI, reqid and id below carries it (ike/shard.py)
+    shard: Shard = field(default_factory=Shard)
+    next_ike_id: int = 0  # 0: the shard's first (set in __post_init__)
+    next_reqid: int = 0
     ike_spis: set[bytes] = field(default_factory=set, repr=False)  # our IKE SPIs in use
     child_spis: set[bytes] = field(default_factory=set, repr=False)  # our inbound ESP SPIs in use
     # our inbound IPComp CPIs in use, each tied to the inbound SPI of its Child SA: the CPI
@@ -64,6 +67,10 @@ class EngineContext:
     # logger name -> the rate limit shared by the log lines of unauthenticated peers (ike/salog.py)
     log_limiters: dict[str, RateLimitedLogger] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        self.next_ike_id = self.next_ike_id or self.shard.first()
+        self.next_reqid = self.next_reqid or self.shard.first()
+
     def wall_time(self, now: float) -> datetime:
         """The real time at engine time ``now`` (the owner keeps ``wall_offset`` current)."""
         return datetime.fromtimestamp(now + self.wall_offset, UTC)
@@ -71,12 +78,12 @@ class EngineContext:
     # ---------------------------------------------------------------- allocation
     def alloc_ike_id(self) -> int:
         i = self.next_ike_id
-        self.next_ike_id += 1
+        self.next_ike_id += self.shard.count
         return i
 
     def alloc_ike_spi(self) -> bytes:
         while True:
-            spi = self.rng(IKE_SPI_LEN)
+            spi = self.shard.stamp(self.rng(IKE_SPI_LEN))
             if spi != bytes(IKE_SPI_LEN) and spi not in self.ike_spis:
                 self.ike_spis.add(spi)
                 return spi
@@ -86,7 +93,8 @@ class EngineContext:
 
     def alloc_child_spi(self) -> bytes:
         while True:
-            spi = self.rng(CHILD_SPI_LEN)
+            # the worker is shared by every shard: inbound SPIs never clash across shards
+            spi = self.shard.stamp(self.rng(CHILD_SPI_LEN))
             if int.from_bytes(spi, "big") > _RESERVED_SPI_MAX and spi not in self.child_spis:
                 self.child_spis.add(spi)
                 return spi
@@ -100,11 +108,13 @@ class EngineContext:
         have = self.cpi_of_spi.get(spi)
         if have is not None:
             return have  # a retried request keeps its CPI, as it keeps its SPI
-        if len(self.cpis) > CPI_MAX - CPI_MIN:
+        n = self.shard.count
+        if len(self.cpis) * n > CPI_MAX - CPI_MIN:
             raise LocalProtocolError("no IPComp CPI left")
         while True:
             cpi = CPI_MIN + int.from_bytes(self.rng(2), "big") % (CPI_MAX - CPI_MIN + 1)
-            if cpi not in self.cpis:
+            cpi -= (cpi - self.shard.index) % n  # this shard's residue: CPIs never clash across shards
+            if cpi >= CPI_MIN and cpi not in self.cpis:
                 self.cpis.add(cpi)
                 self.cpi_of_spi[spi] = cpi
                 return cpi
@@ -120,7 +130,7 @@ class EngineContext:
             if fixed is not None:
                 return fixed
         r = self.next_reqid
-        self.next_reqid += 1
+        self.next_reqid += self.shard.count
         return r
 
     # ---------------------------------------------------------------- fixed reqids

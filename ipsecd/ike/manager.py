@@ -64,6 +64,7 @@ from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.redirect import Redirect, set_redirect
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
+from ipsecd.ike.shard import Shard
 from ipsecd.ike.tasks import mobike
 from ipsecd.ike.tasks.unique import replaced
 from ipsecd.ike.ts import TriggerPacket
@@ -86,6 +87,7 @@ class IkeManager:
     source_for: Callable[[str], str] = field(default=lambda remote: "0.0.0.0", repr=False)
     front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)  # admission of new IKE SAs
     attributes: AttributeProvider | None = field(default=None, repr=False)  # address pools (RFC 7296 2.19)
+    shard: Shard = field(default_factory=Shard)  # which IKE process this is (ike/shard.py)
 
     counters: dict[str, int] = field(default_factory=dict)
     ctx: EngineContext = field(init=False, repr=False)
@@ -95,7 +97,7 @@ class IkeManager:
     _events: deque[Event] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
-        self.ctx = EngineContext(rng=self.rng, attributes=self.attributes)
+        self.ctx = EngineContext(rng=self.rng, attributes=self.attributes, shard=self.shard)
         self.table = SaTable(self.ctx)
         self.front = FrontDoor(self.rng, self.counters, self.front_door)
         self._rl = RateLimitedLogger(log)

@@ -16,6 +16,7 @@ from ipsecd.ike.events import IkeSaEstablished
 from ipsecd.logsafe import safe
 from ipsecd.logsetup import LogHub
 from ipsecd.metrics import MetricsSnapshot
+from ipsecd.shell.shards import merge_counts
 from ipsecd.shell.views import sa_info
 
 if TYPE_CHECKING:
@@ -41,9 +42,15 @@ class ControlHandlers:
             log.debug("cannot read data-plane counters: %s", e)
             return {}
 
+    async def _shards(self, op: str, **args: Any) -> list[Any]:
+        """The answers of the other IKE shards (none with one shard; shell/shards.py)."""
+        hub = getattr(self.d, "shards", None)
+        return await hub.gather(op, **args) if hub is not None else []
+
     async def list_sas(self) -> dict[str, Any]:
         counters = (await self._dataplane_counters()).get("sas", {})
-        return {"ike_sas": [sa_info(sa, counters) for sa in self.d.shell.manager.list_sas()]}
+        own = [sa_info(sa, counters) for sa in self.d.shell.manager.list_sas()]
+        return {"ike_sas": own + [sa for part in await self._shards("list_sas") for sa in part["ike_sas"]]}
 
     async def list_conns(self) -> dict[str, Any]:
         conns = []
@@ -87,22 +94,46 @@ class ControlHandlers:
             "config": str(self.d.config.source), "connections": len(self.d.config.connections),
             "ike_sas": len(sas), "child_sas": sum(len(sa.children) for sa in sas),
             "dataplane": self.d.dataplane is not None,
-        }
+        } | await self._shard_status()
+
+    async def _shard_status(self) -> dict[str, Any]:
+        parts = await self._shards("status")
+        if not parts:
+            return {}
+        sas = self.d.shell.manager.list_sas()
+        return {"ike_sas": len(sas) + sum(p["ike_sas"] for p in parts),
+                "child_sas": sum(len(sa.children) for sa in sas) + sum(p["child_sas"] for p in parts),
+                "ike_shards": 1 + len(parts)}
 
     async def stats(self) -> dict[str, Any]:
         dp = await self._dataplane_counters()
         m = self.d.shell.manager
-        return {"ike": m.total_counters(), "events": dict(self.d.stats.events),
-                "front_door": m.front.state(time.monotonic(), m.table.half_open_count),
-                "logins": {f"{m}/{r}": n for (m, r), n in sorted(self.d.stats.logins.items())},
-                "net": dict(self.d.transport.counters), "dataplane": dp.get("global", {})}
+        own = {"ike": m.total_counters(), "events": dict(self.d.stats.events),
+               "front_door": m.front.state(time.monotonic(), m.table.half_open_count),
+               "logins": {f"{m}/{r}": n for (m, r), n in sorted(self.d.stats.logins.items())},
+               "net": dict(self.d.transport.counters)}
+        # every shard's counters summed (each has its own front door: its state is summed too)
+        out: dict[str, Any] = merge_counts([own, *await self._shards("stats")])
+        out["dataplane"] = dp.get("global", {})
+        return out
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         dp = await self._dataplane_counters()
-        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=self.d.shell.manager.total_counters(),
+        # every IKE shard's counters summed (shell/shards.py); logins travel as "method/result"
+        parts = [self.counters(), *await self._shards("counters")]
+        c: dict[str, Any] = merge_counts(parts)
+        logins = {tuple(k.split("/", 1)): n for k, n in c["logins"].items()}
+        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=c["ike"],
                                dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
-                               events=dict(self.d.stats.events), handshake_failures=dict(self.d.stats.failures),
-                               rekeys=dict(self.d.stats.rekeys), logins=dict(self.d.stats.logins))
+                               events=c["events"], handshake_failures=c["failures"], rekeys=c["rekeys"],
+                               logins=logins)
+
+    def counters(self) -> dict[str, Any]:
+        """This IKE process's counters for a metrics scrape (a shard answers the primary with them)."""
+        st = self.d.stats
+        return {"ike": self.d.shell.manager.total_counters(), "events": dict(st.events),
+                "failures": dict(st.failures), "rekeys": dict(st.rekeys),
+                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}}
 
     async def up(self, name: str) -> dict[str, Any]:
         if name not in self.d.config.connections:
@@ -122,7 +153,8 @@ class ControlHandlers:
     async def down(self, name: str) -> dict[str, Any]:
         if name not in self.d.config.connections:
             raise ControlError(f"no connection named '{name}'")
-        return {"deleted": self.d.shell.act(lambda m, now: m.terminate(name, now))}
+        deleted = self.d.shell.act(lambda m, now: m.terminate(name, now))
+        return {"deleted": deleted + sum(await self._shards("down", name=name))}
 
     async def redirect(self, name: str | None, to: str | None, full_at: int = 0) -> dict[str, Any]:
         """RFC 5685: new clients of ``name`` (None: every connection) go to ``to``; established ones that
@@ -134,6 +166,8 @@ class ControlHandlers:
             told = self.d.shell.act(lambda m, now: m.redirect(name, to, now, full_at=full_at))
         except ValueError as e:
             raise ControlError(str(e)) from None
+        told += sum(int(r.get("redirected", 0)) for r in await self._shards("redirect", name=name, to=to,
+                                                                           full_at=full_at))
         which = f"connection '{name}'" if name is not None else "every connection"
         if to is None:
             return {"message": f"no longer redirecting {which}"}

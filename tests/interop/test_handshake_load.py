@@ -9,6 +9,7 @@ never judged.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from pathlib import Path
@@ -39,9 +40,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.interop, pytest.mark.timeout(900),
 COUNT = 200
 
 
-def test_200_handshakes_against_ipsecd(topology: Topology, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 2], ids=["one-ike-process", "two-ike-shards"])
+def test_200_handshakes_against_ipsecd(topology: Topology, tmp_path: Path, shards: int) -> None:
+    """With ``shards`` 2 strongSwan's clients are spread over two IKE processes by the kernel
+    (settings.ike_shards): every SA still comes up, both shards hold some, list-sas sums them."""
     b = Bench(build_plugin(), tmp_path, secrets.token_hex(16), in_flight=64, settle=1.0)
-    resp = IpsecdResponder(topology, tmp_path / "ipsecd", b.psk)
+    resp = IpsecdResponder(topology, tmp_path / "ipsecd", b.psk, shards=shards)
     conf = initiator_conf(tmp_path / "init" / "charon.log", responder=topology.b_addr,
                           initiator=topology.a_addr, psk=b.psk, tag="smoke", in_flight=b.in_flight)
     init = LoadInitiator(topology.a, tmp_path / "init", b.plugin, conf)
@@ -58,6 +62,11 @@ def test_200_handshakes_against_ipsecd(topology: Topology, tmp_path: Path) -> No
         assert (st.established, st.children, st.failed) == (COUNT, COUNT, 0), f"{st.line()}\n{st.errors}"
         assert len(st.latencies_ms) == COUNT
         assert resp.held() == (COUNT, COUNT)
+        if shards > 1:  # our SPIr's first octet names the shard (ipsecd/ike/shard.py)
+            sas = json.loads(resp.daemon.ctl("list-sas", "--json", timeout=60).stdout)["ike_sas"]
+            per = [sum(1 for sa in sas if int(sa["spi_r"][:2], 16) % 2 == k) for k in (0, 1)]
+            print(f"IKE SAs per shard: {per}")
+            assert min(per) >= COUNT // 4, per  # a hash of SPIi: about half each
     finally:
         init.kill()
         resp.stop()
