@@ -48,7 +48,7 @@ from ipsecd.iana import EncrId, IntegId
 
 # 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
 #    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
-PROTOCOL_VERSION = 4  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi
+PROTOCOL_VERSION = 5  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers)
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -170,6 +170,18 @@ class RemoveTrap:
 
 
 @dataclass(frozen=True)
+class SetOwner:
+    """With several workers (``settings.dataplane.workers``): the SA pair of ``reqid`` lives in
+    worker ``owner``, so this worker hands the reqid's packets read from its TUN queue over to
+    it (and drops its own outbound SA of the reqid, if it was the owner before a rekey moved
+    it). ``owner`` -1: this worker is the owner, or the reqid is gone: forget the hand-over."""
+
+    reqid: int
+    owner: int
+    id: int = 0
+
+
+@dataclass(frozen=True)
 class GetCounters:
     id: int = 0
 
@@ -189,7 +201,7 @@ class Shutdown:
     id: int = 0
 
 
-BatchRequest = InstallSa | UpdateSaPeer | DeleteSa | InstallTrap | RemoveTrap | SetKeepalive
+BatchRequest = InstallSa | UpdateSaPeer | DeleteSa | InstallTrap | RemoveTrap | SetKeepalive | SetOwner
 
 
 @dataclass(frozen=True)
@@ -317,6 +329,7 @@ Message = (
     | RemoveTrap
     | GetCounters
     | SetKeepalive
+    | SetOwner
     | Shutdown
     | Batch
     | Hello

@@ -75,6 +75,7 @@ class Drop:
     RAW_SHORT = "raw_short"  # raw IPv4 datagram shorter than its own header
     OFFLOAD = "offload_malformed"  # a TUN read whose virtio-net header or super-segment is unusable
     INTERNAL = "internal_error"  # a bug: logged (rate-limited), counted, never fatal
+    HANDOFF = "handoff_error"  # several workers: the owner's inbox was full or gone (handoff.py)
     CONTROL_OVERFLOW = "control_overflow"  # a message did not fit the unsent control buffer
     # Packets held by a trap while IKE negotiates its SA (traps.py):
     ACQUIRE_OVERFLOW = traps.ACQUIRE_OVERFLOW
@@ -126,7 +127,15 @@ class SendControl:
     message: m.Message
 
 
-Output = SendEsp[S] | WriteTun | SendKeepalive | SendControl
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Several workers: a packet read from our TUN queue for a reqid another worker owns."""
+
+    owner: int
+    packet: bytes
+
+
+Output = SendEsp[S] | WriteTun | SendKeepalive | SendControl | HandOff
 
 
 # ------------------------------------------------------------------ small schedules
@@ -233,6 +242,7 @@ class DataplaneState(Generic[S]):
         self._port_policies = 0  # SPD entries that look at protocol or ports
         self._spd_changed = False
         self._sa_policies: dict[int, list[Policy]] = {}  # SPD entries InstallSa added, per reqid
+        self.owners: dict[int, int] = {}  # reqid -> the worker owning its SAs, if not this one (SetOwner)
         self.traps = TrapQueues(self.drops, self.stats)
         self.lifetimes = LifetimeWatch()
         self.keepalives = Keepalives()
@@ -607,11 +617,37 @@ class DataplaneState(Generic[S]):
                     self._remove_in(w.spi)
 
 
+def _set_owner(state: DataplaneState[Any], msg: m.SetOwner, now: float) -> None:
+    """Several workers (handoff.py): the reqid's SA pair lives in worker ``msg.owner``.
+
+    A worker that owned it before (a rekey moved the pair: the new inbound SPI chose another
+    worker) stops using its outbound SA at once -- the new owner's outbound SA has taken over,
+    so sequence numbers stay one sender's (RFC 4303 3.3.3); its old inbound SA stays until
+    IKE deletes it. Packets a trap held here go to the owner, in their order.
+    """
+    if msg.owner < 0:
+        state.owners.pop(msg.reqid, None)
+        return
+    state.owners[msg.reqid] = msg.owner
+    if msg.reqid in state.out:
+        state._remove_out(msg.reqid)
+    trap = state.traps.get(msg.reqid)
+    if trap is not None and trap.queue:
+        state.outputs.extend(HandOff(msg.owner, pkt) for _arrived, pkt in state.traps.take(trap))
+
+
+def _delete(state: DataplaneState[Any], msg: m.DeleteSa, now: float) -> None:
+    state._delete(msg, now)
+    if msg.reqid is not None and msg.policies:
+        state.owners.pop(msg.reqid, None)  # the reqid is gone: no hand-over left for it
+
+
 _HANDLERS: dict[type, Callable[[DataplaneState[Any], Any, float], None]] = {
     m.Configure: DataplaneState._configure,
     m.InstallSa: DataplaneState._install,
     m.UpdateSaPeer: DataplaneState._update_peer,
-    m.DeleteSa: DataplaneState._delete,
+    m.DeleteSa: _delete,
+    m.SetOwner: _set_owner,
     m.InstallTrap: DataplaneState._install_trap,
     m.RemoveTrap: DataplaneState._remove_trap,
     m.SetKeepalive: DataplaneState._set_keepalive,

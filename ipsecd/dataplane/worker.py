@@ -43,6 +43,7 @@ import traceback
 from collections.abc import Callable
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.handoff import Handoff
 from ipsecd.dataplane.offload import (
     GSO_NONE,
     VNET_HDR_LEN,
@@ -56,6 +57,7 @@ from ipsecd.dataplane.state import (
     FLOW_CACHE_MAX,
     DataplaneState,
     Drop,
+    HandOff,
     OutPath,
     SendControl,
     SendEsp,
@@ -100,6 +102,7 @@ class Worker:
         raw_socks: list[socket.socket],
         config: m.WorkerConfig | None = None,
         ah_socks: list[socket.socket] | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.control = control
         self.tun_fd = tun_fd
@@ -121,6 +124,7 @@ class Worker:
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
         self._vnet: VnetTun | None = None  # the TUN's virtio-net side, once a Configure switches it on
+        self.handoff = handoff  # several workers: the inbox and the other workers' (handoff.py)
 
     # ------------------------------------------------------------------ setup and loop
     def _register(self) -> None:
@@ -129,12 +133,16 @@ class Worker:
         self._handlers[control.fileno()] = self._on_control
         self._epoll.register(tun, select.EPOLLIN)
         self._handlers[tun] = self._drain_tun
+        if self.handoff is not None and self.handoff.inbox is not None:
+            inbox = self.handoff.inbox.fileno()
+            self._epoll.register(inbox, select.EPOLLIN)
+            self._handlers[inbox] = lambda: self._drain_tun(inbox)
         for sock in self.udp_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._handlers[sock.fileno()] = self._make_udp_drain(sock)
         for sock in self.raw_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
-            self._handlers[sock.fileno()] = self._make_raw_drain(sock)
+            self._handlers[sock.fileno()] = make_raw_drain(self, sock)
         for sock in self.ah_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._handlers[sock.fileno()] = make_ah_drain(self, sock)
@@ -220,6 +228,8 @@ class Worker:
                 self._write_tun(out.packet)
             elif isinstance(out, SendKeepalive):
                 self._send_keepalive(out)
+            elif isinstance(out, HandOff) and self.handoff is not None:
+                self.handoff.send(out.owner, out.packet)
         sender.flush()
         if self.state.stopping or not self._link.open:
             self.running = False
@@ -235,13 +245,14 @@ class Worker:
             self._count_drop(Drop.SEND)
 
     # ------------------------------------------------------------------ outbound: TUN -> ESP
-    def _drain_tun(self) -> None:
-        """Read up to ``batch`` packets from the TUN, protect them, send them (GSO-batched).
+    def _drain_tun(self, inbox: int = -1) -> None:
+        """Read up to ``batch`` packets from the TUN (or, several workers, from the ``inbox``
+        of packets other workers read for SAs we own), protect them, send them (GSO-batched).
 
         ``DataplaneState.outbound`` does the same per packet; this is that, inlined.
         """
         state = self.state
-        fd = self.tun_fd
+        fd = self.tun_fd if inbox < 0 else inbox
         read = os.read
         lookup = state.spd.lookup_outbound
         out = state.out
@@ -253,7 +264,8 @@ class Worker:
         sender = self._sender
         batch_add = sender.batch.add
         flush = sender.flush
-        vnet = state.config.vnet_hdr
+        vnet = state.config.vnet_hdr and inbox < 0  # handed-over packets are plain IP
+        owners = state.owners
         n = 0
         nbytes = 0
         reads = 0
@@ -299,6 +311,10 @@ class Worker:
                         continue
                     path = out.get(pol.sa_ref)  # type: ignore[arg-type]
                     if path is None:
+                        owner = owners.get(pol.sa_ref)  # type: ignore[arg-type]
+                        if owner is not None:  # another worker's SA: hand over (handoff.py)
+                            state.outputs.append(HandOff(owner, pkt))
+                            continue
                         state.no_sa(pol, pkt, self.now)  # slow path: queue behind a trap, ask IKE for the SA
                         continue
                     if len(pkt) > path.mtu and state.too_big(pkt, path):
@@ -319,7 +335,7 @@ class Worker:
                     sender.send_raw(path, esp)
         flush()
         if n:
-            _account_tun_reads(state, n, nbytes, reads)
+            _account_tun_reads(state, n, nbytes, reads, "tun_rx" if inbox < 0 else "handoff_rx")
 
     # ------------------------------------------------------------------ inbound: ESP -> TUN
     def _make_udp_drain(self, sock: socket.socket) -> Callable[[], None]:
@@ -367,44 +383,6 @@ class Worker:
                 traffic = state.lifetimes.traffic  # ESP bytes bound the inner bytes (lifetimes.py)
                 traffic.in_bytes += nbytes
                 traffic.in_packets += segments
-
-        return drain
-
-    def _make_raw_drain(self, sock: socket.socket) -> Callable[[], None]:
-        recvmsg = sock.recvmsg
-        family = sock.family
-        inbound = self._inbound
-        v4 = family == socket.AF_INET
-
-        def drain() -> None:
-            """Receive up to ``batch`` raw ESP packets; IPv4 ones still carry their IP header."""
-            state = self.state
-            got = 0
-            nbytes = 0
-            for _ in range(state.config.batch):
-                try:
-                    data, anc, _flags, addr = recvmsg(MAX_PACKET, RECV_CMSG_SPACE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self._count_drop(Drop.RECV)
-                    continue
-                got += 1
-                nbytes += len(data)
-                if v4:
-                    ihl = (data[0] & 0x0F) * 4 if data else 0
-                    if ihl < 20 or len(data) < ihl:
-                        self._count_drop(Drop.RAW_SHORT)
-                        continue
-                    inbound(data[ihl:], addr, family, data[16:20], False)
-                else:
-                    inbound(data, addr, family, local_address(anc), False)
-            if self._vnet is not None:
-                self._vnet.flush()
-            if got:
-                traffic = state.lifetimes.traffic
-                traffic.in_bytes += nbytes
-                traffic.in_packets += got
 
         return drain
 
@@ -490,16 +468,57 @@ class Worker:
             self._run_outputs()  # a trap's queue leaves before any later TUN read
 
 
-def _account_tun_reads(state: DataplaneState[socket.socket], n: int, nbytes: int, reads: int) -> None:
+def _account_tun_reads(state: DataplaneState[socket.socket], n: int, nbytes: int, reads: int,
+                       what: str = "tun_rx") -> None:
     """Once per TUN drain: the traffic lifetimes.py bounds, and the TUN counters."""
     traffic = state.lifetimes.traffic
     traffic.out_bytes += nbytes
     traffic.out_packets += n
     stats = state.stats
-    stats["tun_rx_packets"] = stats.get("tun_rx_packets", 0) + n
-    stats["tun_rx_bytes"] = stats.get("tun_rx_bytes", 0) + nbytes
-    stats["tun_rx_wakeups"] = stats.get("tun_rx_wakeups", 0) + 1
-    stats["tun_rx_reads"] = stats.get("tun_rx_reads", 0) + reads
+    stats[what + "_packets"] = stats.get(what + "_packets", 0) + n
+    stats[what + "_bytes"] = stats.get(what + "_bytes", 0) + nbytes
+    stats[what + "_wakeups"] = stats.get(what + "_wakeups", 0) + 1
+    stats[what + "_reads"] = stats.get(what + "_reads", 0) + reads
+
+
+def make_raw_drain(worker: Worker, sock: socket.socket) -> Callable[[], None]:
+    """The receive handler of one raw ESP socket (out of Worker only for its size)."""
+    recvmsg = sock.recvmsg
+    family = sock.family
+    inbound = worker._inbound
+    v4 = family == socket.AF_INET
+
+    def drain() -> None:
+        """Receive up to ``batch`` raw ESP packets; IPv4 ones still carry their IP header."""
+        state = worker.state
+        got = 0
+        nbytes = 0
+        for _ in range(state.config.batch):
+            try:
+                data, anc, _flags, addr = recvmsg(MAX_PACKET, RECV_CMSG_SPACE)
+            except BlockingIOError:
+                break
+            except OSError:
+                worker._count_drop(Drop.RECV)
+                continue
+            got += 1
+            nbytes += len(data)
+            if v4:
+                ihl = (data[0] & 0x0F) * 4 if data else 0
+                if ihl < 20 or len(data) < ihl:
+                    worker._count_drop(Drop.RAW_SHORT)
+                    continue
+                inbound(data[ihl:], addr, family, data[16:20], False)
+            else:
+                inbound(data, addr, family, local_address(anc), False)
+        if worker._vnet is not None:
+            worker._vnet.flush()
+        if got:
+            traffic = state.lifetimes.traffic
+            traffic.in_bytes += nbytes
+            traffic.in_packets += got
+
+    return drain
 
 
 def make_ah_drain(worker: Worker, sock: socket.socket) -> Callable[[], None]:
@@ -755,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--udp", type=int, action="append", default=[], help="fd of an ESP-in-UDP socket (repeatable)")
     p.add_argument("--raw", type=int, action="append", default=[], help="fd of a raw ESP socket (repeatable)")
     p.add_argument("--ah", type=int, action="append", default=[], help="fd of a raw AH socket (repeatable)")
+    p.add_argument("--index", type=int, default=0, help="this worker's index (several workers)")
+    p.add_argument("--inbox", type=int, default=-1, help="fd of this worker's hand-over inbox (several workers)")
+    p.add_argument("--peer", action="append", default=[], help="INDEX:FD of another worker's inbox (repeatable)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -767,8 +789,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = _sock_from_fd(args.control)
     os.set_blocking(args.tun, False)
+    handoff = None
+    if args.inbox >= 0:
+        peers = {int(i): _sock_from_fd(int(fd)) for i, fd in (p.split(":") for p in args.peer)}
+        handoff = (args.index, _sock_from_fd(args.inbox), peers)
     worker = Worker(control, args.tun, [_sock_from_fd(fd) for fd in args.udp], [_sock_from_fd(fd) for fd in args.raw],
                     ah_socks=[_sock_from_fd(fd) for fd in args.ah])
+    if handoff is not None:
+        worker.handoff = Handoff(*handoff, worker.state.stats, worker.state.drops)
     with contextlib.suppress(SystemExit):
         worker.run()
     return 0
