@@ -31,11 +31,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from pathlib import Path
 from typing import Any
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane.channel import REQUEST_TIMEOUT, DataPlaneError, WorkerChannel
+from ipsecd.dataplane.channel import DataPlaneError
+from ipsecd.dataplane.esp_steering import (
+    AH_SPI_OFFSET,
+    ESP_SPI_OFFSET,
+    attach_filter,
+    natt_workers_program,
+    raw_spi_filter,
+)
+from ipsecd.dataplane.handoff import handoff_pairs
+from ipsecd.dataplane.ike_steering import attach_reuseport_program
 from ipsecd.dataplane.netconf import NetConf, TrapRoutes
 from ipsecd.dataplane.tun import enable_offloads, offload_names, open_tun
 from ipsecd.dataplane.udp import (
@@ -46,6 +54,7 @@ from ipsecd.dataplane.udp import (
     open_raw_esp,
     port_in_use,
 )
+from ipsecd.dataplane.workers import Owners, WorkerFds, WorkerSet, merge_counters
 from ipsecd.esp.packet import IPV6_MIN_MTU, tun_mtu
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
@@ -54,7 +63,6 @@ log = logging.getLogger("ipsecd.esp")
 
 DEFAULT_TUN_MTU = 1400
 DEFAULT_MARK = 0x2E5C  # arbitrary but fixed: the fwmark on the worker's own ESP sockets
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 PMTU_TTL = 60.0  # seconds a peer's path MTU is reused before it is looked up again
 PREFSRC_TTL = 10.0  # seconds a route source found for some local selectors is reused
 CACHE_MAX = 4096  # entries per cache (peers, selector sets): past it the cache starts over
@@ -84,6 +92,7 @@ class DataPlaneOptions:
     offload: bool = False  # TUN offloads (tun.enable_offloads, offload.py); off: see docs/performance.md
     offload_tso: bool = True  # with offload: also ask for TSO/USO reads (False: GRO writes only)
     steering: bool = True
+    workers: int = 1  # worker processes, one TUN queue each (workers.py, handoff.py)
     python: str = sys.executable
     worker_log_level: str = "INFO"
 
@@ -108,7 +117,6 @@ class DataPlane:
     options: DataPlaneOptions = field(init=False)
     netconf: NetConf = field(init=False)
     tun_name: str = field(init=False, default="")
-    pid: int | None = field(init=False, default=None)
     steering: dict[str, int] = field(init=False, default_factory=dict)  # listen address -> IKE socket index
     offloads: int = field(init=False, default=0)  # TUN_F_* flags the kernel accepted
 
@@ -116,9 +124,8 @@ class DataPlane:
         self.options = DataPlaneOptions.from_settings(self.settings)
         o = self.options
         self.netconf = NetConf(o.tun_name, o.route_table, o.rule_priority, o.mark)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._channel: WorkerChannel | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._workers = WorkerSet(self._emit)
+        self._owners = Owners(self._workers, self.options.workers)  # which worker holds each reqid's SAs
         self._events: asyncio.Queue[m.Event] = asyncio.Queue(maxsize=1024)
         self._callbacks: list[Callable[[m.Event], None]] = []
         self._mtus: dict[int, int] = {}  # reqid -> inner MTU of its installed Child SA
@@ -132,150 +139,143 @@ class DataPlane:
     # ------------------------------------------------------------------ lifecycle
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._workers.running
+
+    @property
+    def pid(self) -> int | None:
+        """The (first) worker's pid."""
+        return self._workers.pids[0] if len(self._workers) else None
+
+    @property
+    def pids(self) -> list[int]:
+        return self._workers.pids
 
     async def start(self) -> None:
-        """Open TUN and sockets, configure the link and rules, start the worker, handshake."""
+        """Open TUN queues and sockets, configure the link and rules, start the workers, handshake."""
         o = self.options
-        fds: list[int] = []
+        n = o.workers
+        workers: list[WorkerFds] = []
         socks: list[socket.socket] = []
-        ours: socket.socket | None = None
         try:
-            tun_fd, self.tun_name = open_tun(o.tun_name, vnet_hdr=o.offload)
-            fds.append(tun_fd)
+            for k in range(n):  # queue k of a multi-queue TUN for worker k (the kernel picks by flow hash)
+                tun_fd, name = open_tun(o.tun_name if k == 0 else self.tun_name, vnet_hdr=o.offload,
+                                        multi_queue=n > 1)
+                self.tun_name = name
+                workers.append(WorkerFds(tun_fd))
             if o.offload and o.offload_tso:
-                self.offloads = enable_offloads(tun_fd)
+                self.offloads = enable_offloads(workers[0].tun)
             self.netconf.tun_name = self.tun_name
             self._link_mtu = o.mtu or DEFAULT_TUN_MTU
             await self.netconf.run(self.netconf.link_up, self._link_mtu)
-            udp = self._open_udp()
-            raw = self._open_raw(open_raw_esp) if o.raw_esp else []
-            ah = self._open_raw(open_raw_ah) if o.raw_esp else []  # AH is never UDP-encapsulated
-            socks += udp + raw + ah
-            if not udp and not raw:
+            self._open_udp(workers, socks)
+            if o.raw_esp:
+                self._open_raw(open_raw_esp, workers, socks, ESP_SPI_OFFSET)
+                self._open_raw(open_raw_ah, workers, socks, AH_SPI_OFFSET)  # AH is never UDP-encapsulated
+            if not workers[0].udp and not workers[0].raw:
                 raise DataPlaneError("no ESP socket could be opened")
+            if n > 1:
+                pairs = handoff_pairs(n, o.socket_buffer)
+                socks += [s for pair in pairs for s in pair]
+                for k, w in enumerate(workers):
+                    w.inbox = pairs[k][0]
+                    w.peers = {j: pairs[j][1] for j in range(n) if j != k}
             if o.policy_routing:
                 await self.netconf.run(self.netconf.install_rules)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            socks.append(theirs)
-            ours.setblocking(False)
-            argv = [o.python, "-m", "ipsecd.dataplane.worker", "--control", str(theirs.fileno()),
-                    "--tun", str(tun_fd), "--log-level", o.worker_log_level]
-            argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
-            argv += [a for s in raw for a in ("--raw", str(s.fileno()))]
-            argv += [a for s in ah for a in ("--ah", str(s.fileno()))]
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, pass_fds=[tun_fd, *(s.fileno() for s in socks)], env=env, stdin=asyncio.subprocess.DEVNULL
-            )
-            self.pid = self._proc.pid
+            await self._workers.spawn(o.python, o.worker_log_level, workers)
         except BaseException:
-            for s in socks:
-                s.close()
-            for fd in fds:
-                os.close(fd)
-            if ours is not None:
-                ours.close()
+            await self._workers.stop()
+            for sock in socks:
+                sock.close()
+            for w in workers:
+                os.close(w.tun)
             await self.netconf.run(self.netconf.cleanup)
             await self.netconf.close()
             raise
-        # The worker holds its own copies now; ours must go, or the TUN and the 4500 socket
+        # The workers hold their own copies now; ours must go, or the TUN and the 4500 socket
         # would outlive a crashed worker.
-        for s in socks:
-            s.close()
-        for fd in fds:
-            os.close(fd)
-        self._channel = WorkerChannel(ours, self._emit)
-        self._channel.start()
-        self._watcher = asyncio.create_task(self._watch(), name="dataplane-watch")
+        for sock in socks:
+            sock.close()
+        for w in workers:
+            os.close(w.tun)
         try:
-            hello = await asyncio.wait_for(self._channel.hello, REQUEST_TIMEOUT)
-            if hello.version != m.PROTOCOL_VERSION:
-                raise DataPlaneError(f"worker speaks protocol {hello.version}, expected {m.PROTOCOL_VERSION}")
-            await self._request(
-                lambda i: m.Configure(
-                    m.WorkerConfig(tun_name=self.tun_name, batch=o.batch, gso=o.gso, mss_clamp=o.mss_clamp,
-                                   vnet_hdr=o.offload), id=i
-                )
-            )
+            await self._workers.handshake(lambda k: m.WorkerConfig(
+                tun_name=self.tun_name, batch=o.batch, gso=o.gso, mss_clamp=o.mss_clamp, vnet_hdr=o.offload))
         except BaseException:
             await self.stop()
             raise
-        log.info("data plane started: worker pid %d, TUN %s (MTU %d, offloads %s)", self.pid, self.tun_name,
+        log.info("data plane started: %s %s, TUN %s (MTU %d, offloads %s)",
+                 "worker pid" if n == 1 else f"{n} workers, pids", ",".join(map(str, self.pids)), self.tun_name,
                  self._link_mtu, offload_names(self.offloads) if o.offload else "off")
 
-    def _open_udp(self) -> list[socket.socket]:
+    def _open_udp(self, workers: list[WorkerFds], socks: list[socket.socket]) -> None:
+        """Each worker's UDP 4500 socket per family, in port 4500's reuseport group after the IKE
+        socket (or before it): the steering program is written for that order (udp.py,
+        esp_steering.py)."""
         o = self.options
-        out: list[socket.socket] = []
+        n = len(workers)
         for addr in (o.listen4, o.listen6):
             if addr is None:
                 continue
+            ike_first = port_in_use(addr, o.natt_port)
+            group: list[socket.socket] = []
             try:
-                ike_first = port_in_use(addr, o.natt_port)
-                sock = bind_udp(addr, o.natt_port, reuseport=True, mark=o.mark, gro=o.gro,
-                                buffer_size=o.socket_buffer)
+                for _ in range(n):
+                    group.append(bind_udp(addr, o.natt_port, reuseport=True, mark=o.mark, gro=o.gro,
+                                          buffer_size=o.socket_buffer))
             except OSError as e:
+                for sock in group:
+                    sock.close()
                 if ":" in addr and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                     log.info("IPv6 unavailable: no ESP-in-UDP over IPv6")
                     continue
                 raise
+            socks += group
+            # Our index in the group is 1 when IKE bound first, else 0 (udp.py); workers k: 1+k or k.
+            ike_index = 0 if ike_first else n
             if o.steering:
-                # Our index in the group is 1 when IKE bound first, else 0 (udp.py).
-                ike_index = 0 if ike_first else 1
-                try:
-                    attach_natt_steering(sock, ike_index=ike_index)
-                    self.steering[addr] = ike_index
-                except OSError:
-                    sock.close()
-                    raise
-            out.append(sock)
-        return out
+                if n == 1:
+                    attach_natt_steering(group[0], ike_index=ike_index)
+                else:
+                    slots = [k + 1 if ike_first else k for k in range(n)]
+                    attach_reuseport_program(group[0], natt_workers_program(slots, ike_index))
+                self.steering[addr] = ike_index
+            for w, sock in zip(workers, group, strict=True):
+                w.udp.append(sock)
 
-    def _open_raw(self, opener: Callable[..., socket.socket]) -> list[socket.socket]:
-        """Raw sockets of one IPsec protocol (``open_raw_esp`` or ``open_raw_ah``), per family."""
+    def _open_raw(self, opener: Callable[..., socket.socket], workers: list[WorkerFds],
+                  socks: list[socket.socket], spi_offset: int) -> None:
+        """Raw sockets of one IPsec protocol (``open_raw_esp`` or ``open_raw_ah``), per family and
+        worker; with several workers each keeps only the SPIs it owns (esp_steering.py)."""
         o = self.options
-        out: list[socket.socket] = []
+        n = len(workers)
         for family, addr in ((socket.AF_INET, o.listen4), (socket.AF_INET6, o.listen6)):
             if addr is None:
                 continue
-            try:
-                out.append(opener(family, mark=o.mark, buffer_size=o.socket_buffer))
-            except OSError as e:
-                if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                    continue
-                raise
-        return out
+            for k, w in enumerate(workers):
+                try:
+                    sock = opener(family, mark=o.mark, buffer_size=o.socket_buffer)
+                except OSError as e:
+                    if family == socket.AF_INET6 and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                        break
+                    raise
+                socks.append(sock)
+                if n > 1:
+                    attach_filter(sock, raw_spi_filter(k, n, ipv4=family == socket.AF_INET, spi_offset=spi_offset))
+                (w.ah if spi_offset == AH_SPI_OFFSET else w.raw).append(sock)
 
     async def stop(self) -> None:
-        """Shut the worker down (gracefully, then by signal) and remove routes and rules."""
+        """Shut the workers down (gracefully, then by signal) and remove routes and rules."""
         self._stopping = True
-        proc = self._proc
-        channel = self._channel
-        if proc is not None and proc.returncode is None:
-            if channel is not None and not channel.closed:
-                channel.send(m.Shutdown())
-            try:
-                await asyncio.wait_for(proc.wait(), 3.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
-            self._watcher = None
-        if channel is not None:
-            await channel.close()
-            channel.fail_pending(DataPlaneError("data plane stopped"))
-            self._channel = None
+        await self._workers.stop()
         await self.netconf.run(self.netconf.cleanup)
         await self.netconf.close()
         self._mtus.clear()
         self._traps.clear()
         self._pmtu.clear()
         self._srcs.clear()
+        self._owners.clear()
+        self._workers = WorkerSet(self._emit)  # a DataPlane may be started again
+        self._owners = Owners(self._workers, self.options.workers)
 
     # ------------------------------------------------------------------ SAs and policies
     async def install_child_sa(
@@ -306,10 +306,9 @@ class DataPlane:
             mtu = tun_mtu(outbound, pmtu)
             if o.mtu:
                 mtu = min(mtu, o.mtu)
-        await self._request(
-            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
-                                  mss_clamp, id=i)
-        )
+        await self._alive()
+        await self._owners.install(reqid, inbound, outbound, lambda i, pols: m.InstallSa(
+            reqid, inbound, outbound, pols, mtu, lifetime or m.Lifetime(), mss_clamp, id=i), tuple(policies))
         self._mtus[reqid] = mtu
         # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
         # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
@@ -364,18 +363,22 @@ class DataPlane:
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
         mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
-        await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
+        await self._alive()
+        await self._owners.install_inbound(
+            reqid, inbound, lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
 
     async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
                                mss_clamp: int | None = 0) -> None:
         """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
         mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
-        await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
-                                                  mss_clamp, id=i))
+        await self._alive()
+        await self._owners.install_outbound(reqid, lambda i: m.InstallSa(
+            reqid, None, outbound, (), mtu, lifetime or m.Lifetime(), mss_clamp, id=i))
 
     async def delete_inbound(self, spis: tuple[int, ...]) -> None:
         """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
-        await self._request(lambda i: m.DeleteSa(None, spis, policies=False, id=i))
+        await self._alive()
+        await self._owners.delete_inbound(spis)
 
     async def update_sa_peer(
         self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
@@ -384,11 +387,12 @@ class DataPlane:
         """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
         ra = ip_address(remote_addr)
         la = ip_address(local_addr) if local_addr is not None else None
-        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i))
+        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i), self._owners.of_reqid(reqid))
 
     async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
         """Remove the SAs and policies of ``reqid`` and the routes only it used."""
-        await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+        await self._broadcast(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+        self._owners.forget(reqid)
         self._mtus.pop(reqid, None)
         gone = self.netconf.release_routes(reqid)
         if gone:
@@ -409,7 +413,7 @@ class DataPlane:
         Calling it again for the same reqid replaces the policies (and adds routes).
         """
         pols = tuple(policies)
-        await self._request(lambda i: m.InstallTrap(reqid, pols, id=i))
+        await self._broadcast(lambda i: m.InstallTrap(reqid, pols, id=i))
         self._traps[reqid] = pols
         if route_via_tun and self.options.policy_routing:
             mtu = self._link_mtu or self.options.mtu or DEFAULT_TUN_MTU
@@ -420,7 +424,7 @@ class DataPlane:
         """Disarm the trap of ``reqid`` (reload, shutdown): queued packets are dropped and
         counted; a Child SA of the reqid that is still installed keeps its own policies."""
         self._traps.pop(reqid, None)
-        await self._request(lambda i: m.RemoveTrap(reqid, id=i))
+        await self._broadcast(lambda i: m.RemoveTrap(reqid, id=i))
         await self.netconf.run(self.netconf.delete_routes, self.netconf.release_routes(TrapRoutes(reqid)))
 
     @property
@@ -440,8 +444,8 @@ class DataPlane:
         ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
         "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
         """
-        reply = await self._request(lambda i: m.GetCounters(id=i))
-        assert isinstance(reply, m.Counters)
+        replies = await self._broadcast(lambda i: m.GetCounters(id=i))
+        reply = merge_counters(replies)
         sas: dict[str, Any] = {}
         for s in reply.sas:
             key = f"{s.spi:08x}"
@@ -449,8 +453,13 @@ class DataPlane:
                 key += f"-{s.direction}"
             sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
                         "drops": dict(s.drops), "seq": s.seq}
-        return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
-                                       "stats": dict(reply.stats)}}
+        out: dict[str, Any] = {"sas": sas, "global": {"drops": dict(reply.drops),
+                                                       "drops_total": sum(reply.drops.values()),
+                                                       "stats": dict(reply.stats)}}
+        if len(replies) > 1:  # several workers: the sums above, and each worker's own
+            out["workers"] = [{"drops": dict(r.drops), "stats": dict(r.stats)}
+                              for r in replies if isinstance(r, m.Counters)]
+        return out
 
     # ------------------------------------------------------------------ events
     def on_event(self, callback: Callable[[m.Event], None]) -> None:
@@ -479,19 +488,14 @@ class DataPlane:
             self._events.put_nowait(ev)
 
     # ------------------------------------------------------------------ transport
-    async def _request(self, build: Callable[[int], m.Message]) -> m.Message:
-        channel = self._channel
-        if channel is None or not self.running:
+    async def _alive(self) -> None:
+        if not self.running:
             raise DataPlaneError("data plane worker is not running")
-        return await channel.request(build)
 
-    async def _watch(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        rc = await proc.wait()
-        if self._channel is not None:
-            self._channel.fail_pending(DataPlaneError(f"data plane worker exited ({rc})"))
-        if not self._stopping:
-            log.error("data plane worker %s exited unexpectedly with status %s", proc.pid, rc)
-            self._emit(m.WorkerExited(rc, "worker exited unexpectedly"))
+    async def _request(self, build: Callable[[int], m.Message], worker: int = 0) -> m.Message:
+        await self._alive()
+        return await self._workers.request(worker, build)
 
+    async def _broadcast(self, build: Callable[[int], m.Message]) -> list[m.Message]:
+        await self._alive()
+        return await self._workers.broadcast(build)

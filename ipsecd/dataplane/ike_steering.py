@@ -35,6 +35,8 @@ NON_ESP_MARKER_LEN = 4
 LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 LD_B_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS
 LD_W_LEN = 0x80  # BPF_LD | BPF_W | BPF_LEN
+LD_W_IND = 0x40  # BPF_LD | BPF_W | BPF_IND (offset X + k)
+LDX_B_MSH = 0xB1  # BPF_LDX | BPF_B | BPF_MSH: X = 4 * (byte k & 0xf), an IPv4 header's length
 JA = 0x05  # BPF_JMP | BPF_JA
 JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 JGE_K = 0x35  # BPF_JMP | BPF_JGE | BPF_K
@@ -120,7 +122,7 @@ def attach_reuseport_program(sock: socket.socket, insns: Sequence[Insn]) -> None
 def run_program(insns: Sequence[Insn], data: bytes) -> int:
     """Interpret ``insns`` over a UDP payload as the kernel does (the opcodes used above only):
     the tests check the program against shard.py's rule on crafted headers without a kernel."""
-    a, pc = 0, 0
+    a, x, pc = 0, 0, 0
     while True:
         code, jt, jf, k = insns[pc]
         pc += 1
@@ -130,6 +132,14 @@ def run_program(insns: Sequence[Insn], data: bytes) -> int:
             if k + 4 > len(data):
                 return 0  # the kernel aborts the program: 0
             a = int.from_bytes(data[k:k + 4], "big")
+        elif code == LD_W_IND:
+            if x + k + 4 > len(data):
+                return 0
+            a = int.from_bytes(data[x + k:x + k + 4], "big")
+        elif code == LDX_B_MSH:
+            if k + 1 > len(data):
+                return 0
+            x = 4 * (data[k] & 0x0F)
         elif code == LD_B_ABS:
             if k + 1 > len(data):
                 return 0
