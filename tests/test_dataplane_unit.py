@@ -48,6 +48,8 @@ def _sample_messages() -> list[m.Message]:
         m.RemoveTrap(7, id=12),
         m.GetCounters(id=7),
         m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=8),
+        m.SetOwner(7, 1, id=30),
+        m.SetOwner(7, -1, id=31),
         m.Shutdown(id=9),
         m.Batch((m.InstallSa(9, sa_in, None, tuple(pols), id=13), m.DeleteSa(9, id=14), m.RemoveTrap(7, id=15),
                  m.UpdateSaPeer(9, ip_address("2001:db8::1"), 4500, ip_address("::"), id=16),
