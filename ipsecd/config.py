@@ -778,7 +778,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
     UnimplementedKey("conn", "keyingtries", frozenset({1}), 1,
                      "initiations are neither counted nor limited: each is one attempt "
                      "(a connection with start_action start is retried every 5 s regardless)"),
-    UnimplementedKey("dataplane", "workers", frozenset({1}), 1, "the data plane runs a single worker process"),
 )
 
 
@@ -1709,7 +1708,7 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
     metrics = ld.mapping(metrics_entry.value if metrics_entry else None, _join(entry.path, "metrics"), "metrics")
     debug_entry = _opt(fields, "debug")
     debug = ld.mapping(debug_entry.value if debug_entry else None, _join(entry.path, "debug"), "debug")
-    return Settings(
+    settings = Settings(
         control_socket=_or(ld.convert(_opt(fields, "control_socket"), "a path", _parse_socket_path), d.control_socket),
         log_level=_or(ld.convert(_opt(fields, "log_level"), "a log level", level), d.log_level),
         log=log,
@@ -1729,6 +1728,27 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         front_door=_parse_front_door(ld, fields),
         ike_shards=_or(ld.convert(_opt(fields, "ike_shards"), "auto or a number", _parse_shards), d.ike_shards),
     )
+    _check_workers(ld, settings, _opt(dp, "workers"))
+    return settings
+
+
+def _check_workers(ld: _Loader, settings: Settings, entry: _Entry | None) -> None:
+    """``dataplane.workers`` above 1: at most one per CPU this process may use (a worker beyond
+    the cores only adds hand-overs, ipsecd/dataplane/handoff.py), and not yet with TUN offloads
+    or several IKE shards (refused rather than half-working)."""
+    workers = settings.dataplane.workers
+    if entry is None or workers <= 1:
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        ld.error(entry.value, entry.path, f"{workers} workers but this host gives ipsecd {cpus} CPUs "
+                 f"(expected 1..{cpus}: one worker per core)")
+    if settings.dataplane.offload:
+        ld.error(entry.value, entry.path, "several workers are not implemented with offload: yes "
+                 "(expected workers: 1, or offload: no)")
+    if settings.ike_shards > 1:
+        ld.error(entry.value, entry.path, "several workers are not implemented with settings.ike_shards above 1 "
+                 "(expected workers: 1, or ike_shards: 1)")
 
 
 MAX_IKE_SHARDS = 16  # as ipsecd.ike.shard.MAX_SHARDS (the steering program's jump table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -820,20 +821,18 @@ def test_unimplemented_keys_warn_and_hold_what_really_happens(
         "    local_addrs:",
         "    local_port: 4500\n    keyingtries: '%forever'\n    mobike: yes\n"
         "    fragmentation: accept\n    local_addrs:",
-    ) + "settings:\n  dataplane: {workers: 4}\n"
+    )
     path = write(tmp_path, text)
     cfg = load_config(path)
     conn = cfg.connections["b"]
     assert (conn.local_port, conn.keyingtries, conn.mobike) == (500, 1, True)
     assert conn.fragmentation is Fragmentation.ACCEPT  # implemented: no warning
-    assert cfg.settings.dataplane.workers == 1
     prefix = "accepted but not implemented yet: "
     assert list(cfg.warnings) == [
         f"{path}:3 connections.b.local_port: {prefix}IKE is always sent from port 500 (4500 after NAT detection) "
         "(in effect: 500)",
         f"{path}:4 connections.b.keyingtries: {prefix}initiations are neither counted nor limited: each is one "
         "attempt (a connection with start_action start is retried every 5 s regardless) (in effect: 1)",
-        f"{path}:24 settings.dataplane.workers: {prefix}the data plane runs a single worker process (in effect: 1)",
     ]
     assert check_config_main(path) == 0
     out = capsys.readouterr()
@@ -932,3 +931,19 @@ def test_front_door_errors_name_file_line_and_key(tmp_path: Path) -> None:
         f"{path}:21 settings.block_threshold: expected an integer, got 'none'",
         f"{path}:22 settings.cookie_lifetime: 7200 is out of range (1..3600)",
     ]
+
+
+def test_dataplane_workers_are_refused_beyond_cpus_and_with_offload_or_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    ok = load_config(write(tmp_path, BASE + "settings:\n  dataplane: {workers: 2}\n"))
+    assert ok.settings.dataplane.workers == 2 and ok.warnings == ()
+    f = write(tmp_path, BASE + "settings:\n  ike_shards: 2\n  dataplane: {workers: 3, offload: yes}\n", "bad.yaml")
+    with pytest.raises(ConfigValidationError) as e:
+        load_config(f)
+    text = str(e.value)
+    assert "settings.dataplane.workers: 3 workers but this host gives ipsecd 2 CPUs (expected 1..2" in text
+    assert "settings.dataplane.workers: several workers are not implemented with offload: yes" in text
+    assert "settings.dataplane.workers: several workers are not implemented with settings.ike_shards above 1" in text
+    assert f"{f}:" in text
