@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from ipaddress import ip_address, ip_network
 
 from ipsecd.dataplane.client import DataPlane, DataPlaneOptions
@@ -52,9 +53,12 @@ def static_params(
     encap: bool,
     mode: Mode = Mode.TUNNEL,
     remote_port: int = 4500,
+    spi_offset: int = 0,
+    reqid: int = REQID,
 ) -> tuple[SaParams, SaParams, list[Policy]]:
     """The inbound and outbound SA and the policies of one side (``"a"`` or ``"b"``)."""
     spi_in, spi_out = (SPI_TO_A, SPI_TO_B) if side == "a" else (SPI_TO_B, SPI_TO_A)
+    spi_in, spi_out = spi_in + spi_offset, spi_out + spi_offset
     la, ra = ip_address(local), ip_address(remote)
     lts = (Selector.from_prefix(local_net),)
     rts = (Selector.from_prefix(remote_net),)
@@ -64,28 +68,50 @@ def static_params(
                        name=f"{side}-in", **common)
     outbound = SaParams(spi=spi_out, encr_key=static_key(spi_out), local_addr=la, remote_addr=ra,  # type: ignore[arg-type]
                         name=f"{side}-out", **common)
-    policies = [Policy(lts[0], rts[0], Action.PROTECT, sa_ref=REQID, name=f"{side}-out")]
+    policies = [Policy(lts[0], rts[0], Action.PROTECT, sa_ref=reqid, name=f"{side}-out")]
     return inbound, outbound, policies
+
+
+REKEY_SPI_STEP = 0x1001  # odd: a rekeyed pair's inbound SPI has the other parity (its owner moves)
+
+
+def _pairs(args: argparse.Namespace) -> Callable[[int], dict[int, tuple[SaParams, SaParams, list[Policy]]]]:
+    """``--pairs N``: Child SA p (reqid 1 + p) protects the traffic to/from host p of the far
+    side's LAN (10.2.0.1 + p on B), so N pairs with N inbound SPIs of alternating parity;
+    generation g of them (rekeys) has SPIs ``+ g * REKEY_SPI_STEP``."""
+
+    def pairs(generation: int) -> dict[int, tuple[SaParams, SaParams, list[Policy]]]:
+        out = {}
+        for p in range(args.pairs):
+            local_net, remote_net = args.local_net, args.remote_net
+            if args.pairs > 1:
+                host = f"{ip_network(args.remote_net if args.side == 'a' else args.local_net)[1 + p]}/32"
+                local_net, remote_net = (local_net, host) if args.side == "a" else (host, remote_net)
+            out[REQID + p] = static_params(args.side, args.local, args.remote, local_net, remote_net,
+                                           encap=not args.raw, mode=Mode(args.mode),
+                                           spi_offset=p + generation * REKEY_SPI_STEP, reqid=REQID + p)
+        return out
+
+    return pairs
 
 
 async def serve(args: argparse.Namespace) -> int:
     opts = DataPlaneOptions(tun_name=args.tun, listen6=None if args.no_ipv6 else "::", gso=not args.no_gso,
                             gro=not args.no_gro, batch=args.batch, worker_log_level="WARNING",
-                            offload=args.offload, offload_tso=not args.no_tso)
+                            offload=args.offload, offload_tso=not args.no_tso, workers=args.workers)
     dp = DataPlane(opts)
     await dp.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        inbound, outbound, policies = static_params(
-            args.side, args.local, args.remote, args.local_net, args.remote_net, encap=not args.raw,
-            mode=Mode(args.mode),
-        )
-        mtu = await dp.install_child_sa(inbound, outbound, REQID, policies)
+        pairs = _pairs(args)
+        for reqid, (inbound, outbound, policies) in pairs(0).items():
+            mtu = await dp.install_child_sa(inbound, outbound, reqid, policies)
         print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering,
-                                     "offloads": offload_names(dp.offloads)}),
+                                     "offloads": offload_names(dp.offloads), "pids": dp.pids}),
               flush=True)
+        generation = 0
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while not stop.is_set():
@@ -105,6 +131,19 @@ async def serve(args: argparse.Namespace) -> int:
                 os.kill(dp.pid or 0, signal.SIGKILL)
                 ev = await asyncio.wait_for(events.__anext__(), 5.0)
                 print(json.dumps({"event": type(ev).__name__, "running": dp.running}), flush=True)
+            elif cmd in ("rekey_in", "rekey_out", "rekey_del"):
+                # make-before-break by hand (RFC 7296 2.8), as the daemon's installer does it:
+                # receive on the new SAs, then send on them, then drop the old inbound SAs
+                old, new = pairs(generation), pairs(generation + 1)
+                for reqid, (inbound, outbound, _pols) in new.items():
+                    if cmd == "rekey_in":
+                        await dp.install_inbound(reqid, inbound)
+                    elif cmd == "rekey_out":
+                        await dp.install_outbound(reqid, outbound)
+                    else:
+                        await dp.delete_inbound((old[reqid][0].spi,))
+                generation += cmd == "rekey_del"
+                print(json.dumps({"ok": cmd, "spis_in": [p[0].spi for p in new.values()]}), flush=True)
             elif cmd in ("quit", ""):
                 break
     finally:
@@ -174,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offload", action="store_true", help="TUN with virtio-net headers and offloads (offload.py)")
     p.add_argument("--no-tso", action="store_true", help="virtio-net headers for GRO writes, but no TSO/USO reads")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="data-plane worker processes (settings.dataplane.workers)")
+    p.add_argument("--pairs", type=int, default=1, help="Child SAs, one per host of the far LAN (see _pairs)")
     p.add_argument("--count", type=int, default=1)
     args = p.parse_args(argv)
     if args.action == "inject":
