@@ -9,6 +9,7 @@ setups instead of biasing one.  Setups:
 - ``bare``: the veth itself, outer addresses (the ceiling);
 - ``strongswan``: charon libipsec <-> charon libipsec, AES-GCM-256, ESP-in-UDP;
 - ``ipsecd``: ipsecd <-> ipsecd, AES-GCM-256 (skipped with a note if not runnable);
+- ``ipsecd-offload``, ``ipsecd-2workers``: the same with ``offload: yes`` / ``workers: 2``;
 - ``wireguard``: wireguard-go <-> wireguard-go (skipped if not installed).
 
 Per run and setup: iperf3 TCP for ``--seconds`` with one flow and with four parallel
@@ -57,7 +58,7 @@ from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
 from tests.netns import Netns, Topology, ping_counts, why_no_netns
 from tests.strongswan import Charon, ChildParams, ConnParams, why_no_strongswan
 
-SETUPS = ("bare", "strongswan", "ipsecd", "ipsecd-offload", "wireguard")
+SETUPS = ("bare", "strongswan", "ipsecd", "ipsecd-offload", "ipsecd-2workers", "wireguard")
 TUN_MTU = 1400  # kernel-libipsec's default TUN MTU; the other tunnels are set to it
 # What a reader must know when comparing the rows (printed with every report).
 DIFFERENCES = (
@@ -163,6 +164,21 @@ def setup_ipsecd_offload(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     return setup
 
 
+def setup_ipsecd_2workers(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    """ipsecd with settings.dataplane.workers: 2 (a multi-queue TUN, one worker per queue;
+    dataplane/handoff.py). One Child SA has one owner worker, so its flows share one core:
+    this row shows the cost of the second worker, not a gain (docs/performance.md)."""
+    saved = dict(IPSECD_DATAPLANE)
+    IPSECD_DATAPLANE["workers"] = 2
+    try:
+        setup = setup_ipsecd(stack, workdir)
+    finally:
+        IPSECD_DATAPLANE.clear()
+        IPSECD_DATAPLANE.update(saved)
+    setup.name = "ipsecd-2workers"
+    return setup
+
+
 def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     """wireguard-go in each namespace; keys generated now into ``workdir`` (0600), never kept.
 
@@ -219,7 +235,7 @@ IPSECD_DATAPLANE: dict[str, object] = {}
 
 SETUP_FUNCS: dict[str, Callable[[contextlib.ExitStack, Path], Setup]] = {
     "bare": setup_bare, "strongswan": setup_strongswan, "ipsecd": setup_ipsecd,
-    "ipsecd-offload": setup_ipsecd_offload, "wireguard": setup_wireguard}
+    "ipsecd-offload": setup_ipsecd_offload, "ipsecd-2workers": setup_ipsecd_2workers, "wireguard": setup_wireguard}
 
 
 def _succeeds(ns: Netns, cmd: list[str]) -> Callable[[], bool]:
