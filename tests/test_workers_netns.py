@@ -15,6 +15,7 @@ the new SPIs only.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -65,7 +66,8 @@ print(total[0], flush=True)
 
 _SOURCE = """
 import socket, sys, threading
-src, dsts, port, count, nbytes = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+src, dsts = sys.argv[1], sys.argv[2].split(",")
+port, count, nbytes = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 sent = [0]; lock = threading.Lock()
 def flow(dst):
     c = socket.create_connection((dst, port), timeout=30, source_address=(src, 0))
@@ -201,7 +203,7 @@ def test_two_workers_carry_many_flows_in_order(topo: Topology, tmp_path: Path, c
     seqs = seq_by_spi(pcap, outer_a, outer_b, v6, tunnel, spis)
     assert set(seqs) == spis, seqs.keys()
     for spi, seq in seqs.items():
-        assert all(x < y for x, y in zip(seq, seq[1:], strict=False)), f"SPI {spi:#x}: sequence numbers not rising"
+        assert all(x < y for x, y in itertools.pairwise(seq)), f"SPI {spi:#x}: sequence numbers not rising"
         if cap["dropped"] == 0:
             assert seq[0] == 1 and seq == list(range(1, len(seq) + 1)), f"SPI {spi:#x}: a gap on the wire"
     out_seq = {k: v["seq"] for k, v in ca["sas"].items() if v["direction"] == "out"}
