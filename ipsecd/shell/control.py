@@ -115,6 +115,8 @@ class ControlHandlers:
         # every shard's counters summed (each has its own front door: its state is summed too)
         out: dict[str, Any] = merge_counts([own, *await self._shards("stats")])
         out["dataplane"] = dp.get("global", {})
+        if "workers" in dp:  # settings.dataplane.workers > 1: the sums above, and each worker's own
+            out["dataplane"] = {**out["dataplane"], "workers": dp["workers"]}
         return out
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
