@@ -1,0 +1,77 @@
+"""Two ipsecd daemons with ``settings.dataplane.workers: 2`` each, real IKE: Child SAs rekeyed
+every few seconds by both ends under ping and TCP load.
+
+Each rekey gives the Child SA a new inbound SPI, which picks its owner worker afresh
+(dataplane/handoff.py): about half the rekeys move the pair to the other worker, as
+make-before-break (the new inbound SA first, then the new outbound SA, then ``SetOwner`` stops
+the old owner sending; the old inbound SA stays until IKE deletes it). Nothing may be lost:
+every ping answered, the TCP stream never stalls, no replay or unknown-SPI drops beyond
+what the old SAs' last packets explain, and both workers of each side carried traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.ipsecd_proc import Ipsecd, why_no_ipsecd
+from tests.netns import Topology, iperf3, iperf3_interval_bytes, ping_counts
+from tests.netns_tests.test_lifecycle_two_ipsecd import CHILD, CHILD_REKEYED, IPERF_RATE, Make, _configs, _settled
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(why_no_ipsecd() is not None, reason=why_no_ipsecd() or ""),
+]
+
+SECONDS = 24
+PING_INTERVAL = 0.02
+
+
+def _dataplane(d: Ipsecd) -> dict:  # type: ignore[type-arg]
+    return dict(json.loads(d.ctl("stats", "--json").stdout)["dataplane"])
+
+
+@pytest.mark.timeout(SECONDS + 90)
+def test_child_rekeys_with_two_workers_lose_nothing(topology: Topology, ipsecd_factory: Make, tmp_path: Path) -> None:
+    t = topology
+    a_cfg, b_cfg = _configs(t, a_child={"rekey_time": "4s", "rand_time": "1s", "life_time": "15s"},
+                            b_child={"rekey_time": "5s", "rand_time": "2s", "life_time": "15s"})
+    for cfg in (a_cfg, b_cfg):
+        cfg["settings"] = {"dataplane": {"workers": 2}}
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    a = ipsecd_factory(t.a, a_cfg, name="a")
+    a.wait_established(20, child=CHILD)
+    b.wait_established(20, child=CHILD)
+
+    count = int(SECONDS / PING_INTERVAL)
+    ping_log = tmp_path / "ping.log"
+    ping = t.a.popen(["ping", "-n", "-q", "-c", str(count), "-i", str(PING_INTERVAL), "-W", "2",
+                      "-I", t.a_lan, t.b_lan], ping_log)
+    spis: set[str] = set()
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(iperf3, t.b, t.b_lan, t.a, t.a_lan, seconds=SECONDS, bitrate=IPERF_RATE)
+        while not stream.done():
+            spis.update(c["spi_in"] for ike in a.list_sas() for c in ike["child_sas"])
+            time.sleep(0.5)
+        run = stream.result()
+    ping.wait(timeout=30)
+    sent, got = ping_counts(ping_log.read_text())
+    rekeys = a.log_count(CHILD_REKEYED)
+    owners = {int(s, 16) % 2 for s in spis}
+    print(f"{rekeys} rekeys, {len(spis)} SPIs (owners {sorted(owners)}), ping {got}/{sent}, "
+          f"iperf3 {run.received} bytes")
+    assert sent == count and got == sent, f"lost {sent - got} of {sent} pings during {rekeys} rekeys"
+    per_second = iperf3_interval_bytes(run)
+    assert len(per_second) >= SECONDS - 1 and all(n > 0 for n in per_second), per_second
+    assert rekeys >= 3 and owners == {0, 1}, (rekeys, spis)  # the pair really moved between workers
+    _settled(a, b, timeout=8)
+    for d in (a, b):
+        dp = _dataplane(d)
+        assert len(dp["workers"]) == 2, dp
+        assert all(w["stats"].get("udp_rx_recvmsg", 0) > 0 for w in dp["workers"]), dp["workers"]
+        for bad in ("replay", "handoff_error", "icv", "internal_error"):
+            assert dp["drops"].get(bad, 0) == 0, dp["drops"]
