@@ -60,15 +60,28 @@ def _packet(size: int) -> bytes:
     return build_ipv4_header(ip_address("10.1.0.5").packed, ip_address("10.2.0.7").packed, 17, len(seg)) + seg
 
 
-def run(packets: int, size: int, lifetime: m.Lifetime) -> tuple[float, float]:
+def run(packets: int, size: int, lifetime: m.Lifetime, handoff: bool = False) -> tuple[float, float]:
     cfg = m.WorkerConfig(tun_name="bench")
     a, a_tun, a_udp, a_keep = _worker(cfg)
     b, b_tun, b_udp, b_keep = _worker(cfg)
-    for w, peer_udp, side in ((a, b_udp, "a"), (b, a_udp, "b")):
+    owner = a
+    if handoff:  # A's SA lives in a second worker: every packet A reads is handed over (handoff.py)
+        from ipsecd.dataplane.handoff import Handoff, handoff_pairs
+
+        owner, _t, owner_udp, owner_keep = _worker(cfg)
+        pairs = handoff_pairs(2, 4 << 20)
+        a.handoff = Handoff(0, pairs[0][0], {1: pairs[1][1]}, a.state.stats, a.state.drops)
+        owner.handoff = Handoff(1, pairs[1][0], {0: pairs[0][1]}, owner.state.stats, owner.state.drops)
+        owner._register_inbox()
+        a_keep += [s for pair in pairs for s in pair] + owner_keep + [_t, owner_udp]
+    for w, peer_udp, side in ((owner, b_udp, "a"), (b, a_udp, "b")):
         nets = ("10.1.0.0/24", "10.2.0.0/24") if side == "a" else ("10.2.0.0/24", "10.1.0.0/24")
         sa_in, sa_out, pols = static_params(side, "127.0.0.1", "127.0.0.1", *nets, encap=True,
                                             remote_port=peer_udp.getsockname()[1])
         w.handle(m.InstallSa(1, sa_in, sa_out, tuple(pols), 1500, lifetime, id=1))
+        if handoff and w is owner:
+            a.handle(m.InstallSa(1, None, None, tuple(pols), 1500, id=2))
+            a.handle(m.SetOwner(1, 1, id=3))
     pkt = _packet(size)
     burst = cfg.batch
     t_out = t_in = 0.0
@@ -79,6 +92,8 @@ def run(packets: int, size: int, lifetime: m.Lifetime) -> tuple[float, float]:
             a_tun.send(pkt)
         t0 = perf()
         while a.step(0.0):
+            pass
+        while owner is not a and owner.step(0.0):
             pass
         t_out += perf() - t0
         moved_out += burst
@@ -104,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1400)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--lifetime", action="store_true", help="give the SA byte/packet limits (watched, never reached)")
+    p.add_argument("--handoff", action="store_true",
+                   help="A's SA owned by a second worker: the outbound figure includes the hand-over (workers > 1)")
     args = p.parse_args(argv)
     lifetime = m.Lifetime(soft_bytes=1 << 40, hard_bytes=1 << 41, soft_packets=1 << 36, hard_packets=1 << 37) \
         if args.lifetime else m.Lifetime()
     outs, ins = [], []
     for _ in range(args.repeat):
-        o, i = run(args.packets, args.size, lifetime)
+        o, i = run(args.packets, args.size, lifetime, args.handoff)
         outs.append(o)
         ins.append(i)
     for label, xs in (("outbound TUN->ESP", outs), ("inbound ESP->TUN", ins)):

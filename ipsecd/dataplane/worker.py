@@ -133,10 +133,7 @@ class Worker:
         self._handlers[control.fileno()] = self._on_control
         self._epoll.register(tun, select.EPOLLIN)
         self._handlers[tun] = self._drain_tun
-        if self.handoff is not None and self.handoff.inbox is not None:
-            inbox = self.handoff.inbox.fileno()
-            self._epoll.register(inbox, select.EPOLLIN)
-            self._handlers[inbox] = lambda: self._drain_tun(inbox)
+        self._register_inbox()
         for sock in self.udp_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._handlers[sock.fileno()] = self._make_udp_drain(sock)
@@ -146,6 +143,13 @@ class Worker:
         for sock in self.ah_socks:
             self._epoll.register(sock.fileno(), select.EPOLLIN)
             self._handlers[sock.fileno()] = make_ah_drain(self, sock)
+
+    def _register_inbox(self) -> None:
+        """Several workers: packets other workers read for our SAs arrive here (handoff.py)."""
+        if self.handoff is not None and self.handoff.inbox is not None:
+            inbox = self.handoff.inbox.fileno()
+            self._epoll.register(inbox, select.EPOLLIN)
+            self._handlers[inbox] = lambda: self._drain_tun(inbox)
 
     def run(self) -> None:
         """Serve until Shutdown or until the control socket closes."""
