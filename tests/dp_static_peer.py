@@ -128,7 +128,7 @@ async def serve(args: argparse.Namespace) -> int:
                 print(json.dumps(await dp.counters()), flush=True)
             elif cmd == "killworker":  # crash test: the DataPlane must report the worker's death
                 events = dp.events()
-                os.kill(dp.pid or 0, signal.SIGKILL)
+                os.kill(dp.pids[-1] if dp.pids else 0, signal.SIGKILL)  # the last worker (the only one, usually)
                 ev = await asyncio.wait_for(events.__anext__(), 5.0)
                 print(json.dumps({"event": type(ev).__name__, "running": dp.running}), flush=True)
             elif cmd in ("rekey_in", "rekey_out", "rekey_del"):

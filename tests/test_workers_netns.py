@@ -223,3 +223,12 @@ def test_traffic_flows_after_rekey_moves_each_pair_to_the_other_worker(topo: Top
     outs = {k: v for k, v in ca["sas"].items() if v["direction"] == "out"}
     assert set(outs) == new, (before, outs)  # the old outbound SAs are gone from every worker
     assert all(v["packets"] > 0 for v in outs.values()), outs
+
+
+def test_a_dead_worker_is_reported(topo: Topology) -> None:
+    """One of two workers killed: the DataPlane reports WorkerExited and is no longer running
+    (the daemon then stops, as for a dead IKE shard: daemon.py)."""
+    with workers_pair(topo, "tunnel4-udp") as (a, _b, _dsts):
+        assert len(a.ready["pids"]) == 2
+        got = a.command("killworker")
+        assert got == {"event": "WorkerExited", "running": False}, got
