@@ -77,3 +77,28 @@ def test_child_rekeys_with_two_workers_lose_nothing(topology: Topology, ipsecd_f
         assert all(n > 0 for n in sent_by), dp["workers"]
         for bad in ("replay", "handoff_error", "icv", "internal_error"):
             assert dp["drops"].get(bad, 0) == 0, dp["drops"]
+
+
+@pytest.mark.timeout(90)
+def test_trap_with_two_workers(topology: Topology, ipsecd_factory: Make) -> None:
+    """start_action trap with two workers on A: the first packets hit the trap in whichever
+    worker's TUN queue read them (each worker may acquire; IKE starts one negotiation), the
+    queued packets go to the owner once the SA is installed (SetOwner), and traffic flows."""
+    t = topology
+    a_cfg, b_cfg = _configs(t)
+    a_cfg["connections"]["peer"]["children"][CHILD]["start_action"] = "trap"
+    for cfg in (a_cfg, b_cfg):
+        cfg["settings"] = {"dataplane": {"workers": 2}}
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    a = ipsecd_factory(t.a, a_cfg, name="a")
+    time.sleep(0.5)
+    assert not a.list_sas(), "a trap must not start the IKE SA by itself"
+    res = t.a.ping(t.b_lan, count=10, src=t.a_lan, interval=0.2, deadline=15, check=False)
+    sent, got = ping_counts(res.stdout)
+    assert got >= sent - 2, res.stdout  # the first ones may wait in the trap queue or be lost to its bounds
+    a.wait_established(15, child=CHILD)
+    b.wait_established(15, child=CHILD)
+    dp = _dataplane(a)
+    assert len(dp["workers"]) == 2 and dp["drops"].get("handoff_error", 0) == 0, dp
+    res = t.a.ping(t.b_lan, count=5, src=t.a_lan, interval=0.1, deadline=5, check=False)
+    assert ping_counts(res.stdout) == (5, 5), res.stdout
