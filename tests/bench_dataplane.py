@@ -1,6 +1,7 @@
 """Throughput through the static-key tunnel: iperf3 TCP between two namespaces (not a test).
 
     .venv/bin/python -m tests.bench_dataplane [--time 5] [--repeat 3] [--raw] [--no-gso] [--no-gro]
+                                              [--workers N] [--parallel K]
 
 Builds the ipd-dp-* namespace pair, starts a DataPlane with static AES-256-GCM keys on each
 side (tests/dp_static_peer.py), runs ``iperf3 -c 10.2.0.1 -t TIME`` from 10.1.0.1 and prints
@@ -22,22 +23,24 @@ from tests.netns import Topology
 from tests.netns_dp import dp_prefix, static_pair
 
 
-def run_once(topo: Topology, seconds: float, extra: list[str]) -> dict[str, float]:
+def run_once(topo: Topology, seconds: float, extra: list[str], parallel: int = 1) -> dict[str, float]:
     with static_pair(topo, *extra) as (a, b):
         server = subprocess.Popen(topo.b.exec_argv(["iperf3", "-s", "-1", "-B", topo.b_lan]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             time.sleep(0.3)
-            res = topo.a.run(["iperf3", "-c", topo.b_lan, "-B", topo.a_lan, "-t", str(seconds), "-J"],
-                             timeout=seconds + 20)
+            res = topo.a.run(["iperf3", "-c", topo.b_lan, "-B", topo.a_lan, "-t", str(seconds), "-J",
+                              "-P", str(parallel)], timeout=seconds + 20)
         finally:
             server.kill()
             server.wait()
         out = json.loads(res.stdout)
         end = out["end"]
         ca, cb = a.counters(), b.counters()
-        cpu_a, cpu_b = _cpu_seconds(a.ready["pid"]), _cpu_seconds(b.ready["pid"])
-        sys_share_b = _cpu_split(b.ready["pid"])[1] / max(cpu_b, 1e-9)
+        # every worker's CPU (settings.dataplane.workers > 1: several processes per side)
+        pids_a, pids_b = a.ready.get("pids") or [a.ready["pid"]], b.ready.get("pids") or [b.ready["pid"]]
+        cpu_a, cpu_b = sum(map(_cpu_seconds, pids_a)), sum(map(_cpu_seconds, pids_b))
+        sys_share_b = sum(_cpu_split(p)[1] for p in pids_b) / max(cpu_b, 1e-9)
     sa = ca["global"]["stats"]
     sb = cb["global"]["stats"]
     return {
@@ -57,6 +60,7 @@ def run_once(topo: Topology, seconds: float, extra: list[str]) -> dict[str, floa
         "kernel_share_b": sys_share_b,
         "drops_a": float(ca["global"]["drops_total"]),
         "drops_b": float(cb["global"]["drops_total"]),
+        "handoff_share_a": sa.get("handoff_tx", 0) / max(1, sa.get("tun_rx_packets", 1)),
     }
 
 
@@ -83,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--offload", choices=("yes", "no", "rx"), default="no",
                    help="TUN offloads: both directions, none, or receive-side GRO writes only (no TSO reads)")
+    p.add_argument("--workers", type=int, default=1, help="settings.dataplane.workers of both data planes")
+    p.add_argument("--parallel", type=int, default=1, help="iperf3 -P: parallel TCP flows")
     args = p.parse_args(argv)
-    extra = ["--no-ipv6", "--batch", str(args.batch)]
+    extra = ["--no-ipv6", "--batch", str(args.batch), "--workers", str(args.workers)]
     extra += ["--raw"] if args.raw else []
     extra += ["--no-gso"] if args.no_gso else []
     extra += ["--no-gro"] if args.no_gro else []
@@ -92,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with Topology("pair", prefix=dp_prefix(), ipv6=False) as topo:
         for i in range(args.repeat):
-            r = run_once(topo, args.time, extra)
+            r = run_once(topo, args.time, extra, args.parallel)
             results.append(r)
             print(f"run {i + 1}: " + "  ".join(f"{k}={v:.3f}" for k, v in r.items()), flush=True)
     med = statistics.median(r["gbps"] for r in results)
     label = "raw ESP" if args.raw else "ESP-in-UDP"
-    print(f"{label} AES-256-GCM, gso={not args.no_gso} gro={not args.no_gro} offload={args.offload}: "
+    print(f"{label} AES-256-GCM, gso={not args.no_gso} gro={not args.no_gro} offload={args.offload} "
+          f"workers={args.workers} flows={args.parallel}: "
           f"median {med:.3f} Gbit/s over {len(results)} run(s) of {args.time:g} s")
     return 0
 
