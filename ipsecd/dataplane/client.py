@@ -156,6 +156,8 @@ class DataPlane:
         n = o.workers
         workers: list[WorkerFds] = []
         socks: list[socket.socket] = []
+        if n > 1 and o.offload:  # the hand-over carries plain IP packets (config.py refuses it too)
+            raise DataPlaneError("several workers are not implemented with TUN offloads")
         try:
             for k in range(n):  # queue k of a multi-queue TUN for worker k (the kernel picks by flow hash)
                 tun_fd, name = open_tun(o.tun_name if k == 0 else self.tun_name, vnet_hdr=o.offload,

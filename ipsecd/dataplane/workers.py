@@ -191,10 +191,14 @@ class Owners:
             await self._workers.request(0, lambda i: build(i, policies))
             return
         k = self.of_spi(inbound.spi) if inbound is not None else self._next.get(reqid, self.of_reqid(reqid))
+        if outbound is None and reqid in self.owner and self.owner[reqid] != k:
+            # an inbound SA alone for a reqid another worker sends for: as install_inbound
+            await self._workers.request(k, lambda i: build(i, policies))
+            self._next[reqid] = k
+            return
         self._next.pop(reqid, None)
         await self._workers.request(k, lambda i: build(i, policies))
-        if outbound is not None or reqid not in self.owner:
-            self.owner[reqid] = k
+        self.owner[reqid] = k
         await self._tell_others(reqid, k, policies, build)
 
     async def _tell_others(self, reqid: int, k: int, policies: tuple[Policy, ...],
