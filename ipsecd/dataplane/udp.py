@@ -360,11 +360,13 @@ def send_gso(sock: socket.socket, dest: tuple[str, int], local: bytes | None, si
     return sock.sendmsg(parts, cmsgs, 0, dest)
 
 
-# Why the kernel refuses a UDP_SEGMENT send (net/ipv4/udp.c udp_send_skb): EINVAL when a
-# segment plus headers exceeds the route's MTU, more than UDP_MAX_SEGMENTS segments, or the
-# socket sends without UDP checksums (SO_NO_CHECK); EIO when the route cannot offload the
-# checksum (an XFRM route, UDP-Lite). Both hold for the destination until routes change.
-GSO_REFUSED_ERRNOS = (errno.EINVAL, errno.EIO)
+# Why the kernel refuses a UDP_SEGMENT send (net/ipv4/udp.c udp_send_skb, ip_output.c):
+# EINVAL for more than UDP_MAX_SEGMENTS segments or a socket without UDP checksums
+# (SO_NO_CHECK); EINVAL or EMSGSIZE (seen here) when a segment plus headers exceeds the
+# route's MTU -- a single datagram is then fragmented instead, DF being off; EIO when the
+# route cannot offload the checksum (an XFRM route, UDP-Lite). Each holds for the
+# destination until routes change.
+GSO_REFUSED_ERRNOS = (errno.EINVAL, errno.EMSGSIZE, errno.EIO)
 GSO_MEMORY_MAX = 4096  # destinations remembered (bounded: forgotten all at once when full)
 
 
