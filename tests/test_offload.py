@@ -219,6 +219,18 @@ def test_a_corrupted_checksum_field_is_found_too() -> None:
     assert [p for _h, p in out] == [segs[0], *segs[2:]] and co.bad_segments == 1
 
 
+def test_a_bad_ipv4_header_checksum_fails_the_run_too() -> None:
+    """The aggregate covers whole packets: a wrong IPv4 header checksum (TCP fine) unmerges
+    the run; no segment is dropped here (the kernel judges the IP header)."""
+    segs = _expected_tcp(4, os.urandom(4000), 1000, flags="A")
+    bad = bytearray(segs[2])
+    bad[10] ^= 0x01
+    feed = [*segs[:2], bytes(bad), *segs[3:]]
+    co = TcpCoalescer()
+    out = [w for s in feed for w in co.add(s)] + co.flush()
+    assert out == [(ZERO_VNET_HDR, p) for p in feed] and co.bad_runs == 1 and co.bad_segments == 0
+
+
 def test_coalescer_handles_odd_and_unequal_sizes() -> None:
     """An odd-sized segment closes the run (the next payload would start mid-word)."""
     a = bytes(_ip(4) / TCP(sport=1, dport=2, seq=100, ack=1, flags="A") / Raw(b"a" * 999))

@@ -57,6 +57,7 @@ ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 Buf = bytes | bytearray | memoryview
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
+_HH = struct.Struct("!HH")
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 MAX_SUPER = 65535  # IP total length (v4) / payload length (v6) limit of one super-packet
 MAX_COALESCE = 64  # segments per super-packet (the kernel's GRO limit is MAX_SKB_FRAGS-ish)
@@ -255,6 +256,13 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
     mid_flags = flags0 & ~(TCP_FIN | TCP_PSH) & 0xFF
     out = []
     pack = _H.pack_into
+    pack2 = _HH.pack_into
+    fb = int.from_bytes
+    # Payload sums inline (_sum without the call): a bytes slice is the cheapest input for
+    # int.from_bytes (a memoryview is copied through the buffer protocol first), and the
+    # fold plan is the same for every piece of one super-segment.
+    buf = pkt if pkt.__class__ is bytes else bytes(pkt)
+    plan = _fold_plan((mss + 63) & ~63) if mss > 256 else ()
     off = start
     i = 0
     while True:
@@ -262,12 +270,11 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
         last = end >= n
         if last:
             end = n
-        data = mv[off:end]
+        data = buf[off:end]
         l4_len = thl + end - off
         if version == 4:
             ident = (ip_id + i) & 0xFFFF  # id +1 per segment, as the kernel (inet_gso_segment)
-            pack(ip, 2, l4 + l4_len)
-            pack(ip, 4, ident)
+            pack2(ip, 2, l4 + l4_len, ident)
             c = (ip_base + l4 + l4_len + ident) % 0xFFFF
             pack(ip, 10, 0xFFFF - c if c else 0)
         else:
@@ -278,7 +285,11 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
             flags &= ~TCP_CWR & 0xFF  # CWR only on the first segment (RFC 3168 6.1.2, as tcp_gso_segment)
         _I.pack_into(tcp, 4, seq)
         tcp[13] = flags
-        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + _sum(data)) % 0xFFFF
+        x = fb(data, "little")
+        for k, mask in plan:
+            x = (x >> k) + (x & mask)
+        x %= 0xFFFF
+        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + ((x & 0xFF) << 8 | x >> 8)) % 0xFFFF
         pack(tcp, 16, 0xFFFF - c if c else 0)
         out.append(b"".join((ip, tcp, data)))
         if last:
@@ -334,7 +345,7 @@ class TcpCoalescer:
         self._mss = 0
         self._next_seq = 0
         self._len = 0  # L4 payload bytes so far
-        self._acc = 0  # sum of the segments' TCP parts read as little-endian integers
+        self._acc = 0  # sum of the segments (whole packets) read as little-endian integers
         self._closed = False  # the last segment was short or carried PSH: nothing may follow
         self._psh = False
         self.coalesced = 0  # segments merged into super-packets (a statistic)
@@ -351,7 +362,7 @@ class TcpCoalescer:
         if (self._pkts and not self._closed and seq == self._next_seq and key == self._key
                 and plen <= self._mss and l4 + thl + self._len + plen <= MAX_SUPER):
             self._pkts.append(pkt)
-            self._acc += int.from_bytes(memoryview(pkt)[l4:], "little")
+            self._acc += int.from_bytes(pkt, "little")  # whole packet: no slice copy (see flush)
             self._next_seq = (seq + plen) & 0xFFFFFFFF
             self._len += plen
             if plen < self._mss or plen & 1 or flags & TCP_PSH or len(self._pkts) >= MAX_COALESCE:
@@ -365,7 +376,7 @@ class TcpCoalescer:
             return out
         self._key, self._version, self._l4, self._thl, self._mss = key, version, l4, thl, plen
         self._pkts = [pkt]
-        self._acc = int.from_bytes(memoryview(pkt)[l4:], "little")
+        self._acc = int.from_bytes(pkt, "little")
         self._next_seq = (seq + plen) & 0xFFFFFFFF
         self._len = plen
         self._psh = bool(flags & TCP_PSH)
@@ -383,11 +394,18 @@ class TcpCoalescer:
         version, l4, thl = self._version, self._l4, self._thl
         head = pkts[0]
         # RFC 1071: the pseudo-headers differ only in their length word (every segment but the
-        # last is mss long), so their sum is n * (addresses + protocol) + the lengths.
+        # last is mss long), so their sum is n * (addresses + protocol) + the lengths. The
+        # accumulator holds whole packets (the IP header is 20 or 40 bytes: word alignment
+        # kept). An IPv4 header with a valid checksum sums to zero, so it drops out (and a bad
+        # one fails the run, as it should). IPv6 headers match but for the payload length,
+        # which equals the TCP length the pseudo-header adds: take the rest out instead.
         v = self._acc % 0xFFFF
         n = len(pkts)
-        addrs = head[12:20] if version == 4 else head[8:40]
-        total = ((v & 0xFF) << 8 | v >> 8) + n * (_sum(addrs) + 6) + n * thl + self._len
+        v = (v & 0xFF) << 8 | v >> 8
+        if version == 4:
+            total = v + n * (_sum(head[12:20]) + 6) + n * thl + self._len
+        else:
+            total = v - n * (_sum(head[0:4]) + _sum(head[6:8])) + 6 * n
         if total % 0xFFFF:
             # Some segment is corrupt (or, in theory, two errors cancel -- as for any
             # per-packet Internet checksum). Find it: check each alone, drop and count only
