@@ -248,7 +248,10 @@ def _iperf(setup: Setup, args: list[str], seconds: int) -> dict[str, object]:
         res = setup.topo.a.run(cmd, check=False, timeout=seconds + 60)
         if res.returncode == 0:
             data: dict[str, object] = json.loads(res.stdout)
-            return data
+            end = data.get("end")
+            # on a saturated machine iperf3 has exited 0 with an "error" and no result: retry
+            if isinstance(end, dict) and "sum_received" in end and "error" not in data:
+                return data
         time.sleep(1 + attempt)
     raise RuntimeError(f"iperf3 failed in {setup.name}: {res.stdout[-500:]}{res.stderr[-500:]}")
 
