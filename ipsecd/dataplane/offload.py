@@ -337,7 +337,7 @@ class TcpCoalescer:
     """
 
     def __init__(self) -> None:
-        self._key = b""  # IP + TCP header bytes that must match (everything but lengths, id, seq, csums)
+        self._key = -1  # IP + TCP header bytes that must match, masked (_KEY4/_KEY6); -1: no run
         self._pkts: list[bytes] = []
         self._version = 0
         self._l4 = 0
@@ -436,7 +436,28 @@ class TcpCoalescer:
         return [(hdr.pack(), b"".join((ip, tcp, *(memoryview(p)[start:] for p in pkts))))]
 
 
-def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
+def _key_mask(spans: tuple[tuple[int, int, int], ...]) -> int:
+    """A little-endian byte mask: ``value`` on bytes [start, end) of each span, 0 elsewhere."""
+    m = 0
+    for start, end, value in spans:
+        for i in range(start, end):
+            m |= value << (8 * i)
+    return m
+
+
+# The header bytes two segments must share to be merged, as masks over the IP + TCP header
+# read as one little-endian integer (one slice, one conversion, one AND instead of six
+# slices joined): IPv4 tos, DF/ttl/proto, addresses + ports, ack + data offset, flags but
+# PSH, urgent pointer + options; IPv6 version/class/flow label, hop limit, addresses +
+# ports, ack + data offset, flags but PSH, urgent pointer + options. Lengths, IPv4 id and
+# checksum, sequence numbers, window and TCP checksum may differ (the merged packet keeps
+# the first one's window, as the kernel's tcp_gro_receive does). The data offset is in the
+# key, so keys of different header lengths never meet.
+_KEY4 = _key_mask(((1, 2, 0xFF), (6, 10, 0xFF), (12, 24, 0xFF), (28, 33, 0xFF), (33, 34, 0xF7), (38, 60, 0xFF)))
+_KEY6 = _key_mask(((0, 4, 0xFF), (7, 44, 0xFF), (48, 53, 0xFF), (53, 54, 0xF7), (58, 80, 0xFF)))
+
+
+def _tcp_info(pkt: bytes) -> tuple[int, int, int, int, int, int, int] | None:
     """(version, L4 offset, TCP header length, match key, seq, payload length, flags) of a plain
     TCP packet that could be coalesced; None for anything else."""
     n = len(pkt)
@@ -449,19 +470,14 @@ def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
         thl = (pkt[32] >> 4) * 4
         if thl < 20 or n < 20 + thl:
             return None
-        flags = pkt[33]
-        # tos, DF/ttl/proto, addresses + ports, ack + data offset, flags but PSH, urgent
-        # pointer + options; the window may move (the merged packet keeps the first one's,
-        # as the kernel's tcp_gro_receive does)
-        key = pkt[1:2] + pkt[6:10] + pkt[12:24] + pkt[28:33] + bytes((flags & 0xF7,)) + pkt[38 : 20 + thl]
-        return 4, 20, thl, key, _I.unpack_from(pkt, 24)[0], n - 20 - thl, flags
+        key = int.from_bytes(pkt[: 20 + thl], "little") & _KEY4
+        return 4, 20, thl, key, _I.unpack_from(pkt, 24)[0], n - 20 - thl, pkt[33]
     if b0 >> 4 == 6:
         if n < 60 or pkt[6] != 6 or _H.unpack_from(pkt, 4)[0] != n - 40:
             return None
         thl = (pkt[52] >> 4) * 4
         if thl < 20 or n < 40 + thl:
             return None
-        flags = pkt[53]
-        key = pkt[0:4] + pkt[7:44] + pkt[48:53] + bytes((flags & 0xF7,)) + pkt[58 : 40 + thl]
-        return 6, 40, thl, key, _I.unpack_from(pkt, 44)[0], n - 40 - thl, flags
+        key = int.from_bytes(pkt[: 40 + thl], "little") & _KEY6
+        return 6, 40, thl, key, _I.unpack_from(pkt, 44)[0], n - 40 - thl, pkt[53]
     return None
