@@ -374,7 +374,9 @@ GSO_MEMORY_MAX = 4096  # destinations remembered (bounded: forgotten all at once
 class GsoRefusals:
     """Where the kernel refused UDP GSO: destination -> the smallest refused segment size
     (0: every size). Runs there with a segment that large are sent one datagram per
-    ``sendmsg`` without asking again; smaller segments (e.g. a lower tunnel MTU) still try."""
+    ``sendmsg`` without asking again, for the worker's lifetime (a route's MTU rarely grows
+    back; the cost of being wrong is the pre-GSO speed, never a lost packet); smaller
+    segments (e.g. a lower tunnel MTU) still try."""
 
     limit: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -387,10 +389,6 @@ class GsoRefusals:
             self.limit.clear()
         size = 0 if err == errno.EIO else size
         self.limit[dest] = min(size, self.limit.get(dest, size))
-
-    def forget(self) -> None:
-        """Routes or MTUs changed: ask the kernel again."""
-        self.limit.clear()
 
 
 def send_keepalive(sock: socket.socket, dest: tuple[str, int]) -> None:
