@@ -288,8 +288,10 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
         x = fb(data, "little")
         for k, mask in plan:
             x = (x >> k) + (x & mask)
-        x %= 0xFFFF
-        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + ((x & 0xFF) << 8 | x >> 8)) % 0xFFFF
+        # x is the payload's sum with the bytes of each word swapped (read little-endian);
+        # swapping a 16-bit value is a rotation by 8, i.e. x * 2**8 mod 0xFFFF: one shift,
+        # and one division for everything
+        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + (x << 8)) % 0xFFFF
         pack(tcp, 16, 0xFFFF - c if c else 0)
         out.append(b"".join((ip, tcp, data)))
         if last:
