@@ -330,12 +330,13 @@ class TcpCoalescer:
 
     Checksums are verified once per run, not once per segment: each valid segment's sum
     (pseudo-header + TCP header + payload, its checksum field included) is 0xFFFF, i.e. 0
-    mod 0xFFFF, so the sum over the run is 0 mod 0xFFFF too. The TCP parts are added as
-    integers while the run grows (one C-level conversion per segment) and reduced once at
-    the flush (RFC 1071 2.(A)-(B): the sum is linear and word-order independent; each
-    segment's integer starts word-aligned at its own TCP header, so odd lengths add up
-    right too). A run that fails is checked segment by segment: the bad ones are dropped
-    and counted (``bad_segments``), the others written without offload.
+    mod 0xFFFF, so the sum over the run is 0 mod 0xFFFF too. The whole packets are added
+    as integers while the run grows (one C-level conversion per segment, no slice) and
+    reduced once at the flush, where the IP headers' share is accounted for (RFC 1071
+    2.(A)-(B): the sum is linear and word-order independent; each packet's integer starts
+    word-aligned, so odd lengths add up right too). A run that fails is checked segment by
+    segment: the bad ones are dropped and counted (``bad_segments``), the others written
+    without offload.
     """
 
     def __init__(self) -> None:
