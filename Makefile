@@ -89,6 +89,7 @@ bench: deps loadtester
 	@if [ "$$(id -u)" = 0 ]; then for p in wireguard-go wireguard-tools; do dpkg -s $$p >/dev/null 2>&1 || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wireguard-go wireguard-tools; done; fi
 	$(PY) -m tests.bench $(BENCH_ARGS)
+	$(PY) -m tests.bench_offload
 	$(if $(REKEY_ARGS),$(PY) -m tests.bench $(REKEY_ARGS))
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_ARGS)
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)

@@ -195,16 +195,40 @@ def test_vnet_header_length_checked() -> None:
         parse_vnet_hdr(b"\x00" * (VNET_HDR_LEN - 1))
 
 
-def test_a_corrupted_segment_inside_a_run_unmerges_the_run() -> None:
-    """The run's checksum sum fails: every segment goes out alone, for the kernel to judge."""
-    segs = _expected_tcp(4, os.urandom(5000), 1000)
-    bad = bytearray(segs[2])
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("where", [0, 2, 4])
+def test_a_corrupted_segment_inside_a_run_is_found_and_dropped(version: int, where: int) -> None:
+    """The run's aggregate checksum fails: each segment is checked alone, only the bad one is
+    dropped (and counted), the others go out unmerged."""
+    segs = _expected_tcp(version, os.urandom(5000), 1000, flags="A")
+    bad = bytearray(segs[where])
     bad[-10] ^= 0x40
-    feed = [segs[0], segs[1], bytes(bad), segs[3], segs[4]]
+    feed = [*segs[:where], bytes(bad), *segs[where + 1 :]]
     co = TcpCoalescer()
     out = [w for s in feed for w in co.add(s)] + co.flush()
-    assert out == [(ZERO_VNET_HDR, p) for p in feed]
-    assert co.bad_runs == 1 and co.coalesced == 0
+    assert out == [(ZERO_VNET_HDR, p) for i, p in enumerate(feed) if i != where]
+    assert co.bad_runs == 1 and co.bad_segments == 1 and co.coalesced == 0
+
+
+def test_a_corrupted_checksum_field_is_found_too() -> None:
+    segs = _expected_tcp(4, os.urandom(4000), 1000, flags="A")
+    bad = bytearray(segs[1])
+    bad[36] ^= 0x01  # the TCP checksum field itself
+    co = TcpCoalescer()
+    out = [w for s in [segs[0], bytes(bad), *segs[2:]] for w in co.add(s)] + co.flush()
+    assert [p for _h, p in out] == [segs[0], *segs[2:]] and co.bad_segments == 1
+
+
+def test_a_bad_ipv4_header_checksum_fails_the_run_too() -> None:
+    """The aggregate covers whole packets: a wrong IPv4 header checksum (TCP fine) unmerges
+    the run; no segment is dropped here (the kernel judges the IP header)."""
+    segs = _expected_tcp(4, os.urandom(4000), 1000, flags="A")
+    bad = bytearray(segs[2])
+    bad[10] ^= 0x01
+    feed = [*segs[:2], bytes(bad), *segs[3:]]
+    co = TcpCoalescer()
+    out = [w for s in feed for w in co.add(s)] + co.flush()
+    assert out == [(ZERO_VNET_HDR, p) for p in feed] and co.bad_runs == 1 and co.bad_segments == 0
 
 
 def test_coalescer_handles_odd_and_unequal_sizes() -> None:

@@ -31,12 +31,14 @@ merged, because the merged packet's checksum will not be checked again by anyone
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
 __all__ = [
     "GSO_NONE", "GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "NEEDS_CSUM", "DATA_VALID", "VNET_HDR_LEN", "ZERO_VNET_HDR",
     "OffloadError", "TcpCoalescer", "VnetHdr", "checksum", "finish_checksum", "parse_vnet_hdr", "segment",
+    "tcp_checksum_ok",
 ]
 
 # linux/virtio_net.h
@@ -55,6 +57,7 @@ ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 Buf = bytes | bytearray | memoryview
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
+_HH = struct.Struct("!HH")
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 MAX_SUPER = 65535  # IP total length (v4) / payload length (v6) limit of one super-packet
 MAX_COALESCE = 64  # segments per super-packet (the kernel's GRO limit is MAX_SKB_FRAGS-ish)
@@ -84,6 +87,23 @@ def parse_vnet_hdr(buf: bytes) -> VnetHdr:
 
 
 # ---------------------------------------------------------------- checksums (RFC 1071)
+_FOLD_MIN_BITS = 1024  # below this, one division is cheaper than another fold
+
+
+@functools.lru_cache(maxsize=1024)
+def _fold_plan(nbytes: int) -> tuple[tuple[int, int], ...]:
+    """(shift, mask) pairs halving a ``nbytes``-byte integer down to ~_FOLD_MIN_BITS bits,
+    each shift a multiple of 16 bits. A plan made for a length serves any shorter buffer
+    too (shifts past its end give 0), so callers round the length up (1024 plans at most)."""
+    plan = []
+    bits = nbytes * 8
+    while bits > _FOLD_MIN_BITS:
+        k = ((bits + 31) >> 5) << 4
+        plan.append((k, (1 << k) - 1))
+        bits = k + 1
+    return tuple(plan)
+
+
 def _sum(data: Buf) -> int:
     """Ones' complement sum of ``data`` as big-endian 16-bit words, reduced mod 0xFFFF (0 stands
     for 0xFFFF, the same value in ones' complement).
@@ -93,19 +113,17 @@ def _sum(data: Buf) -> int:
     is read little-endian (CPython converts that faster) and the result byte-swapped back:
     the sum is byte-order independent up to that swap (RFC 1071 2.(B)); an odd last byte
     lands in the low half of a little-endian word, i.e. padded with a zero on the right.
-    The division is the slow part (one hardware divide per 30-bit digit), so a long buffer
-    is first cut into four word-aligned quarters whose integers are added: by the same
-    congruence, their sum has the same remainder and a quarter of the digits.
+    The division is the slow part (one hardware divide per 30-bit digit: 1.7 us for 1336
+    bytes here), so a long integer is first folded: ``x = (x >> k) + (x & (2**k - 1))``
+    with k a multiple of 16 keeps x's remainder and halves its length, and shifts, masks
+    and additions cost a tenth of a divide per digit (1336 bytes: 1.4 us instead of 1.8).
     """
     n = len(data)
-    if n < 512:
-        v = int.from_bytes(data, "little") % 0xFFFF
-    else:
-        mv = memoryview(data)
-        q = (n >> 3) << 1
-        fb = int.from_bytes
-        v = (fb(mv[:q], "little") + fb(mv[q : 2 * q], "little") + fb(mv[2 * q : 3 * q], "little")
-             + fb(mv[3 * q :], "little")) % 0xFFFF
+    x = int.from_bytes(data, "little")
+    if n > 256:
+        for k, mask in _fold_plan((n + 63) & ~63):
+            x = (x >> k) + (x & mask)
+    v = x % 0xFFFF
     return ((v & 0xFF) << 8) | (v >> 8)
 
 
@@ -122,6 +140,11 @@ def _pseudo(ip: Buf, version: int, proto: int, l4_len: int) -> bytes:
     if version == 4:
         return bytes(ip[12:20]) + struct.pack("!BBH", 0, proto, l4_len)
     return bytes(ip[8:40]) + struct.pack("!IxxxB", l4_len, proto)
+
+
+def tcp_checksum_ok(pkt: Buf, version: int, l4: int) -> bool:
+    """Whether the TCP checksum of ``pkt`` (IP header of ``l4`` bytes) is right (RFC 9293 3.1)."""
+    return checksum(_pseudo(pkt, version, 6, len(pkt) - l4), memoryview(pkt)[l4:]) == 0
 
 
 def _pseudo_sum_field(ip: Buf, version: int, proto: int, l4_len: int) -> int:
@@ -233,6 +256,13 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
     mid_flags = flags0 & ~(TCP_FIN | TCP_PSH) & 0xFF
     out = []
     pack = _H.pack_into
+    pack2 = _HH.pack_into
+    fb = int.from_bytes
+    # Payload sums inline (_sum without the call): a bytes slice is the cheapest input for
+    # int.from_bytes (a memoryview is copied through the buffer protocol first), and the
+    # fold plan is the same for every piece of one super-segment.
+    buf = pkt if pkt.__class__ is bytes else bytes(pkt)
+    plan = _fold_plan((mss + 63) & ~63) if mss > 256 else ()
     off = start
     i = 0
     while True:
@@ -240,12 +270,11 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
         last = end >= n
         if last:
             end = n
-        data = mv[off:end]
+        data = buf[off:end]
         l4_len = thl + end - off
         if version == 4:
             ident = (ip_id + i) & 0xFFFF  # id +1 per segment, as the kernel (inet_gso_segment)
-            pack(ip, 2, l4 + l4_len)
-            pack(ip, 4, ident)
+            pack2(ip, 2, l4 + l4_len, ident)
             c = (ip_base + l4 + l4_len + ident) % 0xFFFF
             pack(ip, 10, 0xFFFF - c if c else 0)
         else:
@@ -256,7 +285,13 @@ def _segment_tcp(pkt: Buf, version: int, l4: int, mss: int) -> list[bytes]:
             flags &= ~TCP_CWR & 0xFF  # CWR only on the first segment (RFC 3168 6.1.2, as tcp_gso_segment)
         _I.pack_into(tcp, 4, seq)
         tcp[13] = flags
-        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + _sum(data)) % 0xFFFF
+        x = fb(data, "little")
+        for k, mask in plan:
+            x = (x >> k) + (x & mask)
+        # x is the payload's sum with the bytes of each word swapped (read little-endian);
+        # swapping a 16-bit value is a rotation by 8, i.e. x * 2**8 mod 0xFFFF: one shift,
+        # and one division for everything
+        c = (base + l4_len + (seq >> 16) + (seq & 0xFFFF) + flags + (x << 8)) % 0xFFFF
         pack(tcp, 16, 0xFFFF - c if c else 0)
         out.append(b"".join((ip, tcp, data)))
         if last:
@@ -295,14 +330,17 @@ class TcpCoalescer:
 
     Checksums are verified once per run, not once per segment: each valid segment's sum
     (pseudo-header + TCP header + payload, its checksum field included) is 0xFFFF, i.e. 0
-    mod 0xFFFF, so the sum over the run is 0 mod 0xFFFF too. The TCP parts are added as
-    integers while the run grows (one C-level conversion per segment) and reduced once at
-    the flush; a run that fails is written segment by segment without offload, and the
-    kernel checks (and drops) the bad one itself.
+    mod 0xFFFF, so the sum over the run is 0 mod 0xFFFF too. The whole packets are added
+    as integers while the run grows (one C-level conversion per segment, no slice) and
+    reduced once at the flush, where the IP headers' share is accounted for (RFC 1071
+    2.(A)-(B): the sum is linear and word-order independent; each packet's integer starts
+    word-aligned, so odd lengths add up right too). A run that fails is checked segment by
+    segment: the bad ones are dropped and counted (``bad_segments``), the others written
+    without offload.
     """
 
     def __init__(self) -> None:
-        self._key = b""  # IP + TCP header bytes that must match (everything but lengths, id, seq, csums)
+        self._key = -1  # IP + TCP header bytes that must match, masked (_KEY4/_KEY6); -1: no run
         self._pkts: list[bytes] = []
         self._version = 0
         self._l4 = 0
@@ -310,11 +348,12 @@ class TcpCoalescer:
         self._mss = 0
         self._next_seq = 0
         self._len = 0  # L4 payload bytes so far
-        self._acc = 0  # sum of the segments' TCP parts read as little-endian integers
+        self._acc = 0  # sum of the segments (whole packets) read as little-endian integers
         self._closed = False  # the last segment was short or carried PSH: nothing may follow
         self._psh = False
         self.coalesced = 0  # segments merged into super-packets (a statistic)
-        self.bad_runs = 0  # runs whose checksum sum failed (written one by one)
+        self.bad_runs = 0  # runs whose checksum sum failed (checked segment by segment)
+        self.bad_segments = 0  # segments dropped for a wrong TCP checksum (found in bad runs)
 
     def add(self, pkt: bytes) -> list[tuple[bytes, bytes]]:
         info = _tcp_info(pkt)
@@ -326,7 +365,7 @@ class TcpCoalescer:
         if (self._pkts and not self._closed and seq == self._next_seq and key == self._key
                 and plen <= self._mss and l4 + thl + self._len + plen <= MAX_SUPER):
             self._pkts.append(pkt)
-            self._acc += int.from_bytes(memoryview(pkt)[l4:], "little")
+            self._acc += int.from_bytes(pkt, "little")  # whole packet: no slice copy (see flush)
             self._next_seq = (seq + plen) & 0xFFFFFFFF
             self._len += plen
             if plen < self._mss or plen & 1 or flags & TCP_PSH or len(self._pkts) >= MAX_COALESCE:
@@ -340,7 +379,7 @@ class TcpCoalescer:
             return out
         self._key, self._version, self._l4, self._thl, self._mss = key, version, l4, thl, plen
         self._pkts = [pkt]
-        self._acc = int.from_bytes(memoryview(pkt)[l4:], "little")
+        self._acc = int.from_bytes(pkt, "little")
         self._next_seq = (seq + plen) & 0xFFFFFFFF
         self._len = plen
         self._psh = bool(flags & TCP_PSH)
@@ -358,14 +397,30 @@ class TcpCoalescer:
         version, l4, thl = self._version, self._l4, self._thl
         head = pkts[0]
         # RFC 1071: the pseudo-headers differ only in their length word (every segment but the
-        # last is mss long), so their sum is n * (addresses + protocol) + the lengths.
+        # last is mss long), so their sum is n * (addresses + protocol) + the lengths. The
+        # accumulator holds whole packets (the IP header is 20 or 40 bytes: word alignment
+        # kept). An IPv4 header with a valid checksum sums to zero, so it drops out (and a bad
+        # one fails the run, as it should). IPv6 headers match but for the payload length,
+        # which equals the TCP length the pseudo-header adds: take the rest out instead.
         v = self._acc % 0xFFFF
         n = len(pkts)
-        addrs = head[12:20] if version == 4 else head[8:40]
-        total = ((v & 0xFF) << 8 | v >> 8) + n * (_sum(addrs) + 6) + n * thl + self._len
+        v = (v & 0xFF) << 8 | v >> 8
+        if version == 4:
+            total = v + n * (_sum(head[12:20]) + 6) + n * thl + self._len
+        else:
+            total = v - n * (_sum(head[0:4]) + _sum(head[6:8])) + 6 * n
         if total % 0xFFFF:
+            # Some segment is corrupt (or, in theory, two errors cancel -- as for any
+            # per-packet Internet checksum). Find it: check each alone, drop and count only
+            # the bad ones, write the good ones unmerged (the kernel checks them again).
             self.bad_runs += 1
-            return [(ZERO_VNET_HDR, p) for p in pkts]
+            out = []
+            for p in pkts:
+                if tcp_checksum_ok(p, version, l4):
+                    out.append((ZERO_VNET_HDR, p))
+                else:
+                    self.bad_segments += 1
+            return out
         self.coalesced += n
         ip = bytearray(head[:l4])
         l4_len = thl + self._len
@@ -384,7 +439,28 @@ class TcpCoalescer:
         return [(hdr.pack(), b"".join((ip, tcp, *(memoryview(p)[start:] for p in pkts))))]
 
 
-def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
+def _key_mask(spans: tuple[tuple[int, int, int], ...]) -> int:
+    """A little-endian byte mask: ``value`` on bytes [start, end) of each span, 0 elsewhere."""
+    m = 0
+    for start, end, value in spans:
+        for i in range(start, end):
+            m |= value << (8 * i)
+    return m
+
+
+# The header bytes two segments must share to be merged, as masks over the IP + TCP header
+# read as one little-endian integer (one slice, one conversion, one AND instead of six
+# slices joined): IPv4 tos, DF/ttl/proto, addresses + ports, ack + data offset, flags but
+# PSH, urgent pointer + options; IPv6 version/class/flow label, hop limit, addresses +
+# ports, ack + data offset, flags but PSH, urgent pointer + options. Lengths, IPv4 id and
+# checksum, sequence numbers, window and TCP checksum may differ (the merged packet keeps
+# the first one's window, as the kernel's tcp_gro_receive does). The data offset is in the
+# key, so keys of different header lengths never meet.
+_KEY4 = _key_mask(((1, 2, 0xFF), (6, 10, 0xFF), (12, 24, 0xFF), (28, 33, 0xFF), (33, 34, 0xF7), (38, 60, 0xFF)))
+_KEY6 = _key_mask(((0, 4, 0xFF), (7, 44, 0xFF), (48, 53, 0xFF), (53, 54, 0xF7), (58, 80, 0xFF)))
+
+
+def _tcp_info(pkt: bytes) -> tuple[int, int, int, int, int, int, int] | None:
     """(version, L4 offset, TCP header length, match key, seq, payload length, flags) of a plain
     TCP packet that could be coalesced; None for anything else."""
     n = len(pkt)
@@ -397,19 +473,14 @@ def _tcp_info(pkt: bytes) -> tuple[int, int, int, bytes, int, int, int] | None:
         thl = (pkt[32] >> 4) * 4
         if thl < 20 or n < 20 + thl:
             return None
-        flags = pkt[33]
-        # tos, DF/ttl/proto, addresses + ports, ack + data offset, flags but PSH, urgent
-        # pointer + options; the window may move (the merged packet keeps the first one's,
-        # as the kernel's tcp_gro_receive does)
-        key = pkt[1:2] + pkt[6:10] + pkt[12:24] + pkt[28:33] + bytes((flags & 0xF7,)) + pkt[38 : 20 + thl]
-        return 4, 20, thl, key, _I.unpack_from(pkt, 24)[0], n - 20 - thl, flags
+        key = int.from_bytes(pkt[: 20 + thl], "little") & _KEY4
+        return 4, 20, thl, key, _I.unpack_from(pkt, 24)[0], n - 20 - thl, pkt[33]
     if b0 >> 4 == 6:
         if n < 60 or pkt[6] != 6 or _H.unpack_from(pkt, 4)[0] != n - 40:
             return None
         thl = (pkt[52] >> 4) * 4
         if thl < 20 or n < 40 + thl:
             return None
-        flags = pkt[53]
-        key = pkt[0:4] + pkt[7:44] + pkt[48:53] + bytes((flags & 0xF7,)) + pkt[58 : 40 + thl]
-        return 6, 40, thl, key, _I.unpack_from(pkt, 44)[0], n - 40 - thl, flags
+        key = int.from_bytes(pkt[: 40 + thl], "little") & _KEY6
+        return 6, 40, thl, key, _I.unpack_from(pkt, 44)[0], n - 40 - thl, pkt[53]
     return None

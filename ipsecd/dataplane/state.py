@@ -74,6 +74,7 @@ class Drop:
     RECV = "recv_error"
     RAW_SHORT = "raw_short"  # raw IPv4 datagram shorter than its own header
     OFFLOAD = "offload_malformed"  # a TUN read whose virtio-net header or super-segment is unusable
+    INNER_CHECKSUM = "inner_tcp_checksum"  # a decrypted TCP segment with a wrong checksum (offload.py coalescer)
     INTERNAL = "internal_error"  # a bug: logged (rate-limited), counted, never fatal
     HANDOFF = "handoff_error"  # several workers: the owner's inbox was full or gone (handoff.py)
     CONTROL_OVERFLOW = "control_overflow"  # a message did not fit the unsent control buffer

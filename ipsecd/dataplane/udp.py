@@ -29,7 +29,7 @@ import errno
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Linux constants that Python 3.11's socket module does not name (include/uapi/linux/udp.h,
 # asm-generic/socket.h, linux/in.h).
@@ -349,14 +349,46 @@ class GsoBatch:
 def send_gso(sock: socket.socket, dest: tuple[str, int], local: bytes | None, size: int, parts: list[bytes]) -> int:
     """Send a run of datagrams with one syscall (UDP GSO when more than one); returns bytes sent.
 
-    Raises OSError as ``sendmsg`` does; EAGAIN means the socket buffer is full and the
-    caller counts the run as dropped (a data plane never blocks on output).
+    The datagrams go as one scatter-gather list (no joined copy: a UDP sendmsg is one
+    datagram whatever its iovec count, and with ``UDP_SEGMENT`` the kernel cuts that at
+    ``size``). Raises OSError as ``sendmsg`` does; EAGAIN means the socket buffer is full
+    and the caller counts the run as dropped (a data plane never blocks on output).
     """
     cmsgs = [] if local is None else [pktinfo_cmsg(local)]
-    if len(parts) == 1:
-        return sock.sendmsg(parts, cmsgs, 0, dest)
-    cmsgs.append(gso_cmsg(size))
-    return sock.sendmsg([b"".join(parts)], cmsgs, 0, dest)
+    if len(parts) > 1:
+        cmsgs.append(gso_cmsg(size))
+    return sock.sendmsg(parts, cmsgs, 0, dest)
+
+
+# Why the kernel refuses a UDP_SEGMENT send (net/ipv4/udp.c udp_send_skb, ip_output.c):
+# EINVAL for more than UDP_MAX_SEGMENTS segments or a socket without UDP checksums
+# (SO_NO_CHECK); EINVAL or EMSGSIZE (seen here) when a segment plus headers exceeds the
+# route's MTU -- a single datagram is then fragmented instead, DF being off; EIO when the
+# route cannot offload the checksum (an XFRM route, UDP-Lite). Each holds for the
+# destination until routes change.
+GSO_REFUSED_ERRNOS = (errno.EINVAL, errno.EMSGSIZE, errno.EIO)
+GSO_MEMORY_MAX = 4096  # destinations remembered (bounded: forgotten all at once when full)
+
+
+@dataclass(slots=True)
+class GsoRefusals:
+    """Where the kernel refused UDP GSO: destination -> the smallest refused segment size
+    (0: every size). Runs there with a segment that large are sent one datagram per
+    ``sendmsg`` without asking again, for the worker's lifetime (a route's MTU rarely grows
+    back; the cost of being wrong is the pre-GSO speed, never a lost packet); smaller
+    segments (e.g. a lower tunnel MTU) still try."""
+
+    limit: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def allows(self, dest: tuple[str, int], size: int) -> bool:
+        lim = self.limit.get(dest)
+        return lim is None or size < lim
+
+    def refused(self, dest: tuple[str, int], size: int, err: int | None) -> None:
+        if len(self.limit) >= GSO_MEMORY_MAX and dest not in self.limit:
+            self.limit.clear()
+        size = 0 if err == errno.EIO else size
+        self.limit[dest] = min(size, self.limit.get(dest, size))
 
 
 def send_keepalive(sock: socket.socket, dest: tuple[str, int]) -> None:

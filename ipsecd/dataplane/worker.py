@@ -66,10 +66,12 @@ from ipsecd.dataplane.state import (
     is_tcp_syn,
 )
 from ipsecd.dataplane.udp import (
+    GSO_REFUSED_ERRNOS,
     RECV_CMSG_SPACE,
     SOL_UDP,
     UDP_GRO,
     GsoBatch,
+    GsoRefusals,
     local_address,
     pktinfo_cmsg,
     send_gso,
@@ -672,9 +674,12 @@ class VnetTun:
         self.writev(ZERO_VNET_HDR, pkt)
 
     def flush(self) -> None:
-        for hdr, out in self.coalescer.flush():
+        co = self.coalescer
+        for hdr, out in co.flush():
             self.writev(hdr, out)
-        self._stats["tun_tx_coalesced"] = self.coalescer.coalesced
+        self._stats["tun_tx_coalesced"] = co.coalesced
+        if co.bad_segments:
+            self._drops[Drop.INNER_CHECKSUM] = co.bad_segments
 
     def writev(self, hdr: bytes, pkt: bytes) -> None:
         try:
@@ -691,6 +696,7 @@ class EspSender:
         self.state = state
         self.batch = GsoBatch()
         self.sock: socket.socket | None = None  # the socket of the pending run
+        self.refusals = GsoRefusals()  # destinations where the kernel said no to UDP GSO
         self._rl = rl
 
     def _count(self, name: str, n: int = 1, *, drop: bool = False) -> None:
@@ -713,17 +719,18 @@ class EspSender:
         if run is None or sock is None:
             return
         dest, local, size, parts = run
-        gso = self.state.config.gso and len(parts) > 1
+        gso = self.state.config.gso and len(parts) > 1 and self.refusals.allows(dest, size)
         try:
             if gso:
                 try:
                     send_gso(sock, dest, local, size, parts)
                 except OSError as e:
-                    if e.errno != errno.EINVAL:
+                    if e.errno not in GSO_REFUSED_ERRNOS:
                         raise
-                    # The kernel refuses GSO when a segment plus headers exceeds the path MTU
-                    # (possible with a hand-set TUN MTU); one datagram each still works.
+                    # The kernel refuses GSO for this destination (udp.py GsoRefusals): send
+                    # this run one datagram each and remember, so later runs do not ask again.
                     gso = False
+                    self.refusals.refused(dest, size, e.errno)
                     self._count("udp_gso_refused")
                     self._send_each(sock, dest, local, parts)
             else:
