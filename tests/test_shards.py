@@ -16,7 +16,7 @@ from ipsecd.dataplane.channel import DataPlaneError
 from ipsecd.dataplane.ike_steering import attach_reuseport_program, ike_steering_program, run_program
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.shard import FLAG_INITIATOR, Shard, init_hash, shard_of_message, shard_of_spi
-from ipsecd.shell.shards import RelayedDataPlane, ShardLink, dataplane_handlers, merge_counts
+from ipsecd.shell.shards import ShardLink, merge_counts
 
 MARKER = bytes(4)
 
@@ -246,52 +246,6 @@ def test_link_calls_both_ways_and_fails_pending_calls_on_close() -> None:
         b.close()
 
     asyncio.run(main())
-
-
-def test_relayed_install_reaches_the_primary_dataplane_intact() -> None:
-    """A shard's install crosses the link as the worker protocol encodes it and arrives equal."""
-    from ipaddress import ip_network
-
-    from ipsecd.dataplane import messages as m
-    from ipsecd.esp.spd import Action, Policy, Selector
-
-    calls: list[tuple[str, tuple[object, ...]]] = []
-
-    class FakeDataPlane:
-        async def install_child_sa(self, *args: object) -> int:
-            calls.append(("install_child_sa", args))
-            return 1380
-
-        async def delete_child_sa(self, *args: object) -> None:
-            calls.append(("delete_child_sa", args))
-
-    from tests.test_esp_sa import params
-
-    sa_in = params(spi=0x01020304, encap=True)
-    sa_out = params(spi=0x05060708, encr_key=bytes(range(20)), encap=True)
-    pol = Policy(Selector.from_prefix("10.1.0.0/24"), Selector.from_prefix("10.2.0.0/24"), Action.PROTECT, sa_ref=7)
-
-    async def main() -> None:
-        one, two = socket.socketpair()
-        fake = FakeDataPlane()
-        primary = ShardLink(one, dataplane_handlers(lambda: fake), "shard 1")
-        shard = ShardLink(two, {}, "the primary")
-        await primary.start()
-        await shard.start()
-        relay = RelayedDataPlane(shard)
-        mtu = await relay.install_child_sa(sa_in, sa_out, 7, [pol], True, m.Lifetime(), None,
-                                           (ip_network("10.1.0.0/16"),))
-        await relay.delete_child_sa(7, (0x01020304,))
-        primary.close()
-        shard.close()
-        assert mtu == 1380
-
-    asyncio.run(main())
-    (name, args), (name2, args2) = calls
-    assert name == "install_child_sa" and args[0] == sa_in and args[1] == sa_out and args[2] == 7
-    assert tuple(args[3]) == (pol,) and args[4] is True and args[6] is None  # type: ignore[arg-type]
-    assert args[7] == (ip_network("10.1.0.0/16"),)
-    assert (name2, args2) == ("delete_child_sa", (7, (0x01020304,)))
 
 
 def _free_port() -> int:

@@ -59,7 +59,36 @@ PMTU_TTL = 60.0  # seconds a peer's path MTU is reused before it is looked up ag
 PREFSRC_TTL = 10.0  # seconds a route source found for some local selectors is reused
 CACHE_MAX = 4096  # entries per cache (peers, selector sets): past it the cache starts over
 
-__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions"]
+__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions", "cached", "counters_view"]
+
+
+async def cached(netconf: NetConf, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
+                 fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in ``netconf``'s netlink thread, its answer reused for ``ttl`` seconds: a
+    storm's concurrent installs share one lookup instead of each making its own."""
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        fut = asyncio.ensure_future(netconf.run(fn, *args))
+        hit = cache[key] = (now + ttl, fut)
+    if hit[1].done():  # the common case: no shield, no await
+        return hit[1].result()
+    return await asyncio.shield(hit[1])
+
+
+def counters_view(reply: m.Counters) -> dict[str, Any]:
+    """The worker's ``Counters`` as ``DataPlane.counters()`` returns them (see there)."""
+    sas: dict[str, Any] = {}
+    for s in reply.sas:
+        key = f"{s.spi:08x}"
+        if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
+            key += f"-{s.direction}"
+        sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
+                    "drops": dict(s.drops), "seq": s.seq}
+    return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
+                                   "stats": dict(reply.stats)}}
 
 @dataclass(frozen=True)
 class DataPlaneOptions:
@@ -111,6 +140,10 @@ class DataPlane:
     pid: int | None = field(init=False, default=None)
     steering: dict[str, int] = field(init=False, default_factory=dict)  # listen address -> IKE socket index
     offloads: int = field(init=False, default=0)  # TUN_F_* flags the kernel accepted
+    # IKE shards past the first: before start(), how many; after, one control socket each (the worker's
+    # other end), for the daemon to hand to its shards (shell/shard_dataplane.py)
+    shard_links: int = field(init=False, default=0)
+    shard_sockets: list[socket.socket] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.options = DataPlaneOptions.from_settings(self.settings)
@@ -158,12 +191,16 @@ class DataPlane:
                 await self.netconf.run(self.netconf.install_rules)
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             socks.append(theirs)
+            shards = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(self.shard_links)]
+            self.shard_sockets = [a for a, _ in shards]
+            socks += [b for _, b in shards]
             ours.setblocking(False)
             argv = [o.python, "-m", "ipsecd.dataplane.worker", "--control", str(theirs.fileno()),
                     "--tun", str(tun_fd), "--log-level", o.worker_log_level]
             argv += [a for s in udp for a in ("--udp", str(s.fileno()))]
             argv += [a for s in raw for a in ("--raw", str(s.fileno()))]
             argv += [a for s in ah for a in ("--ah", str(s.fileno()))]
+            argv += [a for _, s in shards for a in ("--shard-control", str(s.fileno()))]
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
             self._proc = await asyncio.create_subprocess_exec(
@@ -171,7 +208,7 @@ class DataPlane:
             )
             self.pid = self._proc.pid
         except BaseException:
-            for s in socks:
+            for s in socks + self.shard_sockets:
                 s.close()
             for fd in fds:
                 os.close(fd)
@@ -315,13 +352,22 @@ class DataPlane:
         # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
         link = max(mtu, IPV6_MIN_MTU)
         if o.mtu is None and outbound is not None and link != self._link_mtu:
-            self._link_mtu = link
-            await self.netconf.run(self.netconf.set_mtu, link)
+            await self.set_link_mtu(link)
         if route_via_tun and o.policy_routing:
             mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
             src = await self._prefsrc(mine)
             await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
         return mtu
+
+    async def set_link_mtu(self, link: int) -> None:
+        """The TUN's MTU follows the last Child SA installed (ours, or an IKE shard's)."""
+        if link != self._link_mtu:
+            self._link_mtu = link
+            await self.netconf.run(self.netconf.set_mtu, link)
+
+    @property
+    def link_mtu(self) -> int:
+        return self._link_mtu
 
     async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
         """Write the routes a claim needs (usually none); if that fails, the next claim of those
@@ -335,7 +381,7 @@ class DataPlane:
             raise
 
     async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
-        return await self._cached(self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
+        return await cached(self.netconf, self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
 
     async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
         """Per IP version, a local address inside the policies' local selectors (route source)."""
@@ -343,23 +389,9 @@ class DataPlane:
         for version in (4, 6):
             sels = tuple(p.local for p in policies if p.local.version == version)
             if sels:
-                out[version] = await self._cached(self._srcs, sels, PREFSRC_TTL, self.netconf.local_address_in, sels)
+                out[version] = await cached(self.netconf, self._srcs, sels, PREFSRC_TTL,
+                                            self.netconf.local_address_in, sels)
         return out
-
-    async def _cached(self, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
-                      fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in the netlink thread, its answer reused for ``ttl`` seconds: a storm's
-        concurrent installs share one lookup instead of each making its own."""
-        now = time.monotonic()
-        hit = cache.get(key)
-        if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
-            if len(cache) >= CACHE_MAX:
-                cache.clear()
-            fut = asyncio.ensure_future(self.netconf.run(fn, *args))
-            hit = cache[key] = (now + ttl, fut)
-        if hit[1].done():  # the common case: no shield, no await
-            return hit[1].result()
-        return await asyncio.shield(hit[1])
 
     async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
         """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
@@ -442,15 +474,7 @@ class DataPlane:
         """
         reply = await self._request(lambda i: m.GetCounters(id=i))
         assert isinstance(reply, m.Counters)
-        sas: dict[str, Any] = {}
-        for s in reply.sas:
-            key = f"{s.spi:08x}"
-            if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
-                key += f"-{s.direction}"
-            sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
-                        "drops": dict(s.drops), "seq": s.seq}
-        return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
-                                       "stats": dict(reply.stats)}}
+        return counters_view(reply)
 
     # ------------------------------------------------------------------ events
     def on_event(self, callback: Callable[[m.Event], None]) -> None:
