@@ -9,19 +9,19 @@ The processes (docs/architecture.md):
   other shards with their sockets and one link each;
 * each **shard** k >= 1 runs an IkeManager of its own (its SAs, timers, cookies and front door)
   on its own sockets; the kernel hands it the datagrams of its SPIs (ike/shard.py,
-  dataplane/ike_steering.py). It installs Child SAs through the primary (``RelayedDataPlane``):
-  one worker, one netlink owner for the routes, so two processes never race on a route;
-  the relay is one JSON line per job on a local socketpair, the same jobs a DataPlane does.
+  dataplane/ike_steering.py). It installs Child SAs on a control link of its own to the one
+  worker (shell/shard_dataplane.py): the primary created that socketpair when it started the
+  worker, so an install is encoded once and never passes through the primary.
 
-Why the primary relays rather than every shard talking to the worker: the worker's control
-channel, its routes and its trap table have one owner today (dataplane/client.py); a relay
-keeps that, costs one local hop per install (~0.1 ms, against the ~1 ms of a handshake), and
-the worker's events are routed back by reqid (reqids carry their shard).
+What keeps one owner, the primary, and is asked for over the link below: routes (one netlink
+owner, so two processes never race on a prefix; a shard asks only when a prefix is new to it
+or none of its SAs needs it any more), the TUN's MTU, traps. The worker's events reach the
+primary, which forwards a shard's by reqid (reqids carry their shard).
 
 Pools: refused with more than one shard for now (config.py): a lease must be decided in one
 place, and the engine asks its pool synchronously.
 
-The link is symmetric: a shard asks the primary to install; the primary asks the shards for
+The link is symmetric: a shard asks the primary for routes; the primary asks the shards for
 their SAs and counters (``ipsecctl list-sas``/``stats`` aggregate), to terminate, to reload.
 """
 
