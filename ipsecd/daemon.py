@@ -80,7 +80,7 @@ class Daemon:
         self._worker_sock = worker
         self.shards: ShardHub | None = None  # the primary's handle on the other shards
         self._argv: list[str] = []
-        self.pools = open_pools(config)
+        self.pools = open_pools(config, self.shard)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
                              now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
                              front_door=config.settings.front_door, shard=self.shard)
@@ -229,9 +229,12 @@ class Daemon:
         async def counters() -> dict[str, Any]:
             return h.counters()
 
+        async def list_pools(leases: bool, name: str | None) -> list[dict[str, Any]]:
+            return self.pools.describe(leases=leases, name=name)
+
         return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
                 "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop,
-                "counters": counters}
+                "counters": counters, "list_pools": list_pools}
 
     def _on_dataplane_event(self, ev: object) -> None:
         if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None
@@ -367,11 +370,12 @@ class Daemon:
         self.pools.update(pool_specs(new))
 
 
-def open_pools(config: Config) -> PoolManager:
+def open_pools(config: Config, shard: Shard) -> PoolManager:
     """The pool manager of the virtual IPs; the lease file is opened only when pools are configured
-    (raises ConfigError when it cannot be: leases that would silently not persist are refused)."""
+    (raises ConfigError when it cannot be: leases that would silently not persist are refused).
+    An IKE shard leases its own share of every pool (pools.py), in the same file."""
     store = SqliteLeaseStore(config.settings.lease_db) if config.pools else MemoryLeaseStore()
-    return PoolManager(pool_specs(config), store)
+    return PoolManager(pool_specs(config), store, share=(shard.index, shard.count))
 def _check_credentials(config: Config) -> tuple[list[str], list[str], list[str]]:
     """--check-config: (errors, warnings, notes) about settings.credentials for this configuration."""
     _store, report = load_credentials(config, datetime.now(UTC), check_only=True)

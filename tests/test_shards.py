@@ -197,10 +197,13 @@ def test_ike_shards_key(tmp_path: Path) -> None:
     for bad in ("0", "17", "two", "-1"):
         out = errors(tmp_path, f"settings:\n  ike_shards: {bad}\n" + plain)
         assert len(out) == 1 and "settings.ike_shards" in out[0] and "1 to 16" in out[0], out
-    # pools with more than one shard: refused, naming the pools section
+    # pools with more than one shard: every shard leases its share (pools.py), so each pool needs
+    # an address per shard
     sharded = GATEWAY.replace("pools:\n", "settings:\n  ike_shards: 2\npools:\n", 1)
-    out = errors(tmp_path, sharded)
-    assert len(out) == 1 and "pools are not implemented with settings.ike_shards above 1" in out[0], out
+    assert load_config(write(tmp_path, sharded)).settings.ike_shards == 2
+    tiny = sharded.replace("addrs: 10.3.0.0/24", "addrs: 10.3.0.7/32")
+    out = errors(tmp_path, tiny)
+    assert len(out) == 1 and "pools.rw4" in out[0] and "at least 2 addresses" in out[0], out
 
 
 # ---------------------------------------------------------------- aggregation and the link

@@ -37,7 +37,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +370,24 @@ class ShardHub:
                         s.proc.kill()
         for s in self.shards:
             s.link.close()
+
+
+def merge_pools(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``list-pools`` across shards: every shard leases its own share of each pool (pools.py),
+    so a pool's online and offline counts add up and its leases are every shard's."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for entry in part:
+            have = out.get(entry["name"])
+            if have is None:
+                out[entry["name"]] = dict(entry)
+                continue
+            have["online"] += entry["online"]
+            have["offline"] += entry["offline"]
+            if "leases" in have:
+                have["leases"] = sorted(have["leases"] + entry.get("leases", []),
+                                        key=lambda lease: ip_address(lease["address"]))
+    return list(out.values())
 
 
 def merge_counts(parts: list[Any]) -> Any:
