@@ -874,8 +874,9 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
             # what one SA costs the machine: every responder process and the whole generator
             lines.append(f"    machine CPU ms/SA    "
                          f"{_mmm([s.cpu_ms_per_sa() + s.generator_ms_per_sa() for s in ss], '.3f')}")
-            for title, key in (("machine", "cpu"), (f"cpu{INITIATOR_CPU} (init.)", f"cpu{INITIATOR_CPU}"),
-                               (f"cpu{RESPONDER_CPU} (resp.)", f"cpu{RESPONDER_CPU}")):
+            tags = (" (init.)", " (resp.)") if placement == "split" else ("", "")
+            for title, key in (("machine", "cpu"), (f"cpu{INITIATOR_CPU}{tags[0]}", f"cpu{INITIATOR_CPU}"),
+                               (f"cpu{RESPONDER_CPU}{tags[1]}", f"cpu{RESPONDER_CPU}")):
                 lines.append(f"    idle % {title:<13} {_mmm([100 * s.idle.get(key, 0) for s in ss], '.0f')}")
             med[n] = {"rate": _median([s.rate for s in ss]), "cpu": _median([s.cpu_ms_per_sa() for s in ss]),
                       "p99": _median([s.pct(0.99) for s in ss]), "kib": _median([s.kib_per_tunnel() for s in ss])}
