@@ -739,7 +739,8 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     seen, retx0 = set(watch.initiated), watch.retransmits
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     init_cpu0, harness0, sys0 = cpu_seconds(init.pid), cpu_seconds(os.getpid()), cpu_times()
-    prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and resp.name == "ipsecd" else None
+    ours = resp.name in ("ipsecd", SHARDED)
+    prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and ours else None
     if prof:
         prof.start(pids)
     try:
