@@ -664,11 +664,11 @@ class ControlLinks:
             log.error("bad control message: %s", e)
             src.send(m.WorkerError(f"bad control message: {e}", fatal=True))
             msgs = None
-        if msgs is None:
-            if link is None:
+        else:
+            if msgs is None and link is None:
                 log.info("control socket closed: worker exits")
-            else:
-                self._drop(link)
+        if msgs is None and link is not None:
+            self._drop(link)
         return msgs
 
     def _drop(self, link: ControlLink) -> None:
