@@ -59,7 +59,7 @@ PMTU_TTL = 60.0  # seconds a peer's path MTU is reused before it is looked up ag
 PREFSRC_TTL = 10.0  # seconds a route source found for some local selectors is reused
 CACHE_MAX = 4096  # entries per cache (peers, selector sets): past it the cache starts over
 
-__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions", "cached", "counters_view"]
+__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions", "SaJobs"]
 
 
 async def cached(netconf: NetConf, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
@@ -77,18 +77,6 @@ async def cached(netconf: NetConf, cache: dict[Any, tuple[float, asyncio.Future[
         return hit[1].result()
     return await asyncio.shield(hit[1])
 
-
-def counters_view(reply: m.Counters) -> dict[str, Any]:
-    """The worker's ``Counters`` as ``DataPlane.counters()`` returns them (see there)."""
-    sas: dict[str, Any] = {}
-    for s in reply.sas:
-        key = f"{s.spi:08x}"
-        if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
-            key += f"-{s.direction}"
-        sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
-                    "drops": dict(s.drops), "seq": s.seq}
-    return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
-                                   "stats": dict(reply.stats)}}
 
 @dataclass(frozen=True)
 class DataPlaneOptions:
@@ -129,8 +117,162 @@ class DataPlaneOptions:
         return cls(**kwargs)
 
 
+class SaJobs:
+    """The Child SA jobs on a control link to the worker: the daemon's ``DataPlane`` and an IKE
+    shard's (shell/shard_dataplane.py) share them. What differs is the link (``_request``) and
+    who writes what has one owner: the TUN's MTU (``set_link_mtu``) and the routes
+    (``_put_routes``, ``_delete_routes``); the daemon does both itself, a shard asks it."""
+
+    options: DataPlaneOptions
+    netconf: NetConf  # route claims in memory; its netlink thread for lookups (path MTU, route source)
+    _mtus: dict[int, int]  # reqid -> inner MTU of its installed Child SA
+    _link_mtu: int
+    # netlink answers kept a while: peer -> path MTU, local selectors -> route source
+    _pmtu: dict[IPv4Address | IPv6Address, tuple[float, asyncio.Future[int]]]
+    _srcs: dict[tuple[Selector, ...], tuple[float, asyncio.Future[IPv4Address | IPv6Address | None]]]
+
+    async def _request(self, build: Callable[[int], m.Message]) -> m.Message:
+        raise NotImplementedError
+
+    async def set_link_mtu(self, link: int) -> None:
+        raise NotImplementedError
+
+    async def _put_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs; raising fails the Child SA (IKE deletes it)."""
+        raise NotImplementedError
+
+    async def _delete_routes(self, gone: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def install_child_sa(
+        self,
+        inbound: SaParams | None,
+        outbound: SaParams | None,
+        reqid: int,
+        policies: list[Policy] | tuple[Policy, ...],
+        route_via_tun: bool = True,
+        lifetime: m.Lifetime | None = None,
+        mss_clamp: int | None = 0,
+        route_cover: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> int:
+        """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
+
+        Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
+        user (route-based VPN: point routes at the TUN yourself; the policies still decide).
+        ``route_cover``: prefixes whose one route may serve the SA's remote selectors (a pool's,
+        for a virtual IP), so a login storm adds no route per client.
+        """
+        o = self.options
+        mtu = o.mtu or DEFAULT_TUN_MTU
+        if outbound is not None:
+            pmtu = o.path_mtu
+            if pmtu is None:
+                # with the worker's mark: the route its ESP takes, never our own TUN routes
+                pmtu = await self._path_mtu(outbound.remote_addr)
+            mtu = tun_mtu(outbound, pmtu)
+            if o.mtu:
+                mtu = min(mtu, o.mtu)
+        await self._request(
+            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
+                                  mss_clamp, id=i)
+        )
+        self._mtus[reqid] = mtu
+        # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
+        # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
+        link = max(mtu, IPV6_MIN_MTU)
+        if o.mtu is None and outbound is not None and link != self._link_mtu:
+            await self.set_link_mtu(link)
+        if route_via_tun and o.policy_routing:
+            mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
+            src = await self._prefsrc(mine)
+            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
+        return mtu
+
+    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs (usually none: a route that already serves just gains
+        an owner); if that fails, the next claim of those prefixes writes them again, and the
+        caller's SA fails (IKE deletes it)."""
+        if not writes:
+            return
+        try:
+            await self._put_routes(writes)
+        except Exception:
+            self.netconf.unclaim_writes(writes)
+            raise
+
+    async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
+        return await cached(self.netconf, self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
+
+    async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
+        """Per IP version, a local address inside the policies' local selectors (route source)."""
+        out: dict[int, IPv4Address | IPv6Address | None] = {}
+        for version in (4, 6):
+            sels = tuple(p.local for p in policies if p.local.version == version)
+            if sels:
+                out[version] = await cached(self.netconf, self._srcs, sels, PREFSRC_TTL,
+                                            self.netconf.local_address_in, sels)
+        return out
+
+    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
+        """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+        await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
+
+    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
+                               mss_clamp: int | None = 0) -> None:
+        """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+        await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
+                                                  mss_clamp, id=i))
+
+    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
+        """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
+        await self._request(lambda i: m.DeleteSa(None, spis, policies=False, id=i))
+
+    async def update_sa_peer(
+        self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
+        local_addr: IPv4Address | IPv6Address | str | None = None,
+    ) -> None:
+        """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
+        ra = ip_address(remote_addr)
+        la = ip_address(local_addr) if local_addr is not None else None
+        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i))
+
+    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
+        """Remove the SAs and policies of ``reqid`` and the routes only it used."""
+        await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+        self._mtus.pop(reqid, None)
+        gone = self.netconf.release_routes(reqid)
+        if gone:
+            await self._delete_routes(gone)
+
+    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
+                            interval: float = 20.0) -> None:
+        """NAT keepalives from our 4500 socket to ``peer`` (RFC 3948 2.3); interval 0 stops them."""
+        addr = ip_address(peer)
+        await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
+
+    async def counters(self) -> dict[str, Any]:
+        """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
+
+        ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
+        "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
+        """
+        reply = await self._request(lambda i: m.GetCounters(id=i))
+        assert isinstance(reply, m.Counters)
+        sas: dict[str, Any] = {}
+        for s in reply.sas:
+            key = f"{s.spi:08x}"
+            if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
+                key += f"-{s.direction}"
+            sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
+                        "drops": dict(s.drops), "seq": s.seq}
+        return {"sas": sas, "global": {"drops": dict(reply.drops), "drops_total": sum(reply.drops.values()),
+                                       "stats": dict(reply.stats)}}
+
+
 @dataclass
-class DataPlane:
+class DataPlane(SaJobs):
     """Asyncio front of one data-plane worker (see module docstring)."""
 
     settings: object | None = None
@@ -315,50 +457,6 @@ class DataPlane:
         self._srcs.clear()
 
     # ------------------------------------------------------------------ SAs and policies
-    async def install_child_sa(
-        self,
-        inbound: SaParams | None,
-        outbound: SaParams | None,
-        reqid: int,
-        policies: list[Policy] | tuple[Policy, ...],
-        route_via_tun: bool = True,
-        lifetime: m.Lifetime | None = None,
-        mss_clamp: int | None = 0,
-        route_cover: tuple[IPv4Network | IPv6Network, ...] = (),
-    ) -> int:
-        """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
-
-        Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
-        user (route-based VPN: point routes at the TUN yourself; the policies still decide).
-        ``route_cover``: prefixes whose one route may serve the SA's remote selectors (a pool's,
-        for a virtual IP), so a login storm adds no route per client.
-        """
-        o = self.options
-        mtu = o.mtu or DEFAULT_TUN_MTU
-        if outbound is not None:
-            pmtu = o.path_mtu
-            if pmtu is None:
-                # with the worker's mark: the route its ESP takes, never our own TUN routes
-                pmtu = await self._path_mtu(outbound.remote_addr)
-            mtu = tun_mtu(outbound, pmtu)
-            if o.mtu:
-                mtu = min(mtu, o.mtu)
-        await self._request(
-            lambda i: m.InstallSa(reqid, inbound, outbound, tuple(policies), mtu, lifetime or m.Lifetime(),
-                                  mss_clamp, id=i)
-        )
-        self._mtus[reqid] = mtu
-        # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
-        # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
-        link = max(mtu, IPV6_MIN_MTU)
-        if o.mtu is None and outbound is not None and link != self._link_mtu:
-            await self.set_link_mtu(link)
-        if route_via_tun and o.policy_routing:
-            mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
-            src = await self._prefsrc(mine)
-            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
-        return mtu
-
     async def set_link_mtu(self, link: int) -> None:
         """The TUN's MTU follows the last Child SA installed (ours, or an IKE shard's)."""
         if link != self._link_mtu:
@@ -369,62 +467,11 @@ class DataPlane:
     def link_mtu(self) -> int:
         return self._link_mtu
 
-    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
-        """Write the routes a claim needs (usually none); if that fails, the next claim of those
-        prefixes writes them again, and the caller's SA fails (IKE deletes it)."""
-        if not writes:
-            return
-        try:
-            await self.netconf.run(self.netconf.write_routes, writes)
-        except Exception:
-            self.netconf.unclaim_writes(writes)
-            raise
+    async def _put_routes(self, writes: list[dict[str, Any]]) -> None:
+        await self.netconf.run(self.netconf.write_routes, writes)
 
-    async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
-        return await cached(self.netconf, self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
-
-    async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
-        """Per IP version, a local address inside the policies' local selectors (route source)."""
-        out: dict[int, IPv4Address | IPv6Address | None] = {}
-        for version in (4, 6):
-            sels = tuple(p.local for p in policies if p.local.version == version)
-            if sels:
-                out[version] = await cached(self.netconf, self._srcs, sels, PREFSRC_TTL,
-                                            self.netconf.local_address_in, sels)
-        return out
-
-    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
-        """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
-        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
-        await self._request(lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
-
-    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
-                               mss_clamp: int | None = 0) -> None:
-        """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
-        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
-        await self._request(lambda i: m.InstallSa(reqid, None, outbound, (), mtu, lifetime or m.Lifetime(),
-                                                  mss_clamp, id=i))
-
-    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
-        """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
-        await self._request(lambda i: m.DeleteSa(None, spis, policies=False, id=i))
-
-    async def update_sa_peer(
-        self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
-        local_addr: IPv4Address | IPv6Address | str | None = None,
-    ) -> None:
-        """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
-        ra = ip_address(remote_addr)
-        la = ip_address(local_addr) if local_addr is not None else None
-        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i))
-
-    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
-        """Remove the SAs and policies of ``reqid`` and the routes only it used."""
-        await self._request(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
-        self._mtus.pop(reqid, None)
-        gone = self.netconf.release_routes(reqid)
-        if gone:
-            await self.netconf.run(self.netconf.delete_routes, gone)
+    async def _delete_routes(self, gone: list[dict[str, Any]]) -> None:
+        await self.netconf.run(self.netconf.delete_routes, gone)
 
     # ------------------------------------------------------------------ traps (on-demand SAs)
     async def install_trap(self, reqid: int, policies: list[Policy] | tuple[Policy, ...],
@@ -459,22 +506,6 @@ class DataPlane:
     def traps(self) -> dict[int, tuple[Policy, ...]]:
         """The armed traps: reqid -> policies (a copy)."""
         return dict(self._traps)
-
-    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
-                            interval: float = 20.0) -> None:
-        """NAT keepalives from our 4500 socket to ``peer`` (RFC 3948 2.3); interval 0 stops them."""
-        addr = ip_address(peer)
-        await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
-
-    async def counters(self) -> dict[str, Any]:
-        """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
-
-        ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
-        "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
-        """
-        reply = await self._request(lambda i: m.GetCounters(id=i))
-        assert isinstance(reply, m.Counters)
-        return counters_view(reply)
 
     # ------------------------------------------------------------------ events
     def on_event(self, callback: Callable[[m.Event], None]) -> None:
