@@ -292,3 +292,21 @@ def test_shard_sockets_order_is_what_the_programs_assume(count: int) -> None:
         worker.close()
         for k in range(count):
             group.close_shard(k)
+
+
+def test_merge_pools_adds_up_every_shards_share() -> None:
+    from ipsecd.shell.shards import merge_pools
+
+    shard0 = [{"name": "rw4", "base": "10.3.0.1", "last": "10.3.0.6", "size": 6, "online": 1, "offline": 1,
+               "leases": [{"address": "10.3.0.3"}, {"address": "10.3.0.1"}]},
+              {"name": "rw6", "base": "fd00:3::1", "last": "fd00:3::6", "size": 6, "online": 0, "offline": 0,
+               "leases": []}]
+    shard1 = [{"name": "rw4", "base": "10.3.0.1", "last": "10.3.0.6", "size": 6, "online": 2, "offline": 0,
+               "leases": [{"address": "10.3.0.10"}, {"address": "10.3.0.2"}]},
+              {"name": "rw6", "base": "fd00:3::1", "last": "fd00:3::6", "size": 6, "online": 1, "offline": 0,
+               "leases": [{"address": "fd00:3::2"}]}]
+    rw4, rw6 = merge_pools([shard0, shard1])
+    assert (rw4["online"], rw4["offline"], rw4["size"]) == (3, 1, 6)
+    assert [x["address"] for x in rw4["leases"]] == ["10.3.0.1", "10.3.0.2", "10.3.0.3", "10.3.0.10"]
+    assert (rw6["online"], [x["address"] for x in rw6["leases"]]) == (1, ["fd00:3::2"])
+    assert merge_pools([[{"name": "p", "online": 1, "offline": 2}], []]) == [{"name": "p", "online": 1, "offline": 2}]
