@@ -1994,9 +1994,13 @@ def load_config(path: str | Path, *, proposal_validator: ProposalValidator | Non
             _check_virtual_ips(ld, connections[name], entry, top.get("pools"))
     pools_entry = top.get("pools")
     if settings.ike_shards > 1 and pools and pools_entry is not None:
-        # a lease must be decided in one place and the engine asks its pool synchronously: not yet
-        ld.error(pools_entry.value, pools_entry.path, "pools are not implemented with settings.ike_shards above 1 "
-                 "(expected ike_shards: 1, or no pools)")
+        # every shard leases its own share of each pool (pools.py): each needs at least one address
+        for pname, spec in pools.items():
+            size = int(spec.addrs[1]) - int(spec.addrs[0]) + 1
+            if size < settings.ike_shards:
+                ld.error(pools_entry.value, f"{pools_entry.path}.{pname}", f"a pool of {size} address(es) "
+                         f"cannot be shared by settings.ike_shards {settings.ike_shards} (expected at least "
+                         f"{settings.ike_shards} addresses, or fewer shards)")
     if ld.issues:
         raise ConfigValidationError(sorted(ld.issues, key=lambda i: i.line))
     return Config(

@@ -43,7 +43,6 @@ from ipsecd.shell.mobike import AddressWatch
 from ipsecd.shell.policy import ConnectionPolicy
 from ipsecd.shell.radius import RadiusService
 from ipsecd.shell.shards import (
-    RelayedDataPlane,
     ShardHub,
     ShardLink,
     ShardSockets,
@@ -69,17 +68,19 @@ class Daemon:
     """One running ipsecd: wires the engine, the sockets, the data plane and the control socket."""
 
     def __init__(self, config: Config, control_socket: str, hub: LogHub, *, dataplane: bool = True,
-                 shard: Shard | None = None, link: Any = None, sockets: Any = None) -> None:
-        """``shard``/``link``/``sockets``: an IKE shard k >= 1 started by the primary (shell/shards.py)."""
+                 shard: Shard | None = None, link: Any = None, sockets: Any = None, worker: Any = None) -> None:
+        """``shard``/``link``/``sockets``/``worker``: an IKE shard k >= 1 started by the primary
+        (shell/shards.py); ``worker``: its own control socket to the data-plane worker."""
         self.config = config
         self.want_dataplane = dataplane
         self.dataplane: Any = None
         self.shard = shard or Shard(0, config.settings.ike_shards)
         self.link: ShardLink | None = None
         self._link_sock = link
+        self._worker_sock = worker
         self.shards: ShardHub | None = None  # the primary's handle on the other shards
         self._argv: list[str] = []
-        self.pools = open_pools(config)
+        self.pools = open_pools(config, self.shard)
         manager = IkeManager([ike_settings(c, config) for c in config.connections.values()],
                              now=time.monotonic(), source_for=source_address_for, attributes=self.pools,
                              front_door=config.settings.front_door, shard=self.shard)
@@ -145,6 +146,7 @@ class Daemon:
         from ipsecd.dataplane.client import DataPlane
 
         self.dataplane = DataPlane(self.config.settings.dataplane)
+        self.dataplane.shard_links = self.shard.count - 1  # a control link to the worker for each other shard
         self.dataplane.on_event(self._on_dataplane_event)
         # IKE is already listening: a Child SA negotiated meanwhile waits for installer.ready
         self.installer.dataplane = self.policy.dataplane = self.dataplane
@@ -161,9 +163,13 @@ class Daemon:
         sockets.open_rest({fam: steering[a] == 1 for fam, a in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"))
                            if a in steering})
         self.shards = ShardHub(self.shard.count, dataplane_handlers(lambda: self.dataplane), self._shard_lost)
+        workers = self.dataplane.shard_sockets if self.dataplane is not None else []
         for k in range(1, self.shard.count):
-            await self.shards.spawn(k, sockets.of(k), self._argv)
+            worker = workers[k - 1] if len(workers) >= k else None
+            await self.shards.spawn(k, sockets.of(k), self._argv, worker)
             sockets.close_shard(k)
+            if worker is not None:
+                worker.close()
 
     def _shard_lost(self, index: int) -> None:
         if not self._stopping.is_set():
@@ -172,14 +178,22 @@ class Daemon:
             self._stopping.set()
 
     async def _run_shard(self) -> int:
-        """Shard k >= 1: IKE on the sockets the primary opened; installs go through the primary."""
+        """Shard k >= 1: IKE on the sockets the primary opened; installs on its own channel to the
+        worker, routes and the TUN's MTU through the primary (shell/shard_dataplane.py)."""
         loop = asyncio.get_running_loop()
         self.link = ShardLink(self._link_sock, self._shard_ops(), "the primary")
         self.link.on_closed = self._stopping.set
         await self.link.start()
         self.transport.start()
-        self.dataplane = RelayedDataPlane(self.link)
-        self.installer.dataplane = self.dataplane
+        if self._worker_sock is not None:  # none: the primary runs --no-dataplane
+            from ipsecd.dataplane.client import DataPlaneOptions
+            from ipsecd.shell.shard_dataplane import ShardDataPlane
+
+            self.dataplane = ShardDataPlane(self.link, self._worker_sock,
+                                            DataPlaneOptions.from_settings(self.config.settings.dataplane),
+                                            self.shard.index)
+            await self.dataplane.start()
+            self.installer.dataplane = self.dataplane
         self.installer.ready.set()
         if any(c.dpd_delay > 0 for c in self.config.connections.values()):
             self.shell.tasks.spawn(self.installer.watch_inbound_traffic(), "DPD traffic watch")
@@ -215,9 +229,12 @@ class Daemon:
         async def counters() -> dict[str, Any]:
             return h.counters()
 
+        async def list_pools(leases: bool, name: str | None) -> list[dict[str, Any]]:
+            return self.pools.describe(leases=leases, name=name)
+
         return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
                 "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop,
-                "counters": counters}
+                "counters": counters, "list_pools": list_pools}
 
     def _on_dataplane_event(self, ev: object) -> None:
         if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None
@@ -256,7 +273,7 @@ class Daemon:
         self.transport.close()
         self.radius.close()
         self.shell.close()
-        if self.dataplane is not None and self.link is None:
+        if self.dataplane is not None:
             await self.dataplane.stop()
         if self.link is not None:
             self.link.close()
@@ -353,11 +370,12 @@ class Daemon:
         self.pools.update(pool_specs(new))
 
 
-def open_pools(config: Config) -> PoolManager:
+def open_pools(config: Config, shard: Shard) -> PoolManager:
     """The pool manager of the virtual IPs; the lease file is opened only when pools are configured
-    (raises ConfigError when it cannot be: leases that would silently not persist are refused)."""
+    (raises ConfigError when it cannot be: leases that would silently not persist are refused).
+    An IKE shard leases its own share of every pool (pools.py), in the same file."""
     store = SqliteLeaseStore(config.settings.lease_db) if config.pools else MemoryLeaseStore()
-    return PoolManager(pool_specs(config), store)
+    return PoolManager(pool_specs(config), store, share=(shard.index, shard.count))
 def _check_credentials(config: Config) -> tuple[list[str], list[str], list[str]]:
     """--check-config: (errors, warnings, notes) about settings.credentials for this configuration."""
     _store, report = load_credentials(config, datetime.now(UTC), check_only=True)
@@ -379,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard-link", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--shard-sockets", default="", help=argparse.SUPPRESS)
+    p.add_argument("--shard-worker", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.check_config is not None:
@@ -425,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.shard is not None:
             index, count = (int(x) for x in args.shard.split("/"))
             daemon = Daemon(config, sock, hub, dataplane=False, shard=Shard(index, count),
-                            link=socket.socket(fileno=args.shard_link), sockets=parse_fds(args.shard_sockets))
+                            link=socket.socket(fileno=args.shard_link), sockets=parse_fds(args.shard_sockets),
+                            worker=None if args.shard_worker is None else socket.socket(fileno=args.shard_worker))
         else:
             daemon = Daemon(config, sock, hub, dataplane=not args.no_dataplane)
             # what a shard's command line repeats (shell/shards.py adds its own arguments)

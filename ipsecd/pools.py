@@ -298,12 +298,19 @@ class _Pool:
     by_identity: dict[Identity, list[int]] = field(default_factory=dict)
     offline: OrderedDict[int, None] = field(default_factory=OrderedDict)  # least recently offline first
     next_free: int = 0  # never-leased addresses start at or after this one
+    # (index, count): with IKE shards each leases only the addresses at offsets = index modulo count
+    share: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
-        self.next_free = int(self.spec.first)
+        self.next_free = int(self.spec.first) + self.share[0]
 
     def contains(self, addr: int) -> bool:
         return int(self.spec.first) <= addr <= int(self.spec.last)
+
+    def ours(self, addr: int) -> bool:
+        """This process's share of the range (another IKE shard leases the rest)."""
+        index, count = self.share
+        return (addr - int(self.spec.first)) % count == index
 
     def add(self, addr: int, rec: _Record, online: bool) -> None:
         self.leases[addr] = rec
@@ -321,11 +328,12 @@ class _Pool:
 
     def free_address(self, requested: int | None) -> int | None:
         """A never-leased address: the requested one if it is free, else the next one up."""
-        if requested is not None and self.contains(requested) and requested not in self.leases:
+        if requested is not None and self.contains(requested) and self.ours(requested) \
+                and requested not in self.leases:
             return requested
-        last = int(self.spec.last)
+        last, step = int(self.spec.last), self.share[1]
         while self.next_free <= last and self.next_free in self.leases:
-            self.next_free += 1
+            self.next_free += step
         return self.next_free if self.next_free <= last else None
 
 
@@ -336,9 +344,13 @@ class PoolManager:
     """The daemon's :class:`~ipsecd.ike.cp.AttributeProvider` (see the module docstring)."""
 
     def __init__(self, specs: Iterable[PoolSpec], store: LeaseStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, share: tuple[int, int] = (0, 1)) -> None:
+        """``share``: (index, count) of this IKE shard (``settings.ike_shards``): every shard
+        leases its own addresses of each pool (offsets = index modulo count), so each address
+        has one writer; the shards share the lease file, each reading and writing its rows."""
         self.store: LeaseStore = store if store is not None else MemoryLeaseStore()
         self.clock = clock
+        self.share = share
         self.pools: dict[str, _Pool] = {}
         self._stored = self.store.load()
         self.update(specs)
@@ -348,7 +360,7 @@ class PoolManager:
         """Take a (re)loaded pool configuration; leases inside each pool's range carry over."""
         old, self.pools = self.pools, {}
         for spec in specs:
-            pool = _Pool(spec)
+            pool = _Pool(spec, share=self.share)
             prev = old.get(spec.name)
             if prev is not None:
                 for addr, rec in prev.leases.items():
@@ -359,10 +371,10 @@ class PoolManager:
             else:
                 for row in self._stored:
                     if row.pool == spec.name and row.address.version == spec.version:
-                        if pool.contains(int(row.address)):
-                            pool.add(int(row.address), _Record(row.identity, row.updated), online=False)
-                        else:
+                        if not pool.contains(int(row.address)):
                             self.store.delete(spec.name, row.address)
+                        elif pool.ours(int(row.address)):  # else another shard's lease
+                            pool.add(int(row.address), _Record(row.identity, row.updated), online=False)
             pool.offline = OrderedDict(sorted(pool.offline.items(), key=lambda kv: pool.leases[kv[0]].updated))
             self.pools[spec.name] = pool
         self._stored = [r for r in self._stored if r.pool not in self.pools]  # a pool added back later

@@ -17,7 +17,12 @@ certificate on the fly (SHA-256, signed by a CA made for the benchmark, ``issuer
 ``issuer_key``) and signs AUTH with RFC 7427; the responder checks the chain and the
 signature, and signs with its own RSA-3072 certificate of the same CA.
 
-Namespaces A (initiator, 192.0.2.1, CPU 0) and B (responder, 192.0.2.2, CPU 1).  A run
+Namespaces A (initiator, 192.0.2.1) and B (responder, 192.0.2.2).  ``--placement`` says where
+the processes run: ``split`` (the default) pins the generator (charon + load-tester and this
+harness's request threads) to CPU 0 and the responder to CPU 1 (ipsecd-2shards: shard 1 on
+CPU 0, beside the generator); ``shared`` pins nothing, so every responder -- charon's thread
+pool, or ipsecd's shards and worker -- and the generator share both cores as the scheduler
+decides (the "same cores" comparison of issue 11: docs/performance.md says what it can show).  A run
 takes one fresh responder and one fresh initiator charon through the checkpoints
 (``--tunnels``, cumulative).  The initiator starts idle; for each stage the harness asks
 the plugin's control socket for one SA per request, ``--in-flight`` requests at a time
@@ -27,7 +32,9 @@ Responders alternate between runs (A B, B A, ...).  Per stage:
 - SAs/s: established IKE SAs over the window from the initiator log's first
   "initiating IKE_SA" to its last "established" (charon's own millisecond timestamps);
 - CPU ms per SA for each responder process: /proc/PID/stat utime+stime from just before
-  the stage to after the settle, divided by the SAs established in it;
+  the stage to after the settle, divided by the SAs established in it; the generator's
+  (the initiator charon, and this harness's request threads) over the load; "machine":
+  both added up, what one SA costs the whole machine;
 - latency p50/p99: "initiating" -> "established" per IKE SA, as the initiator logged it;
 - failed (initiated, never established), retransmissions (the initiator's log);
 - KiB per tunnel: VmRSS growth of each responder process since it was started and
@@ -77,6 +84,7 @@ RESPONDER_ID = "srv.example"
 # Every client proposes the same inner host (a stand-in for a virtual IP), the gateway a LAN.
 CLIENT_TS, CLIENT_NET, GATEWAY_TS = "10.1.0.1/32", "10.1.0.0/16", "10.2.0.0/24"
 INITIATOR_CPU, RESPONDER_CPU = 0, 1
+PLACEMENTS = ("split", "shared")  # --placement: see the module docstring
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ipsecd's front door relaxed as strongSwan's dos_protection no: every client shares one address,
@@ -145,11 +153,16 @@ def idle_shares(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, 
     return shares
 
 
-def pin(pid: int, cpu: int) -> None:
-    """Pin every thread of ``pid`` to ``cpu``; threads started later inherit it."""
+def pin(pid: int, cpu: int | set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpu`` (or a set of CPUs); threads started later inherit it."""
+    cpus = {cpu} if isinstance(cpu, int) else cpu
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), {cpu})
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def all_cpus() -> set[int]:
+    return set(range(os.cpu_count() or 1))
 
 
 def child_pids(pid: int) -> list[int]:
@@ -471,8 +484,8 @@ class LoadInitiator:
     stages (to read memory after a settle) needs the generator to be idle, not gone.
     """
 
-    def __init__(self, ns: Netns, workdir: Path, plugin: Path, conf: str) -> None:
-        self.ns, self.workdir, self.plugin = ns, workdir, plugin
+    def __init__(self, ns: Netns, workdir: Path, plugin: Path, conf: str, cpus: str = str(INITIATOR_CPU)) -> None:
+        self.ns, self.workdir, self.plugin, self.cpus = ns, workdir, plugin, cpus
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path = workdir / "strongswan.conf"
         self.log_path = workdir / "charon.log"
@@ -484,7 +497,7 @@ class LoadInitiator:
         run = self.workdir / "run"
         run.mkdir(exist_ok=True)
         # charon always writes /run/charon.pid: a private /run in ip netns exec's mount namespace.
-        cmd = (f"mount --bind {shlex.quote(str(run))} /run && exec taskset -c {INITIATOR_CPU} env "
+        cmd = (f"mount --bind {shlex.quote(str(run))} /run && exec taskset -c {self.cpus} env "
                f"STRONGSWAN_CONF={shlex.quote(str(self.conf_path))} LD_PRELOAD={shlex.quote(str(self.plugin))} "
                f"{CHARON}")
         self.proc = self.ns.popen(["bash", "-c", cmd], self.workdir / "charon.stdout")
@@ -656,6 +669,7 @@ class Stage:
     latencies_ms: list[float] = field(default_factory=list)
     idle: dict[str, float] = field(default_factory=dict)
     initiator_cpu_s: float = 0.0
+    harness_cpu_s: float = 0.0  # this process's request threads: part of the generator
     partial: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -669,6 +683,12 @@ class Stage:
 
     def initiator_ms_per_sa(self) -> float:
         return 1000 * self.initiator_cpu_s / self.established if self.established else float("nan")
+
+    def generator_ms_per_sa(self) -> float:
+        """The whole load generator: the initiator charon and the harness's request threads."""
+        if not self.established:
+            return float("nan")
+        return 1000 * (self.initiator_cpu_s + self.harness_cpu_s) / self.established
 
     def kib_per_tunnel(self, proc: str | None = None) -> float:
         total = self.rss_growth_kib.get(proc, 0) if proc else sum(self.rss_growth_kib.values())
@@ -688,7 +708,8 @@ class Stage:
                 f"({self.children} Child SAs), {self.rate:.1f} SAs/s, CPU ms/SA {cpu} (total "
                 f"{self.cpu_ms_per_sa():.2f}), p50 {self.pct(0.5):.0f} ms p99 {self.pct(0.99):.0f} ms, "
                 f"failed {self.failed}, retransmits {self.retransmits}, KiB/tunnel {kib}, "
-                f"initiator {self.initiator_ms_per_sa():.2f} ms/SA, "
+                f"initiator {self.initiator_ms_per_sa():.2f} ms/SA (+ harness "
+                f"{self.generator_ms_per_sa() - self.initiator_ms_per_sa():.2f}), "
                 f"idle {100 * self.idle.get('cpu', 0):.0f}% (cpu{INITIATOR_CPU} "
                 f"{100 * self.idle.get(f'cpu{INITIATOR_CPU}', 0):.0f}%, cpu{RESPONDER_CPU} "
                 f"{100 * self.idle.get(f'cpu{RESPONDER_CPU}', 0):.0f}%){part}")
@@ -706,6 +727,7 @@ class Bench:
     settle: float = 3.0
     profile_dir: Path | None = None
     profiles: list[str] = field(default_factory=list)
+    placement: str = "split"  # PLACEMENTS
 
 
 def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, run: int, index: int,
@@ -716,8 +738,9 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     watch.update()
     seen, retx0 = set(watch.initiated), watch.retransmits
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-    init_cpu0, sys0 = cpu_seconds(init.pid), cpu_times()
-    prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and resp.name == "ipsecd" else None
+    init_cpu0, harness0, sys0 = cpu_seconds(init.pid), cpu_seconds(os.getpid()), cpu_times()
+    ours = resp.name in ("ipsecd", SHARDED)
+    prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and ours else None
     if prof:
         prof.start(pids)
     try:
@@ -725,6 +748,7 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
         # Idle shares over the load itself, not the settle: they say who was the bottleneck.
         st.idle = idle_shares(sys0, cpu_times())
         st.initiator_cpu_s = cpu_seconds(init.pid) - init_cpu0
+        st.harness_cpu_s = cpu_seconds(os.getpid()) - harness0
     finally:
         if prof:
             b.profiles += [summarize_profile(f) for f in prof.stop().values() if f.exists()]
@@ -757,12 +781,14 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                            IpsecdResponder(topo, workdir / "resp", b.psk, b.pki, shards=2 if name == SHARDED else 1))
         conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
                               psk=b.psk, tag=f"r{run}", in_flight=b.in_flight, pki=b.pki)
-        init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf)
+        shared = b.placement == "shared"
+        init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf,
+                             ",".join(map(str, sorted(all_cpus()))) if shared else str(INITIATOR_CPU))
         watch = LogWatch(init.log_path)
         try:
             resp.start()
-            for proc, pid in resp.pids().items():
-                pin(pid, INITIATOR_CPU if proc.startswith("shard") else RESPONDER_CPU)
+            for proc, pid in resp.pids().items():  # shared: undo the CPU 0 they inherit from us
+                pin(pid, all_cpus() if shared else INITIATOR_CPU if proc.startswith("shard") else RESPONDER_CPU)
             init.start()
             time.sleep(b.settle)
             base = {k: rss_kib(p) for k, p in resp.pids().items()}
@@ -807,11 +833,13 @@ def _median(values: list[float]) -> float | None:
 
 
 def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[str], in_flight: int,
-           auth: str = "psk") -> str:
+           auth: str = "psk", placement: str = "split") -> str:
     how = "certificates (RSA-3072, RFC 7427) both ways" if auth == "pubkey" else "PSK"
+    where = (f"initiator on CPU {INITIATOR_CPU}, responder on CPU {RESPONDER_CPU} (ipsecd-2shards: shard 1 on CPU "
+             f"{INITIATOR_CPU})" if placement == "split" else
+             "nothing pinned: generator and responder share every core")
     lines = [f"handshake load ({how}): strongSwan load-tester -> responder, {runs} run(s) per responder, alternating; "
-             f"{in_flight} handshakes in flight; initiator on CPU {INITIATOR_CPU}, responder on CPU "
-             f"{RESPONDER_CPU}; values min / median / max over runs", ""]
+             f"{in_flight} handshakes in flight; {where}; values min / median / max over runs", ""]
     names = [n for n in KNOWN if any(s.responder == n for s in stages)]
     prev = 0
     for cp in checkpoints:
@@ -843,8 +871,13 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
             if len(procs) > 1:
                 lines.append(f"    KiB/tunnel total     {_mmm([s.kib_per_tunnel() for s in ss], '.1f')}")
             lines.append(f"    initiator CPU ms/SA  {_mmm([s.initiator_ms_per_sa() for s in ss], '.3f')}")
-            for title, key in (("machine", "cpu"), ("initiator cpu", f"cpu{INITIATOR_CPU}"),
-                               ("responder cpu", f"cpu{RESPONDER_CPU}")):
+            lines.append(f"    generator CPU ms/SA  {_mmm([s.generator_ms_per_sa() for s in ss], '.3f')}")
+            # what one SA costs the machine: every responder process and the whole generator
+            lines.append(f"    machine CPU ms/SA    "
+                         f"{_mmm([s.cpu_ms_per_sa() + s.generator_ms_per_sa() for s in ss], '.3f')}")
+            tags = (" (init.)", " (resp.)") if placement == "split" else ("", "")
+            for title, key in (("machine", "cpu"), (f"cpu{INITIATOR_CPU}{tags[0]}", f"cpu{INITIATOR_CPU}"),
+                               (f"cpu{RESPONDER_CPU}{tags[1]}", f"cpu{RESPONDER_CPU}")):
                 lines.append(f"    idle % {title:<13} {_mmm([100 * s.idle.get(key, 0) for s in ss], '.0f')}")
             med[n] = {"rate": _median([s.rate for s in ss]), "cpu": _median([s.cpu_ms_per_sa() for s in ss]),
                       "p99": _median([s.pct(0.99) for s in ss]), "kib": _median([s.kib_per_tunnel() for s in ss])}
@@ -859,6 +892,10 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
             one, two = med["ipsecd"]["rate"], med[SHARDED]["rate"]
             if one and two:
                 lines.append(f"  two shards / one (medians): SAs/s {two / one:.2f}x")
+        if SHARDED in med and "strongswan" in med:
+            two, theirs = med[SHARDED]["rate"], med["strongswan"]["rate"]
+            if two and theirs:
+                lines.append(f"  two shards / strongSwan (medians): SAs/s {two / theirs:.2f}x")
         lines.append("")
     lines.extend(f"setting: {n}" for n in RESPONDER_NOTES)
     lines.extend(f"note: {n}" for n in notes)
@@ -897,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="psk, or pubkey: a certificate login (the client's chain checked, RSA-3072 both ways)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     p.add_argument("--json", type=Path, help="also write every stage's figures to this file")
+    p.add_argument("--placement", choices=PLACEMENTS, default="split",
+                   help="split: generator on CPU 0, responder on CPU 1 (default); shared: nothing pinned")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy each ipsecd process during every stage; raw stacks and a summary into DIR")
     args = p.parse_args(argv)
@@ -915,13 +954,15 @@ def main(argv: list[str] | None = None) -> int:
     # skip every cleanup.  Both unwind through the finally blocks (namespaces, daemons) instead.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # The harness's request threads are part of the generator: keep them off the responder core.
-    os.sched_setaffinity(0, {INITIATOR_CPU})
+    # The harness's request threads are part of the generator: keep them off the responder core
+    # (split), or let them float with everything else (shared).
+    os.sched_setaffinity(0, all_cpus() if args.placement == "shared" else {INITIATOR_CPU})
     plugin = build_plugin()
     workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
     b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
-              profile_dir=args.profile, pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None)
+              profile_dir=args.profile, pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None,
+              placement=args.placement)
     stages: list[Stage] = []
     notes: list[str] = []
     try:
@@ -933,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 notes.append(f"{name} run {run} failed: {first}")
                 print(f"[bench] {name} run {run} failed: {e}", file=sys.stderr)
-        print(report(stages, args.tunnels, args.runs, notes, args.in_flight, args.auth))
+        print(report(stages, args.tunnels, args.runs, notes, args.in_flight, args.auth, args.placement))
         if b.profiles:
             text = "\n\n".join(b.profiles)
             print("\n" + text)

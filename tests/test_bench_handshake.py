@@ -76,3 +76,21 @@ def test_initiator_conf(tmp_path: Path) -> None:
                  "initiator_id = r1-c%d-r%d.example", "responder_id = *.example", "reuse_ikesa = no",
                  "proposal = aes128gcm16-prfsha256-x25519", "time_add_ms = yes"):
         assert line in conf
+
+
+def test_shared_placement_reports_the_generator_and_the_machine() -> None:
+    """--placement shared: the header says nothing is pinned; the generator (initiator charon and
+    the harness's threads) and the machine (responder + generator) get a CPU row each."""
+    two = Stage("ipsecd-2shards", 1, 1000, 1000, established=1000, children=1000, window_s=2.0,
+                cpu_s={"ike": 0.5, "shard1": 0.5, "worker": 0.2}, initiator_cpu_s=1.0, harness_cpu_s=0.1)
+    ss = Stage("strongswan", 1, 1000, 1000, established=1000, children=1000, window_s=4.0,
+               cpu_s={"charon": 0.6}, initiator_cpu_s=1.4, harness_cpu_s=0.1)
+    assert two.generator_ms_per_sa() == pytest.approx(1.1)
+    text = report([two, ss], [1000], 1, [], 64, placement="shared")
+    assert "nothing pinned" in text and "initiator on CPU" not in text
+    assert "generator CPU ms/SA  1.100" in text and "machine CPU ms/SA    2.300" in text
+    assert "machine CPU ms/SA    2.100" in text  # strongSwan: 0.6 + 1.5
+    assert "two shards / strongSwan (medians): SAs/s 2.00x" in text
+    assert "idle % cpu0 " in text and "(init.)" not in text
+    split = report([two], [1000], 1, [], 64)
+    assert "initiator on CPU 0, responder on CPU 1" in split and "cpu0 (init.)" in split

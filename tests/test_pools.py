@@ -277,3 +277,37 @@ def test_a_pool_removed_by_a_reload_keeps_its_leases_for_its_return() -> None:
     m.update([spec("rw", "10.3.0.0/29"), spec("other", "10.4.0.0/29")])
     assert addr(m.acquire(["rw"], BOB, 4, None, P2)) == "10.3.0.2"
     assert addr(m.acquire(["rw"], ALICE, 4, None, P1)) == "10.3.0.1"
+
+
+# --------------------------------------------------------------------------- IKE shards
+
+
+def test_ike_shards_split_every_pool_and_share_one_lease_file(tmp_path: Path) -> None:
+    """With settings.ike_shards each shard leases its own offsets of a pool (one writer per
+    address), and the shards share the lease file, each taking back only its own rows."""
+    db = tmp_path / "leases.db"
+    specs = [spec("rw", "10.3.0.0/29"), spec("v6", "fd00:3::/125")]  # 10.3.0.1 - .6; fd00:3::1 - ::6
+    s0 = PoolManager(specs, SqliteLeaseStore(db), clock=Clock(), share=(0, 2))
+    s1 = PoolManager(specs, SqliteLeaseStore(db), clock=Clock(), share=(1, 2))
+    got0 = [addr(s0.acquire(["rw"], who, 4, None, P1)) for who in (ALICE, BOB, CAROL)]
+    got1 = [addr(s1.acquire(["rw"], who, 4, None, P2)) for who in (DAVE, ALICE, BOB)]
+    assert got0 == ["10.3.0.1", "10.3.0.3", "10.3.0.5"] and got1 == ["10.3.0.2", "10.3.0.4", "10.3.0.6"]
+    assert s0.acquire(["rw"], DAVE, 4, None, P1) is None  # shard 0's share is full (its own offline: none)
+    assert addr(s1.acquire(["v6"], CAROL, 6, None, P2)) == "fd00:3::2"
+    # a requested address of the other shard's share is not honoured: the next of our own
+    assert addr(s0.acquire(["v6"], DAVE, 6, ip_address("fd00:3::4"), P1)) == "fd00:3::1"
+    s0.close()
+    s1.close()
+    # a restart: every shard finds its own leases in the one file, and only those
+    r0 = PoolManager(specs, SqliteLeaseStore(db), clock=Clock(), share=(0, 2))
+    r1 = PoolManager(specs, SqliteLeaseStore(db), clock=Clock(), share=(1, 2))
+    assert {p["name"]: p["offline"] for p in r0.describe()} == {"rw": 3, "v6": 1}
+    assert {p["name"]: p["offline"] for p in r1.describe()} == {"rw": 3, "v6": 1}
+    assert addr(r0.acquire(["rw"], BOB, 4, None, P1)) == "10.3.0.3"
+    assert addr(r1.acquire(["rw"], BOB, 4, None, P1)) == "10.3.0.6"
+    # one shard again (ike_shards back to 1): it owns every row
+    r0.close()
+    r1.close()
+    one = PoolManager(specs, SqliteLeaseStore(db), clock=Clock())
+    assert {p["name"]: p["offline"] for p in one.describe()} == {"rw": 6, "v6": 2}
+    one.close()

@@ -16,7 +16,7 @@ from ipsecd.dataplane.channel import DataPlaneError
 from ipsecd.dataplane.ike_steering import attach_reuseport_program, ike_steering_program, run_program
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.shard import FLAG_INITIATOR, Shard, init_hash, shard_of_message, shard_of_spi
-from ipsecd.shell.shards import RelayedDataPlane, ShardLink, dataplane_handlers, merge_counts
+from ipsecd.shell.shards import ShardLink, merge_counts
 
 MARKER = bytes(4)
 
@@ -197,10 +197,13 @@ def test_ike_shards_key(tmp_path: Path) -> None:
     for bad in ("0", "17", "two", "-1"):
         out = errors(tmp_path, f"settings:\n  ike_shards: {bad}\n" + plain)
         assert len(out) == 1 and "settings.ike_shards" in out[0] and "1 to 16" in out[0], out
-    # pools with more than one shard: refused, naming the pools section
+    # pools with more than one shard: every shard leases its share (pools.py), so each pool needs
+    # an address per shard
     sharded = GATEWAY.replace("pools:\n", "settings:\n  ike_shards: 2\npools:\n", 1)
-    out = errors(tmp_path, sharded)
-    assert len(out) == 1 and "pools are not implemented with settings.ike_shards above 1" in out[0], out
+    assert load_config(write(tmp_path, sharded)).settings.ike_shards == 2
+    tiny = sharded.replace("addrs: 10.3.0.0/24", "addrs: 10.3.0.7/32")
+    out = errors(tmp_path, tiny)
+    assert len(out) == 1 and "pools.rw4" in out[0] and "at least 2 addresses" in out[0], out
 
 
 # ---------------------------------------------------------------- aggregation and the link
@@ -248,52 +251,6 @@ def test_link_calls_both_ways_and_fails_pending_calls_on_close() -> None:
     asyncio.run(main())
 
 
-def test_relayed_install_reaches_the_primary_dataplane_intact() -> None:
-    """A shard's install crosses the link as the worker protocol encodes it and arrives equal."""
-    from ipaddress import ip_network
-
-    from ipsecd.dataplane import messages as m
-    from ipsecd.esp.spd import Action, Policy, Selector
-
-    calls: list[tuple[str, tuple[object, ...]]] = []
-
-    class FakeDataPlane:
-        async def install_child_sa(self, *args: object) -> int:
-            calls.append(("install_child_sa", args))
-            return 1380
-
-        async def delete_child_sa(self, *args: object) -> None:
-            calls.append(("delete_child_sa", args))
-
-    from tests.test_esp_sa import params
-
-    sa_in = params(spi=0x01020304, encap=True)
-    sa_out = params(spi=0x05060708, encr_key=bytes(range(20)), encap=True)
-    pol = Policy(Selector.from_prefix("10.1.0.0/24"), Selector.from_prefix("10.2.0.0/24"), Action.PROTECT, sa_ref=7)
-
-    async def main() -> None:
-        one, two = socket.socketpair()
-        fake = FakeDataPlane()
-        primary = ShardLink(one, dataplane_handlers(lambda: fake), "shard 1")
-        shard = ShardLink(two, {}, "the primary")
-        await primary.start()
-        await shard.start()
-        relay = RelayedDataPlane(shard)
-        mtu = await relay.install_child_sa(sa_in, sa_out, 7, [pol], True, m.Lifetime(), None,
-                                           (ip_network("10.1.0.0/16"),))
-        await relay.delete_child_sa(7, (0x01020304,))
-        primary.close()
-        shard.close()
-        assert mtu == 1380
-
-    asyncio.run(main())
-    (name, args), (name2, args2) = calls
-    assert name == "install_child_sa" and args[0] == sa_in and args[1] == sa_out and args[2] == 7
-    assert tuple(args[3]) == (pol,) and args[4] is True and args[6] is None  # type: ignore[arg-type]
-    assert args[7] == (ip_network("10.1.0.0/16"),)
-    assert (name2, args2) == ("delete_child_sa", (7, (0x01020304,)))
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -335,3 +292,21 @@ def test_shard_sockets_order_is_what_the_programs_assume(count: int) -> None:
         worker.close()
         for k in range(count):
             group.close_shard(k)
+
+
+def test_merge_pools_adds_up_every_shards_share() -> None:
+    from ipsecd.shell.shards import merge_pools
+
+    shard0 = [{"name": "rw4", "base": "10.3.0.1", "last": "10.3.0.6", "size": 6, "online": 1, "offline": 1,
+               "leases": [{"address": "10.3.0.3"}, {"address": "10.3.0.1"}]},
+              {"name": "rw6", "base": "fd00:3::1", "last": "fd00:3::6", "size": 6, "online": 0, "offline": 0,
+               "leases": []}]
+    shard1 = [{"name": "rw4", "base": "10.3.0.1", "last": "10.3.0.6", "size": 6, "online": 2, "offline": 0,
+               "leases": [{"address": "10.3.0.10"}, {"address": "10.3.0.2"}]},
+              {"name": "rw6", "base": "fd00:3::1", "last": "fd00:3::6", "size": 6, "online": 1, "offline": 0,
+               "leases": [{"address": "fd00:3::2"}]}]
+    rw4, rw6 = merge_pools([shard0, shard1])
+    assert (rw4["online"], rw4["offline"], rw4["size"]) == (3, 1, 6)
+    assert [x["address"] for x in rw4["leases"]] == ["10.3.0.1", "10.3.0.2", "10.3.0.3", "10.3.0.10"]
+    assert (rw6["online"], [x["address"] for x in rw6["leases"]]) == (1, ["fd00:3::2"])
+    assert merge_pools([[{"name": "p", "online": 1, "offline": 2}], []]) == [{"name": "p", "online": 1, "offline": 2}]

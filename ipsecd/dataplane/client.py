@@ -67,7 +67,24 @@ PMTU_TTL = 60.0  # seconds a peer's path MTU is reused before it is looked up ag
 PREFSRC_TTL = 10.0  # seconds a route source found for some local selectors is reused
 CACHE_MAX = 4096  # entries per cache (peers, selector sets): past it the cache starts over
 
-__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions"]
+__all__ = ["DataPlane", "DataPlaneError", "DataPlaneOptions", "SaJobs"]
+
+
+async def cached(netconf: NetConf, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
+                 fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in ``netconf``'s netlink thread, its answer reused for ``ttl`` seconds: a
+    storm's concurrent installs share one lookup instead of each making its own."""
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        fut = asyncio.ensure_future(netconf.run(fn, *args))
+        hit = cache[key] = (now + ttl, fut)
+    if hit[1].done():  # the common case: no shield, no await
+        return hit[1].result()
+    return await asyncio.shield(hit[1])
+
 
 @dataclass(frozen=True)
 class DataPlaneOptions:
@@ -109,8 +126,194 @@ class DataPlaneOptions:
         return cls(**kwargs)
 
 
+class SaJobs:
+    """The Child SA jobs on a control link to the worker(s): the daemon's ``DataPlane`` and an IKE
+    shard's (shell/shard_dataplane.py) share them. What differs is the link (``_request``,
+    ``_broadcast``), which worker owns a Child SA (the ``_send_*`` hooks: ``DataPlane`` with
+    several workers asks its ``Owners``), and who writes what has one owner: the TUN's MTU
+    (``set_link_mtu``) and the routes (``_put_routes``, ``_delete_routes``); the daemon does both
+    itself, a shard asks it."""
+
+    options: DataPlaneOptions
+    netconf: NetConf  # route claims in memory; its netlink thread for lookups (path MTU, route source)
+    _mtus: dict[int, int]  # reqid -> inner MTU of its installed Child SA
+    _link_mtu: int
+    # netlink answers kept a while: peer -> path MTU, local selectors -> route source
+    _pmtu: dict[IPv4Address | IPv6Address, tuple[float, asyncio.Future[int]]]
+    _srcs: dict[tuple[Selector, ...], tuple[float, asyncio.Future[IPv4Address | IPv6Address | None]]]
+
+    async def _request(self, build: Callable[[int], m.Message], worker: int = 0) -> m.Message:
+        raise NotImplementedError
+
+    async def _broadcast(self, build: Callable[[int], m.Message]) -> list[m.Message]:
+        """The same request to every worker (one link: just that one)."""
+        return [await self._request(build)]
+
+    async def set_link_mtu(self, link: int) -> None:
+        raise NotImplementedError
+
+    async def _put_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs; raising fails the Child SA (IKE deletes it)."""
+        raise NotImplementedError
+
+    async def _delete_routes(self, gone: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    # Where a Child SA's requests go: one worker unless a subclass knows owners (DataPlane).
+    async def _send_install(self, reqid: int, inbound: SaParams | None, outbound: SaParams | None,
+                            build: Callable[[int, tuple[Policy, ...]], m.Message],
+                            policies: tuple[Policy, ...]) -> None:
+        await self._request(lambda i: build(i, policies))
+
+    async def _send_inbound(self, reqid: int, inbound: SaParams, build: Callable[[int], m.Message]) -> None:
+        await self._request(build)
+
+    async def _send_outbound(self, reqid: int, build: Callable[[int], m.Message]) -> None:
+        await self._request(build)
+
+    async def _send_delete_inbound(self, spis: tuple[int, ...]) -> None:
+        await self._request(lambda i: m.DeleteSa(None, spis, policies=False, id=i))
+
+    def _owner_of(self, reqid: int) -> int:
+        return 0
+
+    def _forget(self, reqid: int) -> None:
+        pass
+
+    async def install_child_sa(
+        self,
+        inbound: SaParams | None,
+        outbound: SaParams | None,
+        reqid: int,
+        policies: list[Policy] | tuple[Policy, ...],
+        route_via_tun: bool = True,
+        lifetime: m.Lifetime | None = None,
+        mss_clamp: int | None = 0,
+        route_cover: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> int:
+        """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
+
+        Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
+        user (route-based VPN: point routes at the TUN yourself; the policies still decide).
+        ``route_cover``: prefixes whose one route may serve the SA's remote selectors (a pool's,
+        for a virtual IP), so a login storm adds no route per client.
+        """
+        o = self.options
+        mtu = o.mtu or DEFAULT_TUN_MTU
+        if outbound is not None:
+            pmtu = o.path_mtu
+            if pmtu is None:
+                # with the worker's mark: the route its ESP takes, never our own TUN routes
+                pmtu = await self._path_mtu(outbound.remote_addr)
+            mtu = tun_mtu(outbound, pmtu)
+            if o.mtu:
+                mtu = min(mtu, o.mtu)
+        await self._send_install(reqid, inbound, outbound, lambda i, pols: m.InstallSa(
+            reqid, inbound, outbound, pols, mtu, lifetime or m.Lifetime(), mss_clamp, id=i), tuple(policies))
+        self._mtus[reqid] = mtu
+        # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
+        # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
+        link = max(mtu, IPV6_MIN_MTU)
+        if o.mtu is None and outbound is not None and link != self._link_mtu:
+            await self.set_link_mtu(link)
+        if route_via_tun and o.policy_routing:
+            mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
+            src = await self._prefsrc(mine)
+            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
+        return mtu
+
+    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
+        """Write the routes a claim needs (usually none: a route that already serves just gains
+        an owner); if that fails, the next claim of those prefixes writes them again, and the
+        caller's SA fails (IKE deletes it)."""
+        if not writes:
+            return
+        try:
+            await self._put_routes(writes)
+        except Exception:
+            self.netconf.unclaim_writes(writes)
+            raise
+
+    async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
+        return await cached(self.netconf, self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
+
+    async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
+        """Per IP version, a local address inside the policies' local selectors (route source)."""
+        out: dict[int, IPv4Address | IPv6Address | None] = {}
+        for version in (4, 6):
+            sels = tuple(p.local for p in policies if p.local.version == version)
+            if sels:
+                out[version] = await cached(self.netconf, self._srcs, sels, PREFSRC_TTL,
+                                            self.netconf.local_address_in, sels)
+        return out
+
+    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
+        """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+        await self._send_inbound(
+            reqid, inbound, lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
+
+    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
+                               mss_clamp: int | None = 0) -> None:
+        """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
+        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+        await self._send_outbound(reqid, lambda i: m.InstallSa(
+            reqid, None, outbound, (), mtu, lifetime or m.Lifetime(), mss_clamp, id=i))
+
+    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
+        """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
+        await self._send_delete_inbound(spis)
+
+    async def update_sa_peer(
+        self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
+        local_addr: IPv4Address | IPv6Address | str | None = None,
+    ) -> None:
+        """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
+        ra = ip_address(remote_addr)
+        la = ip_address(local_addr) if local_addr is not None else None
+        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i), self._owner_of(reqid))
+
+    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
+        """Remove the SAs and policies of ``reqid`` and the routes only it used."""
+        await self._broadcast(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+        self._forget(reqid)
+        self._mtus.pop(reqid, None)
+        gone = self.netconf.release_routes(reqid)
+        if gone:
+            await self._delete_routes(gone)
+
+    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
+                            interval: float = 20.0) -> None:
+        """NAT keepalives from our 4500 socket to ``peer`` (RFC 3948 2.3); interval 0 stops them."""
+        addr = ip_address(peer)
+        await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
+
+    async def counters(self) -> dict[str, Any]:
+        """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
+
+        ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
+        "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
+        """
+        replies = await self._broadcast(lambda i: m.GetCounters(id=i))
+        reply = merge_counters(replies)
+        sas: dict[str, Any] = {}
+        for s in reply.sas:
+            key = f"{s.spi:08x}"
+            if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
+                key += f"-{s.direction}"
+            sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
+                        "drops": dict(s.drops), "seq": s.seq}
+        out: dict[str, Any] = {"sas": sas, "global": {"drops": dict(reply.drops),
+                                                       "drops_total": sum(reply.drops.values()),
+                                                       "stats": dict(reply.stats)}}
+        if len(replies) > 1:  # several workers: the sums above, and each worker's own
+            out["workers"] = [{"drops": dict(r.drops), "stats": dict(r.stats)}
+                              for r in replies if isinstance(r, m.Counters)]
+        return out
+
+
 @dataclass
-class DataPlane:
+class DataPlane(SaJobs):
     """Asyncio front of one data-plane worker (see module docstring)."""
 
     settings: object | None = None
@@ -119,6 +322,10 @@ class DataPlane:
     tun_name: str = field(init=False, default="")
     steering: dict[str, int] = field(init=False, default_factory=dict)  # listen address -> IKE socket index
     offloads: int = field(init=False, default=0)  # TUN_F_* flags the kernel accepted
+    # IKE shards past the first: before start(), how many; after, one control socket each (the worker's
+    # other end), for the daemon to hand to its shards (shell/shard_dataplane.py)
+    shard_links: int = field(init=False, default=0)
+    shard_sockets: list[socket.socket] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.options = DataPlaneOptions.from_settings(self.settings)
@@ -183,10 +390,15 @@ class DataPlane:
                     w.peers = {j: pairs[j][1] for j in range(n) if j != k}
             if o.policy_routing:
                 await self.netconf.run(self.netconf.install_rules)
+            if self.shard_links:  # config.py refuses several workers with several IKE shards
+                shards = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(self.shard_links)]
+                self.shard_sockets = [a for a, _ in shards]
+                workers[0].shard_controls = [b for _, b in shards]
+                socks += workers[0].shard_controls
             await self._workers.spawn(o.python, o.worker_log_level, workers)
         except BaseException:
             await self._workers.stop()
-            for sock in socks:
+            for sock in socks + self.shard_sockets:
                 sock.close()
             for w in workers:
                 os.close(w.tun)
@@ -280,125 +492,45 @@ class DataPlane:
         self._owners = Owners(self._workers, self.options.workers)
 
     # ------------------------------------------------------------------ SAs and policies
-    async def install_child_sa(
-        self,
-        inbound: SaParams | None,
-        outbound: SaParams | None,
-        reqid: int,
-        policies: list[Policy] | tuple[Policy, ...],
-        route_via_tun: bool = True,
-        lifetime: m.Lifetime | None = None,
-        mss_clamp: int | None = 0,
-        route_cover: tuple[IPv4Network | IPv6Network, ...] = (),
-    ) -> int:
-        """Install a Child SA (both halves, policies) and route its remote selectors into the TUN.
-
-        Returns the inner MTU the SA can carry. ``route_via_tun=False`` leaves routing to the
-        user (route-based VPN: point routes at the TUN yourself; the policies still decide).
-        ``route_cover``: prefixes whose one route may serve the SA's remote selectors (a pool's,
-        for a virtual IP), so a login storm adds no route per client.
-        """
-        o = self.options
-        mtu = o.mtu or DEFAULT_TUN_MTU
-        if outbound is not None:
-            pmtu = o.path_mtu
-            if pmtu is None:
-                # with the worker's mark: the route its ESP takes, never our own TUN routes
-                pmtu = await self._path_mtu(outbound.remote_addr)
-            mtu = tun_mtu(outbound, pmtu)
-            if o.mtu:
-                mtu = min(mtu, o.mtu)
-        await self._alive()
-        await self._owners.install(reqid, inbound, outbound, lambda i, pols: m.InstallSa(
-            reqid, inbound, outbound, pols, mtu, lifetime or m.Lifetime(), mss_clamp, id=i), tuple(policies))
-        self._mtus[reqid] = mtu
-        # the link never below 1280 (RFC 8200 5): the kernel takes IPv6 off a smaller one, and
-        # with it the IPv6 routes and virtual IPs; IPv4 routes carry the smaller MTU (claim_routes)
-        link = max(mtu, IPV6_MIN_MTU)
-        if o.mtu is None and outbound is not None and link != self._link_mtu:
+    async def set_link_mtu(self, link: int) -> None:
+        """The TUN's MTU follows the last Child SA installed (ours, or an IKE shard's)."""
+        if link != self._link_mtu:
             self._link_mtu = link
             await self.netconf.run(self.netconf.set_mtu, link)
-        if route_via_tun and o.policy_routing:
-            mine = [p for p in policies if p.action is Action.PROTECT and p.sa_ref == reqid]
-            src = await self._prefsrc(mine)
-            await self._write_routes(self.netconf.claim_routes(reqid, mine, mtu, src, cover=route_cover)[1])
-        return mtu
 
-    async def _write_routes(self, writes: list[dict[str, Any]]) -> None:
-        """Write the routes a claim needs (usually none); if that fails, the next claim of those
-        prefixes writes them again, and the caller's SA fails (IKE deletes it)."""
-        if not writes:
-            return
-        try:
-            await self.netconf.run(self.netconf.write_routes, writes)
-        except Exception:
-            self.netconf.unclaim_writes(writes)
-            raise
+    @property
+    def link_mtu(self) -> int:
+        return self._link_mtu
 
-    async def _path_mtu(self, remote: IPv4Address | IPv6Address) -> int:
-        return await self._cached(self._pmtu, remote, PMTU_TTL, self.netconf.path_mtu, remote)
+    async def _put_routes(self, writes: list[dict[str, Any]]) -> None:
+        await self.netconf.run(self.netconf.write_routes, writes)
 
-    async def _prefsrc(self, policies: list[Policy]) -> dict[int, IPv4Address | IPv6Address | None]:
-        """Per IP version, a local address inside the policies' local selectors (route source)."""
-        out: dict[int, IPv4Address | IPv6Address | None] = {}
-        for version in (4, 6):
-            sels = tuple(p.local for p in policies if p.local.version == version)
-            if sels:
-                out[version] = await self._cached(self._srcs, sels, PREFSRC_TTL, self.netconf.local_address_in, sels)
-        return out
+    async def _delete_routes(self, gone: list[dict[str, Any]]) -> None:
+        await self.netconf.run(self.netconf.delete_routes, gone)
 
-    async def _cached(self, cache: dict[Any, tuple[float, asyncio.Future[Any]]], key: Any, ttl: float,
-                      fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in the netlink thread, its answer reused for ``ttl`` seconds: a storm's
-        concurrent installs share one lookup instead of each making its own."""
-        now = time.monotonic()
-        hit = cache.get(key)
-        if hit is None or hit[0] <= now or (hit[1].done() and hit[1].exception() is not None):
-            if len(cache) >= CACHE_MAX:
-                cache.clear()
-            fut = asyncio.ensure_future(self.netconf.run(fn, *args))
-            hit = cache[key] = (now + ttl, fut)
-        if hit[1].done():  # the common case: no shield, no await
-            return hit[1].result()
-        return await asyncio.shield(hit[1])
-
-    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
-        """Add an inbound SA to ``reqid`` without touching its outbound SA (rekey responder, RFC 7296 2.8)."""
-        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+    async def _send_install(self, reqid: int, inbound: SaParams | None, outbound: SaParams | None,
+                            build: Callable[[int, tuple[Policy, ...]], m.Message],
+                            policies: tuple[Policy, ...]) -> None:
         await self._alive()
-        await self._owners.install_inbound(
-            reqid, inbound, lambda i: m.InstallSa(reqid, inbound, None, (), mtu, lifetime or m.Lifetime(), id=i))
+        await self._owners.install(reqid, inbound, outbound, build, policies)
 
-    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
-                               mss_clamp: int | None = 0) -> None:
-        """Switch ``reqid``'s traffic to a new outbound SA (the old one stops being used at once)."""
-        mtu = self._mtus.get(reqid) or self.options.mtu or DEFAULT_TUN_MTU
+    async def _send_inbound(self, reqid: int, inbound: SaParams, build: Callable[[int], m.Message]) -> None:
         await self._alive()
-        await self._owners.install_outbound(reqid, lambda i: m.InstallSa(
-            reqid, None, outbound, (), mtu, lifetime or m.Lifetime(), mss_clamp, id=i))
+        await self._owners.install_inbound(reqid, inbound, build)
 
-    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
-        """Remove only these inbound SAs (the rekeyed predecessor of a live Child SA)."""
+    async def _send_outbound(self, reqid: int, build: Callable[[int], m.Message]) -> None:
+        await self._alive()
+        await self._owners.install_outbound(reqid, build)
+
+    async def _send_delete_inbound(self, spis: tuple[int, ...]) -> None:
         await self._alive()
         await self._owners.delete_inbound(spis)
 
-    async def update_sa_peer(
-        self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
-        local_addr: IPv4Address | IPv6Address | str | None = None,
-    ) -> None:
-        """The peer's outer address/port changed (NAT rebinding seen by IKE, RFC 7296 2.23)."""
-        ra = ip_address(remote_addr)
-        la = ip_address(local_addr) if local_addr is not None else None
-        await self._request(lambda i: m.UpdateSaPeer(reqid, ra, remote_port, la, id=i), self._owners.of_reqid(reqid))
+    def _owner_of(self, reqid: int) -> int:
+        return self._owners.of_reqid(reqid)
 
-    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
-        """Remove the SAs and policies of ``reqid`` and the routes only it used."""
-        await self._broadcast(lambda i: m.DeleteSa(reqid, inbound_spis, id=i))
+    def _forget(self, reqid: int) -> None:
         self._owners.forget(reqid)
-        self._mtus.pop(reqid, None)
-        gone = self.netconf.release_routes(reqid)
-        if gone:
-            await self.netconf.run(self.netconf.delete_routes, gone)
 
     # ------------------------------------------------------------------ traps (on-demand SAs)
     async def install_trap(self, reqid: int, policies: list[Policy] | tuple[Policy, ...],
@@ -433,35 +565,6 @@ class DataPlane:
     def traps(self) -> dict[int, tuple[Policy, ...]]:
         """The armed traps: reqid -> policies (a copy)."""
         return dict(self._traps)
-
-    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
-                            interval: float = 20.0) -> None:
-        """NAT keepalives from our 4500 socket to ``peer`` (RFC 3948 2.3); interval 0 stops them."""
-        addr = ip_address(peer)
-        await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
-
-    async def counters(self) -> dict[str, Any]:
-        """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
-
-        ``{"sas": {"c0ffee01": {"direction", "reqid", "bytes", "packets", "drops", "seq"}},
-        "global": {"drops": {reason: n}, "drops_total": n, "stats": {name: n}}}``
-        """
-        replies = await self._broadcast(lambda i: m.GetCounters(id=i))
-        reply = merge_counters(replies)
-        sas: dict[str, Any] = {}
-        for s in reply.sas:
-            key = f"{s.spi:08x}"
-            if key in sas:  # inbound and outbound SPIs are separate spaces: a clash is possible
-                key += f"-{s.direction}"
-            sas[key] = {"direction": s.direction, "reqid": s.reqid, "bytes": s.bytes, "packets": s.packets,
-                        "drops": dict(s.drops), "seq": s.seq}
-        out: dict[str, Any] = {"sas": sas, "global": {"drops": dict(reply.drops),
-                                                       "drops_total": sum(reply.drops.values()),
-                                                       "stats": dict(reply.stats)}}
-        if len(replies) > 1:  # several workers: the sums above, and each worker's own
-            out["workers"] = [{"drops": dict(r.drops), "stats": dict(r.stats)}
-                              for r in replies if isinstance(r, m.Counters)]
-        return out
 
     # ------------------------------------------------------------------ events
     def on_event(self, callback: Callable[[m.Event], None]) -> None:

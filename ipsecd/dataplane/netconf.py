@@ -76,7 +76,14 @@ class TrapRoutes:
     reqid: int
 
 
-RouteOwner = int | TrapRoutes  # a reqid (Child SA routes) or a trap
+@dataclass(frozen=True)
+class ShardRoutes:
+    """Route owner for the routes an IKE shard's Child SAs need (``NetConf.hold_routes``)."""
+
+    shard: int
+
+
+RouteOwner = int | TrapRoutes | ShardRoutes  # a reqid (Child SA routes), a trap, an IKE shard
 
 
 @contextlib.contextmanager
@@ -375,6 +382,38 @@ class NetConf:
             key = (ip_network(args["dst"]), args["table"])
             if self._route_args.get(key) is args:
                 del self._route_args[key]
+
+    def hold_routes(self, owner: RouteOwner, routes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Routes another process claimed and asks us to write (an IKE shard's: it counts its own
+        Child SAs per prefix and writes through us): ``owner`` holds them beside our own owners,
+        so neither side deletes a prefix the other still routes. Returns what to write."""
+        todo = list(routes)
+        for args in todo:
+            key = (ip_network(args["dst"]), int(args["table"]))
+            self._routes.setdefault(key, set()).add(owner)
+            self._owned.setdefault(owner, set()).add(key)
+            self._route_args[key] = args
+        return todo
+
+    def drop_routes(self, owner: RouteOwner, routes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``owner`` no longer needs these prefixes; returns the routes nobody claims any more."""
+        gone: list[dict[str, Any]] = []
+        mine = self._owned.get(owner, set())
+        for args in routes:
+            key = (ip_network(args["dst"]), int(args["table"]))
+            mine.discard(key)
+            users = self._routes.get(key)
+            if users is None:
+                continue
+            users.discard(owner)
+            if not users:
+                del self._routes[key]
+                old = self._route_args.pop(key, None)
+                if old is not None:
+                    gone.append(old)
+        if not mine:
+            self._owned.pop(owner, None)
+        return gone
 
     def write_routes(self, writes: Iterable[dict[str, Any]]) -> None:
         todo = list(writes)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
@@ -82,7 +83,7 @@ from ipsecd.esp.sa import DropReason, EspDrop
 from ipsecd.esp.spd import Action
 from ipsecd.ratelimit import RateLimitedLogger
 
-__all__ = ["ControlLink", "Drop", "EspSender", "Worker", "main"]
+__all__ = ["ControlLink", "ControlLinks", "Drop", "EspSender", "Worker", "main"]
 
 log = logging.getLogger("ipsecd.esp")
 
@@ -105,6 +106,7 @@ class Worker:
         config: m.WorkerConfig | None = None,
         ah_socks: list[socket.socket] | None = None,
         handoff: Handoff | None = None,
+        shard_controls: list[socket.socket] | None = None,  # one per IKE shard past the first (ControlLinks)
     ) -> None:
         self.control = control
         self.tun_fd = tun_fd
@@ -121,8 +123,8 @@ class Worker:
         self._sad_in = self.state.sad.inbound
         self._transport_spis = self.state.transport_spis
         self._epoll = select.epoll()
-        self._link = ControlLink(control, self._epoll, self.state.drops)
         self._handlers: dict[int, Callable[[], None]] = {}
+        self._link = ControlLinks(control, shard_controls or [], self._epoll, self.state.drops, self._handlers)
         self._rl = RateLimitedLogger(log)
         self._sender = EspSender(self.state, self._rl)
         self._vnet: VnetTun | None = None  # the TUN's virtio-net side, once a Configure switches it on
@@ -130,9 +132,8 @@ class Worker:
 
     # ------------------------------------------------------------------ setup and loop
     def _register(self) -> None:
-        control, tun = self.control, self.tun_fd
-        self._epoll.register(control.fileno(), select.EPOLLIN)
-        self._handlers[control.fileno()] = self._on_control
+        tun = self.tun_fd
+        self._link.register(self._on_control)  # the daemon's control link and the shards'
         self._epoll.register(tun, select.EPOLLIN)
         self._handlers[tun] = self._drain_tun
         self._register_inbox()
@@ -163,7 +164,7 @@ class Worker:
     def start(self) -> None:
         """Register the fds and greet the control process (run() does this; tests call it)."""
         self._register()
-        self._link.send(m.Hello(m.PROTOCOL_VERSION, os.getpid()))
+        self._link.hello(m.Hello(m.PROTOCOL_VERSION, os.getpid()))
 
     def step(self, max_wait: float | None = None) -> int:
         """Run due timers, wait for readiness (at most until the next timer) and serve it;
@@ -456,22 +457,21 @@ class Worker:
             self._count_drop(Drop.TUN_WRITE)
 
     # ------------------------------------------------------------------ control channel
-    def _on_control(self) -> None:
+    def _on_control(self, link: ControlLink | None = None) -> None:
+        """The daemon's link (``link`` None) or a shard's: its messages, in order, answered on it."""
+        links = self._link
+        msgs = links.read(link)
+        if msgs is None:  # the daemon's link closed or broke: exit (a shard's is just forgotten)
+            self.running = self.running and link is not None
+            return
+        links.current = link or links.primary
         try:
-            msgs = self._link.receive()
-        except m.ProtocolError as e:
-            log.error("bad control message: %s", e)
-            self._link.send(m.WorkerError(f"bad control message: {e}", fatal=True))
-            self.running = False
-            return
-        if msgs is None:
-            log.info("control socket closed: worker exits")
-            self.running = False
-            return
-        for msg in msgs:
-            self.state.handle(msg, self.now)
-            self._follow_config()
-            self._run_outputs()  # a trap's queue leaves before any later TUN read
+            for msg in msgs:
+                self.state.handle(msg, self.now)
+                self._follow_config()
+                self._run_outputs()  # a trap's queue leaves before any later TUN read
+        finally:
+            links.current = links.primary
 
 
 def _account_tun_reads(state: DataplaneState[socket.socket], n: int, nbytes: int, reads: int,
@@ -637,6 +637,77 @@ class ControlLink:
             self._epoll.modify(self.sock.fileno(), mask)
 
 
+class ControlLinks:
+    """Every control link of the worker: the daemon's (``primary``, the worker lives as long as
+    it) and one per IKE shard past the first (``settings.ike_shards``), so a shard's installs
+    reach the worker without a hop through the primary (shell/shard_dataplane.py).
+
+    A reply (Ack, BatchAck, Counters) goes back on the link whose request is being handled
+    (``current``); events go to the daemon, which routes a shard's by its reqid. Request ids
+    are per link: two links may use the same id. A shard's link that closes is forgotten."""
+
+    _REPLIES = (m.Ack, m.BatchAck, m.Counters)
+
+    def __init__(self, control: socket.socket, shards: list[socket.socket], epoll: select.epoll,
+                 drops: dict[str, int], handlers: dict[int, Callable[[], None]]) -> None:
+        self.primary = ControlLink(control, epoll, drops)
+        self.current = self.primary
+        self.shards = [ControlLink(s, epoll, drops) for s in shards]
+        self._epoll = epoll
+        self._handlers = handlers
+
+    @property
+    def open(self) -> bool:
+        return self.primary.open
+
+    def register(self, on_control: Callable[..., None]) -> None:
+        """``on_control()`` for the daemon's link, ``on_control(link)`` for a shard's."""
+        self._epoll.register(self.primary.sock.fileno(), select.EPOLLIN)
+        self._handlers[self.primary.sock.fileno()] = on_control
+        for link in self.shards:
+            self._epoll.register(link.sock.fileno(), select.EPOLLIN)
+            self._handlers[link.sock.fileno()] = functools.partial(on_control, link)
+
+    def hello(self, msg: m.Hello) -> None:
+        for link in (self.primary, *self.shards):
+            link.send(msg)
+
+    def send(self, msg: m.Message) -> None:
+        (self.current if isinstance(msg, self._REPLIES) else self.primary).send(msg)
+
+    def flush(self) -> None:
+        self.primary.flush()
+
+    def read(self, link: ControlLink | None) -> list[m.Message] | None:
+        """The messages that arrived on ``link`` (None: the daemon's); None when it is gone."""
+        src = link or self.primary
+        if link is not None:
+            link.flush()  # a shard's EPOLLOUT lands here too: send what waits first
+        try:
+            msgs = src.receive()
+        except m.ProtocolError as e:
+            log.error("bad control message: %s", e)
+            src.send(m.WorkerError(f"bad control message: {e}", fatal=True))
+            msgs = None
+        else:
+            if msgs is None and link is None:
+                log.info("control socket closed: worker exits")
+        if msgs is None and link is not None:
+            self._drop(link)
+        return msgs
+
+    def _drop(self, link: ControlLink) -> None:
+        fd = link.sock.fileno()
+        self._handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError, FileNotFoundError):
+            self._epoll.unregister(fd)
+        link.open = False
+        link.sock.close()
+        if link in self.shards:
+            self.shards.remove(link)
+        log.info("an IKE shard's control link closed")
+
+
 class VnetTun:
     """The TUN's side of the offloads (offload.py) while it carries virtio-net headers: reads
     become wire packets (a super-segment cut into MSS pieces), decrypted TCP is coalesced
@@ -788,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0, help="this worker's index (several workers)")
     p.add_argument("--inbox", type=int, default=-1, help="fd of this worker's hand-over inbox (several workers)")
     p.add_argument("--peer", action="append", default=[], help="INDEX:FD of another worker's inbox (repeatable)")
+    p.add_argument("--shard-control", type=int, action="append", default=[],
+                   help="fd of an IKE shard's control socketpair end (repeatable)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -805,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         peers = {int(i): _sock_from_fd(int(fd)) for i, fd in (p.split(":") for p in args.peer)}
         handoff = (args.index, _sock_from_fd(args.inbox), peers)
     worker = Worker(control, args.tun, [_sock_from_fd(fd) for fd in args.udp], [_sock_from_fd(fd) for fd in args.raw],
-                    ah_socks=[_sock_from_fd(fd) for fd in args.ah])
+                    ah_socks=[_sock_from_fd(fd) for fd in args.ah],
+                    shard_controls=[_sock_from_fd(fd) for fd in args.shard_control])
     if handoff is not None:
         worker.handoff = Handoff(*handoff, worker.state.stats, worker.state.drops)
     with contextlib.suppress(SystemExit):

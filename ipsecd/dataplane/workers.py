@@ -41,6 +41,7 @@ class WorkerFds:
     ah: list[socket.socket] = field(default_factory=list)
     inbox: socket.socket | None = None
     peers: dict[int, socket.socket] = field(default_factory=dict)  # other workers' inbox senders
+    shard_controls: list[socket.socket] = field(default_factory=list)  # IKE shards' links (worker 0 only)
 
     def argv(self, index: int, control: socket.socket) -> list[str]:
         out = ["--control", str(control.fileno()), "--tun", str(self.tun)]
@@ -50,10 +51,11 @@ class WorkerFds:
         if self.inbox is not None:
             out += ["--index", str(index), "--inbox", str(self.inbox.fileno())]
             out += [a for k, s in self.peers.items() for a in ("--peer", f"{k}:{s.fileno()}")]
+        out += [a for s in self.shard_controls for a in ("--shard-control", str(s.fileno()))]
         return out
 
     def pass_fds(self) -> list[int]:
-        socks = [*self.udp, *self.raw, *self.ah, *self.peers.values()]
+        socks = [*self.udp, *self.raw, *self.ah, *self.peers.values(), *self.shard_controls]
         if self.inbox is not None:
             socks.append(self.inbox)
         return [self.tun, *(s.fileno() for s in socks)]

@@ -16,7 +16,7 @@ from ipsecd.ike.events import IkeSaEstablished
 from ipsecd.logsafe import safe
 from ipsecd.logsetup import LogHub
 from ipsecd.metrics import MetricsSnapshot
-from ipsecd.shell.shards import merge_counts
+from ipsecd.shell.shards import merge_counts, merge_pools
 from ipsecd.shell.views import sa_info
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ class ControlHandlers:
         """swanctl --list-pools [--leases]: every pool's base, size, online and offline leases."""
         if name is not None and name not in self.d.config.pools:
             raise ControlError(f"no pool named '{name}'")
-        return {"pools": self.d.pools.describe(leases=leases, name=name)}
+        own = self.d.pools.describe(leases=leases, name=name)
+        return {"pools": merge_pools([own, *await self._shards("list_pools", leases=leases, name=name)])}
     async def list_certs(self) -> dict[str, Any]:
         """The loaded credential store: every certificate of x509/ and x509ca/, CRLs, and its problems."""
         store, report = self.d.credentials, self.d.credential_report

@@ -9,19 +9,19 @@ The processes (docs/architecture.md):
   other shards with their sockets and one link each;
 * each **shard** k >= 1 runs an IkeManager of its own (its SAs, timers, cookies and front door)
   on its own sockets; the kernel hands it the datagrams of its SPIs (ike/shard.py,
-  dataplane/ike_steering.py). It installs Child SAs through the primary (``RelayedDataPlane``):
-  one worker, one netlink owner for the routes, so two processes never race on a route;
-  the relay is one JSON line per job on a local socketpair, the same jobs a DataPlane does.
+  dataplane/ike_steering.py). It installs Child SAs on a control link of its own to the one
+  worker (shell/shard_dataplane.py): the primary created that socketpair when it started the
+  worker, so an install is encoded once and never passes through the primary.
 
-Why the primary relays rather than every shard talking to the worker: the worker's control
-channel, its routes and its trap table have one owner today (dataplane/client.py); a relay
-keeps that, costs one local hop per install (~0.1 ms, against the ~1 ms of a handshake), and
-the worker's events are routed back by reqid (reqids carry their shard).
+What keeps one owner, the primary, and is asked for over the link below: routes (one netlink
+owner, so two processes never race on a prefix; a shard asks only when a prefix is new to it
+or none of its SAs needs it any more), the TUN's MTU, traps. The worker's events reach the
+primary, which forwards a shard's by reqid (reqids carry their shard).
 
 Pools: refused with more than one shard for now (config.py): a lease must be decided in one
 place, and the engine asks its pool synchronously.
 
-The link is symmetric: a shard asks the primary to install; the primary asks the shards for
+The link is symmetric: a shard asks the primary for routes; the primary asks the shards for
 their SAs and counters (``ipsecctl list-sas``/``stats`` aggregate), to terminate, to reload.
 """
 
@@ -37,7 +37,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,7 @@ from ipsecd.dataplane import messages as m
 from ipsecd.dataplane.channel import DataPlaneError
 from ipsecd.dataplane.ike_socket import open_ike_socket
 from ipsecd.dataplane.ike_steering import attach_reuseport_program, ike_steering_program
-from ipsecd.esp.sa import SaParams
-from ipsecd.esp.spd import Policy
+from ipsecd.dataplane.netconf import ShardRoutes
 from ipsecd.iana import IKE_PORT, NATT_PORT
 from ipsecd.ike.shard import Shard
 
@@ -159,60 +158,11 @@ def _unwire(obj: Any) -> m.Message:
     return m.decode_body(json.dumps(obj).encode())
 
 
-# ------------------------------------------------------------------ a shard's data plane
-class RelayedDataPlane:
-    """What a shard's installer calls a DataPlane: every job goes to the primary's."""
-
-    def __init__(self, link: ShardLink) -> None:
-        self.link = link
-
-    async def install_child_sa(
-        self, inbound: SaParams | None, outbound: SaParams | None, reqid: int,
-        policies: list[Policy] | tuple[Policy, ...], route_via_tun: bool = True, lifetime: m.Lifetime | None = None,
-        mss_clamp: int | None = 0, route_cover: tuple[Any, ...] = (),
-    ) -> int:
-        msg = m.InstallSa(reqid, inbound, outbound, tuple(policies), 0, lifetime or m.Lifetime(), mss_clamp)
-        mtu = await self.link.call("install_child_sa", sa=_wire(msg), route_via_tun=route_via_tun,
-                                   route_cover=[str(c) for c in route_cover])
-        return int(mtu)
-
-    async def install_inbound(self, reqid: int, inbound: SaParams, lifetime: m.Lifetime | None = None) -> None:
-        await self.link.call("install_inbound", sa=_wire(m.InstallSa(reqid, inbound, None, (), 0,
-                                                                      lifetime or m.Lifetime())))
-
-    async def install_outbound(self, reqid: int, outbound: SaParams, lifetime: m.Lifetime | None = None,
-                               mss_clamp: int | None = 0) -> None:
-        await self.link.call("install_outbound", sa=_wire(m.InstallSa(reqid, None, outbound, (), 0,
-                                                                       lifetime or m.Lifetime(), mss_clamp)))
-
-    async def delete_inbound(self, spis: tuple[int, ...]) -> None:
-        await self.link.call("delete_inbound", spis=list(spis))
-
-    async def delete_child_sa(self, reqid: int, inbound_spis: tuple[int, ...] = ()) -> None:
-        await self.link.call("delete_child_sa", reqid=reqid, spis=list(inbound_spis))
-
-    async def update_sa_peer(self, reqid: int, remote_addr: IPv4Address | IPv6Address | str, remote_port: int = 4500,
-                             local_addr: IPv4Address | IPv6Address | str | None = None) -> None:
-        await self.link.call("update_sa_peer", reqid=reqid, remote=str(remote_addr), port=remote_port,
-                             local=None if local_addr is None else str(local_addr))
-
-    async def set_keepalive(self, peer: IPv4Address | IPv6Address | str, port: int = 4500,
-                            interval: float = 20.0) -> None:
-        await self.link.call("set_keepalive", peer=str(peer), port=port, interval=interval)
-
-    async def counters(self) -> dict[str, Any]:
-        out: dict[str, Any] = await self.link.call("counters")
-        return out
-
-    async def install_trap(self, *_args: Any, **_kw: Any) -> None:
-        raise DataPlaneError("traps live on shard 0")
-
-    async def remove_trap(self, *_args: Any, **_kw: Any) -> None:
-        raise DataPlaneError("traps live on shard 0")
-
-
+# ------------------------------------------------------------------ the primary's side of a shard's data plane
 def dataplane_handlers(dataplane: Callable[[], Any]) -> dict[str, Handler]:
-    """The primary's side of RelayedDataPlane: each job on the real DataPlane (``dataplane()``)."""
+    """What a shard's data plane (shell/shard_dataplane.py) asks the primary's (``dataplane()``):
+    the TUN it talks about, and the jobs with one owner (the TUN's MTU, routes). Installs
+    themselves go from the shard to the worker directly."""
 
     def dp() -> Any:
         d = dataplane()
@@ -220,43 +170,39 @@ def dataplane_handlers(dataplane: Callable[[], Any]) -> dict[str, Handler]:
             raise DataPlaneError("no data plane (--no-dataplane)")
         return d
 
-    async def install_child_sa(sa: Any, route_via_tun: bool, route_cover: list[str]) -> int:
-        msg = _unwire(sa)
-        assert isinstance(msg, m.InstallSa)
-        mtu: int = await dp().install_child_sa(msg.inbound, msg.outbound, msg.reqid, msg.policies, route_via_tun,
-                                               msg.lifetime, msg.mss_clamp, tuple(ip_network(c) for c in route_cover))
-        return mtu
+    async def dataplane_info() -> dict[str, Any]:
+        d = dp()
+        return {"tun_name": d.tun_name, "ifindex": d.netconf.ifindex, "link_mtu": d.link_mtu}
 
-    async def install_inbound(sa: Any) -> None:
-        msg = _unwire(sa)
-        assert isinstance(msg, m.InstallSa) and msg.inbound is not None
-        await dp().install_inbound(msg.reqid, msg.inbound, msg.lifetime)
+    async def set_link_mtu(mtu: int) -> None:
+        await dp().set_link_mtu(int(mtu))
 
-    async def install_outbound(sa: Any) -> None:
-        msg = _unwire(sa)
-        assert isinstance(msg, m.InstallSa) and msg.outbound is not None
-        await dp().install_outbound(msg.reqid, msg.outbound, msg.lifetime, msg.mss_clamp)
+    async def hold_routes(shard: int, routes: list[dict[str, Any]]) -> None:
+        nc = dp().netconf
+        writes = nc.hold_routes(ShardRoutes(int(shard)), [_route_args(r) for r in routes])
+        await nc.run(nc.write_routes, writes)
 
-    async def delete_inbound(spis: list[int]) -> None:
-        await dp().delete_inbound(tuple(int(s) for s in spis))
+    async def drop_routes(shard: int, routes: list[dict[str, Any]]) -> None:
+        nc = dp().netconf
+        gone = nc.drop_routes(ShardRoutes(int(shard)), [_route_args(r) for r in routes])
+        if gone:
+            await nc.run(nc.delete_routes, gone)
 
-    async def delete_child_sa(reqid: int, spis: list[int]) -> None:
-        await dp().delete_child_sa(int(reqid), tuple(int(s) for s in spis))
+    return {"dataplane_info": dataplane_info, "set_link_mtu": set_link_mtu, "hold_routes": hold_routes,
+            "drop_routes": drop_routes}
 
-    async def update_sa_peer(reqid: int, remote: str, port: int, local: str | None) -> None:
-        await dp().update_sa_peer(int(reqid), ip_address(remote), int(port), local)
 
-    async def set_keepalive(peer: str, port: int, interval: float) -> None:
-        await dp().set_keepalive(ip_address(peer), int(port), float(interval))
+_ROUTE_KEYS = {"dst": str, "oif": int, "table": int, "prefsrc": str}
 
-    async def counters() -> dict[str, Any]:
-        out: dict[str, Any] = await dp().counters()
-        return out
 
-    return {"install_child_sa": install_child_sa, "install_inbound": install_inbound,
-            "install_outbound": install_outbound, "delete_inbound": delete_inbound,
-            "delete_child_sa": delete_child_sa, "update_sa_peer": update_sa_peer, "set_keepalive": set_keepalive,
-            "counters": counters}
+def _route_args(raw: Any) -> dict[str, Any]:
+    """A route a shard asks for, as NetConf.claim_routes made it there: only its known keys, typed."""
+    if not isinstance(raw, dict) or not {"dst", "oif", "table", "metrics"} <= raw.keys():
+        raise DataPlaneError("malformed route")
+    args: dict[str, Any] = {k: conv(raw[k]) for k, conv in _ROUTE_KEYS.items() if k in raw}
+    ip_network(args["dst"])  # ValueError for anything else
+    args["metrics"] = {"mtu": int(raw["metrics"]["mtu"])}
+    return args
 
 
 def encode_event(ev: m.LifetimeReached) -> Any:
@@ -360,15 +306,19 @@ class ShardHub:
         self.shards: list[ShardProcess] = []
         self.stopping = False
 
-    async def spawn(self, index: int, sockets: dict[tuple[int, int], socket.socket], argv: list[str]) -> None:
+    async def spawn(self, index: int, sockets: dict[tuple[int, int], socket.socket], argv: list[str],
+                    worker: socket.socket | None = None) -> None:
+        """Start shard ``index`` with its IKE sockets and ``worker``, its control socket to the
+        data-plane worker (None: --no-dataplane); our copies of both are closed by the caller."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = [theirs.fileno()] + [s.fileno() for s in sockets.values()]
+        fds = [theirs.fileno()] + [s.fileno() for s in sockets.values()] + ([worker.fileno()] if worker else [])
         # systemd talks to the primary only; the shard imports the same tree as we do
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ipsecd", *argv, "--shard", f"{index}/{self.count}",
             "--shard-link", str(theirs.fileno()), "--shard-sockets", describe_fds(sockets),
+            *(["--shard-worker", str(worker.fileno())] if worker else []),
             pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL,
         )
         theirs.close()
@@ -420,6 +370,24 @@ class ShardHub:
                         s.proc.kill()
         for s in self.shards:
             s.link.close()
+
+
+def merge_pools(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``list-pools`` across shards: every shard leases its own share of each pool (pools.py),
+    so a pool's online and offline counts add up and its leases are every shard's."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for entry in part:
+            have = out.get(entry["name"])
+            if have is None:
+                out[entry["name"]] = dict(entry)
+                continue
+            have["online"] += entry["online"]
+            have["offline"] += entry["offline"]
+            if "leases" in have:
+                have["leases"] = sorted(have["leases"] + entry.get("leases", []),
+                                        key=lambda lease: ip_address(lease["address"]))
+    return list(out.values())
 
 
 def merge_counts(parts: list[Any]) -> Any:

@@ -168,7 +168,7 @@ def test_a_dead_shard_stops_the_daemon(topology: Topology, ipsecd_factory: Make)
     b = ipsecd_factory(t.b, b_cfg, name="b")
     _wait(lambda: b.log_count(r"IKE shard 1 of 2 started") >= 1, 15, "shard 1 started", b)
     assert b.proc is not None
-    shard = [pid for pid in _children(b.proc.pid) if b"--shard" in _cmdline(pid)]
+    shard = [pid for pid in _children(b.proc.pid) if b"--shard-link" in _cmdline(pid)]
     assert len(shard) == 1, shard
     os.kill(shard[0], signal.SIGKILL)
     assert b.proc.wait(timeout=30) == 1
