@@ -243,7 +243,7 @@ class OutboundSa:
     ``transform.seal``. Both produce identical packets (the tests compare them with scapy).
     """
 
-    __slots__ = ("_compress", "_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
+    __slots__ = ("_compress", "_fast", "_seal", "_transform", "_tunnel", "counters", "params", "seq", "seq_limit")
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
@@ -251,18 +251,37 @@ class OutboundSa:
         self.seq = 0
         self.seq_limit = SEQ_MAX_64 if params.esn else SEQ_MAX_32
         self.counters = SaCounters()
-        self.transform: EspTransform = make_transform(
+        self._tunnel = params.mode == Mode.TUNNEL
+        # The cipher context is built on the first packet, not here (see release_transform):
+        # until then protect() takes _protect_generic, which builds it and comes back.
+        self._transform: EspTransform | None = None
+        self._seal: Callable[[int, bytes, int], bytes] | None = None
+        # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
+        self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = None
+
+    @property
+    def transform(self) -> EspTransform:
+        """The SA's cipher state, built on first use."""
+        t = self._transform
+        return t if t is not None else self._build()
+
+    def _build(self) -> EspTransform:
+        # An OpenSSL AEAD context is ~2.5 KiB of RSS: an idle tunnel (a road warrior's, most
+        # of the day) holds none (issue 11, memory per tunnel). ~10 us once, on its first packet.
+        params = self.params
+        t = self._transform = make_transform(
             params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
         )
-        self._seal = self.transform.seal
-        self._tunnel = params.mode == Mode.TUNNEL
-        t = self.transform
-        # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
-        self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = (
-            (t.encrypt, t.salt, t.spi)
-            if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None
-            else None
-        )
+        self._seal = t.seal
+        if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None:
+            self._fast = (t.encrypt, t.salt, t.spi)
+        return t
+
+    def release_transform(self) -> bool:
+        """Drop the cipher context (an idle SA); the next packet builds it again. True if one was held."""
+        held = self._transform is not None
+        self._transform = self._seal = self._fast = None
+        return held
 
     def __repr__(self) -> str:
         return f"<OutboundSa {self.params.name!r} spi=0x{self.params.spi:08x} seq={self.seq}>"
@@ -310,7 +329,13 @@ class OutboundSa:
         return esp
 
     def _protect_generic(self, ip_packet: bytes | bytearray | memoryview) -> bytes:
-        """``protect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport)."""
+        """``protect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport),
+        and the first packet after the cipher context was built or released."""
+        if self._seal is None:
+            self._build()
+            if self._fast is not None:
+                return self.protect(ip_packet)
+        assert self._seal is not None
         if ip_packet.__class__ is not bytes:
             ip_packet = bytes(ip_packet)
         seq = self.seq + 1
@@ -396,24 +421,24 @@ class InboundSa:
         "_min_len",
         "_open",
         "_remote_ts",
+        "_transform",
         "_ts_addr_only",
         "_ts_free",
         "_tunnel",
         "counters",
         "params",
         "replay",
-        "transform",
     )
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
         self.counters = SaCounters()
         self.replay = ReplayWindow(params.replay_window, params.esn)
-        self.transform: EspTransform = make_transform(
-            params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
-        )
-        self._open = self.transform.open
-        self._min_len = self.transform.overhead_min
+        # Built on the first packet (OutboundSa._build says why): until then unprotect()
+        # takes _unprotect_generic, which builds the context and comes back.
+        self._transform: EspTransform | None = None
+        self._open: Callable[[bytes, int], bytes | None] | None = None
+        self._min_len = 0
         self._tunnel = params.mode == Mode.TUNNEL
         self._local_ts = params.local_ts
         self._remote_ts = params.remote_ts
@@ -429,8 +454,21 @@ class InboundSa:
         }
         self._fix_l4 = params.encap and not self._tunnel
         self._cpi = params.ipcomp_cpi
-        t = self.transform
         self._fast: _InboundFast | None = None
+
+    @property
+    def transform(self) -> EspTransform:
+        """The SA's cipher state, built on first use."""
+        t = self._transform
+        return t if t is not None else self._build()
+
+    def _build(self) -> EspTransform:
+        params = self.params
+        t = self._transform = make_transform(
+            params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
+        )
+        self._open = t.open
+        self._min_len = t.overhead_min
         if isinstance(t, AeadTransform) and not params.esn and self._tunnel and not self._cpi:
             # The window's size never changes after construction; top and bitmap are read
             # from self.replay per packet (tests and the lifecycle code may set top).
@@ -440,6 +478,13 @@ class InboundSa:
             v4 = (0, _V4_MAX, 0, _V4_MAX) if 4 in self._ts_free else _bounds(params.remote_ts, params.local_ts, 4)
             v6 = (0, _V6_MAX, 0, _V6_MAX) if 6 in self._ts_free else _bounds(params.remote_ts, params.local_ts, 6)
             self._fast = (t.decrypt, t.salt, t.overhead_min, self.replay, size, (1 << size) - 1, v4, v6)
+        return t
+
+    def release_transform(self) -> bool:
+        """Drop the cipher context (an idle SA); the next packet builds it again. True if one was held."""
+        held = self._transform is not None
+        self._transform = self._open = self._fast = None
+        return held
 
     def __repr__(self) -> str:
         return f"<InboundSa {self.params.name!r} spi=0x{self.params.spi:08x} top={self.replay.top}>"
@@ -604,7 +649,13 @@ class InboundSa:
     def _unprotect_generic(
         self, esp: bytes | bytearray | memoryview, outer_src: bytes | None, outer_dst: bytes | None
     ) -> bytes:
-        """``unprotect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport)."""
+        """``unprotect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport),
+        and the first packet after the cipher context was built or released."""
+        if self._open is None:
+            self._build()
+            if self._fast is not None:
+                return self.unprotect(esp, outer_src, outer_dst)
+        assert self._open is not None
         if esp.__class__ is not bytes:
             esp = bytes(esp)
         if len(esp) < self._min_len:
