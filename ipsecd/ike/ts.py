@@ -98,7 +98,10 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     hi: IPAddress = min(a.end_addr, b.end_addr)  # type: ignore[type-var]
     if lo > hi:  # type: ignore[operator]
         return None
-    return TrafficSelector(a.ts_type, proto, lo_port, hi_port, lo, hi)
+    x = TrafficSelector(a.ts_type, proto, lo_port, hi_port, lo, hi)
+    # When the result is one of the two (the usual case), hand that one back: a Child SA keeps
+    # its selectors, and the configured one is shared by all of them (issue 11, memory).
+    return b if x == b else a if x == a else x
 
 
 def contains(outer: TrafficSelector, inner: TrafficSelector) -> bool:
