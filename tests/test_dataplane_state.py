@@ -9,6 +9,7 @@ the work one control message and one timer tick cost at 10 and at 20,000 SAs.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import struct
 import sys
@@ -257,7 +258,7 @@ def test_rekeyed_outbound_sa_is_watched_afresh() -> None:
     for _ in range(2):
         st.outbound(pkt, 0.0)
     _in, sa_out, _p = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
-    new_out = SaParams(**{**sa_out.__dict__, "spi": 0xB0000002, "encr_key": static_key(0xB0000002)})
+    new_out = dataclasses.replace(sa_out, spi=0xB0000002, encr_key=static_key(0xB0000002))
     st.handle(m.InstallSa(REQID, None, new_out, (), lifetime=m.Lifetime(soft_packets=3), id=3), 0.0)
     for _ in range(2):
         st.outbound(pkt, 0.0)

@@ -141,7 +141,7 @@ class EspDrop(IpsecdError):
         return (EspDrop, (self.reason,))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: two per Child SA in the worker (issue 11, memory)
 class SaParams:
     """What IKE negotiated for one direction of a Child SA. ``repr`` never shows keys.
 
@@ -443,15 +443,8 @@ class InboundSa:
         self._local_ts = params.local_ts
         self._remote_ts = params.remote_ts
         # IP versions for which both sides are unrestricted: their packets skip the parse.
-        self._ts_free = _unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)
-        # Per IP version, when every selector of that version is address-only (protocol and
-        # ports ANY, the usual case): the (lo, hi) ranges of each side, so the check needs only
-        # the two addresses instead of a full parse. None for a side means "unrestricted".
-        self._ts_addr_only = {
-            v: (_address_ranges(params.remote_ts, v), _address_ranges(params.local_ts, v))
-            for v in (4, 6)
-            if _address_only(params.remote_ts, v) and _address_only(params.local_ts, v)
-        }
+        self._ts_free = _VERSION_SETS[_unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)]
+        self._ts_addr_only = _NO_RANGES  # set by _build: only a packet reads it
         self._fix_l4 = params.encap and not self._tunnel
         self._cpi = params.ipcomp_cpi
         self._fast: _InboundFast | None = None
@@ -469,6 +462,14 @@ class InboundSa:
         )
         self._open = t.open
         self._min_len = t.overhead_min
+        # Per IP version, when every selector of that version is address-only (protocol and
+        # ports ANY, the usual case): the (lo, hi) ranges of each side, so the check needs only
+        # the two addresses instead of a full parse. None for a side means "unrestricted".
+        self._ts_addr_only = {
+            v: (_address_ranges(params.remote_ts, v), _address_ranges(params.local_ts, v))
+            for v in (4, 6)
+            if _address_only(params.remote_ts, v) and _address_only(params.local_ts, v)
+        }
         if isinstance(t, AeadTransform) and not params.esn and self._tunnel and not self._cpi:
             # The window's size never changes after construction; top and bitmap are read
             # from self.replay per packet (tests and the lifecycle code may set top).
@@ -828,6 +829,11 @@ def _in_ranges(ranges: tuple[tuple[int, int], ...], addr: int) -> bool:
         if lo <= addr <= hi:
             return True
     return False
+
+
+_NO_RANGES: dict[int, tuple[tuple[tuple[int, int], ...] | None, tuple[tuple[int, int], ...] | None]] = {}
+# The four possible _ts_free values, shared by every SA (a frozenset is 216 bytes).
+_VERSION_SETS = {s: s for s in (frozenset(), frozenset((4,)), frozenset((6,)), frozenset((4, 6)))}
 
 
 def _unrestricted_versions(selectors: tuple[Selector, ...]) -> frozenset[int]:
