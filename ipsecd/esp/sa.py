@@ -443,7 +443,8 @@ class InboundSa:
         self._local_ts = params.local_ts
         self._remote_ts = params.remote_ts
         # IP versions for which both sides are unrestricted: their packets skip the parse.
-        self._ts_free = _VERSION_SETS[_unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)]
+        free = _unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)
+        self._ts_free = _VERSION_SETS[free]
         self._ts_addr_only = _NO_RANGES  # set by _build: only a packet reads it
         self._fix_l4 = params.encap and not self._tunnel
         self._cpi = params.ipcomp_cpi

@@ -117,7 +117,7 @@ class ChildTable:
 
     def by_spi_out(self, spi: bytes) -> ChildSa | None:
         found = None
-        for c in self._by_in.values():  # noqa: SIM110 (the last match wins)
+        for c in self._by_in.values():
             if c.spi_out == spi:
                 found = c
         return found

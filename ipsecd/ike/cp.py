@@ -14,7 +14,7 @@ fake clock. What an IKE SA got (or was told) lives in its :class:`VirtualIps`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Protocol, Union
 
