@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -219,7 +220,7 @@ class DataplaneState(Generic[S]):
         self.spd = Spd()
         self.out: dict[int, OutPath[S]] = {}
         self.in_reqid: dict[int, int] = {}  # inbound SPI -> reqid
-        self._in_by_reqid: dict[int, set[int]] = {}  # reqid -> its inbound SPIs
+        self._in_by_reqid: dict[int, tuple[int, ...]] = {}  # reqid -> its inbound SPIs (one or two)
         self.transport_spis: set[int] = set()  # their rebuilt header needs the outer addresses
         # AH SAs by inbound SPI, apart from the SAD's ESP table so the ESP receive path never
         # meets one (the SPI spaces are one: IKE allocates them from one pool)
@@ -315,7 +316,7 @@ class DataplaneState(Generic[S]):
             else:
                 self.sad.add_inbound(new_in)  # refuses a duplicate SPI before anything else changed
             self.in_reqid[spi] = reqid
-            self._in_by_reqid.setdefault(reqid, set()).add(spi)
+            self._in_by_reqid[reqid] = (*self._in_by_reqid.get(reqid, ()), spi)
             if new_in.params.mode is Mode.TRANSPORT:
                 self.transport_spis.add(spi)
             if msg.lifetime != _NO_LIMITS:
@@ -347,7 +348,7 @@ class DataplaneState(Generic[S]):
         if sock is None:
             kind = "UDP 4500" if params.encap else "raw ESP"
             raise ValueError(f"no {kind} socket for IPv{params.remote_addr.version}")
-        dest = (str(params.remote_addr), params.remote_port if params.encap else 0)
+        dest = (sys.intern(str(params.remote_addr)), params.remote_port if params.encap else 0)  # shared by its SAs
         local = None if params.local_addr.is_unspecified else params.local_addr.packed
         # TCP MSS = MTU - IP header - TCP header (RFC 9293 3.7.1), for the inner family we
         # cannot know per SA: use the IPv4 value; IPv6 SYNs get 20 bytes more room than ideal.
@@ -402,11 +403,8 @@ class DataplaneState(Generic[S]):
         self.sad.remove(inbound_spi=spi)
         self.ah_inbound.pop(spi, None)
         reqid = self.in_reqid.pop(spi, None)
-        spis = self._in_by_reqid.get(reqid) if reqid is not None else None
-        if spis is not None:
-            spis.discard(spi)
-            if not spis:
-                del self._in_by_reqid[reqid]  # type: ignore[arg-type]
+        if reqid is not None and (rest := tuple(s for s in self._in_by_reqid.pop(reqid, ()) if s != spi)):
+            self._in_by_reqid[reqid] = rest
         self.transport_spis.discard(spi)
         self.lifetimes.forget("in", spi)
 

@@ -32,6 +32,7 @@ tests); IKE-installed SAs always carry the negotiated selectors.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -197,6 +198,7 @@ class SaParams:
             raise LocalProtocolError(f"replay window must be 0..{MAX_WINDOW}")
         object.__setattr__(self, "local_ts", tuple(self.local_ts))
         object.__setattr__(self, "remote_ts", tuple(self.remote_ts))
+        object.__setattr__(self, "name", sys.intern(self.name))  # a connection's SAs share it
 
 
 @dataclass(slots=True)
