@@ -12,8 +12,9 @@ same machinery the daemon runs:
 For each it prints the VmRSS growth per tunnel (everything: OpenSSL contexts, the
 allocator's slack) and tracemalloc's per-line breakdown (Python objects only), in bytes per
 tunnel. Each part runs in a process of its own, the RSS run before the tracemalloc run
-(tracemalloc's own bookkeeping, or memory another part freed, would distort the RSS). The daemon's figures (tests/bench_handshake.py) add what the shell
-keeps per SA and the process's fixed costs.
+(tracemalloc's own bookkeeping, or memory another part freed, would distort the RSS). The
+daemon's figures (tests/bench_handshake.py) add what the shell keeps per SA and the
+process's fixed costs.
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ class Traffic:
     in_bytes: int = 0
     in_packets: int = 0
 
+    @property
+    def packets(self) -> int:
+        """Both directions: the idle sweep (idle.py) runs only after some moved."""
+        return self.out_packets + self.in_packets
+
 
 @dataclass(slots=True)
 class Watched:

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane import traps
+from ipsecd.dataplane.idle import IdleSweep
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
 from ipsecd.esp.ah import AhInboundSa, AhOutboundSa, AnyOutboundSa
@@ -236,6 +237,7 @@ class DataplaneState(Generic[S]):
         self._sa_policies: dict[int, list[Policy]] = {}  # SPD entries InstallSa added, per reqid
         self.traps = TrapQueues(self.drops, self.stats)
         self.lifetimes = LifetimeWatch()
+        self.idle = IdleSweep()
         self.keepalives = Keepalives()
         self.unknown = UnknownSpiReports()
         self._acquire_sent: dict[int, float] = {}
@@ -568,18 +570,10 @@ class DataplaneState(Generic[S]):
     def get_timer(self) -> float | None:
         """When ``handle_timer`` is due next; None when nothing is scheduled. Cheap: the shell
         asks once per turn of its loop."""
-        due = self.keepalives.next_due()
-        t = self.traps.next_expiry()
-        if t is not None and (due is None or t < due):
-            due = t
-        t = self.unknown.due
-        if t is not None and (due is None or t < due):
-            due = t
-        if self.lifetimes.pending():
-            t = self._lifetime_checked + self.config.lifetime_check_interval
-            if due is None or t < due:
-                due = t
-        return due
+        lifetime = self._lifetime_checked + self.config.lifetime_check_interval if self.lifetimes.pending() else None
+        times = [t for t in (self.keepalives.next_due(), self.traps.next_expiry(), self.unknown.due, lifetime,
+                             self.idle.due(self.lifetimes.traffic.packets)) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Run what is due: O(1) when nothing is, O(what is due) otherwise."""
@@ -592,6 +586,7 @@ class DataplaneState(Generic[S]):
         if now >= self._lifetime_checked + self.config.lifetime_check_interval and self.lifetimes.pending():
             self._lifetime_checked = now
             self._check_lifetimes()
+        self.idle.run(self.sad, now, self.lifetimes.traffic.packets)  # idle SAs' cipher contexts, a slice (idle.py)
 
     def _check_lifetimes(self) -> None:
         """Soft limits raise an event once; hard limits also remove the SA (RFC 4301 4.4.2.1)."""

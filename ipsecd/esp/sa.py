@@ -245,7 +245,8 @@ class OutboundSa:
     ``transform.seal``. Both produce identical packets (the tests compare them with scapy).
     """
 
-    __slots__ = ("_compress", "_fast", "_seal", "_transform", "_tunnel", "counters", "params", "seq", "seq_limit")
+    __slots__ = ("_compress", "_fast", "_idle_mark", "_seal", "_transform", "_tunnel", "counters", "params", "seq",
+                 "seq_limit")
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
@@ -257,6 +258,7 @@ class OutboundSa:
         # The cipher context is built on the first packet, not here (see release_transform):
         # until then protect() takes _protect_generic, which builds it and comes back.
         self._transform: EspTransform | None = None
+        self._idle_mark = 0  # packets at the idle sweep's previous visit (dataplane/idle.py)
         self._seal: Callable[[int, bytes, int], bytes] | None = None
         # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
         self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = None
@@ -284,6 +286,13 @@ class OutboundSa:
         held = self._transform is not None
         self._transform = self._seal = self._fast = None
         return held
+
+    def release_if_idle(self) -> bool:
+        """The idle sweep's visit: release the context if no packet went out since the previous one."""
+        packets = self.counters.packets
+        idle = packets == self._idle_mark
+        self._idle_mark = packets
+        return idle and self.release_transform()
 
     def __repr__(self) -> str:
         return f"<OutboundSa {self.params.name!r} spi=0x{self.params.spi:08x} seq={self.seq}>"
@@ -419,6 +428,7 @@ class InboundSa:
         "_cpi",
         "_fast",
         "_fix_l4",
+        "_idle_mark",
         "_local_ts",
         "_min_len",
         "_open",
@@ -439,6 +449,7 @@ class InboundSa:
         # Built on the first packet (OutboundSa._build says why): until then unprotect()
         # takes _unprotect_generic, which builds the context and comes back.
         self._transform: EspTransform | None = None
+        self._idle_mark = 0  # packets at the idle sweep's previous visit (dataplane/idle.py)
         self._open: Callable[[bytes, int], bytes | None] | None = None
         self._min_len = 0
         self._tunnel = params.mode == Mode.TUNNEL
@@ -489,6 +500,13 @@ class InboundSa:
         held = self._transform is not None
         self._transform = self._open = self._fast = None
         return held
+
+    def release_if_idle(self) -> bool:
+        """The idle sweep's visit: release the context if no packet came in since the previous one."""
+        packets = self.counters.packets
+        idle = packets == self._idle_mark
+        self._idle_mark = packets
+        return idle and self.release_transform()
 
     def __repr__(self) -> str:
         return f"<InboundSa {self.params.name!r} spi=0x{self.params.spi:08x} top={self.replay.top}>"
