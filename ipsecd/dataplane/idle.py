@@ -11,8 +11,8 @@ the context of an SA whose packet counter has not moved since its visit in the p
 round, so an SA idle for between one and two periods lets go; one that carries a packet per
 period keeps its context. Rounds run ``period`` apart, and only while they can achieve
 something: the previous round left contexts in place, or packets moved since it started
-(the worker's traffic totals), since only a packet builds a context. An idle worker has no
-timer for it.
+(the worker's traffic totals), since only a packet builds a context, and SAs are installed.
+An idle worker has no timer for it.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ class IdleSweep:
         self._held = 0  # contexts that round left in place
         self.released = 0  # contexts handed back so far
 
-    def due(self, packets: int) -> float | None:
+    def due(self, sad: Sad, packets: int) -> float | None:
         if self._queue:
             return self._next_slice
-        if self._held or packets != self._packets:
+        if (self._held or packets != self._packets) and (sad.inbound or sad.outbound):
             return self._round_at + self.period
         return None
 
     def run(self, sad: Sad, now: float, packets: int) -> None:
-        due = self.due(packets)
+        due = self.due(sad, packets)
         if due is None or now < due:
             return
         if not self._queue:  # a new round over the SAs installed now

@@ -572,7 +572,7 @@ class DataplaneState(Generic[S]):
         asks once per turn of its loop."""
         lifetime = self._lifetime_checked + self.config.lifetime_check_interval if self.lifetimes.pending() else None
         times = [t for t in (self.keepalives.next_due(), self.traps.next_expiry(), self.unknown.due, lifetime,
-                             self.idle.due(self.lifetimes.traffic.packets)) if t is not None]
+                             self.idle.due(self.sad, self.lifetimes.traffic.packets)) if t is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
