@@ -27,6 +27,8 @@ SHARDS_ARGS ?= --responders ipsecd,ipsecd-2shards,strongswan --runs 3 --tunnels 
 # the same with nothing pinned: every responder and the generator share both cores (issue 11's "same cores")
 SHARDS_SHARED_ARGS ?= --placement shared --responders ipsecd,ipsecd-2shards,strongswan --runs 3 --tunnels 1000,5000 \
 	--max-seconds 600
+# bytes per tunnel in-process (tests/bench_memory.py): RSS and tracemalloc per line, IKE engine and worker state
+MEMORY_ARGS ?= --tunnels 5000
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 # make fuzz: seconds per fuzz target (codec, sk, responder, esp, ah); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
@@ -98,6 +100,7 @@ bench: deps loadtester
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
 	$(PY) -m tests.bench_handshake $(SHARDS_ARGS)
 	$(PY) -m tests.bench_handshake $(SHARDS_SHARED_ARGS)
+	$(PY) -m tests.bench_memory $(MEMORY_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py
 

@@ -9,6 +9,7 @@ the work one control message and one timer tick cost at 10 and at 20,000 SAs.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import struct
 import sys
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 
 from ipsecd.dataplane import messages as m
+from ipsecd.dataplane.idle import IDLE_PERIOD
 from ipsecd.dataplane.lifetimes import SEQ_SOFT_MARGIN
 from ipsecd.dataplane.state import DataplaneState, Drop, SendControl, SendEsp, SendKeepalive, WriteTun
-from ipsecd.esp.sa import DropReason, InboundSa, Mode, SaParams
+from ipsecd.esp.sa import DropReason, InboundSa, Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
 from ipsecd.settings_from_config import protect_policies
@@ -193,7 +195,7 @@ def test_outbound_packet_lifetime_soft_then_hard() -> None:
     st.outbound(pkt, 0.3)
     assert st.drops[DropReason.NO_SA] == 1  # its policy stays until IKE deletes the Child SA
     st.handle_timer(10.0)
-    assert lifetime_events(st) == [] and st.get_timer() is None
+    assert lifetime_events(st) == [] and st.get_timer() == IDLE_PERIOD  # only the idle sweep (idle.py)
 
 
 def test_hard_limit_waits_one_check_after_the_soft_one() -> None:
@@ -257,7 +259,7 @@ def test_rekeyed_outbound_sa_is_watched_afresh() -> None:
     for _ in range(2):
         st.outbound(pkt, 0.0)
     _in, sa_out, _p = static_params("a", "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", encap=True)
-    new_out = SaParams(**{**sa_out.__dict__, "spi": 0xB0000002, "encr_key": static_key(0xB0000002)})
+    new_out = dataclasses.replace(sa_out, spi=0xB0000002, encr_key=static_key(0xB0000002))
     st.handle(m.InstallSa(REQID, None, new_out, (), lifetime=m.Lifetime(soft_packets=3), id=3), 0.0)
     for _ in range(2):
         st.outbound(pkt, 0.0)
@@ -489,3 +491,40 @@ def test_state_modules_are_sans_io() -> None:
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & forbidden, (name, imported & forbidden)
+
+
+# ---------------------------------------------------------------------------- idle cipher contexts
+
+
+def test_idle_sas_give_their_cipher_contexts_back_and_busy_ones_keep_them() -> None:
+    """Issue 11 (memory): an SA builds its OpenSSL context on its first packet; the idle sweep
+    releases it once the SA carried nothing for a period, a bounded slice of SAs per tick, and
+    the next packet builds it again. An idle worker has no timer for it."""
+    st = make_state()
+    st.idle.per_tick = 1  # one SA per tick: the slices are visible
+    install(st)
+    sa_out = st.out[REQID].sa
+    assert isinstance(sa_out, OutboundSa) and sa_out._transform is None
+    assert st.get_timer() is None  # no packet yet: nothing to release, no timer
+    pkt = udp4("10.1.0.5", "10.2.0.7")
+    assert st.outbound(pkt, 10.0) == 1 and sa_out._transform is not None
+    assert st.get_timer() == IDLE_PERIOD  # packets moved: a round after one period
+    st.handle_timer(IDLE_PERIOD)  # round 1, first slice (one of the two SAs): marks, releases nothing
+    assert st.get_timer() == IDLE_PERIOD + 1.0  # the next slice, a tick later
+    st.handle_timer(IDLE_PERIOD + 1.0)
+    assert sa_out._transform is not None and st.idle.released == 0
+    st.outbound(pkt, 400.0)  # busy in this period: keeps its context in round 2
+    due = st.get_timer()
+    assert due == 2 * IDLE_PERIOD
+    st.handle_timer(due)
+    st.handle_timer(due + 1.0)
+    assert sa_out._transform is not None and st.idle.released == 0
+    due = st.get_timer()  # round 3: a whole period without a packet
+    assert due == 3 * IDLE_PERIOD
+    st.handle_timer(due)
+    st.handle_timer(due + 1.0)
+    assert sa_out._transform is None and st.idle.released == 1
+    assert st.get_timer() is None  # nothing held, no packet since: the sweep sleeps
+    st.take_outputs()
+    assert st.outbound(pkt, 1000.0) == 1 and sa_out._transform is not None  # built again
+    assert sa_out.seq == 3  # the sequence number went on across the release

@@ -566,7 +566,14 @@ FAST_TS: dict[str, dict[str, tuple[Selector, ...]]] = {
 
 def _generic(sa: InboundSa) -> InboundSa:
     """The same SA with the inlined path switched off (what every non-AEAD/ESN/transport SA uses)."""
+    sa.transform  # noqa: B018 (built first: building sets up the inlined path)
     sa._fast = None
+    return sa
+
+
+def _built(sa: InboundSa) -> InboundSa:
+    """The SA once its cipher context exists (built on the first packet, or here)."""
+    sa.transform  # noqa: B018
     return sa
 
 
@@ -578,16 +585,17 @@ def _outcome(sa: InboundSa, esp: bytes) -> bytes | DropReason:
 
 
 def test_fast_path_is_used_and_bounds_are_precomputed() -> None:
-    assert InboundSa(params(**FAST_TS["single"]))._fast is not None  # type: ignore[arg-type]
-    assert InboundSa(params(esn=True))._fast is None
-    assert InboundSa(params(mode=Mode.TRANSPORT))._fast is None
-    assert InboundSa(cbc_params())._fast is None
-    fast = InboundSa(params(**FAST_TS["merged"]))._fast  # type: ignore[arg-type]
+    assert InboundSa(params(**FAST_TS["single"]))._fast is None  # type: ignore[arg-type]  # no context before use
+    assert _built(InboundSa(params(**FAST_TS["single"])))._fast is not None  # type: ignore[arg-type]
+    assert _built(InboundSa(params(esn=True)))._fast is None
+    assert _built(InboundSa(params(mode=Mode.TRANSPORT)))._fast is None
+    assert _built(InboundSa(cbc_params()))._fast is None
+    fast = _built(InboundSa(params(**FAST_TS["merged"])))._fast  # type: ignore[arg-type]
     assert fast is not None
     v4, v6 = fast[6], fast[7]
     assert v4 == (0x0A020000, 0x0A0200FF, 0, 0xFFFFFFFF)
     assert v6 is not None and v6[0] > v6[1]  # no IPv6 selector on either side: nothing passes
-    fast = InboundSa(params(**FAST_TS["gap"]))._fast  # type: ignore[arg-type]
+    fast = _built(InboundSa(params(**FAST_TS["gap"])))._fast  # type: ignore[arg-type]
     assert fast is not None and fast[6] is None  # two ranges: the full check
 
 
@@ -645,7 +653,7 @@ def test_fast_and_generic_unprotect_agree(
     plain = bytes(pkt) + tfc + bytes(padding) + bytes((pad_len, trailer_nh))
     p = params(**FAST_TS[which])  # type: ignore[arg-type]
     esp = aead_forge(p, 1, plain)
-    fast_sa, generic_sa = InboundSa(p), _generic(InboundSa(p))
+    fast_sa, generic_sa = _built(InboundSa(p)), _generic(InboundSa(p))
     assert fast_sa._fast is not None
     result = _outcome(fast_sa, esp)
     event(result if isinstance(result, DropReason) else "accepted")
@@ -667,7 +675,7 @@ def test_fast_replay_matches_generic(window: int, start: int, offsets: list[int]
     gives the generic path's results packet by packet."""
     p = params(replay_window=window)
     out = OutboundSa(p)
-    fast_sa, generic_sa = InboundSa(p), _generic(InboundSa(p))
+    fast_sa, generic_sa = _built(InboundSa(p)), _generic(InboundSa(p))
     fast_sa.replay.top = generic_sa.replay.top = start
     for i, off in enumerate(offsets):
         seq = start + off
@@ -696,6 +704,7 @@ def test_fast_and_generic_protect_agree(pkt: bytes, version: int | None, seq: in
     elif version == 6:
         pkt = bytes(IPv6(src="fd00:1::5", dst="fd00:2::7") / Raw(pkt))
     fast, generic = OutboundSa(params()), OutboundSa(params())
+    fast.transform, generic.transform  # noqa: B018 (built: the first packet would build them)
     generic._fast = None
     assert fast._fast is not None
     fast.seq = generic.seq = seq
@@ -708,3 +717,28 @@ def test_fast_and_generic_protect_agree(pkt: bytes, version: int | None, seq: in
 
     assert outcome(fast) == outcome(generic)
     assert fast.seq == generic.seq and fast.counters == generic.counters
+
+
+def test_cipher_context_is_built_on_first_packet_and_can_be_released() -> None:
+    """An idle SA holds no OpenSSL context (issue 11, memory per tunnel): it is built on the
+    first packet, dropped by release_transform() and built again by the next packet."""
+    p = params()
+    out, inb = OutboundSa(p), InboundSa(p)
+    assert out._transform is None and inb._transform is None
+    first = out.protect(INNER)
+    assert out._fast is not None and inb._transform is None
+    assert inb.unprotect(first) == INNER and inb._fast is not None
+    assert out.release_transform() and inb.release_transform()
+    assert not out.release_transform()
+    assert out._transform is None and inb._fast is None
+    second = out.protect(INNER)
+    assert inb.unprotect(second) == INNER
+    assert out.seq == 2 and inb.replay.top == 2 and inb.counters.packets == 2
+    with pytest.raises(EspDrop):
+        inb.unprotect(first)  # the window survived the release: still a replay
+    cbc = cbc_params()
+    out_cbc, in_cbc = OutboundSa(cbc), InboundSa(cbc)
+    assert in_cbc.unprotect(out_cbc.protect(INNER)) == INNER
+    out_cbc.release_transform()
+    in_cbc.release_transform()
+    assert in_cbc.unprotect(out_cbc.protect(INNER)) == INNER

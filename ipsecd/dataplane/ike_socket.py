@@ -14,6 +14,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address
@@ -178,7 +179,9 @@ class IkeTransport:
                     self._count("esp_on_ike_socket")
                     continue
                 data = data[len(NON_ESP_MARKER):]
-            batch.append((data, (local_ip, port), (addr[0], addr[1])))
+            # interned: every IKE SA keeps its endpoints, and its peers share a few addresses
+            # (a NAT, a load generator) -- one string each, not one per SA (issue 11)
+            batch.append((data, (sys.intern(local_ip), port), (sys.intern(addr[0]), addr[1])))
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1

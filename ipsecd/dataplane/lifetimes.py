@@ -22,7 +22,7 @@ one interval, as before.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ipsecd.dataplane import messages as m
 from ipsecd.esp.ah import AnyOutboundSa
@@ -45,6 +45,11 @@ class Traffic:
     in_bytes: int = 0
     in_packets: int = 0
 
+    @property
+    def packets(self) -> int:
+        """Both directions: the idle sweep (idle.py) runs only after some moved."""
+        return self.out_packets + self.in_packets
+
 
 @dataclass(slots=True)
 class Watched:
@@ -54,7 +59,7 @@ class Watched:
     counters: SaCounters
     lifetime: m.Lifetime
     sa: AnyOutboundSa | None = None  # outbound: its sequence number is watched too
-    sent: set[str] = field(default_factory=set)  # "soft:bytes", "hard:seq"... already reported
+    sent: frozenset[str] = frozenset()  # "soft:bytes", "hard:seq"... already reported (shared while empty)
     gen: int = 0  # which heap entries are current (older ones are skipped when popped)
 
 
@@ -129,7 +134,7 @@ class LifetimeWatch:
         for key, w in due.items():  # re-armed only now: nothing is popped twice in one check
             hard = False
             for kind, what in _hits(w):
-                w.sent.add(f"{kind}:{what}")
+                w.sent = w.sent | {f"{kind}:{what}"}
                 out.append((w, kind, what))
                 if kind == "hard":
                     hard = True
@@ -164,7 +169,7 @@ class LifetimeWatch:
             heapq.heappush(heaps[1], (totals[1] + left_packets, gen, key))
 
 
-def _left(used: int, soft: int, hard: int, what: str, sent: set[str]) -> int | None:
+def _left(used: int, soft: int, hard: int, what: str, sent: frozenset[str]) -> int | None:
     """How much may still pass before the next event for ``what``; None: nothing left to report."""
     if soft and f"soft:{what}" not in sent:
         return max(0, soft - used)

@@ -86,7 +86,7 @@ class WorkerConfig:
     lifetime_check_interval: float = 0.25
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lifetime:
     """Byte/packet limits of one Child SA (RFC 4301 4.4.2.1); 0 means no limit."""
 
@@ -413,6 +413,10 @@ class _Record:
         self._types: list[type] | None = None  # the value types when every field is plain
         self._counts: tuple[int, ...] = ()  # indexes of dict[str, int] fields (values still checked)
         self._getter: Callable[[object], Any] | None = None
+        # Immutable records that repeat across installs (a connection's selectors, its
+        # lifetime) are decoded to one shared object: every Child SA holds them two or
+        # three times over (SAs, policies), ~100 bytes a copy (issue 11). Bounded.
+        self._memo: dict[object, object] | None = {} if cls in _SHARED_RECORDS else None
 
     def build(self, codec_for: Callable[[object], _FieldCodec]) -> None:
         hints = typing.get_type_hints(self.cls)
@@ -449,9 +453,15 @@ class _Record:
                     v = dec(v)
                 args.append(v)
         try:
-            return self.cls(*args)
+            obj = self.cls(*args)
         except Exception as e:  # the dataclass's own checks (SaParams: LocalProtocolError, Selector: ValueError)
             raise ProtocolError(f"{self.cls.__name__}: {e}") from e
+        memo = self._memo
+        if memo is None:
+            return obj
+        if len(memo) >= SHARED_RECORD_MEMO:
+            memo.clear()
+        return memo.setdefault(obj, obj)
 
 
 class _Codec:
@@ -560,6 +570,8 @@ def _enum_decoder(cls: type[Enum]) -> _Dec:
     return decode
 
 
+_SHARED_RECORDS = (Lifetime, Selector)
+SHARED_RECORD_MEMO = 4096
 _CODEC = _Codec(WIRE_MESSAGES, (WorkerConfig, Lifetime, SaParams, Selector, Policy, SaCounterSnapshot, UnknownSpi))
 
 

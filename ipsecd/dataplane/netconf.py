@@ -95,13 +95,14 @@ def _ipr() -> Iterator[Any]:
         ipr.close()
 
 
-def selector_networks(sel: Selector) -> list[Network]:
-    """The CIDR prefixes that exactly cover a selector's address range."""
+@functools.lru_cache(maxsize=4096)
+def selector_networks(sel: Selector) -> tuple[Network, ...]:
+    """The CIDR prefixes that exactly cover a selector's address range.
+
+    Memoized: the route claims keep these objects (``_owned``), and the Child SAs of one
+    client or pool ask for the same ones, which are then shared (issue 11, memory)."""
     bits = 32 if sel.version == 4 else 128
-    out: list[Network] = []
-    for net, plen in range_to_prefixes(sel.lo, sel.hi, bits):
-        out.append(ip_network((net, plen)))
-    return out
+    return tuple(ip_network((net, plen)) for net, plen in range_to_prefixes(sel.lo, sel.hi, bits))
 
 
 def path_mtu(remote: IPv4Address | IPv6Address, mark: int = 0, ipr: Any = None) -> int:
@@ -166,7 +167,8 @@ class NetConf:
     ifindex: int = 0
     _routes: dict[RouteKey, set[RouteOwner]] = field(default_factory=dict)  # (prefix, table) -> owners
     _route_args: dict[RouteKey, dict[str, Any]] = field(default_factory=dict)
-    _owned: dict[RouteOwner, set[RouteKey]] = field(default_factory=dict)  # owner -> its routes (no scans)
+    # owner -> its routes (no scans); a tuple, not a set: an owner has one or two (a set is 216 bytes)
+    _owned: dict[RouteOwner, tuple[RouteKey, ...]] = field(default_factory=dict)
     _rules: list[dict[str, Any]] = field(default_factory=list)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # the netlink thread (``run``)
     _nl_thread: int | None = field(default=None, repr=False)
@@ -359,7 +361,9 @@ class NetConf:
                 dst = net if wide is None else wide
                 key = (dst, tbl)
                 self._routes.setdefault(key, set()).add(who)
-                self._owned.setdefault(who, set()).add(key)
+                owned = self._owned.get(who, ())
+                if key not in owned:
+                    self._owned[who] = (*owned, key)
                 # IPv6 routes never below 1280 (RFC 8200 5; the data plane fragments the outer packet)
                 net_mtu = mtu if dst.version == 4 else max(mtu, IPV6_MIN_MTU)
                 args: dict[str, Any] = dict(dst=str(dst), oif=self.ifindex, table=tbl, metrics={"mtu": net_mtu})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -34,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane import traps
+from ipsecd.dataplane.idle import IdleSweep
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
 from ipsecd.esp.ah import AhInboundSa, AhOutboundSa, AnyOutboundSa
@@ -229,7 +231,7 @@ class DataplaneState(Generic[S]):
         self.spd = Spd()
         self.out: dict[int, OutPath[S]] = {}
         self.in_reqid: dict[int, int] = {}  # inbound SPI -> reqid
-        self._in_by_reqid: dict[int, set[int]] = {}  # reqid -> its inbound SPIs
+        self._in_by_reqid: dict[int, tuple[int, ...]] = {}  # reqid -> its inbound SPIs (one or two)
         self.transport_spis: set[int] = set()  # their rebuilt header needs the outer addresses
         # AH SAs by inbound SPI, apart from the SAD's ESP table so the ESP receive path never
         # meets one (the SPI spaces are one: IKE allocates them from one pool)
@@ -246,6 +248,7 @@ class DataplaneState(Generic[S]):
         self.owners: dict[int, int] = {}  # reqid -> the worker owning its SAs, if not this one (SetOwner)
         self.traps = TrapQueues(self.drops, self.stats)
         self.lifetimes = LifetimeWatch()
+        self.idle = IdleSweep()
         self.keepalives = Keepalives()
         self.unknown = UnknownSpiReports()
         self._acquire_sent: dict[int, float] = {}
@@ -326,7 +329,7 @@ class DataplaneState(Generic[S]):
             else:
                 self.sad.add_inbound(new_in)  # refuses a duplicate SPI before anything else changed
             self.in_reqid[spi] = reqid
-            self._in_by_reqid.setdefault(reqid, set()).add(spi)
+            self._in_by_reqid[reqid] = (*self._in_by_reqid.get(reqid, ()), spi)
             if new_in.params.mode is Mode.TRANSPORT:
                 self.transport_spis.add(spi)
             if msg.lifetime != _NO_LIMITS:
@@ -358,7 +361,7 @@ class DataplaneState(Generic[S]):
         if sock is None:
             kind = "UDP 4500" if params.encap else "raw ESP"
             raise ValueError(f"no {kind} socket for IPv{params.remote_addr.version}")
-        dest = (str(params.remote_addr), params.remote_port if params.encap else 0)
+        dest = (sys.intern(str(params.remote_addr)), params.remote_port if params.encap else 0)  # shared by its SAs
         local = None if params.local_addr.is_unspecified else params.local_addr.packed
         # TCP MSS = MTU - IP header - TCP header (RFC 9293 3.7.1), for the inner family we
         # cannot know per SA: use the IPv4 value; IPv6 SYNs get 20 bytes more room than ideal.
@@ -413,11 +416,8 @@ class DataplaneState(Generic[S]):
         self.sad.remove(inbound_spi=spi)
         self.ah_inbound.pop(spi, None)
         reqid = self.in_reqid.pop(spi, None)
-        spis = self._in_by_reqid.get(reqid) if reqid is not None else None
-        if spis is not None:
-            spis.discard(spi)
-            if not spis:
-                del self._in_by_reqid[reqid]  # type: ignore[arg-type]
+        if reqid is not None and (rest := tuple(s for s in self._in_by_reqid.pop(reqid, ()) if s != spi)):
+            self._in_by_reqid[reqid] = rest
         self.transport_spis.discard(spi)
         self.lifetimes.forget("in", spi)
 
@@ -581,18 +581,10 @@ class DataplaneState(Generic[S]):
     def get_timer(self) -> float | None:
         """When ``handle_timer`` is due next; None when nothing is scheduled. Cheap: the shell
         asks once per turn of its loop."""
-        due = self.keepalives.next_due()
-        t = self.traps.next_expiry()
-        if t is not None and (due is None or t < due):
-            due = t
-        t = self.unknown.due
-        if t is not None and (due is None or t < due):
-            due = t
-        if self.lifetimes.pending():
-            t = self._lifetime_checked + self.config.lifetime_check_interval
-            if due is None or t < due:
-                due = t
-        return due
+        lifetime = self._lifetime_checked + self.config.lifetime_check_interval if self.lifetimes.pending() else None
+        times = [t for t in (self.keepalives.next_due(), self.traps.next_expiry(), self.unknown.due, lifetime,
+                             self.idle.due(self.sad, self.lifetimes.traffic.packets)) if t is not None]
+        return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         """Run what is due: O(1) when nothing is, O(what is due) otherwise."""
@@ -605,6 +597,7 @@ class DataplaneState(Generic[S]):
         if now >= self._lifetime_checked + self.config.lifetime_check_interval and self.lifetimes.pending():
             self._lifetime_checked = now
             self._check_lifetimes()
+        self.idle.run(self.sad, now, self.lifetimes.traffic.packets)  # idle SAs' cipher contexts, a slice (idle.py)
 
     def _check_lifetimes(self) -> None:
         """Soft limits raise an event once; hard limits also remove the SA (RFC 4301 4.4.2.1)."""

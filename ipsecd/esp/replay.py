@@ -21,6 +21,7 @@ sender starts at 1 (RFC 4303 3.3.3) so 0 can only be forged or a wrapped counter
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 _LOW_MASK = 0xFFFFFFFF
@@ -45,7 +46,7 @@ class ReplayWindow:
     def __post_init__(self) -> None:
         if not 0 <= self.size <= MAX_WINDOW:
             raise ValueError(f"replay window size must be 0..{MAX_WINDOW}")
-        self._mask = (1 << self.size) - 1
+        self._mask = _window_mask(self.size)
         # Window used to infer the ESN high half; see module docstring for size 0.
         self._infer_window = self.size if self.size else 1 << 31
 
@@ -105,3 +106,9 @@ class ReplayWindow:
             # ``diff`` can be ~2^64, and ``1 << diff`` would try to allocate that many bits.
             if diff < self.size:
                 self.bitmap |= 1 << diff
+
+
+@functools.lru_cache(maxsize=64)
+def _window_mask(size: int) -> int:
+    """(1 << size) - 1, one object per size: a 1024-bit int is 164 bytes per SA otherwise (issue 11)."""
+    return (1 << size) - 1

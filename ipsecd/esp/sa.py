@@ -32,6 +32,7 @@ tests); IKE-installed SAs always carry the negotiated selectors.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -141,7 +142,7 @@ class EspDrop(IpsecdError):
         return (EspDrop, (self.reason,))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: two per Child SA in the worker (issue 11, memory)
 class SaParams:
     """What IKE negotiated for one direction of a Child SA. ``repr`` never shows keys.
 
@@ -197,6 +198,7 @@ class SaParams:
             raise LocalProtocolError(f"replay window must be 0..{MAX_WINDOW}")
         object.__setattr__(self, "local_ts", tuple(self.local_ts))
         object.__setattr__(self, "remote_ts", tuple(self.remote_ts))
+        object.__setattr__(self, "name", sys.intern(self.name))  # a connection's SAs share it
 
 
 @dataclass(slots=True)
@@ -243,7 +245,8 @@ class OutboundSa:
     ``transform.seal``. Both produce identical packets (the tests compare them with scapy).
     """
 
-    __slots__ = ("_compress", "_fast", "_seal", "_tunnel", "counters", "params", "seq", "seq_limit", "transform")
+    __slots__ = ("_compress", "_fast", "_idle_mark", "_seal", "_transform", "_tunnel", "counters", "params", "seq",
+                 "seq_limit")
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
@@ -251,18 +254,45 @@ class OutboundSa:
         self.seq = 0
         self.seq_limit = SEQ_MAX_64 if params.esn else SEQ_MAX_32
         self.counters = SaCounters()
-        self.transform: EspTransform = make_transform(
+        self._tunnel = params.mode == Mode.TUNNEL
+        # The cipher context is built on the first packet, not here (see release_transform):
+        # until then protect() takes _protect_generic, which builds it and comes back.
+        self._transform: EspTransform | None = None
+        self._idle_mark = 0  # packets at the idle sweep's previous visit (dataplane/idle.py)
+        self._seal: Callable[[int, bytes, int], bytes] | None = None
+        # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
+        self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = None
+
+    @property
+    def transform(self) -> EspTransform:
+        """The SA's cipher state, built on first use."""
+        t = self._transform
+        return t if t is not None else self._build()
+
+    def _build(self) -> EspTransform:
+        # An OpenSSL AEAD context is ~2.5 KiB of RSS: an idle tunnel (a road warrior's, most
+        # of the day) holds none (issue 11, memory per tunnel). ~10 us once, on its first packet.
+        params = self.params
+        t = self._transform = make_transform(
             params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
         )
-        self._seal = self.transform.seal
-        self._tunnel = params.mode == Mode.TUNNEL
-        t = self.transform
-        # (encrypt, salt, spi) for the inlined AEAD tunnel path, else None.
-        self._fast: tuple[Callable[[bytes, bytes, bytes | None], bytes], bytes, int] | None = (
-            (t.encrypt, t.salt, t.spi)
-            if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None
-            else None
-        )
+        self._seal = t.seal
+        if isinstance(t, AeadTransform) and not params.esn and self._tunnel and self._compress is None:
+            self._fast = (t.encrypt, t.salt, t.spi)
+        return t
+
+    def release_transform(self) -> bool:
+        """Drop the cipher context (an idle SA); the next packet builds it again. True if one was held."""
+        held = self._transform is not None
+        self._transform = self._seal = self._fast = None
+        return held
+
+    def release_if_idle(self) -> bool:
+        """The idle sweep's visit: release the context if no packet went out since the previous one."""
+        packets = self.counters.packets
+        idle = packets == self._idle_mark
+        self._idle_mark = packets
+        return idle and self.release_transform()
 
     def __repr__(self) -> str:
         return f"<OutboundSa {self.params.name!r} spi=0x{self.params.spi:08x} seq={self.seq}>"
@@ -310,7 +340,13 @@ class OutboundSa:
         return esp
 
     def _protect_generic(self, ip_packet: bytes | bytearray | memoryview) -> bytes:
-        """``protect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport)."""
+        """``protect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport),
+        and the first packet after the cipher context was built or released."""
+        if self._seal is None:
+            self._build()
+            if self._fast is not None:
+                return self.protect(ip_packet)
+        assert self._seal is not None
         if ip_packet.__class__ is not bytes:
             ip_packet = bytes(ip_packet)
         seq = self.seq + 1
@@ -392,33 +428,54 @@ class InboundSa:
         "_cpi",
         "_fast",
         "_fix_l4",
+        "_idle_mark",
         "_local_ts",
         "_min_len",
         "_open",
         "_remote_ts",
+        "_transform",
         "_ts_addr_only",
         "_ts_free",
         "_tunnel",
         "counters",
         "params",
         "replay",
-        "transform",
     )
 
     def __init__(self, params: SaParams) -> None:
         self.params = params
         self.counters = SaCounters()
         self.replay = ReplayWindow(params.replay_window, params.esn)
-        self.transform: EspTransform = make_transform(
-            params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
-        )
-        self._open = self.transform.open
-        self._min_len = self.transform.overhead_min
+        # Built on the first packet (OutboundSa._build says why): until then unprotect()
+        # takes _unprotect_generic, which builds the context and comes back.
+        self._transform: EspTransform | None = None
+        self._idle_mark = 0  # packets at the idle sweep's previous visit (dataplane/idle.py)
+        self._open: Callable[[bytes, int], bytes | None] | None = None
+        self._min_len = 0
         self._tunnel = params.mode == Mode.TUNNEL
         self._local_ts = params.local_ts
         self._remote_ts = params.remote_ts
         # IP versions for which both sides are unrestricted: their packets skip the parse.
-        self._ts_free = _unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)
+        free = _unrestricted_versions(params.local_ts) & _unrestricted_versions(params.remote_ts)
+        self._ts_free = _VERSION_SETS[free]
+        self._ts_addr_only = _NO_RANGES  # set by _build: only a packet reads it
+        self._fix_l4 = params.encap and not self._tunnel
+        self._cpi = params.ipcomp_cpi
+        self._fast: _InboundFast | None = None
+
+    @property
+    def transform(self) -> EspTransform:
+        """The SA's cipher state, built on first use."""
+        t = self._transform
+        return t if t is not None else self._build()
+
+    def _build(self) -> EspTransform:
+        params = self.params
+        t = self._transform = make_transform(
+            params.encr, params.encr_key, params.integ, params.integ_key, params.spi, params.esn
+        )
+        self._open = t.open
+        self._min_len = t.overhead_min
         # Per IP version, when every selector of that version is address-only (protocol and
         # ports ANY, the usual case): the (lo, hi) ranges of each side, so the check needs only
         # the two addresses instead of a full parse. None for a side means "unrestricted".
@@ -427,10 +484,6 @@ class InboundSa:
             for v in (4, 6)
             if _address_only(params.remote_ts, v) and _address_only(params.local_ts, v)
         }
-        self._fix_l4 = params.encap and not self._tunnel
-        self._cpi = params.ipcomp_cpi
-        t = self.transform
-        self._fast: _InboundFast | None = None
         if isinstance(t, AeadTransform) and not params.esn and self._tunnel and not self._cpi:
             # The window's size never changes after construction; top and bitmap are read
             # from self.replay per packet (tests and the lifecycle code may set top).
@@ -440,6 +493,20 @@ class InboundSa:
             v4 = (0, _V4_MAX, 0, _V4_MAX) if 4 in self._ts_free else _bounds(params.remote_ts, params.local_ts, 4)
             v6 = (0, _V6_MAX, 0, _V6_MAX) if 6 in self._ts_free else _bounds(params.remote_ts, params.local_ts, 6)
             self._fast = (t.decrypt, t.salt, t.overhead_min, self.replay, size, (1 << size) - 1, v4, v6)
+        return t
+
+    def release_transform(self) -> bool:
+        """Drop the cipher context (an idle SA); the next packet builds it again. True if one was held."""
+        held = self._transform is not None
+        self._transform = self._open = self._fast = None
+        return held
+
+    def release_if_idle(self) -> bool:
+        """The idle sweep's visit: release the context if no packet came in since the previous one."""
+        packets = self.counters.packets
+        idle = packets == self._idle_mark
+        self._idle_mark = packets
+        return idle and self.release_transform()
 
     def __repr__(self) -> str:
         return f"<InboundSa {self.params.name!r} spi=0x{self.params.spi:08x} top={self.replay.top}>"
@@ -604,7 +671,13 @@ class InboundSa:
     def _unprotect_generic(
         self, esp: bytes | bytearray | memoryview, outer_src: bytes | None, outer_dst: bytes | None
     ) -> bytes:
-        """``unprotect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport)."""
+        """``unprotect`` for every SA the inlined path does not cover (CBC/NULL, ESN, transport),
+        and the first packet after the cipher context was built or released."""
+        if self._open is None:
+            self._build()
+            if self._fast is not None:
+                return self.unprotect(esp, outer_src, outer_dst)
+        assert self._open is not None
         if esp.__class__ is not bytes:
             esp = bytes(esp)
         if len(esp) < self._min_len:
@@ -777,6 +850,11 @@ def _in_ranges(ranges: tuple[tuple[int, int], ...], addr: int) -> bool:
         if lo <= addr <= hi:
             return True
     return False
+
+
+_NO_RANGES: dict[int, tuple[tuple[tuple[int, int], ...] | None, tuple[tuple[int, int], ...] | None]] = {}
+# The four possible _ts_free values, shared by every SA (a frozenset is 216 bytes).
+_VERSION_SETS = {s: s for s in (frozenset(), frozenset((4,)), frozenset((6,)), frozenset((4, 6)))}
 
 
 def _unrestricted_versions(selectors: tuple[Selector, ...]) -> frozenset[int]:

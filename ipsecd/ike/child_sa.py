@@ -93,28 +93,34 @@ class ChildSa:
 
 
 class ChildTable:
-    """The Child SAs of one IKE SA, found by either SPI without a scan."""
+    """The Child SAs of one IKE SA, by inbound SPI.
 
-    __slots__ = ("_by_in", "_by_out")
+    An IKE SA has one or two Child SAs (a few during a rekey), so the outbound SPI is found
+    by looking at them rather than through a second dict (224 bytes per IKE SA, issue 11);
+    the manager's table finds the IKE SA itself by SPI without a scan. The latest SA added
+    with an outbound SPI wins, as a dict would have it.
+    """
+
+    __slots__ = ("_by_in",)
 
     def __init__(self) -> None:
         self._by_in: dict[bytes, ChildSa] = {}
-        self._by_out: dict[bytes, ChildSa] = {}
 
     def add(self, c: ChildSa) -> None:
         self._by_in[c.spi_in] = c
-        self._by_out[c.spi_out] = c
 
     def remove(self, c: ChildSa) -> None:
         self._by_in.pop(c.spi_in, None)
-        if self._by_out.get(c.spi_out) is c:
-            del self._by_out[c.spi_out]
 
     def by_spi_in(self, spi: bytes) -> ChildSa | None:
         return self._by_in.get(spi)
 
     def by_spi_out(self, spi: bytes) -> ChildSa | None:
-        return self._by_out.get(spi)
+        found = None
+        for c in self._by_in.values():
+            if c.spi_out == spi:
+                found = c
+        return found
 
     def reqid_in_use(self, reqid: int) -> bool:
         return any(c.event.reqid == reqid for c in self._by_in.values())
@@ -122,7 +128,6 @@ class ChildTable:
     def take_all(self) -> list[ChildSa]:
         out = list(self._by_in.values())
         self._by_in.clear()
-        self._by_out.clear()
         return out
 
     def __iter__(self):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ exception escaping into the state machine.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -82,6 +83,13 @@ class Prf:
 
     def __repr__(self) -> str:
         return f"Prf({self.prf_id.name})"
+
+
+@functools.cache
+def shared_prf(prf_id: PrfId | int) -> Prf:
+    """One Prf per algorithm, shared by every IKE SA: it holds no key or state between calls,
+    and a private copy per SA (with its hash object) was ~190 bytes each (issue 11)."""
+    return Prf(prf_id)
 
 
 def _aes_cmac(key: bytes, data: bytes) -> bytes:

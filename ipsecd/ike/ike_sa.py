@@ -30,7 +30,7 @@ from ipsecd.ike.authenticators import AuthExtensions, PeerLogin, PendingLogin, r
 from ipsecd.ike.child_sa import ChildEvent, ChildSa, ChildSaState, ChildTable, describe_child
 from ipsecd.ike.context import EngineContext
 from ipsecd.ike.cp import VirtualIps
-from ipsecd.ike.crypto import Prf
+from ipsecd.ike.crypto import Prf, shared_prf
 from ipsecd.ike.events import (
     Cause,
     ChildSaDeleted,
@@ -177,7 +177,7 @@ class IkeSa:
         if self._prf is None:
             assert self.proposal is not None
             (t,) = self.proposal.of_type(TransformType.PRF)
-            self._prf = Prf(PrfId(t.id))
+            self._prf = shared_prf(PrfId(t.id))
         return self._prf
 
     @property

@@ -8,6 +8,7 @@ hide their contents from ``repr`` so a stray log line cannot leak them.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from dataclasses import dataclass, field
 
@@ -38,6 +39,11 @@ class IkeKeys:
     sk_er: bytes = field(repr=False)
     sk_pi: bytes = field(repr=False)
     sk_pr: bytes = field(repr=False)
+
+    def without_auth_keys(self) -> IkeKeys:
+        """The same keys less SK_pi/SK_pr: once IKE_AUTH is over nothing signs with them again
+        (RFC 7296 2.15; a rekey derives from SK_d), so an established IKE SA need not hold them."""
+        return dataclasses.replace(self, sk_pi=b"", sk_pr=b"")
 
     def __repr__(self) -> str:
         return (

@@ -179,7 +179,13 @@ def parse_hash_algorithms(data: bytes) -> frozenset[HashAlgorithm]:
     if len(data) % 2:
         raise RemoteProtocolError(f"SIGNATURE_HASH_ALGORITHMS: odd length {len(data)}", NotifyType.INVALID_SYNTAX)
     known = {h.value for h in HashAlgorithm}
-    return frozenset(HashAlgorithm(v) for (v,) in struct.iter_unpack("!H", data) if v in known)
+    found = frozenset(HashAlgorithm(v) for (v,) in struct.iter_unpack("!H", data) if v in known)
+    # Every IKE SA keeps its peer's set (216 bytes); peers announce the same few sets, and
+    # there are only 2^len(HashAlgorithm) of them, so one shared copy of each (issue 11).
+    return _HASH_SETS.setdefault(found, found)
+
+
+_HASH_SETS: dict[frozenset[HashAlgorithm], frozenset[HashAlgorithm]] = {}
 
 
 # ---------------------------------------------------------------- choosing

@@ -24,6 +24,7 @@ probability.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def _strip_padding(padded: bytes) -> bytes:
 class AeadSkCipher:
     """SK payload protection with a combined-mode cipher (RFC 5282, RFC 7634 4)."""
 
-    __slots__ = ("_aead", "_counter", "_gcm_key", "_info", "_salt", "_sent", "_start")
+    __slots__ = ("_counter", "_gcm_key", "_info", "_key", "_klen", "_make", "_sent", "_start")
 
     def __init__(self, encr_id: int, key_length_bits: int | None, key: bytes, *, iv_start: int | None = None) -> None:
         """``key`` is SK_e including the trailing salt. ``iv_start`` fixes the
@@ -76,18 +77,25 @@ class AeadSkCipher:
         if len(key) != encr_key_len(encr_id, key_length_bits):
             raise LocalProtocolError("SK_e length does not match the cipher")
         self._info: EncrInfo = info
-        cipher_key, self._salt = key[: len(key) - info.salt_len], key[len(key) - info.salt_len :]
+        # SK_e itself is kept (the IkeKeys' own bytes, no copy): cipher key, then salt.
+        self._klen = klen = len(key) - info.salt_len
+        cipher_key = key[:klen]
         self._gcm_key = b""
-        self._aead: AESGCM | AESCCM | ChaCha20Poly1305 | None
+        # The AEAD object is built per message, not kept: each holds an OpenSSL context of
+        # ~2.5 KiB of RSS, and an established IKE SA exchanges a message every few minutes
+        # at most (DPD, rekey, delete), where building one costs ~1.5 us (issue 11, memory
+        # per tunnel). A handshake builds as many as before: one to open, one to seal.
+        self._key = key
+        self._make: Callable[[bytes], AESGCM | AESCCM | ChaCha20Poly1305] | None
         if info.encr_id == EncrId.ENCR_CHACHA20_POLY1305:
-            self._aead = ChaCha20Poly1305(cipher_key)
+            self._make = ChaCha20Poly1305
         elif info.encr_id in _CCM_IDS:
-            self._aead = AESCCM(cipher_key, tag_length=info.icv_len)
+            self._make = functools.partial(AESCCM, tag_length=info.icv_len)
         elif info.icv_len == 16:
-            self._aead = AESGCM(cipher_key)
+            self._make = AESGCM
         else:
             # Truncated GCM tags need the lower-level mode API.
-            self._aead = None
+            self._make = None
             self._gcm_key = cipher_key
         self._start = int.from_bytes(os.urandom(8), "big") if iv_start is None else iv_start % _IV_SPACE
         self._counter = self._start
@@ -107,9 +115,10 @@ class AeadSkCipher:
 
     def encrypt_raw(self, iv: bytes, data: bytes, associated: bytes) -> bytes:
         """AEAD primitive: ciphertext | ICV for nonce salt | iv (no SK framing)."""
-        nonce = self._salt + iv  # RFC 5282 4 / RFC 7634 2: salt | IV
-        if self._aead is not None:
-            return self._aead.encrypt(nonce, data, associated)
+        key, klen = self._key, self._klen
+        nonce = key[klen:] + iv  # RFC 5282 4 / RFC 7634 2: salt | IV
+        if self._make is not None:
+            return self._make(key[:klen]).encrypt(nonce, data, associated)
         enc = Cipher(algorithms.AES(self._gcm_key), modes.GCM(nonce)).encryptor()
         enc.authenticate_additional_data(associated)
         ct = enc.update(data) + enc.finalize()
@@ -120,10 +129,11 @@ class AeadSkCipher:
         info = self._info
         if len(iv) != info.iv_len or len(ct_icv) < info.icv_len:
             raise IntegrityError("AEAD input too short")
-        nonce = self._salt + iv
+        key, klen = self._key, self._klen
+        nonce = key[klen:] + iv
         try:
-            if self._aead is not None:
-                return self._aead.decrypt(nonce, ct_icv, associated)
+            if self._make is not None:
+                return self._make(key[:klen]).decrypt(nonce, ct_icv, associated)
             ct, tag = ct_icv[: -info.icv_len], ct_icv[-info.icv_len :]
             dec = Cipher(algorithms.AES(self._gcm_key), modes.GCM(nonce, tag, min_tag_length=info.icv_len)).decryptor()
             dec.authenticate_additional_data(associated)

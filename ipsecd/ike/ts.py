@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
@@ -61,8 +62,12 @@ def with_trigger(trigger: TriggerPacket | None, ts_i: list[TrafficSelector],
     return [first_i, *ts_i], [first_r, *ts_r]
 
 
+@functools.lru_cache(maxsize=1024)
 def ts_from_spec(spec: TsSpec, dynamic_addr: str) -> TrafficSelector:
-    """A configured selector as an address range; "dynamic" becomes our outer host address."""
+    """A configured selector as an address range; "dynamic" becomes our outer host address.
+
+    Memoized (selectors are immutable): a Child SA keeps the configured side of its
+    selectors, and every Child SA of a connection then shares one object (issue 11)."""
     net = spec.network if spec.network is not None else ip_network(dynamic_addr)
     ts_type = TsType.TS_IPV4_ADDR_RANGE if net.version == 4 else TsType.TS_IPV6_ADDR_RANGE
     return TrafficSelector(ts_type, spec.proto, spec.port_lo, spec.port_hi, net[0], net[-1])
@@ -98,7 +103,10 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     hi: IPAddress = min(a.end_addr, b.end_addr)  # type: ignore[type-var]
     if lo > hi:  # type: ignore[operator]
         return None
-    return TrafficSelector(a.ts_type, proto, lo_port, hi_port, lo, hi)
+    x = TrafficSelector(a.ts_type, proto, lo_port, hi_port, lo, hi)
+    # When the result is one of the two (the usual case), hand that one back: a Child SA keeps
+    # its selectors, and the configured one is shared by all of them (issue 11, memory).
+    return b if x == b else a if x == a else x
 
 
 def contains(outer: TrafficSelector, inner: TrafficSelector) -> bool:

@@ -278,15 +278,24 @@ class ChildSaInstaller:
             except Exception as e:  # the worker may be restarting: try again next time
                 log.debug("cannot read data-plane counters: %s", e)
                 continue
-            now = time.monotonic()
-            for key, c in counters.get("sas", {}).items():
-                if c.get("direction") != "in":
-                    continue
-                packets = int(c.get("packets", 0))
-                if packets != seen.get(key):
-                    seen[key] = packets
-                    self.shell.manager.note_inbound_traffic(bytes.fromhex(key[:8]), now)
-            self.shell.flush()
+            seen = self._note_traffic(counters, seen)
+            del counters  # a dict per SA: not kept across the sleep
+
+    def _note_traffic(self, counters: dict[str, Any], seen: dict[str, int]) -> dict[str, int]:
+        """Tell IKE which inbound SAs received packets since the last poll; returns the new counts.
+        Only SAs that ever received a packet are remembered, and only while they exist: the poll's
+        reply (a dict per SA) is not kept across the sleep (issue 11, memory per tunnel)."""
+        now = time.monotonic()
+        fresh: dict[str, int] = {}
+        for key, c in counters.get("sas", {}).items():
+            packets = int(c.get("packets", 0))
+            if c.get("direction") != "in" or not packets:
+                continue
+            fresh[key] = packets
+            if packets != seen.get(key):
+                self.shell.manager.note_inbound_traffic(bytes.fromhex(key[:8]), now)
+        self.shell.flush()
+        return fresh
 
 
 def volume_lifetime(child: ChildConfig | None) -> dp.Lifetime:

@@ -95,6 +95,16 @@ class PendingLogin:
     refused: tuple[LoginResult, str] | None = None  # refused once, the peer may try again (wrong password)
 
 
+def release_auth_material(sa: IkeSa) -> None:
+    """IKE_AUTH is over: drop what only the AUTH payloads were computed over (both IKE_SA_INIT
+    messages, SK_pi/SK_pr; RFC 7296 2.15). A later exchange never needs them -- a rekey
+    derives from SK_d, a retransmitted IKE_AUTH request is answered from the cached
+    response -- and a gateway holds thousands of established SAs (issue 11, memory)."""
+    sa.init_request = sa.init_response = b""
+    if sa.keys is not None:
+        sa.keys = sa.keys.without_auth_keys()
+
+
 @dataclass
 class AuthContext:
     """The IKE SA and both ID payloads as sent: what every AUTH of this IKE_AUTH is computed over."""

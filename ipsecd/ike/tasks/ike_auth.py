@@ -27,6 +27,7 @@ from ipsecd.ike.authenticators import (
     PendingLogin,
     certreq_data,
     own_credential,
+    release_auth_material,
     report_login,
 )
 from ipsecd.ike.authenticators.eap_client import EapClient
@@ -161,6 +162,7 @@ class IkeAuth(Hooks):
         sa.authenticating = False
         sa.login = PeerLogin(sa.settings.remote_auth.method, None,
                              getattr(self.theirs, "certificate", None))
+        release_auth_material(sa)
         sa.establish()
         return Status.DONE
 
@@ -290,6 +292,7 @@ class IkeAuth(Hooks):
         if not self.theirs_done:
             return out
         report_login(sa, LoginResult.SUCCESS)
+        release_auth_material(sa)  # our AUTH is in ``out`` already
         sa.establish()
         if self.initial_contact:
             sa.signal(InitialContact())

@@ -161,7 +161,7 @@ class IkeConfig(Hooks):
                 sa.log.warning("no IPv%d address left for '%s' in pool%s %s: exhausted", version, safe(who),
                                "s" if len(conf.pools) > 1 else "", ", ".join(conf.pools))
                 continue
-            sa.vips.leases.append(lease)
+            sa.vips.leases = [*sa.vips.leases, lease]
             sa.log.info("assigned virtual IP %s from pool %s to '%s'", lease.address, lease.pool, safe(who))
         if not sa.vips.leases:
             why = f"no virtual IP for '{safe(who)}'" + (

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import ExchangeType, NotifyType, ProtocolId
 from ipsecd.ike import lifetimes
+from ipsecd.ike.authenticators import release_auth_material
 from ipsecd.ike.crypto import KeyExchange
 from ipsecd.ike.events import Cause, IkeSaRekeyed, Spawned
 from ipsecd.ike.keyexchange import InvalidKe, KeOffer, accept
@@ -191,6 +192,7 @@ def spawn_rekeyed(old: IkeSa, proposal: Proposal, keys: IkeKeys, *, initiator: b
                 remote_identity=old.remote_identity, rekeyed_from=old.ike_sa_id,
                 my_identity=old.my_identity, login=old.login)  # who authenticated, how (EAP identity)
     new.sk_out, new.sk_in = make_sk_ciphers(proposal, keys, initiator)
+    release_auth_material(new)  # authenticated by the old SA: no AUTH is ever computed with these
     new.set_state(IkeState.ESTABLISHED)
     new.established_at = old.now
     new.last_traffic_in = old.last_traffic_in

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING
 
@@ -60,7 +60,7 @@ _MOBIKE_NOTIFIES = frozenset({NotifyType.UPDATE_SA_ADDRESSES, NotifyType.COOKIE2
                               NotifyType.ADDITIONAL_IP6_ADDRESS, NotifyType.NO_ADDITIONAL_ADDRESSES})
 
 
-@dataclass
+@dataclass(slots=True)
 class MobikeState:
     """What one IKE SA knows about MOBIKE; handed on to the IKE SA that rekeys it."""
 
@@ -68,7 +68,7 @@ class MobikeState:
     original_initiator: bool = False  # RFC 4555 3.1: only the initiator updates addresses
     peer_supports: bool = False  # responder: the IKE_AUTH request offered it
     peer_addrs: tuple[str, ...] = ()  # the peer's ADDITIONAL_*_ADDRESS (RFC 4555 3.4, 3.6)
-    verified: list[str] = field(default_factory=list)  # peer addresses we may send ESP to at once
+    verified: Sequence[str] = ()  # peer addresses we may send ESP to at once (newest last)
     moves: int = 0  # completed address updates, for list-sas and tests
 
 
@@ -155,11 +155,9 @@ def _natd_changed(sa: IkeSa, msg: Message) -> bool:
 
 
 def _verified(sa: IkeSa, addr: str) -> None:
-    v = sa.mobike.verified
-    if addr in v:
-        v.remove(addr)
+    v = [a for a in sa.mobike.verified if a != addr]
     v.append(addr)
-    del v[:-MAX_VERIFIED]
+    sa.mobike.verified = v[-MAX_VERIFIED:]
 
 
 def _children_follow(sa: IkeSa, *, rekey: bool) -> None:
