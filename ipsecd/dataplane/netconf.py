@@ -395,17 +395,20 @@ class NetConf:
         for args in todo:
             key = (ip_network(args["dst"]), int(args["table"]))
             self._routes.setdefault(key, set()).add(owner)
-            self._owned.setdefault(owner, set()).add(key)
+            owned = self._owned.get(owner, ())
+            if key not in owned:
+                self._owned[owner] = (*owned, key)
             self._route_args[key] = args
         return todo
 
     def drop_routes(self, owner: RouteOwner, routes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """``owner`` no longer needs these prefixes; returns the routes nobody claims any more."""
         gone: list[dict[str, Any]] = []
-        mine = self._owned.get(owner, set())
-        for args in routes:
-            key = (ip_network(args["dst"]), int(args["table"]))
-            mine.discard(key)
+        drop = {(ip_network(args["dst"]), int(args["table"])): args for args in routes}
+        mine = tuple(k for k in self._owned.get(owner, ()) if k not in drop)
+        if mine:
+            self._owned[owner] = mine
+        for key in drop:
             users = self._routes.get(key)
             if users is None:
                 continue
