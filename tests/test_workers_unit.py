@@ -6,6 +6,7 @@ routing of requests (Owners) and the counters' merge."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import struct
@@ -251,7 +252,7 @@ def test_owners_route_installs_rekeys_and_deletes() -> None:
         assert sorted((i, x.owner) for i, x in fake.sent if isinstance(x, m.SetOwner)) == sorted([(k, -1), (1 - k, k)])
         # a rekey whose new inbound SPI belongs to the other worker moves the pair
         fake.sent.clear()
-        new_in = sa_in.__class__(**{**sa_in.__dict__, "spi": sa_in.spi + 1})
+        new_in = dataclasses.replace(sa_in, spi=sa_in.spi + 1)
         await own.install_inbound(REQID, new_in, lambda i: m.InstallSa(REQID, new_in, None, id=i))
         assert fake.sent[0][0] == 1 - k and own.of_reqid(REQID) == k  # still sending from the old owner
         await own.install_outbound(REQID, lambda i: m.InstallSa(REQID, None, sa_out, id=i))
