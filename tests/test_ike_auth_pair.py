@@ -473,7 +473,18 @@ def test_the_gateway_picks_the_connection_by_auth_class(pki: TestPki, certs: Sim
         pair.a.initiate("conn", pair.now)
         pair.run_until_quiet()
         _up(pair)
-        assert pair.b.list_sas()[0].settings.name == expect
+        sa = pair.b.list_sas()[0]
+        assert sa.settings.name == expect
+        # IKE_SA_INIT may have picked the other connection: no index keeps the SA under it
+        # (a stale entry made an unrelated SA of that connection look like a duplicate)
+        other = "eap-users" if expect == "psk-users" else "psk-users"
+        table, ctx = pair.b.table, pair.b.ctx
+        assert [s.ike_sa_id for s in table.of_connection(expect)] == [sa.ike_sa_id]
+        assert table.of_connection(other) == []
+        assert [k[0] for k in ctx.contacts] == [expect]
+        pair.b.delete_ike(sa.ike_sa_id, pair.now)
+        pair.run_until_quiet()
+        assert pair.b.list_sas() == [] and ctx.contacts == {} and table.of_connection(expect) == []
 
 
 def test_a_client_that_goes_away_during_eap_is_an_abandoned_login(pki: TestPki, certs: SimpleNamespace) -> None:

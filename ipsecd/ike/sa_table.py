@@ -41,7 +41,10 @@ class SaTable:
         self._half_of_ip: dict[str, int] = {}  # peer address -> its half-open SAs (the front door's block_threshold)
         self._by_conn: dict[str, dict[int, IkeSa]] = {}
         self._by_child: dict[bytes, IkeSa] = {}
-        self._peer_of: dict[int, str] = {}  # IKE SA id -> the peer address it has in ctx.contacts
+        # IKE SA id -> the (connection, peer address) it is indexed under in _by_conn, ctx.contacts and
+        # _initiated: IKE_AUTH may switch a responder's SA to another connection (ike_auth.py), and the
+        # entries made under the first must go with it
+        self._peer_of: dict[int, tuple[str, str]] = {}
         # (connection, peer address) -> the IKE SAs we initiated there (simultaneous initiation)
         self._initiated: dict[tuple[str, str], dict[int, IkeSa]] = {}
         # (our identity, the peer's client identity) -> established IKE SAs (INITIAL_CONTACT, uniqueness);
@@ -108,6 +111,7 @@ class SaTable:
         """Follow one event of ``sa``; returns it (marked when another SA still uses its reqid)."""
         if isinstance(ev, IkeSaEstablished):
             self._not_half_open(sa)
+            self._rebind(sa)
             self._index_ids(sa)
         elif isinstance(ev, ChildSaEstablished):
             self._by_child[ev.spi_in] = sa
@@ -133,11 +137,7 @@ class SaTable:
 
     def remove(self, sa: IkeSa) -> None:
         self.by_id.pop(sa.ike_sa_id, None)
-        same = self._by_conn.get(sa.settings.name)
-        if same is not None:
-            same.pop(sa.ike_sa_id, None)
-            if not same:
-                del self._by_conn[sa.settings.name]
+        _discard(self._by_conn, self._peer_of.get(sa.ike_sa_id, (sa.settings.name, ""))[0], sa.ike_sa_id)
         if self._by_spi.get(sa.our_spi) is sa:
             del self._by_spi[sa.our_spi]
         self._not_half_open(sa)
@@ -155,8 +155,17 @@ class SaTable:
             if left > 0:
                 self._half_of_ip[key[1]] = left
 
+    def _rebind(self, sa: IkeSa) -> None:
+        """The connection IKE_AUTH settled on replaces the one IKE_SA_INIT picked in every index."""
+        name = self._peer_of.get(sa.ike_sa_id, (sa.settings.name, ""))[0]
+        if name != sa.settings.name:
+            _discard(self._by_conn, name, sa.ike_sa_id)
+            self._by_conn.setdefault(sa.settings.name, {})[sa.ike_sa_id] = sa
+            self._drop_peer(sa)
+            self._contact(sa)
+
     def _contact(self, sa: IkeSa) -> None:
-        self._peer_of[sa.ike_sa_id] = sa.remote[0]
+        self._peer_of[sa.ike_sa_id] = (sa.settings.name, sa.remote[0])
         self.ctx.add_contact(sa.settings.name, sa.remote[0], sa.ike_sa_id)
         if sa.initiator and sa.rekeyed_from is None:
             self._initiated.setdefault((sa.settings.name, sa.remote[0]), {})[sa.ike_sa_id] = sa
@@ -169,9 +178,9 @@ class SaTable:
             self._by_ids.setdefault(key, {})[sa.ike_sa_id] = sa
 
     def _drop_peer(self, sa: IkeSa) -> None:
-        peer = self._peer_of.pop(sa.ike_sa_id, "")
-        self.ctx.drop_contact(sa.settings.name, peer, sa.ike_sa_id)
-        _discard(self._initiated, (sa.settings.name, peer), sa.ike_sa_id)
+        name, peer = self._peer_of.pop(sa.ike_sa_id, (sa.settings.name, ""))
+        self.ctx.drop_contact(name, peer, sa.ike_sa_id)
+        _discard(self._initiated, (name, peer), sa.ike_sa_id)
 
 
 K = TypeVar("K")
