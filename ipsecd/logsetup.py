@@ -37,7 +37,7 @@ class LineFormatter(logging.Formatter):
     _second: int = -1
     _text: str = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # logging's name
         sec = int(record.created)
         if sec != self._second:
             self._text = time.strftime(datefmt or "%H:%M:%S", self.converter(sec))
@@ -63,7 +63,7 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
-        except Exception:  # noqa: BLE001 -- logging's own contract: report, never raise
+        except Exception:  # logging's own contract: report, never raise
             self.handleError(record)
             return
         if record.levelno < logging.WARNING and not self._pending:
@@ -90,7 +90,7 @@ def _stderr_stream() -> TextIO:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return sys.stderr
     enc = getattr(sys.stderr, "encoding", None) or "utf-8"
-    return open(os.dup(fd), "w", buffering=1 << 16, encoding=enc, errors="backslashreplace")  # noqa: SIM115
+    return open(os.dup(fd), "w", buffering=1 << 16, encoding=enc, errors="backslashreplace")
 
 
 class LogHub(logging.Handler):
