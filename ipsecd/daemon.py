@@ -362,12 +362,43 @@ class Daemon:
         self.pools.update(pool_specs(new))
 
 
+class GcPolicy:
+    """A gc callback: after each full collection, what survived is frozen (gc.freeze), so the
+    next full pass walks only what was made since; every ``refresh`` seconds it is thawed
+    instead, so one full pass sees everything again.
+
+    Why: a full pass walks every object, and 20,000 IKE SAs are well over a million --
+    ~150 ms in-process here, up to half a second in the daemon on a busy core: the 0.5 s p99
+    of an open-loop stage at 20,000 SAs (docs/performance.md). Freezing makes those passes
+    short. The price: a closed IKE SA is a reference cycle (its exchanges point back at it),
+    and a frozen cycle is only freed after the next thaw -- at most ``refresh`` seconds of
+    closed SAs wait, and one pass per ``refresh`` is long.
+    """
+
+    def __init__(self, refresh: float = 300.0) -> None:
+        self.refresh = refresh
+        self.thawed_at = time.monotonic()
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase != "stop" or info.get("generation") != 2:
+            return
+        now = time.monotonic()
+        if now - self.thawed_at >= self.refresh:
+            gc.unfreeze()  # the next full pass sees everything: cycles of closed SAs are freed
+            self.thawed_at = now
+        else:
+            gc.freeze()
+
+
 def tune_gc() -> None:
     """Once started: what exists now (modules, configuration, credentials) lives as long as
-    the process, so the collector stops walking it (gc.freeze); then GC_THRESHOLDS."""
+    the process, so the collector stops walking it (gc.freeze); then GC_THRESHOLDS and
+    GcPolicy."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    if not any(isinstance(cb, GcPolicy) for cb in gc.callbacks):
+        gc.callbacks.append(GcPolicy())
 
 
 def open_pools(config: Config) -> PoolManager:

@@ -264,3 +264,31 @@ def test_close_action_trap_rearms_after_peer_deletes(topology: Topology, tmp_pat
         ping = topology.a.ping(topology.b_lan, count=4, src=topology.a_lan, check=False)
         assert ping.returncode == 0, ping.stdout + a.log_tail()
         assert len(a.list_sas()) == 1
+
+
+def test_gc_policy_freezes_after_full_passes_and_thaws_every_refresh() -> None:
+    """Full collections walk only what was made since the last one; every ``refresh``
+    seconds everything is walked again (closed IKE SAs are cycles: they must be freed)."""
+    import gc
+
+    from ipsecd.daemon import GcPolicy
+
+    policy = GcPolicy(refresh=3600.0)
+    gc.callbacks.append(policy)
+    try:
+        gc.unfreeze()
+        junk = [[i] for i in range(1000)]
+        gc.collect()  # a full pass: its survivors are frozen
+        assert gc.get_freeze_count() >= len(junk)
+        cycle: list[object] = []
+        cycle.append(cycle)
+        gc.collect(1)  # not a full pass: nothing changes
+        policy.thawed_at -= 3600.0  # the refresh is due
+        gc.collect()
+        assert gc.get_freeze_count() == 0  # thawed: the next full pass sees everything
+        del cycle
+        gc.collect()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.callbacks.remove(policy)
+        gc.unfreeze()
