@@ -48,12 +48,12 @@ class LineFormatter(logging.Formatter):
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes at most once per event-loop turn.
 
-    A login storm logs ~4 lines per handshake; a write(2) per line was ~11 % of the IKE
-    process's CPU per handshake. Lines below WARNING are buffered and flushed by a
-    callback at the end of the current loop turn (every line of one batch of datagrams in
-    one write); WARNING and above, lines from other threads and lines logged with no loop
-    running are flushed at once. ``logging.shutdown`` at exit flushes the rest (a SIGKILL
-    loses at most the current turn's lines).
+    A login storm logs 3 lines per handshake; with stderr on a pipe (journald) a write(2)
+    per line was ~11 % of the responder's CPU per handshake (tests/bench_engine.py). Lines
+    below WARNING are buffered and flushed by a callback at the end of the current loop turn
+    (every line of one batch of datagrams in one write); WARNING and above, lines from other
+    threads and lines logged with no loop running are flushed at once. ``logging.shutdown``
+    at exit flushes the rest (a SIGKILL loses at most the current turn's lines).
     """
 
     def __init__(self, stream: TextIO) -> None:
