@@ -66,20 +66,29 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # logging's own contract: report, never raise
             self.handleError(record)
             return
-        if record.levelno < logging.WARNING and not self._pending:
+        if record.levelno < logging.WARNING:
+            if self._pending:
+                return
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop in this thread (start-up, executor threads, tests)
-                self.flush()
+                loop = None
+            if loop is not None:
+                self._pending = True
+                loop.call_soon(self._flush_turn)
                 return
-            self._pending = True
-            loop.call_soon(self._flush_turn)
-        elif not self._pending:
+        self._flush(record)
+
+    def _flush(self, record: logging.LogRecord | None = None) -> None:
+        try:
             self.flush()
+        except Exception:  # e.g. journald's pipe gone: reported on stderr, the daemon goes on
+            if record is not None:
+                self.handleError(record)
 
     def _flush_turn(self) -> None:
         self._pending = False
-        self.flush()
+        self._flush()
 
 
 def _stderr_stream() -> TextIO:
