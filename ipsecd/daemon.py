@@ -363,29 +363,35 @@ class Daemon:
 
 
 class GcPolicy:
-    """A gc callback: after each full collection, what survived is frozen (gc.freeze), so the
-    next full pass walks only what was made since; every ``refresh`` seconds it is thawed
-    instead, so one full pass sees everything again.
+    """A gc callback: what survives a gen-1 or full collection is frozen (gc.freeze), so the
+    old generation stays small and full passes walk only what was promoted since; every
+    ``refresh`` seconds everything is thawed instead and the next full pass walks it all.
 
     Why: a full pass walks every object, and 20,000 IKE SAs are well over a million --
-    ~150 ms in-process here, up to half a second in the daemon on a busy core: the 0.5 s p99
-    of an open-loop stage at 20,000 SAs (docs/performance.md). Freezing makes those passes
-    short. The price: a closed IKE SA is a reference cycle (its exchanges point back at it),
-    and a frozen cycle is only freed after the next thaw -- at most ``refresh`` seconds of
-    closed SAs wait, and one pass per ``refresh`` is long.
+    ~150 ms in-process here, up to half a second in the daemon on a busy core: the 0.4-0.5 s
+    p99 of an open-loop stage at 20,000 SAs (docs/performance.md). Freezing makes those
+    passes short. The price: a closed IKE SA is a reference cycle (its exchanges point back
+    at it), and a frozen cycle is only freed by the full pass after the next thaw -- at most
+    ``refresh`` seconds of closed SAs wait, and one pass per ``refresh`` is long.
     """
 
     def __init__(self, refresh: float = 300.0) -> None:
         self.refresh = refresh
         self.thawed_at = time.monotonic()
+        self.thawing = False  # thawed, and the full pass that walks everything has not run yet
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase != "stop" or info.get("generation") != 2:
+        generation = info.get("generation")
+        if phase != "stop" or generation not in (1, 2):
             return
-        now = time.monotonic()
-        if now - self.thawed_at >= self.refresh:
-            gc.unfreeze()  # the next full pass sees everything: cycles of closed SAs are freed
-            self.thawed_at = now
+        if self.thawing:
+            if generation == 2:
+                self.thawing = False  # that pass saw everything: cycles of closed SAs are freed
+                gc.freeze()
+            return
+        if generation == 2 and time.monotonic() - self.thawed_at >= self.refresh:
+            gc.unfreeze()
+            self.thawed_at, self.thawing = time.monotonic(), True
         else:
             gc.freeze()
 

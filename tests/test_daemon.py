@@ -267,8 +267,9 @@ def test_close_action_trap_rearms_after_peer_deletes(topology: Topology, tmp_pat
 
 
 def test_gc_policy_freezes_after_full_passes_and_thaws_every_refresh() -> None:
-    """Full collections walk only what was made since the last one; every ``refresh``
-    seconds everything is walked again (closed IKE SAs are cycles: they must be freed)."""
+    """What survives gen-1 and full collections is frozen (full passes walk only what came
+    since); every ``refresh`` seconds everything is thawed and the next full pass walks it all
+    (closed IKE SAs are cycles: they must be freed)."""
     import gc
 
     from ipsecd.daemon import GcPolicy
@@ -278,17 +279,24 @@ def test_gc_policy_freezes_after_full_passes_and_thaws_every_refresh() -> None:
     try:
         gc.unfreeze()
         junk = [[i] for i in range(1000)]
-        gc.collect()  # a full pass: its survivors are frozen
+        gc.collect(1)  # a gen-1 pass: its survivors are frozen
         assert gc.get_freeze_count() >= len(junk)
+        gc.unfreeze()
+        gc.collect()  # a full pass too
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(junk)
+        gc.collect(0)  # a young pass changes nothing
+        assert gc.get_freeze_count() == frozen
         cycle: list[object] = []
         cycle.append(cycle)
-        gc.collect(1)  # not a full pass: nothing changes
         policy.thawed_at -= 3600.0  # the refresh is due
         gc.collect()
-        assert gc.get_freeze_count() == 0  # thawed: the next full pass sees everything
+        assert gc.get_freeze_count() == 0 and policy.thawing  # thawed: the next full pass walks all
+        gc.collect(1)
+        assert gc.get_freeze_count() == 0  # no freezing before that full pass
         del cycle
-        gc.collect()
-        assert gc.get_freeze_count() > 0
+        assert gc.collect() >= 1  # the cycle is found
+        assert not policy.thawing and gc.get_freeze_count() > 0
     finally:
         gc.callbacks.remove(policy)
         gc.unfreeze()
