@@ -534,24 +534,10 @@ class LoadInitiator:
                     if left[0] <= 0 or time.monotonic() > deadline:
                         return
                     left[0] -= 1
-                answer = b""
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    # The plugin's listen backlog is 10: a full one refuses (EAGAIN), so retry.
-                    while not self._connect(s, deadline):
-                        if time.monotonic() > deadline:
-                            with lock:
-                                left[0] += 1
-                            return
-                    s.settimeout(max(1.0, deadline + 30 - time.monotonic()))
-                    with contextlib.suppress(OSError):
-                        s.sendall(b"1 0\n")
-                        while chunk := s.recv(64):
-                            answer += chunk
-                with lock:
-                    for ch in "+-*!":
-                        tally[ch] += answer.count(ch.encode())
-                    if not answer.endswith(b"\n"):
-                        tally["lost"] += 1
+                if not self._request(deadline, tally, lock):
+                    with lock:
+                        left[0] += 1
+                    return
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(in_flight, count))]
         for t in threads:
@@ -559,6 +545,65 @@ class LoadInitiator:
         for t in threads:
             t.join()
         return tally
+
+    def drive_open(self, count: int, rate: float, cap: int, deadline: float) -> dict[str, int]:
+        """Open ``count`` IKE SAs at ``rate`` per second whatever the answers (an open loop).
+
+        Request k starts at t0 + k / rate, each on its own connection (see :meth:`drive`),
+        however many are outstanding -- up to ``cap`` (the initiator's threads), beyond which
+        a start waits and is counted in ``late`` (as are starts this harness was late for by
+        more than 10 ms on its busy core). ``offered_per_s`` is the rate actually offered.
+        """
+        lock = threading.Lock()
+        tally = {"+": 0, "-": 0, "*": 0, "!": 0, "lost": 0, "late": 0, "offered_per_s": 0}
+        slots = threading.Semaphore(cap)
+        threads: list[threading.Thread] = []
+
+        def one() -> None:
+            try:
+                self._request(deadline, tally, lock)
+            finally:
+                slots.release()
+
+        t0 = time.monotonic()
+        started = t0
+        for k in range(count):
+            due = t0 + k / rate
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            started = time.monotonic()
+            if started - due > 0.010:
+                tally["late"] += 1
+            t = threading.Thread(target=one, daemon=True)
+            t.start()
+            threads.append(t)
+        if len(threads) > 1:
+            tally["offered_per_s"] = round((len(threads) - 1) / max(started - t0, 1e-9))
+        for t in threads:
+            t.join()
+        return tally
+
+    def _request(self, deadline: float, tally: dict[str, int], lock: threading.Lock) -> bool:
+        """One ``"1 0"`` request, its answer added to ``tally``; False if none could be made."""
+        answer = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            # The plugin's listen backlog is 10: a full one refuses (EAGAIN), so retry.
+            while not self._connect(s, deadline):
+                if time.monotonic() > deadline:
+                    return False
+            s.settimeout(max(1.0, deadline + 30 - time.monotonic()))
+            with contextlib.suppress(OSError):
+                s.sendall(b"1 0\n")
+                while chunk := s.recv(64):
+                    answer += chunk
+        with lock:
+            for ch in "+-*!":
+                tally[ch] += answer.count(ch.encode())
+            if not answer.endswith(b"\n"):
+                tally["lost"] += 1
+        return True
 
     def _connect(self, s: socket.socket, deadline: float) -> bool:
         try:
@@ -672,6 +717,9 @@ class Stage:
     harness_cpu_s: float = 0.0  # this process's request threads: part of the generator
     partial: bool = False
     errors: list[str] = field(default_factory=list)
+    open_rate: float = 0.0  # the rate asked for in an open-loop stage (0: closed loop)
+    offered_per_s: float = 0.0  # ... and the rate the harness managed to offer
+    late_starts: int = 0
 
     @property
     def rate(self) -> float:
@@ -704,7 +752,9 @@ class Stage:
         cpu = " ".join(f"{k} {self.cpu_ms_per_sa(k):.2f}" for k in self.cpu_s)
         kib = " ".join(f"{k} {self.kib_per_tunnel(k):.1f}" for k in self.rss_growth_kib)
         part = f" PARTIAL ({self.established} of {self.asked} in the time cap)" if self.partial else ""
-        return (f"{self.responder} run {self.run} -> {self.checkpoint}: {self.established}/{self.asked} up "
+        mode = (f" open loop {self.open_rate:g}/s (offered {self.offered_per_s:.0f}/s, {self.late_starts} late)"
+                if self.open_rate else "")
+        return (f"{self.responder} run {self.run} -> {self.checkpoint}{mode}: {self.established}/{self.asked} up "
                 f"({self.children} Child SAs), {self.rate:.1f} SAs/s, CPU ms/SA {cpu} (total "
                 f"{self.cpu_ms_per_sa():.2f}), p50 {self.pct(0.5):.0f} ms p99 {self.pct(0.99):.0f} ms, "
                 f"failed {self.failed}, retransmits {self.retransmits}, KiB/tunnel {kib}, "
@@ -728,12 +778,17 @@ class Bench:
     profile_dir: Path | None = None
     profiles: list[str] = field(default_factory=list)
     placement: str = "split"  # PLACEMENTS
+    rates: list[float] = field(default_factory=list)  # --rate: open-loop stages after the checkpoints
+    rate_sas: int = 1000  # SAs per open-loop stage
+    open_cap: int = 256  # outstanding requests at most in an open loop (initiator threads)
 
 
 def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, run: int, index: int,
-              checkpoint: int, count: int, base_rss: dict[str, int], held_before: int, deadline: float) -> Stage:
-    """Open ``count`` more SAs, then settle; the figures of :class:`Stage` for them."""
-    st = Stage(resp.name, run, checkpoint, count)
+              checkpoint: int, count: int, base_rss: dict[str, int], held_before: int, deadline: float,
+              rate: float = 0.0) -> Stage:
+    """Open ``count`` more SAs (closed loop, or at ``rate`` per second), then settle; the
+    figures of :class:`Stage` for them."""
+    st = Stage(resp.name, run, checkpoint, count, open_rate=rate)
     pids = resp.pids()
     watch.update()
     seen, retx0 = set(watch.initiated), watch.retransmits
@@ -744,7 +799,11 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     if prof:
         prof.start(pids)
     try:
-        tally = init.drive(count, b.in_flight, deadline)
+        if rate:
+            tally = init.drive_open(count, rate, b.open_cap, deadline)
+            st.offered_per_s, st.late_starts = tally["offered_per_s"], tally["late"]
+        else:
+            tally = init.drive(count, b.in_flight, deadline)
         # Idle shares over the load itself, not the settle: they say who was the bottleneck.
         st.idle = idle_shares(sys0, cpu_times())
         st.initiator_cpu_s = cpu_seconds(init.pid) - init_cpu0
@@ -780,7 +839,8 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
         resp: Responder = (CharonResponder(topo, workdir / "resp", b.psk, b.pki) if name == "strongswan" else
                            IpsecdResponder(topo, workdir / "resp", b.psk, b.pki, shards=2 if name == SHARDED else 1))
         conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
-                              psk=b.psk, tag=f"r{run}", in_flight=b.in_flight, pki=b.pki)
+                              psk=b.psk, tag=f"r{run}", in_flight=max(b.in_flight, b.open_cap if b.rates else 0),
+                              pki=b.pki)
         shared = b.placement == "shared"
         init = LoadInitiator(topo.a, workdir / "init", b.plugin, conf,
                              ",".join(map(str, sorted(all_cpus()))) if shared else str(INITIATOR_CPU))
@@ -804,6 +864,15 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                 held, prev = st.held_after, cp
                 if st.partial:
                     break
+            for j, rate in enumerate(b.rates):  # open loop, on top of what the checkpoints left held
+                if time.monotonic() > deadline or (stages and stages[-1].partial):
+                    log.append(f"{name} run {run}: time cap reached before the open loop at {rate:g}/s")
+                    break
+                st = run_stage(b, resp, init, watch, run, len(checkpoints) + j, held + b.rate_sas, b.rate_sas,
+                               base, held, deadline, rate=rate)
+                print(f"[bench] {st.line()}", file=sys.stderr)
+                stages.append(st)
+                held = st.held_after
             if stages:
                 ike, kids = resp.held()
                 want = sum(st.children for st in stages)
@@ -843,7 +912,7 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
     names = [n for n in KNOWN if any(s.responder == n for s in stages)]
     prev = 0
     for cp in checkpoints:
-        at = [s for s in stages if s.checkpoint == cp]
+        at = [s for s in stages if s.checkpoint == cp and not s.open_rate]
         if not at:
             continue
         lines.append(f"checkpoint {cp} tunnels (stage {prev} -> {cp})")
@@ -897,9 +966,46 @@ def report(stages: list[Stage], checkpoints: list[int], runs: int, notes: list[s
             if two and theirs:
                 lines.append(f"  two shards / strongSwan (medians): SAs/s {two / theirs:.2f}x")
         lines.append("")
+    lines.extend(open_loop_report(stages, names))
     lines.extend(f"setting: {n}" for n in RESPONDER_NOTES)
     lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)
+
+
+def open_loop_report(stages: list[Stage], names: list[str]) -> list[str]:
+    """The open-loop stages (``--rate``): latency at a fixed offered rate, per responder.
+
+    Unlike the closed loop's (where p50 ~ in-flight / rate by Little's law, whatever the
+    responder), this latency is what a client meets when logins arrive at that rate: the
+    queueing the responder adds at that load, the same offered load for every responder."""
+    rates = sorted({s.open_rate for s in stages if s.open_rate})
+    lines = []
+    for rate in rates:
+        at = [s for s in stages if s.open_rate == rate]
+        lines.append(f"open loop: {rate:g} SAs/s offered, {at[0].asked} SAs per stage, after the checkpoints "
+                     f"(~{min(s.held_after for s in at) - at[0].asked} tunnels held before)")
+        p99: dict[str, float | None] = {}
+        for n in names:
+            ss = [s for s in at if s.responder == n]
+            if not ss:
+                continue
+            lines.append(f"  {n}")
+            lines.append(f"    offered SAs/s        {_mmm([s.offered_per_s for s in ss], '.0f')}"
+                         f"   (late starts {_mmm([float(s.late_starts) for s in ss], '.0f')})")
+            lines.append(f"    SAs/s                {_mmm([s.rate for s in ss], '.1f')}")
+            lines.append(f"    CPU ms/SA total      {_mmm([s.cpu_ms_per_sa() for s in ss], '.3f')}")
+            lines.append(f"    latency p50 ms       {_mmm([s.pct(0.5) for s in ss], '.0f')}")
+            lines.append(f"    latency p99 ms       {_mmm([s.pct(0.99) for s in ss], '.0f')}")
+            lines.append(f"    failed / retransmits {_mmm([float(s.failed) for s in ss], '.0f')}  /  "
+                         f"{_mmm([float(s.retransmits) for s in ss], '.0f')}")
+            idle = [100 * s.idle.get(f"cpu{RESPONDER_CPU}", 0) for s in ss]
+            lines.append(f"    idle % responder cpu {_mmm(idle, '.0f')}")
+            p99[n] = _median([s.pct(0.99) for s in ss])
+        ours, theirs = p99.get("ipsecd"), p99.get("strongswan")
+        if ours is not None and theirs:
+            lines.append(f"  ipsecd / strongSwan p99 (medians): {ours / theirs:.2f}x")
+        lines.append("")
+    return lines
 
 
 # ---------------------------------------------------------------- main
@@ -911,6 +1017,16 @@ def parse_tunnels(text: str) -> list[int]:
     if not cps or any(c <= 0 for c in cps) or cps != sorted(set(cps)):
         raise argparse.ArgumentTypeError(f"--tunnels wants increasing positive counts (got {text!r})")
     return cps
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate wants SAs per second like 300 or 200,400 (got {text!r})") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"--rate wants positive rates (got {text!r})")
+    return rates
 
 
 def order(runs: int, names: list[str]) -> Iterator[tuple[int, str]]:
@@ -927,6 +1043,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs per responder, alternating (default 3)")
     p.add_argument("--responders", default=",".join(RESPONDERS), help=f"comma list from {','.join(KNOWN)}")
     p.add_argument("--in-flight", type=int, default=64, help="handshakes outstanding at any time (64)")
+    p.add_argument("--rate", type=parse_rates, default=[],
+                   help="open loop: after the checkpoints, open --rate-sas SAs at each of these rates per second "
+                        "(e.g. 300 or 200,400), whatever the answers; p50/p99 at that offered load")
+    p.add_argument("--rate-sas", type=int, default=1000, help="SAs per open-loop stage (1000)")
     p.add_argument("--max-seconds", type=float, default=600.0,
                    help="wall-time cap per responder run; a stage cut short is reported as partial (600)")
     p.add_argument("--settle", type=float, default=3.0, help="idle seconds before reading VmRSS (3)")
@@ -961,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
     b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
+              rates=args.rate, rate_sas=args.rate_sas,
               profile_dir=args.profile, pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None,
               placement=args.placement)
     stages: list[Stage] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_handshake import LogWatch, Stage, initiator_conf, order, parse_tunnels, report
+from tests.bench_handshake import LogWatch, Stage, initiator_conf, order, parse_rates, parse_tunnels, report
 
 # What charon (filelog time_format %s, time_add_ms, ike_name) writes for two SAs, one of
 # them retransmitted and finally given up.  (Long lines shortened.)
@@ -59,6 +59,26 @@ def test_stage_figures() -> None:
                   cpu_s={"charon": 0.5}, rss_growth_kib={"charon": 10000}, latencies_ms=[10.0])
     text = report([st, other], [1000], 1, [], 64)
     assert "SAs/s 0.25x" in text and "CPU/SA 5.00x" in text
+
+
+def test_open_loop_rows_are_reported_apart() -> None:
+    """--rate stages: not mixed into the closed-loop checkpoint rows, reported per rate with
+    the offered rate and latency for each responder, and the p99 ratio."""
+    closed = Stage("ipsecd", 1, 1000, 1000, established=1000, window_s=2.0, held_after=1000,
+                   cpu_s={"ike": 1.0}, latencies_ms=[100.0] * 10)
+    opened = [Stage(n, 1, 2000, 1000, established=1000, window_s=3.4, held_after=2000, cpu_s={"x": 1.0},
+                    latencies_ms=[float(v)] * 100, open_rate=300, offered_per_s=299, late_starts=2)
+              for n, v in (("ipsecd", 40), ("strongswan", 20))]
+    text = report([closed, *opened], [1000], 1, [], 64)
+    head, _, tail = text.partition("open loop: 300 SAs/s offered")
+    assert "latency p99 ms       100 / 100 / 100" in head and "40 / 40 / 40" not in head
+    assert "offered SAs/s        299 / 299 / 299   (late starts 2 / 2 / 2)" in tail
+    assert "ipsecd / strongSwan p99 (medians): 2.00x" in tail
+    assert "open loop 300/s (offered 299/s, 2 late)" in opened[0].line()
+    assert parse_rates("300") == [300.0] and parse_rates("200,400.5") == [200.0, 400.5]
+    for bad in ("0", "x", "", "-5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rates(bad)
 
 
 def test_options_and_order() -> None:

@@ -264,3 +264,39 @@ def test_close_action_trap_rearms_after_peer_deletes(topology: Topology, tmp_pat
         ping = topology.a.ping(topology.b_lan, count=4, src=topology.a_lan, check=False)
         assert ping.returncode == 0, ping.stdout + a.log_tail()
         assert len(a.list_sas()) == 1
+
+
+def test_gc_policy_freezes_after_full_passes_and_thaws_every_refresh() -> None:
+    """What survives gen-1 and full collections is frozen (full passes walk only what came
+    since); every ``refresh`` seconds everything is thawed and the next full pass walks it all
+    (closed IKE SAs are cycles: they must be freed)."""
+    import gc
+
+    from ipsecd.daemon import GcPolicy
+
+    policy = GcPolicy(refresh=3600.0)
+    gc.callbacks.append(policy)
+    try:
+        gc.unfreeze()
+        junk = [[i] for i in range(1000)]
+        gc.collect(1)  # a gen-1 pass: its survivors are frozen
+        assert gc.get_freeze_count() >= len(junk)
+        gc.unfreeze()
+        gc.collect()  # a full pass too
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(junk)
+        gc.collect(0)  # a young pass changes nothing
+        assert gc.get_freeze_count() == frozen
+        cycle: list[object] = []
+        cycle.append(cycle)
+        policy.thawed_at -= 3600.0  # the refresh is due
+        gc.collect()
+        assert gc.get_freeze_count() == 0 and policy.thawing  # thawed: the next full pass walks all
+        gc.collect(1)
+        assert gc.get_freeze_count() == 0  # no freezing before that full pass
+        del cycle
+        assert gc.collect() >= 1  # the cycle is found
+        assert not policy.thawing and gc.get_freeze_count() > 0
+    finally:
+        gc.callbacks.remove(policy)
+        gc.unfreeze()

@@ -571,6 +571,42 @@ def test_channel_splits_a_batch_too_large_and_fails_only_what_cannot_be_sent(mon
     assert [r.id for r in sent] == [1, 3, 4, 5, 6, 7]  # type: ignore[union-attr]  # order kept
 
 
+def test_channel_times_out_unanswered_requests_with_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that never answers: every request fails after REQUEST_TIMEOUT, each at its own
+    deadline (one timer walks them in order), and a later answered request is unaffected."""
+    from ipsecd.dataplane import channel as ch
+
+    monkeypatch.setattr(ch, "REQUEST_TIMEOUT", 0.2)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        channel = ch.WorkerChannel(ours, lambda ev: None)
+        channel.start()
+        t0 = loop.time()
+        first = asyncio.ensure_future(channel.request(lambda i: m.DeleteSa(1, id=i)))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(channel.request(lambda i: m.DeleteSa(2, id=i)))
+        with pytest.raises(ch.DataPlaneError, match="did not answer"):
+            await first
+        assert loop.time() - t0 >= 0.19 and not second.done()  # the second has its own deadline
+        with pytest.raises(ch.DataPlaneError, match="did not answer"):
+            await second
+        assert loop.time() - t0 >= 0.29
+        third = asyncio.ensure_future(channel.request(lambda i: m.DeleteSa(3, id=i)))
+        decoder, got = m.FrameDecoder(), []
+        while not any(x.id == 3 for x in got):  # type: ignore[union-attr]  # the two unanswered come first
+            got += decoder.feed(await loop.sock_recv(theirs, 1 << 20))
+        await loop.sock_sendall(theirs, m.encode(m.Ack(3)))
+        assert await third == m.Ack(3)
+        await channel.close()
+        theirs.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_worker_answers_a_request_whose_reply_does_not_fit_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _side(), _side()
     try:

@@ -209,3 +209,34 @@ def test_a_failing_background_task_is_logged(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.ERROR):
         asyncio.run(main())
     assert "peer update failed: RuntimeError: no outbound SA for reqid 1" in caplog.text
+
+
+def test_a_batch_answers_existing_sas_before_new_ones() -> None:
+    """One wake-up holding IKE_SA_INITs and an IKE_AUTH: the IKE_AUTH is answered (and its
+    response sent) before any new SA's key exchange is computed; the new ones keep their order."""
+    from ipsecd.ike.frontdoor import opens_ike_sa
+    from ipsecd.ike.message import decode_header
+
+    async def main() -> None:
+        shell, transport, _ = _shell(FakeDataPlane())
+        a = IkeManager([make_settings()], now=0.0)
+        a.initiate("conn", 0.0)
+        (init_resp,) = _exchange(a, shell, transport, lambda: 0.0)
+        a.receive_datagram(init_resp, A, B, 0.0)
+        (auth,) = a.datagrams_to_send()
+        news = []
+        for _ in range(2):
+            c = IkeManager([make_settings()], now=0.0)
+            c.initiate("conn", 0.0)
+            (req,) = c.datagrams_to_send()
+            news.append(req.data)
+        assert all(opens_ike_sa(d) for d in news) and not opens_ike_sa(auth.data)
+        assert not opens_ike_sa(init_resp)  # a response never opens anything
+        before = len(transport.sent)
+        shell.on_datagrams([(news[0], B, A), (auth.data, B, A), (news[1], B, A)])
+        await _until(lambda: len(transport.sent) >= before + 3)
+        out = [decode_header(x[0]) for x in transport.sent[before:]]
+        assert [h.exchange for h in out] == [35, 34, 34]  # IKE_AUTH first, then both IKE_SA_INITs
+        assert [h.spi_i for h in out[1:]] == [decode_header(d).spi_i for d in news]
+
+    asyncio.run(main())

@@ -130,6 +130,18 @@ class SourceBuckets:
         return len(self._buckets)
 
 
+_IKE_SA_INIT = int(ExchangeType.IKE_SA_INIT)
+_RESPONSE = int(HeaderFlag.RESPONSE)
+
+
+def opens_ike_sa(data: bytes) -> bool:
+    """A request that would start a new IKE SA (IKE_SA_INIT, SPIr zero: RFC 7296 2.6), read
+    from the header alone. Anything else belongs to an IKE SA we may hold already (its
+    IKE_AUTH, a rekey, a DPD, ...): the shell answers those first (shell/ike_shell.py)."""
+    return (len(data) >= IKE_HEADER_LEN and data[18] == _IKE_SA_INIT and not data[19] & _RESPONSE
+            and data[8:16] == ZERO_SPI)
+
+
 def raw_cookie(data: bytes) -> bytes | None:
     """The COOKIE notify's data when it is the first payload (RFC 7296 2.6), read from the raw
     bytes without decoding the rest; None when there is none (or it is malformed)."""

@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 ARG_LIMIT = 512  # characters of one argument (a reason may quote a little peer text itself)
 
 
+_PASS = (int, float, Escaped)  # a tuple: isinstance with a union object is slower
+
+
 def _clean(arg: object) -> object:
-    if isinstance(arg, int | float | Escaped):
+    if isinstance(arg, _PASS):
         return arg
     return safe(arg, ARG_LIMIT)
 

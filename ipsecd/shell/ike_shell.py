@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipsecd.ike.events import Event, IkeSaClosed, IkeSaEstablished
+from ipsecd.ike.frontdoor import opens_ike_sa
 from ipsecd.ike.manager import IkeManager
 from ipsecd.shell.stats import ShellStats
 
@@ -72,9 +73,35 @@ class IkeShell:
         self.on_datagrams([(data, local, remote)])
 
     def on_datagrams(self, batch: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
-        """What the socket held at one wake-up: fed in order, then one flush. The ordering
-        contract holds for the batch: every event (installs) is handled before any datagram
-        of the batch is sent."""
+        """What the socket held at one wake-up: the datagrams of IKE SAs we may hold first;
+        the IKE_SA_INITs that would open new ones one loop turn later.
+
+        Under a login storm the queue holds both, and a finishing login (its IKE_AUTH) is
+        worth more than a new one starting: its answer is computed first, and the install of
+        its Child SA (which its response waits for, the ordering contract below) goes to the
+        data plane before the new SAs' key exchanges take the CPU -- the turn in between runs
+        the install tasks just spawned. charon orders its job queue by exchange too
+        (process_message_job.c: INFORMATIONAL high, IKE_SA_INIT and CREATE_CHILD_SA medium,
+        IKE_AUTH low, because its IKE_AUTH may block one of its threads on RADIUS or OCSP;
+        here nothing blocks the loop, so the shorter way to a finished handshake goes first;
+        charon sheds IKE_SA_INITs under load with init_limit_job_load, our front door's limits
+        do that). Order within each group is kept; an IKE_SA_INIT request has no IKE SA yet,
+        so nothing overtakes a datagram of its own SA. The ordering contract holds for each
+        group: every event (installs) is handled before any datagram of it is sent."""
+        now = time.monotonic()
+        fresh = []
+        for item in batch:
+            if opens_ike_sa(item[0]):
+                fresh.append(item)
+            else:
+                self.manager.receive_datagram(item[0], item[1], item[2], now)
+        if fresh and len(fresh) < len(batch):
+            self.flush()
+            asyncio.get_running_loop().call_soon(self._receive, fresh)
+        else:
+            self._receive(fresh)
+
+    def _receive(self, batch: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
         now = time.monotonic()
         for data, local, remote in batch:
             self.manager.receive_datagram(data, local, remote, now)

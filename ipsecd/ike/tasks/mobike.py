@@ -200,7 +200,7 @@ class MobikeSupport(Hooks):
             sa.mobike.enabled = sa.mobike.original_initiator = True
             _peer_addresses(sa, msg)
             _auth_path_verified(sa)
-            sa.log.info("MOBIKE negotiated: the IKE SA follows our address changes")
+            sa.log.debug("MOBIKE negotiated: the IKE SA follows our address changes")  # list-sas shows it
             return Status.DONE
         return Status.DONE if sa.state == IkeState.ESTABLISHED or not self.sent else Status.NEED_MORE
 
@@ -217,7 +217,7 @@ class MobikeSupport(Hooks):
             return []
         m.enabled = True
         _auth_path_verified(sa)
-        sa.log.info("MOBIKE negotiated: the peer may move the IKE SA with UPDATE_SA_ADDRESSES")
+        sa.log.debug("MOBIKE negotiated: the peer may move the IKE SA with UPDATE_SA_ADDRESSES")  # list-sas shows it
         return [NotifyPayload(NotifyType.MOBIKE_SUPPORTED), *additional_addresses(sa)]
 
 
