@@ -54,6 +54,7 @@ from ipsecd.shell.shards import (
 from ipsecd.shell.shutdown import delete_all, wait_budget
 from ipsecd.shell.stats import ShellStats
 from ipsecd.shell.vips import DnsConfigurator, VirtualIpShell
+from ipsecd.shell.xshard import ClaimRelay
 
 log = logging.getLogger("ipsecd.cfg")
 # Python's cyclic GC: a young-generation pass per 10,000 net allocations instead of 700.
@@ -102,6 +103,7 @@ class Daemon:
         self.radius = RadiusService(self.shell, lambda: self.dataplane)
         self.addresses = AddressWatch(self.shell, config.settings.dataplane.tun_name)  # MOBIKE (RFC 4555)
         self.shell.radius = self.radius
+        self.xshard = self.shell.xshard = ClaimRelay(self.shell, self.shard.index) if self.shard.count > 1 else None
         self.credentials, self.credential_report = self._load_credentials(config)
         self.handlers = ControlHandlers(self, hub)
         self.control = ControlServer(control_socket, self.handlers)
@@ -170,7 +172,10 @@ class Daemon:
         steering = self.dataplane.steering if self.dataplane is not None else {}
         sockets.open_rest({fam: steering[a] == 1 for fam, a in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"))
                            if a in steering})
-        self.shards = ShardHub(self.shard.count, dataplane_handlers(lambda: self.dataplane), self._shard_lost)
+        hub = self.shards = ShardHub(self.shard.count, dataplane_handlers(lambda: self.dataplane), self._shard_lost)
+        if self.xshard is not None:  # claims: ours to every shard, a shard's to us and the others
+            hub.handlers["relay_claim"] = self.xshard.on_relay
+            self.xshard.peers = lambda claim, origin: hub.gather("claim", skip=origin, claim=claim)
         workers = self.dataplane.shard_sockets if self.dataplane is not None else []
         for k in range(1, self.shard.count):
             worker = workers[k - 1] if len(workers) >= k else None
@@ -192,6 +197,9 @@ class Daemon:
         self.link = ShardLink(self._link_sock, self._shard_ops(), "the primary")
         self.link.on_closed = self._stopping.set
         await self.link.start()
+        if self.xshard is not None:
+            link = self.link
+            self.xshard.peers = lambda claim, _origin: link.call("relay_claim", claim=claim)
         self.transport.start()
         if self._worker_sock is not None:  # none: the primary runs --no-dataplane
             from ipsecd.dataplane.client import DataPlaneOptions
@@ -241,9 +249,13 @@ class Daemon:
         async def list_pools(leases: bool, name: str | None) -> list[dict[str, Any]]:
             return self.pools.describe(leases=leases, name=name)
 
-        return {"list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
+        ops: dict[str, Any] = {
+                "list_sas": h.list_sas, "stats": stats, "status": h.status, "down": down, "reload": self.reload,
                 "redirect": h.redirect, "dataplane_event": dataplane_event, "stop": stop,
                 "counters": counters, "list_pools": list_pools}
+        if self.xshard is not None:
+            ops["claim"] = self.xshard.on_claim
+        return ops
 
     def _on_dataplane_event(self, ev: object) -> None:
         if (isinstance(ev, dp_messages.LifetimeReached) and self.shards is not None

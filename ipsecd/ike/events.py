@@ -87,6 +87,7 @@ SETUP_FAILURES = frozenset({Cause.TIMEOUT, Cause.AUTH_FAILED, Cause.NO_PROPOSAL,
 class IkeSaEstablished:
     ike_sa_id: int
     name: str
+    initial_contact: bool = False  # the peer sent INITIAL_CONTACT (RFC 7296 2.4): other shards hear of it
 
 
 @dataclass(frozen=True)

@@ -432,7 +432,7 @@ class IkeSa:
         self.emit(ChildSaDeleted(self.ike_sa_id, self.settings.name, e.child, e.reqid, e.spi_in, e.spi_out,
                                  cause, reason, reqid_in_use=self.children.reqid_in_use(e.reqid)))
 
-    def establish(self) -> None:
+    def establish(self, initial_contact: bool = False) -> None:
         """IKE_AUTH completed (RFC 7296 1.2): the IKE SA is up before any of its Child SAs."""
         self.set_state(IkeState.ESTABLISHED)
         self.established_at = self.now
@@ -440,7 +440,7 @@ class IkeSa:
         assert self.proposal is not None
         self.log.info("IKE SA established: %s, %s === %s%s", proposal_to_swanctl(self.proposal),
                       self.local_identity, safe(self.remote_identity), ", UDP-encapsulated" if self.encap else "")
-        self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name))
+        self.emit(IkeSaEstablished(self.ike_sa_id, self.settings.name, initial_contact))
 
     def close(self, cause: Cause, reason: str) -> None:
         if self.state == IkeState.CLOSED:

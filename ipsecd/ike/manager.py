@@ -66,7 +66,7 @@ from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.settings import IkeSettings
 from ipsecd.ike.shard import Shard
 from ipsecd.ike.tasks import mobike
-from ipsecd.ike.tasks.unique import replaced
+from ipsecd.ike.tasks.unique import replace_reason, replaced
 from ipsecd.ike.ts import TriggerPacket
 from ipsecd.logsafe import safe
 from ipsecd.ratelimit import RateLimitedLogger
@@ -273,8 +273,9 @@ class IkeManager:
         return self._act(self.sas.get(ike_sa_id), now, lambda sa: sa.rekey())
 
     def delete_ike(self, ike_sa_id: int, now: float, cause: Cause = Cause.DELETED_LOCALLY,
-                   reason: str = "deleted by request") -> bool:
-        return self._act(self.sas.get(ike_sa_id), now, lambda sa: sa.delete(cause, reason))
+                   reason: str = "deleted by request", *, silent: bool = False) -> bool:
+        return self._act(self.sas.get(ike_sa_id), now, lambda sa: sa.close(cause, reason) if silent
+                         else sa.delete(cause, reason))
 
     def check_liveness(self, ike_sa_id: int, now: float) -> bool:
         """Send an empty INFORMATIONAL now (RFC 7296 2.4), as DPD would."""
@@ -419,7 +420,7 @@ class IkeManager:
                 self.reauthenticate(sa.ike_sa_id, sa.now)
             elif isinstance(sig, InitialContact):
                 for old in relations.replaced_by_initial_contact(self.table, sa):
-                    self._act(old, sa.now, lambda o: o.close(Cause.REPLACED, "replaced: peer sent INITIAL_CONTACT"))
+                    self.delete_ike(old.ike_sa_id, sa.now, Cause.REPLACED, relations.IC_REASON, silent=True)
             elif isinstance(sig, Settled):
                 self._finish_reauth(sa)
         while (ev := sa.next_event()) is not None:
@@ -431,8 +432,8 @@ class IkeManager:
                     self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,
                                                             "duplicate of a simultaneously initiated IKE SA"))
                 for other in replaced(sa):  # unique: replace (tasks/unique.py)
-                    self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED, "replaced by IKE SA "
-                                                                           f"{sa.ike_sa_id} (unique: replace)"))
+                    self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED,
+                                                                           replace_reason(sa.ike_sa_id)))
             elif isinstance(ev, IkeSaClosed):
                 self._count_sa(sa)
                 release_leases(sa)

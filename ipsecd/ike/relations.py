@@ -12,6 +12,8 @@ from ipsecd.ike.ike_sa import IkeSa
 from ipsecd.ike.sa_table import SaTable
 from ipsecd.ike.state import IkeState
 
+IC_REASON = "replaced: peer sent INITIAL_CONTACT"  # the same line whichever shard held the older SA
+
 
 def replaced_by_initial_contact(table: SaTable, sa: IkeSa) -> list[IkeSa]:
     """RFC 7296 2.4: INITIAL_CONTACT means the peer lost every older SA it had with us under

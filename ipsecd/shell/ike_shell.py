@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ipsecd.shell.policy import ConnectionPolicy
     from ipsecd.shell.radius import RadiusService
     from ipsecd.shell.vips import VirtualIpShell
+    from ipsecd.shell.xshard import ClaimRelay
 
 log = logging.getLogger("ipsecd.ike")
 T = TypeVar("T")
@@ -65,6 +66,7 @@ class IkeShell:
         self.policy: ConnectionPolicy | None = None
         self.vips: VirtualIpShell | None = None  # a client's virtual IPs and DNS (before the installer)
         self.radius: RadiusService | None = None
+        self.xshard: ClaimRelay | None = None  # IKE shards: INITIAL_CONTACT and unique across them
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, list[asyncio.Future[Event]]] = {}
 
@@ -132,6 +134,8 @@ class IkeShell:
                 self.installer.on_event(ev)
             if self.policy is not None:
                 self.policy.on_event(ev)
+            if self.xshard is not None:
+                self.xshard.on_event(ev)
             if isinstance(ev, IkeSaEstablished | IkeSaClosed):
                 for fut in self._waiters.pop(ev.ike_sa_id, []):
                     if not fut.done():

@@ -332,11 +332,12 @@ class ShardHub:
         if not self.stopping:
             self.on_lost(index)
 
-    async def gather(self, op: str, **args: Any) -> list[Any]:
-        """``op`` on every shard; a shard that fails to answer is logged and left out."""
-        results = await asyncio.gather(*(s.link.call(op, **args) for s in self.shards), return_exceptions=True)
+    async def gather(self, op: str, *, skip: int = 0, **args: Any) -> list[Any]:
+        """``op`` on every shard (but ``skip``); a shard that fails to answer is logged and left out."""
+        asked = [s for s in self.shards if s.index != skip]
+        results = await asyncio.gather(*(s.link.call(op, **args) for s in asked), return_exceptions=True)
         out = []
-        for s, r in zip(self.shards, results, strict=True):
+        for s, r in zip(asked, results, strict=True):
             if isinstance(r, BaseException):
                 log.warning("shard %d did not answer %s: %s", s.index, op, r)
             else:

@@ -293,7 +293,7 @@ class IkeAuth(Hooks):
             return out
         report_login(sa, LoginResult.SUCCESS)
         release_auth_material(sa)  # our AUTH is in ``out`` already
-        sa.establish()
+        sa.establish(self.initial_contact)
         if self.initial_contact:
             sa.signal(InitialContact())
         return out

@@ -46,6 +46,16 @@ def replaced(sa: IkeSa) -> list[int]:
     return [i for i in duplicates(sa) if i != sa.reauth_of]
 
 
+def replace_reason(newer: int) -> str:
+    return f"replaced by IKE SA {newer} (unique: replace)"
+
+
+def keep_reason(sa: IkeSa, older: int) -> str:
+    """The line that says why ``sa`` is refused (here, or by another IKE shard: ike/xshard.py)."""
+    return (f"cancelling the IKE SA: '{safe(client_identity(sa))}' already has IKE SA "
+            f"{older} and connection {sa.settings.name} has unique: keep")
+
+
 class UniqueCheck:
     """Responder side of IKE_AUTH: ``unique: keep`` refuses a second IKE SA of the same identities.
 
@@ -64,8 +74,7 @@ class UniqueCheck:
             return Status.DONE
         older = duplicates(sa)
         if older:
-            reason = (f"cancelling the IKE SA: '{safe(client_identity(sa))}' already has IKE SA "
-                      f"{older[0]} and connection {sa.settings.name} has unique: keep")
+            reason = keep_reason(sa, older[0])
             sa.log.info("%s", reason)
             raise Refuse(NotifyType.AUTHENTICATION_FAILED, reason, Cause.AUTH_FAILED, fatal=True)
         return Status.DONE
