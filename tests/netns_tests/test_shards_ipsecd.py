@@ -186,3 +186,57 @@ def _children(pid: int) -> list[int]:
 def _cmdline(pid: int) -> bytes:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read()
+
+
+@pytest.mark.timeout(150)
+def test_initial_contact_reaches_the_other_shard(topology: Topology, ipsecd_factory: Make) -> None:
+    """A client (A) that crashes and reconnects sends INITIAL_CONTACT (RFC 7296 2.4); its new
+    IKE SA lands on either of B's shards (a hash of its SPIi). A is crashed and restarted until
+    the new SA is on the other shard than the old one: that shard drops the old SA at once
+    (ike/xshard.py), not by DPD (B runs none here), and B lists only the new one."""
+    t = topology
+    a_cfg: dict[str, Any] = {"connections": {"c0": _conn(0, local=t.a_addr, remote=[t.b_addr], lid="a0.test",
+                                                          rid="b.test", lts="10.1.0.0/24", rts="10.2.0.0/24",
+                                                          start=True)},
+                             "secrets": {"ike": [{"id": ["a0.test", "b.test"], "secret": PSK}]}}
+    b_cfg: dict[str, Any] = {"settings": {"ike_shards": 2},
+                             "connections": {"c0": _conn(0, local=t.b_addr, remote="%any", lid="b.test",
+                                                         rid="a0.test", lts="10.2.0.0/24", rts="10.1.0.0/24",
+                                                         start=False)},
+                             "secrets": {"ike": [{"id": ["a0.test", "b.test"], "secret": PSK}]}}
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    _wait(lambda: b.log_count(r"IKE shard 1 of 2 started") >= 1, 15, "shard 1 started", b)
+    a = ipsecd_factory(t.a, a_cfg, name="a")
+
+    def one_new_sa(old: set[tuple[str, str]]) -> Callable[[], bool]:
+        def check() -> bool:
+            sas = b.list_sas()
+            return (len(sas) == 1 and (sas[0]["spi_i"], sas[0]["spi_r"]) not in old
+                    and sas[0]["state"] == "ESTABLISHED" and len(sas[0]["child_sas"]) == 1
+                    and sas[0]["child_sas"][0]["state"] == "INSTALLED")
+        return check
+
+    _wait(one_new_sa(set()), 30, "the first IKE SA", a, b)
+    seen: set[tuple[str, str]] = set()
+    crossed = 0
+    for _attempt in range(12):  # each restart lands on the other shard with probability 1/2
+        (old,) = b.list_sas()
+        seen.add((old["spi_i"], old["spi_r"]))
+        a.kill()
+        a.start()
+        # the old SA must go by INITIAL_CONTACT (no DPD configured), whichever shard the new one is on
+        _wait(one_new_sa(seen), 30, "the new IKE SA replaced the old one", a, b)
+        (new,) = b.list_sas()
+        if _shard_of(new) != _shard_of(old):
+            crossed += 1
+            if crossed == 2:  # both directions seen: 0 -> 1 and 1 -> 0 are as likely; two is enough
+                break
+    assert crossed >= 1, "every restart landed on the same shard"
+    print(f"INITIAL_CONTACT crossed shards {crossed} time(s) in {len(seen)} restart(s)")
+    assert b.log_count(r"replaced: peer sent INITIAL_CONTACT") >= len(seen), b.log_tail()
+    (a_sa,) = a.list_sas()
+    (b_sa,) = b.list_sas()
+    assert (a_sa["spi_i"], a_sa["spi_r"]) == (b_sa["spi_i"], b_sa["spi_r"])
+    res = t.a.ping("10.2.0.1", count=2, src="10.1.0.1", interval=0.1, deadline=5, check=False)
+    assert ping_counts(res.stdout) == (2, 2), res.stdout + res.stderr
+    assert b.log_count("did not answer its") == 0 and b.log_count("CRITICAL") == 0, b.log_tail()
