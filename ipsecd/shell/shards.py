@@ -23,6 +23,7 @@ place, and the engine asks its pool synchronously.
 
 The link is symmetric: a shard asks the primary for routes; the primary asks the shards for
 their SAs and counters (``ipsecctl list-sas``/``stats`` aggregate), to terminate, to reload.
+Both ways it carries INITIAL_CONTACT and ``unique`` claims (shell/xshard.py, ike/xshard.py).
 """
 
 from __future__ import annotations
