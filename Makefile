@@ -27,6 +27,8 @@ ENGINE_ARGS ?= --handshakes 2000 --rounds 5
 HANDSHAKE_CERT_ARGS ?= --auth pubkey --runs 3 --tunnels 1000,5000 --max-seconds 600
 # one IKE process against two (settings.ike_shards: 2; shard 1 on the initiator's core), charon as the yardstick
 SHARDS_ARGS ?= --responders ipsecd,ipsecd-2shards,strongswan --runs 3 --tunnels 1000,5000 --max-seconds 600
+# CPU per INITIAL_CONTACT/unique claim sent to another IKE shard, both ends in-process (tests/bench_xshard.py)
+XSHARD_ARGS ?= --claims 5000 --rounds 5 --holding 2000
 # the same with nothing pinned: every responder and the generator share both cores (issue 11's "same cores")
 SHARDS_SHARED_ARGS ?= --placement shared --responders ipsecd,ipsecd-2shards,strongswan --runs 3 --tunnels 1000,5000 \
 	--max-seconds 600
@@ -104,6 +106,7 @@ bench: deps loadtester
 	$(PY) -m tests.bench_handshake $(HANDSHAKE_CERT_ARGS)
 	$(PY) -m tests.bench_handshake $(SHARDS_ARGS)
 	$(PY) -m tests.bench_handshake $(SHARDS_SHARED_ARGS)
+	$(PY) -m tests.bench_xshard $(XSHARD_ARGS)
 	$(PY) -m tests.bench_memory $(MEMORY_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py
