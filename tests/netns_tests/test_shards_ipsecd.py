@@ -195,15 +195,7 @@ def test_initial_contact_reaches_the_other_shard(topology: Topology, ipsecd_fact
     the new SA is on the other shard than the old one: that shard drops the old SA at once
     (ike/xshard.py), not by DPD (B runs none here), and B lists only the new one."""
     t = topology
-    a_cfg: dict[str, Any] = {"connections": {"c0": _conn(0, local=t.a_addr, remote=[t.b_addr], lid="a0.test",
-                                                          rid="b.test", lts="10.1.0.0/24", rts="10.2.0.0/24",
-                                                          start=True)},
-                             "secrets": {"ike": [{"id": ["a0.test", "b.test"], "secret": PSK}]}}
-    b_cfg: dict[str, Any] = {"settings": {"ike_shards": 2},
-                             "connections": {"c0": _conn(0, local=t.b_addr, remote="%any", lid="b.test",
-                                                         rid="a0.test", lts="10.2.0.0/24", rts="10.1.0.0/24",
-                                                         start=False)},
-                             "secrets": {"ike": [{"id": ["a0.test", "b.test"], "secret": PSK}]}}
+    a_cfg, b_cfg = _one_client(t)
     b = ipsecd_factory(t.b, b_cfg, name="b")
     _wait(lambda: b.log_count(r"IKE shard 1 of 2 started") >= 1, 15, "shard 1 started", b)
     a = ipsecd_factory(t.a, a_cfg, name="a")
@@ -240,3 +232,49 @@ def test_initial_contact_reaches_the_other_shard(topology: Topology, ipsecd_fact
     res = t.a.ping("10.2.0.1", count=2, src="10.1.0.1", interval=0.1, deadline=5, check=False)
     assert ping_counts(res.stdout) == (2, 2), res.stdout + res.stderr
     assert b.log_count("did not answer its") == 0 and b.log_count("CRITICAL") == 0, b.log_tail()
+
+
+def _one_client(t: Topology, **b_extra: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A (one process, identity a0.test, starts c0) and B (two shards, any address)."""
+    secrets = {"ike": [{"id": ["a0.test", "b.test"], "secret": PSK}]}
+    a_cfg = {"connections": {"c0": _conn(0, local=t.a_addr, remote=[t.b_addr], lid="a0.test", rid="b.test",
+                                         lts="10.1.0.0/24", rts="10.2.0.0/24", start=True)}, "secrets": secrets}
+    b_cfg = {"settings": {"ike_shards": 2},
+             "connections": {"c0": _conn(0, local=t.b_addr, remote="%any", lid="b.test", rid="a0.test",
+                                         lts="10.2.0.0/24", rts="10.1.0.0/24", start=False, **b_extra)},
+             "secrets": secrets}
+    return a_cfg, b_cfg
+
+
+@pytest.mark.timeout(150)
+def test_unique_keep_refuses_a_newcomer_on_the_other_shard(topology: Topology, ipsecd_factory: Make) -> None:
+    """``unique: keep``: A crashes and reconnects while B still holds its old IKE SA (no DPD).
+    The newcomer is refused whichever shard it lands on: on the old SA's shard inside IKE_AUTH,
+    on the other one deleted right after it (ike/xshard.py). A is restarted until that happened
+    on the other shard; B keeps the old SA, untouched."""
+    t = topology
+    a_cfg, b_cfg = _one_client(t, unique="keep")
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    _wait(lambda: b.log_count(r"IKE shard 1 of 2 started") >= 1, 15, "shard 1 started", b)
+    a = ipsecd_factory(t.a, a_cfg, name="a")
+    _wait(lambda: len(b.list_sas()) == 1 and b.list_sas()[0]["state"] == "ESTABLISHED", 30, "the first SA", a, b)
+    (old,) = b.list_sas()
+    other = "shard1" if _shard_of(old) == 0 else None
+    refusal = r"already has IKE SA \d+ and connection c0 has unique: keep"
+
+    def refused_on_the_other_shard() -> bool:
+        lines = [ln for ln in b.log_text().splitlines() if re.search(refusal, ln)]
+        return any(("shard1" in ln) == (other is not None) for ln in lines)
+
+    for _attempt in range(12):
+        seen = b.log_count(refusal)
+        a.kill()
+        a.start()
+        _wait(lambda seen=seen: b.log_count(refusal) > seen, 30, "the newcomer refused", a, b)  # type: ignore[misc]
+        if refused_on_the_other_shard():
+            break
+    assert refused_on_the_other_shard(), b.log_tail()
+    _wait(lambda: [(s["spi_i"], s["spi_r"]) for s in b.list_sas()] == [(old["spi_i"], old["spi_r"])], 20,
+          "B holds only the old SA", a, b)
+    assert b.list_sas()[0]["state"] == "ESTABLISHED" and len(b.list_sas()[0]["child_sas"]) == 1
+    assert b.log_count("CRITICAL") == 0, b.log_tail()
