@@ -336,3 +336,36 @@ def test_a_claim_that_cannot_be_delivered_is_logged(caplog: pytest.LogCaptureFix
     asyncio.run(relay._claim(claim, broken))
     assert "did not answer its initial_contact claim" in caplog.text
     assert len(o.gws[0].list_sas()) == 1
+
+
+def test_a_claim_over_a_real_shard_link() -> None:
+    """The claimant's relay on one end of a ShardLink socketpair, the other shard's on the other."""
+    import socket
+
+    from ipsecd.shell.shards import ShardLink
+
+    o = sharded(2, "no", relay=False)
+    o.up(o.add(0, 1))  # the old SA, on shard 1
+    c = o.add(0, 0)
+    o.up(c)  # the new one, with INITIAL_CONTACT, on shard 0 (no relay yet: both still up)
+    assert len(o.gws[0].list_sas()) == len(o.gws[1].list_sas()) == 1
+    new = o.gws[0].list_sas()[0]
+    claim = claim_of(new, True, 0)
+    assert claim is not None and claim.rule is Rule.INITIAL_CONTACT
+
+    async def run() -> list[Any]:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        primary = ShardLink(a, {}, "shard 1")
+        shard = ShardLink(b, {"claim": o.relays[1].on_claim}, "the primary")
+        await primary.start()
+        await shard.start()
+        try:
+            return [await primary.call("claim", claim=encode_claim(claim))]
+        finally:
+            primary.close()
+            shard.close()
+
+    (reply,) = asyncio.run(run())
+    assert decode_reply(reply).outcome is Outcome.CLOSED
+    o.pump()
+    assert o.gws[1].list_sas() == [] and [c.reason for c in o.closed(1)] == [IC_REASON]
