@@ -432,8 +432,7 @@ class IkeManager:
                     self._act(o, sa.now, lambda x: x.delete(Cause.DUPLICATE,
                                                             "duplicate of a simultaneously initiated IKE SA"))
                 for other in replaced(sa):  # unique: replace (tasks/unique.py)
-                    self._act(self.sas.get(other), sa.now, lambda o: o.delete(Cause.REPLACED,
-                                                                           replace_reason(sa.ike_sa_id)))
+                    self.delete_ike(other, sa.now, Cause.REPLACED, replace_reason(sa.ike_sa_id))
             elif isinstance(ev, IkeSaClosed):
                 self._count_sa(sa)
                 release_leases(sa)
