@@ -18,8 +18,9 @@ owner, so two processes never race on a prefix; a shard asks only when a prefix 
 or none of its SAs needs it any more), the TUN's MTU, traps. The worker's events reach the
 primary, which forwards a shard's by reqid (reqids carry their shard).
 
-Pools: refused with more than one shard for now (config.py): a lease must be decided in one
-place, and the engine asks its pool synchronously.
+Pools: every shard leases its own share of each pool (pools.py: the addresses at offsets
+k, k+N, ...), so each address has one writer and the engine still asks its pool
+synchronously; the shards share one lease file, each writing only its own rows.
 
 The link is symmetric: a shard asks the primary for routes; the primary asks the shards for
 their SAs and counters (``ipsecctl list-sas``/``stats`` aggregate), to terminate, to reload.
