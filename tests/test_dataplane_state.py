@@ -23,7 +23,7 @@ import pytest
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane.idle import IDLE_PERIOD
 from ipsecd.dataplane.lifetimes import SEQ_SOFT_MARGIN
-from ipsecd.dataplane.state import DataplaneState, Drop, SendControl, SendEsp, SendKeepalive, WriteTun
+from ipsecd.dataplane.state import DataplaneState, Drop, HeardSpis, SendControl, SendEsp, SendKeepalive, WriteTun
 from ipsecd.esp.sa import DropReason, InboundSa, Mode, OutboundSa, SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
 from ipsecd.iana import EncrId, IntegId
@@ -542,3 +542,46 @@ def test_idle_sas_give_their_cipher_contexts_back_and_busy_ones_keep_them() -> N
     st.take_outputs()
     assert st.outbound(pkt, 1000.0) == 1 and sa_out._transform is not None  # built again
     assert sa_out.seq == 3  # the sequence number went on across the release
+
+
+def test_heard_spis_per_reader_without_scanning() -> None:
+    """Each reader (a control link) gets every SPI heard since its own previous take, once."""
+    h = HeardSpis()
+    daemon, shard = None, object()
+    h.fresh.update({1, 2})  # before anyone asked: the first take of each reader gets them
+    assert sorted(h.take()) == [1, 2] and h.take() == ()
+    h.reader = shard
+    assert h.take() == ()  # the daemon took them before the shard ever asked
+    h.fresh.add(3)
+    h.reader = daemon
+    assert h.take() == (3,)
+    h.fresh.add(4)
+    h.reader = shard
+    assert sorted(h.take()) == [3, 4]  # the daemon's poll hid nothing from the shard
+    h.reader = daemon
+    assert h.take() == (4,)
+    h.fresh.add(5)
+    h.reader = shard
+    assert h.take() == (5,)
+    h.discard(5)  # the SA went before the daemon polled: not reported
+    h.reader = daemon
+    assert h.take() == ()
+    h.forget(shard)
+    h.fresh.add(6)
+    h.reader = daemon
+    assert h.take() == (6,)
+    assert h._readers == {None: set()}  # a forgotten link holds nothing
+
+
+def test_get_heard_through_the_state_and_removal() -> None:
+    st = make_state()
+    install(st)
+    (spi,) = st.sad.inbound
+    st.heard.fresh.add(spi)  # what worker._inbound does once a packet authenticated
+    st.handle(m.GetHeard(id=7), 0.0)
+    st.heard.fresh.add(spi)
+    st.handle(m.GetHeard(id=8), 0.0)
+    st.heard.fresh.add(spi)
+    st.handle(m.DeleteSa(REQID, id=9), 0.0)  # gone before the next poll: not reported
+    st.handle(m.GetHeard(id=10), 0.0)
+    assert messages(st) == [m.Heard(7, (spi,)), m.Heard(8, (spi,)), m.Ack(9), m.Heard(10, ())]

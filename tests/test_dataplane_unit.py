@@ -47,6 +47,7 @@ def _sample_messages() -> list[m.Message]:
         m.InstallTrap(7, tuple(pols), id=10),
         m.RemoveTrap(7, id=12),
         m.GetCounters(id=7),
+        m.GetHeard(id=18),
         m.SetKeepalive(ip_address("192.0.2.2"), 4500, 20.0, id=8),
         m.SetOwner(7, 1, id=30),
         m.SetOwner(7, -1, id=31),
@@ -58,6 +59,8 @@ def _sample_messages() -> list[m.Message]:
         m.Ack(3, False, "nope"),
         m.BatchAck((m.Ack(13), m.Ack(14, False, "KeyError: 'x'"))),
         m.Counters(7, (m.SaCounterSnapshot(1, "in", 7, 10, 1, {"icv": 2}, 5),), {"short": 1}, {"tun_rx_packets": 3}),
+        m.Heard(18, (0x1234, 0xFFFFFFFF)),
+        m.Heard(19, ()),
         m.Acquire(7, ip_address("10.1.0.1"), ip_address("10.2.0.1"), 6, 1234, 80),
         m.UnknownSpiReport(5, (m.UnknownSpi(0xDEAD, "192.0.2.9", 4500, 3), m.UnknownSpi(1, "::1", 0, 2))),
         m.UnknownSpiReport(0, ()),
@@ -618,3 +621,29 @@ def test_worker_answers_a_request_whose_reply_does_not_fit_a_frame(monkeypatch: 
         assert isinstance(ack, m.Ack) and ack.id == 9 and not ack.ok and "exceeds" in ack.error
     finally:
         close(a, b)
+
+
+def test_worker_get_heard_names_the_inbound_spis_that_received_packets(pair: tuple[Side, Side]) -> None:
+    """DPD's poll (RFC 7296 2.4): only SPIs that authenticated a packet since the previous poll."""
+    a, b = pair
+    b.worker.handle(m.GetHeard(id=1))
+    assert b.messages() == [m.Heard(1, ())]
+    for i in range(3):
+        a.tun.send(udp4("10.1.0.5", "10.2.0.7", bytes([i])))
+    pump(a, b)
+    assert len(b.read_tun()) == 3
+    (spi_in,) = b.worker.state.sad.inbound
+    b.worker.handle(m.GetHeard(id=2))
+    assert b.messages() == [m.Heard(2, (spi_in,))]
+    b.worker.handle(m.GetHeard(id=3))
+    assert b.messages() == [m.Heard(3, ())]  # swapped out: nothing new since
+    a.worker.handle(m.GetHeard(id=4))
+    assert a.messages() == [m.Heard(4, ())]  # a only sent
+    # a forged packet (bad ICV) is no sign of life
+    esp = bytearray(a.worker.state.out[1].sa.protect(udp4("10.1.0.5", "10.2.0.7")))
+    esp[-1] ^= 1
+    a.udp.sendto(bytes(esp), ("127.0.0.1", b.port))
+    pump(b)
+    assert sum(b.worker.state.drops.values()) == 1
+    b.worker.handle(m.GetHeard(id=5))
+    assert b.messages() == [m.Heard(5, ())]

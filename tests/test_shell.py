@@ -240,3 +240,42 @@ def test_a_batch_answers_existing_sas_before_new_ones() -> None:
         assert [h.spi_i for h in out[1:]] == [decode_header(d).spi_i for d in news]
 
     asyncio.run(main())
+
+
+def test_traffic_watch_notes_the_heard_spis_and_spares_dpd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ESP on a Child SA (GetHeard's answer) postpones DPD of its IKE SA (RFC 7296 2.4); an SPI
+    this process does not own (another IKE shard's) is ignored."""
+    import ipsecd.shell.installer as installer_mod
+
+    async def main() -> None:
+        dp = FakeDataPlane()
+        shell, transport, installer = _shell(dp)
+        a = IkeManager([make_settings()], now=0.0)
+        a.initiate("conn", 0.0)
+        (init_resp,) = _exchange(a, shell, transport, lambda: 0.0)
+        a.receive_datagram(init_resp, A, B, 0.0)
+        for d in a.datagrams_to_send():
+            shell.on_datagram(d.data, B, A)
+        await _until(lambda: "child_sa:done" in dp.calls)
+        (sa,) = shell.manager.sas.values()
+        (child,) = sa.children
+        spi_in = int.from_bytes(child.event.spi_in, "big")
+        polls: list[int] = []
+
+        async def heard() -> set[int]:
+            polls.append(1)
+            return {spi_in, 0xDEADBEEF} if len(polls) == 1 else set()
+
+        dp.heard = heard  # type: ignore[attr-defined]
+        monkeypatch.setattr(installer_mod, "TRAFFIC_POLL", 0.0)
+        before = sa.last_traffic_in
+        task = asyncio.ensure_future(installer.watch_inbound_traffic())
+        await _until(lambda: len(polls) >= 2)
+        assert sa.last_traffic_in > before  # the peer is heard: its DPD deadline moved
+        heard_at = sa.last_traffic_in
+        await _until(lambda: len(polls) >= 4)
+        assert sa.last_traffic_in == heard_at  # nothing heard since: DPD may probe when due
+        task.cancel()
+        shell.close()
+
+    asyncio.run(main())

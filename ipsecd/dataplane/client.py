@@ -288,6 +288,17 @@ class SaJobs:
         addr = ip_address(peer)
         await self._request(lambda i: m.SetKeepalive(addr, port, interval, id=i))
 
+    async def heard(self) -> set[int]:
+        """Inbound SPIs that received packets since this link's previous call (DPD's poll, RFC
+        7296 2.4): only the active ones, where ``counters`` lists every SA (issue 11). Several
+        workers: each is asked and the answers joined (an SA lives in one of them)."""
+        replies = await self._broadcast(lambda i: m.GetHeard(id=i))
+        out: set[int] = set()
+        for r in replies:
+            if isinstance(r, m.Heard):
+                out.update(r.spis)
+        return out
+
     async def counters(self) -> dict[str, Any]:
         """Per-SPI counters (key: 8 hex digits) and the worker's drops and statistics.
 

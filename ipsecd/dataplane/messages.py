@@ -19,7 +19,7 @@ Anything else is a ``ProtocolError``, as are frames above ``MAX_FRAME``.
 Versioning: every body starts with ``PROTOCOL_VERSION``; the worker's first message is
 ``Hello`` and the control side refuses a worker of another version (both come from one
 installation, so a mismatch means a half-upgraded install, not something to negotiate).
-Requests carry an ``id``; the worker answers each with ``Ack`` (or ``Counters``) bearing
+Requests carry an ``id``; the worker answers each with ``Ack`` (or ``Counters``, ``Heard``) bearing
 the same id, a ``Batch`` of requests with one ``BatchAck`` holding their ``Ack`` in order.
 Events have no id.
 
@@ -48,7 +48,7 @@ from ipsecd.iana import EncrId, IntegId
 
 # 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
 #    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
-PROTOCOL_VERSION = 5  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers)
+PROTOCOL_VERSION = 6  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers); 6: GetHeard
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -187,6 +187,14 @@ class GetCounters:
 
 
 @dataclass(frozen=True)
+class GetHeard:
+    """Which inbound SPIs received a packet since this link's previous GetHeard: DPD's poll
+    (RFC 7296 2.4), a reply of the active SPIs only, where GetCounters lists every SA (issue 11)."""
+
+    id: int = 0
+
+
+@dataclass(frozen=True)
 class SetKeepalive:
     """Send a NAT keepalive to ``peer`` every ``interval`` seconds (RFC 3948 2.3); 0 stops."""
 
@@ -254,6 +262,15 @@ class Counters:
     sas: tuple[SaCounterSnapshot, ...]
     drops: dict[str, int]  # every drop of the worker by reason
     stats: dict[str, int]  # non-drop counts: packets/bytes per path, keepalives, GRO/GSO batches
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The answer to GetHeard: inbound SPIs (ESP and AH) that authenticated a packet since the
+    link's previous GetHeard (the first one: since the worker started)."""
+
+    id: int
+    spis: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -328,6 +345,7 @@ Message = (
     | InstallTrap
     | RemoveTrap
     | GetCounters
+    | GetHeard
     | SetKeepalive
     | SetOwner
     | Shutdown
@@ -336,6 +354,7 @@ Message = (
     | Ack
     | BatchAck
     | Counters
+    | Heard
     | Acquire
     | UnknownSpiReport
     | LifetimeReached

@@ -216,6 +216,45 @@ class UnknownSpiReports:
         return rep
 
 
+class HeardSpis:
+    """Inbound SPIs that authenticated a packet, for DPD's poll (GetHeard, RFC 7296 2.4).
+
+    The receive path adds the SPI to ``fresh`` (one set.add per packet; the set is never
+    replaced, so the worker binds its ``add`` once). A GetHeard takes what its reader (the
+    control link it came on: the daemon's or an IKE shard's) has not seen yet: ``fresh`` is
+    first added to every reader's pending set, then the asker's goes out and is emptied. So
+    each link sees every SPI once per its own poll and one shard's poll never hides an SPI
+    from another (a shard ignores the SPIs it does not own, ike/manager.py ``owner_of``).
+    Nothing scans the SAD: a poll costs what was heard. Bounded by the live inbound SPIs
+    (``discard`` on removal; a closed link is forgotten)."""
+
+    __slots__ = ("_readers", "fresh", "reader")
+
+    def __init__(self) -> None:
+        self.fresh: set[int] = set()
+        self._readers: dict[object, set[int]] = {}  # reader -> heard since its last take
+        self.reader: object = None  # whose request is being handled (the worker sets it; None: the daemon)
+
+    def take(self) -> tuple[int, ...]:
+        fresh = self.fresh
+        if fresh:
+            for pending in self._readers.values():
+                pending |= fresh
+        mine = self._readers.get(self.reader)
+        out = tuple(fresh if mine is None else mine)
+        self._readers[self.reader] = set()
+        fresh.clear()
+        return out
+
+    def discard(self, spi: int) -> None:
+        self.fresh.discard(spi)
+        for pending in self._readers.values():
+            pending.discard(spi)
+
+    def forget(self, reader: object) -> None:
+        self._readers.pop(reader, None)
+
+
 # ------------------------------------------------------------------ the state
 
 
@@ -236,6 +275,7 @@ class DataplaneState(Generic[S]):
         # AH SAs by inbound SPI, apart from the SAD's ESP table so the ESP receive path never
         # meets one (the SPI spaces are one: IKE allocates them from one pool)
         self.ah_inbound: dict[int, AhInboundSa] = {}
+        self.heard = HeardSpis()  # inbound SPIs that received packets, for DPD's poll
         self.drops: dict[str, int] = {}
         self.stats: dict[str, int] = {}
         # Flow cache: while no policy looks at protocol or ports, the decision depends on the
@@ -271,12 +311,14 @@ class DataplaneState(Generic[S]):
 
     # ------------------------------------------------------------------ control messages
     def handle(self, msg: m.Message, now: float) -> None:
-        """Apply one control message; every request is answered (Ack, BatchAck or Counters)."""
+        """Apply one control message; every request is answered (Ack, BatchAck, Counters or Heard)."""
         try:
             if isinstance(msg, m.Batch):
                 self._emit(m.BatchAck(tuple(self._apply(r, now) for r in msg.requests)))
             elif isinstance(msg, m.GetCounters):
                 self._emit(self.counters(msg.id))
+            elif isinstance(msg, m.GetHeard):
+                self._emit(m.Heard(msg.id, self.heard.take()))
             else:
                 self._emit(self._apply(msg, now))
         finally:
@@ -419,6 +461,7 @@ class DataplaneState(Generic[S]):
         if reqid is not None and (rest := tuple(s for s in self._in_by_reqid.pop(reqid, ()) if s != spi)):
             self._in_by_reqid[reqid] = rest
         self.transport_spis.discard(spi)
+        self.heard.discard(spi)
         self.lifetimes.forget("in", spi)
 
     def _install_trap(self, msg: m.InstallTrap, now: float) -> None:

@@ -122,6 +122,7 @@ class Worker:
         # the state's tables the receive path reads per packet (never replaced, only changed)
         self._sad_in = self.state.sad.inbound
         self._transport_spis = self.state.transport_spis
+        self._heard = self.state.heard.fresh.add  # an inbound SA that received a packet (DPD's poll)
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._link = ControlLinks(control, shard_controls or [], self._epoll, self.state.drops, self._handlers)
@@ -422,6 +423,7 @@ class Worker:
         except EspDrop as e:
             self._count_drop(e.reason)
             return
+        self._heard(spi)  # authenticated: a sign of life of the peer (RFC 7296 2.4)
         # a TCP SYN (IPv4 without options, or IPv6 with TCP next): a few byte compares per
         # packet, the clamp itself only for SYNs (unprotect returns at least a whole IP header)
         if ((pkt[9] == 6 and pkt[0] == 0x45 and len(pkt) >= 40 and pkt[33] & 0x02)
@@ -463,8 +465,10 @@ class Worker:
         msgs = links.read(link)
         if msgs is None:  # the daemon's link closed or broke: exit (a shard's is just forgotten)
             self.running = self.running and link is not None
+            self.state.heard.forget(link)
             return
         links.current = link or links.primary
+        self.state.heard.reader = link  # GetHeard answers per link (state.HeardSpis)
         try:
             for msg in msgs:
                 self.state.handle(msg, self.now)
@@ -569,6 +573,7 @@ def make_ah_drain(worker: Worker, sock: socket.socket) -> Callable[[], None]:
             except EspDrop as e:
                 worker._count_drop(e.reason)
                 continue
+            worker._heard(spi)
             worker._write_tun(pkt)
         if got:
             traffic = state.lifetimes.traffic
@@ -642,11 +647,11 @@ class ControlLinks:
     it) and one per IKE shard past the first (``settings.ike_shards``), so a shard's installs
     reach the worker without a hop through the primary (shell/shard_dataplane.py).
 
-    A reply (Ack, BatchAck, Counters) goes back on the link whose request is being handled
+    A reply (Ack, BatchAck, Counters, Heard) goes back on the link whose request is being handled
     (``current``); events go to the daemon, which routes a shard's by its reqid. Request ids
     are per link: two links may use the same id. A shard's link that closes is forgotten."""
 
-    _REPLIES = (m.Ack, m.BatchAck, m.Counters)
+    _REPLIES = (m.Ack, m.BatchAck, m.Counters, m.Heard)
 
     def __init__(self, control: socket.socket, shards: list[socket.socket], epoll: select.epoll,
                  drops: dict[str, int], handlers: dict[int, Callable[[], None]]) -> None:

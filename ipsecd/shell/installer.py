@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
@@ -269,33 +269,26 @@ class ChildSaInstaller:
             self.shell.act(lambda m, now: m.expire_child(spi_in, True, now))
 
     async def watch_inbound_traffic(self) -> None:
-        """DPD only probes a peer that is silent: ESP arriving counts as a sign of life (RFC 7296 2.4)."""
-        seen: dict[str, int] = {}
+        """DPD only probes a peer that is silent: ESP arriving counts as a sign of life (RFC 7296 2.4).
+        The worker answers with the inbound SPIs that received packets since the previous poll
+        (GetHeard): no per-SA counters cross the link or stay here between polls (issue 11)."""
         while True:
             await asyncio.sleep(TRAFFIC_POLL)
             try:
-                counters = await self.dataplane.counters()
+                heard = await self.dataplane.heard()
             except Exception as e:  # the worker may be restarting: try again next time
-                log.debug("cannot read data-plane counters: %s", e)
+                log.debug("cannot read the data plane's heard SPIs: %s", e)
                 continue
-            seen = self._note_traffic(counters, seen)
-            del counters  # a dict per SA: not kept across the sleep
+            self._note_traffic(heard)
 
-    def _note_traffic(self, counters: dict[str, Any], seen: dict[str, int]) -> dict[str, int]:
-        """Tell IKE which inbound SAs received packets since the last poll; returns the new counts.
-        Only SAs that ever received a packet are remembered, and only while they exist: the poll's
-        reply (a dict per SA) is not kept across the sleep (issue 11, memory per tunnel)."""
+    def _note_traffic(self, heard: Iterable[int]) -> None:
+        """Tell IKE which inbound SAs received packets since the last poll (an SPI this process
+        does not own, e.g. another IKE shard's, is ignored by the manager)."""
         now = time.monotonic()
-        fresh: dict[str, int] = {}
-        for key, c in counters.get("sas", {}).items():
-            packets = int(c.get("packets", 0))
-            if c.get("direction") != "in" or not packets:
-                continue
-            fresh[key] = packets
-            if packets != seen.get(key):
-                self.shell.manager.note_inbound_traffic(bytes.fromhex(key[:8]), now)
+        note = self.shell.manager.note_inbound_traffic
+        for spi in heard:
+            note(spi.to_bytes(4, "big"), now)
         self.shell.flush()
-        return fresh
 
 
 def volume_lifetime(child: ChildConfig | None) -> dp.Lifetime:

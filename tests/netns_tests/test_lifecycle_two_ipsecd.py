@@ -219,6 +219,28 @@ def test_dpd_restart_after_peer_killed(topology: Topology, ipsecd_factory: Make)
     _ping_ok(t)
 
 
+@pytest.mark.timeout(120)
+def test_dpd_spared_while_esp_arrives(topology: Topology, ipsecd_factory: Make) -> None:
+    """A peer we hear ESP from is not probed (RFC 7296 2.4): the daemon's traffic watch (GetHeard
+    every 5 s) moves the DPD deadline; once the ESP stops, DPD probes after dpd_delay."""
+    t = topology
+    a_cfg, b_cfg = _configs(t, a_conn={"dpd_delay": "8s"})
+    a_cfg["settings"] = {"log_level": "debug"}  # the probe's "checking liveness" line is at debug
+    b = ipsecd_factory(t.b, b_cfg, name="b")
+    a = ipsecd_factory(t.a, a_cfg, name="a")
+    a.wait_established(15, child=CHILD)
+    b.wait_established(15, child=CHILD)
+    _settled(a, b, timeout=5)
+    probes = a.log_count("checking liveness")
+    # ESP from B to A for 20 s, more than twice dpd_delay: A hears its peer the whole time
+    res = t.b.ping(t.a_lan, count=100, src=t.b_lan, interval=0.2, deadline=30, check=False)
+    sent, got = ping_counts(res.stdout)
+    assert sent == 100 and got >= 95, res.stdout
+    assert a.log_count("checking liveness") == probes, a.log_tail(30)
+    took = _wait_for(lambda: a.log_count("checking liveness") > probes, 8 + 5 + 10, "A probes a silent peer", a)
+    print(f"first probe {took:.1f}s after the ESP stopped")
+
+
 @pytest.mark.timeout(60)
 def test_both_initiate_then_responder_restarts(topology: Topology, ipsecd_factory: Make) -> None:
     """Both ends start_action start: one IKE SA survives the simultaneous start, and a restarted B
