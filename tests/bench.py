@@ -156,32 +156,29 @@ def setup_ipsecd(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     return Setup("ipsecd", topo, topo.a_lan, topo.b_lan)
 
 
-def setup_ipsecd_offload(stack: contextlib.ExitStack, workdir: Path) -> Setup:
-    """ipsecd with settings.dataplane.offload: yes (TSO reads, GRO writes; offload.py)."""
+def _ipsecd_with(stack: contextlib.ExitStack, workdir: Path, name: str, **dataplane: object) -> Setup:
+    """The ipsecd setup with extra settings.dataplane keys, under its own row name."""
     saved = dict(IPSECD_DATAPLANE)
-    IPSECD_DATAPLANE["offload"] = True
+    IPSECD_DATAPLANE.update(dataplane)
     try:
         setup = setup_ipsecd(stack, workdir)
     finally:
         IPSECD_DATAPLANE.clear()
         IPSECD_DATAPLANE.update(saved)
-    setup.name = "ipsecd-offload"
+    setup.name = name
     return setup
+
+
+def setup_ipsecd_offload(stack: contextlib.ExitStack, workdir: Path) -> Setup:
+    """ipsecd with settings.dataplane.offload: yes (TSO reads, GRO writes; offload.py)."""
+    return _ipsecd_with(stack, workdir, "ipsecd-offload", offload=True)
 
 
 def setup_ipsecd_2workers(stack: contextlib.ExitStack, workdir: Path) -> Setup:
     """ipsecd with settings.dataplane.workers: 2 (a multi-queue TUN, one worker per queue;
     dataplane/handoff.py). One Child SA has one owner worker, so its flows share one core:
     this row shows the cost of the second worker, not a gain (docs/performance.md)."""
-    saved = dict(IPSECD_DATAPLANE)
-    IPSECD_DATAPLANE["workers"] = 2
-    try:
-        setup = setup_ipsecd(stack, workdir)
-    finally:
-        IPSECD_DATAPLANE.clear()
-        IPSECD_DATAPLANE.update(saved)
-    setup.name = "ipsecd-2workers"
-    return setup
+    return _ipsecd_with(stack, workdir, "ipsecd-2workers", workers=2)
 
 
 def setup_wireguard(stack: contextlib.ExitStack, workdir: Path) -> Setup:
