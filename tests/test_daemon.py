@@ -272,7 +272,7 @@ def test_gc_policy_freezes_after_full_passes_and_thaws_every_refresh() -> None:
     (closed IKE SAs are cycles: they must be freed)."""
     import gc
 
-    from ipsecd.daemon import GcPolicy
+    from ipsecd.gcpolicy import GcPolicy
 
     policy = GcPolicy(refresh=3600.0)
     gc.callbacks.append(policy)
