@@ -8,6 +8,7 @@ sends is noted with the time it left (its SPIi names the attempt). Retransmissio
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from ipsecd.iana import ExchangeType
 from ipsecd.ike.events import Cause, ChildSaEstablished, IkeSaClosed, IkeSaEstablished, InitiationFailed
@@ -73,7 +74,7 @@ def test_three_attempts_then_initiation_failed() -> None:
 
     starts = net.starts()
     assert len(starts) == 3, starts  # three IKE SAs, each with its own SPI
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert ATTEMPT + 2 <= gaps[0] < ATTEMPT + 3, gaps  # 2 s (+ up to 50 %) after the first gave up
     assert ATTEMPT + 4 <= gaps[1] < ATTEMPT + 6, gaps
     closed = [e for e in p.events_a if isinstance(e, IkeSaClosed)]
@@ -103,7 +104,7 @@ def test_keyingtries_0_tries_until_the_peer_answers() -> None:
     p.advance(1200)
     starts = net.starts()
     assert len(starts) >= 12, starts
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert max(gaps) < ATTEMPT + RETRY_CAP * 1.5 + 0.01, gaps  # the wait stops growing at the cap
     assert max(gaps) >= ATTEMPT + RETRY_CAP, gaps
     assert _failed(p) == [] and not any(isinstance(e, IkeSaEstablished) for e in p.events_a)
