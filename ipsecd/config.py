@@ -775,9 +775,6 @@ NOT_IMPLEMENTED: tuple[UnimplementedKey, ...] = (
     # Each row goes when its feature lands; docs/configuration.md lists the same keys.
     UnimplementedKey("conn", "local_port", frozenset({IKE_PORT}), IKE_PORT,
                      "IKE is always sent from port 500 (4500 after NAT detection)"),
-    UnimplementedKey("conn", "keyingtries", frozenset({1}), 1,
-                     "initiations are neither counted nor limited: each is one attempt "
-                     "(a connection with start_action start is retried every 5 s regardless)"),
 )
 
 

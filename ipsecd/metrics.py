@@ -46,7 +46,7 @@ LOGIN_METHODS = ("psk", "pubkey", "eap-mschapv2", "eap-tls", "eap-radius", "eap"
 """The method label of ipsecd_logins_total; ``eap`` is an EAP login that ended before a method ran."""
 IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "cookie_secret_rotations", "retransmits", "retransmitted_requests",
                                    "invalid_ike_spi_sent", "fragments_sent", "fragments_received",
-                                   "fragmented_messages"})
+                                   "fragmented_messages", "keying_retries", "initiations_failed"})
 """IKE counters that count work, not discarded messages: exported as ipsecd_ike_events_total."""
 
 

@@ -81,6 +81,7 @@ def ike_settings(conn: ConnectionConfig, config: Config) -> IkeSettings:
         remote_addrs=() if conn.remote_any and not conn.remote_addrs else tuple(str(a) for a in conn.remote_addrs),
         remote_port=conn.remote_port,
         retransmit=RetransmitSettings(tries=r.tries, timeout=r.timeout, base=r.base),
+        keyingtries=conn.keyingtries,
         force_encap=conn.encap,
         mobike=conn.mobike,
         rekey_time=conn.rekey_time,

@@ -62,16 +62,15 @@ def test_config_warnings_are_logged_on_reload(tmp_path: Path, caplog: pytest.Log
     path.write_text(yaml.safe_dump(ipsecd_config(local_addrs=["192.0.2.1"], remote_addrs=["192.0.2.2"])))
     daemon = Daemon(load_config(path, proposal_validator=validate_proposal), str(tmp_path / "s.sock"), LogHub(),
                     dataplane=False)
-    text = path.read_text().replace("    local_addrs:", "    keyingtries: 3\n    local_addrs:", 1)
+    text = path.read_text().replace("    local_addrs:", "    local_port: 4500\n    local_addrs:", 1)
     path.write_text(text)
-    line = text.splitlines().index("    keyingtries: 3") + 1
+    line = text.splitlines().index("    local_port: 4500") + 1
     with caplog.at_level(logging.WARNING, logger="ipsecd.cfg"):
-        # what ipsecd does did not change (one attempt either way): the connection is left alone
+        # what ipsecd does did not change (port 500 either way): the connection is left alone
         assert asyncio.run(daemon.reload())["changed"] == []
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path}:{line} connections.peer.keyingtries: accepted but not implemented yet: initiations are neither "
-        "counted nor limited: each is one attempt (a connection with start_action start is retried every 5 s "
-        "regardless) (in effect: 1)"]
+        f"{path}:{line} connections.peer.local_port: accepted but not implemented yet: IKE is always sent from "
+        "port 500 (4500 after NAT detection) (in effect: 500)"]
 
 
 def test_reload_applies_front_door_settings(tmp_path: Path) -> None:
@@ -111,7 +110,7 @@ def _pair(topo: Topology, tmp_path: Path, **extra_a: object) -> tuple[Ipsecd, Ip
 @pytest.mark.netns
 def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp_path: Path) -> None:
     a, b = _pair(topology, tmp_path)
-    b.config["connections"]["peer"]["keyingtries"] = 2  # accepted, not implemented: a warning in the log
+    b.config["connections"]["peer"]["local_port"] = 4500  # accepted, not implemented: a warning in the log
     with b, a:
         ike = a.wait_established(15, child="net")
         b.wait_established(15, child="net")
@@ -127,12 +126,12 @@ def test_list_sas_contract_and_reload_keeps_untouched_sa(topology: Topology, tmp
         a.config["connections"]["spare"] = {
             **a.config["connections"]["peer"], "remote_addrs": ["192.0.2.99"],
             "children": {"x": child_config(local_ts=["10.1.1.0/24"], remote_ts=["10.9.0.0/24"])},
-            "keyingtries": 3}
+            "local_port": 4500}
         a.write_config()
         r = a.ctl("reload")
         assert r.returncode == 0
-        assert "connections.peer.keyingtries: accepted but not implemented yet" in b.log_text()  # at start
-        assert "connections.spare.keyingtries: accepted but not implemented yet" in a.log_text()  # at reload
+        assert "connections.peer.local_port: accepted but not implemented yet" in b.log_text()  # at start
+        assert "connections.spare.local_port: accepted but not implemented yet" in a.log_text()  # at reload
         conns = a.ctl("list-conns", "--json").stdout
         assert "spare" in conns
         (after,) = [sa for sa in a.list_sas() if sa["name"] == "peer"]

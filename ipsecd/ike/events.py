@@ -107,6 +107,20 @@ class IkeSaClosed:
 
 
 @dataclass(frozen=True)
+class InitiationFailed:
+    """An initiation gave up (ike/keying.py): ``attempts`` IKE SAs were tried, as ``keyingtries``
+    allows; the last closed with ``cause``. Nothing retries it by itself any more (a trap still
+    starts a new initiation on its next packet)."""
+
+    name: str
+    child: str | None  # the child it was for; None: every child of the connection
+    attempts: int
+    cause: Cause
+    reason: str
+    ike_sa_id: int  # the last attempt's IKE SA
+
+
+@dataclass(frozen=True)
 class IkeSaRekeyed:
     """RFC 7296 1.3.2: the IKE SA was rekeyed; its Child SAs now belong to ``new_ike_sa_id``.
 
@@ -248,7 +262,7 @@ class AuthRequest:
 
 
 Event = (IkeSaEstablished | IkeSaClosed | IkeSaRekeyed | IkeSaMoved | ChildSaEstablished | ChildSaFailed
-         | ChildSaDeleted | VirtualIpsAssigned | Login | AuthRequest)
+         | ChildSaDeleted | VirtualIpsAssigned | Login | AuthRequest | InitiationFailed)
 
 
 # ------------------------------------------------------------------ signals (SA -> its manager)

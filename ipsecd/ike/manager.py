@@ -59,6 +59,7 @@ from ipsecd.ike.events import (
 )
 from ipsecd.ike.frontdoor import Admission, FrontDoor, FrontDoorSettings
 from ipsecd.ike.ike_sa import IkeSa, IkeState
+from ipsecd.ike.keying import Attempt, Keying
 from ipsecd.ike.message import IkeHeader, Message, check_message, decode_header, decode_message, encode_message
 from ipsecd.ike.payloads import NotifyPayload
 from ipsecd.ike.redirect import Redirect, set_redirect
@@ -95,6 +96,7 @@ class IkeManager:
     _conns: dict[str, IkeSettings] = field(default_factory=dict, repr=False)
     _out: list[Datagram] = field(default_factory=list, repr=False)
     _events: deque[Event] = field(default_factory=deque, repr=False)
+    keying: Keying = field(default_factory=Keying, repr=False)  # keyingtries: attempts and retries (keying.py)
 
     def __post_init__(self) -> None:
         self.ctx = EngineContext(rng=self.rng, attributes=self.attributes, shard=self.shard)
@@ -137,11 +139,11 @@ class IkeManager:
 
     # ------------------------------------------------------------------ jobs
     def initiate(self, name: str, now: float, *, trigger: TriggerPacket | None = None,
-                 child: str | None = None) -> IkeSa:
+                 child: str | None = None, attempt: Attempt | None = None) -> IkeSa:
         """Start a new IKE SA of connection ``name``: every configured child (the first in
         IKE_AUTH, the others by CREATE_CHILD_SA), or only ``child``. ``trigger`` is the packet
         of an acquire (RFC 7296 2.9). The daemon normally calls ``acquire``, which also
-        suppresses duplicates."""
+        suppresses duplicates. A new initiation is attempt 1 of ``keyingtries`` (keying.py)."""
         conn = self.connection(name)
         if conn is None:
             raise KeyError(name)
@@ -158,6 +160,7 @@ class IkeManager:
         self.now = now
         sa = IkeSa(conn, self.ctx.alloc_ike_id(), True, (local_ip, 500), remote, now, ctx=self.ctx)
         self.table.add(sa)
+        self.keying.track(sa, attempt or Attempt(name, child, trigger))
         sa.initiate(kids, trigger=trigger)
         self._collect(sa)
         return sa
@@ -182,6 +185,9 @@ class IkeManager:
                          now=now)
             return None
         live = self.table.of_connection(conn.name)
+        if self.keying.retry_waiting(conn.name, child.name):  # its next attempt is already due (keying.py)
+            self._count("acquires_ignored")
+            return None
         for sa in live:
             busy = sa.pending_child(child.name) or sa.children.reqid_in_use(reqid)
             # The peer's IKE_AUTH may well carry this child; but a spoofed half-open SA (a resent
@@ -206,7 +212,8 @@ class IkeManager:
             return None
 
     def terminate(self, name: str, now: float) -> int:
-        """Delete every IKE SA of a connection; returns how many."""
+        """Delete every IKE SA of a connection (and drop its retries waiting); returns how many."""
+        self.keying.cancel(name)
         n = 0
         for sa in self.table.of_connection(name):
             self._act(sa, now, lambda s: s.delete(Cause.DELETED_LOCALLY, "deleted by request"))
@@ -331,7 +338,7 @@ class IkeManager:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return self.table.timers.earliest()
+        return self.keying.earliest(self.table.timers.earliest())
 
     def handle_timer(self, now: float) -> None:
         self.now = now
@@ -339,6 +346,7 @@ class IkeManager:
             sa = self.sas.get(ike_sa_id)
             if sa is not None:
                 self._act(sa, now, lambda s: s.handle_timer(now))
+        self.keying.retry_due(self, now)
 
     # ------------------------------------------------------------------ internals
     def _act(self, sa: IkeSa | None, now: float, action: Callable[[IkeSa], None]) -> bool:
@@ -437,6 +445,7 @@ class IkeManager:
                 self._count_sa(sa)
                 release_leases(sa)
             self._events.append(ev)
+            self._events.extend(self.keying.after(sa, ev, self.counters))
         if sa.state != IkeState.CLOSED:
             self.table.timers.set(sa.ike_sa_id, sa.get_timer())
         for new in spawned:

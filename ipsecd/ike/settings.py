@@ -124,6 +124,7 @@ class IkeSettings:
     remote_addrs: tuple[str, ...] = ()  # empty = %any
     remote_port: int = 500
     retransmit: RetransmitSettings = RetransmitSettings()
+    keyingtries: int = 1  # IKE SAs one initiation may use when the peer does not answer; 0 = forever (ike/keying.py)
     force_encap: bool = False
     mobike: bool = True  # RFC 4555: offer/accept MOBIKE in IKE_AUTH (swanctl's default)
     # IKE SA lifetime: rekey after rekey_time minus a random jitter in [0, rand_time];

@@ -3,7 +3,10 @@ dpd_action, traps and restarts. Decided from the causes the engine reports, neve
 reason text.
 
 - start_action=start: initiated at start and reload; re-initiated RESTART_DELAY after
-  it failed or was lost (not after `down`).
+  an established IKE SA was lost (not after `down`).
+- An initiation that fails before its IKE SA is up is not restarted here: the engine
+  tries again while the connection's keyingtries allows (ipsecd/ike/keying.py) and then
+  reports InitiationFailed.
 - start_action=trap: policies in the data plane now, the SA on the first packet
   (RFC 4301 5.1); the worker's Acquire starts the negotiation.
 - close_action (the peer deleted the IKE SA): start re-initiates, trap re-arms.
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from ipsecd.shell.ike_shell import IkeShell
 
 log = logging.getLogger("ipsecd.cfg")
-RESTART_DELAY = 5.0  # seconds before a start_action=start connection is retried after it failed
+RESTART_DELAY = 5.0  # seconds before a connection is restarted after its established IKE SA was lost
 
 # Causes after which nothing is restarted: asked for, or the SA lives on in another one.
 _QUIET = frozenset({Cause.DELETED_LOCALLY, Cause.REKEYED, Cause.REAUTHENTICATED, Cause.REPLACED, Cause.DUPLICATE,
@@ -119,8 +122,8 @@ class ConnectionPolicy:
 
     def _after_close(self, ev: IkeSaClosed) -> None:
         conn = self.config().connections.get(ev.name)
-        if conn is None or self.stopping or ev.cause in _QUIET:
-            return
+        if conn is None or self.stopping or ev.cause in _QUIET or not ev.established:
+            return  # a failed setup is the engine's to retry (keyingtries, ipsecd/ike/keying.py)
         if ev.cause is Cause.PEER_DEAD:
             settings = self.shell.manager.connection(ev.name)
             action = settings.dpd_action if settings is not None else "clear"
@@ -149,5 +152,6 @@ class ConnectionPolicy:
     async def stop(self) -> None:
         """No new acquires or restarts while the SAs go."""
         self.stopping = True
+        self.shell.manager.keying.cancel()  # no attempt starts while the SAs go
         for reqid in list(self.traps):
             await self.disarm(reqid)

@@ -199,10 +199,12 @@ def test_dpd_restart_after_peer_killed(topology: Topology, ipsecd_factory: Make)
 
     DPD probes after dpd_delay of silence; with retransmits 1 s, 1.5 s, 2.25 s the
     probe is given up after ~5 s (dpd_timeout 6 s caps it anyway).  The daemon then
-    re-initiates 5 s (RESTART_DELAY) after the dead peer.
+    re-initiates 5 s (RESTART_DELAY) after the dead peer; keyingtries 0 (what a tunnel that
+    must come back by itself uses) keeps that initiation trying if B is slow to start.
     """
     t = topology
-    dpd = {"dpd_delay": "2s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 1.0, "base": 1.5}}
+    dpd = {"dpd_delay": "2s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 1.0, "base": 1.5},
+           "keyingtries": 0}
     a, b = _pair(ipsecd_factory, t, a_conn=dpd, a_child={"dpd_action": "restart"})
     old, _ = _settled(a, b, timeout=5)
     _ping_ok(t, count=2)
