@@ -121,6 +121,11 @@ def figures_to_wire(figures: dict[str, dict[str, float]]) -> dict[str, int]:
     return out
 
 
+def gc_wire() -> dict[str, int]:
+    """This process's figures in their wire form (the worker's Counters)."""
+    return figures_to_wire(gc_figures())
+
+
 def figures_from_wire(wire: dict[str, int]) -> dict[str, dict[str, float]]:
     """The inverse of :func:`figures_to_wire`; keys it does not know are ignored."""
     out: dict[str, dict[str, float]] = {}

@@ -262,6 +262,9 @@ class Counters:
     sas: tuple[SaCounterSnapshot, ...]
     drops: dict[str, int]  # every drop of the worker by reason
     stats: dict[str, int]  # non-drop counts: packets/bytes per path, keepalives, GRO/GSO batches
+    # the worker's garbage collector: passes, total and longest pause per generation, in
+    # microseconds (gcpolicy.figures_to_wire); per worker, never summed
+    gc: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
