@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import socket
@@ -211,6 +212,12 @@ def test_metrics_endpoint_and_key_export(topology: Topology, tmp_path: Path) -> 
         spi_out = ike["child_sas"][0]["spi_out"]
         assert any(line.startswith("ipsecd_child_sa_packets_total{") and spi_out in line
                    and 'direction="out"' in line and not line.endswith(" 0") for line in text.splitlines())
+        for process in ("ike-0", "worker-0"):  # each process's garbage collector (gcpolicy.GcStats)
+            for family in ("ipsecd_gc_passes_total", "ipsecd_gc_pause_seconds_total", "ipsecd_gc_pause_max_seconds"):
+                assert f'{family}{{process="{process}",generation="2"}} ' in text, (family, process)
+        stats = json.loads(a.ctl("stats", "--json").stdout)
+        assert set(stats["gc"]) == {"ike-0", "worker-0"} and "gc" not in stats["dataplane"]
+        assert set(stats["gc"]["worker-0"]["2"]) == {"passes", "seconds", "max_seconds"}
 
         out = tmp_path / "keys"
         r = a.ctl("export-keys", "--format", "wireshark", "--out", str(out))
