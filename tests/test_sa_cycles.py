@@ -134,6 +134,25 @@ def test_established_rekeyed_and_deleted() -> None:
     _run(make_pair, drive, at_least=4)
 
 
+def test_reauthenticated_and_child_deleted() -> None:
+    """Reauthentication (a new IKE SA, then the old one deleted) and a Child SA deleted alone."""
+    def drive(pair: Pair) -> None:
+        _up(pair)
+        (old,) = pair.a.list_sas()
+        old_id = old.ike_sa_id
+        del old
+        assert pair.a.reauthenticate(old_id, pair.now) is not None
+        pair.run_until_quiet(30)
+        (new,) = pair.a.list_sas()
+        assert new.ike_sa_id != old_id and new.state == IkeState.ESTABLISHED
+        spi = new.children[0].spi_in
+        del new
+        assert pair.a.delete_child(spi, pair.now)
+        pair.run_until_quiet(30)
+        assert not pair.a.list_sas()[0].children
+    _run(make_pair, drive, at_least=2)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_ike_rekey_collision(seed: int) -> None:
     """Both ends rekey at once (RFC 7296 2.8.2): the redundant new SA and both old ones close."""
