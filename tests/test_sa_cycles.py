@@ -378,6 +378,45 @@ def test_worker_sa_records_freed_on_delete(suite: str) -> None:
         assert garbage == [], garbage
 
 
+# --------------------------------------------------------------------------- the shell
+def test_shell_records_of_a_closed_sa_are_freed() -> None:
+    """The asyncio shell (installer, its data-plane jobs, outcome waiters) around a responder
+    engine: once the peer deleted the IKE SA and the jobs ran, nothing of it is left."""
+    import asyncio
+
+    from tests.test_shell import A, B, FakeDataPlane, _exchange, _shell, _until
+
+    async def main() -> None:
+        dp = FakeDataPlane()
+        shell, transport, installer = _shell(dp)
+        watch = Watch(shell.manager)
+        a = IkeManager([make_settings()], now=0.0)
+        a.initiate("conn", 0.0)
+        for _ in range(2):  # IKE_SA_INIT, IKE_AUTH (its response waits for the install)
+            before = len(transport.sent)
+            _exchange(a, shell, transport, lambda: 0.0)
+            await _until(lambda n=before: len(transport.sent) > n)  # type: ignore[misc]
+            a.receive_datagram(transport.sent[-1][0], A, B, 0.0)
+        (ia,) = a.list_sas()
+        (ib,) = shell.manager.list_sas()
+        waiter = shell.outcome(ib.ike_sa_id)  # an `ipsecctl up` waiting (already established: never fires)
+        assert ia.state == ib.state == IkeState.ESTABLISHED and installer.children
+        del ia, ib
+        a.delete_ike(a.list_sas()[0].ike_sa_id, 0.0)
+        _exchange(a, shell, transport, lambda: 0.0)
+        await _until(lambda: "delete" in dp.calls and not installer._last)
+        assert shell.manager.list_sas() == [] and not installer.children
+        del waiter
+        leaks = watch.closed_alive()
+        assert leaks == [] and watch.freed() == 1, leaks
+        garbage = ipsecd_garbage()  # while the engines and the shell live (they are cycles of their own)
+        assert garbage == [], garbage
+        shell.close()
+
+    with gc_off():
+        asyncio.run(main())
+
+
 def test_the_watch_sees_a_leak() -> None:
     """The check itself: an SA kept in a cycle on purpose is reported, with what holds it."""
     keep: list[object] = []
