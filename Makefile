@@ -35,6 +35,8 @@ SHARDS_SHARED_ARGS ?= --placement shared --responders ipsecd,ipsecd-2shards,stro
 	--max-seconds 600
 # bytes per tunnel in-process (tests/bench_memory.py): RSS and tracemalloc per line, IKE engine and worker state
 MEMORY_ARGS ?= --tunnels 5000
+# what closed IKE SAs leave to the cyclic GC (0 objects: freed by reference counting), CPU per SA churned (tests/bench_gc.py)
+GC_ARGS ?= --sas 2000 --rounds 5
 LOADTESTER := build/loadtester/libstrongswan-load-tester.so
 # make fuzz: seconds per fuzz target (codec, sk, responder, esp, ah); crashes land in tests/fuzz/crashes/
 FUZZ_SECONDS ?= 180
@@ -109,6 +111,7 @@ bench: deps loadtester
 	$(PY) -m tests.bench_handshake $(SHARDS_SHARED_ARGS)
 	$(PY) -m tests.bench_xshard $(XSHARD_ARGS)
 	$(PY) -m tests.bench_memory $(MEMORY_ARGS)
+	$(PY) -m tests.bench_gc $(GC_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 	$(PY) -m tests.bench_heard
 	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py

@@ -67,6 +67,9 @@ class MetricsSnapshot:
     rekeys: Mapping[str, int] = field(default_factory=dict)  # "ike" / "child" -> count
     logins: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (method, LoginResult) -> count
     version: str = __version__
+    # process ("ike-0", "ike-1", "worker-0", ...) -> generation ("0".."2") -> {"passes", "seconds",
+    # "max_seconds"}: each process's garbage collector since it started (gcpolicy.GcStats)
+    gc: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
 
 # The label values of ipsecd_handshake_failures_total: a fixed, small set (Prometheus labels
@@ -195,9 +198,37 @@ def render(snapshot: MetricsSnapshot) -> str:
         logins.add(_count(n), method=method, result=result)
     out: list[str] = []
     for fam in (up, info, ike_sas, child_sas, octets, packets, drops, ike_drops, ike_events, events, failures, rekeys,
-                logins):
+                logins, *gc_families(snapshot.gc)):
         fam.render(out)
     return "\n".join(out) + "\n"
+
+
+def gc_families(gc: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[_Family, ...]:
+    """The garbage collector of every process (IKE process, shards, workers): its passes, their
+    total and their longest pause per generation -- a long full pass stalls every handshake
+    (or install) waiting behind it (issue 11; ipsecd/gcpolicy.py)."""
+    passes = _Family("ipsecd_gc_passes_total", "counter",
+                     "Garbage-collector passes of a process since it started, by generation (2: full).")
+    total = _Family("ipsecd_gc_pause_seconds_total", "counter",
+                    "Seconds a process spent stopped in garbage-collector passes, by generation.")
+    longest = _Family("ipsecd_gc_pause_max_seconds", "gauge",
+                      "The longest garbage-collector pass of a process since it started, by generation.")
+    for process, generations in sorted(gc.items()):
+        if not isinstance(generations, Mapping):
+            continue
+        for generation, f in sorted(generations.items()):
+            if not isinstance(f, Mapping):
+                continue
+            passes.add(_count(f.get("passes")), process=process, generation=generation)
+            total.add(_seconds(f.get("seconds")), process=process, generation=generation)
+            longest.add(_seconds(f.get("max_seconds")), process=process, generation=generation)
+    return passes, total, longest
+
+
+def _seconds(value: object) -> float:
+    """A duration from JSON-ish data; anything that is not a non-negative number counts as 0."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else 0.0  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- HTTP

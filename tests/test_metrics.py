@@ -126,6 +126,26 @@ def test_render_survives_odd_input_and_merges_duplicates() -> None:
     assert samples[("ipsecd_child_sas", (("state", "INSTALLED"),))] == 2
 
 
+def test_render_gc_pauses_per_process_and_generation() -> None:
+    gen = {"0": {"passes": 120, "seconds": 0.25, "max_seconds": 0.004},
+           "2": {"passes": 3, "seconds": 0.6, "max_seconds": 0.31}}
+    gc = {"ike-0": gen, "ike-1": {"2": {"passes": 1, "seconds": 0.1, "max_seconds": 0.1}},
+          "worker-0": {"1": {"passes": "junk", "seconds": -1, "max_seconds": True}}, "odd": "junk"}
+    families, samples = parse(render(_snapshot(gc=gc)))
+    assert families["ipsecd_gc_passes_total"][0] == "counter"
+    assert families["ipsecd_gc_pause_seconds_total"][0] == "counter"
+    assert families["ipsecd_gc_pause_max_seconds"][0] == "gauge"
+    full = (("generation", "2"), ("process", "ike-0"))
+    assert samples[("ipsecd_gc_passes_total", full)] == 3
+    assert samples[("ipsecd_gc_pause_seconds_total", full)] == 0.6
+    assert samples[("ipsecd_gc_pause_max_seconds", full)] == 0.31
+    assert samples[("ipsecd_gc_passes_total", (("generation", "0"), ("process", "ike-0")))] == 120
+    assert samples[("ipsecd_gc_pause_max_seconds", (("generation", "2"), ("process", "ike-1")))] == 0.1
+    odd = (("generation", "1"), ("process", "worker-0"))  # garbage in: zeros out, the scrape survives
+    assert samples[("ipsecd_gc_passes_total", odd)] == samples[("ipsecd_gc_pause_seconds_total", odd)] == 0
+    assert samples[("ipsecd_gc_pause_max_seconds", odd)] == 0
+
+
 def test_render_empty_snapshot_is_valid() -> None:
     families, samples = parse(render(MetricsSnapshot()))
     assert samples[("ipsecd_up", ())] == 1

@@ -91,6 +91,10 @@ class WorkerChannel:
             reply = await fut
         finally:
             self._pending.pop(ident, None)
+            # a failed request (no answer in time, the worker gone): the exception's traceback
+            # holds this frame, which would hold the future, which holds the exception -- a
+            # reference cycle per failed request, left to the cyclic GC (issue 11)
+            del fut
         if isinstance(reply, m.Ack) and not reply.ok:
             raise DataPlaneError(reply.error)
         return reply

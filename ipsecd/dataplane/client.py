@@ -58,6 +58,7 @@ from ipsecd.dataplane.workers import Owners, WorkerFds, WorkerSet, merge_counter
 from ipsecd.esp.packet import IPV6_MIN_MTU, tun_mtu
 from ipsecd.esp.sa import SaParams
 from ipsecd.esp.spd import Action, Policy, Selector
+from ipsecd.gcpolicy import figures_from_wire
 
 log = logging.getLogger("ipsecd.esp")
 
@@ -317,6 +318,9 @@ class SaJobs:
         out: dict[str, Any] = {"sas": sas, "global": {"drops": dict(reply.drops),
                                                        "drops_total": sum(reply.drops.values()),
                                                        "stats": dict(reply.stats)}}
+        # each worker's garbage collector, by process (docs/ipsecctl.md "stats"): never summed
+        out["global"]["gc"] = {f"worker-{i}": figures_from_wire(r.gc)
+                               for i, r in enumerate(replies) if isinstance(r, m.Counters) and r.gc}
         if len(replies) > 1:  # several workers: the sums above, and each worker's own
             out["workers"] = [{"drops": dict(r.drops), "stats": dict(r.stats)}
                               for r in replies if isinstance(r, m.Counters)]

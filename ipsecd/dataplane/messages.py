@@ -48,7 +48,8 @@ from ipsecd.iana import EncrId, IntegId
 
 # 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
 #    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
-PROTOCOL_VERSION = 6  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers); 6: GetHeard
+PROTOCOL_VERSION = 7  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers); 6: GetHeard;
+# 7: Counters.gc (the worker's garbage-collector pauses)
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -262,6 +263,9 @@ class Counters:
     sas: tuple[SaCounterSnapshot, ...]
     drops: dict[str, int]  # every drop of the worker by reason
     stats: dict[str, int]  # non-drop counts: packets/bytes per path, keepalives, GRO/GSO batches
+    # the worker's garbage collector: passes, total and longest pause per generation, in
+    # microseconds (gcpolicy.figures_to_wire); per worker, never summed
+    gc: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

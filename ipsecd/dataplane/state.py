@@ -50,6 +50,7 @@ from ipsecd.esp.packet import (
 from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, IpsecProto, Mode, OutboundSa
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
+from ipsecd.gcpolicy import gc_wire
 from ipsecd.iana import IpProto
 
 log = logging.getLogger("ipsecd.esp")
@@ -491,7 +492,7 @@ class DataplaneState(Generic[S]):
             c = path.sa.counters
             sas.append(m.SaCounterSnapshot(path.sa.spi, "out", reqid, c.bytes, c.packets,
                                            {str(k): v for k, v in c.drops.items()}, path.sa.seq))
-        return m.Counters(ident, tuple(sas), {str(k): v for k, v in self.drops.items()}, dict(self.stats))
+        return m.Counters(ident, tuple(sas), {str(k): v for k, v in self.drops.items()}, dict(self.stats), gc_wire())
 
     # ------------------------------------------------------------------ outbound slow paths
     def outbound(self, pkt: bytes, now: float) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -151,6 +152,16 @@ class _Phase(enum.Enum):
     DONE = enum.auto()
 
 
+def _verify_through(ref: weakref.ref[_TlsEndpoint]) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """OpenSSL's verify callback for an endpoint, holding it weakly: the endpoint holds the
+    connection, which holds the callback (a bound method would make every EAP-TLS login a
+    reference cycle, freed only by the cyclic garbage collector; issue 11)."""
+    def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        endpoint = ref()
+        return bool(ok) if endpoint is None else endpoint._on_verify(conn, cert, errno, depth, ok)
+    return verify
+
+
 class _TlsEndpoint:
     """What both roles share: one OpenSSL connection, fragmentation both ways, keys."""
 
@@ -183,7 +194,7 @@ class _TlsEndpoint:
         for anchor in creds.trust_anchors:
             store.add_cert(crypto.X509.from_cryptography(anchor))
         mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if server else 0)
-        ctx.set_verify(mode, self._on_verify)
+        ctx.set_verify(mode, _verify_through(weakref.ref(self)))
         return ctx
 
     def _on_verify(self, _conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:

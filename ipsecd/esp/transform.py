@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -146,12 +145,14 @@ class AeadTransform:
     RFC 7634 section 2.1); the high half is never transmitted.
     """
 
-    __slots__ = ("_aead", "decrypt", "encrypt", "esn", "open", "overhead_min", "salt", "seal", "spi")
+    __slots__ = ("_aead", "decrypt", "encrypt", "esn", "overhead_min", "salt", "spi")
 
-    # Bound at construction to the ESN or non-ESN variant, so the per-packet path has no
-    # ESN branch (and no extra call layer).
-    seal: Callable[[int, bytes, int], bytes]
-    open: Callable[[bytes, int], bytes | None]
+    def __new__(cls, encr: EncrId, key_and_salt: bytes, spi: int, esn: bool) -> AeadTransform:
+        # ``seal``/``open`` are the ESN or the 32-bit variant by class (AeadEsnTransform), so the
+        # per-packet path has no ESN branch and no extra call layer. (They used to be bound
+        # methods stored on the instance: a reference cycle per SA that only the cyclic GC
+        # frees -- issue 11, ipsecd/gcpolicy.py.)
+        return object.__new__(AeadEsnTransform if esn else cls)
 
     def __init__(self, encr: EncrId, key_and_salt: bytes, spi: int, esn: bool) -> None:
         key = key_and_salt[:-AEAD_SALT_LEN]
@@ -167,8 +168,6 @@ class AeadTransform:
         self.esn = esn
         # header + IV + trailer(aligned to 4) + ICV: anything shorter cannot be ours
         self.overhead_min = ESP_HEADER_LEN + AEAD_IV_LEN + 4 + AEAD_ICV_LEN
-        self.seal = self.seal_esn if esn else self.seal_32
-        self.open = self.open_esn if esn else self.open_32
 
     def seal_32(self, seq: int, payload: bytes, nh: int) -> bytes:
         """Encrypt one payload under a 32-bit sequence number: AAD = SPI || seq (RFC 4106 5)."""
@@ -219,6 +218,18 @@ class AeadTransform:
         except InvalidTag:
             return None
 
+    seal = seal_32
+    open = open_32
+
+
+class AeadEsnTransform(AeadTransform):
+    """An AEAD transform with extended sequence numbers (RFC 4303 2.2.1): what
+    ``AeadTransform(..., esn=True)`` makes."""
+
+    __slots__ = ()
+    seal = AeadTransform.seal_esn
+    open = AeadTransform.open_esn
+
 
 class CbcHmacTransform:
     """AES-CBC (RFC 3602) or ENCR_NULL (RFC 2410) with a truncated HMAC (RFC 4868, RFC 2404).
@@ -238,14 +249,9 @@ class CbcHmacTransform:
         "_iv_pool",
         "_iv_pos",
         "esn",
-        "open",
         "overhead_min",
-        "seal",
         "spi",
     )
-
-    seal: Callable[[int, bytes, int], bytes]
-    open: Callable[[bytes, int], bytes | None]
 
     def __init__(self, encr: EncrId, encr_key: bytes, integ: IntegId, integ_key: bytes, spi: int, esn: bool) -> None:
         _key_len, self._icv_len, hash_cls = _INTEG_SIZES[integ]
@@ -265,8 +271,6 @@ class CbcHmacTransform:
             self._block = 0
         # header + IV + one block (or a 4-byte aligned trailer) + ICV
         self.overhead_min = ESP_HEADER_LEN + (2 * CBC_BLOCK if self._block else 4) + self._icv_len
-        self.seal = self._seal
-        self.open = self._open
 
     def _next_random_block(self) -> bytes:
         pos = self._iv_pos
@@ -311,6 +315,10 @@ class CbcHmacTransform:
             return b""  # authentic but not block aligned: the caller rejects the empty result
         # Skip the garbage first block (the decrypted IV); see module docstring.
         return self._dec.update(body[ESP_HEADER_LEN:])[CBC_BLOCK:]
+
+    # Methods of the class, not bound methods stored per instance (a reference cycle per SA)
+    seal = _seal
+    open = _open
 
 
 EspTransform = AeadTransform | CbcHmacTransform

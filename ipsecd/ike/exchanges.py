@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType, NotifyType, ProtocolId
+from ipsecd.ike.backref import BackRef
 from ipsecd.ike.events import Cause, Endpoint
 from ipsecd.ike.fifo import Fifo
 from ipsecd.ike.message import Message
@@ -128,8 +129,9 @@ RESPONDERS: dict[ExchangeType, tuple[frozenset[IkeState], Callable[[IkeSa, Messa
 class Exchanges:
     """See the module docstring. Owned by one IkeSa; sends through its endpoints."""
 
-    __slots__ = ("_delay_seq", "active", "cached", "delayed", "expected_id", "held", "held_response", "next_id",
-                 "out", "passive", "path", "queue", "respond_after", "sa", "stale")
+    __slots__ = ("_delay_seq", "_sa", "active", "cached", "delayed", "expected_id", "held", "held_response", "next_id",
+                 "out", "passive", "path", "queue", "respond_after", "stale")
+    sa: BackRef[IkeSa] = BackRef("_sa")  # weak: a closed IKE SA is freed without the cyclic GC
 
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa

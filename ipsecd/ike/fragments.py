@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from ipsecd.errors import RemoteProtocolError
 from ipsecd.iana import NATT_PORT, ExchangeType
+from ipsecd.ike.backref import BackRef
 from ipsecd.ike.events import Endpoint
 from ipsecd.ike.message import (
     Fragment,
@@ -101,7 +102,8 @@ class _Partial:
 class Fragments:
     """See the module docstring. One per IkeSa (``sa.frag``)."""
 
-    __slots__ = ("_partial", "peer_supported", "sa")
+    __slots__ = ("_partial", "_sa", "peer_supported")
+    sa: BackRef[IkeSa] = BackRef("_sa")  # weak: a closed IKE SA is freed without the cyclic GC (backref.py)
 
     def __init__(self, sa: IkeSa) -> None:
         self.sa = sa

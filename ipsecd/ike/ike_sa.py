@@ -81,7 +81,8 @@ RETRY_JITTER = 5.0
 REKEYED_TIMEOUT = 60.0
 
 
-@dataclass(eq=False, slots=True)  # slots: thousands are held (issue 11, memory per tunnel)
+# slots: thousands are held (issue 11, memory per tunnel); weakref: its parts point back weakly (backref.py)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class IkeSa:
     """One IKE SA, both roles; see the module docstring for the sans-I/O contract."""
 

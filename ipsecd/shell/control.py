@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipsecd import __version__, keyexport
 from ipsecd.control.protocol import ControlError
+from ipsecd.gcpolicy import gc_figures
 from ipsecd.iana import ProtocolId
 from ipsecd.ike.events import IkeSaEstablished
 from ipsecd.logsafe import safe
@@ -112,10 +113,13 @@ class ControlHandlers:
         own = {"ike": m.total_counters(), "events": dict(self.d.stats.events),
                "front_door": m.front.state(time.monotonic(), m.table.half_open_count),
                "logins": {f"{m}/{r}": n for (m, r), n in sorted(self.d.stats.logins.items())},
-               "net": dict(self.d.transport.counters)}
-        # every shard's counters summed (each has its own front door: its state is summed too)
+               "net": dict(self.d.transport.counters), "gc": self._gc()}
+        # every shard's counters summed (each has its own front door: its state is summed too);
+        # "gc" is keyed by process, so the shards' figures sit side by side
         out: dict[str, Any] = merge_counts([own, *await self._shards("stats")])
-        out["dataplane"] = dp.get("global", {})
+        out["dataplane"] = {k: v for k, v in dp.get("global", {}).items() if k != "gc"}
+        if self.d.shard.index == 0:  # the workers once, by the primary (a shard's stats are merged into it)
+            out["gc"] = {**out.get("gc", {}), **dp.get("global", {}).get("gc", {})}
         if "workers" in dp:  # settings.dataplane.workers > 1: the sums above, and each worker's own
             out["dataplane"] = {**out["dataplane"], "workers": dp["workers"]}
         return out
@@ -129,14 +133,19 @@ class ControlHandlers:
         return MetricsSnapshot(sas=await self.list_sas(), ike_counters=c["ike"],
                                dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
                                events=c["events"], handshake_failures=c["failures"], rekeys=c["rekeys"],
-                               logins=logins)
+                               logins=logins, gc={**c.get("gc", {}), **dp.get("global", {}).get("gc", {})})
 
     def counters(self) -> dict[str, Any]:
         """This IKE process's counters for a metrics scrape (a shard answers the primary with them)."""
         st = self.d.stats
         return {"ike": self.d.shell.manager.total_counters(), "events": dict(st.events),
                 "failures": dict(st.failures), "rekeys": dict(st.rekeys),
-                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}}
+                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}, "gc": self._gc()}
+
+    def _gc(self) -> dict[str, Any]:
+        """This IKE process's garbage-collector figures, keyed by process (``ike-0`` is the
+        primary, ``ike-N`` shard N; gcpolicy.GcStats)."""
+        return {f"ike-{self.d.shard.index}": gc_figures()}
 
     async def up(self, name: str) -> dict[str, Any]:
         if name not in self.d.config.connections:

@@ -131,6 +131,7 @@ def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make)
     assert status["ike_shards"] == 2 and status["ike_sas"] == status["child_sas"] == PEERS + 1, status
     stats = json.loads(b.ctl("stats", "--json").stdout)
     assert stats["events"]["ike_sas_established"] == PEERS + 1, stats  # each shard counted its own
+    assert set(stats["gc"]) == {"ike-0", "ike-1", "worker-0"}, stats["gc"]  # side by side, not summed
 
     # rekeys started by B: IKE SAs (new SPIs on both shards) and Child SAs
     before = {(s["spi_i"], s["spi_r"]) for s in sas}

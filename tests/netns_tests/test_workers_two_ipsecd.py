@@ -100,5 +100,7 @@ def test_trap_with_two_workers(topology: Topology, ipsecd_factory: Make) -> None
     b.wait_established(15, child=CHILD)
     dp = _dataplane(a)
     assert len(dp["workers"]) == 2 and dp["drops"].get("handoff_error", 0) == 0, dp
+    gc_figures = json.loads(a.ctl("stats", "--json").stdout)["gc"]  # each process's collector, by name
+    assert set(gc_figures) == {"ike-0", "worker-0", "worker-1"}, gc_figures
     res = t.a.ping(t.b_lan, count=5, src=t.a_lan, interval=0.1, deadline=5, check=False)
     assert ping_counts(res.stdout) == (5, 5), res.stdout

@@ -32,6 +32,7 @@ from ipsecd.credentials import CredentialError, OwnCredential
 from ipsecd.errors import LocalProtocolError
 from ipsecd.iana import HashAlgorithm
 from ipsecd.identity import Identity
+from ipsecd.ike.backref import BackRef
 from ipsecd.ike.codec import encode_payload_body
 from ipsecd.ike.events import Login, LoginResult
 from ipsecd.ike.keymat import signed_octets
@@ -105,13 +106,19 @@ def release_auth_material(sa: IkeSa) -> None:
         sa.keys = sa.keys.without_auth_keys()
 
 
-@dataclass
 class AuthContext:
-    """The IKE SA and both ID payloads as sent: what every AUTH of this IKE_AUTH is computed over."""
+    """The IKE SA and both ID payloads as sent: what every AUTH of this IKE_AUTH is computed over.
 
-    sa: IkeSa
-    my_id: IdPayload | None = None
-    peer_id: IdPayload | None = None
+    The IKE_AUTH task keeps it (and the SA keeps the task while EAP runs): ``sa`` is a weak
+    reference (ike/backref.py), so a closed IKE SA is freed without the cyclic GC."""
+
+    __slots__ = ("_sa", "my_id", "peer_id")
+    sa: BackRef[IkeSa] = BackRef("_sa")
+
+    def __init__(self, sa: IkeSa, my_id: IdPayload | None = None, peer_id: IdPayload | None = None) -> None:
+        self.sa = sa
+        self.my_id = my_id
+        self.peer_id = peer_id
 
     def my_octets(self) -> bytes:
         """RFC 7296 2.15: what our AUTH signs (our IKE_SA_INIT message, the peer's nonce, our ID)."""

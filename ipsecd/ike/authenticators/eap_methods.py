@@ -6,6 +6,10 @@ CRLs and its EAP identity; eap-dynamic offers MSCHAPv2 first and TLS after a Nak
 only when we have a certificate); eap-radius relays everything to the RADIUS server.
 Client side (``local.auth``): the method named, or with ``eap`` whichever of MSCHAPv2
 (when we have a password) and TLS (when we have a certificate) the gateway asks for.
+
+The factories and callbacks made here live in the IKE_AUTH task, which the IKE SA holds
+while EAP runs: they capture values or ``ctx`` (whose ``sa`` is a weak reference), never
+the IKE SA itself, so a closed SA is not a reference cycle (tests/test_sa_cycles.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def _tls_credentials(ctx: AuthContext, own: OwnCredential | None, identity: Iden
         anchors = ()
 
     def verify(chain: list[x509.Certificate]) -> str | None:
+        sa = ctx.sa
         result = store.validate_peer(chain[0], chain[1:], sa.ctx.wall_time(sa.now), cacerts=cacerts,
                                      identity=identity.to_wire() if identity is not None else None)
         for note in result.notes:
@@ -70,11 +75,11 @@ def server_offers(ctx: AuthContext) -> list[MethodOffer]:
         return [MethodOffer(EAP_RADIUS, lambda ident: EapRadiusRelay(ident, calling_station_id=calling,
                                                                       called_station_id=called))]
     if method in ("eap-mschapv2", "eap-dynamic"):
-        offers.append(MethodOffer(EapType.MSCHAPV2, lambda ident: MschapV2Authenticator(
-            ident, sa.settings.eap_secret, rng=sa.ctx.rng)))
+        lookup, rng = sa.settings.eap_secret, sa.ctx.rng
+        offers.append(MethodOffer(EapType.MSCHAPV2, lambda ident: MschapV2Authenticator(ident, lookup, rng=rng)))
     if method == "eap-tls" or (method == "eap-dynamic" and own_credential(sa, ctx.me) is not None):
         def tls(ident: bytes) -> EapTlsServer:
-            own = own_credential(sa, ctx.me)
+            own = own_credential(ctx.sa, ctx.me)
             return EapTlsServer(ident, _tls_credentials(ctx, own, eap_identity(ident), f"client {safe(ident)}"))
 
         offers.append(MethodOffer(EapType.TLS, tls))
@@ -88,7 +93,8 @@ def client_methods(ctx: AuthContext, identity: bytes) -> list[tuple[int, PeerFac
     out: list[tuple[int, PeerFactory]] = []
     secret = sa.settings.eap_secret(identity)
     if method == "eap-mschapv2" or (method == "eap" and secret is not None):
-        out.append((EapType.MSCHAPV2, lambda ident: MschapV2Peer(ident, secret, rng=sa.ctx.rng)))
+        rng = sa.ctx.rng
+        out.append((EapType.MSCHAPV2, lambda ident: MschapV2Peer(ident, secret, rng=rng)))
     own = client_credential(ctx, identity)
     if own is not None and method in ("eap-tls", "eap"):
         remote = sa.settings.remote_id
