@@ -209,8 +209,10 @@ def test_metrics_endpoint_and_key_export(topology: Topology, tmp_path: Path) -> 
         text = topology.a.run([sys.executable, "-c", fetch]).stdout
         assert 'ipsecd_ike_sas{state="ESTABLISHED"} 1' in text
         spi_out = ike["child_sas"][0]["spi_out"]
-        assert any(line.startswith("ipsecd_child_sa_packets_total{") and spi_out in line
-                   and 'direction="out"' in line and not line.endswith(" 0") for line in text.splitlines())
+        # per (connection, child, direction), summed in the worker (issue 11): no spi label
+        assert any(line.startswith("ipsecd_child_sa_packets_total{") and 'child="net"' in line
+                   and 'direction="out"' in line and not line.endswith(" 0") for line in text.splitlines()), text
+        assert "spi=" not in text
 
         out = tmp_path / "keys"
         r = a.ctl("export-keys", "--format", "wireshark", "--out", str(out))

@@ -34,7 +34,7 @@ from ipaddress import ip_address
 from typing import Any, Generic, TypeVar
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane import traps
+from ipsecd.dataplane import readouts, traps
 from ipsecd.dataplane.idle import IdleSweep
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
@@ -276,6 +276,7 @@ class DataplaneState(Generic[S]):
         # meets one (the SPI spaces are one: IKE allocates them from one pool)
         self.ah_inbound: dict[int, AhInboundSa] = {}
         self.heard = HeardSpis()  # inbound SPIs that received packets, for DPD's poll
+        self.tags = readouts.TagTotals()  # per (connection, child) totals for a metrics scrape
         self.drops: dict[str, int] = {}
         self.stats: dict[str, int] = {}
         # Flow cache: while no policy looks at protocol or ports, the decision depends on the
@@ -319,6 +320,10 @@ class DataplaneState(Generic[S]):
                 self._emit(self.counters(msg.id))
             elif isinstance(msg, m.GetHeard):
                 self._emit(m.Heard(msg.id, self.heard.take()))
+            elif isinstance(msg, m.GetTotals):
+                self._emit(readouts.totals(self, msg.id))
+            elif isinstance(msg, m.GetSaCounters):
+                self._emit(readouts.sa_counters(self, msg))
             else:
                 self._emit(self._apply(msg, now))
         finally:
@@ -358,6 +363,7 @@ class DataplaneState(Generic[S]):
     def _install(self, msg: m.InstallSa, now: float) -> None:
         """Install both halves; on a rekey the new outbound SA replaces the old one of the reqid."""
         reqid = msg.reqid
+        self.tags.set(reqid, msg.tag)
         new_in: InboundSa | AhInboundSa | None = None
         if msg.inbound is not None:
             new_in = AhInboundSa(msg.inbound) if msg.inbound.protocol is IpsecProto.AH else InboundSa(msg.inbound)
@@ -377,7 +383,8 @@ class DataplaneState(Generic[S]):
             if msg.lifetime != _NO_LIMITS:
                 self.lifetimes.watch(Watched("in", reqid, spi, new_in.counters, msg.lifetime))
         if path is not None:
-            self.sad.add_outbound(reqid, path.sa)
+            if (old := self.sad.add_outbound(reqid, path.sa)) is not None:  # a rekey replaced it
+                self.tags.retire(reqid, True, old.counters)
             self.out[reqid] = path
             sa = path.sa
             self.lifetimes.watch(Watched("out", reqid, sa.spi, sa.counters, msg.lifetime, sa))  # seq at least
@@ -451,13 +458,17 @@ class DataplaneState(Generic[S]):
 
     def _remove_out(self, reqid: int) -> None:
         self.sad.remove(reqid=reqid)
-        self.out.pop(reqid, None)
+        if (path := self.out.pop(reqid, None)) is not None:
+            self.tags.retire(reqid, True, path.sa.counters)  # its bytes stay in the totals
         self.lifetimes.forget("out", reqid)
 
     def _remove_in(self, spi: int) -> None:
+        sa: Any = self.sad.inbound.get(spi) or self.ah_inbound.get(spi)
         self.sad.remove(inbound_spi=spi)
         self.ah_inbound.pop(spi, None)
         reqid = self.in_reqid.pop(spi, None)
+        if sa is not None:
+            self.tags.retire(reqid, False, sa.counters)
         if reqid is not None and (rest := tuple(s for s in self._in_by_reqid.pop(reqid, ()) if s != spi)):
             self._in_by_reqid[reqid] = rest
         self.transport_spis.discard(spi)
@@ -481,17 +492,7 @@ class DataplaneState(Generic[S]):
         self.keepalives.set((str(msg.peer), msg.port), msg.interval, now)
 
     def counters(self, ident: int = 0) -> m.Counters:
-        sas: list[m.SaCounterSnapshot] = []
-        ins: list[tuple[int, InboundSa | AhInboundSa]] = [*self.sad.inbound.items(), *self.ah_inbound.items()]
-        for spi, sa_in in ins:
-            c = sa_in.counters
-            sas.append(m.SaCounterSnapshot(spi, "in", self.in_reqid.get(spi, 0), c.bytes, c.packets,
-                                           {str(k): v for k, v in c.drops.items()}, sa_in.highest_seq))
-        for reqid, path in self.out.items():
-            c = path.sa.counters
-            sas.append(m.SaCounterSnapshot(path.sa.spi, "out", reqid, c.bytes, c.packets,
-                                           {str(k): v for k, v in c.drops.items()}, path.sa.seq))
-        return m.Counters(ident, tuple(sas), {str(k): v for k, v in self.drops.items()}, dict(self.stats))
+        return readouts.counters(self, ident)
 
     # ------------------------------------------------------------------ outbound slow paths
     def outbound(self, pkt: bytes, now: float) -> int:
@@ -677,6 +678,8 @@ def _delete(state: DataplaneState[Any], msg: m.DeleteSa, now: float) -> None:
     state._delete(msg, now)
     if msg.reqid is not None and msg.policies:
         state.owners.pop(msg.reqid, None)  # the reqid is gone: no hand-over left for it
+        if msg.reqid not in state.out and msg.reqid not in state._in_by_reqid:
+            state.tags.forget(msg.reqid)  # its SAs were retired under its tag just now
 
 
 _HANDLERS: dict[type, Callable[[DataplaneState[Any], Any, float], None]] = {
