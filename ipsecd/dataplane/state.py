@@ -21,6 +21,8 @@ Nothing here scans all SAs or all policies per control message or per tick (issu
 policies that defeat the flow cache are counted as they come and go, inbound SPIs are
 indexed by reqid, and lifetimes, keepalives, trap-queue expiry and unknown-SPI reports are
 on heaps or due times; tests/test_dataplane_state.py counts the work at 10 and 20,000 SAs.
+Only two requests walk the SAs, on demand: ``GetCounters`` (every SA's counters, for
+``ipsecctl``) and ``GetTotals`` (one sum per tag, for a metrics scrape; readouts.py).
 """
 
 from __future__ import annotations
