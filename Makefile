@@ -19,8 +19,9 @@ BENCH_ARGS ?= --runs 5 --seconds 10
 # packets lost across ~20 Child SA rekeys per pairing (about 5 more minutes); empty to skip
 REKEY_ARGS ?= --rekey
 # handshake load (tests/bench_handshake.py): each responder run is capped at --max-seconds; after the
-# closed-loop checkpoints, 2,000 SAs opened at 300/s (open loop: p50/p99 at the same offered load)
-HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600 --rate 300 --rate-sas 2000
+# closed-loop checkpoints, 2,000 SAs opened at 300/s and 2,000 at 500/s (open loop: p50/p99 at the same
+# offered load); --capture adds the responder's own request -> answer time (tcpdump on its side)
+HANDSHAKE_ARGS ?= --runs 3 --tunnels 1000,5000,10000,20000 --max-seconds 600 --rate 300,500 --rate-sas 2000 --capture
 # in-process CPU per IKE_SA_INIT + IKE_AUTH of the responder engine (tests/bench_engine.py)
 ENGINE_ARGS ?= --handshakes 2000 --rounds 5
 # the same with certificate logins (RSA-3072 chains checked, RFC 7427 signatures both ways)

@@ -61,6 +61,7 @@ import shlex
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,7 @@ class IpsecdResponder:
             config["settings"]["metrics"] = {"listen": f"127.0.0.1:{METRICS_PORT}"}
         self.daemon = Ipsecd(topo.b, workdir, config)
         self.log_path = self.daemon.log_path
+        self.ns = topo.b
 
     def start(self) -> None:
         why = why_no_ipsecd()
@@ -355,6 +357,7 @@ class CharonResponder:
                 local_ts=[GATEWAY_TS], remote_ts=[CLIENT_NET], esp_proposals=[ESP_PROPOSAL])]))
         self.charon.pki = pki
         self.log_path = self.charon.log_path
+        self.ns = topo.b
 
     def start(self) -> None:
         why = why_no_strongswan()
@@ -681,6 +684,84 @@ def read_tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
+# ---------------------------------------------------------------- responder-side capture
+class ResponderCapture:
+    """tcpdump on the responder's interface for a stage (``--capture``): the responder's own
+    time from each IKE request to its answer, per exchange.
+
+    The initiator's latency ("initiating" -> "established" in its log) also holds whatever
+    delays the generator itself: its own core, its threads, the harness's late starts.
+    This one is the responder's alone (the kernel's timestamps at B's interface), so a tail
+    can be placed on one side or the other. IKE on 500, and on 4500 after the non-ESP marker
+    (charon floats there); only the first 96 bytes of each datagram are kept."""
+
+    SNAPLEN = 96
+
+    def __init__(self, ns: Netns, path: Path) -> None:
+        self.path = path
+        log = path.with_suffix(".log")
+        # --immediate-mode: each packet is handed over as it comes; libpcap's default holds them up to
+        # a second in the ring, and a tcpdump stopped meanwhile never writes them
+        self.proc = ns.popen(["tcpdump", "-i", "eth0", "--immediate-mode", "-s", str(self.SNAPLEN), "-U",
+                              "-w", str(path), "udp port 500 or udp port 4500"], log_path=log)
+        # the stage must not start before tcpdump captures ("listening on" once its socket is bound)
+        deadline = time.monotonic() + 15.0
+        while b"listening on" not in (log.read_bytes() if log.exists() else b""):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"tcpdump did not start: {read_tail(log)}")
+            time.sleep(0.05)
+
+    def stop(self) -> list[float]:
+        """Stop the capture; the responder's delays in ms, sorted."""
+        time.sleep(0.5)  # the stage's last answers reach the file
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return exchange_delays_ms(self.path.read_bytes()) if self.path.exists() else []
+
+
+def exchange_delays_ms(pcap: bytes) -> list[float]:
+    """Request -> answer times (ms, sorted) of the IKE exchanges in a classic pcap of Ethernet
+    frames with IPv4/UDP; a request's first copy counts (a retransmission does not reset it)."""
+    if len(pcap) < 24:
+        return []
+    endian = "<" if pcap[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    nano = pcap[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    if nano:
+        endian = "<" if pcap[:4] == b"\x4d\x3c\xb2\xa1" else ">"
+    rec = struct.Struct(endian + "IIII")
+    asked: dict[tuple[bytes, int, int], float] = {}
+    out: list[float] = []
+    off = 24
+    while off + 16 <= len(pcap):
+        sec, frac, incl, _orig = rec.unpack_from(pcap, off)
+        frame = pcap[off + 16:off + 16 + incl]
+        off += 16 + incl
+        t = sec + frac / (1e9 if nano else 1e6)
+        if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00":
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        udp = 14 + ihl
+        ports = struct.unpack_from("!HH", frame, udp) if len(frame) >= udp + 8 else (0, 0)
+        ike = frame[udp + 8:]
+        if 4500 in ports:
+            if ike[:4] != b"\0\0\0\0":
+                continue  # ESP, or a keepalive
+            ike = ike[4:]
+        if len(ike) < 28:
+            continue
+        spi_i, exchange, flags, mid = ike[:8], ike[18], ike[19], int.from_bytes(ike[20:24], "big")
+        key = (spi_i, exchange, mid)
+        if not flags & 0x20:  # a request
+            asked.setdefault(key, t)
+        elif key in asked:
+            out.append(1000 * (t - asked.pop(key)))
+    return sorted(out)
+
+
 # ---------------------------------------------------------------- profiling (py-spy)
 _FRAME_LINE = re.compile(r":\d+\)$")
 
@@ -773,6 +854,7 @@ class Stage:
     open_rate: float = 0.0  # the rate asked for in an open-loop stage (0: closed loop)
     offered_per_s: float = 0.0  # ... and the rate the harness managed to offer
     late_starts: int = 0
+    responder_ms: list[float] = field(default_factory=list)  # --capture: request -> answer at the responder
 
     @property
     def rate(self) -> float:
@@ -795,11 +877,15 @@ class Stage:
         total = self.rss_growth_kib.get(proc, 0) if proc else sum(self.rss_growth_kib.values())
         return total / self.held_after if self.held_after else float("nan")
 
-    def pct(self, q: float) -> float:
-        if not self.latencies_ms:
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        vals = self.latencies_ms if values is None else values
+        if not vals:
             return float("nan")
-        idx = min(len(self.latencies_ms) - 1, max(0, round(q * len(self.latencies_ms)) - 1))
-        return self.latencies_ms[idx]
+        return vals[min(len(vals) - 1, max(0, round(q * len(vals)) - 1))]
+
+    def responder_pct(self, q: float) -> float:
+        """--capture: a percentile of the responder's own request -> answer times (ms)."""
+        return self.pct(q, self.responder_ms)
 
     def line(self) -> str:
         cpu = " ".join(f"{k} {self.cpu_ms_per_sa(k):.2f}" for k in self.cpu_s)
@@ -818,7 +904,9 @@ class Stage:
                 f"{self.generator_ms_per_sa() - self.initiator_ms_per_sa():.2f}), "
                 f"idle {100 * self.idle.get('cpu', 0):.0f}% (cpu{INITIATOR_CPU} "
                 f"{100 * self.idle.get(f'cpu{INITIATOR_CPU}', 0):.0f}%, cpu{RESPONDER_CPU} "
-                f"{100 * self.idle.get(f'cpu{RESPONDER_CPU}', 0):.0f}%){part}")
+                f"{100 * self.idle.get(f'cpu{RESPONDER_CPU}', 0):.0f}%){part}"
+                + (f", responder's own p50 {self.responder_pct(0.5):.1f} ms p99 {self.responder_pct(0.99):.1f} ms "
+                   f"over {len(self.responder_ms)} exchanges" if self.responder_ms else ""))
 
 
 @dataclass
@@ -837,6 +925,7 @@ class Bench:
     rates: list[float] = field(default_factory=list)  # --rate: open-loop stages after the checkpoints
     rate_sas: int = 1000  # SAs per open-loop stage
     open_cap: int = 256  # outstanding requests at most in an open loop (initiator threads)
+    capture: bool = False  # --capture: the responder's own request -> answer times (tcpdump in B)
     scrape: float = 0.0  # --scrape: seconds between GETs of ipsecd's /metrics during each stage (0: none)
 
 
@@ -855,6 +944,7 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     prof = Profiler(b.profile_dir, f"{resp.name}-r{run}-s{index}") if b.profile_dir and ours else None
     if prof:
         prof.start(pids)
+    cap = ResponderCapture(resp.ns, b.workdir / f"{resp.name}-r{run}-s{index}.pcap") if b.capture else None
     if scraper:
         scraper.start()
     try:
@@ -870,6 +960,8 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     finally:
         if prof:
             b.profiles += [summarize_profile(f) for f in prof.stop().values() if f.exists()]
+        if cap:
+            st.responder_ms = cap.stop()
     if not init.alive():
         raise RuntimeError(f"initiator charon died\n{read_tail(init.log_path)}")
     time.sleep(b.settle)
@@ -1063,6 +1155,10 @@ def open_loop_report(stages: list[Stage], names: list[str]) -> list[str]:
             lines.append(f"    CPU ms/SA total      {_mmm([s.cpu_ms_per_sa() for s in ss], '.3f')}")
             lines.append(f"    latency p50 ms       {_mmm([s.pct(0.5) for s in ss], '.0f')}")
             lines.append(f"    latency p99 ms       {_mmm([s.pct(0.99) for s in ss], '.0f')}")
+            if any(s.responder_ms for s in ss):
+                own = _mmm([s.responder_pct(0.99) for s in ss], ".1f")
+                lines.append(f"    responder's own p99  {own} ms per exchange"
+                             f" (p50 {_mmm([s.responder_pct(0.5) for s in ss], '.1f')})")
             lines.append(f"    failed / retransmits {_mmm([float(s.failed) for s in ss], '.0f')}  /  "
                          f"{_mmm([float(s.retransmits) for s in ss], '.0f')}")
             idle = [100 * s.idle.get(f"cpu{RESPONDER_CPU}", 0) for s in ss]
@@ -1127,6 +1223,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ipsecd serves /metrics and is scraped every SECONDS during each stage (default: off)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy each ipsecd process during every stage; raw stacks and a summary into DIR")
+    p.add_argument("--capture", action="store_true",
+                   help="tcpdump on the responder's side during every stage: its own request -> answer time per "
+                        "exchange (p50/p99), which excludes the generator's delays")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.responders.split(",") if n.strip()]
     unknown = [n for n in names if n not in KNOWN]
@@ -1151,7 +1250,8 @@ def main(argv: list[str] | None = None) -> int:
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
     b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
               rates=args.rate, rate_sas=args.rate_sas, scrape=args.scrape,
-              profile_dir=args.profile, pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None,
+              profile_dir=args.profile, capture=args.capture,
+              pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None,
               placement=args.placement)
     stages: list[Stage] = []
     notes: list[str] = []

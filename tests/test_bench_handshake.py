@@ -114,3 +114,46 @@ def test_shared_placement_reports_the_generator_and_the_machine() -> None:
     assert "idle % cpu0 " in text and "(init.)" not in text
     split = report([two], [1000], 1, [], 64)
     assert "initiator on CPU 0, responder on CPU 1" in split and "cpu0 (init.)" in split
+
+
+def test_responder_capture_times_each_exchange(tmp_path: Path) -> None:
+    """--capture's pcap reading, against frames scapy writes: request -> answer per exchange, on
+    500 and on 4500 (after the non-ESP marker); ESP, keepalives and retransmissions ignored."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    from tests.bench_handshake import exchange_delays_ms
+
+    def ike(spi: bytes, exchange: int, response: bool, mid: int) -> bytes:
+        flags = 0x20 if response else 0x08
+        return spi + bytes(8) + bytes([33, 0x20, exchange, flags]) + mid.to_bytes(4, "big") + (28).to_bytes(4, "big")
+
+    def frame(t: float, sport: int, dport: int, payload: bytes) -> Ether:
+        # explicit MACs: scapy would otherwise ARP for the destination to fill them in
+        p = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="192.0.2.1", dst="192.0.2.2")
+             / UDP(sport=sport, dport=dport) / Raw(payload))
+        p.time = t
+        return p
+
+    a, b = b"A" * 8, b"B" * 8
+    frames = [
+        frame(1.000, 500, 500, ike(a, 34, False, 0)),
+        frame(1.002, 500, 500, ike(a, 34, True, 0)),  # 2 ms
+        frame(1.010, 4500, 4500, bytes(4) + ike(a, 35, False, 1)),
+        frame(1.500, 4500, 4500, bytes(4) + ike(a, 35, False, 1)),  # a retransmission: the first copy counts
+        frame(1.600, 4500, 4500, bytes(4) + ike(a, 35, True, 1)),  # 590 ms
+        frame(1.700, 4500, 4500, b"\x00\x00\x10\x01" + bytes(40)),  # ESP (SPI 0x1001)
+        frame(1.701, 4500, 4500, b"\xff"),  # a NAT keepalive
+        frame(2.000, 500, 500, ike(b, 34, False, 0)),
+        frame(2.0005, 500, 500, ike(b, 34, True, 0)),  # 0.5 ms
+        frame(2.100, 500, 500, ike(b, 35, True, 7)),  # an answer without its request: ignored
+    ]
+    path = tmp_path / "c.pcap"
+    wrpcap(str(path), frames)
+    got = exchange_delays_ms(path.read_bytes())
+    assert got == pytest.approx([0.5, 2.0, 590.0], abs=0.01)
+    assert exchange_delays_ms(b"") == []
+    st = Stage("ipsecd", 1, 1000, 3, responder_ms=got)
+    assert st.responder_pct(0.99) == pytest.approx(590.0, abs=0.01)
