@@ -114,6 +114,7 @@ bench: deps loadtester
 	$(PY) -m tests.bench_gc $(GC_ARGS)
 	$(PY) -m tests.bench_flood $(FLOOD_ARGS)
 	$(PY) -m tests.bench_heard
+	$(PY) -m tests.bench_scrape
 	IPSECD_SHUTDOWN_SAS=$(SHUTDOWN_SAS) $(PY) -m pytest -q -s tests/interop/test_shutdown_load.py
 	IPSECD_SOAK=1 $(PY) -m pytest -q tests/hostile/test_lossy_netns.py::test_ike_sa_lifetime_under_random_loss \
 		tests/netns_tests/test_lifecycle_two_ipsecd.py::test_child_rekey_under_load

@@ -484,6 +484,7 @@ class DataplaneSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str | None = None  # "127.0.0.1:9810", "[::1]:9810"; None = no metrics endpoint
+    per_sa: bool = False  # also the per-SPI traffic series: O(SAs) per scrape, new series on every rekey
 
     def address(self) -> tuple[str, int] | None:
         """``listen`` split into (host, port) for the HTTP server."""
@@ -747,7 +748,7 @@ KEY_SECTIONS: Mapping[str, KeySection] = {
     "dataplane": KeySection(("settings.dataplane",), ("tun_name", "mtu", "workers", "offload")),
     "eap_radius": KeySection(("settings.eap-radius",), _RADIUS_KEYS),
     "radius_server": KeySection(("settings.eap-radius.servers.NAME",), _RADIUS_SERVER_KEYS),
-    "metrics": KeySection(("settings.metrics",), ("listen",)),
+    "metrics": KeySection(("settings.metrics",), ("listen", "per_sa")),
     "debug": KeySection(("settings.debug",), ("allow_key_export",)),
     "pool": KeySection(("pools.POOL",), _POOL_KEYS),  # and attribute numbers: "25": corp.example
 }
@@ -1718,7 +1719,8 @@ def _parse_settings(ld: _Loader, entry: _Entry | None) -> Settings:
         )),
         credentials=_or(ld.convert(_opt(fields, "credentials"), "a directory", ld.path), d.credentials),
         eap_radius=_parse_eap_radius(ld, _opt(fields, "eap-radius")),
-        metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen)),
+        metrics=MetricsSettings(listen=ld.convert(_opt(metrics, "listen"), "HOST:PORT", _parse_listen),
+                                per_sa=ld.boolean(_opt(metrics, "per_sa"), False)),
         debug=DebugSettings(allow_key_export=ld.boolean(_opt(debug, "allow_key_export"), False)),
         lease_db=_or(ld.convert(_opt(fields, "lease_db"), "a path", _parse_abs_path), d.lease_db),
         fragment_size=ld.integer(_opt(fields, "fragment_size"), d.fragment_size, 576, 65535),

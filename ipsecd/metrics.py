@@ -10,9 +10,12 @@ GET/HEAD of ``/metrics`` only, the request head bounded in size and time, a
 cap on concurrent clients, and no request can raise out of the handler. There
 is no authentication: bind it to loopback or a management address.
 
-The daemon builds a ``MetricsSnapshot`` from data it already has (the
-``list-sas`` answer and its counter dicts) in the ``collect`` callback; this
-module only renders it, so the metric names live in one place.
+The daemon builds a ``MetricsSnapshot`` from data it already has in the ``collect``
+callback; this module only renders it, so the metric names live in one place. A scrape
+costs O(connections), not O(SAs) (issue 11): SA states are counted off the engine's table
+(``state_counts``), traffic comes from the worker as sums per (connection, child) that keep
+the bytes of closed and rekeyed SAs (dataplane/readouts.py). Per-SPI series, O(SAs) per
+scrape and a new series per rekey, only with ``settings.metrics.per_sa``.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import platform
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from ipsecd import __version__
 from ipsecd.control.server import stop_serving
+from ipsecd.ike.child_sa import ChildSaState
 from ipsecd.ike.events import Cause, LoginResult
+from ipsecd.ike.state import IkeState
 
 log = logging.getLogger("ipsecd.ctl")
 
@@ -54,12 +62,18 @@ IKE_NON_DROP_COUNTERS = frozenset({"cookies_sent", "cookie_secret_rotations", "r
 class MetricsSnapshot:
     """Everything one scrape shows, as plain data the daemon already keeps.
 
-    ``sas`` is the daemon's ``list_sas()`` answer (``{"ike_sas": [...]}``,
-    schema in docs/ipsecctl.md); the counter dicts map a reason or kind to a
-    monotonically increasing count.
+    ``ike_states``/``child_states`` count SAs by state (``state_counts``); ``child_totals``
+    maps (connection, child, direction) to (octets, packets) summed over every Child SA of it
+    since the worker started. ``sas``, only with ``settings.metrics.per_sa``, is the daemon's
+    ``list_sas()`` answer (``{"ike_sas": [...]}``, schema in docs/ipsecctl.md) for the per-SPI
+    series. The counter dicts map a reason or kind to a monotonically increasing count.
     """
 
     sas: Mapping[str, Any] = field(default_factory=dict)
+    ike_states: Mapping[str, int] = field(default_factory=dict)
+    child_states: Mapping[str, int] = field(default_factory=dict)
+    child_totals: Mapping[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    per_sa: bool = False  # settings.metrics.per_sa: render the per-SPI series out of ``sas``
     ike_counters: Mapping[str, int] = field(default_factory=dict)  # IkeManager.counters
     dataplane_drops: Mapping[str, int] = field(default_factory=dict)  # dataplane counters()["global"]["drops"]
     events: Mapping[str, int] = field(default_factory=dict)  # Daemon.event_counts
@@ -94,6 +108,33 @@ def login_labels(method: str, result: str) -> tuple[str, str]:
     m = method if method in LOGIN_METHODS else "eap" if method.startswith("eap") else "other"
     r = result if result in {x.value for x in LoginResult} else "other"
     return m, r
+
+
+_STATE = operator.attrgetter("state")
+_CHILDREN = operator.attrgetter("children")
+# The states' names by the identity of their (singleton) enum members: counting by id() hashes
+# an int in C, where an Enum member's own __hash__ is a Python call per SA.
+_STATE_NAMES = {id(s): str(s) for s in (*IkeState, *ChildSaState)}
+
+
+def _by_state(states: Iterable[Any]) -> dict[str, int]:
+    listed = list(states)
+    by_id = Counter(map(id, listed))
+    if all(k in _STATE_NAMES for k in by_id):
+        return {_STATE_NAMES[k]: n for k, n in by_id.items()}
+    return {str(k): n for k, n in Counter(listed).items()}  # not the engine's enums (tests' stand-ins)
+
+
+def state_counts(sas: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """IKE and Child SAs by state, off the engine's table (``IkeManager.sas``): a few passes in
+    C over the SAs (attribute reads, id() counting), nothing built per SA; closed IKE SAs and
+    their Child SAs are not counted (as ``list_sas`` leaves them out)."""
+    table = list(sas)
+    ike = _by_state(map(_STATE, table))
+    if "CLOSED" in ike:  # rare: closed SAs not yet dropped from the table
+        del ike["CLOSED"]
+        table = [sa for sa in table if sa.state != "CLOSED"]
+    return {"ike": ike, "child": _by_state(map(_STATE, chain.from_iterable(map(_CHILDREN, table))))}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -157,24 +198,20 @@ def render(snapshot: MetricsSnapshot) -> str:
         ike_sas.add(0, state=s)
     for s in CHILD_STATES:
         child_sas.add(0, state=s)
+    _reasons(ike_sas, "state", snapshot.ike_states)
+    _reasons(child_sas, "state", snapshot.child_states)
     octets = _Family("ipsecd_child_sa_bytes_total", "counter",
-                     "Octets the data plane counted on a Child SA, per direction and SPI.")
+                     "Octets the data plane counted on the Child SAs of a connection's child, per direction; "
+                     "closed and rekeyed SAs included.")
     packets = _Family("ipsecd_child_sa_packets_total", "counter",
-                      "Packets the data plane counted on a Child SA, per direction and SPI.")
-    for sa in snapshot.sas.get("ike_sas") or ():
-        if not isinstance(sa, Mapping):
-            continue
-        ike_sas.add(1, state=sa.get("state", "UNKNOWN"))
-        conn = sa.get("name", "")
-        for child in sa.get("child_sas") or ():
-            if not isinstance(child, Mapping):
-                continue
-            child_sas.add(1, state=child.get("state", "UNKNOWN"))
-            name = child.get("name", "")
-            for direction in ("in", "out"):
-                labels = {"conn": conn, "child": name, "direction": direction, "spi": child.get(f"spi_{direction}", "")}
-                octets.add(_count(child.get(f"bytes_{direction}")), **labels)
-                packets.add(_count(child.get(f"packets_{direction}")), **labels)
+                      "Packets the data plane counted on the Child SAs of a connection's child, per direction; "
+                      "closed and rekeyed SAs included.")
+    for (conn, name, direction), (n_octets, n_packets) in snapshot.child_totals.items():
+        octets.add(_count(n_octets), conn=conn, child=name, direction=direction)
+        packets.add(_count(n_packets), conn=conn, child=name, direction=direction)
+    families = [up, info, ike_sas, child_sas, octets, packets]
+    if snapshot.per_sa:
+        families += _per_sa(snapshot.sas)
     drops = _Family("ipsecd_drops_total", "counter", "Packets the data plane discarded, by reason.")
     _reasons(drops, "reason", snapshot.dataplane_drops)
     ike_drops = _Family("ipsecd_ike_drops_total", "counter", "IKE datagrams and messages discarded, by reason.")
@@ -197,8 +234,8 @@ def render(snapshot: MetricsSnapshot) -> str:
     for (method, result), n in snapshot.logins.items():
         logins.add(_count(n), method=method, result=result)
     out: list[str] = []
-    for fam in (up, info, ike_sas, child_sas, octets, packets, drops, ike_drops, ike_events, events, failures, rekeys,
-                logins, *gc_families(snapshot.gc)):
+    for fam in (*families, drops, ike_drops, ike_events, events, failures, rekeys, logins,
+                *gc_families(snapshot.gc)):
         fam.render(out)
     return "\n".join(out) + "\n"
 
@@ -229,6 +266,28 @@ def _seconds(value: object) -> float:
     """A duration from JSON-ish data; anything that is not a non-negative number counts as 0."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
     return float(value) if ok else 0.0  # type: ignore[arg-type]
+
+
+def _per_sa(sas: Mapping[str, Any]) -> list[_Family]:
+    """The opt-in per-SPI series (``settings.metrics.per_sa``): O(SAs) per scrape, and every
+    rekey starts new series (the old SPI's end); the per-child totals above keep the sums."""
+    octets = _Family("ipsecd_child_sa_spi_bytes_total", "counter",
+                     "Octets the data plane counted on one installed Child SA, per direction and SPI.")
+    packets = _Family("ipsecd_child_sa_spi_packets_total", "counter",
+                      "Packets the data plane counted on one installed Child SA, per direction and SPI.")
+    for sa in sas.get("ike_sas") or ():
+        if not isinstance(sa, Mapping):
+            continue
+        conn = sa.get("name", "")
+        for child in sa.get("child_sas") or ():
+            if not isinstance(child, Mapping):
+                continue
+            name = child.get("name", "")
+            for direction in ("in", "out"):
+                labels = {"conn": conn, "child": name, "direction": direction, "spi": child.get(f"spi_{direction}", "")}
+                octets.add(_count(child.get(f"bytes_{direction}")), **labels)
+                packets.add(_count(child.get(f"packets_{direction}")), **labels)
+    return [octets, packets]
 
 
 # --------------------------------------------------------------------------- HTTP

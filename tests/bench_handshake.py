@@ -41,7 +41,10 @@ Responders alternate between runs (A B, B A, ...).  Per stage:
   settled, after this stage's settle, divided by the tunnels held;
 - idle share of the machine and of each core over the stage (/proc/stat).
 After the last stage the responder's own count of established IKE SAs and installed
-Child SAs is compared with what the initiator saw.  Timings never fail anything; the
+Child SAs is compared with what the initiator saw.  ``--scrape SECONDS`` (ipsecd only): ipsecd
+serves ``settings.metrics`` on 127.0.0.1:9810 in B and a scraper in B GETs ``/metrics`` every
+SECONDS during each stage, as a Prometheus would (issue 11: a scrape must not bring the
+handshake tail back); each stage then also reports the scrapes' count and duration.  Timings never fail anything; the
 run's wall time is bounded by ``--max-seconds`` per responder run (a stage cut short is
 reported as partial).
 """
@@ -69,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.ipsecd_proc import Ipsecd, child_config, ipsecd_config, why_no_ipsecd
-from tests.netns import Netns, Topology, why_no_netns
+from tests.netns import Netns, Topology, kill_group, why_no_netns
 from tests.pki import KeyFile, TestPki, write_swanctl
 from tests.strongswan import CHARON, Charon, ChildParams, ConnParams, sas_from_raw, why_no_strongswan
 
@@ -199,12 +202,57 @@ class BenchPki:
 
 
 # ---------------------------------------------------------------- responders
+METRICS_PORT = 9810
+# The scraper in B (``--scrape``): GET /metrics every argv[2] seconds, one line per scrape
+# "ms bytes" (or "error ..."), until killed.
+SCRAPER = """
+import sys, time, urllib.request
+port, every = int(sys.argv[1]), float(sys.argv[2])
+while True:
+    t0 = time.monotonic()
+    try:
+        n = len(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read())
+        print(f"{(time.monotonic() - t0) * 1000:.1f} {n}", flush=True)
+    except Exception as e:
+        print(f"error {type(e).__name__}", flush=True)
+    time.sleep(max(0.0, every - (time.monotonic() - t0)))
+"""
+
+
+class Scraper:
+    """``--scrape``: the periodic GET of /metrics in the responder's namespace, for one stage."""
+
+    def __init__(self, ns: Netns, log_path: Path, every: float) -> None:
+        self.ns, self.log_path, self.every = ns, log_path, every
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.unlink(missing_ok=True)
+        self.proc = self.ns.popen([sys.executable, "-c", SCRAPER, str(METRICS_PORT), str(self.every)],
+                                  log_path=self.log_path)
+
+    def stop(self) -> tuple[list[float], int]:
+        """(each scrape's duration in ms, failed scrapes)."""
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
+        ms, errors = [], 0
+        for line in self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else ():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] != "error":
+                ms.append(float(parts[0]))
+            elif parts and parts[0] == "error":
+                errors += 1
+        return ms, errors
+
+
 class IpsecdResponder:
     """ipsecd in B for any client: one connection, remote id %any, one PSK (or certificates)."""
 
     name = "ipsecd"
 
-    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None, shards: int = 1) -> None:
+    def __init__(self, topo: Topology, workdir: Path, psk: str, pki: BenchPki | None = None, shards: int = 1,
+                 metrics: bool = False) -> None:
         self.shards = shards
         if shards > 1:
             self.name = SHARDED
@@ -221,6 +269,8 @@ class IpsecdResponder:
         config.setdefault("settings", {}).update(NO_DOS_PROTECTION)
         if shards > 1:
             config["settings"]["ike_shards"] = shards
+        if metrics:  # --scrape: the endpoint a Prometheus would scrape
+            config["settings"]["metrics"] = {"listen": f"127.0.0.1:{METRICS_PORT}"}
         self.daemon = Ipsecd(topo.b, workdir, config)
         self.log_path = self.daemon.log_path
         self.ns = topo.b
@@ -799,6 +849,8 @@ class Stage:
     harness_cpu_s: float = 0.0  # this process's request threads: part of the generator
     partial: bool = False
     errors: list[str] = field(default_factory=list)
+    scrapes_ms: list[float] = field(default_factory=list)  # --scrape: each scrape's duration
+    scrape_errors: int = 0
     open_rate: float = 0.0  # the rate asked for in an open-loop stage (0: closed loop)
     offered_per_s: float = 0.0  # ... and the rate the harness managed to offer
     late_starts: int = 0
@@ -839,6 +891,9 @@ class Stage:
         cpu = " ".join(f"{k} {self.cpu_ms_per_sa(k):.2f}" for k in self.cpu_s)
         kib = " ".join(f"{k} {self.kib_per_tunnel(k):.1f}" for k in self.rss_growth_kib)
         part = f" PARTIAL ({self.established} of {self.asked} in the time cap)" if self.partial else ""
+        if self.scrapes_ms or self.scrape_errors:
+            part += (f", scrapes {len(self.scrapes_ms)} (median {statistics.median(self.scrapes_ms or [0]):.0f} ms, "
+                     f"max {max(self.scrapes_ms or [0]):.0f} ms, {self.scrape_errors} failed)")
         mode = (f" open loop {self.open_rate:g}/s (offered {self.offered_per_s:.0f}/s, {self.late_starts} late)"
                 if self.open_rate else "")
         return (f"{self.responder} run {self.run} -> {self.checkpoint}{mode}: {self.established}/{self.asked} up "
@@ -871,11 +926,12 @@ class Bench:
     rate_sas: int = 1000  # SAs per open-loop stage
     open_cap: int = 256  # outstanding requests at most in an open loop (initiator threads)
     capture: bool = False  # --capture: the responder's own request -> answer times (tcpdump in B)
+    scrape: float = 0.0  # --scrape: seconds between GETs of ipsecd's /metrics during each stage (0: none)
 
 
 def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, run: int, index: int,
               checkpoint: int, count: int, base_rss: dict[str, int], held_before: int, deadline: float,
-              rate: float = 0.0) -> Stage:
+              rate: float = 0.0, scraper: Scraper | None = None) -> Stage:
     """Open ``count`` more SAs (closed loop, or at ``rate`` per second), then settle; the
     figures of :class:`Stage` for them."""
     st = Stage(resp.name, run, checkpoint, count, open_rate=rate)
@@ -889,6 +945,8 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     if prof:
         prof.start(pids)
     cap = ResponderCapture(resp.ns, b.workdir / f"{resp.name}-r{run}-s{index}.pcap") if b.capture else None
+    if scraper:
+        scraper.start()
     try:
         if rate:
             tally = init.drive_open(count, rate, b.open_cap, deadline)
@@ -907,6 +965,8 @@ def run_stage(b: Bench, resp: Responder, init: LoadInitiator, watch: LogWatch, r
     if not init.alive():
         raise RuntimeError(f"initiator charon died\n{read_tail(init.log_path)}")
     time.sleep(b.settle)
+    if scraper:
+        st.scrapes_ms, st.scrape_errors = scraper.stop()
     watch.update()
     st.cpu_s = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
     mine = set(watch.initiated) - seen
@@ -930,7 +990,9 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
     with Topology("pair", ipv6=False) as topo:
         workdir = b.workdir / f"{name}-r{run}"
         resp: Responder = (CharonResponder(topo, workdir / "resp", b.psk, b.pki) if name == "strongswan" else
-                           IpsecdResponder(topo, workdir / "resp", b.psk, b.pki, shards=2 if name == SHARDED else 1))
+                           IpsecdResponder(topo, workdir / "resp", b.psk, b.pki, shards=2 if name == SHARDED else 1,
+                                           metrics=b.scrape > 0))
+        scraper = Scraper(topo.b, workdir / "scrape.log", b.scrape) if b.scrape > 0 and name != "strongswan" else None
         conf = initiator_conf(workdir / "init" / "charon.log", responder=topo.b_addr, initiator=topo.a_addr,
                               psk=b.psk, tag=f"r{run}", in_flight=max(b.in_flight, b.open_cap if b.rates else 0),
                               pki=b.pki)
@@ -951,7 +1013,7 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                 if time.monotonic() > deadline:
                     log.append(f"{name} run {run}: time cap reached before {cp} tunnels")
                     break
-                st = run_stage(b, resp, init, watch, run, i, cp, cp - prev, base, held, deadline)
+                st = run_stage(b, resp, init, watch, run, i, cp, cp - prev, base, held, deadline, scraper=scraper)
                 print(f"[bench] {st.line()}", file=sys.stderr)
                 stages.append(st)
                 held, prev = st.held_after, cp
@@ -962,7 +1024,7 @@ def run_responder(b: Bench, name: str, run: int, checkpoints: list[int], max_sec
                     log.append(f"{name} run {run}: time cap reached before the open loop at {rate:g}/s")
                     break
                 st = run_stage(b, resp, init, watch, run, len(checkpoints) + j, held + b.rate_sas, b.rate_sas,
-                               base, held, deadline, rate=rate)
+                               base, held, deadline, rate=rate, scraper=scraper)
                 print(f"[bench] {st.line()}", file=sys.stderr)
                 stages.append(st)
                 held = st.held_after
@@ -1157,6 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every stage's figures to this file")
     p.add_argument("--placement", choices=PLACEMENTS, default="split",
                    help="split: generator on CPU 0, responder on CPU 1 (default); shared: nothing pinned")
+    p.add_argument("--scrape", type=float, default=0.0, metavar="SECONDS",
+                   help="ipsecd serves /metrics and is scraped every SECONDS during each stage (default: off)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy each ipsecd process during every stage; raw stacks and a summary into DIR")
     p.add_argument("--capture", action="store_true",
@@ -1185,7 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ipd-hsbench-"))
     # A fresh random PSK per benchmark: nothing secret is ever written into the repository.
     b = Bench(plugin, workdir, secrets.token_hex(16), in_flight=args.in_flight, settle=args.settle,
-              rates=args.rate, rate_sas=args.rate_sas,
+              rates=args.rate, rate_sas=args.rate_sas, scrape=args.scrape,
               profile_dir=args.profile, capture=args.capture,
               pki=BenchPki.make(workdir / "pki") if args.auth == "pubkey" else None,
               placement=args.placement)

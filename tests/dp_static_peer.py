@@ -107,7 +107,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         pairs = _pairs(args)
         for reqid, (inbound, outbound, policies) in pairs(0).items():
-            mtu = await dp.install_child_sa(inbound, outbound, reqid, policies)
+            mtu = await dp.install_child_sa(inbound, outbound, reqid, policies, tag=reqid)  # a tag per Child SA
         print("READY " + json.dumps({"mtu": mtu, "tun": dp.tun_name, "pid": dp.pid, "steering": dp.steering,
                                      "offloads": offload_names(dp.offloads), "pids": dp.pids}),
               flush=True)
@@ -126,6 +126,15 @@ async def serve(args: argparse.Namespace) -> int:
             cmd = line_task.result().decode().strip()
             if cmd == "counters":
                 print(json.dumps(await dp.counters()), flush=True)
+            elif cmd == "totals":  # per tag (= reqid here): every SA's counters, removed ones included
+                sums, drops, _gc = await dp.totals()
+                print(json.dumps({"tags": {str(t): v for t, v in sums.items()}, "drops": drops}), flush=True)
+            elif cmd == "sa_counters":  # the current and the previous generation's pairs, by SPI
+                asked = [(i.spi, o.spi) for g in {generation, max(generation - 1, 0)}
+                         for i, o, _p in pairs(g).values()]
+                snaps = await dp.sa_counters(asked)
+                print(json.dumps({"sas": [[s.spi, s.direction, s.reqid, s.bytes, s.packets] for s in snaps]}),
+                      flush=True)
             elif cmd == "killworker":  # crash test: the DataPlane must report the worker's death
                 events = dp.events()
                 os.kill(dp.pids[-1] if dp.pids else 0, signal.SIGKILL)  # the last worker (the only one, usually)
@@ -137,9 +146,9 @@ async def serve(args: argparse.Namespace) -> int:
                 old, new = pairs(generation), pairs(generation + 1)
                 for reqid, (inbound, outbound, _pols) in new.items():
                     if cmd == "rekey_in":
-                        await dp.install_inbound(reqid, inbound)
+                        await dp.install_inbound(reqid, inbound, tag=reqid)
                     elif cmd == "rekey_out":
-                        await dp.install_outbound(reqid, outbound)
+                        await dp.install_outbound(reqid, outbound, tag=reqid)
                     else:
                         await dp.delete_inbound((old[reqid][0].spi,))
                 generation += cmd == "rekey_del"

@@ -278,3 +278,24 @@ def test_only_not_implemented_keys_say_not_implemented() -> None:
     for path, cells in documented().items():
         if "Not implemented yet" in " ".join(cells):
             assert path in not_implemented_paths(), f"{path} says 'Not implemented yet' but is not in the table"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("yes", True), ("no", False), (True, True)])
+def test_metrics_per_sa_is_read(tmp_path: Path, value: object, expected: bool) -> None:
+    """settings.metrics.per_sa (opt-in per-SPI series, O(SAs) per scrape): parsed as a boolean,
+    off by default, anything else refused at its path."""
+    doc = yaml.safe_load(yaml.safe_dump(BASE))
+    doc["settings"] = {"metrics": {"listen": "127.0.0.1:9810", "per_sa": value}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_config(path).settings.metrics.per_sa is expected
+
+
+def test_metrics_per_sa_refuses_a_non_boolean(tmp_path: Path) -> None:
+    doc = yaml.safe_load(yaml.safe_dump(BASE))
+    doc["settings"] = {"metrics": {"per_sa": "sometimes"}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigValidationError) as e:
+        load_config(path)
+    assert any(i.path == "settings.metrics.per_sa" for i in e.value.issues), e.value.issues

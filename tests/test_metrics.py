@@ -28,7 +28,9 @@ def _sas() -> dict[str, Any]:
 
 def _snapshot(**kw: Any) -> MetricsSnapshot:
     base: dict[str, Any] = {
-        "sas": _sas(),
+        "ike_states": {"ESTABLISHED": 1, "CONNECTING": 1},
+        "child_states": {"INSTALLED": 1},
+        "child_totals": {("hq", "net", "in"): (1234, 10), ("hq", "net", "out"): (5678, 12)},
         "ike_counters": {"malformed": 3, "unknown_spi": 1, "cookies_sent": 2},
         "dataplane_drops": {"replay": 4, "no_sa": 5},
         "events": {"ike_sas_established": 7},
@@ -83,12 +85,14 @@ def test_render_families_and_values() -> None:
     assert samples[("ipsecd_ike_sas", (("state", "CONNECTING"),))] == 1
     assert samples[("ipsecd_ike_sas", (("state", "DELETING"),))] == 0  # always present
     assert samples[("ipsecd_child_sas", (("state", "INSTALLED"),))] == 1
-    lin = (("child", "net"), ("conn", "hq"), ("direction", "in"), ("spi", "c1a2b3d4"))
-    lout = (("child", "net"), ("conn", "hq"), ("direction", "out"), ("spi", "0badf00d"))
+    # per (connection, child, direction) by default: no spi label, no per-SA series (issue 11)
+    lin = (("child", "net"), ("conn", "hq"), ("direction", "in"))
+    lout = (("child", "net"), ("conn", "hq"), ("direction", "out"))
     assert samples[("ipsecd_child_sa_bytes_total", lin)] == 1234
     assert samples[("ipsecd_child_sa_bytes_total", lout)] == 5678
     assert samples[("ipsecd_child_sa_packets_total", lin)] == 10
     assert samples[("ipsecd_child_sa_packets_total", lout)] == 12
+    assert not any(name.startswith("ipsecd_child_sa_spi_") for name in families)
     assert samples[("ipsecd_drops_total", (("reason", "replay"),))] == 4
     assert samples[("ipsecd_ike_drops_total", (("reason", "malformed"),))] == 3
     assert ("ipsecd_ike_drops_total", (("reason", "cookies_sent"),)) not in samples
@@ -101,12 +105,28 @@ def test_render_families_and_values() -> None:
     assert len(info) == 1 and ("version", "0.1.0") in info[0][1]
 
 
+def test_per_sa_series_only_when_opted_in() -> None:
+    """settings.metrics.per_sa: the per-SPI families, beside the per-child sums (never mixed
+    into one family, so sum() over a family never counts twice)."""
+    families, samples = parse(render(_snapshot(sas=_sas(), per_sa=True)))
+    lin = (("child", "net"), ("conn", "hq"), ("direction", "in"), ("spi", "c1a2b3d4"))
+    lout = (("child", "net"), ("conn", "hq"), ("direction", "out"), ("spi", "0badf00d"))
+    assert families["ipsecd_child_sa_spi_bytes_total"][0] == "counter"
+    assert samples[("ipsecd_child_sa_spi_bytes_total", lin)] == 1234
+    assert samples[("ipsecd_child_sa_spi_bytes_total", lout)] == 5678
+    assert samples[("ipsecd_child_sa_spi_packets_total", lin)] == 10
+    assert samples[("ipsecd_child_sa_bytes_total", lin[:3])] == 1234
+    families, _ = parse(render(_snapshot(per_sa=True)))  # no SA: the families are still declared
+    assert "ipsecd_child_sa_spi_packets_total" in families
+
+
 def test_render_escapes_label_values() -> None:
     nasty = 'a"b\\c\nd'
     sas = {"ike_sas": [{"name": nasty, "state": "ESTABLISHED", "child_sas": [
         {"name": "x", "state": "INSTALLED", "spi_in": "1", "spi_out": "2", "bytes_in": 1, "bytes_out": 2,
          "packets_in": 1, "packets_out": 1}]}]}
-    text = render(_snapshot(sas=sas, dataplane_drops={"we\"ird": 1}))
+    text = render(_snapshot(sas=sas, per_sa=True, child_totals={(nasty, "x", "in"): (1, 1)},
+                            dataplane_drops={"we\"ird": 1}))
     assert 'conn="a\\"b\\\\c\\nd"' in text
     assert 'reason="we\\"ird"' in text
     parse(text)  # still one sample per line, nothing broken
@@ -117,13 +137,13 @@ def test_render_survives_odd_input_and_merges_duplicates() -> None:
     child = {"name": "net", "state": "INSTALLED", "spi_in": "01", "spi_out": "02", "bytes_in": 5,
              "bytes_out": "garbage", "packets_in": -3, "packets_out": True}
     sas = {"ike_sas": [{"name": "a", "state": "ESTABLISHED", "child_sas": [child, dict(child), "junk"]}, 42]}
-    _, samples = parse(render(_snapshot(sas=sas)))
+    _, samples = parse(render(_snapshot(sas=sas, per_sa=True, child_totals={("a", "net", "in"): (-1, "x")})))
     lin = (("child", "net"), ("conn", "a"), ("direction", "in"), ("spi", "01"))
     lout = (("child", "net"), ("conn", "a"), ("direction", "out"), ("spi", "02"))
-    assert samples[("ipsecd_child_sa_bytes_total", lin)] == 10  # the same series twice is summed, not repeated
-    assert samples[("ipsecd_child_sa_bytes_total", lout)] == 0
-    assert samples[("ipsecd_child_sa_packets_total", lin)] == 0
-    assert samples[("ipsecd_child_sas", (("state", "INSTALLED"),))] == 2
+    assert samples[("ipsecd_child_sa_spi_bytes_total", lin)] == 10  # the same series twice is summed, not repeated
+    assert samples[("ipsecd_child_sa_spi_bytes_total", lout)] == 0
+    assert samples[("ipsecd_child_sa_spi_packets_total", lin)] == 0
+    assert samples[("ipsecd_child_sa_bytes_total", lin[:3])] == 0  # not a count: 0
 
 
 def test_render_gc_pauses_per_process_and_generation() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ipsecd.config import Config, load_config
+from ipsecd.dataplane.messages import SaCounterSnapshot
 from ipsecd.eap.radius import AccessRequest, AccountingRecord, AnswerKind, RadiusAnswer
 from ipsecd.iana import AcctStatusType, AcctTerminateCause
 from ipsecd.ike.events import IkeSaEstablished, LoginResult
@@ -64,11 +65,25 @@ class FakeIo:
 
 
 class FakeCounters:
+    """The data plane's counters of the SAs asked for (``sa_counters``); accounting must never
+    ask for every SA's (``counters``, O(all SAs): issue 11)."""
+
     def __init__(self) -> None:
         self.sas: dict[str, dict[str, int]] = {}
+        self.asked: list[list[tuple[int, int]]] = []
+
+    async def sa_counters(self, pairs: list[tuple[int, int]]) -> list[SaCounterSnapshot]:
+        self.asked.append(list(pairs))
+        out = []
+        for spi_in, spi_out in pairs:
+            for spi, direction in ((spi_in, "in"), (spi_out, "out")):
+                c = self.sas.get(f"{spi:08x}")
+                if c is not None:
+                    out.append(SaCounterSnapshot(spi, direction, 1, c["bytes"], c["packets"], {}, 0))
+        return out
 
     async def counters(self) -> dict[str, Any]:
-        return {"sas": self.sas}
+        raise AssertionError("accounting read every SA's counters")
 
 
 async def _settle(client: IkeManager, shell: IkeShell, transport: FakeTransport, rounds: int = 40) -> None:
@@ -138,6 +153,8 @@ def test_eap_radius_through_the_shell_with_accounting(pki: TestPki) -> None:
         assert (stop.input_octets, stop.input_packets, stop.output_octets, stop.output_packets) == (1000, 10, 500, 5)
         assert stop.terminate_cause == AcctTerminateCause.ADMIN_RESET
         assert not service.sessions
+        pair = (int.from_bytes(spi_in, "big"), int.from_bytes(spi_out, "big"))
+        assert counters.asked and all(asked == [pair] for asked in counters.asked)  # that session's SAs only
         shell.close()
 
     asyncio.run(main())

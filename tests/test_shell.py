@@ -49,7 +49,7 @@ class FakeDataPlane:
             raise self.fail
         self.calls.append(f"{what}:done")
 
-    async def install_inbound(self, reqid: int, inbound: Any, lifetime: Any = None) -> None:
+    async def install_inbound(self, reqid: int, inbound: Any, lifetime: Any = None, **kw: Any) -> None:
         await self._step("inbound")
 
     async def install_child_sa(self, inbound: Any, outbound: Any, reqid: int, policies: Any, **kw: Any) -> int:

@@ -210,15 +210,38 @@ def test_two_workers_carry_many_flows_in_order(topo: Topology, tmp_path: Path, c
     assert len(out_seq) == len(dsts), out_seq  # each outbound SA lives in exactly one worker
 
 
+def _by_tag(peer: StaticPeer) -> dict[str, list[int]]:
+    return dict(peer.command("totals")["tags"])
+
+
+def _pairs_read(peer: StaticPeer) -> dict[tuple[int, str], int]:
+    """(SPI, direction) -> octets, as GetSaCounters answers for the peer's pairs (asked of their owners)."""
+    return {(spi, d): nbytes for spi, d, _reqid, nbytes, _packets in peer.command("sa_counters")["sas"]}
+
+
 def test_traffic_flows_after_rekey_moves_each_pair_to_the_other_worker(topo: Topology) -> None:
     with workers_pair(topo, "tunnel4-udp") as (a, b, dsts):
         assert flows(topo, topo.a_lan, dsts, per_host=2, nbytes=1 << 16) == 2 * len(dsts) << 16
         before = {k for k, v in a.counters()["sas"].items() if v["direction"] == "out"}
+        # issue 11: the per-tag totals of both workers, and each pair's counters from its owner, agree
+        # with the full dump
+        full = {(int(k[:8], 16), v["direction"]): v["bytes"] for k, v in a.counters()["sas"].items()}
+        totals1, pairs1 = _by_tag(a), _pairs_read(a)
+        assert pairs1 == full, (pairs1, full)
+        assert sum(t[2] for t in totals1.values()) == sum(n for (_s, d), n in full.items() if d == "out") > 0
         for cmd in ("rekey_in", "rekey_out", "rekey_del"):  # B's inbound first, as a rekey responder does
             for peer in ((b, a) if cmd == "rekey_in" else (a, b)):
                 assert peer.command(cmd)["ok"] == cmd
         assert flows(topo, topo.a_lan, dsts, per_host=4, nbytes=1 << 17, port=5302) == 4 * len(dsts) << 17
         ca, _cb = _check_workers(a, b, both_receive=True)
+        # the old SAs are gone (moved to the other worker, then deleted): their bytes stay in the totals
+        totals2, pairs2 = _by_tag(a), _pairs_read(a)
+        assert set(totals2) == set(totals1)
+        for tag, t1 in totals1.items():
+            t2 = totals2[tag]
+            assert all(y >= x for x, y in zip(t1, t2, strict=True)), (tag, t1, t2)
+        new_out = sum(n for (_s, d), n in pairs2.items() if d == "out")
+        assert sum(t[2] for t in totals2.values()) >= sum(t[2] for t in totals1.values()) + new_out > 0
     new = {f"{SPI_TO_B + p + REKEY_SPI_STEP:08x}" for p in range(len(dsts))}
     outs = {k: v for k, v in ca["sas"].items() if v["direction"] == "out"}
     assert set(outs) == new, (before, outs)  # the old outbound SAs are gone from every worker

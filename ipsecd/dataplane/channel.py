@@ -1,7 +1,7 @@
 """``WorkerChannel``: the control process's end of the worker socket (asyncio).
 
 Framing and encoding are messages.py's; this object numbers requests, matches the worker's
-``Ack``/``BatchAck``/``Counters``/``Heard`` to them, hands events to a callback, and coalesces requests:
+``Ack``/``BatchAck``/``Counters``/``Heard``/``Totals`` to them, hands events to a callback, and coalesces requests:
 everything queued while the previous frame was being written leaves as one ``Batch``
 (at most ``MAX_BATCH`` requests). Under a login storm a thousand concurrent installs then
 cost a few frames instead of a thousand, with no delay added when there is no storm (a lone
@@ -187,7 +187,7 @@ class WorkerChannel:
             for msg in msgs:
                 self._dispatch(msg)
 
-    def _resolve(self, reply: m.Ack | m.Counters | m.Heard) -> None:
+    def _resolve(self, reply: m.Ack | m.Counters | m.Heard | m.Totals) -> None:
         fut = self._pending.get(reply.id)
         if fut is not None and not fut.done():
             fut.set_result(reply)
@@ -196,7 +196,7 @@ class WorkerChannel:
         if isinstance(msg, m.Hello):
             if not self.hello.done():
                 self.hello.set_result(msg)
-        elif isinstance(msg, m.Ack | m.Counters | m.Heard):
+        elif isinstance(msg, m.Ack | m.Counters | m.Heard | m.Totals):
             self._resolve(msg)
         elif isinstance(msg, m.BatchAck):
             for ack in msg.acks:

@@ -19,7 +19,7 @@ Anything else is a ``ProtocolError``, as are frames above ``MAX_FRAME``.
 Versioning: every body starts with ``PROTOCOL_VERSION``; the worker's first message is
 ``Hello`` and the control side refuses a worker of another version (both come from one
 installation, so a mismatch means a half-upgraded install, not something to negotiate).
-Requests carry an ``id``; the worker answers each with ``Ack`` (or ``Counters``, ``Heard``) bearing
+Requests carry an ``id``; the worker answers each with ``Ack`` (or ``Counters``, ``Heard``, ``Totals``) bearing
 the same id, a ``Batch`` of requests with one ``BatchAck`` holding their ``Ack`` in order.
 Events have no id.
 
@@ -48,8 +48,9 @@ from ipsecd.iana import EncrId, IntegId
 
 # 3: explicit JSON encoding instead of pickle; Batch/BatchAck; UnknownSpiReport replaces the
 #    per-SPI UnknownSpi event; InstallPolicy/RemovePolicy removed
-PROTOCOL_VERSION = 7  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers); 6: GetHeard;
-# 7: Counters.gc (the worker's garbage-collector pauses)
+PROTOCOL_VERSION = 8  # 4: SaParams.protocol (ESP/AH) and ipcomp_cpi; 5: SetOwner (several workers); 6: GetHeard;
+# 7: Counters.gc (the worker's garbage-collector pauses); 8: InstallSa.tag, GetSaCounters (given SPIs
+# only), GetTotals/Totals (per-tag sums for a metrics scrape, with the worker's gc figures)
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct("!I")
 
@@ -121,6 +122,9 @@ class InstallSa:
     mtu: int = 1400
     lifetime: Lifetime = field(default_factory=Lifetime)
     mss_clamp: int | None = 0  # TCP MSS clamping of SYNs: None off, 0 from the tunnel MTU, N fixed
+    # A small integer the IKE side assigns per (connection, child): the worker sums the counters
+    # of the reqid's SAs under it, live and removed (GetTotals); 0: none (summed under 0)
+    tag: int = 0
     id: int = 0
 
 
@@ -184,6 +188,30 @@ class SetOwner:
 
 @dataclass(frozen=True)
 class GetCounters:
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class GetSaCounters:
+    """The counters of these Child SAs only (RADIUS accounting of one session, issue 11): the
+    i-th outbound SPI is the i-th inbound SPI's partner (same reqid; 0: none). Answered with a
+    ``Counters`` whose ``sas`` are the SAs of these that this worker holds, ``drops``/``stats``
+    empty. An outbound SPI counts only while it is its reqid's current outbound SA."""
+
+    spis_in: tuple[int, ...]
+    spis_out: tuple[int, ...]
+    id: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.spis_in) != len(self.spis_out):
+            raise ValueError("spis_in and spis_out differ in length")
+
+
+@dataclass(frozen=True)
+class GetTotals:
+    """Per-tag sums of every SA's counters, removed SAs included (a metrics scrape, issue 11):
+    one walk of the worker's SAs, an answer of O(tags), where GetCounters lists every SA."""
+
     id: int = 0
 
 
@@ -269,6 +297,29 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class TagTotal:
+    """The counters summed over every SA installed with one tag since the worker started."""
+
+    tag: int
+    bytes_in: int
+    packets_in: int
+    bytes_out: int
+    packets_out: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The answer to GetTotals: per-tag sums (never decreasing while the worker lives), and the
+    worker's drops and statistics as in ``Counters``."""
+
+    id: int
+    tags: tuple[TagTotal, ...]
+    drops: dict[str, int]
+    stats: dict[str, int]
+    gc: dict[str, int] = field(default_factory=dict)  # as in Counters: the scrape shows each worker's
+
+
+@dataclass(frozen=True)
 class Heard:
     """The answer to GetHeard: inbound SPIs (ESP and AH) that authenticated a packet since the
     link's previous GetHeard (the first one: since the worker started)."""
@@ -350,6 +401,8 @@ Message = (
     | RemoveTrap
     | GetCounters
     | GetHeard
+    | GetSaCounters
+    | GetTotals
     | SetKeepalive
     | SetOwner
     | Shutdown
@@ -359,6 +412,7 @@ Message = (
     | BatchAck
     | Counters
     | Heard
+    | Totals
     | Acquire
     | UnknownSpiReport
     | LifetimeReached
@@ -595,7 +649,8 @@ def _enum_decoder(cls: type[Enum]) -> _Dec:
 
 _SHARED_RECORDS = (Lifetime, Selector)
 SHARED_RECORD_MEMO = 4096
-_CODEC = _Codec(WIRE_MESSAGES, (WorkerConfig, Lifetime, SaParams, Selector, Policy, SaCounterSnapshot, UnknownSpi))
+_CODEC = _Codec(WIRE_MESSAGES, (WorkerConfig, Lifetime, SaParams, Selector, Policy, SaCounterSnapshot, TagTotal,
+                                          UnknownSpi))
 
 
 def _reject_constant(name: str) -> None:

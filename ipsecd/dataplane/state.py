@@ -21,6 +21,8 @@ Nothing here scans all SAs or all policies per control message or per tick (issu
 policies that defeat the flow cache are counted as they come and go, inbound SPIs are
 indexed by reqid, and lifetimes, keepalives, trap-queue expiry and unknown-SPI reports are
 on heaps or due times; tests/test_dataplane_state.py counts the work at 10 and 20,000 SAs.
+Only two requests walk the SAs, on demand: ``GetCounters`` (every SA's counters, for
+``ipsecctl``) and ``GetTotals`` (one sum per tag, for a metrics scrape; readouts.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ipaddress import ip_address
 from typing import Any, Generic, TypeVar
 
 from ipsecd.dataplane import messages as m
-from ipsecd.dataplane import traps
+from ipsecd.dataplane import readouts, traps
 from ipsecd.dataplane.idle import IdleSweep
 from ipsecd.dataplane.lifetimes import LifetimeWatch, Watched
 from ipsecd.dataplane.traps import Trap, TrapQueues
@@ -50,7 +52,6 @@ from ipsecd.esp.packet import (
 from ipsecd.esp.sa import DropReason, EspDrop, InboundSa, IpsecProto, Mode, OutboundSa
 from ipsecd.esp.sad import Sad
 from ipsecd.esp.spd import Action, Policy, Spd
-from ipsecd.gcpolicy import gc_wire
 from ipsecd.iana import IpProto
 
 log = logging.getLogger("ipsecd.esp")
@@ -277,6 +278,7 @@ class DataplaneState(Generic[S]):
         # meets one (the SPI spaces are one: IKE allocates them from one pool)
         self.ah_inbound: dict[int, AhInboundSa] = {}
         self.heard = HeardSpis()  # inbound SPIs that received packets, for DPD's poll
+        self.tags = readouts.TagTotals()  # per (connection, child) totals for a metrics scrape
         self.drops: dict[str, int] = {}
         self.stats: dict[str, int] = {}
         # Flow cache: while no policy looks at protocol or ports, the decision depends on the
@@ -320,6 +322,10 @@ class DataplaneState(Generic[S]):
                 self._emit(self.counters(msg.id))
             elif isinstance(msg, m.GetHeard):
                 self._emit(m.Heard(msg.id, self.heard.take()))
+            elif isinstance(msg, m.GetTotals):
+                self._emit(readouts.totals(self, msg.id))
+            elif isinstance(msg, m.GetSaCounters):
+                self._emit(readouts.sa_counters(self, msg))
             else:
                 self._emit(self._apply(msg, now))
         finally:
@@ -359,6 +365,7 @@ class DataplaneState(Generic[S]):
     def _install(self, msg: m.InstallSa, now: float) -> None:
         """Install both halves; on a rekey the new outbound SA replaces the old one of the reqid."""
         reqid = msg.reqid
+        self.tags.set(reqid, msg.tag)
         new_in: InboundSa | AhInboundSa | None = None
         if msg.inbound is not None:
             new_in = AhInboundSa(msg.inbound) if msg.inbound.protocol is IpsecProto.AH else InboundSa(msg.inbound)
@@ -378,7 +385,8 @@ class DataplaneState(Generic[S]):
             if msg.lifetime != _NO_LIMITS:
                 self.lifetimes.watch(Watched("in", reqid, spi, new_in.counters, msg.lifetime))
         if path is not None:
-            self.sad.add_outbound(reqid, path.sa)
+            if (old := self.sad.add_outbound(reqid, path.sa)) is not None:  # a rekey replaced it
+                self.tags.retire(reqid, True, old.counters)
             self.out[reqid] = path
             sa = path.sa
             self.lifetimes.watch(Watched("out", reqid, sa.spi, sa.counters, msg.lifetime, sa))  # seq at least
@@ -452,13 +460,17 @@ class DataplaneState(Generic[S]):
 
     def _remove_out(self, reqid: int) -> None:
         self.sad.remove(reqid=reqid)
-        self.out.pop(reqid, None)
+        if (path := self.out.pop(reqid, None)) is not None:
+            self.tags.retire(reqid, True, path.sa.counters)  # its bytes stay in the totals
         self.lifetimes.forget("out", reqid)
 
     def _remove_in(self, spi: int) -> None:
+        sa: Any = self.sad.inbound.get(spi) or self.ah_inbound.get(spi)
         self.sad.remove(inbound_spi=spi)
         self.ah_inbound.pop(spi, None)
         reqid = self.in_reqid.pop(spi, None)
+        if sa is not None:
+            self.tags.retire(reqid, False, sa.counters)
         if reqid is not None and (rest := tuple(s for s in self._in_by_reqid.pop(reqid, ()) if s != spi)):
             self._in_by_reqid[reqid] = rest
         self.transport_spis.discard(spi)
@@ -482,17 +494,7 @@ class DataplaneState(Generic[S]):
         self.keepalives.set((str(msg.peer), msg.port), msg.interval, now)
 
     def counters(self, ident: int = 0) -> m.Counters:
-        sas: list[m.SaCounterSnapshot] = []
-        ins: list[tuple[int, InboundSa | AhInboundSa]] = [*self.sad.inbound.items(), *self.ah_inbound.items()]
-        for spi, sa_in in ins:
-            c = sa_in.counters
-            sas.append(m.SaCounterSnapshot(spi, "in", self.in_reqid.get(spi, 0), c.bytes, c.packets,
-                                           {str(k): v for k, v in c.drops.items()}, sa_in.highest_seq))
-        for reqid, path in self.out.items():
-            c = path.sa.counters
-            sas.append(m.SaCounterSnapshot(path.sa.spi, "out", reqid, c.bytes, c.packets,
-                                           {str(k): v for k, v in c.drops.items()}, path.sa.seq))
-        return m.Counters(ident, tuple(sas), {str(k): v for k, v in self.drops.items()}, dict(self.stats), gc_wire())
+        return readouts.counters(self, ident)
 
     # ------------------------------------------------------------------ outbound slow paths
     def outbound(self, pkt: bytes, now: float) -> int:
@@ -678,6 +680,8 @@ def _delete(state: DataplaneState[Any], msg: m.DeleteSa, now: float) -> None:
     state._delete(msg, now)
     if msg.reqid is not None and msg.policies:
         state.owners.pop(msg.reqid, None)  # the reqid is gone: no hand-over left for it
+        if msg.reqid not in state.out and msg.reqid not in state._in_by_reqid:
+            state.tags.forget(msg.reqid)  # its SAs were retired under its tag just now
 
 
 _HANDLERS: dict[type, Callable[[DataplaneState[Any], Any, float], None]] = {

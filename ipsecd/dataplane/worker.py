@@ -648,11 +648,11 @@ class ControlLinks:
     it) and one per IKE shard past the first (``settings.ike_shards``), so a shard's installs
     reach the worker without a hop through the primary (shell/shard_dataplane.py).
 
-    A reply (Ack, BatchAck, Counters, Heard) goes back on the link whose request is being handled
+    A reply (Ack, BatchAck, Counters, Heard, Totals) goes back on the link whose request is being handled
     (``current``); events go to the daemon, which routes a shard's by its reqid. Request ids
     are per link: two links may use the same id. A shard's link that closes is forgotten."""
 
-    _REPLIES = (m.Ack, m.BatchAck, m.Counters, m.Heard)
+    _REPLIES = (m.Ack, m.BatchAck, m.Counters, m.Heard, m.Totals)
 
     def __init__(self, control: socket.socket, shards: list[socket.socket], epoll: select.epoll,
                  drops: dict[str, int], handlers: dict[int, Callable[[], None]]) -> None:

@@ -16,7 +16,7 @@ from ipsecd.iana import ProtocolId
 from ipsecd.ike.events import IkeSaEstablished
 from ipsecd.logsafe import safe
 from ipsecd.logsetup import LogHub
-from ipsecd.metrics import MetricsSnapshot
+from ipsecd.metrics import MetricsSnapshot, state_counts
 from ipsecd.shell.shards import merge_counts, merge_pools
 from ipsecd.shell.views import sa_info
 
@@ -125,22 +125,50 @@ class ControlHandlers:
         return out
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
-        dp = await self._dataplane_counters()
+        """One scrape: O(connections) answers from the worker(s) and the shards, no dict per SA
+        (issue 11) unless ``settings.metrics.per_sa`` asks for the per-SPI series."""
         # every IKE shard's counters summed (shell/shards.py); logins travel as "method/result"
         parts = [self.counters(), *await self._shards("counters")]
+        names: dict[int, tuple[str, str]] = {}
+        for part in parts:  # each process labels the tags it handed out (installer.ChildTags)
+            names.update((int(t), (conn, child)) for t, (conn, child) in part.pop("tags", {}).items())
         c: dict[str, Any] = merge_counts(parts)
         logins = {tuple(k.split("/", 1)): n for k, n in c["logins"].items()}
-        return MetricsSnapshot(sas=await self.list_sas(), ike_counters=c["ike"],
-                               dataplane_drops=dict(dp.get("global", {}).get("drops", {})),
-                               events=c["events"], handshake_failures=c["failures"], rekeys=c["rekeys"],
-                               logins=logins, gc={**c.get("gc", {}), **dp.get("global", {}).get("gc", {})})
+        sums, drops, dp_gc = await self._dataplane_totals()
+        totals: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for tag, (b_in, p_in, b_out, p_out) in sums.items():
+            conn, child = names.get(tag, ("", ""))  # "": SAs installed without a known tag
+            if tag not in names and not (b_in or b_out or p_in or p_out):
+                continue
+            for key, value in (((conn, child, "in"), (b_in, p_in)), ((conn, child, "out"), (b_out, p_out))):
+                old = totals.get(key, (0, 0))
+                totals[key] = (old[0] + value[0], old[1] + value[1])
+        per_sa = self.d.config.settings.metrics.per_sa
+        return MetricsSnapshot(sas=await self.list_sas() if per_sa else {}, per_sa=per_sa,
+                               ike_states=c["states"]["ike"], child_states=c["states"]["child"],
+                               child_totals=totals, ike_counters=c["ike"],
+                               dataplane_drops=drops, events=c["events"], handshake_failures=c["failures"],
+                               rekeys=c["rekeys"], logins=logins, gc={**c.get("gc", {}), **dp_gc})
+
+    async def _dataplane_totals(self) -> tuple[dict[int, list[int]], dict[str, int], dict[str, Any]]:
+        """Per-tag sums, drops, and each worker's garbage-collector figures (keyed ``worker-N``)."""
+        if self.d.dataplane is None:
+            return {}, {}, {}
+        try:
+            totals: tuple[dict[int, list[int]], dict[str, int], dict[str, Any]] = await self.d.dataplane.totals()
+            return totals
+        except Exception as e:
+            log.debug("cannot read data-plane totals: %s", e)
+            return {}, {}, {}
 
     def counters(self) -> dict[str, Any]:
-        """This IKE process's counters for a metrics scrape (a shard answers the primary with them)."""
+        """This IKE process's counters for a metrics scrape (a shard answers the primary with them):
+        SA states counted off the engine's table, the installer's tags with their names."""
         st = self.d.stats
         return {"ike": self.d.shell.manager.total_counters(), "events": dict(st.events),
                 "failures": dict(st.failures), "rekeys": dict(st.rekeys),
-                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}, "gc": self._gc()}
+                "logins": {f"{m}/{r}": n for (m, r), n in st.logins.items()}, "gc": self._gc(),
+                "states": state_counts(self.d.shell.manager.sas.values()), "tags": self.d.installer.tags.names()}
 
     def _gc(self) -> dict[str, Any]:
         """This IKE process's garbage-collector figures, keyed by process (``ike-0`` is the

@@ -43,6 +43,7 @@ from ipsecd.settings_from_config import child_sa_params
 
 if TYPE_CHECKING:
     from ipsecd.config import ChildConfig, Config
+    from ipsecd.ike.shard import Shard
     from ipsecd.shell.ike_shell import IkeShell
 
 log = logging.getLogger("ipsecd.child")
@@ -58,6 +59,32 @@ class _PendingOut:
     outbound: SaParams
     lifetime: dp.Lifetime
     mss: int | None
+
+
+class ChildTags:
+    """The tag of each (connection, child): a small integer its Child SAs carry into the worker
+    (``InstallSa.tag``), under which the worker sums their counters, removed SAs included, so
+    a metrics scrape reads O(connections) sums instead of every SA's counters (issue 11).
+
+    Tags are handed out in order of first use and never reused while the process lives (a
+    connection a reload removed keeps its tag: its totals stay labelled). IKE shards share the
+    one worker: shard k of N hands out k+1, k+1+N, k+1+2N..., so no two processes collide and
+    each labels its own (``ControlHandlers.counters``). 0 is "no tag". Bounded by the config's
+    (connection, child) names: nothing a peer sends adds one."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._first, self._step = shard.index + 1, shard.count
+        self.tags: dict[tuple[str, str], int] = {}
+
+    def of(self, conn: str, child: str) -> int:
+        tag = self.tags.get((conn, child))
+        if tag is None:
+            tag = self.tags[(conn, child)] = self._first + self._step * len(self.tags)
+        return tag
+
+    def names(self) -> dict[str, list[str]]:
+        """tag (as text, for JSON) -> [connection, child]."""
+        return {str(t): [conn, child] for (conn, child), t in self.tags.items()}
 
 
 class ChildSaInstaller:
@@ -76,6 +103,7 @@ class ChildSaInstaller:
         self._pending_out: dict[int, _PendingOut] = {}  # reqid -> rekey responder's new outbound SA
         self._covers: tuple[object, dict[str, tuple[IPv4Network | IPv6Network, ...]]] = (None, {})
         self.stopping = False  # shutdown: the worker and every route go at once, no job per deleted SA
+        self.tags = ChildTags(shell.manager.shard)
         if dataplane is None:
             self.ready.set()
 
@@ -161,6 +189,7 @@ class ChildSaInstaller:
         clamp = None if child is None or child.mss_clamp is None else (
             0 if child.mss_clamp == "auto" else int(child.mss_clamp))
         lifetime = volume_lifetime(child)
+        tag = self.tags.of(ev.name, ev.child)
         try:
             if not self.ready.is_set():  # wait_for costs a task: only while the worker starts
                 await asyncio.wait_for(self.ready.wait(), 30)
@@ -169,7 +198,7 @@ class ChildSaInstaller:
             if ev.rekeyed_spi_in is not None and not ev.initiator:
                 # a rekey we answered: receive on the new SA at once, keep sending on the old
                 # one until the rekey initiator deletes it
-                await self.dataplane.install_inbound(ev.reqid, inbound, lifetime)
+                await self.dataplane.install_inbound(ev.reqid, inbound, lifetime, tag=tag)
                 self._pending_out[ev.reqid] = _PendingOut(ev.spi_in, outbound, lifetime, clamp)
                 return
             self._pending_out.pop(ev.reqid, None)
@@ -177,7 +206,8 @@ class ChildSaInstaller:
             # back; route-based children (interface set) get no routes: the user routes into the TUN
             await self.dataplane.install_child_sa(inbound, outbound, ev.reqid, policies, mss_clamp=clamp,
                                                   route_via_tun=child is None or child.interface is None,
-                                                  lifetime=lifetime, route_cover=self._pool_prefixes(ev.name))
+                                                  lifetime=lifetime, route_cover=self._pool_prefixes(ev.name),
+                                                  tag=tag)
         except Exception as e:
             self.install_failures += 1
             self.shell.stats.count("child_sa_install_failures")
@@ -225,7 +255,8 @@ class ChildSaInstaller:
                 self._pending_out.pop(ev.reqid, None)  # the twin that lost: never send on it
             pending = self._pending_out.pop(ev.reqid, None)
             if pending is not None:
-                await self.dataplane.install_outbound(ev.reqid, pending.outbound, pending.lifetime, pending.mss)
+                await self.dataplane.install_outbound(ev.reqid, pending.outbound, pending.lifetime, pending.mss,
+                                                      tag=self.tags.of(ev.name, ev.child))
         finally:
             self._release(ev.ike_sa_id)
         # packets the peer sent on the old SA may still be in flight: accept them a moment longer

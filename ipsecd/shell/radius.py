@@ -12,10 +12,10 @@ Accounting (``settings.eap-radius.accounting``, RFC 2866), for IKE SAs whose pee
 in through RADIUS: Start when the IKE SA is up; Interim-Update every
 ``accounting_interval``; Stop with bytes, packets, session time and a terminate cause
 when it closes (not when a rekey replaces it: the session goes on under the new IKE SA).
-Counters come from the data plane, read on each interim, and once more the moment a Child
-SA of the session is deleted: this service hears the deletion before the installer
-removes the SA from the worker, and the worker answers requests in order, so Stop
-carries the bytes up to the end.
+Counters come from the data plane (the session's SAs only, by SPI: ``sa_counters``), read
+on each interim, and once more the moment a Child SA of the session is deleted: this
+service hears the deletion before the installer removes the SA from the worker, and the
+worker answers requests in order, so Stop carries the bytes up to the end.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class _Session:
     classes: tuple[bytes, ...]
     calling: str
     called: str
-    spis: dict[bytes, bytes] = field(default_factory=dict)  # inbound SPI -> outbound SPI
+    spis: dict[bytes, bytes] = field(default_factory=dict)  # inbound SPI -> outbound SPI, while installed
     seen: dict[bytes, tuple[int, int, int, int]] = field(default_factory=dict)  # in SPI -> bytes/pkts in/out
 
     def totals(self) -> tuple[int, int, int, int]:
@@ -192,22 +192,31 @@ class RadiusService:
         await self._send(s, AcctStatusType.STOP, cause)
 
     async def _refresh(self, sessions: list[_Session]) -> None:
+        """Read the sessions' Child SAs' counters: only theirs (GetSaCounters), never every SA's
+        (a logout storm would otherwise cost one full dump per Stop, issue 11)."""
         dp = self.dataplane()
         if dp is None or not sessions:
             return
+        pairs = [(int.from_bytes(i, "big"), int.from_bytes(o, "big")) for s in sessions for i, o in s.spis.items()]
+        if not pairs:
+            return
         try:
-            counters = (await dp.counters()).get("sas", {})
+            snaps = await dp.sa_counters(pairs)
         except Exception as e:  # the worker may be restarting: keep the last values
             log.debug("accounting: cannot read data-plane counters: %s", e)
             return
+        ins = {c.spi: c for c in snaps if c.direction == "in"}
+        outs = {c.spi: c for c in snaps if c.direction == "out"}
         for s in sessions:
-            for spi_in, spi_out in s.spis.items():
-                cin, cout = counters.get(spi_in.hex()), counters.get(spi_out.hex())
+            for spi_in, spi_out in list(s.spis.items()):
+                cin, cout = ins.get(int.from_bytes(spi_in, "big")), outs.get(int.from_bytes(spi_out, "big"))
                 if cin is None and cout is None:
-                    continue  # already removed: its last values stay
+                    if spi_in in s.seen:  # removed since the last read: its last values stay, asked no more
+                        del s.spis[spi_in]
+                    continue  # (or not installed yet: asked again next time)
                 last = s.seen.get(spi_in, (0, 0, 0, 0))
-                s.seen[spi_in] = (int((cin or {}).get("bytes", last[0])), int((cin or {}).get("packets", last[1])),
-                                  int((cout or {}).get("bytes", last[2])), int((cout or {}).get("packets", last[3])))
+                s.seen[spi_in] = (cin.bytes if cin else last[0], cin.packets if cin else last[1],
+                                  cout.bytes if cout else last[2], cout.packets if cout else last[3])
 
     def _schedule_interim(self) -> None:
         if self._interim is not None:

@@ -147,6 +147,14 @@ def test_two_shards_with_several_peers(topology: Topology, ipsecd_factory: Make)
     ike_sas = sum(int(v) for v in re.findall(r'^ipsecd_ike_sas\{state="ESTABLISHED"\} (\d+)', text, re.M))
     rekeys = re.search(r'^ipsecd_rekeys_total\{kind="ike"\} (\d+)', text, re.M)
     assert ike_sas == PEERS + 1 and rekeys is not None and int(rekeys.group(1)) >= PEERS + 1, text
+    # traffic per (connection, child) from the one worker, each shard labelling the Child SAs it
+    # installed (issue 11: tags k+1, k+1+N...): every child's pings counted, across its rekey
+    for sa in after:
+        for child in sa["child_sas"]:
+            got = re.search(rf'^ipsecd_child_sa_packets_total\{{conn="{re.escape(sa["name"])}",'
+                            rf'child="{re.escape(child["name"])}",direction="in"\}} (\d+)', text, re.M)
+            assert got is not None and int(got.group(1)) > 0, (sa["name"], child["name"], text)
+    assert "spi=" not in text
 
     # DPD on both shards: A dies, each of B's shards finds its own peers dead and clears their SAs
     a.kill()
