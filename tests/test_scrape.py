@@ -224,8 +224,9 @@ class _Dataplane:
         self.sums = sums
         self.counter_calls = 0
 
-    async def totals(self) -> tuple[dict[int, list[int]], dict[str, int]]:
-        return {t: list(v) for t, v in self.sums.items()}, {"replay": 1}
+    async def totals(self) -> tuple[dict[int, list[int]], dict[str, int], dict[str, Any]]:
+        gc = {"worker-0": {"2": {"passes": 1, "seconds": 0.01, "max_seconds": 0.01}}}
+        return {t: list(v) for t, v in self.sums.items()}, {"replay": 1}, gc
 
     async def counters(self) -> dict[str, Any]:
         self.counter_calls += 1
@@ -243,7 +244,7 @@ def _daemon(n: int, per_sa: bool = False) -> Any:
     stats = SimpleNamespace(events={"ike_sas_established": n}, failures={}, rekeys={"child": 3}, logins={})
     settings = SimpleNamespace(metrics=SimpleNamespace(per_sa=per_sa))
     return SimpleNamespace(shell=SimpleNamespace(manager=manager), stats=stats, installer=SimpleNamespace(tags=tags),
-                           config=SimpleNamespace(settings=settings),
+                           config=SimpleNamespace(settings=settings), shard=SimpleNamespace(index=0),
                            dataplane=_Dataplane({1: [1000, 10, 2000, 20], 2: [5, 1, 6, 1], 0: [0, 0, 0, 0]}))
 
 
@@ -270,6 +271,8 @@ def test_snapshot_builds_nothing_per_sa(monkeypatch: pytest.MonkeyPatch) -> None
         assert samples[("ipsecd_child_sa_packets_total", (("child", "lan"), ("conn", "hq"), ("direction", "out")))] == 1
         assert samples[("ipsecd_drops_total", (("reason", "replay"),))] == 1
         assert not any(k[0].startswith("ipsecd_child_sa_spi_") for k in samples)
+        # the worker's collector comes with GetTotals (no GetCounters for it either)
+        assert ("ipsecd_gc_passes_total", (("generation", "2"), ("process", "worker-0"))) in samples
     assert len(texts[10].splitlines()) == len(texts[20_000].splitlines())
     # opted in: the per-SPI families come back (through list_sas, O(SAs))
     d = _daemon(10, per_sa=True)
