@@ -161,7 +161,7 @@ def test_ike_sa_rekey(topology: Topology, ipsecd_factory: MakeIpsecd, charon_fac
     """An IKE SA rekey by either side: both show the same new IKE SPIs, the Child SA survives unchanged."""
     t = topology
     ours, theirs = _start(t, ipsecd_factory, charon_factory,
-                          ours_conn={"rekey_time": "6s", "rand_time": "1s", "over_time": "10s"}
+                          ours_conn={"rekey_time": "4s", "rand_time": "1s", "over_time": "10s"}
                           if rekeyer == "ipsecd" else None,
                           theirs_conn={"rekey_time": "6s", "over_time": "10s"} if rekeyer == "charon" else None)
     before, _ = _settled(ours, theirs, timeout=5)
@@ -181,10 +181,11 @@ def test_ike_sa_rekey(topology: Topology, ipsecd_factory: MakeIpsecd, charon_fac
 @pytest.mark.timeout(60)
 def test_dpd_clears_sa_of_killed_charon(topology: Topology, ipsecd_factory: MakeIpsecd,
                                         charon_factory: MakeCharon) -> None:
-    """charon SIGKILLed: our DPD (2 s) notices, the SA goes, the log names the dead peer."""
+    """charon SIGKILLed: our DPD (1 s, retransmits after 0.5, 0.75, 1.125 s) notices, the SA goes, the log
+    names the dead peer."""
     t = topology
     ours, theirs = _start(t, ipsecd_factory, charon_factory, ours_conn={
-        "dpd_delay": "2s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 1.0, "base": 1.5}})
+        "dpd_delay": "1s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 0.5, "base": 1.5}})
     _ping_ok(t, count=2)
 
     theirs.kill()

@@ -181,7 +181,7 @@ def test_child_rekey_under_load(topology: Topology, ipsecd_factory: Make, tmp_pa
 def test_ike_sa_rekey(topology: Topology, ipsecd_factory: Make, rekeyer: str) -> None:
     """An IKE SA rekey (by either end) gives new IKE SPIs and keeps the Child SA and its traffic."""
     t = topology
-    short = {"rekey_time": "6s", "rand_time": "1s", "over_time": "10s"}
+    short = {"rekey_time": "4s", "rand_time": "1s", "over_time": "10s"}  # 3-4 s: after the first snapshot
     a, b = _pair(ipsecd_factory, t, **{f"{rekeyer}_conn": short})
     before, _ = _settled(a, b, timeout=5)
     kid_before = before["child_sas"][0]
@@ -201,12 +201,12 @@ def test_ike_sa_rekey(topology: Topology, ipsecd_factory: Make, rekeyer: str) ->
 def test_dpd_restart_after_peer_killed(topology: Topology, ipsecd_factory: Make) -> None:
     """dpd_action restart: a SIGKILLed responder is declared dead, and the tunnel comes back with it.
 
-    DPD probes after dpd_delay of silence; with retransmits 1 s, 1.5 s, 2.25 s the
-    probe is given up after ~5 s (dpd_timeout 6 s caps it anyway).  The daemon then
+    DPD probes after dpd_delay (1 s) of silence; with retransmits 0.5 s, 0.75 s, 1.125 s
+    the probe is given up after ~2.4 s (dpd_timeout 6 s caps it anyway).  The daemon then
     re-initiates 5 s (RESTART_DELAY) after the dead peer.
     """
     t = topology
-    dpd = {"dpd_delay": "2s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 1.0, "base": 1.5}}
+    dpd = {"dpd_delay": "1s", "dpd_timeout": "6s", "retransmit": {"tries": 2, "timeout": 0.5, "base": 1.5}}
     a, b = _pair(ipsecd_factory, t, a_conn=dpd, a_child={"dpd_action": "restart"})
     old, _ = _settled(a, b, timeout=5)
     _ping_ok(t, count=2)
