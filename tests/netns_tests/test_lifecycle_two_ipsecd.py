@@ -236,8 +236,8 @@ def test_dpd_spared_while_esp_arrives(topology: Topology, ipsecd_factory: Make) 
     b.wait_established(15, child=CHILD)
     _settled(a, b, timeout=5)
     probes = a.log_count("checking liveness")
-    # ESP from B to A for 20 s, more than twice dpd_delay: A hears its peer the whole time
-    res = t.b.ping(t.a_lan, count=100, src=t.b_lan, interval=0.2, deadline=30, check=False)
+    # ESP from B to A for 17 s, more than twice dpd_delay: A hears its peer the whole time
+    res = t.b.ping(t.a_lan, count=100, src=t.b_lan, interval=0.17, deadline=30, check=False)
     sent, got = ping_counts(res.stdout)
     assert sent == 100 and got >= 95, res.stdout
     assert a.log_count("checking liveness") == probes, a.log_tail(30)
