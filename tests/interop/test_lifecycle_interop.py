@@ -161,7 +161,7 @@ def test_ike_sa_rekey(topology: Topology, ipsecd_factory: MakeIpsecd, charon_fac
     """An IKE SA rekey by either side: both show the same new IKE SPIs, the Child SA survives unchanged."""
     t = topology
     ours, theirs = _start(t, ipsecd_factory, charon_factory,
-                          ours_conn={"rekey_time": "4s", "rand_time": "1s", "over_time": "10s"}
+                          ours_conn={"rekey_time": "5s", "rand_time": "1s", "over_time": "10s"}
                           if rekeyer == "ipsecd" else None,
                           theirs_conn={"rekey_time": "6s", "over_time": "10s"} if rekeyer == "charon" else None)
     before, _ = _settled(ours, theirs, timeout=5)

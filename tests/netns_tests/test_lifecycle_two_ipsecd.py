@@ -181,7 +181,7 @@ def test_child_rekey_under_load(topology: Topology, ipsecd_factory: Make, tmp_pa
 def test_ike_sa_rekey(topology: Topology, ipsecd_factory: Make, rekeyer: str) -> None:
     """An IKE SA rekey (by either end) gives new IKE SPIs and keeps the Child SA and its traffic."""
     t = topology
-    short = {"rekey_time": "4s", "rand_time": "1s", "over_time": "10s"}  # 3-4 s: after the first snapshot
+    short = {"rekey_time": "5s", "rand_time": "1s", "over_time": "10s"}  # 4-5 s: after the first snapshot
     a, b = _pair(ipsecd_factory, t, **{f"{rekeyer}_conn": short})
     before, _ = _settled(a, b, timeout=5)
     kid_before = before["child_sas"][0]
