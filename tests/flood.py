@@ -220,6 +220,17 @@ class Pacer:
         if ahead > 0.002:
             time.sleep(ahead)
 
+    def burst(self, most: int) -> int:
+        """Requests per burst: ``most``, but no more than a tenth of a second's worth of the rate.
+
+        A whole burst goes out before the pacer waits, so a 256-request burst at 20/s would
+        send 256 requests and then sleep 12.8 s: a short low-rate run would overshoot both
+        its count and its duration.
+        """
+        if self.rate <= 0:
+            return most
+        return max(1, min(most, int(self.rate / 10)))
+
 
 def _spoofed_sources(net: IPv4Network, rng: random.Random, n: int) -> Iterator[bytes]:
     base, size = int(net.network_address), net.num_addresses
@@ -249,7 +260,7 @@ def flood_spoofed(target: str, rate: float, seconds: float, *, spoof: str = DEFA
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     pacer = Pacer(rate)
     end = pacer.start + seconds
-    batch = 256
+    batch = pacer.burst(256)
     with s:
         while time.monotonic() < end:
             randoms = os.urandom(batch * (8 + template.nonce_len))

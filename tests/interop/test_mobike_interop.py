@@ -11,8 +11,9 @@ eth1 and the mobile side moves (over IPv4, and for the strongSwan client over IP
 * ipsecd road warrior in B, charon gateway in A: ipsecd notices the route change over netlink
   and moves with UPDATE_SA_ADDRESSES.
 
-Both: pings run through the tunnel every 50 ms while the link goes down; the longest gap
-between answers is the outage (under 2 s), the IKE SA is the same one on both sides (SPIs),
+Both: pings run through the tunnel every 50 ms while the link goes down and for a few seconds
+after the move; the longest gap between answers (or from the last answer to the end) is the
+outage (under 2 s), the IKE SA is the same one on both sides (SPIs),
 both agree on the Child SA's SPIs and algorithms, and traffic crosses both ways afterwards.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,6 +45,8 @@ CONN, CHILD = "rw", "net"
 A2, B2 = "198.51.100.1", "198.51.100.2"
 A2_6, B2_6 = "2001:db8:1::1", "2001:db8:1::2"
 MAX_OUTAGE = 2.0
+PINGS_BEFORE = 1.0  # seconds of pings over the first uplink before it goes
+PINGS_AFTER = 3.0  # seconds of pings after the move was seen, then the pinger is stopped
 
 
 def _second_uplink(topo: Topology, *, fallback: bool = True) -> None:
@@ -61,17 +65,28 @@ def _second_uplink(topo: Topology, *, fallback: bool = True) -> None:
     wait_for("second uplink (IPv6)", lambda: topo.b.ping(A2_6, count=1, deadline=1, check=False).returncode == 0)
 
 
-def _pinger(ns: Netns, src: str, dst: str, seconds: float) -> subprocess.Popen[bytes]:
+def _pinger(ns: Netns, src: str, dst: str, seconds: float = 30) -> subprocess.Popen[bytes]:
+    """Pings every 50 ms with timestamps (-D) until :func:`_outage` stops them (``seconds``: a cap)."""
     return subprocess.Popen(ns.exec_argv(["ping", "-n", "-D", "-i", "0.05", "-W", "1", "-w", str(int(seconds)),
                                           "-I", src, dst]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _outage(proc: subprocess.Popen[bytes]) -> tuple[float, int]:
-    """The longest gap between two answered pings (seconds) and the number answered."""
+def _outage(proc: subprocess.Popen[bytes], after: float = PINGS_AFTER) -> tuple[float, int]:
+    """Once the move was seen: ``after`` more seconds of pings, then stop the pinger. The longest
+    gap between two answered pings, or from the last answer to the stop (pings that never came
+    back count as an outage too), in seconds; and the number answered."""
+    time.sleep(after)
+    stopped = None
+    if proc.poll() is None:
+        stopped = time.time()  # the clock of ping -D's stamps
+        proc.send_signal(signal.SIGINT)  # ip netns exec execs ping: this is ping's PID
     out, _ = proc.communicate(timeout=60)
     stamps = [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out.decode(), re.M)]
     assert len(stamps) > 10, out.decode()[-2000:]
-    return max(b - a for a, b in itertools.pairwise(stamps)), len(stamps)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    if stopped is not None:
+        gaps.append(stopped - stamps[-1])
+    return max(gaps), len(stamps)
 
 
 def _ours_child(sa: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +143,8 @@ def test_strongswan_client_moves_to_its_second_uplink(
     spis = (sa["spi_i"], sa["spi_r"])
     _ping_both(topo)
 
-    pinger = _pinger(topo.b, topo.b_lan, topo.a_lan, 8)
-    time.sleep(2)
+    pinger = _pinger(topo.b, topo.b_lan, topo.a_lan)
+    time.sleep(PINGS_BEFORE)
     topo.b.run(["ip", "link", "set", "eth0", "down"])  # Wi-Fi gone: charon roams to eth1
     wait_for("the gateway to see the move", lambda: any(
         s["remote"] == f"{new}[4500]" for s in gw.list_sas()), 10)
@@ -169,8 +184,8 @@ def test_ipsecd_client_moves_when_its_uplink_goes_down(
     spis = (sa["spi_i"], sa["spi_r"])
     _ping_both(topo)
 
-    pinger = _pinger(topo.b, topo.b_lan, topo.a_lan, 8)
-    time.sleep(2)
+    pinger = _pinger(topo.b, topo.b_lan, topo.a_lan)
+    time.sleep(PINGS_BEFORE)
     topo.b.run(["ip", "link", "set", "eth0", "down"])
     moved = {f"{B2}[4500]", f"{B2_6}[4500]"}  # without the first gateway address, either family may answer first
     wait_for("ipsecd to move", lambda: any(s["local"] in moved for s in client.list_sas()), 10)
@@ -211,8 +226,8 @@ def test_ipsecd_road_warrior_keeps_its_virtual_ip_across_the_move(
     wait_for("a ping over the tunnel", lambda: topo.b.ping(topo.a_lan, count=1, src=vip, deadline=2,
                                                           check=False).returncode == 0)
 
-    pinger = _pinger(topo.b, vip, topo.a_lan, 8)
-    time.sleep(2)
+    pinger = _pinger(topo.b, vip, topo.a_lan)
+    time.sleep(PINGS_BEFORE)
     topo.b.run(["ip", "link", "set", "eth0", "down"])
     wait_for("ipsecd to move", lambda: any(s["local"] == f"{B2}[4500]" for s in client.list_sas()), 10)
     gap, answered = _outage(pinger)

@@ -266,7 +266,7 @@ def test_a_laptop_moves_to_its_second_uplink_on_the_same_ike_sa(
     route, leaving through the NAT's second public address; the profile client moves the IKE SA
     (UPDATE_SA_ADDRESSES), the gateway checks the new address and moves the Child SAs. Pings
     resume within 2 s on the same IKE SA, with the same virtual IP, both ways."""
-    from tests.interop.test_mobike_interop import MAX_OUTAGE, _outage, _pinger
+    from tests.interop.test_mobike_interop import MAX_OUTAGE, PINGS_BEFORE, _outage, _pinger
 
     site = _site(ra_site, 1, uplinks=2)
     gw = ipsecd_factory(site.gw, site_gateway_doc(tmp_path, chain, n_users=1), name="gw")
@@ -277,8 +277,8 @@ def test_a_laptop_moves_to_its_second_uplink_on_the_same_ike_sa(
     assert before["mobike"] and before["remote"].startswith(f"{NAT_OUT}["), before
     site.clients[0].ping(LAN4, count=2, src=vip, deadline=8)
 
-    pinger = _pinger(site.clients[0], vip, LAN4, 8)
-    time.sleep(2)  # pings flow on the first uplink for a while
+    pinger = _pinger(site.clients[0], vip, LAN4)
+    time.sleep(PINGS_BEFORE)  # pings flow on the first uplink for a while
     site.uplink_down(0, 0)  # Wi-Fi gone ...
     site.use_uplink(0, 1)  # ... LTE takes the default route
     wait_for("the gateway to see the laptop's new address", lambda: any(
