@@ -172,12 +172,17 @@ def _check_workers(a: StaticPeer, b: StaticPeer, both_receive: bool) -> tuple[di
         for bad in ("replay", "unknown_spi", "handoff_error", "icv", "internal_error"):
             assert drops.get(bad, 0) == 0, (side, drops)
         assert len(c["workers"]) == 2, c.keys()
-    # A sends: both of its TUN queues read packets, and its sends came from both workers
-    # (two SAs, one per worker) or, with one SA, the non-owner handed its share over
+    # Which TUN queue the kernel gives a flow is its choice: tun's automatic queue selection
+    # follows the queue that last wrote the flow's return traffic, i.e. the inbound SA's owner.
+    # So with one SA it may give every flow to the owner (nothing to hand over: a CI run read
+    # 793 packets on the owner's queue and 1 on the other), and with two SAs each flow tends
+    # to its own owner. What holds whatever it chose: A's workers read what A sent, and every
+    # packet a non-owner read reached its owner (a full inbox is a handoff_error drop, above).
     wa = [w["stats"] for w in ca["workers"]]
-    assert all(s.get("tun_rx_packets", 0) > 0 for s in wa), wa
-    assert sum(s.get("handoff_tx", 0) for s in wa) > 0 and sum(s.get("handoff_rx_packets", 0) for s in wa) > 0, wa
-    if both_receive:
+    assert sum(s.get("tun_rx_packets", 0) for s in wa) > 0, wa
+    assert sum(s.get("handoff_tx", 0) for s in wa) == sum(s.get("handoff_rx_packets", 0) for s in wa), wa
+    if both_receive:  # two SAs, one per worker: both of A's queues read, both workers sent
+        assert all(s.get("tun_rx_packets", 0) > 0 for s in wa), wa
         assert all(s.get("udp_tx_packets", 0) + s.get("raw_tx_packets", 0) > 0 for s in wa), wa
         wb = [w["stats"] for w in cb["workers"]]
         assert all(s.get("udp_rx_recvmsg", 0) + s.get("tun_tx_packets", 0) > 0 or s.get("udp_tx_packets", 0) > 0
