@@ -23,9 +23,8 @@ import dataclasses
 import gc
 import statistics
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 from ipsecd.dataplane import messages as m
 from ipsecd.dataplane import readouts
@@ -33,31 +32,19 @@ from ipsecd.dataplane.client import SaJobs
 from ipsecd.ike.child_sa import ChildSaState
 from ipsecd.ike.state import IkeState
 from ipsecd.metrics import state_counts
+from tests.bench_heard import _OneWorker as HeardWorker
+from tests.bench_heard import _run
 from tests.test_dataplane_state import _road_warrior, make_state, messages
 
 
-class _OneWorker(SaJobs):
-    """SaJobs over one in-process frame: the reply is decoded from ``frame``."""
-
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
+class _OneWorker(HeardWorker, SaJobs):
+    """SaJobs over one in-process frame (bench_heard's fake), for the per-SPI reads too."""
 
     def _owner_of_spi(self, spi: int) -> int:
         return 0
 
     async def _request(self, build: Callable[[int], m.Message], worker: int = 0) -> m.Message:
         return m.decode_body(self.frame[4:])
-
-    async def _broadcast(self, build: Callable[[int], m.Message]) -> list[m.Message]:
-        return [m.decode_body(self.frame[4:])]
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        coro.send(None)
-    except StopIteration as e:
-        return e.value
-    raise RuntimeError("the coroutine waited")
 
 
 def main() -> None:
